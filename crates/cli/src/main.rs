@@ -1,0 +1,2 @@
+//! The certreg command.
+fn main() {}
