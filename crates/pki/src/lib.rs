@@ -5,5 +5,6 @@
 
 pub mod error;
 pub mod oid;
+pub mod sig;
 
 pub use error::{ErrorCode, PkiError};
