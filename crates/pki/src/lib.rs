@@ -3,8 +3,13 @@
 //! of national IDs, resident numbers and 統一編號. Time is always an argument; network access goes
 //! through the [`ocsp::OcspTransport`] trait.
 
+pub mod anchors;
 pub mod error;
+pub mod facts;
 pub mod oid;
+pub mod revocation;
+pub mod serial;
 pub mod sig;
+pub mod validate;
 
 pub use error::{ErrorCode, PkiError};

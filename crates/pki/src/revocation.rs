@@ -1,0 +1,139 @@
+//! Certificate revocation lists held for validation: parsed once, replaced when a newer one of
+//! the same issuer and partition arrives, with a generation counter that invalidates cached paths.
+
+use crate::error::{ErrorCode, PkiError, Result};
+use crate::facts::{dn_string, sha256_hex};
+use der::Decode;
+use time::OffsetDateTime;
+use webpki::{CertRevocationList, OwnedCertRevocationList};
+use x509_cert::crl::CertificateList;
+
+/// CRLs larger than this are refused (GPKI's largest full CRLs are a few MiB).
+pub const MAX_CRL_BYTES: usize = 64 * 1024 * 1024;
+
+/// What to do when the only CRL for a certificate is past its `nextUpdate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// Refuse with `revocation_stale` (the default).
+    #[default]
+    Reject,
+    /// Accept, and report a warning with the validation result.
+    Warn,
+}
+
+/// One CRL and what was read from it.
+#[derive(Debug)]
+pub struct CrlEntry {
+    pub issuer: String,
+    pub this_update: OffsetDateTime,
+    pub next_update: Option<OffsetDateTime>,
+    pub revoked: usize,
+    pub sha256: String,
+    pub(crate) idp: Option<Vec<u8>>,
+    pub(crate) issuer_raw: Vec<u8>,
+    pub(crate) list: CertRevocationList<'static>,
+}
+
+/// The CRLs in force.
+#[derive(Debug, Default)]
+pub struct CrlStore {
+    entries: Vec<CrlEntry>,
+    generation: u64,
+}
+
+fn crl_err(detail: impl Into<String>) -> PkiError {
+    PkiError::new(ErrorCode::RevocationInvalid, detail)
+}
+
+fn time_of(t: &x509_cert::time::Time) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(t.to_unix_duration().as_secs() as i64)
+        .map_err(|e| crl_err(format!("CRL time: {e}")))
+}
+
+impl CrlStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses a DER (or PEM) CRL and adds it, replacing an older CRL of the same issuer and
+    /// partition. The signature is checked when the CRL is used, against the issuer in the path.
+    pub fn add(&mut self, input: &[u8]) -> Result<&CrlEntry> {
+        if input.len() > MAX_CRL_BYTES {
+            return Err(PkiError::new(
+                ErrorCode::InputTooLarge,
+                format!("CRL of {} bytes (limit {MAX_CRL_BYTES})", input.len()),
+            ));
+        }
+        let der = if input.starts_with(b"-----BEGIN") {
+            let (_, der) = der::pem::decode_vec(input).map_err(|e| crl_err(format!("PEM: {e}")))?;
+            der
+        } else {
+            input.to_vec()
+        };
+        let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).map_err(|e| crl_err(format!("CRL: {e}")))?;
+        let owned = OwnedCertRevocationList::from_der(&der)
+            .map_err(|e| crl_err(format!("CRL: {e:?}")))?;
+        let list = CertRevocationList::Owned(owned);
+        let tbs = &parsed.tbs_cert_list;
+        let entry = CrlEntry {
+            issuer: dn_string(&tbs.issuer),
+            this_update: time_of(&tbs.this_update)?,
+            next_update: tbs.next_update.as_ref().map(time_of).transpose()?,
+            revoked: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
+            sha256: sha256_hex(&der),
+            idp: list.issuing_distribution_point().map(<[u8]>::to_vec),
+            issuer_raw: list.issuer().to_vec(),
+            list,
+        };
+        let same = self
+            .entries
+            .iter()
+            .position(|e| e.issuer_raw == entry.issuer_raw && e.idp == entry.idp);
+        let index = match same {
+            Some(i) if self.entries[i].this_update > entry.this_update => i,
+            Some(i) => {
+                self.entries[i] = entry;
+                self.generation += 1;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                self.generation += 1;
+                self.entries.len() - 1
+            }
+        };
+        Ok(&self.entries[index])
+    }
+
+    pub fn entries(&self) -> &[CrlEntry] {
+        &self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Changes whenever the set of CRLs changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn lists(&self) -> Vec<&CertRevocationList<'static>> {
+        self.entries.iter().map(|e| &e.list).collect()
+    }
+
+    /// The earliest `nextUpdate` of all CRLs: cached results are not trusted past it.
+    pub fn earliest_next_update(&self) -> Option<OffsetDateTime> {
+        self.entries.iter().filter_map(|e| e.next_update).min()
+    }
+
+}
+
+impl CrlStore {
+    /// Makes this store's generation larger than `previous`, so that results cached under an
+    /// older store never match this one.
+    pub(crate) fn bump_generation_past(&mut self, previous: u64) {
+        self.generation = self.generation.max(previous) + 1;
+    }
+}

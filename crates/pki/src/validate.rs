@@ -1,0 +1,519 @@
+//! Validation of a card certificate for a role at a given time: path to an anchor of that role
+//! (rustls-webpki), validity of every certificate in the path, revocation by CRL and optionally
+//! online (OCSP), then the GPKI profile checks webpki does not make (key usage, subject type,
+//! required attributes). Validated paths may be cached until revocation data changes.
+
+use crate::anchors::{Anchor, Role, TrustStore};
+use crate::error::{ErrorCode, PkiError, Result};
+use crate::facts::{CertFacts, ParsedCert};
+use crate::revocation::{CrlStore, StalePolicy};
+use crate::sig::SigAlg;
+use pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use time::OffsetDateTime;
+use webpki::{
+    EndEntityCert, ExpirationPolicy, KeyPurposeIdIter, RevocationCheckDepth,
+    RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+
+/// Signature algorithms accepted in certificate paths and CRLs. SHA-1 is absent on purpose.
+static PATH_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+];
+
+/// Card certificates carry no EKU, or one naming document signing or e-mail protection: the
+/// role is decided by the anchor and the subject type, so any EKU is acceptable here.
+struct AnyEku;
+
+impl webpki::ExtendedKeyUsageValidator for AnyEku {
+    fn validate(&self, _iter: KeyPurposeIdIter<'_, '_>) -> std::result::Result<(), webpki::Error> {
+        Ok(())
+    }
+}
+
+/// An online status check (OCSP) made after the path and CRL checks.
+pub trait OnlineStatus: Send + Sync {
+    fn check(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()>;
+}
+
+/// How revocation is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrlMode {
+    /// No CRL check (diagnostics without CRLs; the result carries a warning).
+    Off,
+    /// A CRL of the certificate's issuer must be present and must not list it (default).
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationOptions {
+    pub crl: CrlMode,
+    pub stale_crl: StalePolicy,
+    /// Check the revocation of intermediates too (needs the CRL of every level).
+    pub crl_whole_chain: bool,
+}
+
+impl Default for ValidationOptions {
+    fn default() -> Self {
+        Self { crl: CrlMode::Required, stale_crl: StalePolicy::Reject, crl_whole_chain: false }
+    }
+}
+
+/// A certificate accepted for a role.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validated {
+    pub role: Role,
+    pub anchor: String,
+    /// SHA-256 fingerprints from the certificate up to the anchor.
+    pub path: Vec<String>,
+    /// How revocation was established: `crl`, `ocsp`, `crl+ocsp`, or `not_checked`.
+    pub revocation: &'static str,
+    pub warnings: Vec<String>,
+    pub facts: CertFacts,
+    /// Served from the path cache.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+struct CacheEntry {
+    generation: u64,
+    valid_from: OffsetDateTime,
+    valid_until: OffsetDateTime,
+    result: Validated,
+    issuer: ParsedCert,
+}
+
+/// Upper bound of cached paths; the cache is cleared when it is full (cards are few per agency).
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Validates certificates against a trust store and the CRLs in force.
+pub struct Validator {
+    trust: TrustStore,
+    crls: RwLock<Arc<CrlStore>>,
+    options: ValidationOptions,
+    online: Option<Arc<dyn OnlineStatus>>,
+    cache: Option<Mutex<HashMap<(String, Role), CacheEntry>>>,
+}
+
+fn unix(now: OffsetDateTime) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.unix_timestamp().max(0) as u64))
+}
+
+impl Validator {
+    pub fn new(trust: TrustStore, crls: CrlStore, options: ValidationOptions) -> Self {
+        Self { trust, crls: RwLock::new(Arc::new(crls)), options, online: None, cache: None }
+    }
+
+    /// Adds an online status check (OCSP) for every end-entity certificate.
+    pub fn with_online(mut self, online: Arc<dyn OnlineStatus>) -> Self {
+        self.online = Some(online);
+        self
+    }
+
+    /// Caches validated paths by certificate fingerprint and role; the cache is dropped
+    /// whenever the CRLs change.
+    pub fn with_cache(mut self) -> Self {
+        self.cache = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    pub fn crls(&self) -> Arc<CrlStore> {
+        self.crls.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the CRLs in force (after a refresh); cached paths are no longer used.
+    pub fn replace_crls(&self, mut crls: CrlStore) {
+        if let Ok(mut slot) = self.crls.write() {
+            // Generations only grow, so a cached entry can never match a newer store by chance.
+            crls.bump_generation_past(slot.generation());
+            *slot = Arc::new(crls);
+        }
+        if let Some(cache) = &self.cache
+            && let Ok(mut c) = cache.lock()
+        {
+            c.clear();
+        }
+    }
+
+    /// Validates `cert` for `role` at `now`. `extra` are intermediates sent with the
+    /// certificate (for instance the certificates of a CMS SignedData).
+    pub fn validate(
+        &self,
+        cert: &ParsedCert,
+        extra: &[Vec<u8>],
+        role: Role,
+        now: OffsetDateTime,
+    ) -> Result<Validated> {
+        let crls = self.crls();
+        let key = (cert.facts.sha256.clone(), role);
+        if let Some(cache) = &self.cache
+            && let Ok(c) = cache.lock()
+            && let Some(hit) = c.get(&key)
+            && hit.generation == crls.generation()
+            && hit.valid_from <= now
+            && now < hit.valid_until
+        {
+            let mut result = hit.result.clone();
+            result.cached = true;
+            let issuer = hit.issuer.clone();
+            drop(c);
+            if let Some(online) = &self.online {
+                online.check(cert, &issuer, now)?;
+            }
+            return Ok(result);
+        }
+
+        let (mut result, issuer, valid_from, valid_until) =
+            self.validate_uncached(cert, extra, role, now, &crls)?;
+        if let Some(online) = &self.online {
+            online.check(cert, &issuer, now)?;
+            result.revocation = if result.revocation == "crl" { "crl+ocsp" } else { "ocsp" };
+            result.warnings.retain(|w| !w.starts_with("revocation not checked"));
+        }
+        if let Some(cache) = &self.cache
+            && let Ok(mut c) = cache.lock()
+        {
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
+            }
+            let valid_until = crls.earliest_next_update().map_or(valid_until, |n| n.min(valid_until));
+            c.insert(
+                key,
+                CacheEntry {
+                    generation: crls.generation(),
+                    valid_from,
+                    valid_until,
+                    result: result.clone(),
+                    issuer,
+                },
+            );
+        }
+        Ok(result)
+    }
+
+    fn validate_uncached(
+        &self,
+        cert: &ParsedCert,
+        extra: &[Vec<u8>],
+        role: Role,
+        now: OffsetDateTime,
+        crls: &CrlStore,
+    ) -> Result<(Validated, ParsedCert, OffsetDateTime, OffsetDateTime)> {
+        // SHA-1 and unknown algorithms get their own code before webpki reports them generically.
+        SigAlg::from_oid(cert.cert.signature_algorithm().oid)?;
+        if cert.facts.is_ca {
+            return Err(PkiError::new(
+                ErrorCode::WrongRole,
+                "a CA certificate is not a card certificate",
+            ));
+        }
+        let mut warnings = Vec::new();
+        let path = match self.build_path(cert, extra, role, now, crls, &mut warnings) {
+            Ok(path) => path,
+            Err(e) if e.code == ErrorCode::CertUntrusted => {
+                // A card of the other kind chains to an anchor of the other role: say so.
+                let mut ignored = Vec::new();
+                let other = role.other();
+                if self.trust.anchors_for(other).next().is_some()
+                    && self.build_path(cert, extra, other, now, crls, &mut ignored).is_ok()
+                {
+                    return Err(PkiError::new(
+                        ErrorCode::WrongRole,
+                        format!(
+                            "the certificate is {} card, not {} card",
+                            article(other),
+                            article(role)
+                        ),
+                    ));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let BuiltPath { anchor, chain, revocation } = path;
+
+        let mut facts = cert.facts.clone();
+        if role == Role::Organization {
+            facts.set_org_id_attr(anchor.org_id_attr);
+        }
+        check_profile(&facts, role)?;
+
+        let issuer = match chain.first() {
+            Some(der) => ParsedCert::from_der(der.clone())?,
+            None => anchor.cert.clone(),
+        };
+        let mut fingerprints = vec![facts.sha256.clone()];
+        let mut valid_from = facts.not_before;
+        let mut valid_until = facts.not_after;
+        for der in &chain {
+            let c = ParsedCert::from_der(der.clone())?;
+            valid_from = valid_from.max(c.facts.not_before);
+            valid_until = valid_until.min(c.facts.not_after);
+            fingerprints.push(c.facts.sha256);
+        }
+        valid_from = valid_from.max(anchor.cert.facts.not_before);
+        valid_until = valid_until.min(anchor.cert.facts.not_after);
+        fingerprints.push(anchor.cert.facts.sha256.clone());
+        let result = Validated {
+            role,
+            anchor: anchor.name.clone(),
+            path: fingerprints,
+            revocation,
+            warnings,
+            facts,
+            cached: false,
+        };
+        Ok((result, issuer, valid_from, valid_until))
+    }
+
+    fn build_path(
+        &self,
+        cert: &ParsedCert,
+        extra: &[Vec<u8>],
+        role: Role,
+        now: OffsetDateTime,
+        crls: &CrlStore,
+        warnings: &mut Vec<String>,
+    ) -> Result<BuiltPath<'_>> {
+        let anchors: Vec<&Anchor> = self.trust.anchors_for(role).collect();
+        if anchors.is_empty() {
+            return Err(PkiError::new(
+                ErrorCode::CertUntrusted,
+                format!("no trust anchor is configured for the {} role", role.as_str()),
+            ));
+        }
+        let tas: Vec<_> = anchors.iter().map(|a| a.trust_anchor.clone()).collect();
+        let mut intermediates: Vec<CertificateDer<'static>> = self.trust.intermediates().to_vec();
+        intermediates.extend(extra.iter().map(|d| CertificateDer::from(d.clone())));
+        let der = CertificateDer::from(cert.der.as_slice());
+        let ee = EndEntityCert::try_from(&der)
+            .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("certificate: {e:?}")))?;
+
+        let lists = crls.lists();
+        let depth = if self.options.crl_whole_chain {
+            RevocationCheckDepth::Chain
+        } else {
+            RevocationCheckDepth::EndEntity
+        };
+        let attempt = |expiration: ExpirationPolicy| {
+            let revocation = match self.options.crl {
+                CrlMode::Off => None,
+                CrlMode::Required => Some(
+                    RevocationOptionsBuilder::new(&lists)
+                        .map_err(|_| {
+                            PkiError::new(
+                                ErrorCode::RevocationUnknown,
+                                "no CRL is loaded, so revocation cannot be checked",
+                            )
+                        })?
+                        .with_depth(depth)
+                        .with_status_policy(UnknownStatusPolicy::Deny)
+                        .with_expiration_policy(expiration)
+                        .build(),
+                ),
+            };
+            ee.verify_for_usage(PATH_ALGS, &tas, &intermediates, unix(now), AnyEku, revocation, None)
+                .map(|p| {
+                    let chain: Vec<Vec<u8>> =
+                        p.intermediate_certificates().map(|c| c.der().to_vec()).collect();
+                    let ta = p.anchor();
+                    let idx = tas
+                        .iter()
+                        .position(|t| {
+                            t.subject == ta.subject
+                                && t.subject_public_key_info == ta.subject_public_key_info
+                        })
+                        .unwrap_or(0);
+                    (idx, chain)
+                })
+                .map_err(map_webpki)
+        };
+        let (idx, chain) = match attempt(ExpirationPolicy::Enforce) {
+            Err(e)
+                if e.code == ErrorCode::RevocationStale
+                    && self.options.stale_crl == StalePolicy::Warn =>
+            {
+                let ok = attempt(ExpirationPolicy::Ignore)?;
+                warnings.push(format!("accepted with a stale CRL: {}", e.detail));
+                ok
+            }
+            other => other?,
+        };
+        let revocation = match self.options.crl {
+            CrlMode::Off => {
+                warnings.push("revocation not checked: no CRL check configured".to_string());
+                "not_checked"
+            }
+            CrlMode::Required => "crl",
+        };
+        Ok(BuiltPath { anchor: anchors[idx], chain, revocation })
+    }
+}
+
+struct BuiltPath<'a> {
+    anchor: &'a Anchor,
+    /// Intermediates between the certificate and the anchor, nearest first.
+    chain: Vec<Vec<u8>>,
+    revocation: &'static str,
+}
+
+fn article(role: Role) -> &'static str {
+    match role {
+        Role::Organization => "an organization",
+        Role::Citizen => "a citizen",
+    }
+}
+
+/// The GPKI profile checks after a path is found.
+pub fn check_profile(facts: &CertFacts, role: Role) -> Result<()> {
+    if !facts.can_sign() {
+        return Err(PkiError::new(
+            ErrorCode::KeyUsage,
+            format!(
+                "keyUsage {} allows neither digitalSignature nor nonRepudiation",
+                facts.key_usage.join(",")
+            ),
+        ));
+    }
+    let Some(subject_type) = facts.subject_type.as_deref() else {
+        return Err(PkiError::new(
+            ErrorCode::MissingAttribute,
+            "subject type (2.16.886.1.100.2.1) is missing",
+        ));
+    };
+    match role {
+        Role::Citizen if facts.is_organization() => {
+            return Err(PkiError::new(
+                ErrorCode::WrongRole,
+                format!("subject type {subject_type} is an organization, not a natural person"),
+            ));
+        }
+        Role::Citizen if !facts.is_citizen() => {
+            return Err(PkiError::new(
+                ErrorCode::WrongRole,
+                format!("subject type {subject_type} is not a natural person"),
+            ));
+        }
+        Role::Organization if facts.is_citizen() => {
+            return Err(PkiError::new(
+                ErrorCode::WrongRole,
+                "subject type is a natural person, not an organization",
+            ));
+        }
+        Role::Organization if !facts.is_organization() => {
+            return Err(PkiError::new(
+                ErrorCode::WrongRole,
+                format!("subject type {subject_type} is not an organization"),
+            ));
+        }
+        _ => {}
+    }
+    match role {
+        Role::Citizen if facts.id_last4.is_none() => Err(PkiError::new(
+            ErrorCode::MissingAttribute,
+            "ID last four (2.16.886.1.100.2.51) is missing",
+        )),
+        Role::Citizen if facts.cn.is_none() => {
+            Err(PkiError::new(ErrorCode::MissingAttribute, "subject CN is missing"))
+        }
+        Role::Organization if facts.org_identifier.is_none() => Err(PkiError::new(
+            ErrorCode::MissingAttribute,
+            "organization identifier (2.16.886.1.100.2.102 / .2.101, as the anchor says) is missing",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn fmt_unix(t: UnixTime) -> String {
+    OffsetDateTime::from_unix_timestamp(t.as_secs() as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.as_secs().to_string())
+}
+
+/// webpki's reasons, in certreg's stable codes.
+#[allow(deprecated)] // webpki may still return the variants it deprecated
+fn map_webpki(e: webpki::Error) -> PkiError {
+    use webpki::Error as E;
+    let (code, detail) = match &e {
+        E::CertExpired { not_after, .. } => (
+            ErrorCode::CertExpired,
+            format!("a certificate in the path expired at {}", fmt_unix(*not_after)),
+        ),
+        E::CertNotValidYet { not_before, .. } => (
+            ErrorCode::CertNotYetValid,
+            format!("a certificate in the path is valid from {}", fmt_unix(*not_before)),
+        ),
+        E::CertRevoked => (ErrorCode::CertRevoked, "listed on the issuer's CRL".to_string()),
+        E::CrlExpired { next_update, .. } => (
+            ErrorCode::RevocationStale,
+            format!("the CRL's nextUpdate {} has passed", fmt_unix(*next_update)),
+        ),
+        E::UnknownRevocationStatus => (
+            ErrorCode::RevocationUnknown,
+            "no CRL of the issuer (and partition) is loaded".to_string(),
+        ),
+        E::InvalidCrlSignatureForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithm
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+        | E::IssuerNotCrlSigner
+        | E::InvalidCrlNumber
+        | E::UnsupportedCrlVersion
+        | E::UnsupportedDeltaCrl
+        | E::UnsupportedIndirectCrl
+        | E::UnsupportedCrlIssuingDistributionPoint
+        | E::UnsupportedRevocationReason
+        | E::UnsupportedRevocationReasonsPartitioning => {
+            (ErrorCode::RevocationInvalid, format!("CRL refused: {e:?}"))
+        }
+        E::UnknownIssuer => {
+            (ErrorCode::CertUntrusted, "no path to a trust anchor of this role".to_string())
+        }
+        E::InvalidSignatureForPublicKey => (
+            ErrorCode::SignatureInvalid,
+            "a certificate signature in the path does not verify".to_string(),
+        ),
+        E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+        | E::SignatureAlgorithmMismatch => {
+            (ErrorCode::UnsupportedAlgorithm, format!("path signature algorithm: {e:?}"))
+        }
+        E::CaUsedAsEndEntity => {
+            (ErrorCode::WrongRole, "a CA certificate is not a card certificate".to_string())
+        }
+        E::UnsupportedCriticalExtension => {
+            (ErrorCode::CertMalformed, "an unknown critical extension is present".to_string())
+        }
+        E::PathLenConstraintViolated | E::EndEntityUsedAsCa | E::NameConstraintViolation => {
+            (ErrorCode::CertUntrusted, format!("path constraint: {e:?}"))
+        }
+        E::MaximumPathBuildCallsExceeded
+        | E::MaximumPathDepthExceeded
+        | E::MaximumSignatureChecksExceeded => {
+            (ErrorCode::CertUntrusted, format!("path building gave up: {e:?}"))
+        }
+        _ => (ErrorCode::CertMalformed, format!("certificate refused: {e:?}")),
+    };
+    PkiError::new(code, detail)
+}
