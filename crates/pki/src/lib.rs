@@ -4,6 +4,8 @@
 //! through the [`ocsp::OcspTransport`] trait.
 
 pub mod anchors;
+pub mod challenge;
+pub mod cms;
 pub mod error;
 pub mod facts;
 pub mod oid;
