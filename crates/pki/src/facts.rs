@@ -413,7 +413,7 @@ pub fn any_to_string(any: AnyRef<'_>) -> Option<String> {
         | Tag::VisibleString
         | Tag::NumericString => String::from_utf8(bytes.to_vec()).ok(),
         Tag::BmpString => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> =
@@ -424,7 +424,7 @@ pub fn any_to_string(any: AnyRef<'_>) -> Option<String> {
         Tag::ObjectIdentifier => any.decode_as::<ObjectIdentifier>().ok().map(|o| o.to_string()),
         // UniversalString (tag 28): UCS-4 big-endian.
         _ if any.tag().number().value() == 28 && !any.tag().is_constructed() => {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return None;
             }
             bytes

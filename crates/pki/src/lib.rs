@@ -8,6 +8,7 @@ pub mod challenge;
 pub mod cms;
 pub mod error;
 pub mod facts;
+pub mod ids;
 pub mod oid;
 pub mod revocation;
 pub mod serial;
