@@ -1,2 +1,36 @@
-//! The certreg command.
-fn main() {}
+//! The certreg command: parses arguments, then calls library code.
+
+mod pki_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "certreg", version, about = "公教人員保險 要保機關憑證註冊與授權指派服務")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificates and card proofs: generate a test PKI, inspect and verify certificates.
+    Pki {
+        #[command(subcommand)]
+        command: pki_cmd::PkiCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pki { command } => pki_cmd::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("certreg: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod facts;
 pub mod ids;
 pub mod oid;
+pub mod proof;
 pub mod revocation;
 pub mod serial;
 pub mod sig;

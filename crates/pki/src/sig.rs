@@ -127,3 +127,21 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     out.extend(body);
     Ok(out)
 }
+
+/// Signs `message` with a PKCS#8 private key: RSA → PKCS#1 v1.5 SHA-256, EC P-256 → ECDSA
+/// SHA-256 (DER). What soft cards, the test PKI and benchmarks use; real cards sign on the card.
+pub fn sign_pkcs8(pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+    let rng = ring::rand::SystemRandom::new();
+    let bad_key = |what: &str| PkiError::new(ErrorCode::CertMalformed, format!("private key: {what}"));
+    if let Ok(key) = rs::RsaKeyPair::from_pkcs8(pkcs8_der) {
+        let mut out = vec![0u8; key.public().modulus_len()];
+        key.sign(&rs::RSA_PKCS1_SHA256, &rng, message, &mut out)
+            .map_err(|_| bad_key("RSA signing failed"))?;
+        return Ok(out);
+    }
+    let key = rs::EcdsaKeyPair::from_pkcs8(&rs::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8_der, &rng)
+        .map_err(|_| bad_key("neither an RSA nor a P-256 PKCS#8 key"))?;
+    key.sign(&rng, message)
+        .map(|s| s.as_ref().to_vec())
+        .map_err(|_| bad_key("ECDSA signing failed"))
+}

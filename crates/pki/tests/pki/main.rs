@@ -1,1 +1,11 @@
-//! Integration tests of the pki crate.
+//! Integration tests of the pki crate: certificate facts, the validation matrix, card proofs,
+//! interoperability with the OpenSSL CLI, the real GPKI CA certificates, and parser robustness.
+
+mod helpers;
+
+mod facts;
+mod interop;
+mod proofs;
+mod props;
+mod real_ca;
+mod validation;

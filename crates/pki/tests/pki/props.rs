@@ -1,0 +1,58 @@
+//! Property tests: arbitrary bytes never panic a parser.
+
+use pki::challenge::Challenge;
+use pki::facts::ParsedCert;
+use pki::revocation::CrlStore;
+use proptest::prelude::*;
+
+fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    (0..seed.len(), any::<u8>(), 0..seed.len()).prop_map(move |(i, b, cut)| {
+        let mut v = seed.clone();
+        v[i] = b;
+        if cut % 3 == 0 { v.truncate(cut.max(1)); }
+        v
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = ParsedCert::from_input(&bytes);
+        let _ = pki::cms::parse(&bytes);
+        let _ = pki::proof::decode_signature(&bytes);
+        let _ = Challenge::parse_tbs(&bytes);
+        let _ = CrlStore::new().add(&bytes);
+        let _ = pki::pkcs12::read_pkcs12(&bytes, "123456");
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = pki::ids::NationalId::parse(&text);
+        let _ = pki::ids::UniformNumber::parse(&text);
+        let _ = pki::serial::CertSerial::parse(&text);
+    }
+
+    #[test]
+    fn mutated_certificates_never_panic(bytes in mutated(crate::helpers::pki().card("moica-admin").issued.cert_der.clone())) {
+        if let Ok(c) = ParsedCert::from_der(bytes) {
+            let _ = crate::helpers::no_crl_validator().validate(&c, &[], pki::anchors::Role::Citizen, crate::helpers::NOW);
+        }
+    }
+
+    #[test]
+    fn mutated_cms_never_panics(bytes in mutated({
+        let c = crate::proofs::challenge("org_card");
+        crate::proofs::cms_proof(crate::helpers::pki(), "gca-agency", c.tbs().as_bytes(), &Default::default())
+    })) {
+        let c = crate::proofs::challenge("org_card");
+        let _ = pki::proof::verify_proof(&crate::helpers::no_crl_validator(), &c, &bytes, None, pki::anchors::Role::Organization, crate::helpers::NOW);
+    }
+
+    #[test]
+    fn mutated_crls_never_panic(bytes in mutated(crate::helpers::pki().crl_for(pki::testpki::CaKind::Moica, crate::helpers::NOW, crate::helpers::NOW + time::Duration::days(1)))) {
+        let mut crls = CrlStore::new();
+        if crls.add(&bytes).is_ok() {
+            let v = crate::helpers::validator_with(crls, Default::default());
+            let _ = v.validate(&crate::helpers::card("moica-admin"), &[], pki::anchors::Role::Citizen, crate::helpers::NOW);
+        }
+    }
+}
