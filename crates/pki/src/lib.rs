@@ -4,6 +4,7 @@
 //! through the [`ocsp::OcspTransport`] trait.
 
 pub mod error;
+pub mod ocsp;
 pub mod oid;
 pub mod sig;
 
