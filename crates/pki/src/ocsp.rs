@@ -319,6 +319,9 @@ pub fn check_response(
     let data = ResponseData::from_der(tbs_raw)
         .map_err(|e| invalid(format!("OCSP ResponseData does not decode: {e}")))?;
 
+    if let Some(v) = data.version.filter(|v| *v != 0) {
+        return Err(invalid(format!("OCSP ResponseData version {v} is not v1")));
+    }
     let certs = basic.certs.as_deref().unwrap_or(&[]);
     let signer_spki = responder_key(&data.responder_id, certs, issuer, now)?;
     let alg = SigAlg::from_oid(basic.signature_algorithm.oid)
@@ -375,6 +378,18 @@ pub fn check_response(
         }
     }
 
+    // RFC 5280 semantics: a critical extension we do not understand voids the answer.
+    let mut exts = data
+        .response_extensions
+        .iter()
+        .chain(&single.single_extensions)
+        .flatten();
+    if let Some(e) = exts.find(|e| e.critical && e.extn_id != oid::OCSP_NONCE) {
+        return Err(invalid(format!(
+            "OCSP response has unsupported critical extension {}",
+            e.extn_id
+        )));
+    }
     if let Some(sent) = nonce {
         check_nonce(data.response_extensions.as_deref(), sent)?;
     }
@@ -678,6 +693,11 @@ impl OcspTransport for HttpTransport {
         }
         let mut stream = stream.ok_or(last_err)?;
 
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         let host_header = if port == 80 {
             host.clone()
         } else {
