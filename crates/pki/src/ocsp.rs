@@ -1026,6 +1026,7 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
         PKI.get_or_init(|| {
             let dir =
                 std::env::temp_dir().join(format!("certreg-ocsp-test-{}", std::process::id()));
+            remove_stale_dirs();
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("ext.cnf"), EXTENSIONS).unwrap();
@@ -1118,6 +1119,26 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
         })
     }
 
+    /// Test directories outlive their run (the statics holding them are never dropped), so each
+    /// run removes those of runs that have ended.
+    fn remove_stale_dirs() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("certreg-ocsp-test-") else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// An `openssl ocsp` server process, killed when the test ends.
     struct Responder {
         child: Child,
@@ -1157,10 +1178,12 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
                 key,
                 "-CA",
                 "ca.pem",
-                "-nmin",
-                "5",
                 "-ignore_err",
             ];
+            // Five-minute validity unless the test sets its own.
+            if !extra.contains(&"-ndays") {
+                args.extend_from_slice(&["-nmin", "5"]);
+            }
             args.extend_from_slice(extra);
             let mut child = Command::new("openssl")
                 .args(&args)
@@ -1313,6 +1336,38 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
         let e = check(&p.leaf, &p.ca, &cfg(&r.url), &HttpTransport, now()).unwrap_err();
         assert_eq!(e.code, ErrorCode::RevocationInvalid);
         assert!(e.detail.contains("OCSPSigning"), "{e}");
+    }
+
+    #[test]
+    fn expired_delegated_responder_is_invalid() {
+        // Responses valid for 30 days, the responder certificate for 10.
+        let r = responder("resp.pem", "ee.key", &["-ndays", "30"]);
+        let p = pki();
+        let c = OcspConfig {
+            max_age: Duration::from_secs(40 * 86400),
+            ..cfg(&r.url)
+        };
+        let resp = fetch(&r, &p.leaf, None);
+        let ok = check_response(
+            &resp,
+            &p.leaf,
+            &p.ca,
+            &c,
+            None,
+            now() + time::Duration::days(9),
+        );
+        assert_eq!(ok.unwrap(), OcspStatus::Good);
+        let e = check_response(
+            &resp,
+            &p.leaf,
+            &p.ca,
+            &c,
+            None,
+            now() + time::Duration::days(11),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::RevocationInvalid);
+        assert!(e.detail.contains("is valid from"), "{e}");
     }
 
     #[test]
