@@ -9,6 +9,7 @@ pub mod cms;
 pub mod error;
 pub mod facts;
 pub mod ids;
+pub mod ocsp;
 pub mod oid;
 pub mod proof;
 pub mod revocation;
