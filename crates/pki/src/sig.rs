@@ -105,7 +105,7 @@ pub fn verify(spki_der: &[u8], alg: SigAlg, message: &[u8], signature: &[u8]) ->
 
 /// Converts a raw ECDSA signature r‖s (as PKCS#11 tokens return it) to DER `Ecdsa-Sig-Value`.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 132 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
         return Err(PkiError::new(ErrorCode::ProofMalformed, "raw ECDSA signature length"));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
