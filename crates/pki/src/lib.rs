@@ -5,6 +5,9 @@
 
 pub mod error;
 pub mod oid;
+pub mod pkcs12;
 pub mod sig;
+#[cfg(feature = "testpki")]
+pub mod testpki;
 
 pub use error::{ErrorCode, PkiError};
