@@ -209,9 +209,8 @@ fn inspect(files: &[PathBuf]) -> ExitCode {
 fn generate(out: &Path, p256: bool, at: Option<OffsetDateTime>) -> Result<ExitCode> {
     use pki::testpki::{KeyAlg, TestPki, TestPkiOptions};
     let opts = TestPkiOptions {
-        now: at.unwrap_or_else(OffsetDateTime::now_utc),
         key_alg: if p256 { KeyAlg::P256 } else { KeyAlg::Rsa2048 },
-        ..TestPkiOptions::default()
+        ..TestPkiOptions::new(at.unwrap_or_else(OffsetDateTime::now_utc))
     };
     let pki = TestPki::generate(opts).context("generating the test PKI")?;
     pki.write_dir(out).with_context(|| format!("writing {}", out.display()))?;

@@ -51,6 +51,10 @@ pub enum ErrorCode {
     AnchorConfig,
     /// An identity number (national ID, resident number, 統一編號) is not valid.
     InvalidIdentifier,
+    /// A password (PKCS#12 soft card PIN) does not open the file: its MAC does not verify.
+    WrongPassword,
+    /// A PKCS#12 file that does not decode or lacks its key or certificate.
+    Pkcs12Malformed,
 }
 
 impl ErrorCode {
@@ -78,6 +82,8 @@ impl ErrorCode {
             Self::ChallengeExpired => "challenge_expired",
             Self::AnchorConfig => "anchor_config",
             Self::InvalidIdentifier => "invalid_identifier",
+            Self::WrongPassword => "wrong_password",
+            Self::Pkcs12Malformed => "pkcs12_malformed",
         }
     }
 
@@ -105,6 +111,8 @@ impl ErrorCode {
             Self::ChallengeExpired => "作業已逾時，請重新操作",
             Self::AnchorConfig => "信任憑證設定錯誤",
             Self::InvalidIdentifier => "證號格式或檢查碼錯誤",
+            Self::WrongPassword => "密碼錯誤",
+            Self::Pkcs12Malformed => "憑證檔案格式錯誤，無法讀取",
         }
     }
 }

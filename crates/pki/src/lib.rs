@@ -11,10 +11,13 @@ pub mod facts;
 pub mod ids;
 pub mod ocsp;
 pub mod oid;
+pub mod pkcs12;
 pub mod proof;
 pub mod revocation;
 pub mod serial;
 pub mod sig;
+#[cfg(feature = "testpki")]
+pub mod testpki;
 pub mod validate;
 
 pub use error::{ErrorCode, PkiError};

@@ -18,7 +18,7 @@ pub const NOW: OffsetDateTime = datetime!(2026-06-01 09:00 UTC);
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        TestPki::generate(TestPkiOptions { now: NOW, ..TestPkiOptions::default() })
+        TestPki::generate(TestPkiOptions::new(NOW))
             .expect("test PKI")
     })
 }
@@ -26,7 +26,7 @@ pub fn pki() -> &'static TestPki {
 pub fn pki_p256() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        TestPki::generate(TestPkiOptions { now: NOW, key_alg: KeyAlg::P256, ..TestPkiOptions::default() })
+        TestPki::generate(TestPkiOptions { key_alg: KeyAlg::P256, ..TestPkiOptions::new(NOW) })
             .expect("P-256 test PKI")
     })
 }
