@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "certreg", version, about = "公教人員保險 要保機關憑證註冊與授權指派服務")]
+#[command(
+    name = "certreg",
+    version,
+    about = "公教人員保險 要保機關憑證註冊與授權指派服務"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -95,9 +95,16 @@ pub fn run(command: PkiCommand) -> Result<ExitCode> {
                 let parsed = ParsedCert::from_input(&bytes)?;
                 validator.validate(&parsed, &[], common.role, now(&common))
             })();
-            Ok(report(result.map(|v| serde_json::to_value(v).unwrap_or(Value::Null))))
+            Ok(report(
+                result.map(|v| serde_json::to_value(v).unwrap_or(Value::Null)),
+            ))
         }
-        PkiCommand::VerifyProof { common, tbs, signature, cert } => {
+        PkiCommand::VerifyProof {
+            common,
+            tbs,
+            signature,
+            cert,
+        } => {
             let result = (|| {
                 let validator = validator(&common)?;
                 let challenge = Challenge::parse_tbs(&read(&tbs)?)?;
@@ -127,29 +134,38 @@ fn now(args: &VerifyArgs) -> OffsetDateTime {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
-    std::fs::read(path).map_err(|e| {
-        PkiError::new(ErrorCode::CertMalformed, format!("{}: {e}", path.display()))
-    })
+    std::fs::read(path)
+        .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("{}: {e}", path.display())))
 }
 
 fn validator(args: &VerifyArgs) -> Result<Validator, PkiError> {
     let trust = TrustStore::load_dir(&args.anchors)?;
     let mut crls = CrlStore::new();
     for path in &args.crls {
-        crls.add(&read(path)?).map_err(|e| {
-            PkiError::new(e.code, format!("{}: {}", path.display(), e.detail))
-        })?;
+        crls.add(&read(path)?)
+            .map_err(|e| PkiError::new(e.code, format!("{}: {}", path.display(), e.detail)))?;
     }
     let options = ValidationOptions {
-        crl: if args.crls.is_empty() { CrlMode::Off } else { CrlMode::Required },
-        stale_crl: if args.accept_stale_crl { StalePolicy::Warn } else { StalePolicy::Reject },
+        crl: if args.crls.is_empty() {
+            CrlMode::Off
+        } else {
+            CrlMode::Required
+        },
+        stale_crl: if args.accept_stale_crl {
+            StalePolicy::Warn
+        } else {
+            StalePolicy::Reject
+        },
         ..ValidationOptions::default()
     };
     let validator = Validator::new(trust, crls, options);
     Ok(match &args.ocsp {
         None => validator,
         Some(url) => validator.with_online(std::sync::Arc::new(pki::ocsp::OcspChecker::new(
-            pki::ocsp::OcspConfig { url_override: url.clone(), ..Default::default() },
+            pki::ocsp::OcspConfig {
+                url_override: url.clone(),
+                ..Default::default()
+            },
             std::sync::Arc::new(pki::ocsp::HttpTransport),
         ))),
     })
@@ -203,7 +219,11 @@ fn inspect(files: &[PathBuf]) -> ExitCode {
         };
         println!("{line}");
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn generate(out: &Path, p256: bool, at: Option<OffsetDateTime>) -> Result<ExitCode> {
@@ -213,7 +233,8 @@ fn generate(out: &Path, p256: bool, at: Option<OffsetDateTime>) -> Result<ExitCo
         ..TestPkiOptions::new(at.unwrap_or_else(OffsetDateTime::now_utc))
     };
     let pki = TestPki::generate(opts).context("generating the test PKI")?;
-    pki.write_dir(out).with_context(|| format!("writing {}", out.display()))?;
+    pki.write_dir(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     eprintln!("wrote the test PKI to {} (see index.json)", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -145,13 +145,21 @@ impl TrustStore {
         cert: ParsedCert,
     ) -> Result<()> {
         if !cert.facts.is_ca {
-            return Err(config_err(format!("anchor {name:?} is not a CA certificate")));
+            return Err(config_err(format!(
+                "anchor {name:?} is not a CA certificate"
+            )));
         }
         let der = CertificateDer::from(cert.der.clone());
         let trust_anchor = webpki::anchor_from_trusted_cert(&der)
             .map_err(|e| config_err(format!("anchor {name:?}: {e}")))?
             .to_owned();
-        self.anchors.push(Anchor { name: name.to_string(), role, org_id_attr, cert, trust_anchor });
+        self.anchors.push(Anchor {
+            name: name.to_string(),
+            role,
+            org_id_attr,
+            cert,
+            trust_anchor,
+        });
         Ok(())
     }
 
@@ -181,7 +189,11 @@ impl TrustStore {
 }
 
 fn read_pinned(base: &Path, file: &Path, pin: Option<&str>) -> Result<ParsedCert> {
-    let path = if file.is_absolute() { file.to_path_buf() } else { base.join(file) };
+    let path = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        base.join(file)
+    };
     let bytes = std::fs::read(&path).map_err(|e| config_err(format!("{}: {e}", path.display())))?;
     let cert = ParsedCert::from_input(&bytes)
         .map_err(|e| config_err(format!("{}: {}", path.display(), e.detail)))?;

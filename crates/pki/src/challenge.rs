@@ -40,8 +40,16 @@ fn mismatch(detail: impl Into<String>) -> PkiError {
 fn check_token(field: &str, value: &str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err(mismatch(format!("{field} {value:?} is not a valid identifier"))) }
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(mismatch(format!(
+            "{field} {value:?} is not a valid identifier"
+        )))
+    }
 }
 
 fn check_origin(origin: &str) -> Result<()> {
@@ -51,8 +59,14 @@ fn check_origin(origin: &str) -> Result<()> {
         .ok_or_else(|| mismatch(format!("origin {origin:?} is not http(s)")))?;
     let ok = !rest.is_empty()
         && origin.len() <= 256
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-    if ok { Ok(()) } else { Err(mismatch(format!("origin {origin:?} is not an origin"))) }
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(mismatch(format!("origin {origin:?} is not an origin")))
+    }
 }
 
 impl Challenge {
@@ -85,7 +99,10 @@ impl Challenge {
         check_token("flow", flow_id)?;
         check_token("step", step)?;
         if nonce.len() < NONCE_BYTES || nonce.len() > 64 {
-            return Err(mismatch(format!("nonce of {} bytes (32 to 64 required)", nonce.len())));
+            return Err(mismatch(format!(
+                "nonce of {} bytes (32 to 64 required)",
+                nonce.len()
+            )));
         }
         // Whole seconds: the TBS carries RFC 3339 without fractions.
         let issued_at = issued_at.replace_nanosecond(0).unwrap_or(issued_at);
@@ -140,7 +157,9 @@ impl Challenge {
         let origin = field("origin")?;
         let flow = field("flow")?;
         let step = field("step")?;
-        let nonce = B64.decode(field("nonce")?).map_err(|_| mismatch("nonce is not base64url"))?;
+        let nonce = B64
+            .decode(field("nonce")?)
+            .map_err(|_| mismatch("nonce is not base64url"))?;
         let issued = OffsetDateTime::parse(field("issued")?, &Rfc3339)
             .map_err(|_| mismatch("issued is not RFC 3339"))?;
         if lines.next().is_some() {
@@ -169,13 +188,19 @@ impl Challenge {
         // another step, flow or site.
         let other = Self::parse_tbs(signed)?;
         let detail = if other.origin != self.origin {
-            format!("signed for origin {}, expected {}", other.origin, self.origin)
+            format!(
+                "signed for origin {}, expected {}",
+                other.origin, self.origin
+            )
         } else if other.flow_id != self.flow_id {
             "signed for another flow".to_string()
         } else if other.step != self.step {
             format!("signed for step {}, expected {}", other.step, self.step)
         } else if other.purpose != self.purpose {
-            format!("signed for purpose {}, expected {}", other.purpose, self.purpose)
+            format!(
+                "signed for purpose {}, expected {}",
+                other.purpose, self.purpose
+            )
         } else if other.nonce != self.nonce {
             "signed over another nonce (a replayed or outdated challenge)".to_string()
         } else {
@@ -210,7 +235,10 @@ mod tests {
         assert!(tbs.ends_with("issued=2026-11-26T12:00:00Z"));
         assert_eq!(Challenge::parse_tbs(tbs.as_bytes()).unwrap(), c);
         let spaced = tbs.replace("step=org_card", "step= org_card");
-        assert_eq!(Challenge::parse_tbs(spaced.as_bytes()).unwrap_err().code, ErrorCode::ChallengeMismatch);
+        assert_eq!(
+            Challenge::parse_tbs(spaced.as_bytes()).unwrap_err().code,
+            ErrorCode::ChallengeMismatch
+        );
         assert!(Challenge::parse_tbs(format!("{tbs}\n").as_bytes()).is_err());
         assert!(Challenge::parse_tbs(b"hello").is_err());
     }
@@ -236,8 +264,15 @@ mod tests {
         assert!(e.detail.contains("step admin_card"), "{}", e.detail);
         let mut other = c.clone();
         other.origin = "https://evil.example".into();
-        assert!(c.check_signed(other.tbs().as_bytes(), now).unwrap_err().detail.contains("origin"));
-        let e = c.check_signed(c.tbs().as_bytes(), c.issued_at + CHALLENGE_LIFETIME).unwrap_err();
+        assert!(
+            c.check_signed(other.tbs().as_bytes(), now)
+                .unwrap_err()
+                .detail
+                .contains("origin")
+        );
+        let e = c
+            .check_signed(c.tbs().as_bytes(), c.issued_at + CHALLENGE_LIFETIME)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::ChallengeExpired);
     }
 

@@ -70,7 +70,9 @@ pub fn parse(der: &[u8]) -> Result<CmsParts> {
     let [ct, content] = parts.as_slice() else {
         return Err(malformed("ContentInfo has the wrong number of fields"));
     };
-    let ct: ObjectIdentifier = ct.decode_as().map_err(|e| malformed(format!("contentType: {e}")))?;
+    let ct: ObjectIdentifier = ct
+        .decode_as()
+        .map_err(|e| malformed(format!("contentType: {e}")))?;
     if ct != oid::CMS_SIGNED_DATA {
         return Err(malformed(format!("content type {ct} is not signedData")));
     }
@@ -78,7 +80,9 @@ pub fn parse(der: &[u8]) -> Result<CmsParts> {
         return Err(malformed("ContentInfo content is not [0]"));
     }
     let sd = tlvs(content.value())?;
-    let [sd] = sd.as_slice() else { return Err(malformed("[0] must hold one SignedData")) };
+    let [sd] = sd.as_slice() else {
+        return Err(malformed("[0] must hold one SignedData"));
+    };
     let fields = tlvs(sd.value())?;
     if fields.len() < 4 {
         return Err(malformed("SignedData has too few fields"));
@@ -117,10 +121,15 @@ pub fn parse(der: &[u8]) -> Result<CmsParts> {
         }
         rest = &rest[1..];
     }
-    let [signer_infos] = rest else { return Err(malformed("SignedData has no signerInfos")) };
+    let [signer_infos] = rest else {
+        return Err(malformed("SignedData has no signerInfos"));
+    };
     let signers = tlvs(signer_infos.value())?;
     let [signer] = signers.as_slice() else {
-        return Err(malformed(format!("{} signers (exactly one accepted)", signers.len())));
+        return Err(malformed(format!(
+            "{} signers (exactly one accepted)",
+            signers.len()
+        )));
     };
     let signed_attrs_der = tlvs(signer.value())?
         .into_iter()
@@ -133,7 +142,13 @@ pub fn parse(der: &[u8]) -> Result<CmsParts> {
         .transpose()?;
     let signer = SignerInfo::from_der(&tlv_bytes(*signer)?)
         .map_err(|e| malformed(format!("SignerInfo: {e}")))?;
-    Ok(CmsParts { econtent_type, content, certificates, signer, signed_attrs_der })
+    Ok(CmsParts {
+        econtent_type,
+        content,
+        certificates,
+        signer,
+        signed_attrs_der,
+    })
 }
 
 impl CmsParts {
@@ -150,7 +165,9 @@ impl CmsParts {
     /// The certificate the SignerIdentifier names, among `candidates` (DER).
     pub fn find_signer<'c>(&self, candidates: &'c [Vec<u8>]) -> Option<&'c Vec<u8>> {
         candidates.iter().find(|der| {
-            let Ok(cert) = Certificate::from_der(der) else { return false };
+            let Ok(cert) = Certificate::from_der(der) else {
+                return false;
+            };
             let tbs = cert.tbs_certificate();
             match &self.signer.sid {
                 SignerIdentifier::IssuerAndSerialNumber(ias) => {
@@ -187,7 +204,10 @@ fn enc(e: der::Error) -> PkiError {
 }
 
 fn attribute(kind: ObjectIdentifier, value: Any) -> Result<Attribute> {
-    Ok(Attribute { oid: kind, values: SetOfVec::try_from(vec![value]).map_err(enc)? })
+    Ok(Attribute {
+        oid: kind,
+        values: SetOfVec::try_from(vec![value]).map_err(enc)?,
+    })
 }
 
 /// Builds a SHA-256 SignedData over `content`. `sign` receives the bytes to sign (the DER SET
@@ -201,7 +221,11 @@ pub fn build_signed_data(
 ) -> Result<Vec<u8>> {
     let cert = Certificate::from_der(signer_cert_der)
         .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("signer certificate: {e}")))?;
-    let key_alg = cert.tbs_certificate().subject_public_key_info().algorithm.oid;
+    let key_alg = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .algorithm
+        .oid;
     let (sig_oid, sig_params) = match key_alg {
         oid::RSA_ENCRYPTION => (oid::SHA256_WITH_RSA, Some(Any::null())),
         oid::EC_PUBLIC_KEY => (oid::ECDSA_WITH_SHA256, None),
@@ -212,14 +236,20 @@ pub fn build_signed_data(
             ));
         }
     };
-    let sha256 = AlgorithmIdentifierOwned { oid: oid::SHA256, parameters: None };
+    let sha256 = AlgorithmIdentifierOwned {
+        oid: oid::SHA256,
+        parameters: None,
+    };
     let digest = ring::digest::digest(&ring::digest::SHA256, content);
 
     let (signed_attrs, to_sign) = if opts.without_signed_attrs {
         (None, content.to_vec())
     } else {
         let mut attrs = vec![
-            attribute(oid::ATTR_CONTENT_TYPE, Any::encode_from(&oid::CMS_DATA).map_err(enc)?)?,
+            attribute(
+                oid::ATTR_CONTENT_TYPE,
+                Any::encode_from(&oid::CMS_DATA).map_err(enc)?,
+            )?,
             attribute(
                 oid::ATTR_MESSAGE_DIGEST,
                 Any::encode_from(&OctetString::new(digest.as_ref()).map_err(enc)?).map_err(enc)?,
@@ -228,15 +258,24 @@ pub fn build_signed_data(
         if let Some(t) = opts.signing_time {
             let secs = std::time::Duration::from_secs(t.unix_timestamp().max(0) as u64);
             let utc = der::asn1::UtcTime::from_unix_duration(secs).map_err(enc)?;
-            attrs.push(attribute(oid::ATTR_SIGNING_TIME, Any::encode_from(&utc).map_err(enc)?)?);
+            attrs.push(attribute(
+                oid::ATTR_SIGNING_TIME,
+                Any::encode_from(&utc).map_err(enc)?,
+            )?);
         }
         if let Some(n) = &opts.nonce {
             let octets = OctetString::new(n.clone()).map_err(enc)?;
-            attrs.push(attribute(oid::ATTR_RANDOM_NONCE, Any::encode_from(&octets).map_err(enc)?)?);
+            attrs.push(attribute(
+                oid::ATTR_RANDOM_NONCE,
+                Any::encode_from(&octets).map_err(enc)?,
+            )?);
         }
         if let Some(card) = &opts.card_number {
             let s = der::asn1::Utf8StringRef::new(card).map_err(enc)?;
-            attrs.push(attribute(oid::GPKI_CARD_NUMBER, Any::encode_from(&s).map_err(enc)?)?);
+            attrs.push(attribute(
+                oid::GPKI_CARD_NUMBER,
+                Any::encode_from(&s).map_err(enc)?,
+            )?);
         }
         let set: SetOfVec<Attribute> = SetOfVec::try_from(attrs).map_err(enc)?;
         let der = set.to_der().map_err(enc)?;
@@ -253,7 +292,10 @@ pub fn build_signed_data(
         }),
         digest_alg: sha256.clone(),
         signed_attrs,
-        signature_algorithm: AlgorithmIdentifierOwned { oid: sig_oid, parameters: sig_params },
+        signature_algorithm: AlgorithmIdentifierOwned {
+            oid: sig_oid,
+            parameters: sig_params,
+        },
         signature: OctetString::new(signature).map_err(enc)?,
         unsigned_attrs: None,
     };

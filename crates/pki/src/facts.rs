@@ -81,7 +81,11 @@ impl CertFacts {
         if self.is_citizen() {
             return self.cn.as_deref();
         }
-        self.ou.last().map(String::as_str).or(self.o.as_deref()).or(self.cn.as_deref())
+        self.ou
+            .last()
+            .map(String::as_str)
+            .or(self.o.as_deref())
+            .or(self.cn.as_deref())
     }
 
     /// The subject type says natural person (自然人).
@@ -109,7 +113,10 @@ impl CertFacts {
     /// without keyUsage is unrestricted.
     pub fn can_sign(&self) -> bool {
         self.key_usage.is_empty()
-            || self.key_usage.iter().any(|k| *k == "digitalSignature" || *k == "nonRepudiation")
+            || self
+                .key_usage
+                .iter()
+                .any(|k| *k == "digitalSignature" || *k == "nonRepudiation")
     }
 }
 
@@ -131,11 +138,15 @@ impl ParsedCert {
         if der.len() > MAX_CERT_BYTES {
             return Err(PkiError::new(
                 ErrorCode::InputTooLarge,
-                format!("certificate of {} bytes (limit {MAX_CERT_BYTES})", der.len()),
+                format!(
+                    "certificate of {} bytes (limit {MAX_CERT_BYTES})",
+                    der.len()
+                ),
             ));
         }
-        let cert = Certificate::from_der(&der)
-            .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("not a certificate: {e}")))?;
+        let cert = Certificate::from_der(&der).map_err(|e| {
+            PkiError::new(ErrorCode::CertMalformed, format!("not a certificate: {e}"))
+        })?;
         let facts = facts_of(&cert, &der)?;
         Ok(Self { der, cert, facts })
     }
@@ -156,7 +167,11 @@ pub fn decode_input(input: &[u8]) -> Result<Vec<u8>> {
     if input.len() > MAX_CERT_BYTES * 2 {
         return Err(PkiError::new(
             ErrorCode::InputTooLarge,
-            format!("input of {} bytes (limit {})", input.len(), MAX_CERT_BYTES * 2),
+            format!(
+                "input of {} bytes (limit {})",
+                input.len(),
+                MAX_CERT_BYTES * 2
+            ),
         ));
     }
     if input.first() == Some(&0x30) {
@@ -167,10 +182,13 @@ pub fn decode_input(input: &[u8]) -> Result<Vec<u8>> {
     let body: String = if let Some(start) = text.find("-----BEGIN") {
         let rest = &text[start..];
         let after_header = rest.find('\n').map(|i| &rest[i + 1..]).unwrap_or("");
-        let end = after_header.find("-----END").ok_or_else(|| {
-            PkiError::new(ErrorCode::CertMalformed, "PEM without an END line")
-        })?;
-        after_header[..end].chars().filter(|c| !c.is_whitespace()).collect()
+        let end = after_header
+            .find("-----END")
+            .ok_or_else(|| PkiError::new(ErrorCode::CertMalformed, "PEM without an END line"))?;
+        after_header[..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect()
     } else {
         text.chars().filter(|c| !c.is_whitespace()).collect()
     };
@@ -207,8 +225,12 @@ fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
         serial,
         issuer: dn_string(tbs.issuer()),
         subject: dn_string(subject),
-        cn: name_attr(subject, oid::AT_COMMON_NAME).into_iter().next_back(),
-        o: name_attr(subject, oid::AT_ORGANIZATION).into_iter().next_back(),
+        cn: name_attr(subject, oid::AT_COMMON_NAME)
+            .into_iter()
+            .next_back(),
+        o: name_attr(subject, oid::AT_ORGANIZATION)
+            .into_iter()
+            .next_back(),
         ou: name_attr(subject, oid::AT_ORG_UNIT),
         subject_serial_number: name_attr(subject, oid::AT_SERIAL_NUMBER).into_iter().next(),
         subject_type: None,
@@ -253,7 +275,10 @@ fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
             }
             oid::EXT_CERT_POLICIES => {
                 if let Ok(p) = CertificatePolicies::from_der(value) {
-                    facts.policies = p.0.iter().map(|p| p.policy_identifier.to_string()).collect();
+                    facts.policies =
+                        p.0.iter()
+                            .map(|p| p.policy_identifier.to_string())
+                            .collect();
                 }
             }
             oid::EXT_CRL_DISTRIBUTION_POINTS => {
@@ -269,7 +294,9 @@ fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
             oid::EXT_AUTHORITY_INFO_ACCESS => {
                 if let Ok(aia) = AuthorityInfoAccessSyntax::from_der(value) {
                     for ad in aia.0.iter().filter(|ad| ad.access_method == oid::AD_OCSP) {
-                        facts.ocsp_urls.extend(uris(std::slice::from_ref(&ad.access_location)));
+                        facts
+                            .ocsp_urls
+                            .extend(uris(std::slice::from_ref(&ad.access_location)));
                     }
                 }
             }
@@ -286,7 +313,10 @@ fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
             _ => {}
         }
     }
-    facts.org_identifier = facts.org_oid.clone().or_else(|| facts.uniform_number.clone());
+    facts.org_identifier = facts
+        .org_oid
+        .clone()
+        .or_else(|| facts.uniform_number.clone());
     Ok(facts)
 }
 
@@ -316,7 +346,11 @@ fn key_usage_names(ku: &KeyUsage) -> Vec<&'static str> {
         (ku.encipher_only(), "encipherOnly"),
         (ku.decipher_only(), "decipherOnly"),
     ];
-    checks.into_iter().filter(|(set, _)| *set).map(|(_, n)| n).collect()
+    checks
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, n)| n)
+        .collect()
 }
 
 fn key_description(spki: &spki::SubjectPublicKeyInfoOwned) -> String {
@@ -376,7 +410,9 @@ fn read_sda(value: &[u8], facts: &mut CertFacts) -> Result<()> {
     })
     .map_err(|e: der::Error| malformed("subjectDirectoryAttributes", e))?;
     for (kind, values) in attrs {
-        let Some(first) = values.first() else { continue };
+        let Some(first) = values.first() else {
+            continue;
+        };
         let text = any_to_string(*first);
         match kind {
             oid::GPKI_SUBJECT_TYPE => facts.subject_type = text,
@@ -416,12 +452,17 @@ pub fn any_to_string(any: AnyRef<'_>) -> Option<String> {
             if !bytes.len().is_multiple_of(2) {
                 return None;
             }
-            let units: Vec<u16> =
-                bytes.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
             String::from_utf16(&units).ok()
         }
         Tag::TeletexString => Some(bytes.iter().map(|b| *b as char).collect()),
-        Tag::ObjectIdentifier => any.decode_as::<ObjectIdentifier>().ok().map(|o| o.to_string()),
+        Tag::ObjectIdentifier => any
+            .decode_as::<ObjectIdentifier>()
+            .ok()
+            .map(|o| o.to_string()),
         // UniversalString (tag 28): UCS-4 big-endian.
         _ if any.tag().number().value() == 28 && !any.tag().is_constructed() => {
             if !bytes.len().is_multiple_of(4) {

@@ -1739,7 +1739,13 @@ impl crate::validate::OnlineStatus for OcspChecker {
         issuer: &crate::facts::ParsedCert,
         now: OffsetDateTime,
     ) -> Result<(), PkiError> {
-        match check(&cert.cert, &issuer.cert, &self.config, self.transport.as_ref(), now)? {
+        match check(
+            &cert.cert,
+            &issuer.cert,
+            &self.config,
+            self.transport.as_ref(),
+            now,
+        )? {
             OcspStatus::Good => Ok(()),
             OcspStatus::Revoked { at } => Err(PkiError::new(
                 ErrorCode::CertRevoked,

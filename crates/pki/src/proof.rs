@@ -52,13 +52,20 @@ fn malformed(detail: impl Into<String>) -> PkiError {
 /// Signatures come as DER or base64 (the agent returns base64); this accepts both.
 pub fn decode_signature(input: &[u8]) -> Result<Vec<u8>> {
     if input.len() > cms::MAX_CMS_BYTES * 2 {
-        return Err(PkiError::new(ErrorCode::InputTooLarge, "signature too large"));
+        return Err(PkiError::new(
+            ErrorCode::InputTooLarge,
+            "signature too large",
+        ));
     }
-    if input.first() == Some(&0x30) && !input.iter().all(|b| b.is_ascii_graphic()) {
+    let is_text = !input.is_empty()
+        && input
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=-_".contains(b) || b.is_ascii_whitespace());
+    if !is_text {
+        // Binary: DER CMS, a raw PKCS#1 signature, or raw ECDSA r‖s.
         return Ok(input.to_vec());
     }
-    let text: String = std::str::from_utf8(input)
-        .map_err(|_| malformed("signature is neither DER nor base64"))?
+    let text: String = String::from_utf8_lossy(input)
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
@@ -68,7 +75,9 @@ pub fn decode_signature(input: &[u8]) -> Result<Vec<u8>> {
     } else {
         &base64::engine::general_purpose::STANDARD_NO_PAD
     };
-    let bytes = engine.decode(unpadded).map_err(|e| malformed(format!("signature base64: {e}")))?;
+    let bytes = engine
+        .decode(unpadded)
+        .map_err(|e| malformed(format!("signature base64: {e}")))?;
     if bytes.is_empty() {
         return Err(malformed("empty signature"));
     }
@@ -103,7 +112,13 @@ pub fn verify_proof(
     })?;
     expected.check_signed(tbs.as_bytes(), now)?;
     let spki = cert.spki_der()?;
-    let format = match cert.cert.tbs_certificate().subject_public_key_info().algorithm.oid {
+    let format = match cert
+        .cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .algorithm
+        .oid
+    {
         oid::RSA_ENCRYPTION => {
             sig::verify(&spki, SigAlg::RsaSha256, tbs.as_bytes(), &signature)?;
             ProofFormat::Pkcs1
@@ -125,13 +140,23 @@ pub fn verify_proof(
         }
     };
     let certificate = validator.validate(&cert, &[], role, now)?;
-    Ok(VerifiedProof { format, attrs: SignedAttrs::default(), certificate })
+    Ok(VerifiedProof {
+        format,
+        attrs: SignedAttrs::default(),
+        certificate,
+    })
 }
 
 fn looks_like_content_info(der: &[u8]) -> bool {
     // SEQUENCE { OBJECT IDENTIFIER 1.2.840.113549.1.7.2 ...
-    const SIGNED_DATA_OID: &[u8] = &[0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07, 0x02];
-    der.len() > 16 && der[0] == 0x30 && der[..16].windows(SIGNED_DATA_OID.len()).any(|w| w == SIGNED_DATA_OID)
+    const SIGNED_DATA_OID: &[u8] = &[
+        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07, 0x02,
+    ];
+    der.len() > 16
+        && der[0] == 0x30
+        && der[..16]
+            .windows(SIGNED_DATA_OID.len())
+            .any(|w| w == SIGNED_DATA_OID)
 }
 
 fn verify_cms(
@@ -143,7 +168,10 @@ fn verify_cms(
     now: OffsetDateTime,
 ) -> Result<VerifiedProof> {
     if parts.econtent_type != oid::CMS_DATA {
-        return Err(malformed(format!("eContentType {} is not id-data", parts.econtent_type)));
+        return Err(malformed(format!(
+            "eContentType {} is not id-data",
+            parts.econtent_type
+        )));
     }
     let tbs = expected.tbs();
     let (content, format) = match &parts.content {
@@ -163,7 +191,9 @@ fn verify_cms(
     if let Some(b) = &beside
         && b.der != signer.der
     {
-        return Err(malformed("the certificate sent beside the proof is not the signer's"));
+        return Err(malformed(
+            "the certificate sent beside the proof is not the signer's",
+        ));
     }
     let spki = signer.spki_der()?;
     let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg.oid, &spki)?;
@@ -199,7 +229,11 @@ fn verify_cms(
         None => sig::verify(&spki, alg, content, signature)?,
     }
     let certificate = validator.validate(&signer, &parts.certificates, role, now)?;
-    Ok(VerifiedProof { format, attrs, certificate })
+    Ok(VerifiedProof {
+        format,
+        attrs,
+        certificate,
+    })
 }
 
 /// SignerInfo.signatureAlgorithm may name the bare key algorithm (rsaEncryption, as HiPKI
@@ -224,7 +258,10 @@ fn digest_of(alg: const_oid::ObjectIdentifier, content: &[u8]) -> Result<Vec<u8>
         oid::SHA512 => &ring::digest::SHA512,
         oid::SHA1 => return Err(PkiError::new(ErrorCode::Sha1Refused, "SHA-1 digest")),
         other => {
-            return Err(PkiError::new(ErrorCode::UnsupportedAlgorithm, format!("digest {other}")));
+            return Err(PkiError::new(
+                ErrorCode::UnsupportedAlgorithm,
+                format!("digest {other}"),
+            ));
         }
     };
     Ok(ring::digest::digest(algorithm, content).as_ref().to_vec())

@@ -71,9 +71,10 @@ impl CrlStore {
         } else {
             input.to_vec()
         };
-        let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).map_err(|e| crl_err(format!("CRL: {e}")))?;
-        let owned = OwnedCertRevocationList::from_der(&der)
-            .map_err(|e| crl_err(format!("CRL: {e:?}")))?;
+        let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
+            .map_err(|e| crl_err(format!("CRL: {e}")))?;
+        let owned =
+            OwnedCertRevocationList::from_der(&der).map_err(|e| crl_err(format!("CRL: {e:?}")))?;
         let list = CertRevocationList::Owned(owned);
         let tbs = &parsed.tbs_cert_list;
         let entry = CrlEntry {
@@ -127,7 +128,6 @@ impl CrlStore {
     pub fn earliest_next_update(&self) -> Option<OffsetDateTime> {
         self.entries.iter().filter_map(|e| e.next_update).min()
     }
-
 }
 
 impl CrlStore {

@@ -9,7 +9,9 @@ const MAX_OCTETS: usize = 40;
 /// A certificate serial number in canonical form: upper-case hex of the positive integer's bytes,
 /// even length, without the `00` sign byte DER may add and without separators — what
 /// `openssl x509 -serial` prints. Two serials are equal when they are the same integer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct CertSerial(String);
 
@@ -154,16 +156,30 @@ mod tests {
 
     #[test]
     fn der_sign_byte_is_dropped() {
-        assert_eq!(CertSerial::from_der_bytes(&[0x00, 0xA1, 0xB2]).unwrap().as_str(), "A1B2");
-        assert_eq!(CertSerial::from_der_bytes(&[0x04, 0xD7]).unwrap().as_str(), "04D7");
+        assert_eq!(
+            CertSerial::from_der_bytes(&[0x00, 0xA1, 0xB2])
+                .unwrap()
+                .as_str(),
+            "A1B2"
+        );
+        assert_eq!(
+            CertSerial::from_der_bytes(&[0x04, 0xD7]).unwrap().as_str(),
+            "04D7"
+        );
         assert_eq!(CertSerial::from_der_bytes(&[0x00]).unwrap().as_str(), "00");
     }
 
     #[test]
     fn bad_input_is_refused_precisely() {
         assert_eq!(CertSerial::parse("  "), Err(SerialError::Empty));
-        assert_eq!(CertSerial::parse("12G4"), Err(SerialError::BadCharacter('G')));
-        assert_eq!(CertSerial::parse(&"1".repeat(81)), Err(SerialError::TooLong));
+        assert_eq!(
+            CertSerial::parse("12G4"),
+            Err(SerialError::BadCharacter('G'))
+        );
+        assert_eq!(
+            CertSerial::parse(&"1".repeat(81)),
+            Err(SerialError::TooLong)
+        );
         assert_eq!(CertSerial::parse("0x"), Err(SerialError::Empty));
     }
 

@@ -27,7 +27,10 @@ impl SigAlg {
             oid::ECDSA_WITH_SHA256 => Self::EcdsaSha256,
             o if o == const_oid::db::rfc5912::ECDSA_WITH_SHA_384 => Self::EcdsaSha384,
             oid::SHA1_WITH_RSA | oid::ECDSA_WITH_SHA1 => {
-                return Err(PkiError::new(ErrorCode::Sha1Refused, "SHA-1 signature algorithm"));
+                return Err(PkiError::new(
+                    ErrorCode::Sha1Refused,
+                    "SHA-1 signature algorithm",
+                ));
             }
             other => {
                 return Err(PkiError::new(
@@ -70,7 +73,10 @@ pub fn verify(spki_der: &[u8], alg: SigAlg, message: &[u8], signature: &[u8]) ->
         .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("public key: {e}")))?;
     let key: &BitStringRef<'_> = &spki.subject_public_key;
     let key = key.as_bytes().ok_or_else(|| {
-        PkiError::new(ErrorCode::CertMalformed, "public key bit string has unused bits")
+        PkiError::new(
+            ErrorCode::CertMalformed,
+            "public key bit string has unused bits",
+        )
     })?;
     let is_rsa = spki.algorithm.oid == oid::RSA_ENCRYPTION;
     let is_ec = spki.algorithm.oid == oid::EC_PUBLIC_KEY;
@@ -83,8 +89,12 @@ pub fn verify(spki_der: &[u8], alg: SigAlg, message: &[u8], signature: &[u8]) ->
         SigAlg::RsaSha256 if is_rsa => &rs::RSA_PKCS1_2048_8192_SHA256,
         SigAlg::RsaSha384 if is_rsa => &rs::RSA_PKCS1_2048_8192_SHA384,
         SigAlg::RsaSha512 if is_rsa => &rs::RSA_PKCS1_2048_8192_SHA512,
-        SigAlg::EcdsaSha256 if is_ec && curve == Some(oid::SECP256R1) => &rs::ECDSA_P256_SHA256_ASN1,
-        SigAlg::EcdsaSha384 if is_ec && curve == Some(oid::SECP256R1) => &rs::ECDSA_P256_SHA384_ASN1,
+        SigAlg::EcdsaSha256 if is_ec && curve == Some(oid::SECP256R1) => {
+            &rs::ECDSA_P256_SHA256_ASN1
+        }
+        SigAlg::EcdsaSha384 if is_ec && curve == Some(oid::SECP256R1) => {
+            &rs::ECDSA_P256_SHA384_ASN1
+        }
         SigAlg::EcdsaSha256 if is_ec && curve == Some(const_oid::db::rfc5912::SECP_384_R_1) => {
             &rs::ECDSA_P384_SHA256_ASN1
         }
@@ -94,7 +104,10 @@ pub fn verify(spki_der: &[u8], alg: SigAlg, message: &[u8], signature: &[u8]) ->
         _ => {
             return Err(PkiError::new(
                 ErrorCode::UnsupportedAlgorithm,
-                format!("{alg:?} with key algorithm {} (curve {curve:?})", spki.algorithm.oid),
+                format!(
+                    "{alg:?} with key algorithm {} (curve {curve:?})",
+                    spki.algorithm.oid
+                ),
             ));
         }
     };
@@ -106,7 +119,10 @@ pub fn verify(spki_der: &[u8], alg: SigAlg, message: &[u8], signature: &[u8]) ->
 /// Converts a raw ECDSA signature r‖s (as PKCS#11 tokens return it) to DER `Ecdsa-Sig-Value`.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
-        return Err(PkiError::new(ErrorCode::ProofMalformed, "raw ECDSA signature length"));
+        return Err(PkiError::new(
+            ErrorCode::ProofMalformed,
+            "raw ECDSA signature length",
+        ));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
     fn int(v: &[u8]) -> Vec<u8> {
@@ -132,7 +148,8 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
 /// SHA-256 (DER). What soft cards, the test PKI and benchmarks use; real cards sign on the card.
 pub fn sign_pkcs8(pkcs8_der: &[u8], message: &[u8]) -> Result<Vec<u8>> {
     let rng = ring::rand::SystemRandom::new();
-    let bad_key = |what: &str| PkiError::new(ErrorCode::CertMalformed, format!("private key: {what}"));
+    let bad_key =
+        |what: &str| PkiError::new(ErrorCode::CertMalformed, format!("private key: {what}"));
     if let Ok(key) = rs::RsaKeyPair::from_pkcs8(pkcs8_der) {
         let mut out = vec![0u8; key.public().modulus_len()];
         key.sign(&rs::RSA_PKCS1_SHA256, &rng, message, &mut out)

@@ -68,7 +68,11 @@ pub struct ValidationOptions {
 
 impl Default for ValidationOptions {
     fn default() -> Self {
-        Self { crl: CrlMode::Required, stale_crl: StalePolicy::Reject, crl_whole_chain: false }
+        Self {
+            crl: CrlMode::Required,
+            stale_crl: StalePolicy::Reject,
+            crl_whole_chain: false,
+        }
     }
 }
 
@@ -109,12 +113,20 @@ pub struct Validator {
 }
 
 fn unix(now: OffsetDateTime) -> UnixTime {
-    UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.unix_timestamp().max(0) as u64))
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        now.unix_timestamp().max(0) as u64
+    ))
 }
 
 impl Validator {
     pub fn new(trust: TrustStore, crls: CrlStore, options: ValidationOptions) -> Self {
-        Self { trust, crls: RwLock::new(Arc::new(crls)), options, online: None, cache: None }
+        Self {
+            trust,
+            crls: RwLock::new(Arc::new(crls)),
+            options,
+            online: None,
+            cache: None,
+        }
     }
 
     /// Adds an online status check (OCSP) for every end-entity certificate.
@@ -184,8 +196,14 @@ impl Validator {
             self.validate_uncached(cert, extra, role, now, &crls)?;
         if let Some(online) = &self.online {
             online.check(cert, &issuer, now)?;
-            result.revocation = if result.revocation == "crl" { "crl+ocsp" } else { "ocsp" };
-            result.warnings.retain(|w| !w.starts_with("revocation not checked"));
+            result.revocation = if result.revocation == "crl" {
+                "crl+ocsp"
+            } else {
+                "ocsp"
+            };
+            result
+                .warnings
+                .retain(|w| !w.starts_with("revocation not checked"));
         }
         if let Some(cache) = &self.cache
             && let Ok(mut c) = cache.lock()
@@ -193,7 +211,9 @@ impl Validator {
             if c.len() >= CACHE_CAPACITY {
                 c.clear();
             }
-            let valid_until = crls.earliest_next_update().map_or(valid_until, |n| n.min(valid_until));
+            let valid_until = crls
+                .earliest_next_update()
+                .map_or(valid_until, |n| n.min(valid_until));
             c.insert(
                 key,
                 CacheEntry {
@@ -232,7 +252,9 @@ impl Validator {
                 let mut ignored = Vec::new();
                 let other = role.other();
                 if self.trust.anchors_for(other).next().is_some()
-                    && self.build_path(cert, extra, other, now, crls, &mut ignored).is_ok()
+                    && self
+                        .build_path(cert, extra, other, now, crls, &mut ignored)
+                        .is_ok()
                 {
                     return Err(PkiError::new(
                         ErrorCode::WrongRole,
@@ -247,7 +269,11 @@ impl Validator {
             }
             Err(e) => return Err(e),
         };
-        let BuiltPath { anchor, chain, revocation } = path;
+        let BuiltPath {
+            anchor,
+            chain,
+            revocation,
+        } = path;
 
         let mut facts = cert.facts.clone();
         if role == Role::Organization {
@@ -296,7 +322,10 @@ impl Validator {
         if anchors.is_empty() {
             return Err(PkiError::new(
                 ErrorCode::CertUntrusted,
-                format!("no trust anchor is configured for the {} role", role.as_str()),
+                format!(
+                    "no trust anchor is configured for the {} role",
+                    role.as_str()
+                ),
             ));
         }
         let tas: Vec<_> = anchors.iter().map(|a| a.trust_anchor.clone()).collect();
@@ -329,21 +358,31 @@ impl Validator {
                         .build(),
                 ),
             };
-            ee.verify_for_usage(PATH_ALGS, &tas, &intermediates, unix(now), AnyEku, revocation, None)
-                .map(|p| {
-                    let chain: Vec<Vec<u8>> =
-                        p.intermediate_certificates().map(|c| c.der().to_vec()).collect();
-                    let ta = p.anchor();
-                    let idx = tas
-                        .iter()
-                        .position(|t| {
-                            t.subject == ta.subject
-                                && t.subject_public_key_info == ta.subject_public_key_info
-                        })
-                        .unwrap_or(0);
-                    (idx, chain)
-                })
-                .map_err(map_webpki)
+            ee.verify_for_usage(
+                PATH_ALGS,
+                &tas,
+                &intermediates,
+                unix(now),
+                AnyEku,
+                revocation,
+                None,
+            )
+            .map(|p| {
+                let chain: Vec<Vec<u8>> = p
+                    .intermediate_certificates()
+                    .map(|c| c.der().to_vec())
+                    .collect();
+                let ta = p.anchor();
+                let idx = tas
+                    .iter()
+                    .position(|t| {
+                        t.subject == ta.subject
+                            && t.subject_public_key_info == ta.subject_public_key_info
+                    })
+                    .unwrap_or(0);
+                (idx, chain)
+            })
+            .map_err(map_webpki)
         };
         let (idx, chain) = match attempt(ExpirationPolicy::Enforce) {
             Err(e)
@@ -363,7 +402,11 @@ impl Validator {
             }
             CrlMode::Required => "crl",
         };
-        Ok(BuiltPath { anchor: anchors[idx], chain, revocation })
+        Ok(BuiltPath {
+            anchor: anchors[idx],
+            chain,
+            revocation,
+        })
     }
 }
 
@@ -430,9 +473,10 @@ pub fn check_profile(facts: &CertFacts, role: Role) -> Result<()> {
             ErrorCode::MissingAttribute,
             "ID last four (2.16.886.1.100.2.51) is missing",
         )),
-        Role::Citizen if facts.cn.is_none() => {
-            Err(PkiError::new(ErrorCode::MissingAttribute, "subject CN is missing"))
-        }
+        Role::Citizen if facts.cn.is_none() => Err(PkiError::new(
+            ErrorCode::MissingAttribute,
+            "subject CN is missing",
+        )),
         Role::Organization if facts.org_identifier.is_none() => Err(PkiError::new(
             ErrorCode::MissingAttribute,
             "organization identifier (2.16.886.1.100.2.102 / .2.101, as the anchor says) is missing",
@@ -444,7 +488,10 @@ pub fn check_profile(facts: &CertFacts, role: Role) -> Result<()> {
 fn fmt_unix(t: UnixTime) -> String {
     OffsetDateTime::from_unix_timestamp(t.as_secs() as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.as_secs().to_string())
 }
 
@@ -455,13 +502,22 @@ fn map_webpki(e: webpki::Error) -> PkiError {
     let (code, detail) = match &e {
         E::CertExpired { not_after, .. } => (
             ErrorCode::CertExpired,
-            format!("a certificate in the path expired at {}", fmt_unix(*not_after)),
+            format!(
+                "a certificate in the path expired at {}",
+                fmt_unix(*not_after)
+            ),
         ),
         E::CertNotValidYet { not_before, .. } => (
             ErrorCode::CertNotYetValid,
-            format!("a certificate in the path is valid from {}", fmt_unix(*not_before)),
+            format!(
+                "a certificate in the path is valid from {}",
+                fmt_unix(*not_before)
+            ),
         ),
-        E::CertRevoked => (ErrorCode::CertRevoked, "listed on the issuer's CRL".to_string()),
+        E::CertRevoked => (
+            ErrorCode::CertRevoked,
+            "listed on the issuer's CRL".to_string(),
+        ),
         E::CrlExpired { next_update, .. } => (
             ErrorCode::RevocationStale,
             format!("the CRL's nextUpdate {} has passed", fmt_unix(*next_update)),
@@ -485,9 +541,10 @@ fn map_webpki(e: webpki::Error) -> PkiError {
         | E::UnsupportedRevocationReasonsPartitioning => {
             (ErrorCode::RevocationInvalid, format!("CRL refused: {e:?}"))
         }
-        E::UnknownIssuer => {
-            (ErrorCode::CertUntrusted, "no path to a trust anchor of this role".to_string())
-        }
+        E::UnknownIssuer => (
+            ErrorCode::CertUntrusted,
+            "no path to a trust anchor of this role".to_string(),
+        ),
         E::InvalidSignatureForPublicKey => (
             ErrorCode::SignatureInvalid,
             "a certificate signature in the path does not verify".to_string(),
@@ -496,24 +553,31 @@ fn map_webpki(e: webpki::Error) -> PkiError {
         | E::UnsupportedSignatureAlgorithmContext(_)
         | E::UnsupportedSignatureAlgorithmForPublicKey
         | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
-        | E::SignatureAlgorithmMismatch => {
-            (ErrorCode::UnsupportedAlgorithm, format!("path signature algorithm: {e:?}"))
-        }
-        E::CaUsedAsEndEntity => {
-            (ErrorCode::WrongRole, "a CA certificate is not a card certificate".to_string())
-        }
-        E::UnsupportedCriticalExtension => {
-            (ErrorCode::CertMalformed, "an unknown critical extension is present".to_string())
-        }
+        | E::SignatureAlgorithmMismatch => (
+            ErrorCode::UnsupportedAlgorithm,
+            format!("path signature algorithm: {e:?}"),
+        ),
+        E::CaUsedAsEndEntity => (
+            ErrorCode::WrongRole,
+            "a CA certificate is not a card certificate".to_string(),
+        ),
+        E::UnsupportedCriticalExtension => (
+            ErrorCode::CertMalformed,
+            "an unknown critical extension is present".to_string(),
+        ),
         E::PathLenConstraintViolated | E::EndEntityUsedAsCa | E::NameConstraintViolation => {
             (ErrorCode::CertUntrusted, format!("path constraint: {e:?}"))
         }
         E::MaximumPathBuildCallsExceeded
         | E::MaximumPathDepthExceeded
-        | E::MaximumSignatureChecksExceeded => {
-            (ErrorCode::CertUntrusted, format!("path building gave up: {e:?}"))
-        }
-        _ => (ErrorCode::CertMalformed, format!("certificate refused: {e:?}")),
+        | E::MaximumSignatureChecksExceeded => (
+            ErrorCode::CertUntrusted,
+            format!("path building gave up: {e:?}"),
+        ),
+        _ => (
+            ErrorCode::CertMalformed,
+            format!("certificate refused: {e:?}"),
+        ),
     };
     PkiError::new(code, detail)
 }

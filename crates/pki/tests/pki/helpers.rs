@@ -17,17 +17,17 @@ pub const NOW: OffsetDateTime = datetime!(2026-06-01 09:00 UTC);
 
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        TestPki::generate(TestPkiOptions::new(NOW))
-            .expect("test PKI")
-    })
+    PKI.get_or_init(|| TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI"))
 }
 
 pub fn pki_p256() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        TestPki::generate(TestPkiOptions { key_alg: KeyAlg::P256, ..TestPkiOptions::new(NOW) })
-            .expect("P-256 test PKI")
+        TestPki::generate(TestPkiOptions {
+            key_alg: KeyAlg::P256,
+            ..TestPkiOptions::new(NOW)
+        })
+        .expect("P-256 test PKI")
     })
 }
 
@@ -45,13 +45,27 @@ pub const ORG_CAS: [CaKind; 4] = [CaKind::Gca, CaKind::Xca, CaKind::Moeaca, CaKi
 pub fn trust_of(pki: &TestPki) -> TrustStore {
     let mut store = TrustStore::new();
     for kind in ORG_CAS {
-        let attr = if kind == CaKind::Moeaca { OrgIdAttr::UniformNumber } else { OrgIdAttr::Oid };
+        let attr = if kind == CaKind::Moeaca {
+            OrgIdAttr::UniformNumber
+        } else {
+            OrgIdAttr::Oid
+        };
         store
-            .add_anchor(&format!("{kind:?}"), Role::Organization, attr, parsed(pki.ca(kind)))
+            .add_anchor(
+                &format!("{kind:?}"),
+                Role::Organization,
+                attr,
+                parsed(pki.ca(kind)),
+            )
             .unwrap();
     }
     store
-        .add_anchor("Moica", Role::Citizen, OrgIdAttr::Oid, parsed(pki.ca(CaKind::Moica)))
+        .add_anchor(
+            "Moica",
+            Role::Citizen,
+            OrgIdAttr::Oid,
+            parsed(pki.ca(CaKind::Moica)),
+        )
         .unwrap();
     store
 }
@@ -60,14 +74,19 @@ pub fn trust_of(pki: &TestPki) -> TrustStore {
 pub fn crls_of(pki: &TestPki) -> CrlStore {
     let mut crls = CrlStore::new();
     for kind in ORG_CAS.iter().copied().chain([CaKind::Moica]) {
-        crls.add(&pki.crl_for(kind, NOW - Duration::hours(1), NOW + Duration::days(7))).unwrap();
+        crls.add(&pki.crl_for(kind, NOW - Duration::hours(1), NOW + Duration::days(7)))
+            .unwrap();
     }
     crls
 }
 
 /// A validator with CRLs required, over the standard test PKI.
 pub fn validator() -> Validator {
-    Validator::new(trust_of(pki()), crls_of(pki()), ValidationOptions::default())
+    Validator::new(
+        trust_of(pki()),
+        crls_of(pki()),
+        ValidationOptions::default(),
+    )
 }
 
 pub fn validator_with(crls: CrlStore, options: ValidationOptions) -> Validator {
@@ -78,7 +97,10 @@ pub fn no_crl_validator() -> Validator {
     Validator::new(
         trust_of(pki()),
         CrlStore::new(),
-        ValidationOptions { crl: CrlMode::Off, ..ValidationOptions::default() },
+        ValidationOptions {
+            crl: CrlMode::Off,
+            ..ValidationOptions::default()
+        },
     )
 }
 
@@ -89,7 +111,8 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("certreg-pki-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("certreg-pki-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -114,7 +137,10 @@ impl Drop for TempDir {
 
 /// Runs the OpenSSL CLI; returns (success, stdout, stderr).
 pub fn openssl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -124,6 +150,8 @@ pub fn openssl(args: &[&str]) -> (bool, String, String) {
 
 /// `../shared/data/real-ca/NAME` from the repository root, where the tests read it.
 pub fn real_ca(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real-ca").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/real-ca")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -15,7 +15,21 @@ fn openssl_sign(card: &str, content: &[u8], extra: &[&str]) -> Vec<u8> {
     let cert = dir.write("card.pem", tc.issued.cert_pem());
     let key = dir.write("card.key", tc.issued.key.pem());
     let out = dir.path("sig.der");
-    let mut args = vec!["cms", "-sign", "-binary", "-in", input.to_str().unwrap(), "-signer", cert.to_str().unwrap(), "-inkey", key.to_str().unwrap(), "-outform", "DER", "-out", out.to_str().unwrap()];
+    let mut args = vec![
+        "cms",
+        "-sign",
+        "-binary",
+        "-in",
+        input.to_str().unwrap(),
+        "-signer",
+        cert.to_str().unwrap(),
+        "-inkey",
+        key.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let (ok, _, err) = openssl(&args);
     assert!(ok, "openssl cms -sign: {err}");
@@ -25,7 +39,11 @@ fn openssl_sign(card: &str, content: &[u8], extra: &[&str]) -> Vec<u8> {
 #[test]
 fn cms_made_by_openssl_attached() {
     let c = challenge("org_card");
-    let proof = openssl_sign("gca-agency", c.tbs().as_bytes(), &["-nodetach", "-md", "sha256"]);
+    let proof = openssl_sign(
+        "gca-agency",
+        c.tbs().as_bytes(),
+        &["-nodetach", "-md", "sha256"],
+    );
     let ok = verify_proof(&validator(), &c, &proof, None, Role::Organization, NOW).unwrap();
     assert_eq!(ok.format, ProofFormat::CmsAttached);
 }
@@ -33,7 +51,11 @@ fn cms_made_by_openssl_attached() {
 #[test]
 fn cms_made_by_openssl_detached_without_smime_capabilities() {
     let c = challenge("admin_card");
-    let proof = openssl_sign("moica-admin", c.tbs().as_bytes(), &["-md", "sha256", "-nosmimecap"]);
+    let proof = openssl_sign(
+        "moica-admin",
+        c.tbs().as_bytes(),
+        &["-md", "sha256", "-nosmimecap"],
+    );
     let ok = verify_proof(&validator(), &c, &proof, None, Role::Citizen, NOW).unwrap();
     assert_eq!(ok.format, ProofFormat::CmsDetached);
 }
@@ -41,14 +63,22 @@ fn cms_made_by_openssl_detached_without_smime_capabilities() {
 #[test]
 fn cms_made_by_openssl_without_signed_attributes() {
     let c = challenge("admin_card");
-    let proof = openssl_sign("moica-admin", c.tbs().as_bytes(), &["-nodetach", "-md", "sha256", "-noattr"]);
+    let proof = openssl_sign(
+        "moica-admin",
+        c.tbs().as_bytes(),
+        &["-nodetach", "-md", "sha256", "-noattr"],
+    );
     assert!(verify_proof(&validator(), &c, &proof, None, Role::Citizen, NOW).is_ok());
 }
 
 #[test]
 fn cms_with_sha1_is_refused_with_its_own_code() {
     let c = challenge("admin_card");
-    let proof = openssl_sign("moica-admin", c.tbs().as_bytes(), &["-nodetach", "-md", "sha1", "-noattr"]);
+    let proof = openssl_sign(
+        "moica-admin",
+        c.tbs().as_bytes(),
+        &["-nodetach", "-md", "sha1", "-noattr"],
+    );
     let e = verify_proof(&validator(), &c, &proof, None, Role::Citizen, NOW).unwrap_err();
     assert_eq!(e.code, ErrorCode::Sha1Refused, "{e}");
 }
@@ -57,23 +87,84 @@ fn cms_with_sha1_is_refused_with_its_own_code() {
 fn our_cms_verifies_with_openssl() {
     let dir = TempDir::new("ours");
     let c = challenge("org_card");
-    let opts = CmsSignOptions { signing_time: Some(NOW), nonce: Some(vec![1; 16]), card_number: Some("GC00000000000001".into()), ..Default::default() };
+    let opts = CmsSignOptions {
+        signing_time: Some(NOW),
+        nonce: Some(vec![1; 16]),
+        card_number: Some("GC00000000000001".into()),
+        ..Default::default()
+    };
     let proof = cms_proof(pki(), "gca-agency", c.tbs().as_bytes(), &opts);
     let sig = dir.write("sig.der", &proof);
     // OpenSSL wants the intermediate in -CAfile beside the root.
-    let bundle = format!("{}{}", pki().root.cert_pem(), pki().ca(CaKind::Gca).cert_pem());
+    let bundle = format!(
+        "{}{}",
+        pki().root.cert_pem(),
+        pki().ca(CaKind::Gca).cert_pem()
+    );
     let ca = dir.write("ca.pem", bundle);
     let out = dir.path("out.txt");
-    let (ok, _, err) = openssl(&["cms", "-verify", "-inform", "DER", "-in", sig.to_str().unwrap(), "-CAfile", ca.to_str().unwrap(), "-purpose", "any", "-attime", &NOW.unix_timestamp().to_string(), "-out", out.to_str().unwrap()]);
+    let (ok, _, err) = openssl(&[
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        sig.to_str().unwrap(),
+        "-CAfile",
+        ca.to_str().unwrap(),
+        "-purpose",
+        "any",
+        "-attime",
+        &NOW.unix_timestamp().to_string(),
+        "-out",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "openssl cms -verify: {err}");
     assert_eq!(std::fs::read(out).unwrap(), c.tbs().as_bytes());
 
-    let detached = cms_proof(pki(), "gca-agency", c.tbs().as_bytes(), &CmsSignOptions { detached: true, ..opts });
+    let detached = cms_proof(
+        pki(),
+        "gca-agency",
+        c.tbs().as_bytes(),
+        &CmsSignOptions {
+            detached: true,
+            ..opts
+        },
+    );
     let sig = dir.write("det.der", &detached);
     let content = dir.write("tbs.txt", c.tbs());
-    let (ok, _, err) = openssl(&["cms", "-verify", "-binary", "-inform", "DER", "-in", sig.to_str().unwrap(), "-content", content.to_str().unwrap(), "-CAfile", ca.to_str().unwrap(), "-purpose", "any", "-attime", &NOW.unix_timestamp().to_string(), "-out", dir.path("o2").to_str().unwrap()]);
+    let (ok, _, err) = openssl(&[
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        sig.to_str().unwrap(),
+        "-content",
+        content.to_str().unwrap(),
+        "-CAfile",
+        ca.to_str().unwrap(),
+        "-purpose",
+        "any",
+        "-attime",
+        &NOW.unix_timestamp().to_string(),
+        "-out",
+        dir.path("o2").to_str().unwrap(),
+    ]);
     assert!(ok, "openssl cms -verify detached: {err}");
-    let (_, printed, _) = openssl(&["cms", "-cmsout", "-print", "-inform", "DER", "-in", sig.to_str().unwrap()]);
-    assert!(printed.contains("1.2.840.113549.1.9.25.3") || printed.contains("randomNonce"), "{printed}");
+    let (_, printed, _) = openssl(&[
+        "cms",
+        "-cmsout",
+        "-print",
+        "-inform",
+        "DER",
+        "-in",
+        sig.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("1.2.840.113549.1.9.25.3") || printed.contains("randomNonce"),
+        "{printed}"
+    );
     assert!(printed.contains("2.16.886.1.100.2.204"), "{printed}");
 }

@@ -9,7 +9,9 @@ fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     (0..seed.len(), any::<u8>(), 0..seed.len()).prop_map(move |(i, b, cut)| {
         let mut v = seed.clone();
         v[i] = b;
-        if cut % 3 == 0 { v.truncate(cut.max(1)); }
+        if cut % 3 == 0 {
+            v.truncate(cut.max(1));
+        }
         v
     })
 }

@@ -15,17 +15,37 @@ fn signed_by(child: &ParsedCert, parent: &ParsedCert) -> Result<(), pki::PkiErro
     use der::Encode;
     let tbs = child.cert.tbs_certificate().to_der().unwrap();
     let alg = SigAlg::from_oid(child.cert.signature_algorithm().oid)?;
-    sig::verify(&parent.spki_der()?, alg, &tbs, child.cert.signature().raw_bytes())
+    sig::verify(
+        &parent.spki_der()?,
+        alg,
+        &tbs,
+        child.cert.signature().raw_bytes(),
+    )
 }
 
 #[test]
 fn real_fingerprints_match_the_published_ones() {
     for (file, fp) in [
-        ("GRCA-G3.cer", "57DF6F20E04C588E85F35BE8832F5D4E78958336AE3B18FB7C9BAE0DFEAD4044"),
-        ("MOICA-G3.cer", "ED793FD0D50A2A398049D598982CF01E75F873B532066CAEC238F800A06CA9DA"),
-        ("MOEACA-G2_2013.der", "0CF08B01E554EB7631D4916E9E8C5398AF994242A26CA388638622A0E59FF379"),
-        ("GRCA-G1_selfsigned.der", "7600295EEFE85B9E1FD624DB76062AAAAE59818A54D2774CD4C0B2C01131E1B3"),
-        ("GRCA-G2key_linkcert_signed_by_G1.der", "D87AAD615FE7C2385032244D08CDFE06EB005675AA1892D6E5B82780F19FB87F"),
+        (
+            "GRCA-G3.cer",
+            "57DF6F20E04C588E85F35BE8832F5D4E78958336AE3B18FB7C9BAE0DFEAD4044",
+        ),
+        (
+            "MOICA-G3.cer",
+            "ED793FD0D50A2A398049D598982CF01E75F873B532066CAEC238F800A06CA9DA",
+        ),
+        (
+            "MOEACA-G2_2013.der",
+            "0CF08B01E554EB7631D4916E9E8C5398AF994242A26CA388638622A0E59FF379",
+        ),
+        (
+            "GRCA-G1_selfsigned.der",
+            "7600295EEFE85B9E1FD624DB76062AAAAE59818A54D2774CD4C0B2C01131E1B3",
+        ),
+        (
+            "GRCA-G2key_linkcert_signed_by_G1.der",
+            "D87AAD615FE7C2385032244D08CDFE06EB005675AA1892D6E5B82780F19FB87F",
+        ),
     ] {
         assert_eq!(cert(file).facts.sha256, fp, "{file}");
     }
@@ -34,7 +54,10 @@ fn real_fingerprints_match_the_published_ones() {
 #[test]
 fn real_names_decode() {
     let grca = cert("GRCA-G3.cer").facts;
-    assert_eq!(grca.subject, "C=TW, O=行政院, CN=Government Root Certification Authority - G3");
+    assert_eq!(
+        grca.subject,
+        "C=TW, O=行政院, CN=Government Root Certification Authority - G3"
+    );
     assert!(grca.is_ca);
     let moica = cert("MOICA-G3.cer").facts;
     assert_eq!(moica.subject, "C=TW, O=行政院, OU=內政部憑證管理中心");
@@ -42,8 +65,16 @@ fn real_names_decode() {
     assert!(moica.is_ca);
     assert!(moica.authority_key_id.is_some());
     assert_eq!(moica.authority_key_id, grca.subject_key_id);
-    assert_eq!(cert("MOEACA-G2_2013.der").facts.subject, "C=TW, O=行政院, OU=工商憑證管理中心");
-    assert!(cert("GRCA-G1_selfsigned.der").facts.subject.contains("Government Root Certification Authority"));
+    assert_eq!(
+        cert("MOEACA-G2_2013.der").facts.subject,
+        "C=TW, O=行政院, OU=工商憑證管理中心"
+    );
+    assert!(
+        cert("GRCA-G1_selfsigned.der")
+            .facts
+            .subject
+            .contains("Government Root Certification Authority")
+    );
 }
 
 #[test]
@@ -54,7 +85,13 @@ fn real_moica_g3_is_signed_by_grca_g3() {
     signed_by(&grca, &grca).unwrap();
     // And not by another key.
     let e = signed_by(&moica, &cert("MOEACA-G2_2013.der")).unwrap_err();
-    assert!(matches!(e.code, ErrorCode::SignatureInvalid | ErrorCode::UnsupportedAlgorithm), "{e}");
+    assert!(
+        matches!(
+            e.code,
+            ErrorCode::SignatureInvalid | ErrorCode::UnsupportedAlgorithm
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -67,7 +104,8 @@ fn real_sha1_link_certificate_is_refused_with_its_own_code() {
 
 #[test]
 fn real_anchors_load_from_a_manifest_and_issue_for_their_role() {
-    let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real-ca");
+    let base =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real-ca");
     let manifest = r#"
 [[anchor]]
 name = "MOICA G3"
@@ -102,8 +140,17 @@ file = "GRCA-G3.cer"
     let v = pki::validate::Validator::new(
         store,
         pki::revocation::CrlStore::new(),
-        pki::validate::ValidationOptions { crl: pki::validate::CrlMode::Off, ..Default::default() },
+        pki::validate::ValidationOptions {
+            crl: pki::validate::CrlMode::Off,
+            ..Default::default()
+        },
     );
     let e = v.validate(&forged, &[], Role::Citizen, NOW).unwrap_err();
-    assert!(matches!(e.code, ErrorCode::SignatureInvalid | ErrorCode::CertUntrusted), "{e}");
+    assert!(
+        matches!(
+            e.code,
+            ErrorCode::SignatureInvalid | ErrorCode::CertUntrusted
+        ),
+        "{e}"
+    );
 }
