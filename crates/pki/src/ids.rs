@@ -347,6 +347,13 @@ fn uniform_sum(digits: &[u8; 8]) -> u32 {
         .sum()
 }
 
+/// Debug output shows the number masked, so that an ID never reaches a log in full (SPEC §4.4).
+impl fmt::Debug for NationalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NationalId({})", self.masked())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,12 +851,5 @@ mod tests {
         // Under modulo 10 a change by 5 in a weight-1 place was always caught; now it never is.
         assert!(UniformNumber::parse("54595257").is_ok());
         assert!(!reference_uniform_valid("54595257", 10));
-    }
-}
-
-/// Debug output shows the number masked, so that an ID never reaches a log in full (SPEC §4.4).
-impl fmt::Debug for NationalId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NationalId({})", self.masked())
     }
 }

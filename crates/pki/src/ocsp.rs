@@ -966,6 +966,42 @@ impl Conn {
     }
 }
 
+/// OCSP as the validator's online status check: asks the responder about every end-entity
+/// certificate after its path and CRL checks passed.
+pub struct OcspChecker {
+    config: OcspConfig,
+    transport: std::sync::Arc<dyn OcspTransport>,
+}
+
+impl OcspChecker {
+    pub fn new(config: OcspConfig, transport: std::sync::Arc<dyn OcspTransport>) -> Self {
+        Self { config, transport }
+    }
+}
+
+impl crate::validate::OnlineStatus for OcspChecker {
+    fn check(
+        &self,
+        cert: &crate::facts::ParsedCert,
+        issuer: &crate::facts::ParsedCert,
+        now: OffsetDateTime,
+    ) -> Result<(), PkiError> {
+        match check(
+            &cert.cert,
+            &issuer.cert,
+            &self.config,
+            self.transport.as_ref(),
+            now,
+        )? {
+            OcspStatus::Good => Ok(()),
+            OcspStatus::Revoked { at } => Err(PkiError::new(
+                ErrorCode::CertRevoked,
+                format!("the OCSP responder reports the certificate revoked at {at}"),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! These tests run a real `openssl ocsp` responder over a throwaway CA made with the
@@ -1716,41 +1752,5 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
         assert!(parse_http_url("http://u@a.test/").is_err());
         assert!(parse_http_url("http://:80/").is_err());
         assert!(parse_http_url("ftp://a.test/").is_err());
-    }
-}
-
-/// OCSP as the validator's online status check: asks the responder about every end-entity
-/// certificate after its path and CRL checks passed.
-pub struct OcspChecker {
-    config: OcspConfig,
-    transport: std::sync::Arc<dyn OcspTransport>,
-}
-
-impl OcspChecker {
-    pub fn new(config: OcspConfig, transport: std::sync::Arc<dyn OcspTransport>) -> Self {
-        Self { config, transport }
-    }
-}
-
-impl crate::validate::OnlineStatus for OcspChecker {
-    fn check(
-        &self,
-        cert: &crate::facts::ParsedCert,
-        issuer: &crate::facts::ParsedCert,
-        now: OffsetDateTime,
-    ) -> Result<(), PkiError> {
-        match check(
-            &cert.cert,
-            &issuer.cert,
-            &self.config,
-            self.transport.as_ref(),
-            now,
-        )? {
-            OcspStatus::Good => Ok(()),
-            OcspStatus::Revoked { at } => Err(PkiError::new(
-                ErrorCode::CertRevoked,
-                format!("the OCSP responder reports the certificate revoked at {at}"),
-            )),
-        }
     }
 }

@@ -131,7 +131,7 @@ pub fn hex_upper(bytes: &[u8]) -> String {
 
 /// Decodes even-length hex (either case); `None` on anything else.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -271,7 +271,7 @@ fn card_signed_by_an_impostor_ca_is_refused() {
     );
     // Even with the impostor CA offered as an intermediate.
     let e = validator()
-        .validate(&forged, &[fake.cert_der.clone()], Role::Citizen, NOW)
+        .validate(&forged, std::slice::from_ref(&fake.cert_der), Role::Citizen, NOW)
         .unwrap_err();
     assert!(
         matches!(
@@ -295,7 +295,7 @@ fn partitioned_crl_must_match_the_distribution_point() {
     other
         .add(&testpki::crl(
             ca,
-            &[revoked.clone()],
+            std::slice::from_ref(&revoked),
             NOW - Duration::hours(1),
             NOW + Duration::days(1),
             2,
@@ -575,7 +575,7 @@ fn path_through_an_intermediate_sent_with_the_card() {
         },
     );
     let ok = v
-        .validate(&leaf, &[ca.clone()], Role::Citizen, NOW)
+        .validate(&leaf, std::slice::from_ref(&ca), Role::Citizen, NOW)
         .unwrap();
     assert_eq!(ok.path.len(), 3);
     // Without the intermediate there is no path.
