@@ -951,6 +951,27 @@ mod tests {
         assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
         assert!(text.contains("friendlyName: soft card"), "{text}");
         assert!(text.contains("localKeyID"), "{text}");
+        // The algorithms are the promised ones, as OpenSSL itself reports them.
+        let info = openssl(
+            &dir,
+            &[
+                "pkcs12",
+                "-in",
+                "ours.p12",
+                "-passin",
+                "pass:20241231",
+                "-info",
+                "-noout",
+            ],
+        );
+        let info = String::from_utf8_lossy(&info.stderr);
+        assert!(info.contains("MAC: sha256, Iteration 10000"), "{info}");
+        assert!(
+            info.contains(
+                "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 10000, PRF hmacWithSHA256"
+            ),
+            "{info}"
+        );
         // The MAC check in OpenSSL rejects a wrong password too: the MAC is the standard one.
         let bad = Command::new("openssl")
             .args([
