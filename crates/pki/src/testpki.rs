@@ -447,7 +447,7 @@ fn params_of(spec: &CertSpec, self_signed: bool) -> Result<CertificateParams> {
             ty = DnType::CustomDnType(arcs);
             if dn.get(&ty).is_some() {
                 return Err(build_err(format!(
-                    "attribute {} appears more than twice",
+                    "attribute {} repeated more often than rcgen can encode (twice for C/O/OU/CN/L/ST, once for others)",
                     a.oid
                 )));
             }
