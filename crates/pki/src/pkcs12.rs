@@ -19,8 +19,9 @@ pub const MAX_PKCS12_LEN: usize = 64 * 1024;
 const WRITE_PBKDF2_ITERATIONS: u32 = 10_000;
 /// MAC key-derivation rounds for files we write.
 const WRITE_MAC_ITERATIONS: u32 = 10_000;
-/// Refuse to spend unbounded time on an attacker-chosen iteration count.
-const MAX_ITERATIONS: u64 = 10_000_000;
+/// Refuse to spend unbounded time on an attacker-chosen iteration count (real files use
+/// 2 000 – 600 000).
+const MAX_ITERATIONS: u64 = 1_000_000;
 
 const OID_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.1");
 const OID_ENCRYPTED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.6");
@@ -672,13 +673,17 @@ fn pbes_decrypt(
             format!("encryption algorithm {alg_oid}: {e}"),
         )
     })?;
-    if let Some(p) = scheme.pbes2()
-        && let Some(k) = p.kdf.pbkdf2()
-        && u64::from(k.iteration_count) > MAX_ITERATIONS
-    {
+    // scrypt parameters in a hostile file could ask for gigabytes; soft cards use PBKDF2.
+    let Some(pbkdf2) = scheme.pbes2().and_then(|p| p.kdf.pbkdf2()) else {
+        return Err(PkiError::new(
+            ErrorCode::UnsupportedAlgorithm,
+            "PBES2 key derivation other than PBKDF2",
+        ));
+    };
+    if u64::from(pbkdf2.iteration_count) > MAX_ITERATIONS {
         return Err(malformed(format!(
             "PBKDF2 iteration count {} out of range",
-            k.iteration_count
+            pbkdf2.iteration_count
         )));
     }
     scheme
@@ -951,6 +956,27 @@ mod tests {
         assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
         assert!(text.contains("friendlyName: soft card"), "{text}");
         assert!(text.contains("localKeyID"), "{text}");
+        // The algorithms are the promised ones, as OpenSSL itself reports them.
+        let info = openssl(
+            &dir,
+            &[
+                "pkcs12",
+                "-in",
+                "ours.p12",
+                "-passin",
+                "pass:20241231",
+                "-info",
+                "-noout",
+            ],
+        );
+        let info = String::from_utf8_lossy(&info.stderr);
+        assert!(info.contains("MAC: sha256, Iteration 10000"), "{info}");
+        assert!(
+            info.contains(
+                "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 10000, PRF hmacWithSHA256"
+            ),
+            "{info}"
+        );
         // The MAC check in OpenSSL rejects a wrong password too: the MAC is the standard one.
         let bad = Command::new("openssl")
             .args([

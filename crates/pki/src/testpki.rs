@@ -447,7 +447,7 @@ fn params_of(spec: &CertSpec, self_signed: bool) -> Result<CertificateParams> {
             ty = DnType::CustomDnType(arcs);
             if dn.get(&ty).is_some() {
                 return Err(build_err(format!(
-                    "attribute {} appears more than twice",
+                    "attribute {} repeated more often than rcgen can encode (twice for C/O/OU/CN/L/ST, once for others)",
                     a.oid
                 )));
             }
@@ -1671,6 +1671,93 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Cards carry no EKU, like real GPKI signing certificates; accept whatever is there.
+    struct AnyEku;
+    impl webpki::ExtendedKeyUsageValidator for AnyEku {
+        fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+            Ok(())
+        }
+    }
+
+    /// rustls-webpki (what certreg validates with) accepts the encoding: paths, CRLs, the status
+    /// of every variant, with the issuing CA as anchor and with the root as anchor.
+    #[test]
+    fn webpki_validates_cards_with_crls() {
+        let pki = pki();
+        let now = pki.opts.now;
+        let time = pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(now.unix_timestamp()).unwrap(),
+        ));
+        for card in &pki.cards {
+            let ca = pki.ca(card.ca);
+            let ca_der = pki_types::CertificateDer::from(ca.cert_der.as_slice());
+            let anchors = [webpki::anchor_from_trusted_cert(&ca_der).unwrap()];
+            let crl_der = pki.crl_for(card.ca, now - Duration::hours(1), now + Duration::days(7));
+            let crl: webpki::CertRevocationList<'_> =
+                webpki::BorrowedCertRevocationList::from_der(&crl_der)
+                    .unwrap()
+                    .into();
+            let crls = [&crl];
+            let revocation = webpki::RevocationOptionsBuilder::new(&crls)
+                .unwrap()
+                .with_depth(webpki::RevocationCheckDepth::EndEntity)
+                .build();
+            let ee_der = pki_types::CertificateDer::from(card.issued.cert_der.as_slice());
+            let ee = webpki::EndEntityCert::try_from(&ee_der).unwrap();
+            let result = ee
+                .verify_for_usage(
+                    webpki::ALL_VERIFICATION_ALGS,
+                    &anchors,
+                    &[],
+                    time,
+                    AnyEku,
+                    Some(revocation),
+                    None,
+                )
+                .map(|_| ());
+            match card.variant {
+                // webpki leaves end-entity keyUsage bits to us (DESIGN §2).
+                Variant::Valid | Variant::WrongKeyUsage => {
+                    assert!(result.is_ok(), "{}: {result:?}", card.name)
+                }
+                Variant::Expired => assert!(
+                    matches!(result, Err(webpki::Error::CertExpired { .. })),
+                    "{}: {result:?}",
+                    card.name
+                ),
+                Variant::NotYetValid => assert!(
+                    matches!(result, Err(webpki::Error::CertNotValidYet { .. })),
+                    "{}: {result:?}",
+                    card.name
+                ),
+                Variant::Revoked => assert!(
+                    matches!(result, Err(webpki::Error::CertRevoked)),
+                    "{}: {result:?}",
+                    card.name
+                ),
+            }
+        }
+        // Root as the anchor, the issuing CA as intermediate.
+        let root_der = pki_types::CertificateDer::from(pki.root.cert_der.as_slice());
+        let anchors = [webpki::anchor_from_trusted_cert(&root_der).unwrap()];
+        let inter = [pki_types::CertificateDer::from(
+            pki.ca(CaKind::Xca).cert_der.clone(),
+        )];
+        let ee_der =
+            pki_types::CertificateDer::from(pki.card("xca-school").issued.cert_der.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&ee_der).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &inter,
+            time,
+            AnyEku,
+            None,
+            None,
+        )
+        .unwrap();
     }
 
     #[test]
