@@ -1,1 +1,440 @@
-fn main() {}
+//! Throughput benchmark of card-proof verification on one core (`cargo bench -p pki --bench proofs`):
+//! full proofs (CMS, PKCS#1, ECDSA; path cache off/on; a 10k-entry CRL), the parts they are made
+//! of, and the ratio to a bare `openssl speed rsa2048` verify. No criterion: a plain timed loop.
+
+use pki::anchors::{Role, TrustStore};
+use pki::challenge::Challenge;
+use pki::cms::{CmsSignOptions, build_signed_data};
+use pki::facts::{OrgIdAttr, ParsedCert};
+use pki::proof::verify_proof;
+use pki::revocation::CrlStore;
+use pki::sig::{SigAlg, sign_pkcs8};
+use pki::testpki::{CaKind, Issued, KeyAlg, TestPki, TestPkiOptions, crl};
+use pki::validate::{ValidationOptions, Validator};
+use std::hint::black_box;
+use std::time::{Duration as StdDuration, Instant};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+/// The reference time of the test PKIs (as in the integration tests).
+const NOW: OffsetDateTime = datetime!(2026-06-01 09:00 UTC);
+const ORIGIN: &str = "https://certreg.example.gov.tw";
+/// Distinct challenges (and proofs) per case; the timed loop cycles through them.
+const PROOFS: usize = 256;
+/// Synthetic revoked serials added to the MOICA CRL for the "large CRL" rows.
+const BIG_CRL_ENTRIES: usize = 10_000;
+const WARM_UP: StdDuration = StdDuration::from_millis(500);
+const MEASURE: StdDuration = StdDuration::from_secs(2);
+
+const ORG_CAS: [CaKind; 4] = [CaKind::Gca, CaKind::Xca, CaKind::Moeaca, CaKind::Hca];
+
+fn parsed(issued: &Issued) -> ParsedCert {
+    ParsedCert::from_der(issued.cert_der.clone()).expect("certificate parses")
+}
+
+/// The five issuing CAs as anchors (as `tests/pki/helpers.rs::trust_of`).
+fn trust_of(pki: &TestPki) -> TrustStore {
+    let mut store = TrustStore::new();
+    for kind in ORG_CAS {
+        let attr = if kind == CaKind::Moeaca {
+            OrgIdAttr::UniformNumber
+        } else {
+            OrgIdAttr::Oid
+        };
+        store
+            .add_anchor(
+                &format!("{kind:?}"),
+                Role::Organization,
+                attr,
+                parsed(pki.ca(kind)),
+            )
+            .expect("anchor");
+    }
+    store
+        .add_anchor(
+            "Moica",
+            Role::Citizen,
+            OrgIdAttr::Oid,
+            parsed(pki.ca(CaKind::Moica)),
+        )
+        .expect("anchor");
+    store
+}
+
+/// Current CRLs of every CA (as `tests/pki/helpers.rs::crls_of`); `moica` replaces the MOICA CRL.
+fn crls_of(pki: &TestPki, moica: Option<&[u8]>) -> CrlStore {
+    let mut crls = CrlStore::new();
+    for kind in ORG_CAS {
+        crls.add(&pki.crl_for(kind, NOW - Duration::hours(1), NOW + Duration::days(7)))
+            .expect("CRL");
+    }
+    match moica {
+        Some(der) => crls.add(der).expect("big CRL"),
+        None => crls
+            .add(&pki.crl_for(
+                CaKind::Moica,
+                NOW - Duration::hours(1),
+                NOW + Duration::days(7),
+            ))
+            .expect("CRL"),
+    };
+    crls
+}
+
+fn validator(pki: &TestPki, moica_crl: Option<&[u8]>, cache: bool) -> Validator {
+    let v = Validator::new(
+        trust_of(pki),
+        crls_of(pki, moica_crl),
+        ValidationOptions::default(),
+    );
+    if cache { v.with_cache() } else { v }
+}
+
+/// The MOICA CRL with its revoked test cards plus `extra` synthetic serials (16 bytes each).
+fn big_moica_crl(pki: &TestPki, extra: usize) -> Vec<u8> {
+    let at = NOW - Duration::days(30);
+    let mut revoked: Vec<(Vec<u8>, OffsetDateTime)> = pki
+        .cards
+        .iter()
+        .filter(|c| c.ca == CaKind::Moica && c.variant == pki::testpki::Variant::Revoked)
+        .map(|c| (c.issued.serial().to_vec(), at))
+        .collect();
+    for i in 0..extra {
+        let h = ring::digest::digest(&ring::digest::SHA256, &(i as u64).to_be_bytes());
+        let mut serial = h.as_ref()[..16].to_vec();
+        serial[0] = 0x40 | (serial[0] & 0x3F); // positive, first byte nonzero
+        revoked.push((serial, at));
+    }
+    let number = u64::try_from(NOW.unix_timestamp()).unwrap_or(1) + 1;
+    crl(
+        pki.ca(CaKind::Moica),
+        &revoked,
+        NOW - Duration::hours(1),
+        NOW + Duration::days(7),
+        number,
+        None,
+    )
+}
+
+fn challenges(step: &str) -> Vec<Challenge> {
+    (0..PROOFS)
+        .map(|i| {
+            Challenge::new(
+                "first_registration",
+                ORIGIN,
+                &format!("flow-{i}"),
+                step,
+                NOW,
+            )
+            .expect("challenge")
+        })
+        .collect()
+}
+
+/// What HiPKI's agent sends: attached CMS with signingTime, randomNonce and the card number.
+fn hipki_opts(i: usize) -> CmsSignOptions {
+    let mut nonce = vec![0u8; 16];
+    nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    CmsSignOptions {
+        signing_time: Some(NOW),
+        nonce: Some(nonce),
+        card_number: Some("TP03000000000001".into()),
+        ..Default::default()
+    }
+}
+
+fn cms_proofs(issued: &Issued, challenges: &[Challenge]) -> Vec<Vec<u8>> {
+    challenges
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            build_signed_data(c.tbs().as_bytes(), &issued.cert_der, &hipki_opts(i), |m| {
+                sign_pkcs8(&issued.key.pkcs8_der, m)
+            })
+            .expect("CMS")
+        })
+        .collect()
+}
+
+fn raw_proofs(issued: &Issued, challenges: &[Challenge]) -> Vec<Vec<u8>> {
+    challenges
+        .iter()
+        .map(|c| sign_pkcs8(&issued.key.pkcs8_der, c.tbs().as_bytes()).expect("signature"))
+        .collect()
+}
+
+struct Row {
+    name: &'static str,
+    per_sec: f64,
+    /// Compared with `openssl speed rsa2048` verify/s.
+    rsa: bool,
+}
+
+/// Runs `op(i)` for [`WARM_UP`], then for about [`MEASURE`] on this thread; returns ops/s.
+/// `op` returns whether the operation succeeded: a failure aborts the benchmark.
+fn measure(name: &'static str, rsa: bool, rows: &mut Vec<Row>, mut op: impl FnMut(usize) -> bool) {
+    let mut i = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < WARM_UP {
+        assert!(op(i), "{name}: operation failed");
+        i += 1;
+    }
+    // Check the clock about every millisecond, not every operation.
+    let per_ms = ((i as f64 / start.elapsed().as_secs_f64()) / 1000.0).ceil() as usize;
+    let batch = per_ms.max(1);
+    let mut n = 0usize;
+    let start = Instant::now();
+    let elapsed = loop {
+        for _ in 0..batch {
+            assert!(op(n), "{name}: operation failed");
+            n += 1;
+        }
+        let e = start.elapsed();
+        if e >= MEASURE {
+            break e;
+        }
+    };
+    let per_sec = n as f64 / elapsed.as_secs_f64();
+    eprintln!("  {name}: {per_sec:.0}/s");
+    rows.push(Row { name, per_sec, rsa });
+}
+
+/// `openssl speed -seconds 2 rsa2048`: the verify/s of the `rsa 2048 bits` line.
+fn openssl_rsa2048_verify() -> Result<f64, String> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "2", "rsa2048"])
+        .output()
+        .map_err(|_| "openssl not found".to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Header: "sign verify sign/s verify/s" (OpenSSL 3.2+ adds encrypt/decrypt columns).
+    let header: Vec<&str> = text
+        .lines()
+        .find(|l| l.contains("verify/s"))
+        .ok_or("openssl speed: no header with verify/s")?
+        .split_whitespace()
+        .collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "verify/s")
+        .ok_or("openssl speed: no verify/s column")?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rsa") && l.contains("2048 bits"))
+        .ok_or("openssl speed: no `rsa 2048 bits` line")?;
+    // The line is "rsa 2048 bits" followed by one value per header column.
+    let values: Vec<&str> = line.split_whitespace().skip(3).collect();
+    values
+        .get(col)
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("openssl speed: cannot read verify/s from {line:?}"))
+}
+
+fn machine() -> String {
+    let nproc = std::process::Command::new("nproc")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("nproc {nproc}, {model}")
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter or `--list` is not supported: run everything.
+    let at = NOW + Duration::minutes(1);
+    eprintln!("generating test PKIs (RSA-2048 and P-256)...");
+    let t = Instant::now();
+    let rsa_pki = TestPki::generate(TestPkiOptions::new(NOW)).expect("RSA test PKI");
+    let ec_pki = TestPki::generate(TestPkiOptions {
+        key_alg: KeyAlg::P256,
+        ..TestPkiOptions::new(NOW)
+    })
+    .expect("P-256 test PKI");
+    let big_crl = big_moica_crl(&rsa_pki, BIG_CRL_ENTRIES);
+    eprintln!(
+        "  done in {:.1} s; MOICA CRL with {} entries: {} bytes",
+        t.elapsed().as_secs_f64(),
+        BIG_CRL_ENTRIES,
+        big_crl.len()
+    );
+
+    let v_off = validator(&rsa_pki, None, false);
+    let v_on = validator(&rsa_pki, None, true);
+    let v_big = validator(&rsa_pki, Some(&big_crl), false);
+    let v_ec = validator(&ec_pki, None, false);
+
+    // The citizen card of MOICA (the CA with the large CRL), and its P-256 twin.
+    let card = &rsa_pki.card("moica-admin").issued;
+    let ec_card = &ec_pki.card("moica-admin").issued;
+    let role = Role::Citizen;
+
+    eprintln!("signing {PROOFS} proofs per case...");
+    let cms_ch = challenges("admin_card");
+    let cms = cms_proofs(card, &cms_ch);
+    let raw_ch = challenges("admin_card");
+    let pkcs1 = raw_proofs(card, &raw_ch);
+    let ec_ch = challenges("admin_card");
+    let ecdsa = raw_proofs(ec_card, &ec_ch);
+    let cert = parsed(card);
+    let spki = cert.spki_der().expect("SPKI");
+    let tbs: Vec<String> = raw_ch.iter().map(Challenge::tbs).collect();
+
+    let mut rows = Vec::new();
+    eprintln!("measuring (single thread, {MEASURE:?} per case after {WARM_UP:?} warm-up)...");
+    let k = |i: usize| i % PROOFS;
+
+    // Full proofs.
+    measure(
+        "CMS RSA-2048 attached, path+CRL, cache off",
+        true,
+        &mut rows,
+        |i| verify_proof(&v_off, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
+    );
+    measure(
+        "CMS RSA-2048 attached, path+CRL, cache on",
+        true,
+        &mut rows,
+        |i| verify_proof(&v_on, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
+    );
+    measure(
+        "CMS RSA-2048 attached, 10k-entry CRL, cache off",
+        true,
+        &mut rows,
+        |i| verify_proof(&v_big, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
+    );
+    measure(
+        "PKCS#1 RSA-2048 + cert beside, cache off",
+        true,
+        &mut rows,
+        |i| {
+            verify_proof(
+                &v_off,
+                &raw_ch[k(i)],
+                &pkcs1[k(i)],
+                Some(&card.cert_der),
+                role,
+                at,
+            )
+            .is_ok()
+        },
+    );
+    measure(
+        "ECDSA P-256 (DER sig) + cert, cache off",
+        false,
+        &mut rows,
+        |i| {
+            verify_proof(
+                &v_ec,
+                &ec_ch[k(i)],
+                &ecdsa[k(i)],
+                Some(&ec_card.cert_der),
+                role,
+                at,
+            )
+            .is_ok()
+        },
+    );
+
+    // Where the time goes.
+    measure(
+        "cert validation only (path+CRL), cache off",
+        false,
+        &mut rows,
+        |_| v_off.validate(black_box(&cert), &[], role, at).is_ok(),
+    );
+    measure(
+        "cert validation only (path+CRL), cache on",
+        false,
+        &mut rows,
+        |_| v_on.validate(black_box(&cert), &[], role, at).is_ok(),
+    );
+    measure(
+        "cert validation only, 10k-entry CRL, cache off",
+        false,
+        &mut rows,
+        |_| v_big.validate(black_box(&cert), &[], role, at).is_ok(),
+    );
+    measure(
+        "challenge TBS only (tbs() + check_signed)",
+        false,
+        &mut rows,
+        |i| {
+            let c = &raw_ch[k(i)];
+            c.check_signed(black_box(c.tbs().as_bytes()), at).is_ok()
+        },
+    );
+    measure("CMS parse only (cms::parse)", false, &mut rows, |i| {
+        pki::cms::parse(black_box(&cms[k(i)])).is_ok()
+    });
+    measure(
+        "signer cert parse + facts (ParsedCert)",
+        false,
+        &mut rows,
+        |_| ParsedCert::from_der(black_box(card.cert_der.clone())).is_ok(),
+    );
+    measure(
+        "bare RSA-2048 verify (pki::sig, ring)",
+        true,
+        &mut rows,
+        |i| {
+            pki::sig::verify(
+                &spki,
+                SigAlg::RsaSha256,
+                tbs[k(i)].as_bytes(),
+                black_box(&pkcs1[k(i)]),
+            )
+            .is_ok()
+        },
+    );
+
+    eprintln!("running `openssl speed -seconds 2 rsa2048`...");
+    let openssl = openssl_rsa2048_verify();
+
+    println!();
+    println!("machine: {}", machine());
+    println!(
+        "single thread; {} s per case after {} ms warm-up; {PROOFS} distinct proofs cycled; MOICA card",
+        MEASURE.as_secs(),
+        WARM_UP.as_millis()
+    );
+    match &openssl {
+        Ok(v) => println!("openssl speed -seconds 2 rsa2048: {v:.1} verify/s"),
+        Err(e) if e == "openssl not found" => println!("openssl not found"),
+        Err(e) => println!("openssl: {e}"),
+    }
+    println!();
+    println!(
+        "{:<50} {:>12} {:>10} {:>12}",
+        "case", "ops/s", "µs/op", "÷ openssl"
+    );
+    println!("{}", "-".repeat(87));
+    for r in &rows {
+        let ratio = match (&openssl, r.rsa) {
+            (Ok(o), true) if *o > 0.0 => format!("{:.3}", r.per_sec / o),
+            _ => String::new(),
+        };
+        println!(
+            "{:<50} {:>12.0} {:>10.2} {:>12}",
+            r.name,
+            r.per_sec,
+            1e6 / r.per_sec,
+            ratio
+        );
+    }
+    println!();
+    println!("bench: {} cases measured", rows.len());
+}

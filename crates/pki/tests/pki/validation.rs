@@ -271,7 +271,12 @@ fn card_signed_by_an_impostor_ca_is_refused() {
     );
     // Even with the impostor CA offered as an intermediate.
     let e = validator()
-        .validate(&forged, std::slice::from_ref(&fake.cert_der), Role::Citizen, NOW)
+        .validate(
+            &forged,
+            std::slice::from_ref(&fake.cert_der),
+            Role::Citizen,
+            NOW,
+        )
         .unwrap_err();
     assert!(
         matches!(
