@@ -832,3 +832,60 @@ fn bad_manifests_are_refused_with_anchor_config() {
     );
     assert!(TrustStore::from_manifest(&pinned, &dir.0).is_ok());
 }
+
+/// A transport that records the URL and answers with an error, as an unreachable responder does.
+struct Unreachable(std::sync::Mutex<Vec<String>>);
+
+impl pki::ocsp::OcspTransport for Unreachable {
+    fn post(
+        &self,
+        url: &str,
+        _req: &[u8],
+        _t: std::time::Duration,
+        _max: usize,
+    ) -> Result<Vec<u8>, pki::PkiError> {
+        self.0.lock().unwrap().push(url.to_string());
+        Err(pki::PkiError::new(
+            ErrorCode::OcspUnavailable,
+            "connection refused",
+        ))
+    }
+}
+
+#[test]
+fn ocsp_is_asked_after_the_path_and_its_failure_is_reported() {
+    use pki::ocsp::{OcspChecker, OcspConfig};
+    use std::sync::Arc;
+    let transport = Arc::new(Unreachable(Default::default()));
+    let config = OcspConfig {
+        url_override: Some("http://127.0.0.1:9/ocsp".into()),
+        ..Default::default()
+    };
+    let v = validator()
+        .with_cache()
+        .with_online(Arc::new(OcspChecker::new(config, transport.clone())));
+    let e = v
+        .validate(&card("moica-admin"), &[], Role::Citizen, NOW)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::OcspUnavailable, "{e}");
+    assert_eq!(
+        transport.0.lock().unwrap().as_slice(),
+        ["http://127.0.0.1:9/ocsp"]
+    );
+    // A certificate refused by the path checks never reaches the responder.
+    let e = v
+        .validate(&card("moica-expired"), &[], Role::Citizen, NOW)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::CertExpired);
+    assert_eq!(transport.0.lock().unwrap().len(), 1);
+
+    // Without a configured URL, a card without an AIA OCSP URL cannot be checked online.
+    let v = validator().with_online(Arc::new(OcspChecker::new(
+        OcspConfig::default(),
+        transport.clone(),
+    )));
+    let e = v
+        .validate(&card("moica-admin"), &[], Role::Citizen, NOW)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RevocationUnknown, "{e}");
+}
