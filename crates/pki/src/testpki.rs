@@ -7,6 +7,7 @@
 
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::oid;
+use crate::pkcs12::tlv;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     CrlIssuingDistributionPoint, CustomExtension, DistinguishedName, DnType, DnValue,
@@ -353,21 +354,6 @@ fn oid_der(dotted: &str) -> Result<Vec<u8>> {
     Ok(tlv(0x06, o.as_bytes()))
 }
 
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = Vec::with_capacity(len + 6);
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = (len as u64).to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (8 - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
 
 fn string_der(value: &str, kind: StrKind) -> Result<Vec<u8>> {
     Ok(match kind {
