@@ -354,7 +354,6 @@ fn oid_der(dotted: &str) -> Result<Vec<u8>> {
     Ok(tlv(0x06, o.as_bytes()))
 }
 
-
 fn string_der(value: &str, kind: StrKind) -> Result<Vec<u8>> {
     Ok(match kind {
         StrKind::Utf8 => tlv(0x0c, value.as_bytes()),
@@ -1211,6 +1210,34 @@ impl TestPki {
     pub fn card(&self, name: &str) -> &Card {
         self.find_card(name)
             .unwrap_or_else(|| panic!("no test card named {name:?}"))
+    }
+
+    /// The issuing CAs as a trust store, as `write_dir` writes its anchors manifest.
+    pub fn trust_store(&self) -> Result<crate::anchors::TrustStore> {
+        use crate::facts::{OrgIdAttr, ParsedCert};
+        let mut store = crate::anchors::TrustStore::new();
+        for kind in CaKind::ISSUING {
+            let attr = match kind.org_id_attr() {
+                Some("uniform_number") => OrgIdAttr::UniformNumber,
+                _ => OrgIdAttr::Oid,
+            };
+            let cert = ParsedCert::from_der(self.ca(kind).cert_der.clone())?;
+            store.add_anchor(&kind.anchor_name(), kind.role(), attr, cert)?;
+        }
+        Ok(store)
+    }
+
+    /// The current CRL of every issuing CA.
+    pub fn crl_store(
+        &self,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<crate::revocation::CrlStore> {
+        let mut crls = crate::revocation::CrlStore::new();
+        for kind in CaKind::ISSUING {
+            crls.add(&self.crl_for(kind, this_update, next_update))?;
+        }
+        Ok(crls)
     }
 
     /// A full CRL of CA `k` revoking every [`Variant::Revoked`] card it issued. Its crlNumber is

@@ -2,10 +2,10 @@
 
 #![allow(dead_code)]
 
-use pki::anchors::{Role, TrustStore};
-use pki::facts::{OrgIdAttr, ParsedCert};
+use pki::anchors::TrustStore;
+use pki::facts::ParsedCert;
 use pki::revocation::CrlStore;
-use pki::testpki::{CaKind, Issued, KeyAlg, TestPki, TestPkiOptions};
+use pki::testpki::{Issued, KeyAlg, TestPki, TestPkiOptions};
 use pki::validate::{CrlMode, ValidationOptions, Validator};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -39,45 +39,15 @@ pub fn card(name: &str) -> ParsedCert {
     parsed(&pki().card(name).issued)
 }
 
-pub const ORG_CAS: [CaKind; 4] = [CaKind::Gca, CaKind::Xca, CaKind::Moeaca, CaKind::Hca];
-
 /// The five issuing CAs as anchors, as `certreg pki generate` writes them.
 pub fn trust_of(pki: &TestPki) -> TrustStore {
-    let mut store = TrustStore::new();
-    for kind in ORG_CAS {
-        let attr = if kind == CaKind::Moeaca {
-            OrgIdAttr::UniformNumber
-        } else {
-            OrgIdAttr::Oid
-        };
-        store
-            .add_anchor(
-                &format!("{kind:?}"),
-                Role::Organization,
-                attr,
-                parsed(pki.ca(kind)),
-            )
-            .unwrap();
-    }
-    store
-        .add_anchor(
-            "Moica",
-            Role::Citizen,
-            OrgIdAttr::Oid,
-            parsed(pki.ca(CaKind::Moica)),
-        )
-        .unwrap();
-    store
+    pki.trust_store().unwrap()
 }
 
 /// Current CRLs of every CA (this update = NOW − 1 h, next update = NOW + 7 days).
 pub fn crls_of(pki: &TestPki) -> CrlStore {
-    let mut crls = CrlStore::new();
-    for kind in ORG_CAS.iter().copied().chain([CaKind::Moica]) {
-        crls.add(&pki.crl_for(kind, NOW - Duration::hours(1), NOW + Duration::days(7)))
-            .unwrap();
-    }
-    crls
+    pki.crl_store(NOW - Duration::hours(1), NOW + Duration::days(7))
+        .unwrap()
 }
 
 /// A validator with CRLs required, over the standard test PKI.

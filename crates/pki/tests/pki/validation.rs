@@ -56,7 +56,7 @@ fn spec_2_1_anchor_decides_the_org_identifier_attribute() {
         v.facts.org_identifier,
         pki().card("moeaca-company").org_identifier
     );
-    assert_eq!(v.anchor, "Moeaca");
+    assert_eq!(v.anchor, "MOEACA (test)");
     let v = validator()
         .validate(&card("gca-agency"), &[], Role::Organization, NOW)
         .unwrap();
