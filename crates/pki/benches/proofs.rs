@@ -2,10 +2,10 @@
 //! full proofs (CMS, PKCS#1, ECDSA; path cache off/on; a 10k-entry CRL), the parts they are made
 //! of, and the ratio to a bare `openssl speed rsa2048` verify. No criterion: a plain timed loop.
 
-use pki::anchors::{Role, TrustStore};
+use pki::anchors::Role;
 use pki::challenge::Challenge;
 use pki::cms::{CmsSignOptions, build_signed_data};
-use pki::facts::{OrgIdAttr, ParsedCert};
+use pki::facts::ParsedCert;
 use pki::proof::verify_proof;
 use pki::revocation::CrlStore;
 use pki::sig::{SigAlg, sign_pkcs8};
@@ -26,64 +26,24 @@ const BIG_CRL_ENTRIES: usize = 10_000;
 const WARM_UP: StdDuration = StdDuration::from_millis(500);
 const MEASURE: StdDuration = StdDuration::from_secs(2);
 
-const ORG_CAS: [CaKind; 4] = [CaKind::Gca, CaKind::Xca, CaKind::Moeaca, CaKind::Hca];
-
 fn parsed(issued: &Issued) -> ParsedCert {
     ParsedCert::from_der(issued.cert_der.clone()).expect("certificate parses")
 }
 
-/// The five issuing CAs as anchors (as `tests/pki/helpers.rs::trust_of`).
-fn trust_of(pki: &TestPki) -> TrustStore {
-    let mut store = TrustStore::new();
-    for kind in ORG_CAS {
-        let attr = if kind == CaKind::Moeaca {
-            OrgIdAttr::UniformNumber
-        } else {
-            OrgIdAttr::Oid
-        };
-        store
-            .add_anchor(
-                &format!("{kind:?}"),
-                Role::Organization,
-                attr,
-                parsed(pki.ca(kind)),
-            )
-            .expect("anchor");
-    }
-    store
-        .add_anchor(
-            "Moica",
-            Role::Citizen,
-            OrgIdAttr::Oid,
-            parsed(pki.ca(CaKind::Moica)),
-        )
-        .expect("anchor");
-    store
-}
-
-/// Current CRLs of every CA (as `tests/pki/helpers.rs::crls_of`); `moica` replaces the MOICA CRL.
+/// Current CRLs of every CA; `moica` replaces the MOICA CRL (same thisUpdate, so it wins).
 fn crls_of(pki: &TestPki, moica: Option<&[u8]>) -> CrlStore {
-    let mut crls = CrlStore::new();
-    for kind in ORG_CAS {
-        crls.add(&pki.crl_for(kind, NOW - Duration::hours(1), NOW + Duration::days(7)))
-            .expect("CRL");
+    let mut crls = pki
+        .crl_store(NOW - Duration::hours(1), NOW + Duration::days(7))
+        .expect("CRLs");
+    if let Some(der) = moica {
+        crls.add(der).expect("big CRL");
     }
-    match moica {
-        Some(der) => crls.add(der).expect("big CRL"),
-        None => crls
-            .add(&pki.crl_for(
-                CaKind::Moica,
-                NOW - Duration::hours(1),
-                NOW + Duration::days(7),
-            ))
-            .expect("CRL"),
-    };
     crls
 }
 
 fn validator(pki: &TestPki, moica_crl: Option<&[u8]>, cache: bool) -> Validator {
     let v = Validator::new(
-        trust_of(pki),
+        pki.trust_store().expect("anchors"),
         crls_of(pki, moica_crl),
         ValidationOptions::default(),
     );
