@@ -121,6 +121,17 @@ impl Challenge {
     }
 
     /// The text the card signs (UTF-8, LF line ends, no trailing newline).
+    ///
+    /// ```
+    /// use pki::challenge::Challenge;
+    /// let now = time::macros::datetime!(2026-11-26 12:00 UTC);
+    /// let c = Challenge::with_nonce("first_registration", "https://certreg.example.gov.tw",
+    ///     "f-1", "org_card", vec![0; 32], now).unwrap();
+    /// assert_eq!(c.tbs(), "certreg-challenge/1\npurpose=first_registration\n\
+    ///     origin=https://certreg.example.gov.tw\nflow=f-1\nstep=org_card\n\
+    ///     nonce=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nissued=2026-11-26T12:00:00Z");
+    /// assert_eq!(Challenge::parse_tbs(c.tbs().as_bytes()).unwrap(), c);
+    /// ```
     pub fn tbs(&self) -> String {
         let issued = self
             .issued_at

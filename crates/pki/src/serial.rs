@@ -38,6 +38,14 @@ impl SerialError {
 
 impl CertSerial {
     /// Accepts spaces, colons, hyphens, lower case, a `0x` prefix and extra leading zeros.
+    ///
+    /// ```
+    /// use pki::serial::CertSerial;
+    /// let typed = CertSerial::parse("0x04:d7:80:39").unwrap();
+    /// assert_eq!(typed.as_str(), "04D78039");
+    /// assert_eq!(typed, CertSerial::parse("4D78039").unwrap());
+    /// assert_eq!(CertSerial::parse("00A1B2").unwrap().as_str(), "A1B2");
+    /// ```
     pub fn parse(input: &str) -> Result<Self, SerialError> {
         let trimmed = input.trim();
         let body = trimmed
