@@ -1,0 +1,5 @@
+//! The local card agent: the HiPKI local server protocol (`/pkcs11info`, `/sign`, `/popupForm`)
+//! over PKCS#11 tokens and soft cards, answering only configured origins and signing only
+//! certreg challenges.
+
+pub mod backend;
