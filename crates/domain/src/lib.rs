@@ -1,4 +1,12 @@
 //! certreg's rules as code that pages and the API both call: agencies, registrations,
-//! administrators, operators and their grants, review applications, receipts, audit events, the
-//! business calendar, and the flows of the manual (F1–F6) as server-side state machines.
+//! administrators, operators and their grants, review applications, receipts, audit events,
+//! the business calendar, and the flows of the manual (F1–F6) as server-side state machines.
 //! Storage and clock are traits; no web framework or database driver lives here.
+
+pub mod error;
+pub mod flow;
+pub mod model;
+pub mod store;
+pub mod types;
+
+pub use error::{DomainError, Result};

@@ -1,0 +1,182 @@
+//! What the domain needs from storage. Reads are plain queries; every state change is one
+//! [`Commit`], which the store applies in one transaction — all of it or none of it — mapping
+//! its constraints to domain errors (already registered, duplicate operator, conflict).
+
+use crate::error::Result;
+use crate::flow::{Flow, Step};
+use crate::model::*;
+use crate::types::{CertSerial, InstitutionCode};
+use std::future::Future;
+use time::OffsetDateTime;
+
+/// A challenge as stored: single use, bound to a session, a flow and a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChallenge {
+    pub id: String,
+    pub flow_id: String,
+    pub session: String,
+    pub step: Step,
+    pub purpose: String,
+    pub origin: String,
+    pub nonce: Vec<u8>,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Writes to a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationWrite {
+    /// First registration: fails with `AlreadyRegistered` if the agency has one.
+    Insert(Registration),
+    /// A replacement: `Conflict` unless the stored version is `expected_version`; the stored
+    /// row gets `expected_version + 1`.
+    Replace {
+        registration: Registration,
+        expected_version: i64,
+    },
+}
+
+/// Writes to operators. Versions work as for registrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorWrite {
+    /// `DuplicateOperator` if the serial is already granted in the agency.
+    Insert {
+        code: InstitutionCode,
+        input: OperatorInput,
+        at: OffsetDateTime,
+    },
+    Update {
+        code: InstitutionCode,
+        id: i64,
+        input: OperatorInput,
+        expected_version: i64,
+        at: OffsetDateTime,
+    },
+    /// `OperatorNotFound` if absent in that agency; `Conflict` on another version.
+    Delete {
+        code: InstitutionCode,
+        id: i64,
+        expected_version: i64,
+    },
+}
+
+/// Writes to review applications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewWrite {
+    /// The id is assigned by the store.
+    Insert(ReviewApplication),
+    /// Only a pending application can be decided (`Conflict` otherwise).
+    Decide { id: i64, state: ReviewState },
+}
+
+/// One state change, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// The flow as it is after this change; `Conflict` unless the stored version is
+    /// `flow.version - 1` (so a double submit of one step takes effect once).
+    pub flow: Option<Flow>,
+    pub registration: Option<RegistrationWrite>,
+    pub history: Vec<ReplacedCert>,
+    pub operator: Option<OperatorWrite>,
+    pub review: Option<ReviewWrite>,
+    /// A receipt; its `review_id` is filled with the id of a review inserted in this commit.
+    pub receipt: Option<Receipt>,
+    pub audit: Vec<AuditEvent>,
+    /// Ends every administrator session of this agency (after a replacement).
+    pub end_admin_sessions: Option<InstitutionCode>,
+}
+
+/// Ids the store assigned while applying a commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub operator_id: Option<i64>,
+    pub review_id: Option<i64>,
+}
+
+/// The audit log's verdict (`certreg audit verify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub events: u64,
+    /// Sequence number of the first event whose link does not hold.
+    pub first_broken: Option<u64>,
+    pub detail: Option<String>,
+}
+
+/// Storage of everything the domain keeps. Implemented by the `store` crate for SQLite and
+/// PostgreSQL, and by an in-memory store in the domain's tests.
+pub trait Store: Send + Sync {
+    // master data
+    fn agency(&self, code: &InstitutionCode)
+    -> impl Future<Output = Result<Option<Agency>>> + Send;
+    /// Inserts or updates agencies, all or nothing.
+    fn upsert_agencies(&self, agencies: &[Agency]) -> impl Future<Output = Result<u64>> + Send;
+
+    // flows and challenges
+    fn insert_flow(&self, flow: &Flow) -> impl Future<Output = Result<()>> + Send;
+    fn flow(&self, id: &str) -> impl Future<Output = Result<Option<Flow>>> + Send;
+    fn insert_challenge(
+        &self,
+        challenge: &StoredChallenge,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Marks the challenge used and returns it — exactly once, even when two requests race;
+    /// `ChallengeUsed` for a used or unknown one. Expiry is the caller's check.
+    fn consume_challenge(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<StoredChallenge>> + Send;
+
+    // state changes
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<Committed>> + Send;
+    /// Appends one audit event on its own (failed verifications, searches).
+    fn append_audit(&self, event: &AuditEvent) -> impl Future<Output = Result<()>> + Send;
+
+    // reads
+    fn registration(
+        &self,
+        code: &InstitutionCode,
+    ) -> impl Future<Output = Result<Option<Registration>>> + Send;
+    fn cert_history(
+        &self,
+        code: &InstitutionCode,
+    ) -> impl Future<Output = Result<Vec<ReplacedCert>>> + Send;
+    fn operators(
+        &self,
+        code: &InstitutionCode,
+    ) -> impl Future<Output = Result<Vec<Operator>>> + Send;
+    fn operator(
+        &self,
+        code: &InstitutionCode,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<Operator>>> + Send;
+    fn operator_by_serial(
+        &self,
+        code: &InstitutionCode,
+        serial: &CertSerial,
+    ) -> impl Future<Output = Result<Option<Operator>>> + Send;
+    /// Newest first.
+    fn receipts(&self, code: &InstitutionCode)
+    -> impl Future<Output = Result<Vec<Receipt>>> + Send;
+    /// Newest first.
+    fn reviews(
+        &self,
+        code: &InstitutionCode,
+    ) -> impl Future<Output = Result<Vec<ReviewApplication>>> + Send;
+    fn review(&self, id: i64) -> impl Future<Output = Result<Option<ReviewApplication>>> + Send;
+    /// Oldest first.
+    fn pending_reviews(&self) -> impl Future<Output = Result<Vec<ReviewApplication>>> + Send;
+
+    // reviewers
+    fn add_reviewer(
+        &self,
+        name: &str,
+        section: Section,
+        serial: &CertSerial,
+    ) -> impl Future<Output = Result<i64>> + Send;
+    fn reviewers(&self) -> impl Future<Output = Result<Vec<Reviewer>>> + Send;
+    fn set_reviewer_active(&self, id: i64, active: bool)
+    -> impl Future<Output = Result<()>> + Send;
+
+    // audit
+    fn verify_audit(&self) -> impl Future<Output = Result<AuditReport>> + Send;
+}
