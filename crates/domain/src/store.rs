@@ -64,7 +64,7 @@ pub enum OperatorWrite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewWrite {
     /// The id is assigned by the store.
-    Insert(ReviewApplication),
+    Insert(Box<ReviewApplication>),
     /// Only a pending application can be decided (`Conflict` otherwise).
     Decide { id: i64, state: ReviewState },
 }
