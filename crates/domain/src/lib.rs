@@ -2,3 +2,5 @@
 //! administrators, operators and their grants, review applications, receipts, audit events, the
 //! business calendar, and the flows of the manual (F1–F6) as server-side state machines.
 //! Storage and clock are traits; no web framework or database driver lives here.
+
+pub mod calendar;
