@@ -3,6 +3,8 @@
 //! the business calendar, and the flows of the manual (F1–F6) as server-side state machines.
 //! Storage and clock are traits; no web framework or database driver lives here.
 
+pub mod calendar;
+pub mod clock;
 pub mod error;
 pub mod flow;
 pub mod model;
