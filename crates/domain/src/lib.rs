@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod flow;
 pub mod model;
+pub mod service;
 pub mod store;
 pub mod types;
 
