@@ -1,0 +1,148 @@
+//! Fixtures for the rule tests: the test PKI, a fixed clock, master data, the services over a
+//! real database (SQLite file, and PostgreSQL when `TEST_DATABASE_URL` is set), and card steps
+//! made the way the agent makes them (CMS over the challenge's TBS with the card's key).
+
+#![allow(dead_code)]
+
+use domain::calendar::BusinessCalendar;
+use domain::clock::FixedClock;
+use domain::flow::{Flow, FlowKind};
+use domain::model::Agency;
+use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
+use domain::types::{InstitutionCode, OrgIdentifier};
+use domain::Result;
+use pki::testpki::{TestPki, TestPkiOptions};
+use pki::validate::{ValidationOptions, Validator};
+use std::sync::{Arc, OnceLock};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+/// Thursday 2025-10-09 10:00 in Taipei: Friday 10-10 is 國慶日, so the next business day is
+/// Monday 2025-10-13.
+pub const NOW: OffsetDateTime = datetime!(2025-10-09 02:00 UTC);
+pub const SESSION: &str = "session-1";
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI"))
+}
+
+pub fn validator() -> Arc<Validator> {
+    let p = pki();
+    Arc::new(Validator::new(
+        p.trust_store().unwrap(),
+        p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30)).unwrap(),
+        ValidationOptions::default(),
+    ))
+}
+
+/// Agency codes of the master data the tests seed.
+pub const TAIPEI: &str = "A0001"; // its identifier on file is gca-agency's
+pub const MISMATCH: &str = "A0002"; // gca-agency-mismatch's card will not match
+pub const SCHOOL: &str = "B0001"; // xca-school, on file
+pub const COMPANY: &str = "C0001"; // moeaca-company, no identifier on file
+pub const TAICHUNG: &str = "D0001"; // another agency, 第二科
+
+pub fn agencies() -> Vec<Agency> {
+    let a = |code: &str, name: &str, county: &str, oid: Option<&str>| Agency {
+        code: InstitutionCode::parse(code).unwrap(),
+        name: name.into(),
+        county: county.into(),
+        org_identifier: oid.map(|o| OrgIdentifier::parse(o).unwrap()),
+    };
+    vec![
+        a(TAIPEI, "臺北市政府人事處", "臺北市", Some(pki::testpki::GCA_AGENCY_OID)),
+        a(MISMATCH, "測試市政府", "臺北市", Some("2.16.886.101.20003.20065.11111")),
+        a(SCHOOL, "測試國民小學", "新竹縣", Some(pki::testpki::XCA_SCHOOL_OID)),
+        a(COMPANY, "測試股份有限公司", "臺中市", None),
+        a(TAICHUNG, "臺中市政府人事處", "臺中市", Some("2.16.886.101.20003.20066.1")),
+    ]
+}
+
+pub type Svc = Services<store::Db, Arc<FixedClock>>;
+
+pub struct Env {
+    pub svc: Svc,
+    pub clock: Arc<FixedClock>,
+    _guard: crate::db::Guard,
+}
+
+/// Services over each available database, with the master data seeded.
+pub async fn envs() -> Vec<Env> {
+    let mut out = Vec::new();
+    for (db, guard) in crate::db::fresh_all().await {
+        use domain::store::Store as _;
+        db.upsert_agencies(&agencies()).await.unwrap();
+        let clock = Arc::new(FixedClock::new(NOW));
+        let svc = Services::new(db, clock.clone(), validator(), BusinessCalendar::shipped(), ServiceConfig::default());
+        out.push(Env { svc, clock, _guard: guard });
+    }
+    out
+}
+
+/// Signs `tbs` with the named test card, as our agent does (attached CMS).
+pub fn cms(card: &str, tbs: &str) -> Vec<u8> {
+    let issued = &pki().card(card).issued;
+    pki::cms::build_signed_data(tbs.as_bytes(), &issued.cert_der, &Default::default(), |m| {
+        pki::sig::sign_pkcs8(&issued.key.pkcs8_der, m)
+    })
+    .unwrap()
+}
+
+pub fn id_of(card: &str) -> String {
+    pki().card(card).national_id.clone().unwrap()
+}
+
+/// One card step: challenge, signature with `card`, submission with the typed fields.
+pub async fn card_step(svc: &Svc, flow: &str, card: &str, code: Option<&str>, id: Option<&str>) -> Result<StepOutcome> {
+    let ch = svc.issue_challenge(flow, SESSION).await?;
+    svc.submit_card(CardStepInput {
+        flow_id: flow.into(),
+        session: SESSION.into(),
+        challenge_id: ch.id,
+        signature: cms(card, &ch.tbs),
+        certificate: None,
+        institution_code: code.map(Into::into),
+        national_id: id.map(Into::into),
+        client: Some("127.0.0.1".into()),
+    })
+    .await
+}
+
+pub fn contact() -> ContactInput {
+    ContactInput {
+        name: "王大明".into(),
+        email: "admin@example.gov.tw".into(),
+        phone: "(02)2345-6789".into(),
+        phone_ext: "123".into(),
+        mobile: String::new(),
+        unit: "人事處".into(),
+        title: "科員".into(),
+    }
+}
+
+pub fn advanced(o: StepOutcome) -> Flow {
+    match o {
+        StepOutcome::Advanced(f) => *f,
+        other => panic!("expected Advanced, got {other:?}"),
+    }
+}
+
+/// A complete first registration of `code` with `org_card` and `admin_card`.
+pub async fn register(svc: &Svc, code: &str, org_card: &str, admin_card: &str) -> domain::model::Registration {
+    let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+    svc.agree_terms(&flow.id, SESSION).await.unwrap();
+    advanced(card_step(svc, &flow.id, org_card, Some(code), None).await.unwrap());
+    advanced(card_step(svc, &flow.id, admin_card, None, Some(&id_of(admin_card))).await.unwrap());
+    svc.confirm(&flow.id, SESSION, &contact(), None).await.unwrap()
+}
+
+/// F2: both cards, returning the administrator's grant.
+pub async fn admin_login(svc: &Svc, code: &str, org_card: &str, admin_card: &str) -> Result<domain::service::AdminGrant> {
+    let flow = svc.start_flow(FlowKind::AdminLogin, SESSION).await?;
+    advanced(card_step(svc, &flow.id, org_card, Some(code), None).await?);
+    match card_step(svc, &flow.id, admin_card, None, Some(&id_of(admin_card))).await? {
+        StepOutcome::Admin(g) => Ok(g),
+        other => panic!("expected Admin, got {other:?}"),
+    }
+}
