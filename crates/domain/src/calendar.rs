@@ -195,32 +195,8 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<CalendarDay>, CalendarError> {
     Ok(days)
 }
 
-/// Reads `bytes` as UTF-8 if it is UTF-8, else as Big5, which older published years use.
 fn decode(bytes: &[u8]) -> Result<String, CalendarError> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let utf8_error = match std::str::from_utf8(bytes) {
-        Ok(s) => return Ok(s.to_owned()),
-        Err(e) => e.valid_up_to(),
-    };
-    let mut decoder = encoding_rs::BIG5.new_decoder_without_bom_handling();
-    let mut out = String::with_capacity(
-        decoder
-            .max_utf8_buffer_length_without_replacement(bytes.len())
-            .unwrap_or(bytes.len() * 3),
-    );
-    let (result, read) = decoder.decode_to_string_without_replacement(bytes, &mut out, true);
-    match result {
-        encoding_rs::DecoderResult::InputEmpty => Ok(out),
-        encoding_rs::DecoderResult::Malformed(bad, after) => {
-            // The encoding that read further is the one the file was most likely meant to be in.
-            let big5_error = read - usize::from(bad) - usize::from(after);
-            let at = utf8_error.max(big5_error);
-            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            Err(CalendarError::Encoding { line })
-        }
-        // Capacity came from the decoder's own worst case, so the output cannot run out.
-        encoding_rs::DecoderResult::OutputFull => Err(CalendarError::Encoding { line: 1 }),
-    }
+    crate::text::decode_utf8_or_big5(bytes).map_err(|line| CalendarError::Encoding { line })
 }
 
 fn parse_row(line: usize, raw: &str) -> Result<CalendarDay, CalendarError> {

@@ -7,9 +7,11 @@ pub mod calendar;
 pub mod clock;
 pub mod error;
 pub mod flow;
+pub mod import;
 pub mod model;
 pub mod service;
 pub mod store;
+mod text;
 pub mod types;
 
 pub use error::{DomainError, Result};
