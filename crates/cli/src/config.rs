@@ -1,0 +1,143 @@
+//! One typed settings struct: defaults, then a TOML file, then `CERTREG_*` environment
+//! variables. Secrets may come from files (`…_file` keys / `CERTREG_…_FILE` variables) so they
+//! stay out of the process environment and the config file.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `sqlite://path/certreg.db` (default) or `postgres://…`.
+    pub database_url: String,
+    /// Reads `database_url` from this file instead (a URL with a password is a secret).
+    pub database_url_file: Option<PathBuf>,
+    /// The key file for personal data at rest (created with mode 0600 when missing).
+    pub key_file: PathBuf,
+    /// The public origin card proofs are bound to (https in production).
+    pub public_origin: String,
+    /// Address the service listens on.
+    pub listen: String,
+    /// The anchors directory (`manifest.toml` + CA certificates).
+    pub anchors_dir: PathBuf,
+    /// CRL files or URLs, refreshed every `crl_refresh_minutes`.
+    pub crls: Vec<String>,
+    pub crl_refresh_minutes: u64,
+    /// Accept a CRL past its nextUpdate (with a warning) instead of refusing cards.
+    pub accept_stale_crl: bool,
+    /// The version of 用戶約定條款 users agree to.
+    pub terms_version: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://certreg-data/certreg.db".into(),
+            database_url_file: None,
+            key_file: PathBuf::from("certreg-data/certreg.key"),
+            public_origin: "http://127.0.0.1:8080".into(),
+            listen: "127.0.0.1:8080".into(),
+            anchors_dir: PathBuf::from("certreg-data/pki/anchors"),
+            crls: Vec::new(),
+            crl_refresh_minutes: 60,
+            accept_stale_crl: false,
+            terms_version: "2026-01".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults → `file` (if given) → the environment (`CERTREG_DATABASE_URL`, …).
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_from(file, |k| std::env::var(k).ok())
+    }
+
+    pub fn load_from(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut s = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        let string = |key: &str, slot: &mut String| {
+            if let Some(v) = env(&format!("CERTREG_{key}")) {
+                *slot = v;
+            }
+        };
+        string("DATABASE_URL", &mut s.database_url);
+        string("PUBLIC_ORIGIN", &mut s.public_origin);
+        string("LISTEN", &mut s.listen);
+        string("TERMS_VERSION", &mut s.terms_version);
+        if let Some(v) = env("CERTREG_DATABASE_URL_FILE") {
+            s.database_url_file = Some(v.into());
+        }
+        if let Some(v) = env("CERTREG_KEY_FILE") {
+            s.key_file = v.into();
+        }
+        if let Some(v) = env("CERTREG_ANCHORS_DIR") {
+            s.anchors_dir = v.into();
+        }
+        if let Some(v) = env("CERTREG_CRLS") {
+            s.crls = v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+        }
+        if let Some(v) = env("CERTREG_CRL_REFRESH_MINUTES") {
+            s.crl_refresh_minutes = v.parse().context("CERTREG_CRL_REFRESH_MINUTES must be a number")?;
+        }
+        if let Some(v) = env("CERTREG_ACCEPT_STALE_CRL") {
+            s.accept_stale_crl = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(path) = &s.database_url_file {
+            s.database_url = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string();
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(self.public_origin.starts_with("https://") || self.public_origin.starts_with("http://")) {
+            bail!("public_origin must start with https:// (or http:// for local use)");
+        }
+        if self.crl_refresh_minutes == 0 {
+            bail!("crl_refresh_minutes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("certreg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("certreg.toml");
+        std::fs::write(&file, "public_origin = \"https://certreg.example.gov.tw\"\ncrl_refresh_minutes = 30\n").unwrap();
+        let secret = dir.join("db-url");
+        std::fs::write(&secret, "postgres://certreg:secret@db/certreg\n").unwrap();
+        let env: HashMap<&str, String> = [
+            ("CERTREG_CRL_REFRESH_MINUTES", "15".to_string()),
+            ("CERTREG_DATABASE_URL_FILE", secret.display().to_string()),
+        ]
+        .into();
+        let s = Settings::load_from(Some(&file), |k| env.get(k).cloned()).unwrap();
+        assert_eq!(s.public_origin, "https://certreg.example.gov.tw");
+        assert_eq!(s.crl_refresh_minutes, 15);
+        assert_eq!(s.database_url, "postgres://certreg:secret@db/certreg");
+        assert_eq!(s.listen, Settings::default().listen);
+
+        std::fs::write(&file, "colour = \"red\"\n").unwrap();
+        assert!(Settings::load_from(Some(&file), |_| None).is_err());
+        let bad: HashMap<&str, String> = [("CERTREG_PUBLIC_ORIGIN", "ftp://x".to_string())].into();
+        assert!(Settings::load_from(None, |k| bad.get(k).cloned()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
