@@ -295,7 +295,8 @@ fn module(path: &Path) -> Result<Arc<Module>, CardError> {
         }
     }
     let m = Arc::new(Module {
-        path: canonical.clone(),
+        // As configured (for the name shown), while the registry is keyed by canonical path.
+        path: path.to_path_buf(),
         ctx,
     });
     modules.insert(canonical, m.clone());
@@ -409,22 +410,30 @@ impl Pkcs11Backend {
 
     /// The module and slot holding the token with this serial number, looked up now.
     fn find_token(&self, serial: &str) -> Result<(&Module, Slot), CardError> {
+        // A slot or module that fails to answer may be someone else's broken reader: keep
+        // looking, and report its error only if the token is not found anywhere.
+        let mut failure = None;
         for m in &self.modules {
-            let slots = m
-                .ctx
-                .get_slots_with_token()
-                .map_err(|e| map_error(&e, Phase::Sign))?;
+            let slots = match m.ctx.get_slots_with_token() {
+                Ok(slots) => slots,
+                Err(e) => {
+                    failure.get_or_insert(map_error(&e, Phase::Sign));
+                    continue;
+                }
+            };
             for slot in slots {
                 match m.ctx.get_token_info(slot) {
                     Ok(info) if info.serial_number() == serial => return Ok((m, slot)),
                     Ok(_) => {}
                     // A token leaving another slot during the scan is not our concern.
                     Err(e) if map_error(&e, Phase::Sign) == CardError::TokenRemoved => {}
-                    Err(e) => return Err(map_error(&e, Phase::Sign)),
+                    Err(e) => {
+                        failure.get_or_insert(map_error(&e, Phase::Sign));
+                    }
                 }
             }
         }
-        Err(CardError::TokenRemoved)
+        Err(failure.unwrap_or(CardError::TokenRemoved))
     }
 }
 
