@@ -10,7 +10,8 @@
 //!   other out. So signatures on one token are serialised here, whatever the caller does.
 //! - SoftHSM has no `CKM_ECDSA_SHA256`: EC keys sign a SHA-256 digest with `CKM_ECDSA`, and the
 //!   raw r‖s the token returns is converted to DER.
-//! - A PIN is tried exactly once per request; a wrong PIN is never retried here.
+//! - A PIN is tried exactly once per request; a wrong PIN is never retried here, and a PIN
+//!   outside the token's length range is not sent at all (SoftHSM would count it as wrong).
 
 use crate::backend::{CardBackend, CardCert, CardError, PinState, SlotInfo, TokenInfo};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -98,6 +99,15 @@ fn flags_of(info: &cryptoki::slot::TokenInfo) -> u64 {
         flags |= CKF_USER_PIN_LOCKED;
     }
     flags
+}
+
+/// Whether `pin` fits the token's `ulMinPinLen..=ulMaxPinLen` (bytes). A token that reports no
+/// usable range (max 0, or min > max) gets every PIN.
+pub fn pin_len_ok(pin: &str, min: usize, max: usize) -> bool {
+    if max == 0 || min > max {
+        return true;
+    }
+    (min..=max).contains(&pin.len())
 }
 
 /// The kind of private key, which decides the mechanism.
@@ -409,7 +419,10 @@ impl Pkcs11Backend {
     }
 
     /// The module and slot holding the token with this serial number, looked up now.
-    fn find_token(&self, serial: &str) -> Result<(&Module, Slot), CardError> {
+    fn find_token(
+        &self,
+        serial: &str,
+    ) -> Result<(&Module, Slot, cryptoki::slot::TokenInfo), CardError> {
         // A slot or module that fails to answer may be someone else's broken reader: keep
         // looking, and report its error only if the token is not found anywhere.
         let mut failure = None;
@@ -423,7 +436,7 @@ impl Pkcs11Backend {
             };
             for slot in slots {
                 match m.ctx.get_token_info(slot) {
-                    Ok(info) if info.serial_number() == serial => return Ok((m, slot)),
+                    Ok(info) if info.serial_number() == serial => return Ok((m, slot, info)),
                     Ok(_) => {}
                     // A token leaving another slot during the scan is not our concern.
                     Err(e) if map_error(&e, Phase::Sign) == CardError::TokenRemoved => {}
@@ -501,7 +514,13 @@ impl CardBackend for Pkcs11Backend {
         let lock = token_lock(token_serial);
         let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         // Looked up after taking the lock: the token may have moved while we waited.
-        let (m, slot) = self.find_token(token_serial)?;
+        let (m, slot, info) = self.find_token(token_serial)?;
+        // A PIN the token says cannot be valid is refused here: sent to the card it would cost
+        // a try (SoftHSM, for one, answers CKR_PIN_INCORRECT and counts it), and GPKI cards
+        // lock after three.
+        if !pin_len_ok(pin, info.min_pin_length(), info.max_pin_length()) {
+            return Err(CardError::PinLenRange);
+        }
         let session = m
             .ctx
             .open_ro_session(slot)

@@ -11,7 +11,7 @@
 use agent::backend::{CardError, PinState};
 use agent::pkcs11::{
     CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED, KeyKind, Phase,
-    SignSession, map_error, map_rv, pin_state_from_flags, sign_in_session,
+    SignSession, map_error, map_rv, pin_len_ok, pin_state_from_flags, sign_in_session,
 };
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
@@ -269,4 +269,16 @@ fn fake_mechanisms_rsa_over_message_ec_over_digest_with_der_output() {
         "CKM_ECDSA gets SHA-256(message), not the message"
     );
     assert_eq!(ec.logouts.get(), 1);
+}
+
+#[test]
+fn pin_length_range_from_token_info() {
+    // SoftHSM reports 4..=255; GPKI cards typically 6..=8 (synthetic values here).
+    assert!(pin_len_ok("1234", 4, 255));
+    assert!(!pin_len_ok("123", 4, 255));
+    assert!(!pin_len_ok(&"1".repeat(256), 4, 255));
+    assert!(pin_len_ok("123456", 6, 8) && !pin_len_ok("123456789", 6, 8));
+    // No usable range reported: the token decides.
+    assert!(pin_len_ok("1", 0, 0));
+    assert!(pin_len_ok("1", 8, 6));
 }
