@@ -3,3 +3,4 @@
 //! certreg challenges.
 
 pub mod backend;
+pub mod softcard;
