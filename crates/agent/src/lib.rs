@@ -3,4 +3,5 @@
 //! certreg challenges.
 
 pub mod backend;
+pub mod protocol;
 pub mod softcard;
