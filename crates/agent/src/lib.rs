@@ -4,4 +4,5 @@
 
 pub mod backend;
 pub mod protocol;
+pub mod server;
 pub mod softcard;
