@@ -298,7 +298,12 @@ pub fn cert_json(label: &str, der: &[u8], with_cert: bool) -> Option<CertJson> {
         certb64: with_cert.then(|| base64::engine::general_purpose::STANDARD.encode(der)),
         sn: f.serial.to_string(),
         subject_dn: f.subject.clone(),
-        subject_cn: f.cn.clone().unwrap_or_default(),
+        // Organization certificates carry no CN; the unit's name is what a page would show.
+        subject_cn: f
+            .cn
+            .clone()
+            .or_else(|| f.holder_name().map(str::to_string))
+            .unwrap_or_default(),
         subject_id: f.id_last4.clone().unwrap_or_default(),
         issuer_dn: f.issuer.clone(),
         not_before: rfc3339(f.not_before),
