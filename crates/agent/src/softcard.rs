@@ -216,7 +216,10 @@ impl SoftCards {
         }
         let p12 = self.dir.join(format!("{name}.p12"));
         if !p12.is_file() {
-            return Err(CardError::NoCard);
+            return Err(device(format!(
+                "no card file {name}.p12 in {}",
+                self.dir.display()
+            )));
         }
         let mut cert_der = None;
         let mut problem = Some(format!(
