@@ -4,3 +4,6 @@
 
 pub mod backend;
 pub mod pkcs11;
+pub mod protocol;
+pub mod server;
+pub mod softcard;

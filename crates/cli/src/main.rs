@@ -1,5 +1,6 @@
 //! The certreg command: parses arguments, then calls library code.
 
+mod agent_cmd;
 mod pki_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,12 +24,15 @@ enum Command {
         #[command(subcommand)]
         command: pki_cmd::PkiCommand,
     },
+    /// The local card agent (HiPKI protocol on 127.0.0.1) over soft cards or PKCS#11 modules.
+    Agent(agent_cmd::AgentArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pki { command } => pki_cmd::run(command),
+        Command::Agent(args) => agent_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -346,3 +346,86 @@ fn verify_proof_cms_made_with_the_soft_card() {
     assert_eq!(code, 1);
     assert_eq!(lines[0]["code"], "challenge_mismatch");
 }
+
+#[test]
+fn agent_cards_insert_list_eject_keep_state_in_a_file() {
+    let state = std::env::temp_dir().join(format!(
+        "certreg-cli-agent-state-{}.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&state);
+    let cards = p("cards");
+    let st = state.to_str().unwrap();
+    let (code, lines, err) = certreg(&[
+        "agent",
+        "cards",
+        "insert",
+        "moica-admin",
+        "--soft-cards",
+        &cards,
+        "--state",
+        st,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["slotDescription"], "certreg soft reader 1");
+    let (code, lines, _) = certreg(&[
+        "agent",
+        "cards",
+        "list",
+        "--soft-cards",
+        &cards,
+        "--state",
+        st,
+    ]);
+    assert_eq!(code, 0);
+    let admin = lines.iter().find(|l| l["name"] == "moica-admin").unwrap();
+    assert_eq!(admin["reader"], 1);
+    assert_eq!(admin["locked"], false);
+    assert_eq!(admin["card_number"].as_str().unwrap().len(), 16);
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["name"] != "moica-admin")
+            .all(|l| l["reader"].is_null())
+    );
+    let (code, lines, _) = certreg(&[
+        "agent",
+        "cards",
+        "eject",
+        "moica-admin",
+        "--soft-cards",
+        &cards,
+        "--state",
+        st,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(lines[0]["was_inserted"], true);
+    let (code, _, err) = certreg(&[
+        "agent",
+        "cards",
+        "insert",
+        "no-such-card",
+        "--soft-cards",
+        &cards,
+        "--state",
+        st,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let _ = std::fs::remove_file(&state);
+}
+
+#[test]
+fn agent_refuses_a_missing_pkcs11_module_and_no_backend() {
+    let (code, _, err) = certreg(&[
+        "agent",
+        "--pkcs11",
+        "/nonexistent/libnothing.so",
+        "--port",
+        "0",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("libnothing.so"), "{err}");
+    let (code, _, err) = certreg(&["agent", "--port", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--soft-cards"), "{err}");
+}
