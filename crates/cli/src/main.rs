@@ -1,6 +1,7 @@
 //! The certreg command: parses arguments, then calls library code.
 
 mod pki_cmd;
+mod store_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,12 +24,21 @@ enum Command {
         #[command(subcommand)]
         command: pki_cmd::PkiCommand,
     },
+    /// Create or upgrade the database schema.
+    Migrate(store_cmd::DatabaseArgs),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: store_cmd::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pki { command } => pki_cmd::run(command),
+        Command::Migrate(args) => store_cmd::migrate(args),
+        Command::Audit { command } => store_cmd::audit(command),
     };
     match result {
         Ok(code) => code,

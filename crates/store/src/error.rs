@@ -11,14 +11,28 @@ pub enum StoreError {
         "unsupported database URL {0:?}: use sqlite://PATH, sqlite::memory:, postgres://… or postgresql://…"
     )]
     UnsupportedScheme(String),
+    // The cause is in the message and deliberately not a `source`, so that a printed chain
+    // does not repeat it.
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("key: {0}")]
     Key(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 impl From<StoreError> for DomainError {
