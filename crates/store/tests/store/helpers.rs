@@ -22,6 +22,16 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A handle on a database made outside `each_db`.
+    pub fn for_url(db: Db, url: &str, secrets: &Secrets) -> Self {
+        Self {
+            db,
+            url: url.to_string(),
+            secrets: secrets.clone(),
+            file: None,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.db.backend()
     }

@@ -1213,3 +1213,90 @@ async fn concurrent_connects_share_one_schema() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durability
+
+const CRASH_CHILD_ENV: &str = "CERTREG_STORE_CRASH_CHILD_URL";
+
+/// Not a test on its own: the child process of `killed_process_leaves_no_partial_registration`.
+/// It registers agencies on the SQLite file it is given until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_registers_until_killed() {
+    let Ok(url) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
+    let key = std::env::var("CERTREG_STORE_CRASH_CHILD_KEY").unwrap();
+    let db = Db::connect(&url, &Secrets::from_base64(&key).unwrap())
+        .await
+        .unwrap();
+    let agencies: Vec<Agency> = (0..5000).map(|i| agency(&format!("K{i:05}"))).collect();
+    db.upsert_agencies(&agencies).await.unwrap();
+    println!("ready");
+    for a in &agencies {
+        register(&db, a.code.as_str(), &nid("A12345678")).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_process_leaves_no_partial_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let secrets = Secrets::generate().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_registers_until_killed",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_ENV, &url)
+        .env("CERTREG_STORE_CRASH_CHILD_KEY", secrets.to_base64())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some registrations are in, while it is writing more.
+    let probe = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let Ok(db) = Db::connect(&url, &secrets).await else {
+                continue;
+            };
+            let n = db.verify_audit().await.map(|r| r.events).unwrap_or(0);
+            db.close().await;
+            if n >= 20 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), probe)
+        .await
+        .expect("the child made progress");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = Db::connect(&url, &secrets).await.unwrap();
+    let t = TestDb::for_url(db.clone(), &url, &secrets);
+    let registrations = t.count("SELECT COUNT(*) FROM registrations").await;
+    assert!(registrations >= 20, "{registrations}");
+    // Each registration has its receipt and its audit event, or none of them.
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM receipts").await,
+        registrations
+    );
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM audit_log").await,
+        registrations
+    );
+    assert_eq!(
+        t.count(
+            "SELECT COUNT(*) FROM registrations r WHERE NOT EXISTS \
+             (SELECT 1 FROM receipts c WHERE c.code = r.code)"
+        )
+        .await,
+        0
+    );
+    let report = db.verify_audit().await.unwrap();
+    assert_eq!(report.first_broken, None, "{report:?}");
+    // And the file takes new registrations after the crash.
+    register(&db, "NEW1", &nid("A12345678")).await;
+}
