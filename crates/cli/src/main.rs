@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod pki_cmd;
+mod store_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,13 @@ enum Command {
     },
     /// The local card agent (HiPKI protocol on 127.0.0.1) over soft cards or PKCS#11 modules.
     Agent(agent_cmd::AgentArgs),
+    /// Create or upgrade the database schema.
+    Migrate(store_cmd::DatabaseArgs),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: store_cmd::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +41,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pki { command } => pki_cmd::run(command),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Migrate(args) => store_cmd::migrate(args),
+        Command::Audit { command } => store_cmd::audit(command),
     };
     match result {
         Ok(code) => code,

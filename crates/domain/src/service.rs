@@ -304,21 +304,14 @@ impl<S: Store, C: Clock> Services<S, C> {
         })
     }
 
-    /// Consumes the challenge, verifies the proof for the step's role, and audits a refusal.
+    /// Verifies the proof over the stored challenge for the step's role, and audits a refusal.
     async fn verify_step(
         &self,
         flow: &Flow,
         input: &CardStepInput,
+        stored: &StoredChallenge,
     ) -> Result<pki::validate::Validated> {
         let now = self.clock.now();
-        let stored = self
-            .store
-            .consume_challenge(&input.challenge_id, now)
-            .await?;
-        if stored.flow_id != flow.id || stored.session != input.session || stored.step != flow.step
-        {
-            return Err(DomainError::ChallengeUsed);
-        }
         let challenge = Challenge::with_nonce(
             &stored.purpose,
             &stored.origin,
@@ -382,7 +375,17 @@ impl<S: Store, C: Clock> Services<S, C> {
         if !flow.step.is_card_step() {
             return Err(DomainError::WrongStep);
         }
-        // Fields typed on the screen are checked before the card is, so a typo costs no PIN.
+        // The challenge is spent first: any submission, even one with a typo, uses it up, so
+        // a proof can never be tried twice.
+        let stored = self
+            .store
+            .consume_challenge(&input.challenge_id, self.clock.now())
+            .await?;
+        if stored.flow_id != flow.id || stored.session != input.session || stored.step != flow.step
+        {
+            return Err(DomainError::ChallengeUsed);
+        }
+        // The typed fields are checked before the (costlier) proof verification.
         let code = match flow.step {
             Step::OrgCard | Step::NewOrgCard | Step::QueryOrgCard | Step::OperatorCard => Some(
                 InstitutionCode::parse(input.institution_code.as_deref().unwrap_or(""))?,
@@ -398,7 +401,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             }
             _ => None,
         };
-        let validated = self.verify_step(&flow, &input).await?;
+        let validated = self.verify_step(&flow, &input, &stored).await?;
         let cert = CertRef::from_facts(&validated.facts);
         match self
             .apply_card(flow.clone(), code.clone(), id, &validated)

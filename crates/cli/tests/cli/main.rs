@@ -429,3 +429,75 @@ fn agent_refuses_a_missing_pkcs11_module_and_no_backend() {
     assert_eq!(code, 2);
     assert!(err.contains("--soft-cards"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// certreg migrate / certreg audit verify
+
+#[test]
+fn migrate_creates_the_database_and_its_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
+    let (code, lines, err) = certreg(&["migrate", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["applied"], 1);
+    let key = std::fs::read(dir.path().join("certreg.key")).unwrap();
+    let (code, lines, _) = certreg(&["migrate", "--database", &url]);
+    assert_eq!((code, &lines[0]["applied"]), (0, &serde_json::json!(0)));
+    assert_eq!(std::fs::read(dir.path().join("certreg.key")).unwrap(), key);
+}
+
+#[test]
+fn migrate_refuses_an_unknown_scheme_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certreg.db");
+    for url in [
+        path.display().to_string(),
+        format!("file://{}", path.display()),
+    ] {
+        let (code, _, err) = certreg(&["migrate", "--database", &url]);
+        assert_eq!(code, 2);
+        assert!(err.contains("unsupported database URL"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn audit_verify_reports_the_first_broken_link() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use domain::store::Store;
+        let secrets = store::Secrets::generate().unwrap();
+        let db = store::Db::connect(&url, &secrets).await.unwrap();
+        for i in 0..4 {
+            let at = time::OffsetDateTime::from_unix_timestamp(1_780_000_000 + i).unwrap();
+            let event = domain::model::AuditEvent::new(at, "system", "test.event", "ok");
+            db.append_audit(&event).await.unwrap();
+        }
+        db.close().await;
+    });
+    let (code, lines, err) = certreg(&["audit", "verify", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["events"], 4);
+
+    rt.block_on(async {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "DROP TRIGGER audit_log_no_update; \
+             UPDATE audit_log SET actor = 'someone else' WHERE seq = 3",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    });
+    let (code, lines, err) = certreg(&["audit", "verify", "--database", &url]);
+    assert_eq!(code, 1);
+    assert_eq!(lines[0]["first_broken"], 3);
+    assert!(err.contains("seq 3"), "{err}");
+}

@@ -4,13 +4,13 @@
 
 #![allow(dead_code)]
 
+use domain::Result;
 use domain::calendar::BusinessCalendar;
 use domain::clock::FixedClock;
 use domain::flow::{Flow, FlowKind};
 use domain::model::Agency;
 use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
 use domain::types::{InstitutionCode, OrgIdentifier};
-use domain::Result;
 use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use std::sync::{Arc, OnceLock};
@@ -31,7 +31,8 @@ pub fn validator() -> Arc<Validator> {
     let p = pki();
     Arc::new(Validator::new(
         p.trust_store().unwrap(),
-        p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30)).unwrap(),
+        p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
+            .unwrap(),
         ValidationOptions::default(),
     ))
 }
@@ -51,11 +52,31 @@ pub fn agencies() -> Vec<Agency> {
         org_identifier: oid.map(|o| OrgIdentifier::parse(o).unwrap()),
     };
     vec![
-        a(TAIPEI, "臺北市政府人事處", "臺北市", Some(pki::testpki::GCA_AGENCY_OID)),
-        a(MISMATCH, "測試市政府", "臺北市", Some("2.16.886.101.20003.20065.11111")),
-        a(SCHOOL, "測試國民小學", "新竹縣", Some(pki::testpki::XCA_SCHOOL_OID)),
+        a(
+            TAIPEI,
+            "臺北市政府人事處",
+            "臺北市",
+            Some(pki::testpki::GCA_AGENCY_OID),
+        ),
+        a(
+            MISMATCH,
+            "測試市政府",
+            "臺北市",
+            Some("2.16.886.101.20003.20065.11111"),
+        ),
+        a(
+            SCHOOL,
+            "測試國民小學",
+            "新竹縣",
+            Some(pki::testpki::XCA_SCHOOL_OID),
+        ),
         a(COMPANY, "測試股份有限公司", "臺中市", None),
-        a(TAICHUNG, "臺中市政府人事處", "臺中市", Some("2.16.886.101.20003.20066.1")),
+        a(
+            TAICHUNG,
+            "臺中市政府人事處",
+            "臺中市",
+            Some("2.16.886.101.20003.20066.1"),
+        ),
     ]
 }
 
@@ -74,8 +95,18 @@ pub async fn envs() -> Vec<Env> {
         use domain::store::Store as _;
         db.upsert_agencies(&agencies()).await.unwrap();
         let clock = Arc::new(FixedClock::new(NOW));
-        let svc = Services::new(db, clock.clone(), validator(), BusinessCalendar::shipped(), ServiceConfig::default());
-        out.push(Env { svc, clock, _guard: guard });
+        let svc = Services::new(
+            db,
+            clock.clone(),
+            validator(),
+            BusinessCalendar::shipped(),
+            ServiceConfig::default(),
+        );
+        out.push(Env {
+            svc,
+            clock,
+            _guard: guard,
+        });
     }
     out
 }
@@ -94,7 +125,13 @@ pub fn id_of(card: &str) -> String {
 }
 
 /// One card step: challenge, signature with `card`, submission with the typed fields.
-pub async fn card_step(svc: &Svc, flow: &str, card: &str, code: Option<&str>, id: Option<&str>) -> Result<StepOutcome> {
+pub async fn card_step(
+    svc: &Svc,
+    flow: &str,
+    card: &str,
+    code: Option<&str>,
+    id: Option<&str>,
+) -> Result<StepOutcome> {
     let ch = svc.issue_challenge(flow, SESSION).await?;
     svc.submit_card(CardStepInput {
         flow_id: flow.into(),
@@ -129,16 +166,39 @@ pub fn advanced(o: StepOutcome) -> Flow {
 }
 
 /// A complete first registration of `code` with `org_card` and `admin_card`.
-pub async fn register(svc: &Svc, code: &str, org_card: &str, admin_card: &str) -> domain::model::Registration {
-    let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+pub async fn register(
+    svc: &Svc,
+    code: &str,
+    org_card: &str,
+    admin_card: &str,
+) -> domain::model::Registration {
+    let flow = svc
+        .start_flow(FlowKind::FirstRegistration, SESSION)
+        .await
+        .unwrap();
     svc.agree_terms(&flow.id, SESSION).await.unwrap();
-    advanced(card_step(svc, &flow.id, org_card, Some(code), None).await.unwrap());
-    advanced(card_step(svc, &flow.id, admin_card, None, Some(&id_of(admin_card))).await.unwrap());
-    svc.confirm(&flow.id, SESSION, &contact(), None).await.unwrap()
+    advanced(
+        card_step(svc, &flow.id, org_card, Some(code), None)
+            .await
+            .unwrap(),
+    );
+    advanced(
+        card_step(svc, &flow.id, admin_card, None, Some(&id_of(admin_card)))
+            .await
+            .unwrap(),
+    );
+    svc.confirm(&flow.id, SESSION, &contact(), None)
+        .await
+        .unwrap()
 }
 
 /// F2: both cards, returning the administrator's grant.
-pub async fn admin_login(svc: &Svc, code: &str, org_card: &str, admin_card: &str) -> Result<domain::service::AdminGrant> {
+pub async fn admin_login(
+    svc: &Svc,
+    code: &str,
+    org_card: &str,
+    admin_card: &str,
+) -> Result<domain::service::AdminGrant> {
     let flow = svc.start_flow(FlowKind::AdminLogin, SESSION).await?;
     advanced(card_step(svc, &flow.id, org_card, Some(code), None).await?);
     match card_step(svc, &flow.id, admin_card, None, Some(&id_of(admin_card))).await? {

@@ -22,12 +22,24 @@ fn code_of<T: std::fmt::Debug>(r: domain::Result<T>) -> String {
 async fn r1_1_terms_come_first_and_are_recorded() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
-        assert_eq!(code_of(svc.issue_challenge(&flow.id, SESSION).await), "wrong_step");
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(svc.issue_challenge(&flow.id, SESSION).await),
+            "wrong_step"
+        );
         let agreed = svc.agree_terms(&flow.id, SESSION).await.unwrap();
         assert_eq!(agreed.step, Step::OrgCard);
-        assert_eq!(agreed.data.terms_version.as_deref(), Some(svc.config().terms_version.as_str()));
-        assert_eq!(code_of(svc.agree_terms(&flow.id, SESSION).await), "wrong_step");
+        assert_eq!(
+            agreed.data.terms_version.as_deref(),
+            Some(svc.config().terms_version.as_str())
+        );
+        assert_eq!(
+            code_of(svc.agree_terms(&flow.id, SESSION).await),
+            "wrong_step"
+        );
     }
 }
 
@@ -35,16 +47,41 @@ async fn r1_1_terms_come_first_and_are_recorded() {
 async fn r1_2_organization_card_refusals() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency", Some("Z9999"), None).await), "unknown_agency");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency", Some("bad code!"), None).await), "invalid_input");
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin", Some(TAIPEI), None).await), "wrong_role");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency-expired", Some(TAIPEI), None).await), "cert_expired");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency-revoked", Some(TAIPEI), None).await), "cert_revoked");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency-wrongku", Some(TAIPEI), None).await), "key_usage");
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency", Some("Z9999"), None).await),
+            "unknown_agency"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency", Some("bad code!"), None).await),
+            "invalid_input"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "moica-admin", Some(TAIPEI), None).await),
+            "wrong_role"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency-expired", Some(TAIPEI), None).await),
+            "cert_expired"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency-revoked", Some(TAIPEI), None).await),
+            "cert_revoked"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency-wrongku", Some(TAIPEI), None).await),
+            "key_usage"
+        );
         // Still at the same step: refusals do not advance the flow.
-        advanced(card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap());
+        advanced(
+            card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+                .await
+                .unwrap(),
+        );
     }
 }
 
@@ -53,9 +90,14 @@ async fn r1_2_already_registered_points_elsewhere() {
     for env in envs().await {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        let e = card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap_err();
+        let e = card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "already_registered");
         assert!(e.message_zh().contains("更換憑證") && e.message_zh().contains("授權指派"));
     }
@@ -65,61 +107,133 @@ async fn r1_2_already_registered_points_elsewhere() {
 async fn r1_3_mismatch_review_pending_then_approved_from_the_next_business_day() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        let outcome = card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap();
-        assert!(matches!(outcome, StepOutcome::ReviewNeeded(_)), "{outcome:?}");
-        assert_eq!(code_of(svc.file_review(&flow.id, SESSION, "", "0223456789", None).await), "invalid_input");
-        let (application, section) = svc.file_review(&flow.id, SESSION, "林小華", "(02)2345-6789", None).await.unwrap();
+        let outcome = card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, StepOutcome::ReviewNeeded(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            code_of(
+                svc.file_review(&flow.id, SESSION, "", "0223456789", None)
+                    .await
+            ),
+            "invalid_input"
+        );
+        let (application, section) = svc
+            .file_review(&flow.id, SESSION, "林小華", "(02)2345-6789", None)
+            .await
+            .unwrap();
         assert_eq!(application.state, ReviewState::Pending);
         assert_eq!(section.unwrap().extension, "5312");
 
         // Until decided, the same card gets the 圖3-7 message again.
-        let again = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let again = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&again.id, SESSION).await.unwrap();
-        let e = card_step(svc, &again.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap_err();
+        let e = card_step(svc, &again.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "review_pending");
         assert!(e.message_zh().contains("次一營業日"));
 
         // Approved on Thursday 2025-10-09: Friday is 國慶日, so it counts from Monday 10-13.
         let reviewer = reviewer(svc).await;
-        let state = svc.decide_review(&reviewer, application.id, true, "核對無誤").await.unwrap();
-        assert!(matches!(state, ReviewState::Approved { effective, .. } if effective == date!(2025-10-13)));
-        let e = card_step(svc, &again.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap_err();
+        let state = svc
+            .decide_review(&reviewer, application.id, true, "核對無誤")
+            .await
+            .unwrap();
+        assert!(
+            matches!(state, ReviewState::Approved { effective, .. } if effective == date!(2025-10-13))
+        );
+        let e = card_step(svc, &again.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "review_not_yet_effective");
         env.clock.set(NOW + Duration::days(3)); // Sunday 10-12
-        let sunday = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let sunday = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&sunday.id, SESSION).await.unwrap();
-        assert_eq!(code_of(card_step(svc, &sunday.id, "gca-agency-mismatch", Some(MISMATCH), None).await), "review_not_yet_effective");
+        assert_eq!(
+            code_of(card_step(svc, &sunday.id, "gca-agency-mismatch", Some(MISMATCH), None).await),
+            "review_not_yet_effective"
+        );
         env.clock.set(NOW + Duration::days(4)); // Monday 10-13, 10:00 Taipei
-        let monday = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let monday = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&monday.id, SESSION).await.unwrap();
-        advanced(card_step(svc, &monday.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap());
+        advanced(
+            card_step(svc, &monday.id, "gca-agency-mismatch", Some(MISMATCH), None)
+                .await
+                .unwrap(),
+        );
     }
 }
 
 async fn reviewer(svc: &Svc) -> domain::model::Reviewer {
-    let serial = pki::serial::CertSerial::parse(&pki().card("moica-reviewer").issued.serial_hex()).unwrap();
-    let id = svc.store().add_reviewer("審核員甲", domain::model::Section::First, &serial).await.unwrap();
-    svc.store().reviewers().await.unwrap().into_iter().find(|r| r.id == id).unwrap()
+    let serial =
+        pki::serial::CertSerial::parse(&pki().card("moica-reviewer").issued.serial_hex()).unwrap();
+    let id = svc
+        .store()
+        .add_reviewer("審核員甲", domain::model::Section::First, &serial)
+        .await
+        .unwrap();
+    svc.store()
+        .reviewers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap()
 }
 
 #[tokio::test]
 async fn r1_3_rejected_application_lets_the_agency_apply_again() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        card_step(svc, &flow.id, "moeaca-company", Some(COMPANY), None).await.unwrap();
-        let (application, section) = svc.file_review(&flow.id, SESSION, "陳先生", "04-2222-3333", None).await.unwrap();
+        card_step(svc, &flow.id, "moeaca-company", Some(COMPANY), None)
+            .await
+            .unwrap();
+        let (application, section) = svc
+            .file_review(&flow.id, SESSION, "陳先生", "04-2222-3333", None)
+            .await
+            .unwrap();
         assert_eq!(section.unwrap().extension, "5353", "臺中 is 承保第二科");
-        svc.decide_review(&reviewer(svc).await, application.id, false, "資料不符").await.unwrap();
-        let retry = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let reviewer = reviewer(svc).await;
+        svc.decide_review(&reviewer, application.id, false, "資料不符")
+            .await
+            .unwrap();
+        let retry = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&retry.id, SESSION).await.unwrap();
-        let outcome = card_step(svc, &retry.id, "moeaca-company", Some(COMPANY), None).await.unwrap();
+        let outcome = card_step(svc, &retry.id, "moeaca-company", Some(COMPANY), None)
+            .await
+            .unwrap();
         assert!(matches!(outcome, StepOutcome::ReviewNeeded(_)));
         // A decided application cannot be decided again.
-        assert_eq!(code_of(svc.decide_review(&reviewer(svc).await, application.id, true, "").await), "conflict");
+        assert_eq!(
+            code_of(svc.decide_review(&reviewer, application.id, true, "").await),
+            "conflict"
+        );
     }
 }
 
@@ -127,13 +241,55 @@ async fn r1_3_rejected_application_lets_the_agency_apply_again() {
 async fn r1_4_administrator_id_must_match_the_card() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap();
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin", None, Some("A123456788")).await), "invalid_input");
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin2"))).await), "id_mismatch");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency", None, Some(&id_of("moica-admin"))).await), "wrong_role");
-        let f = advanced(card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await.unwrap());
+        card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "moica-admin", None, Some("A123456788")).await),
+            "invalid_input"
+        );
+        assert_eq!(
+            code_of(
+                card_step(
+                    svc,
+                    &flow.id,
+                    "moica-admin",
+                    None,
+                    Some(&id_of("moica-admin2"))
+                )
+                .await
+            ),
+            "id_mismatch"
+        );
+        assert_eq!(
+            code_of(
+                card_step(
+                    svc,
+                    &flow.id,
+                    "gca-agency",
+                    None,
+                    Some(&id_of("moica-admin"))
+                )
+                .await
+            ),
+            "wrong_role"
+        );
+        let f = advanced(
+            card_step(
+                svc,
+                &flow.id,
+                "moica-admin",
+                None,
+                Some(&id_of("moica-admin")),
+            )
+            .await
+            .unwrap(),
+        );
         assert_eq!(f.step, Step::Confirm);
     }
 }
@@ -142,17 +298,42 @@ async fn r1_4_administrator_id_must_match_the_card() {
 async fn r1_5_confirmation_writes_registration_receipt_and_audit_once() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap();
-        card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await.unwrap();
+        card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+            .await
+            .unwrap();
+        card_step(
+            svc,
+            &flow.id,
+            "moica-admin",
+            None,
+            Some(&id_of("moica-admin")),
+        )
+        .await
+        .unwrap();
         let mut bad = contact();
         bad.email = "not-an-email".into();
-        let e = svc.confirm(&flow.id, SESSION, &bad, None).await.unwrap_err();
-        assert!(matches!(e, DomainError::Invalid { field: "email", .. }), "{e:?}");
-        let reg = svc.confirm(&flow.id, SESSION, &contact(), None).await.unwrap();
+        let e = svc
+            .confirm(&flow.id, SESSION, &bad, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, DomainError::Invalid { field: "email", .. }),
+            "{e:?}"
+        );
+        let reg = svc
+            .confirm(&flow.id, SESSION, &contact(), None)
+            .await
+            .unwrap();
         assert_eq!(reg.admin.name.as_str(), "王大明");
-        assert_eq!(code_of(svc.confirm(&flow.id, SESSION, &contact(), None).await), "already_confirmed");
+        assert_eq!(
+            code_of(svc.confirm(&flow.id, SESSION, &contact(), None).await),
+            "already_confirmed"
+        );
         let code = domain::types::InstitutionCode::parse(TAIPEI).unwrap();
         let stored = svc.store().registration(&code).await.unwrap().unwrap();
         assert_eq!(stored, reg);
@@ -170,19 +351,60 @@ async fn r2_1_r2_2_administrator_login_needs_the_registered_cards() {
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         // A renewed organization card of the same agency.
         let flow = svc.start_flow(FlowKind::AdminLogin, SESSION).await.unwrap();
-        let e = card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None).await.unwrap_err();
+        let e = card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "org_card_changed");
         assert_eq!(e.message_zh(), "機關憑證已更換或展期，請先辦理更換機關憑證");
         // Another agency's card.
-        assert_eq!(code_of(card_step(svc, &flow.id, "xca-school", Some(TAIPEI), None).await), "forbidden");
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency", Some(SCHOOL), None).await), "not_registered");
-        advanced(card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap());
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "xca-school", Some(TAIPEI), None).await),
+            "forbidden"
+        );
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency", Some(SCHOOL), None).await),
+            "not_registered"
+        );
+        advanced(
+            card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+                .await
+                .unwrap(),
+        );
         // The administrator's renewed card, and somebody else's.
-        let e = card_step(svc, &flow.id, "moica-admin-renewed", None, Some(&id_of("moica-admin"))).await.unwrap_err();
+        let e = card_step(
+            svc,
+            &flow.id,
+            "moica-admin-renewed",
+            None,
+            Some(&id_of("moica-admin")),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code(), "admin_card_changed");
         assert!(e.message_zh().contains("更換授權管理者自然人憑證"));
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin2", None, Some(&id_of("moica-admin2"))).await), "not_administrator");
-        let grant = match card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await.unwrap() {
+        assert_eq!(
+            code_of(
+                card_step(
+                    svc,
+                    &flow.id,
+                    "moica-admin2",
+                    None,
+                    Some(&id_of("moica-admin2"))
+                )
+                .await
+            ),
+            "not_administrator"
+        );
+        let grant = match card_step(
+            svc,
+            &flow.id,
+            "moica-admin",
+            None,
+            Some(&id_of("moica-admin")),
+        )
+        .await
+        .unwrap()
+        {
             StepOutcome::Admin(g) => g,
             other => panic!("{other:?}"),
         };
@@ -206,15 +428,43 @@ async fn r2_3_to_r2_6_operators_add_modify_delete() {
     for env in envs().await {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await.unwrap();
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
         // R2.4: typed serial; at least one function; read certificate must match the ID.
-        assert_eq!(code_of(svc.add_operator(&grant, &operator_form("moica-operator-1", &[]), None).await), "invalid_input");
-        let id = svc.add_operator(&grant, &operator_form("moica-operator-1", &["enroll", "query"]), None).await.unwrap();
-        assert_eq!(code_of(svc.add_operator(&grant, &operator_form("moica-operator-1", &["enroll"]), None).await), "duplicate_operator");
+        assert_eq!(
+            code_of(
+                svc.add_operator(&grant, &operator_form("moica-operator-1", &[]), None)
+                    .await
+            ),
+            "invalid_input"
+        );
+        let id = svc
+            .add_operator(
+                &grant,
+                &operator_form("moica-operator-1", &["enroll", "query"]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(
+                svc.add_operator(
+                    &grant,
+                    &operator_form("moica-operator-1", &["enroll"]),
+                    None
+                )
+                .await
+            ),
+            "duplicate_operator"
+        );
         let mut read = operator_form("moica-operator-2", &["premium"]);
         read.read_certificate = Some(pki().card("moica-operator-2").issued.cert_der.clone());
         read.national_id = id_of("moica-operator-1");
-        assert_eq!(code_of(svc.add_operator(&grant, &read, None).await), "id_mismatch");
+        assert_eq!(
+            code_of(svc.add_operator(&grant, &read, None).await),
+            "id_mismatch"
+        );
         read.national_id = id_of("moica-operator-2");
         read.serial = "ignored when the card was read".into();
         let id2 = svc.add_operator(&grant, &read, None).await.unwrap();
@@ -225,15 +475,43 @@ async fn r2_3_to_r2_6_operators_add_modify_delete() {
 
         // R2.5: two tabs modify the same operator from the same version: one conflicts.
         let op = svc.operator(&grant, id).await.unwrap();
-        svc.modify_operator(&grant, id, op.version, &operator_form("moica-operator-1", &["withdraw"]), None).await.unwrap();
-        assert_eq!(code_of(svc.modify_operator(&grant, id, op.version, &operator_form("moica-operator-1", &["premium"]), None).await), "conflict");
+        svc.modify_operator(
+            &grant,
+            id,
+            op.version,
+            &operator_form("moica-operator-1", &["withdraw"]),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            code_of(
+                svc.modify_operator(
+                    &grant,
+                    id,
+                    op.version,
+                    &operator_form("moica-operator-1", &["premium"]),
+                    None
+                )
+                .await
+            ),
+            "conflict"
+        );
         let now = svc.operator(&grant, id).await.unwrap();
         assert_eq!(now.functions, vec!["withdraw".to_string()]);
 
         // R2.6
-        assert_eq!(code_of(svc.delete_operator(&grant, id, op.version, None).await), "conflict");
-        svc.delete_operator(&grant, id, now.version, None).await.unwrap();
-        assert_eq!(code_of(svc.operator(&grant, id).await), "operator_not_found");
+        assert_eq!(
+            code_of(svc.delete_operator(&grant, id, op.version, None).await),
+            "conflict"
+        );
+        svc.delete_operator(&grant, id, now.version, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(svc.operator(&grant, id).await),
+            "operator_not_found"
+        );
     }
 }
 
@@ -243,13 +521,42 @@ async fn spec_4_7_administrator_cannot_reach_another_agencys_operators() {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         register(svc, SCHOOL, "xca-school", "moica-admin2").await;
-        let taipei = admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await.unwrap();
-        let school = admin_login(svc, SCHOOL, "xca-school", "moica-admin2").await.unwrap();
-        let id = svc.add_operator(&school, &operator_form("moica-operator-1", &["enroll"]), None).await.unwrap();
+        let taipei = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        let school = admin_login(svc, SCHOOL, "xca-school", "moica-admin2")
+            .await
+            .unwrap();
+        let id = svc
+            .add_operator(
+                &school,
+                &operator_form("moica-operator-1", &["enroll"]),
+                None,
+            )
+            .await
+            .unwrap();
         let v = svc.operator(&school, id).await.unwrap().version;
-        assert_eq!(code_of(svc.operator(&taipei, id).await), "operator_not_found");
-        assert_eq!(code_of(svc.modify_operator(&taipei, id, v, &operator_form("moica-operator-1", &["query"]), None).await), "operator_not_found");
-        assert_eq!(code_of(svc.delete_operator(&taipei, id, v, None).await), "operator_not_found");
+        assert_eq!(
+            code_of(svc.operator(&taipei, id).await),
+            "operator_not_found"
+        );
+        assert_eq!(
+            code_of(
+                svc.modify_operator(
+                    &taipei,
+                    id,
+                    v,
+                    &operator_form("moica-operator-1", &["query"]),
+                    None
+                )
+                .await
+            ),
+            "operator_not_found"
+        );
+        assert_eq!(
+            code_of(svc.delete_operator(&taipei, id, v, None).await),
+            "operator_not_found"
+        );
         assert_eq!(svc.operators(&taipei).await.unwrap().len(), 0);
     }
 }
@@ -259,15 +566,56 @@ async fn r3_1_replace_organization_card() {
     for env in envs().await {
         let svc = &env.svc;
         let before = register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await.unwrap();
-        let op = svc.add_operator(&grant, &operator_form("moica-operator-1", &["enroll"]), None).await.unwrap();
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        let op = svc
+            .add_operator(
+                &grant,
+                &operator_form("moica-operator-1", &["enroll"]),
+                None,
+            )
+            .await
+            .unwrap();
         let flow = svc.start_flow(FlowKind::ReplaceOrg, SESSION).await.unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await), "same_certificate");
-        advanced(card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None).await.unwrap());
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin2", None, Some(&id_of("moica-admin2"))).await), "not_administrator");
-        advanced(card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await.unwrap());
-        let after = svc.confirm(&flow.id, SESSION, &contact(), None).await.unwrap();
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await),
+            "same_certificate"
+        );
+        advanced(
+            card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            code_of(
+                card_step(
+                    svc,
+                    &flow.id,
+                    "moica-admin2",
+                    None,
+                    Some(&id_of("moica-admin2"))
+                )
+                .await
+            ),
+            "not_administrator"
+        );
+        advanced(
+            card_step(
+                svc,
+                &flow.id,
+                "moica-admin",
+                None,
+                Some(&id_of("moica-admin")),
+            )
+            .await
+            .unwrap(),
+        );
+        let after = svc
+            .confirm(&flow.id, SESSION, &contact(), None)
+            .await
+            .unwrap();
         assert_ne!(after.org.cert.serial, before.org.cert.serial);
         assert_eq!(after.admin_card, before.admin_card);
         // R3.4: history, receipt, operators untouched, administrator session ended.
@@ -275,11 +623,19 @@ async fn r3_1_replace_organization_card() {
         let history = svc.store().cert_history(&code).await.unwrap();
         assert_eq!(history.len(), 1);
         assert!(history[0].cert.same_as(&before.org.cert));
-        assert_eq!(svc.store().receipts(&code).await.unwrap()[0].kind, ReceiptKind::ReplaceOrg);
+        assert_eq!(
+            svc.store().receipts(&code).await.unwrap()[0].kind,
+            ReceiptKind::ReplaceOrg
+        );
         assert_eq!(code_of(svc.operators(&grant).await), "forbidden");
-        let grant = admin_login(svc, TAIPEI, "gca-agency-renewed", "moica-admin").await.unwrap();
+        let grant = admin_login(svc, TAIPEI, "gca-agency-renewed", "moica-admin")
+            .await
+            .unwrap();
         assert!(svc.operator(&grant, op).await.is_ok());
-        assert_eq!(code_of(admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await), "org_card_changed");
+        assert_eq!(
+            code_of(admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await),
+            "org_card_changed"
+        );
     }
 }
 
@@ -288,18 +644,57 @@ async fn r3_2_replace_administrator_card_with_another_person() {
     for env in envs().await {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let flow = svc.start_flow(FlowKind::ReplaceAdmin, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::ReplaceAdmin, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        assert_eq!(code_of(card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None).await), "org_card_changed");
-        advanced(card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap());
-        assert_eq!(code_of(card_step(svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await), "same_certificate");
-        advanced(card_step(svc, &flow.id, "moica-admin2", None, Some(&id_of("moica-admin2"))).await.unwrap());
+        assert_eq!(
+            code_of(card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None).await),
+            "org_card_changed"
+        );
+        advanced(
+            card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            code_of(
+                card_step(
+                    svc,
+                    &flow.id,
+                    "moica-admin",
+                    None,
+                    Some(&id_of("moica-admin"))
+                )
+                .await
+            ),
+            "same_certificate"
+        );
+        advanced(
+            card_step(
+                svc,
+                &flow.id,
+                "moica-admin2",
+                None,
+                Some(&id_of("moica-admin2")),
+            )
+            .await
+            .unwrap(),
+        );
         let mut c = contact();
         c.name = "李小美".into();
         let after = svc.confirm(&flow.id, SESSION, &c, None).await.unwrap();
         assert_eq!(after.admin.name.as_str(), "李小美");
-        assert!(admin_login(svc, TAIPEI, "gca-agency", "moica-admin2").await.is_ok());
-        assert_eq!(code_of(admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await), "not_administrator");
+        assert!(
+            admin_login(svc, TAIPEI, "gca-agency", "moica-admin2")
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            code_of(admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await),
+            "not_administrator"
+        );
     }
 }
 
@@ -308,15 +703,41 @@ async fn r3_3_replace_both_cards() {
     for env in envs().await {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let flow = svc.start_flow(FlowKind::ReplaceBoth, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::ReplaceBoth, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        advanced(card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None).await.unwrap());
-        advanced(card_step(svc, &flow.id, "moica-admin-renewed", None, Some(&id_of("moica-admin-renewed"))).await.unwrap());
-        svc.confirm(&flow.id, SESSION, &contact(), None).await.unwrap();
+        advanced(
+            card_step(svc, &flow.id, "gca-agency-renewed", Some(TAIPEI), None)
+                .await
+                .unwrap(),
+        );
+        advanced(
+            card_step(
+                svc,
+                &flow.id,
+                "moica-admin-renewed",
+                None,
+                Some(&id_of("moica-admin-renewed")),
+            )
+            .await
+            .unwrap(),
+        );
+        svc.confirm(&flow.id, SESSION, &contact(), None)
+            .await
+            .unwrap();
         let code = domain::types::InstitutionCode::parse(TAIPEI).unwrap();
         assert_eq!(svc.store().cert_history(&code).await.unwrap().len(), 2);
-        assert_eq!(svc.store().receipts(&code).await.unwrap()[0].kind, ReceiptKind::ReplaceBoth);
-        assert!(admin_login(svc, TAIPEI, "gca-agency-renewed", "moica-admin-renewed").await.is_ok());
+        assert_eq!(
+            svc.store().receipts(&code).await.unwrap()[0].kind,
+            ReceiptKind::ReplaceBoth
+        );
+        assert!(
+            admin_login(svc, TAIPEI, "gca-agency-renewed", "moica-admin-renewed")
+                .await
+                .is_ok()
+        );
     }
 }
 
@@ -327,7 +748,9 @@ async fn r3_4_new_organization_card_goes_through_the_identifier_check() {
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         let flow = svc.start_flow(FlowKind::ReplaceOrg, SESSION).await.unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        let outcome = card_step(svc, &flow.id, "gca-agency-mismatch", Some(TAIPEI), None).await.unwrap();
+        let outcome = card_step(svc, &flow.id, "gca-agency-mismatch", Some(TAIPEI), None)
+            .await
+            .unwrap();
         assert!(matches!(outcome, StepOutcome::ReviewNeeded(_)));
     }
 }
@@ -336,10 +759,17 @@ async fn r3_4_new_organization_card_goes_through_the_identifier_check() {
 async fn r4_1_receipts_newest_first_with_review_state() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap();
-        svc.file_review(&flow.id, SESSION, "林小華", "0223456789", None).await.unwrap();
+        card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap();
+        svc.file_review(&flow.id, SESSION, "林小華", "0223456789", None)
+            .await
+            .unwrap();
         env.clock.advance(Duration::minutes(1));
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         let (agency, receipts) = svc.receipts(MISMATCH).await.unwrap();
@@ -357,17 +787,35 @@ async fn r4_1_receipts_newest_first_with_review_state() {
 async fn r4_2_query_org_oid_says_whether_it_matches() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::QueryOrgOid, SESSION).await.unwrap();
-        match card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap() {
-            StepOutcome::OrgOid { org_identifier, matches, .. } => {
+        let flow = svc
+            .start_flow(FlowKind::QueryOrgOid, SESSION)
+            .await
+            .unwrap();
+        match card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+            .await
+            .unwrap()
+        {
+            StepOutcome::OrgOid {
+                org_identifier,
+                matches,
+                ..
+            } => {
                 assert_eq!(org_identifier.as_str(), pki::testpki::GCA_AGENCY_OID);
                 assert!(matches);
             }
             other => panic!("{other:?}"),
         }
-        let flow = svc.start_flow(FlowKind::QueryOrgOid, SESSION).await.unwrap();
-        match card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None).await.unwrap() {
-            StepOutcome::OrgOid { matches, on_file, .. } => {
+        let flow = svc
+            .start_flow(FlowKind::QueryOrgOid, SESSION)
+            .await
+            .unwrap();
+        match card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap()
+        {
+            StepOutcome::OrgOid {
+                matches, on_file, ..
+            } => {
                 assert!(!matches);
                 assert!(on_file.is_some());
             }
@@ -380,11 +828,26 @@ async fn r4_2_query_org_oid_says_whether_it_matches() {
 async fn r4_3_query_citizen_serial() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::QueryCitizenSerial, SESSION).await.unwrap();
-        match card_step(svc, &flow.id, "moica-operator-1", None, Some(&id_of("moica-operator-1"))).await.unwrap() {
+        let flow = svc
+            .start_flow(FlowKind::QueryCitizenSerial, SESSION)
+            .await
+            .unwrap();
+        match card_step(
+            svc,
+            &flow.id,
+            "moica-operator-1",
+            None,
+            Some(&id_of("moica-operator-1")),
+        )
+        .await
+        .unwrap()
+        {
             StepOutcome::CitizenSerial { name, serial } => {
                 assert_eq!(name, pki().card("moica-operator-1").holder);
-                assert_eq!(serial.as_str(), pki().card("moica-operator-1").issued.serial_hex());
+                assert_eq!(
+                    serial.as_str(),
+                    pki().card("moica-operator-1").issued.serial_hex()
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -396,24 +859,47 @@ async fn r5_1_operator_login() {
     for env in envs().await {
         let svc = &env.svc;
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
-        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin").await.unwrap();
-        svc.add_operator(&grant, &operator_form("moica-operator-1", &["enroll", "query"]), None).await.unwrap();
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        svc.add_operator(
+            &grant,
+            &operator_form("moica-operator-1", &["enroll", "query"]),
+            None,
+        )
+        .await
+        .unwrap();
         let login = |card: &'static str, id: String| {
             let svc = &env.svc;
             async move {
-                let flow = svc.start_flow(FlowKind::OperatorLogin, SESSION).await.unwrap();
+                let flow = svc
+                    .start_flow(FlowKind::OperatorLogin, SESSION)
+                    .await
+                    .unwrap();
                 card_step(svc, &flow.id, card, Some(TAIPEI), Some(&id)).await
             }
         };
-        match login("moica-operator-1", id_of("moica-operator-1")).await.unwrap() {
-            StepOutcome::Operator(g) => assert_eq!(g.functions, vec!["enroll".to_string(), "query".to_string()]),
+        match login("moica-operator-1", id_of("moica-operator-1"))
+            .await
+            .unwrap()
+        {
+            StepOutcome::Operator(g) => {
+                assert_eq!(g.functions, vec!["enroll".to_string(), "query".to_string()])
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(code_of(login("moica-operator-2", id_of("moica-operator-2")).await), "not_operator");
+        assert_eq!(
+            code_of(login("moica-operator-2", id_of("moica-operator-2")).await),
+            "not_operator"
+        );
         // Another card of a granted person (the admin's ID is not granted; use a renewed card
         // whose holder is granted: grant moica-admin, log in with moica-admin-renewed).
-        svc.add_operator(&grant, &operator_form("moica-admin", &["query"]), None).await.unwrap();
-        let e = login("moica-admin-renewed", id_of("moica-admin-renewed")).await.unwrap_err();
+        svc.add_operator(&grant, &operator_form("moica-admin", &["query"]), None)
+            .await
+            .unwrap();
+        let e = login("moica-admin-renewed", id_of("moica-admin-renewed"))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "operator_serial_changed");
         assert_eq!(e.message_zh(), "憑證序號已變更，請洽授權管理者修改");
     }
@@ -423,10 +909,17 @@ async fn r5_1_operator_login() {
 async fn spec_4_1_flow_expires_after_15_idle_minutes() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
-        env.clock.advance(Duration::minutes(15) + Duration::seconds(1));
-        assert_eq!(code_of(svc.issue_challenge(&flow.id, SESSION).await), "flow_expired");
+        env.clock
+            .advance(Duration::minutes(15) + Duration::seconds(1));
+        assert_eq!(
+            code_of(svc.issue_challenge(&flow.id, SESSION).await),
+            "flow_expired"
+        );
     }
 }
 
@@ -434,7 +927,10 @@ async fn spec_4_1_flow_expires_after_15_idle_minutes() {
 async fn spec_4_1_replayed_and_misdirected_proofs() {
     for env in envs().await {
         let svc = &env.svc;
-        let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
         svc.agree_terms(&flow.id, SESSION).await.unwrap();
         let ch = svc.issue_challenge(&flow.id, SESSION).await.unwrap();
         let input = domain::service::CardStepInput {
@@ -448,13 +944,19 @@ async fn spec_4_1_replayed_and_misdirected_proofs() {
         // Another session cannot use this flow.
         let mut other_session = input.clone();
         other_session.session = "session-2".into();
-        assert_eq!(code_of(svc.submit_card(other_session).await), "flow_not_found");
+        assert_eq!(
+            code_of(svc.submit_card(other_session).await),
+            "flow_not_found"
+        );
         advanced(svc.submit_card(input.clone()).await.unwrap());
         // Replay: the challenge is spent (and the flow moved on).
         let e = code_of(svc.submit_card(input.clone()).await);
         assert!(e == "challenge_used" || e == "wrong_step", "{e}");
         // A proof signed for another flow's challenge.
-        let other = svc.start_flow(FlowKind::QueryOrgOid, SESSION).await.unwrap();
+        let other = svc
+            .start_flow(FlowKind::QueryOrgOid, SESSION)
+            .await
+            .unwrap();
         let other_ch = svc.issue_challenge(&other.id, SESSION).await.unwrap();
         let ch2 = svc.issue_challenge(&flow.id, SESSION).await.unwrap();
         let forged = domain::service::CardStepInput {
@@ -486,10 +988,23 @@ async fn concurrency_two_first_registrations_of_one_agency() {
         let svc = std::sync::Arc::new(env.svc);
         let mut flows = Vec::new();
         for _ in 0..2 {
-            let flow = svc.start_flow(FlowKind::FirstRegistration, SESSION).await.unwrap();
+            let flow = svc
+                .start_flow(FlowKind::FirstRegistration, SESSION)
+                .await
+                .unwrap();
             svc.agree_terms(&flow.id, SESSION).await.unwrap();
-            card_step(&svc, &flow.id, "gca-agency", Some(TAIPEI), None).await.unwrap();
-            card_step(&svc, &flow.id, "moica-admin", None, Some(&id_of("moica-admin"))).await.unwrap();
+            card_step(&svc, &flow.id, "gca-agency", Some(TAIPEI), None)
+                .await
+                .unwrap();
+            card_step(
+                &svc,
+                &flow.id,
+                "moica-admin",
+                None,
+                Some(&id_of("moica-admin")),
+            )
+            .await
+            .unwrap();
             flows.push(flow.id);
         }
         let tasks: Vec<_> = flows
@@ -516,7 +1031,10 @@ async fn concurrency_two_first_registrations_of_one_agency() {
 async fn concurrency_100_submissions_of_one_proof() {
     for env in envs().await {
         let svc = std::sync::Arc::new(env.svc);
-        let flow = svc.start_flow(FlowKind::QueryCitizenSerial, SESSION).await.unwrap();
+        let flow = svc
+            .start_flow(FlowKind::QueryCitizenSerial, SESSION)
+            .await
+            .unwrap();
         let ch = svc.issue_challenge(&flow.id, SESSION).await.unwrap();
         let input = domain::service::CardStepInput {
             flow_id: flow.id.clone(),

@@ -1,0 +1,125 @@
+//! The store's own failures (connecting, migrating, keys) and the mapping of database
+//! constraint violations to domain errors, by constraint name.
+
+use domain::DomainError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Only `sqlite:`, `postgres://` and `postgresql://` URLs are accepted, so that a typo never
+    /// creates a new empty database.
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH, sqlite::memory:, postgres://… or postgresql://…"
+    )]
+    UnsupportedScheme(String),
+    // The cause is in the message and deliberately not a `source`, so that a printed chain
+    // does not repeat it.
+    #[error("database: {0}")]
+    Db(sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("key: {0}")]
+    Key(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Db(e) => map_db_error(e, None),
+            other => DomainError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Every named constraint the domain cares about, and what its violation means. The migrations
+/// of both backends name their constraints with exactly these names.
+type MakeError = fn() -> DomainError;
+
+const CONSTRAINTS: &[(&str, MakeError)] = &[
+    ("registrations_pkey", || DomainError::AlreadyRegistered),
+    ("registrations_code_fkey", || DomainError::UnknownAgency),
+    ("cert_history_code_fkey", || DomainError::NotRegistered),
+    ("operators_code_serial_key", || {
+        DomainError::DuplicateOperator
+    }),
+    ("operators_code_fkey", || DomainError::NotRegistered),
+    ("reviews_code_fkey", || DomainError::UnknownAgency),
+    ("receipts_code_fkey", || DomainError::UnknownAgency),
+    ("flows_pkey", || DomainError::Conflict),
+    ("challenges_pkey", || DomainError::Conflict),
+    ("challenges_flow_id_fkey", || DomainError::FlowNotFound),
+    ("reviewers_cert_serial_key", || {
+        DomainError::invalid(
+            "cert_serial",
+            "a reviewer with this certificate serial exists",
+            "此憑證序號已建立審核人員帳號",
+        )
+    }),
+];
+
+/// SQLite names the columns of a violated UNIQUE or PRIMARY KEY constraint, never the
+/// constraint: this maps SQLite's `table.column, …` list back to the constraint's name.
+const SQLITE_UNIQUE_COLUMNS: &[(&str, &str)] = &[
+    ("registrations.code", "registrations_pkey"),
+    (
+        "operators.code, operators.serial",
+        "operators_code_serial_key",
+    ),
+    ("flows.id", "flows_pkey"),
+    ("challenges.id", "challenges_pkey"),
+    ("reviewers.cert_serial", "reviewers_cert_serial_key"),
+];
+
+/// The name of the violated constraint. PostgreSQL reports it; SQLite reports the columns of a
+/// unique key and nothing at all for a foreign key, so a statement that can violate one foreign
+/// key passes its name as `fk`.
+pub(crate) fn constraint_name(
+    e: &dyn sqlx::error::DatabaseError,
+    fk: Option<&'static str>,
+) -> Option<String> {
+    if let Some(name) = e.constraint() {
+        return Some(name.to_string());
+    }
+    match e.kind() {
+        sqlx::error::ErrorKind::ForeignKeyViolation => fk.map(str::to_string),
+        sqlx::error::ErrorKind::UniqueViolation => {
+            let columns = e.message().split_once("constraint failed: ")?.1.trim();
+            SQLITE_UNIQUE_COLUMNS
+                .iter()
+                .find(|(cols, _)| *cols == columns)
+                .map(|(_, name)| name.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// A database error as the domain sees it: a known constraint becomes its domain error,
+/// anything else is a storage failure.
+pub(crate) fn map_db_error(e: sqlx::Error, fk: Option<&'static str>) -> DomainError {
+    if let sqlx::Error::Database(db) = &e
+        && let Some(name) = constraint_name(db.as_ref(), fk)
+        && let Some((_, make)) = CONSTRAINTS.iter().find(|(n, _)| *n == name)
+    {
+        return make();
+    }
+    tracing::error!(error = %e, "database error");
+    DomainError::Storage(e.to_string())
+}
+
+/// The constraint names the mapping knows, for the test that checks both migrations name them.
+pub fn mapped_constraints() -> impl Iterator<Item = &'static str> {
+    CONSTRAINTS.iter().map(|(n, _)| *n)
+}

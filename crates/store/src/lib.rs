@@ -1,0 +1,288 @@
+//! certreg's storage: the domain's [`Store`] on SQLite (one embedded file, the default) and on
+//! PostgreSQL (production, several service instances), chosen by the URL scheme. National IDs
+//! and flow data are encrypted at rest, the audit log is hash-chained, and constraint
+//! violations come back as domain errors.
+
+pub mod audit;
+mod codec;
+pub mod error;
+pub mod migrations;
+mod pg;
+pub mod secrets;
+mod sqlite;
+
+pub use error::StoreError;
+pub use secrets::{Secrets, mask_national_id};
+
+use domain::Result;
+use domain::flow::Flow;
+use domain::model::*;
+use domain::store::*;
+use domain::types::{CertSerial, InstitutionCode, NationalId};
+use migrations::Flavor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// The database, for either backend. Cheap to clone (pools are shared).
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    secrets: Arc<Secrets>,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `$body` with `$ops` naming the backend's query module and `$pool` its pool: the body is
+/// compiled once per backend against concrete types.
+macro_rules! dispatch {
+    ($db:expr, $ops:ident, $pool:ident => $body:expr) => {
+        match &$db.pool {
+            Pool::Sqlite($pool) => {
+                use crate::sqlite::ops as $ops;
+                $body
+            }
+            Pool::Pg($pool) => {
+                use crate::pg::ops as $ops;
+                $body
+            }
+        }
+    };
+}
+
+/// A web session as the web crate's session store keeps it. `data` is opaque to the store and
+/// encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    /// `admin`, `operator`, `reviewer`, `anonymous` …: administrator sessions of an agency end
+    /// when its registration is replaced.
+    pub kind: String,
+    pub code: Option<String>,
+    pub data: String,
+    pub created_at: OffsetDateTime,
+    pub touched_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// How a person (found by national ID) is bound to an agency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersonRole {
+    Administrator,
+    Operator,
+}
+
+/// The backend a URL names, refusing anything else (a typo must not create an empty database).
+pub fn backend_of(url: &str) -> std::result::Result<Backend, StoreError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::UnsupportedScheme(url.to_string()))
+    }
+}
+
+/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (`None` for in-memory and other URLs):
+/// the key file lives beside it by default.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+impl Db {
+    /// Connects and applies pending migrations. `sqlite:` URLs create the file if missing;
+    /// `postgres://` and `postgresql://` need an existing database; anything else is refused
+    /// before any file is touched.
+    pub async fn connect(url: &str, secrets: &Secrets) -> std::result::Result<Db, StoreError> {
+        let db = Self::connect_only(url, secrets).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects without migrating (`certreg migrate` reports what it applies itself).
+    pub async fn connect_only(url: &str, secrets: &Secrets) -> std::result::Result<Db, StoreError> {
+        let pool = match backend_of(url)? {
+            Backend::Sqlite => Pool::Sqlite(sqlite::connect(url).await?),
+            Backend::Postgres => Pool::Pg(pg::connect(url).await?),
+        };
+        Ok(Db {
+            pool,
+            secrets: Arc::new(secrets.clone()),
+        })
+    }
+
+    /// Applies the migrations not yet applied; returns how many there were.
+    pub async fn migrate(&self) -> std::result::Result<usize, StoreError> {
+        let before = self.applied_migrations().await?;
+        match &self.pool {
+            Pool::Sqlite(p) => migrations::migrator(Flavor::Sqlite).run(p).await?,
+            Pool::Pg(p) => migrations::migrator(Flavor::Postgres).run(p).await?,
+        }
+        Ok(self.applied_migrations().await? - before)
+    }
+
+    async fn applied_migrations(&self) -> std::result::Result<usize, StoreError> {
+        // Before the first migration the bookkeeping table does not exist yet.
+        let sql = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+        let n: std::result::Result<i64, sqlx::Error> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Pool::Pg(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        };
+        Ok(n.map(|n| n as usize).unwrap_or(0))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Pg(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned); SQLite checkpoints its WAL.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Pg(p) => p.close().await,
+        }
+    }
+
+    pub async fn session_put(&self, record: &SessionRecord) -> Result<()> {
+        dispatch!(self, ops, p => ops::session_put(p, &self.secrets, record).await)
+    }
+
+    /// The session, unless it does not exist or has expired at `now`.
+    pub async fn session_get(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionRecord>> {
+        dispatch!(self, ops, p => ops::session_get(p, &self.secrets, id, now).await)
+    }
+
+    pub async fn session_delete(&self, id: &str) -> Result<()> {
+        dispatch!(self, ops, p => ops::session_delete(p, id).await)
+    }
+
+    pub async fn session_delete_expired(&self, now: OffsetDateTime) -> Result<u64> {
+        dispatch!(self, ops, p => ops::session_delete_expired(p, now).await)
+    }
+
+    /// The agencies where this person is the administrator or an operator, found by keyed hash
+    /// (the stored IDs are never decrypted for a search).
+    pub async fn agencies_of_person(
+        &self,
+        id: &NationalId,
+    ) -> Result<Vec<(InstitutionCode, PersonRole)>> {
+        let hash = self.secrets.id_hash(id);
+        dispatch!(self, ops, p => ops::agencies_of_person(p, &hash).await)
+    }
+}
+
+impl Store for Db {
+    async fn agency(&self, code: &InstitutionCode) -> Result<Option<Agency>> {
+        dispatch!(self, ops, p => ops::agency(p, code).await)
+    }
+
+    async fn upsert_agencies(&self, agencies: &[Agency]) -> Result<u64> {
+        dispatch!(self, ops, p => ops::upsert_agencies(p, agencies).await)
+    }
+
+    async fn insert_flow(&self, flow: &Flow) -> Result<()> {
+        dispatch!(self, ops, p => ops::insert_flow(p, &self.secrets, flow).await)
+    }
+
+    async fn flow(&self, id: &str) -> Result<Option<Flow>> {
+        dispatch!(self, ops, p => ops::flow(p, &self.secrets, id).await)
+    }
+
+    async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {
+        dispatch!(self, ops, p => ops::insert_challenge(p, challenge).await)
+    }
+
+    async fn consume_challenge(&self, id: &str, now: OffsetDateTime) -> Result<StoredChallenge> {
+        dispatch!(self, ops, p => ops::consume_challenge(p, id, now).await)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        dispatch!(self, ops, p => ops::commit(p, &self.secrets, commit).await)
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
+        dispatch!(self, ops, p => ops::append_audit(p, event).await)
+    }
+
+    async fn registration(&self, code: &InstitutionCode) -> Result<Option<Registration>> {
+        dispatch!(self, ops, p => ops::registration(p, &self.secrets, code).await)
+    }
+
+    async fn cert_history(&self, code: &InstitutionCode) -> Result<Vec<ReplacedCert>> {
+        dispatch!(self, ops, p => ops::cert_history(p, code).await)
+    }
+
+    async fn operators(&self, code: &InstitutionCode) -> Result<Vec<Operator>> {
+        dispatch!(self, ops, p => ops::operators(p, &self.secrets, code).await)
+    }
+
+    async fn operator(&self, code: &InstitutionCode, id: i64) -> Result<Option<Operator>> {
+        dispatch!(self, ops, p => ops::operator(p, &self.secrets, code, id).await)
+    }
+
+    async fn operator_by_serial(
+        &self,
+        code: &InstitutionCode,
+        serial: &CertSerial,
+    ) -> Result<Option<Operator>> {
+        dispatch!(self, ops, p => ops::operator_by_serial(p, &self.secrets, code, serial).await)
+    }
+
+    async fn receipts(&self, code: &InstitutionCode) -> Result<Vec<Receipt>> {
+        dispatch!(self, ops, p => ops::receipts(p, code).await)
+    }
+
+    async fn reviews(&self, code: &InstitutionCode) -> Result<Vec<ReviewApplication>> {
+        dispatch!(self, ops, p => ops::reviews(p, code).await)
+    }
+
+    async fn review(&self, id: i64) -> Result<Option<ReviewApplication>> {
+        dispatch!(self, ops, p => ops::review(p, id).await)
+    }
+
+    async fn pending_reviews(&self) -> Result<Vec<ReviewApplication>> {
+        dispatch!(self, ops, p => ops::pending_reviews(p).await)
+    }
+
+    async fn add_reviewer(&self, name: &str, section: Section, serial: &CertSerial) -> Result<i64> {
+        dispatch!(self, ops, p => ops::add_reviewer(p, name, section, serial).await)
+    }
+
+    async fn reviewers(&self) -> Result<Vec<Reviewer>> {
+        dispatch!(self, ops, p => ops::reviewers(p).await)
+    }
+
+    async fn set_reviewer_active(&self, id: i64, active: bool) -> Result<()> {
+        dispatch!(self, ops, p => ops::set_reviewer_active(p, id, active).await)
+    }
+
+    async fn verify_audit(&self) -> Result<AuditReport> {
+        dispatch!(self, ops, p => ops::verify_audit(p).await)
+    }
+}

@@ -1,0 +1,52 @@
+//! The schema migrations, embedded in the binary. Each migration exists once per backend under
+//! the same file name (`migrations/sqlite/N_name.sql`, `migrations/postgres/N_name.sql`);
+//! pairing them here makes a migration for only one backend impossible to register.
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use std::borrow::Cow;
+
+pub struct MigrationPair {
+    pub version: i64,
+    pub file_name: &'static str,
+    pub description: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+// Embedded by hand rather than with `sqlx::migrate!`: the macro needs sqlx's proc-macro crate
+// built with both drivers, bundled SQLite included, a second time for the host.
+pub const MIGRATIONS: &[MigrationPair] = &[MigrationPair {
+    version: 1,
+    file_name: "0001_init.sql",
+    description: "init",
+    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../migrations/postgres/0001_init.sql"),
+}];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    Sqlite,
+    Postgres,
+}
+
+pub(crate) fn migrator(flavor: Flavor) -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|m| {
+                let sql = match flavor {
+                    Flavor::Sqlite => m.sqlite,
+                    Flavor::Postgres => m.postgres,
+                };
+                Migration::new(
+                    m.version,
+                    Cow::Borrowed(m.description),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,1055 @@
+//! Every query and the transaction of a commit, written once and compiled once per backend:
+//! `sqlite.rs` and `pg.rs` both include this file as their `ops` module, and it runs against
+//! their `DB`. One SQL text with `$n` placeholders serves both; the code stays concrete (no
+//! `sqlx::Any`, no generic bounds).
+
+use super::{DB, begin_read, begin_write};
+use crate::audit::{AuditRow, ChainCheck};
+use crate::codec::*;
+use crate::error::map_db_error;
+use crate::secrets::Secrets;
+use crate::{PersonRole, SessionRecord};
+use domain::flow::Flow;
+use domain::model::*;
+use domain::store::*;
+use domain::types::*;
+use domain::{DomainError, Result};
+use sqlx::{Pool, Row, Transaction};
+use time::OffsetDateTime;
+
+type Tx = Transaction<'static, DB>;
+type DbRow = <DB as sqlx::Database>::Row;
+type Query<'q> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+
+fn db(e: sqlx::Error) -> DomainError {
+    map_db_error(e, None)
+}
+
+/// For a statement that can violate exactly one foreign key (SQLite does not name it).
+fn fk(name: &'static str) -> impl FnOnce(sqlx::Error) -> DomainError {
+    move |e| map_db_error(e, Some(name))
+}
+
+fn col<'r, T>(row: &'r DbRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    row.try_get(name)
+        .map_err(|e| DomainError::Storage(format!("column {name}: {e}")))
+}
+
+fn s(row: &DbRow, name: &str) -> Result<String> {
+    col(row, name)
+}
+
+fn opt(row: &DbRow, name: &str) -> Result<Option<String>> {
+    col(row, name)
+}
+
+fn int(row: &DbRow, name: &str) -> Result<i64> {
+    col(row, name)
+}
+
+fn time_at(row: &DbRow, name: &str) -> Result<OffsetDateTime> {
+    from_ts(int(row, name)?)
+}
+
+fn cert(row: &DbRow, p: &str) -> Result<CertRef> {
+    Ok(CertRef {
+        issuer: s(row, &format!("{p}_issuer"))?,
+        serial: serial(s(row, &format!("{p}_serial"))?)?,
+        subject: s(row, &format!("{p}_subject"))?,
+        sha256: s(row, &format!("{p}_sha256"))?,
+        not_before: time_at(row, &format!("{p}_not_before"))?,
+        not_after: time_at(row, &format!("{p}_not_after"))?,
+    })
+}
+
+fn bind_cert(q: Query<'_>, c: CertCols) -> Query<'_> {
+    q.bind(c.issuer)
+        .bind(c.serial)
+        .bind(c.subject)
+        .bind(c.sha256)
+        .bind(c.not_before)
+        .bind(c.not_after)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agencies
+
+pub(crate) async fn agency(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Option<Agency>> {
+    let row =
+        sqlx::query("SELECT code, name, county, org_identifier FROM agencies WHERE code = $1")
+            .bind(code.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(db)?;
+    row.map(|r| {
+        Ok(Agency {
+            code: crate::codec::code(s(&r, "code")?)?,
+            name: s(&r, "name")?,
+            county: s(&r, "county")?,
+            org_identifier: opt(&r, "org_identifier")?.map(org_identifier).transpose()?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn upsert_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> Result<u64> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    for a in agencies {
+        sqlx::query(
+            "INSERT INTO agencies (code, name, county, org_identifier) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (code) DO UPDATE SET name = excluded.name, county = excluded.county, \
+             org_identifier = excluded.org_identifier",
+        )
+        .bind(a.code.as_str())
+        .bind(&a.name)
+        .bind(&a.county)
+        .bind(a.org_identifier.as_ref().map(|o| o.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(agencies.len() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flows and challenges
+
+pub(crate) async fn insert_flow(pool: &Pool<DB>, secrets: &Secrets, flow: &Flow) -> Result<()> {
+    let f = FlowRow::new(flow, secrets)?;
+    sqlx::query(
+        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(f.id)
+    .bind(f.kind)
+    .bind(f.session)
+    .bind(f.step)
+    .bind(f.data_enc)
+    .bind(f.created_at)
+    .bind(f.touched_at)
+    .bind(f.version)
+    .execute(pool)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
+    let row = sqlx::query(
+        "SELECT id, kind, session, step, data_enc, created_at, touched_at, version \
+         FROM flows WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        Ok(Flow {
+            id: s(&r, "id")?,
+            kind: flow_kind(&s(&r, "kind")?)?,
+            session: s(&r, "session")?,
+            step: step(&s(&r, "step")?)?,
+            data: flow_data(secrets, &s(&r, "data_enc")?)?,
+            created_at: time_at(&r, "created_at")?,
+            touched_at: time_at(&r, "touched_at")?,
+            version: int(&r, "version")?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn insert_challenge(pool: &Pool<DB>, c: &StoredChallenge) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO challenges \
+         (id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&c.id)
+    .bind(&c.flow_id)
+    .bind(&c.session)
+    .bind(c.step.as_str())
+    .bind(&c.purpose)
+    .bind(&c.origin)
+    .bind(&c.nonce)
+    .bind(ts(c.issued_at))
+    .bind(ts(c.expires_at))
+    .execute(pool)
+    .await
+    .map_err(fk("challenges_flow_id_fkey"))?;
+    Ok(())
+}
+
+pub(crate) async fn consume_challenge(
+    pool: &Pool<DB>,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<StoredChallenge> {
+    // One statement: the database decides which of two racing requests marks it used.
+    let row = sqlx::query(
+        "UPDATE challenges SET used_at = $2 WHERE id = $1 AND used_at IS NULL \
+         RETURNING id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at",
+    )
+    .bind(id)
+    .bind(ts(now))
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?
+    .ok_or(DomainError::ChallengeUsed)?;
+    Ok(StoredChallenge {
+        id: s(&row, "id")?,
+        flow_id: s(&row, "flow_id")?,
+        session: s(&row, "session")?,
+        step: step(&s(&row, "step")?)?,
+        purpose: s(&row, "purpose")?,
+        origin: s(&row, "origin")?,
+        nonce: col(&row, "nonce")?,
+        issued_at: time_at(&row, "issued_at")?,
+        expires_at: time_at(&row, "expires_at")?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commit
+
+const INSERT_REGISTRATION: &str = "INSERT INTO registrations (code, \
+    org_issuer, org_serial, org_subject, org_sha256, org_not_before, org_not_after, \
+    org_identifier, org_name, \
+    admin_issuer, admin_serial, admin_subject, admin_sha256, admin_not_before, admin_not_after, \
+    admin_holder_name, admin_id_last4, admin_id_enc, admin_id_hash, \
+    contact_name, contact_email, contact_phone, contact_phone_ext, contact_mobile, contact_unit, \
+    contact_title, registered_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+    $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
+    $27, $28, $29)";
+
+// Same placeholders as the INSERT; $30 is the version the caller read.
+const REPLACE_REGISTRATION: &str = "UPDATE registrations SET \
+    org_issuer = $2, org_serial = $3, org_subject = $4, org_sha256 = $5, org_not_before = $6, \
+    org_not_after = $7, org_identifier = $8, org_name = $9, \
+    admin_issuer = $10, admin_serial = $11, admin_subject = $12, admin_sha256 = $13, \
+    admin_not_before = $14, admin_not_after = $15, admin_holder_name = $16, \
+    admin_id_last4 = $17, admin_id_enc = $18, admin_id_hash = $19, \
+    contact_name = $20, contact_email = $21, contact_phone = $22, contact_phone_ext = $23, \
+    contact_mobile = $24, contact_unit = $25, contact_title = $26, registered_at = $27, \
+    updated_at = $28, version = $29 WHERE code = $1 AND version = $30";
+
+fn bind_registration(q: Query<'_>, r: RegistrationRow) -> Query<'_> {
+    let q = bind_cert(q.bind(r.code), r.org)
+        .bind(r.org_identifier)
+        .bind(r.org_name);
+    bind_cert(q, r.admin)
+        .bind(r.admin_holder_name)
+        .bind(r.admin_id_last4)
+        .bind(r.admin_id_enc)
+        .bind(r.admin_id_hash)
+        .bind(r.contact_name)
+        .bind(r.contact_email)
+        .bind(r.contact_phone)
+        .bind(r.contact_phone_ext)
+        .bind(r.contact_mobile)
+        .bind(r.contact_unit)
+        .bind(r.contact_title)
+        .bind(r.registered_at)
+        .bind(r.updated_at)
+        .bind(r.version)
+}
+
+/// A commit with everything encrypted and converted before the transaction starts, so the
+/// write lock is held only for the statements.
+struct Prepared {
+    flow: Option<FlowRow>,
+    registration: Option<(RegistrationRow, Option<i64>)>,
+    history: Vec<ReplacedCert>,
+    operator: Option<PreparedOperator>,
+    review: Option<ReviewWrite>,
+    receipt: Option<Receipt>,
+    audit: Vec<AuditEvent>,
+    end_admin_sessions: Option<InstitutionCode>,
+}
+
+enum PreparedOperator {
+    Insert(OperatorRow),
+    Update {
+        id: i64,
+        row: OperatorRow,
+        expected_version: i64,
+    },
+    Delete {
+        code: String,
+        id: i64,
+        expected_version: i64,
+    },
+}
+
+impl Prepared {
+    fn new(c: Commit, secrets: &Secrets) -> Result<Self> {
+        let registration = match &c.registration {
+            None => None,
+            Some(RegistrationWrite::Insert(r)) => Some((RegistrationRow::new(r, secrets)?, None)),
+            Some(RegistrationWrite::Replace {
+                registration,
+                expected_version,
+            }) => {
+                let mut row = RegistrationRow::new(registration, secrets)?;
+                // The trait's contract: the stored row gets expected_version + 1.
+                row.version = expected_version + 1;
+                Some((row, Some(*expected_version)))
+            }
+        };
+        let operator = match &c.operator {
+            None => None,
+            Some(OperatorWrite::Insert { code, input, at }) => Some(PreparedOperator::Insert(
+                OperatorRow::new(code, input, *at, secrets)?,
+            )),
+            Some(OperatorWrite::Update {
+                code,
+                id,
+                input,
+                expected_version,
+                at,
+            }) => Some(PreparedOperator::Update {
+                id: *id,
+                row: OperatorRow::new(code, input, *at, secrets)?,
+                expected_version: *expected_version,
+            }),
+            Some(OperatorWrite::Delete {
+                code,
+                id,
+                expected_version,
+            }) => Some(PreparedOperator::Delete {
+                code: code.as_str().to_string(),
+                id: *id,
+                expected_version: *expected_version,
+            }),
+        };
+        Ok(Self {
+            flow: c
+                .flow
+                .as_ref()
+                .map(|f| FlowRow::new(f, secrets))
+                .transpose()?,
+            registration,
+            history: c.history,
+            operator,
+            review: c.review,
+            receipt: c.receipt,
+            audit: c.audit,
+            end_admin_sessions: c.end_admin_sessions,
+        })
+    }
+}
+
+pub(crate) async fn commit(pool: &Pool<DB>, secrets: &Secrets, c: Commit) -> Result<Committed> {
+    let p = Prepared::new(c, secrets)?;
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    match apply(&mut tx, p).await {
+        Ok(done) => {
+            tx.commit().await.map_err(db)?;
+            Ok(done)
+        }
+        Err(e) => {
+            // Dropping the transaction would roll back too; this returns the connection clean.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
+    let mut done = Committed::default();
+
+    // The flow first: a double submit of one step stops here, before touching anything else.
+    if let Some(f) = p.flow {
+        let n = sqlx::query(
+            "UPDATE flows SET step = $2, data_enc = $3, touched_at = $4, version = $5 \
+             WHERE id = $1 AND version = $6",
+        )
+        .bind(f.id)
+        .bind(f.step)
+        .bind(f.data_enc)
+        .bind(f.touched_at)
+        .bind(f.version)
+        .bind(f.version - 1)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n != 1 {
+            return Err(DomainError::Conflict);
+        }
+    }
+
+    match p.registration {
+        None => {}
+        Some((row, None)) => {
+            bind_registration(sqlx::query(INSERT_REGISTRATION), row)
+                .execute(&mut **tx)
+                .await
+                .map_err(fk("registrations_code_fkey"))?;
+        }
+        Some((row, Some(expected))) => {
+            let n = bind_registration(sqlx::query(REPLACE_REGISTRATION), row)
+                .bind(expected)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+            if n != 1 {
+                return Err(DomainError::Conflict);
+            }
+        }
+    }
+
+    for h in p.history {
+        let q = sqlx::query(
+            "INSERT INTO cert_history (code, kind, cert_issuer, cert_serial, cert_subject, \
+             cert_sha256, cert_not_before, cert_not_after, replaced_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(h.code.as_str().to_string())
+        .bind(cert_kind_str(h.kind));
+        bind_cert(q, CertCols::new(&h.cert))
+            .bind(ts(h.replaced_at))
+            .execute(&mut **tx)
+            .await
+            .map_err(fk("cert_history_code_fkey"))?;
+    }
+
+    match p.operator {
+        None => {}
+        Some(PreparedOperator::Insert(o)) => {
+            let row = sqlx::query(
+                "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
+                 functions, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, 1) \
+                 RETURNING id",
+            )
+            .bind(o.code)
+            .bind(o.serial)
+            .bind(o.name)
+            .bind(o.national_id_enc)
+            .bind(o.national_id_hash)
+            .bind(o.functions)
+            .bind(o.updated_at)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(fk("operators_code_fkey"))?;
+            done.operator_id = Some(int(&row, "id")?);
+        }
+        Some(PreparedOperator::Update {
+            id,
+            row: o,
+            expected_version,
+        }) => {
+            let code = o.code.clone();
+            let n = sqlx::query(
+                "UPDATE operators SET serial = $3, name = $4, national_id_enc = $5, \
+                 national_id_hash = $6, functions = $7, updated_at = $8, version = version + 1 \
+                 WHERE id = $1 AND code = $2 AND version = $9",
+            )
+            .bind(id)
+            .bind(o.code)
+            .bind(o.serial)
+            .bind(o.name)
+            .bind(o.national_id_enc)
+            .bind(o.national_id_hash)
+            .bind(o.functions)
+            .bind(o.updated_at)
+            .bind(expected_version)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n != 1 {
+                return Err(missing_or_conflict(tx, id, &code).await);
+            }
+        }
+        Some(PreparedOperator::Delete {
+            code,
+            id,
+            expected_version,
+        }) => {
+            let n =
+                sqlx::query("DELETE FROM operators WHERE id = $1 AND code = $2 AND version = $3")
+                    .bind(id)
+                    .bind(&code)
+                    .bind(expected_version)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+            if n != 1 {
+                return Err(missing_or_conflict(tx, id, &code).await);
+            }
+        }
+    }
+
+    match p.review {
+        None => {}
+        Some(ReviewWrite::Insert(r)) => {
+            let d = DecisionCols::new(&r.state);
+            let q = sqlx::query(
+                "INSERT INTO reviews (code, org_issuer, org_serial, org_subject, org_sha256, \
+                 org_not_before, org_not_after, org_identifier, org_name, on_file, \
+                 applicant_name, applicant_phone, filed_at, state, decided_at, effective, \
+                 reviewer, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17, $18) RETURNING id",
+            )
+            .bind(r.code.as_str().to_string());
+            let row = bind_cert(q, CertCols::new(&r.org.cert))
+                .bind(r.org.org_identifier.as_str().to_string())
+                .bind(r.org.org_name.clone())
+                .bind(r.on_file.as_ref().map(|o| o.as_str().to_string()))
+                .bind(r.applicant_name.as_str().to_string())
+                .bind(r.applicant_phone.as_str().to_string())
+                .bind(ts(r.filed_at))
+                .bind(d.state)
+                .bind(d.decided_at)
+                .bind(d.effective)
+                .bind(d.reviewer)
+                .bind(d.note)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(fk("reviews_code_fkey"))?;
+            done.review_id = Some(int(&row, "id")?);
+        }
+        Some(ReviewWrite::Decide { id, state }) => {
+            if state == ReviewState::Pending {
+                return Err(DomainError::Conflict);
+            }
+            let d = DecisionCols::new(&state);
+            let n = sqlx::query(
+                "UPDATE reviews SET state = $2, decided_at = $3, effective = $4, reviewer = $5, \
+                 note = $6 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(d.state)
+            .bind(d.decided_at)
+            .bind(d.effective)
+            .bind(d.reviewer)
+            .bind(d.note)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n != 1 {
+                return Err(DomainError::Conflict);
+            }
+        }
+    }
+
+    if let Some(r) = p.receipt {
+        sqlx::query("INSERT INTO receipts (code, kind, at, review_id) VALUES ($1, $2, $3, $4)")
+            .bind(r.code.as_str().to_string())
+            .bind(r.kind.as_str())
+            .bind(ts(r.at))
+            .bind(done.review_id.or(r.review_id))
+            .execute(&mut **tx)
+            .await
+            .map_err(fk("receipts_code_fkey"))?;
+    }
+
+    if let Some(code) = p.end_admin_sessions {
+        sqlx::query("DELETE FROM sessions WHERE kind = 'admin' AND code = $1")
+            .bind(code.as_str().to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+
+    // Last: appenders wait on the chain head's row lock, and holding it last means a
+    // transaction that holds it never waits for anything else (no deadlock).
+    for e in &p.audit {
+        append(tx, e).await?;
+    }
+    Ok(done)
+}
+
+async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
+    let found = sqlx::query("SELECT id FROM operators WHERE id = $1 AND code = $2")
+        .bind(id)
+        .bind(code)
+        .fetch_optional(&mut **tx)
+        .await;
+    match found {
+        Ok(Some(_)) => DomainError::Conflict,
+        Ok(None) => DomainError::OperatorNotFound,
+        Err(e) => db(e),
+    }
+}
+
+async fn append(tx: &mut Tx, e: &AuditEvent) -> Result<()> {
+    // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(row.seq)
+    .bind(row.at)
+    .bind(row.actor)
+    .bind(row.code)
+    .bind(row.cert)
+    .bind(row.client)
+    .bind(row.action)
+    .bind(row.outcome)
+    .bind(row.detail)
+    .bind(row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(row.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn append_audit(pool: &Pool<DB>, e: &AuditEvent) -> Result<()> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    append(&mut tx, e).await?;
+    tx.commit().await.map_err(db)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+const REGISTRATION_COLUMNS: &str = "code, \
+    org_issuer, org_serial, org_subject, org_sha256, org_not_before, org_not_after, \
+    org_identifier, org_name, \
+    admin_issuer, admin_serial, admin_subject, admin_sha256, admin_not_before, admin_not_after, \
+    admin_holder_name, admin_id_last4, admin_id_enc, \
+    contact_name, contact_email, contact_phone, contact_phone_ext, contact_mobile, contact_unit, \
+    contact_title, registered_at, updated_at, version";
+
+pub(crate) async fn registration(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    code: &InstitutionCode,
+) -> Result<Option<Registration>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    q.push(REGISTRATION_COLUMNS)
+        .push(" FROM registrations WHERE code = ")
+        .push_bind(code.as_str());
+    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    row.map(|r| {
+        Ok(Registration {
+            code: crate::codec::code(s(&r, "code")?)?,
+            org: OrgCard {
+                cert: cert(&r, "org")?,
+                org_identifier: org_identifier(s(&r, "org_identifier")?)?,
+                org_name: s(&r, "org_name")?,
+            },
+            admin_card: CitizenCard {
+                cert: cert(&r, "admin")?,
+                holder_name: s(&r, "admin_holder_name")?,
+                id_last4: s(&r, "admin_id_last4")?,
+            },
+            admin_id: decrypt_id(secrets, ENC_ADMIN_ID, &s(&r, "admin_id_enc")?)?,
+            admin: AdminContact {
+                name: person_name(s(&r, "contact_name")?)?,
+                email: email(s(&r, "contact_email")?)?,
+                phone: phone(s(&r, "contact_phone")?)?,
+                phone_ext: opt(&r, "contact_phone_ext")?,
+                mobile: opt(&r, "contact_mobile")?.map(phone).transpose()?,
+                unit: opt(&r, "contact_unit")?,
+                title: opt(&r, "contact_title")?,
+            },
+            registered_at: time_at(&r, "registered_at")?,
+            updated_at: time_at(&r, "updated_at")?,
+            version: int(&r, "version")?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn cert_history(
+    pool: &Pool<DB>,
+    code: &InstitutionCode,
+) -> Result<Vec<ReplacedCert>> {
+    let rows = sqlx::query(
+        "SELECT code, kind, cert_issuer, cert_serial, cert_subject, cert_sha256, \
+         cert_not_before, cert_not_after, replaced_at FROM cert_history WHERE code = $1 \
+         ORDER BY id",
+    )
+    .bind(code.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(ReplacedCert {
+                code: crate::codec::code(s(r, "code")?)?,
+                kind: cert_kind(&s(r, "kind")?)?,
+                cert: cert(r, "cert")?,
+                replaced_at: time_at(r, "replaced_at")?,
+            })
+        })
+        .collect()
+}
+
+fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
+    Ok(Operator {
+        id: int(r, "id")?,
+        code: crate::codec::code(s(r, "code")?)?,
+        serial: serial(s(r, "serial")?)?,
+        name: person_name(s(r, "name")?)?,
+        national_id: decrypt_id(secrets, ENC_OPERATOR_ID, &s(r, "national_id_enc")?)?,
+        functions: functions(&s(r, "functions")?)?,
+        updated_at: time_at(r, "updated_at")?,
+        version: int(r, "version")?,
+    })
+}
+
+const OPERATOR_COLUMNS: &str =
+    "id, code, serial, name, national_id_enc, functions, updated_at, version";
+
+pub(crate) async fn operators(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    code: &InstitutionCode,
+) -> Result<Vec<Operator>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    q.push(OPERATOR_COLUMNS)
+        .push(" FROM operators WHERE code = ")
+        .push_bind(code.as_str())
+        .push(" ORDER BY id");
+    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    rows.iter().map(|r| operator_row(r, secrets)).collect()
+}
+
+pub(crate) async fn operator(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    code: &InstitutionCode,
+    id: i64,
+) -> Result<Option<Operator>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    q.push(OPERATOR_COLUMNS)
+        .push(" FROM operators WHERE code = ")
+        .push_bind(code.as_str())
+        .push(" AND id = ")
+        .push_bind(id);
+    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    row.map(|r| operator_row(&r, secrets)).transpose()
+}
+
+pub(crate) async fn operator_by_serial(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    code: &InstitutionCode,
+    serial: &CertSerial,
+) -> Result<Option<Operator>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    q.push(OPERATOR_COLUMNS)
+        .push(" FROM operators WHERE code = ")
+        .push_bind(code.as_str())
+        .push(" AND serial = ")
+        .push_bind(serial.as_str());
+    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    row.map(|r| operator_row(&r, secrets)).transpose()
+}
+
+pub(crate) async fn receipts(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Vec<Receipt>> {
+    let rows = sqlx::query(
+        "SELECT code, kind, at, review_id FROM receipts WHERE code = $1 \
+         ORDER BY at DESC, id DESC",
+    )
+    .bind(code.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Receipt {
+                code: crate::codec::code(s(r, "code")?)?,
+                kind: receipt_kind(&s(r, "kind")?)?,
+                at: time_at(r, "at")?,
+                review_id: col(r, "review_id")?,
+            })
+        })
+        .collect()
+}
+
+const REVIEW_COLUMNS: &str = "id, code, org_issuer, org_serial, org_subject, org_sha256, \
+    org_not_before, org_not_after, org_identifier, org_name, on_file, applicant_name, \
+    applicant_phone, filed_at, state, decided_at, effective, reviewer, note";
+
+fn review_row(r: &DbRow) -> Result<ReviewApplication> {
+    let state = DecisionCols {
+        state: review_state_name(&s(r, "state")?)?,
+        decided_at: col(r, "decided_at")?,
+        effective: opt(r, "effective")?,
+        reviewer: opt(r, "reviewer")?,
+        note: opt(r, "note")?,
+    }
+    .into_state()?;
+    Ok(ReviewApplication {
+        id: int(r, "id")?,
+        code: crate::codec::code(s(r, "code")?)?,
+        org: OrgCard {
+            cert: cert(r, "org")?,
+            org_identifier: org_identifier(s(r, "org_identifier")?)?,
+            org_name: s(r, "org_name")?,
+        },
+        on_file: opt(r, "on_file")?.map(org_identifier).transpose()?,
+        applicant_name: person_name(s(r, "applicant_name")?)?,
+        applicant_phone: phone(s(r, "applicant_phone")?)?,
+        filed_at: time_at(r, "filed_at")?,
+        state,
+    })
+}
+
+/// `filter` adds the WHERE and ORDER BY clauses; the builder numbers their binds.
+async fn select_reviews(
+    pool: &Pool<DB>,
+    filter: impl FnOnce(&mut sqlx::QueryBuilder<DB>),
+) -> Result<Vec<ReviewApplication>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    q.push(REVIEW_COLUMNS).push(" FROM reviews ");
+    filter(&mut q);
+    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    rows.iter().map(review_row).collect()
+}
+
+pub(crate) async fn reviews(
+    pool: &Pool<DB>,
+    code: &InstitutionCode,
+) -> Result<Vec<ReviewApplication>> {
+    select_reviews(pool, |q| {
+        q.push("WHERE code = ")
+            .push_bind(code.as_str().to_string())
+            .push(" ORDER BY filed_at DESC, id DESC");
+    })
+    .await
+}
+
+pub(crate) async fn review(pool: &Pool<DB>, id: i64) -> Result<Option<ReviewApplication>> {
+    let mut found = select_reviews(pool, |q| {
+        q.push("WHERE id = ").push_bind(id);
+    })
+    .await?;
+    Ok(found.pop())
+}
+
+pub(crate) async fn pending_reviews(pool: &Pool<DB>) -> Result<Vec<ReviewApplication>> {
+    select_reviews(pool, |q| {
+        q.push("WHERE state = 'pending' ORDER BY filed_at, id");
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reviewers
+
+pub(crate) async fn add_reviewer(
+    pool: &Pool<DB>,
+    name: &str,
+    section: Section,
+    serial: &CertSerial,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO reviewers (name, section, cert_serial, active) VALUES ($1, $2, $3, $4) \
+         RETURNING id",
+    )
+    .bind(name)
+    .bind(section_str(section))
+    .bind(serial.as_str())
+    .bind(true)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    int(&row, "id")
+}
+
+pub(crate) async fn reviewers(pool: &Pool<DB>) -> Result<Vec<Reviewer>> {
+    let rows =
+        sqlx::query("SELECT id, name, section, cert_serial, active FROM reviewers ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Reviewer {
+                id: int(r, "id")?,
+                name: s(r, "name")?,
+                section: section(&s(r, "section")?)?,
+                cert_serial: serial(s(r, "cert_serial")?)?,
+                active: col(r, "active")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn set_reviewer_active(pool: &Pool<DB>, id: i64, active: bool) -> Result<()> {
+    let n = sqlx::query("UPDATE reviewers SET active = $2 WHERE id = $1")
+        .bind(id)
+        .bind(active)
+        .execute(pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    if n == 0 {
+        return Err(DomainError::invalid(
+            "reviewer",
+            format!("no reviewer {id}"),
+            "查無此審核人員",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+pub(crate) async fn verify_audit(pool: &Pool<DB>) -> Result<AuditReport> {
+    // One read transaction: the head and the rows come from the same snapshot even while
+    // appends go on.
+    let mut tx = begin_read(pool).await.map_err(db)?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut check = ChainCheck::default();
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, code, cert, client, action, outcome, detail, prev_hash, hash \
+             FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(last) = rows.last() else { break };
+        after = int(last, "seq")?;
+        for r in &rows {
+            check.push(&AuditRow {
+                seq: int(r, "seq")?,
+                at: int(r, "at")?,
+                actor: s(r, "actor")?,
+                code: opt(r, "code")?,
+                cert: opt(r, "cert")?,
+                client: opt(r, "client")?,
+                action: s(r, "action")?,
+                outcome: s(r, "outcome")?,
+                detail: s(r, "detail")?,
+                prev_hash: s(r, "prev_hash")?,
+                hash: s(r, "hash")?,
+            });
+        }
+    }
+    let report = check.finish(int(&head, "seq")?, &s(&head, "hash")?);
+    tx.rollback().await.map_err(db)?;
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and lookups outside the domain trait
+
+pub(crate) async fn session_put(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    r: &SessionRecord,
+) -> Result<()> {
+    let data = encrypt(secrets, ENC_SESSION_DATA, r.data.as_bytes())?;
+    sqlx::query(
+        "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
+         code = excluded.code, data_enc = excluded.data_enc, touched_at = excluded.touched_at, \
+         expires_at = excluded.expires_at",
+    )
+    .bind(&r.id)
+    .bind(&r.kind)
+    .bind(r.code.as_deref())
+    .bind(data)
+    .bind(ts(r.created_at))
+    .bind(ts(r.touched_at))
+    .bind(ts(r.expires_at))
+    .execute(pool)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn session_get(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<Option<SessionRecord>> {
+    let row = sqlx::query(
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at FROM sessions \
+         WHERE id = $1 AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(ts(now))
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        let plain = secrets
+            .decrypt(ENC_SESSION_DATA, &s(&r, "data_enc")?)
+            .map_err(DomainError::from)?;
+        Ok(SessionRecord {
+            id: s(&r, "id")?,
+            kind: s(&r, "kind")?,
+            code: opt(&r, "code")?,
+            data: String::from_utf8(plain).map_err(|e| corrupt("session", e))?,
+            created_at: time_at(&r, "created_at")?,
+            touched_at: time_at(&r, "touched_at")?,
+            expires_at: time_at(&r, "expires_at")?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn session_delete(pool: &Pool<DB>, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn session_delete_expired(pool: &Pool<DB>, now: OffsetDateTime) -> Result<u64> {
+    Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+        .bind(ts(now))
+        .execute(pool)
+        .await
+        .map_err(db)?
+        .rows_affected())
+}
+
+pub(crate) async fn agencies_of_person(
+    pool: &Pool<DB>,
+    hash: &str,
+) -> Result<Vec<(InstitutionCode, PersonRole)>> {
+    let rows = sqlx::query(
+        "SELECT code, 'administrator' AS role FROM registrations WHERE admin_id_hash = $1 \
+         UNION ALL SELECT code, 'operator' AS role FROM operators WHERE national_id_hash = $1 \
+         ORDER BY code, role",
+    )
+    .bind(hash)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let role = match s(r, "role")?.as_str() {
+                "administrator" => PersonRole::Administrator,
+                _ => PersonRole::Operator,
+            };
+            Ok((crate::codec::code(s(r, "code")?)?, role))
+        })
+        .collect()
+}

@@ -1,0 +1,1302 @@
+//! The store's integration tests: every test runs on a fresh SQLite file and, when
+//! `TEST_DATABASE_URL` is set, on a fresh PostgreSQL database too.
+
+mod helpers;
+
+use domain::DomainError;
+use domain::flow::{FlowKind, Step};
+use domain::model::*;
+use domain::store::*;
+use helpers::*;
+use std::sync::Arc;
+use store::{Backend, Db, PersonRole, Secrets, SessionRecord};
+use time::Duration;
+use time::macros::date;
+
+/// Registers agency `c` (agency row + registration + receipt + audit) in one commit.
+async fn register(db: &Db, c: &str, admin: &domain::types::NationalId) {
+    db.upsert_agencies(&[agency(c)]).await.unwrap();
+    db.commit(Commit {
+        registration: Some(RegistrationWrite::Insert(registration(c, admin))),
+        receipt: Some(Receipt {
+            code: code(c),
+            kind: ReceiptKind::FirstRegistration,
+            at: T0,
+            review_id: None,
+        }),
+        audit: vec![event("registration.first_registration").agency(&code(c))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+fn add_operator(c: &str, s: &str, id: &domain::types::NationalId) -> Commit {
+    Commit {
+        operator: Some(OperatorWrite::Insert {
+            code: code(c),
+            input: operator_input(s, id),
+            at: T0,
+        }),
+        audit: vec![event("operator.add")],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn agencies_round_trip_and_upsert_updates() {
+    each_db(|t| async move {
+        let db = &t.db;
+        assert_eq!(db.agency(&code("AB12")).await.unwrap(), None);
+        let mut a = agency("AB12");
+        assert_eq!(
+            db.upsert_agencies(&[a.clone(), agency("CD34")])
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(db.agency(&code("AB12")).await.unwrap(), Some(a.clone()));
+        a.name = "改名機關".into();
+        a.org_identifier = None;
+        db.upsert_agencies(std::slice::from_ref(&a)).await.unwrap();
+        assert_eq!(db.agency(&code("AB12")).await.unwrap(), Some(a));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flows_and_challenges_round_trip() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let mut f = flow("flow-1", FlowKind::FirstRegistration);
+        db.insert_flow(&f).await.unwrap();
+        assert_eq!(db.flow("flow-1").await.unwrap(), Some(f.clone()));
+        assert_eq!(db.flow("nope").await.unwrap(), None);
+        assert_eq!(db.insert_flow(&f).await.unwrap_err(), DomainError::Conflict);
+
+        // The flow's data, with an administrator ID in it, survives the encryption.
+        f.data.code = Some(code("AB12"));
+        f.data.admin_id = Some(nid("A12345678"));
+        f.data.terms_version = Some("2026-01".into());
+        f.data.mismatch = true;
+        f.advance(T0 + Duration::minutes(1));
+        f.version += 1;
+        db.commit(Commit {
+            flow: Some(f.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.flow("flow-1").await.unwrap(), Some(f.clone()));
+
+        let c = challenge("ch-1", "flow-1");
+        db.insert_challenge(&c).await.unwrap();
+        assert_eq!(
+            db.insert_challenge(&c).await.unwrap_err(),
+            DomainError::Conflict
+        );
+        assert_eq!(
+            db.insert_challenge(&challenge("ch-2", "no-such-flow"))
+                .await
+                .unwrap_err(),
+            DomainError::FlowNotFound
+        );
+        assert_eq!(db.consume_challenge("ch-1", T0).await.unwrap(), c);
+        assert_eq!(
+            db.consume_challenge("ch-1", T0).await.unwrap_err(),
+            DomainError::ChallengeUsed
+        );
+        assert_eq!(
+            db.consume_challenge("unknown", T0).await.unwrap_err(),
+            DomainError::ChallengeUsed
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flow_version_must_follow_the_stored_one() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let mut f = flow("flow-1", FlowKind::AdminLogin);
+        // Never inserted: a commit cannot create it.
+        f.version = 1;
+        let c = Commit {
+            flow: Some(f.clone()),
+            ..Default::default()
+        };
+        assert_eq!(db.commit(c).await.unwrap_err(), DomainError::Conflict);
+        f.version = 0;
+        db.insert_flow(&f).await.unwrap();
+        f.advance(T0);
+        f.version = 1;
+        let c = Commit {
+            flow: Some(f.clone()),
+            ..Default::default()
+        };
+        db.commit(c.clone()).await.unwrap();
+        // The same step submitted twice takes effect once.
+        assert_eq!(db.commit(c).await.unwrap_err(), DomainError::Conflict);
+        f.version = 5;
+        let skip = Commit {
+            flow: Some(f),
+            ..Default::default()
+        };
+        assert_eq!(db.commit(skip).await.unwrap_err(), DomainError::Conflict);
+        assert_eq!(db.flow("flow-1").await.unwrap().unwrap().version, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn registration_replacement_history_and_receipts_round_trip() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let admin = nid("A12345678");
+        register(db, "AB12", &admin).await;
+        let stored = db.registration(&code("AB12")).await.unwrap().unwrap();
+        assert_eq!(stored, registration("AB12", &admin));
+        assert_eq!(db.registration(&code("CD34")).await.unwrap(), None);
+
+        // R3.4: a replacement updates the registration, keeps the replaced certificate.
+        let mut next = stored.clone();
+        next.org = org_card("0A02");
+        next.admin_id = nid("B22345678");
+        next.admin.title = Some("主任".into());
+        next.admin.mobile = None;
+        next.updated_at = T0 + Duration::days(1);
+        next.version = 2;
+        let replaced = ReplacedCert {
+            code: code("AB12"),
+            kind: CertKind::Organization,
+            cert: stored.org.cert.clone(),
+            replaced_at: T0 + Duration::days(1),
+        };
+        db.insert_flow(&flow("f", FlowKind::ReplaceOrg))
+            .await
+            .unwrap();
+        let mut f = flow("f", FlowKind::ReplaceOrg);
+        f.step = Step::Done;
+        f.version = 1;
+        let replace = Commit {
+            flow: Some(f),
+            registration: Some(RegistrationWrite::Replace {
+                registration: next.clone(),
+                expected_version: 1,
+            }),
+            history: vec![replaced.clone()],
+            receipt: Some(Receipt {
+                code: code("AB12"),
+                kind: ReceiptKind::ReplaceOrg,
+                at: T0 + Duration::days(1),
+                review_id: None,
+            }),
+            audit: vec![event("registration.replace_org")],
+            end_admin_sessions: Some(code("AB12")),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(replace.clone()).await.unwrap(),
+            Committed::default()
+        );
+        assert_eq!(
+            db.registration(&code("AB12")).await.unwrap(),
+            Some(next.clone())
+        );
+        assert_eq!(
+            db.cert_history(&code("AB12")).await.unwrap(),
+            vec![replaced]
+        );
+
+        // A replacement that read version 1 again is refused (its flow is fresh).
+        let mut stale = replace;
+        db.insert_flow(&flow("g", FlowKind::ReplaceOrg))
+            .await
+            .unwrap();
+        let mut g = flow("g", FlowKind::ReplaceOrg);
+        g.version = 1;
+        stale.flow = Some(g);
+        assert_eq!(db.commit(stale).await.unwrap_err(), DomainError::Conflict);
+        assert_eq!(db.registration(&code("AB12")).await.unwrap(), Some(next));
+
+        let kinds: Vec<_> = db
+            .receipts(&code("AB12"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [ReceiptKind::ReplaceOrg, ReceiptKind::FirstRegistration]
+        );
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!((report.events, report.first_broken), (2, None));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn double_first_registration_is_already_registered() {
+    each_db(|t| async move {
+        let db = &t.db;
+        register(db, "AB12", &nid("A12345678")).await;
+        let again = Commit {
+            registration: Some(RegistrationWrite::Insert(registration(
+                "AB12",
+                &nid("B22345678"),
+            ))),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(again).await.unwrap_err(),
+            DomainError::AlreadyRegistered
+        );
+        let unknown = Commit {
+            registration: Some(RegistrationWrite::Insert(registration(
+                "ZZ99",
+                &nid("B22345678"),
+            ))),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(unknown).await.unwrap_err(),
+            DomainError::UnknownAgency
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_registrations_exactly_one_wins() {
+    each_db(|t| async move {
+        let db = t.db.clone();
+        db.upsert_agencies(&[agency("AB12")]).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let db = db.clone();
+            let fid = format!("flow-{i}");
+            db.insert_flow(&flow(&fid, FlowKind::FirstRegistration))
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut f = flow(&fid, FlowKind::FirstRegistration);
+                f.step = Step::Done;
+                f.version = 1;
+                db.commit(Commit {
+                    flow: Some(f),
+                    registration: Some(RegistrationWrite::Insert(registration(
+                        "AB12",
+                        &nid("A12345678"),
+                    ))),
+                    receipt: Some(Receipt {
+                        code: code("AB12"),
+                        kind: ReceiptKind::FirstRegistration,
+                        at: T0,
+                        review_id: None,
+                    }),
+                    audit: vec![event("registration.first_registration")],
+                    ..Default::default()
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => assert_eq!(e, DomainError::AlreadyRegistered),
+            }
+        }
+        assert_eq!(ok, 1);
+        assert_eq!(db.receipts(&code("AB12")).await.unwrap().len(), 1);
+        assert_eq!(t.count("SELECT COUNT(*) FROM audit_log").await, 1);
+        assert_eq!(db.verify_audit().await.unwrap().first_broken, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn operators_round_trip() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let c = code("AB12");
+        register(db, "AB12", &nid("A12345678")).await;
+        let id1 = db
+            .commit(add_operator("AB12", "C001", &nid("B22345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        let id2 = db
+            .commit(add_operator("AB12", "C002", &nid("F12345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        let op1 = db.operator(&c, id1).await.unwrap().unwrap();
+        assert_eq!(op1.serial, serial("C001"));
+        assert_eq!(op1.national_id, nid("B22345678"));
+        assert_eq!(op1.functions, ["enroll", "query"]);
+        assert_eq!(op1.version, 1);
+        assert_eq!(op1.updated_at, T0);
+        assert_eq!(
+            db.operator_by_serial(&c, &serial("C002"))
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            id2
+        );
+        assert_eq!(
+            db.operator_by_serial(&c, &serial("C009")).await.unwrap(),
+            None
+        );
+        assert_eq!(db.operator(&code("CD34"), id1).await.unwrap(), None);
+        let list = db.operators(&c).await.unwrap();
+        assert_eq!(list.iter().map(|o| o.id).collect::<Vec<_>>(), [id1, id2]);
+
+        // R2.5: re-bind a renewed card.
+        let mut input = operator_input("C0FF", &nid("B22345678"));
+        input.functions = vec!["premium".into()];
+        let update = Commit {
+            operator: Some(OperatorWrite::Update {
+                code: c.clone(),
+                id: id1,
+                input,
+                expected_version: 1,
+                at: T0 + Duration::hours(1),
+            }),
+            ..Default::default()
+        };
+        db.commit(update.clone()).await.unwrap();
+        let op1 = db.operator(&c, id1).await.unwrap().unwrap();
+        assert_eq!((op1.serial.as_str(), op1.version), ("C0FF", 2));
+        assert_eq!(op1.functions, ["premium"]);
+        assert_eq!(db.commit(update).await.unwrap_err(), DomainError::Conflict);
+
+        let delete = |id, v| Commit {
+            operator: Some(OperatorWrite::Delete {
+                code: c.clone(),
+                id,
+                expected_version: v,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(delete(id1, 1)).await.unwrap_err(),
+            DomainError::Conflict
+        );
+        assert_eq!(
+            db.commit(delete(9999, 1)).await.unwrap_err(),
+            DomainError::OperatorNotFound
+        );
+        db.commit(delete(id1, 2)).await.unwrap();
+        assert_eq!(
+            db.commit(delete(id1, 2)).await.unwrap_err(),
+            DomainError::OperatorNotFound
+        );
+        assert_eq!(db.operators(&c).await.unwrap().len(), 1);
+
+        // Another agency cannot reach this agency's operator.
+        register(db, "CD34", &nid("A12345678")).await;
+        let foreign = Commit {
+            operator: Some(OperatorWrite::Delete {
+                code: code("CD34"),
+                id: id2,
+                expected_version: 1,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(foreign).await.unwrap_err(),
+            DomainError::OperatorNotFound
+        );
+
+        // Not registered: no operators.
+        db.upsert_agencies(&[agency("EF56")]).await.unwrap();
+        assert_eq!(
+            db.commit(add_operator("EF56", "C001", &nid("B22345678")))
+                .await
+                .unwrap_err(),
+            DomainError::NotRegistered
+        );
+
+        // Lookup by keyed hash.
+        let mut found = db.agencies_of_person(&nid("A12345678")).await.unwrap();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            found,
+            [
+                (code("AB12"), PersonRole::Administrator),
+                (code("CD34"), PersonRole::Administrator)
+            ]
+        );
+        assert_eq!(
+            db.agencies_of_person(&nid("F12345678")).await.unwrap(),
+            [(code("AB12"), PersonRole::Operator)]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_operator_serial_is_refused() {
+    each_db(|t| async move {
+        let db = &t.db;
+        register(db, "AB12", &nid("A12345678")).await;
+        register(db, "CD34", &nid("A12345678")).await;
+        db.commit(add_operator("AB12", "C001", &nid("B22345678")))
+            .await
+            .unwrap();
+        let id2 = db
+            .commit(add_operator("AB12", "C002", &nid("B22345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        assert_eq!(
+            db.commit(add_operator("AB12", "c0:01", &nid("F12345678")))
+                .await
+                .unwrap_err(),
+            DomainError::DuplicateOperator
+        );
+        // The same serial in another agency is a different grant.
+        db.commit(add_operator("CD34", "C001", &nid("B22345678")))
+            .await
+            .unwrap();
+        // Modifying an operator onto a serial already granted is refused too.
+        let onto = Commit {
+            operator: Some(OperatorWrite::Update {
+                code: code("AB12"),
+                id: id2,
+                input: operator_input("C001", &nid("B22345678")),
+                expected_version: 1,
+                at: T0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            db.commit(onto).await.unwrap_err(),
+            DomainError::DuplicateOperator
+        );
+        // Nothing of the failed commits was audited.
+        assert_eq!(t.count("SELECT COUNT(*) FROM audit_log").await, 5);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_operator_updates_one_conflicts() {
+    each_db(|t| async move {
+        let db = t.db.clone();
+        register(&db, "AB12", &nid("A12345678")).await;
+        let id = db
+            .commit(add_operator("AB12", "C001", &nid("B22345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        let tasks: Vec<_> = ["D001", "D002"]
+            .into_iter()
+            .map(|s| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.commit(Commit {
+                        operator: Some(OperatorWrite::Update {
+                            code: code("AB12"),
+                            id,
+                            input: operator_input(s, &nid("B22345678")),
+                            expected_version: 1,
+                            at: T0,
+                        }),
+                        audit: vec![event("operator.modify")],
+                        ..Default::default()
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(results.contains(&Err(DomainError::Conflict)));
+        assert_eq!(
+            db.operator(&code("AB12"), id)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_parallel_consumes_of_one_challenge_one_wins() {
+    each_db(|t| async move {
+        let db = t.db.clone();
+        db.insert_flow(&flow("f", FlowKind::FirstRegistration))
+            .await
+            .unwrap();
+        db.insert_challenge(&challenge("ch", "f")).await.unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move { db.consume_challenge("ch", T0).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(c) => {
+                    assert_eq!(c.id, "ch");
+                    ok += 1
+                }
+                Err(e) => assert_eq!(e, DomainError::ChallengeUsed),
+            }
+        }
+        assert_eq!(ok, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_commit_leaves_nothing_written() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.upsert_agencies(&[agency("AB12")]).await.unwrap();
+        db.insert_flow(&flow("f", FlowKind::FirstRegistration))
+            .await
+            .unwrap();
+        let mut f = flow("f", FlowKind::FirstRegistration);
+        f.step = Step::Done;
+        f.version = 1;
+        let good = Commit {
+            flow: Some(f.clone()),
+            registration: Some(RegistrationWrite::Insert(registration(
+                "AB12",
+                &nid("A12345678"),
+            ))),
+            receipt: Some(Receipt {
+                code: code("AB12"),
+                kind: ReceiptKind::FirstRegistration,
+                at: T0,
+                review_id: None,
+            }),
+            audit: vec![event("registration.first_registration")],
+            ..Default::default()
+        };
+
+        // The registration and the flow update succeed, then the receipt fails.
+        let mut bad_receipt = good.clone();
+        bad_receipt.receipt.as_mut().unwrap().code = code("ZZ99");
+        assert_eq!(
+            db.commit(bad_receipt).await.unwrap_err(),
+            DomainError::UnknownAgency
+        );
+        // The flow is stale: nothing after it runs.
+        let mut stale = good.clone();
+        stale.flow.as_mut().unwrap().version = 3;
+        assert_eq!(db.commit(stale).await.unwrap_err(), DomainError::Conflict);
+        // A decision on an application that does not exist, after everything else succeeded.
+        let mut bad_review = good.clone();
+        bad_review.review = Some(ReviewWrite::Decide {
+            id: 12345,
+            state: ReviewState::Rejected {
+                decided_at: T0,
+                reviewer: "r".into(),
+                note: "n".into(),
+            },
+        });
+        assert_eq!(
+            db.commit(bad_review).await.unwrap_err(),
+            DomainError::Conflict
+        );
+
+        for table in [
+            "registrations",
+            "receipts",
+            "audit_log",
+            "cert_history",
+            "reviews",
+        ] {
+            let n = t.count(&format!("SELECT COUNT(*) FROM {table}")).await;
+            assert_eq!(n, 0, "{table}");
+        }
+        assert_eq!(t.count("SELECT seq FROM audit_head").await, 0);
+        assert_eq!(db.flow("f").await.unwrap().unwrap().version, 0);
+
+        // And the same commit, intact, goes through.
+        db.commit(good).await.unwrap();
+        assert!(db.registration(&code("AB12")).await.unwrap().is_some());
+        assert_eq!(db.verify_audit().await.unwrap().events, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reviews_receipts_and_decisions() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.upsert_agencies(&[agency("AB12"), agency("CD34")])
+            .await
+            .unwrap();
+        let file = |c: &str, at| {
+            let mut r = review_app(c);
+            r.filed_at = at;
+            Commit {
+                review: Some(ReviewWrite::Insert(Box::new(r))),
+                receipt: Some(Receipt {
+                    code: code(c),
+                    kind: ReceiptKind::ReviewApplication,
+                    at,
+                    review_id: None,
+                }),
+                audit: vec![event("review.file")],
+                ..Default::default()
+            }
+        };
+        let id1 = db
+            .commit(file("AB12", T0))
+            .await
+            .unwrap()
+            .review_id
+            .unwrap();
+        let id2 = db
+            .commit(file("CD34", T0 + Duration::minutes(1)))
+            .await
+            .unwrap()
+            .review_id
+            .unwrap();
+        let id3 = db
+            .commit(file("AB12", T0 + Duration::minutes(2)))
+            .await
+            .unwrap()
+            .review_id
+            .unwrap();
+        // The receipt points at the review of its own commit.
+        let receipts = db.receipts(&code("AB12")).await.unwrap();
+        assert_eq!(
+            receipts.iter().map(|r| r.review_id).collect::<Vec<_>>(),
+            [Some(id3), Some(id1)]
+        );
+        let mut expected = review_app("AB12");
+        expected.id = id1;
+        assert_eq!(db.review(id1).await.unwrap(), Some(expected));
+        assert_eq!(db.review(999).await.unwrap(), None);
+        let ids = |v: Vec<ReviewApplication>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(db.reviews(&code("AB12")).await.unwrap()), [id3, id1]);
+        assert_eq!(ids(db.pending_reviews().await.unwrap()), [id1, id2, id3]);
+
+        let approved = ReviewState::Approved {
+            decided_at: T0 + Duration::hours(1),
+            effective: date!(2026 - 06 - 02),
+            reviewer: "審核員".into(),
+            note: "核准".into(),
+        };
+        let decide = |id, state: &ReviewState| Commit {
+            review: Some(ReviewWrite::Decide {
+                id,
+                state: state.clone(),
+            }),
+            audit: vec![event("review.decide")],
+            ..Default::default()
+        };
+        db.commit(decide(id1, &approved)).await.unwrap();
+        assert_eq!(db.review(id1).await.unwrap().unwrap().state, approved);
+        let rejected = ReviewState::Rejected {
+            decided_at: T0 + Duration::hours(2),
+            reviewer: "審核員".into(),
+            note: "資料不符".into(),
+        };
+        // Only a pending application can be decided.
+        assert_eq!(
+            db.commit(decide(id1, &rejected)).await.unwrap_err(),
+            DomainError::Conflict
+        );
+        db.commit(decide(id2, &rejected)).await.unwrap();
+        assert_eq!(db.review(id2).await.unwrap().unwrap().state, rejected);
+        assert_eq!(ids(db.pending_reviews().await.unwrap()), [id3]);
+
+        let unknown = file("ZZ99", T0);
+        assert_eq!(
+            db.commit(unknown).await.unwrap_err(),
+            DomainError::UnknownAgency
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reviewers_round_trip() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let a = db
+            .add_reviewer("審核甲", Section::First, &serial("AA01"))
+            .await
+            .unwrap();
+        let b = db
+            .add_reviewer("審核乙", Section::Second, &serial("AA02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.add_reviewer("重複", Section::First, &serial("AA01"))
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_input"
+        );
+        db.set_reviewer_active(a, false).await.unwrap();
+        assert!(db.set_reviewer_active(999, false).await.is_err());
+        assert_eq!(
+            db.reviewers().await.unwrap(),
+            [
+                Reviewer {
+                    id: a,
+                    name: "審核甲".into(),
+                    section: Section::First,
+                    cert_serial: serial("AA01"),
+                    active: false,
+                },
+                Reviewer {
+                    id: b,
+                    name: "審核乙".into(),
+                    section: Section::Second,
+                    cert_serial: serial("AA02"),
+                    active: true,
+                },
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let session = |id: &str, kind: &str, c: Option<&str>| SessionRecord {
+            id: id.into(),
+            kind: kind.into(),
+            code: c.map(str::to_string),
+            data: format!("{{\"who\":\"{id}\"}}"),
+            created_at: T0,
+            touched_at: T0,
+            expires_at: T0 + Duration::minutes(15),
+        };
+        let a = session("s-admin", "admin", Some("AB12"));
+        db.session_put(&a).await.unwrap();
+        db.session_put(&session("s-other", "admin", Some("CD34")))
+            .await
+            .unwrap();
+        db.session_put(&session("s-op", "operator", Some("AB12")))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.session_get("s-admin", T0).await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            db.session_get("s-admin", T0 + Duration::minutes(15))
+                .await
+                .unwrap(),
+            None
+        );
+        let mut touched = a.clone();
+        touched.touched_at = T0 + Duration::minutes(10);
+        touched.expires_at = T0 + Duration::minutes(25);
+        db.session_put(&touched).await.unwrap();
+        assert_eq!(
+            db.session_get("s-admin", T0 + Duration::minutes(20))
+                .await
+                .unwrap(),
+            Some(touched)
+        );
+
+        db.commit(Commit {
+            end_admin_sessions: Some(code("AB12")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.session_get("s-admin", T0).await.unwrap(), None);
+        assert!(db.session_get("s-other", T0).await.unwrap().is_some());
+        assert!(db.session_get("s-op", T0).await.unwrap().is_some());
+        db.session_delete("s-op").await.unwrap();
+        assert_eq!(db.session_get("s-op", T0).await.unwrap(), None);
+        assert_eq!(
+            db.session_delete_expired(T0 + Duration::hours(1))
+                .await
+                .unwrap(),
+            1
+        );
+    })
+    .await;
+}
+
+/// The national IDs a test wrote, none of which may appear in plain text at rest.
+async fn write_personal_data(db: &Db) -> Vec<String> {
+    let admin = nid("A12345678");
+    let operator = nid("B22345678");
+    let in_flow = nid("F12345678");
+    register(db, "AB12", &admin).await;
+    db.commit(add_operator("AB12", "C001", &operator))
+        .await
+        .unwrap();
+    let mut f = flow("f", FlowKind::FirstRegistration);
+    f.data.admin_id = Some(in_flow.clone());
+    db.insert_flow(&f).await.unwrap();
+    db.session_put(&SessionRecord {
+        id: "s".into(),
+        kind: "admin".into(),
+        code: Some("AB12".into()),
+        data: format!("{{\"id\":\"{}\"}}", in_flow.as_str()),
+        created_at: T0,
+        touched_at: T0,
+        expires_at: T0 + Duration::minutes(15),
+    })
+    .await
+    .unwrap();
+    // Decrypts back for the store's own reads.
+    assert_eq!(
+        db.registration(&code("AB12"))
+            .await
+            .unwrap()
+            .unwrap()
+            .admin_id,
+        admin
+    );
+    [admin, operator, in_flow]
+        .iter()
+        .map(|i| i.as_str().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn national_ids_are_not_stored_in_plain_text() {
+    each_db(|t| async move {
+        let ids = write_personal_data(&t.db).await;
+        match t.backend() {
+            Backend::Sqlite => {
+                t.db.close().await;
+                let file = t.file.clone().unwrap();
+                let mut bytes = std::fs::read(&file).unwrap();
+                // Whatever is still in the write-ahead log counts as stored too.
+                let wal = file.with_extension("db-wal");
+                bytes.extend(std::fs::read(&wal).unwrap_or_default());
+                assert!(bytes.len() > 4096);
+                for id in &ids {
+                    let found = bytes.windows(id.len()).any(|w| w == id.as_bytes());
+                    assert!(!found, "{id} in the SQLite file");
+                    let lower = id.to_lowercase();
+                    assert!(!bytes.windows(id.len()).any(|w| w == lower.as_bytes()));
+                }
+            }
+            Backend::Postgres => {
+                let tables = t
+                    .texts(
+                        "SELECT table_name::text FROM information_schema.tables \
+                         WHERE table_schema = 'public'",
+                    )
+                    .await;
+                assert!(tables.len() >= 10, "{tables:?}");
+                let mut all = String::new();
+                for table in tables {
+                    for row in t.texts(&format!("SELECT t::text FROM {table} t")).await {
+                        all.push_str(&row);
+                        all.push('\n');
+                    }
+                }
+                assert!(all.contains("AB12"), "the dump sees the data");
+                for id in &ids {
+                    assert!(
+                        !all.to_uppercase().contains(id.as_str()),
+                        "{id} in PostgreSQL"
+                    );
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_key_cannot_read_personal_data() {
+    each_db(|t| async move {
+        write_personal_data(&t.db).await;
+        let other = Db::connect(&t.url, &Secrets::generate().unwrap())
+            .await
+            .unwrap();
+        let e = other.registration(&code("AB12")).await.unwrap_err();
+        assert_eq!(e.code(), "internal");
+        assert!(other.flow("f").await.is_err());
+        other.close().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit chain
+
+/// Five events, seq 1..=5, appended both ways (alone and inside commits).
+async fn five_events(db: &Db) {
+    db.upsert_agencies(&[agency("AB12")]).await.unwrap();
+    db.append_audit(&event("proof.verify").client(Some("127.0.0.1")))
+        .await
+        .unwrap();
+    db.commit(Commit {
+        audit: vec![event("a.two").agency(&code("AB12")), event("a.three")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    db.append_audit(&event("a.four")).await.unwrap();
+    db.append_audit(&event("a.five")).await.unwrap();
+    let report = db.verify_audit().await.unwrap();
+    assert_eq!(
+        report,
+        AuditReport {
+            events: 5,
+            first_broken: None,
+            detail: None
+        }
+    );
+}
+
+/// Removes the append-only triggers, as someone with direct access to the database could.
+async fn unprotect(t: &TestDb) {
+    match t.backend() {
+        Backend::Sqlite => {
+            t.raw("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete")
+                .await
+        }
+        Backend::Postgres => {
+            t.raw(
+                "DROP TRIGGER audit_log_no_update ON audit_log; \
+                 DROP TRIGGER audit_log_no_delete ON audit_log",
+            )
+            .await
+        }
+    }
+}
+
+async fn broken_at(db: &Db) -> Option<u64> {
+    let report = db.verify_audit().await.unwrap();
+    assert_eq!(report.first_broken.is_some(), report.detail.is_some());
+    report.first_broken
+}
+
+#[tokio::test]
+async fn audit_log_refuses_updates_and_deletes() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        for sql in [
+            "UPDATE audit_log SET outcome = 'x' WHERE seq = 2",
+            "DELETE FROM audit_log WHERE seq = 5",
+        ] {
+            let refused = match t.backend() {
+                Backend::Sqlite => {
+                    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.url)
+                        .await
+                        .unwrap();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut c)
+                        .await
+                        .is_err()
+                }
+                Backend::Postgres => {
+                    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&t.url)
+                        .await
+                        .unwrap();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut c)
+                        .await
+                        .is_err()
+                }
+            };
+            assert!(refused, "{sql}");
+        }
+        assert_eq!(broken_at(&t.db).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_reports_a_changed_row() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        t.raw("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3")
+            .await;
+        assert_eq!(broken_at(&t.db).await, Some(3));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_reports_a_changed_row_with_recomputed_hash() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        // Rewriting a row's hash as well only moves the break to the next link.
+        t.raw("UPDATE audit_log SET hash = 'ff' WHERE seq = 2")
+            .await;
+        let report = t.db.verify_audit().await.unwrap();
+        assert_eq!(report.first_broken, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_reports_a_deleted_row() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        t.raw("DELETE FROM audit_log WHERE seq = 2").await;
+        assert_eq!(broken_at(&t.db).await, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_reports_deleted_newest_rows() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        t.raw("DELETE FROM audit_log WHERE seq >= 4").await;
+        assert_eq!(broken_at(&t.db).await, Some(4));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_reports_swapped_rows() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        t.raw(
+            "UPDATE audit_log SET seq = -1 WHERE seq = 2; \
+             UPDATE audit_log SET seq = 2 WHERE seq = 4; \
+             UPDATE audit_log SET seq = 4 WHERE seq = -1",
+        )
+        .await;
+        assert_eq!(broken_at(&t.db).await, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_chain_survives_concurrent_appends() {
+    each_db(|t| async move {
+        let db = t.db.clone();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        db.append_audit(&event("alone")).await
+                    } else {
+                        db.commit(Commit {
+                            audit: vec![event("in.commit.1"), event("in.commit.2")],
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!((report.events, report.first_broken), (30, None));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connecting and migrating
+
+#[tokio::test]
+async fn unknown_url_scheme_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = Secrets::generate().unwrap();
+    let path = dir.path().join("certreg.db");
+    for url in [
+        path.display().to_string(),
+        format!("file://{}", path.display()),
+        format!("sqlite3://{}", path.display()),
+        format!("mysql://root@localhost/{}", path.display()),
+        "".to_string(),
+    ] {
+        let e = Db::connect(&url, &secrets).await.err().expect(&url);
+        assert!(
+            matches!(e, store::StoreError::UnsupportedScheme(_)),
+            "{url}: {e}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // The sqlite scheme does create the file, and migrating again applies nothing.
+    let url = format!("sqlite://{}", path.display());
+    let db = Db::connect(&url, &secrets).await.unwrap();
+    assert!(path.exists());
+    assert_eq!(db.migrate().await.unwrap(), 0);
+    assert_eq!(store::sqlite_path(&url), Some(path.clone()));
+    assert_eq!(store::sqlite_path("sqlite::memory:"), None);
+    db.close().await;
+
+    let mem = Db::connect("sqlite::memory:", &secrets).await.unwrap();
+    mem.upsert_agencies(&[agency("AB12")]).await.unwrap();
+    assert!(mem.agency(&code("AB12")).await.unwrap().is_some());
+}
+
+#[test]
+fn migrations_have_identical_file_names_for_both_backends() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let names = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let sqlite = names("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, names("postgres"));
+    // Every file is embedded, under its own version.
+    let embedded: Vec<String> = store::migrations::MIGRATIONS
+        .iter()
+        .map(|m| m.file_name.to_string())
+        .collect();
+    assert_eq!(sqlite, embedded);
+    for m in store::migrations::MIGRATIONS {
+        assert!(m.file_name.starts_with(&format!("{:04}_", m.version)));
+    }
+}
+
+#[test]
+fn every_mapped_constraint_is_named_in_both_migrations() {
+    for m in store::migrations::MIGRATIONS {
+        for name in store::error::mapped_constraints() {
+            let named = format!("CONSTRAINT {name} ");
+            assert!(m.sqlite.contains(&named), "sqlite {}: {name}", m.file_name);
+            assert!(
+                m.postgres.contains(&named),
+                "postgres {}: {name}",
+                m.file_name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_connects_share_one_schema() {
+    // Several service instances starting at once all migrate; none fails.
+    each_db(|t| async move {
+        let secrets = Arc::new(t.secrets.clone());
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, secrets) = (t.url.clone(), secrets.clone());
+                tokio::spawn(async move { Db::connect(&url, &secrets).await.map(|_| ()) })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability
+
+const CRASH_CHILD_ENV: &str = "CERTREG_STORE_CRASH_CHILD_URL";
+
+/// Not a test on its own: the child process of `killed_process_leaves_no_partial_registration`.
+/// It registers agencies on the SQLite file it is given until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_registers_until_killed() {
+    let Ok(url) = std::env::var(CRASH_CHILD_ENV) else {
+        return;
+    };
+    let key = std::env::var("CERTREG_STORE_CRASH_CHILD_KEY").unwrap();
+    let db = Db::connect(&url, &Secrets::from_base64(&key).unwrap())
+        .await
+        .unwrap();
+    let agencies: Vec<Agency> = (0..5000).map(|i| agency(&format!("K{i:05}"))).collect();
+    db.upsert_agencies(&agencies).await.unwrap();
+    println!("ready");
+    for a in &agencies {
+        register(&db, a.code.as_str(), &nid("A12345678")).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_process_leaves_no_partial_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let secrets = Secrets::generate().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_registers_until_killed",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_ENV, &url)
+        .env("CERTREG_STORE_CRASH_CHILD_KEY", secrets.to_base64())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some registrations are in, while it is writing more.
+    let probe = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let Ok(db) = Db::connect(&url, &secrets).await else {
+                continue;
+            };
+            let n = db.verify_audit().await.map(|r| r.events).unwrap_or(0);
+            db.close().await;
+            if n >= 20 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), probe)
+        .await
+        .expect("the child made progress");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = Db::connect(&url, &secrets).await.unwrap();
+    let t = TestDb::for_url(db.clone(), &url, &secrets);
+    let registrations = t.count("SELECT COUNT(*) FROM registrations").await;
+    assert!(registrations >= 20, "{registrations}");
+    // Each registration has its receipt and its audit event, or none of them.
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM receipts").await,
+        registrations
+    );
+    assert_eq!(
+        t.count("SELECT COUNT(*) FROM audit_log").await,
+        registrations
+    );
+    assert_eq!(
+        t.count(
+            "SELECT COUNT(*) FROM registrations r WHERE NOT EXISTS \
+             (SELECT 1 FROM receipts c WHERE c.code = r.code)"
+        )
+        .await,
+        0
+    );
+    let report = db.verify_audit().await.unwrap();
+    assert_eq!(report.first_broken, None, "{report:?}");
+    // And the file takes new registrations after the crash.
+    register(&db, "NEW1", &nid("A12345678")).await;
+}
