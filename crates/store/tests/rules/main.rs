@@ -1060,3 +1060,73 @@ async fn concurrency_100_submissions_of_one_proof() {
         assert_eq!(ok, 1);
     }
 }
+
+#[tokio::test]
+async fn r1_3_approval_on_a_friday_before_a_holiday_takes_effect_after_it() {
+    for env in envs().await {
+        let svc = &env.svc;
+        // Friday 2025-10-03 10:00 in Taipei; Monday 10-06 is 中秋節.
+        env.clock.set(time::macros::datetime!(2025-10-03 02:00 UTC));
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
+        svc.agree_terms(&flow.id, SESSION).await.unwrap();
+        card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
+            .await
+            .unwrap();
+        let (application, _) = svc
+            .file_review(&flow.id, SESSION, "林小華", "0223456789", None)
+            .await
+            .unwrap();
+        let state = svc
+            .decide_review(&reviewer(svc).await, application.id, true, "")
+            .await
+            .unwrap();
+        assert!(
+            matches!(state, ReviewState::Approved { effective, .. } if effective == date!(2025-10-07)),
+            "{state:?}"
+        );
+        // Late on Monday the holiday (Taipei time) it is still not in effect.
+        env.clock.set(time::macros::datetime!(2025-10-06 15:59 UTC));
+        let f = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
+        svc.agree_terms(&f.id, SESSION).await.unwrap();
+        assert_eq!(
+            code_of(card_step(svc, &f.id, "gca-agency-mismatch", Some(MISMATCH), None).await),
+            "review_not_yet_effective"
+        );
+        // Tuesday 00:00 Taipei (Monday 16:00 UTC) it is.
+        env.clock.set(time::macros::datetime!(2025-10-06 16:00 UTC));
+        let f = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
+        svc.agree_terms(&f.id, SESSION).await.unwrap();
+        advanced(
+            card_step(svc, &f.id, "gca-agency-mismatch", Some(MISMATCH), None)
+                .await
+                .unwrap(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn spec_4_5_refusals_are_audited_and_the_chain_holds() {
+    for env in envs().await {
+        let svc = &env.svc;
+        let flow = svc
+            .start_flow(FlowKind::FirstRegistration, SESSION)
+            .await
+            .unwrap();
+        svc.agree_terms(&flow.id, SESSION).await.unwrap();
+        let _ = card_step(svc, &flow.id, "gca-agency-revoked", Some(TAIPEI), None).await;
+        let _ = card_step(svc, &flow.id, "gca-agency", Some("Z9999"), None).await;
+        register(svc, TAIPEI, "gca-agency", "moica-admin").await;
+        let report = svc.store().verify_audit().await.unwrap();
+        assert_eq!(report.first_broken, None);
+        assert_eq!(report.events, 3, "revoked card, unknown code, the registration: {report:?}");
+    }
+}
