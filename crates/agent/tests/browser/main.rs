@@ -1,0 +1,404 @@
+//! The page's card client (`crates/agent/js/card-client.js`) in real headless Chromium against a
+//! real agent on soft cards, in direct and popup mode: this test starts the agent and a tiny
+//! static "site" (plus a second, untrusted origin serving the same files), builds certreg
+//! challenges, runs `run.mjs` (playwright-core driving Debian's `/usr/bin/chromium`) and verifies
+//! the signatures the browser got with `pki::proof::verify_proof`.
+//!
+//! Needs `node`/`npm` and `chromium` (Debian packages `nodejs`, `npm`, `chromium`); it fails,
+//! never skips, without them. `npm ci` runs here when `node_modules` is missing, so
+//! `cargo test --workspace` stays the one test command.
+
+#[path = "../agent/helpers.rs"]
+mod helpers;
+
+use agent::server::AgentConfig;
+use helpers::*;
+use pki::challenge::Challenge;
+use pki::testpki::KeyAlg;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// run.mjs gives up by itself after 120 s; this is the backstop if node itself hangs.
+const NODE_DEADLINE: Duration = Duration::from_secs(180);
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn browser_dir() -> PathBuf {
+    manifest_dir().join("tests/browser")
+}
+
+/// Fails with the Debian package names instead of skipping: a silently skipped browser test is
+/// a browser test that never runs in CI.
+fn require_tools() -> PathBuf {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "the browser test needs Node.js: install the Debian packages `nodejs` and `npm` \
+         (apt-get install nodejs npm); `node --version` gave {node:?}"
+    );
+    let chromium = std::env::var_os("CERTREG_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CHROMIUM));
+    assert!(
+        chromium.is_file(),
+        "the browser test needs Chromium at {}: install the Debian package `chromium` \
+         (apt-get install chromium), or set CERTREG_CHROMIUM",
+        chromium.display()
+    );
+    let dir = browser_dir();
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running npm failed ({e}): install the Debian package `npm`")
+            });
+        assert!(
+            out.status.success(),
+            "npm ci --prefix {} failed (it needs the npm registry):\n{}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    chromium
+}
+
+/// The files the static site serves: URL path → (file, content type).
+fn site_files() -> BTreeMap<&'static str, (PathBuf, &'static str)> {
+    let js = "text/javascript; charset=utf-8";
+    BTreeMap::from([
+        (
+            "/card-client.js",
+            (manifest_dir().join("js/card-client.js"), js),
+        ),
+        (
+            "/page.html",
+            (browser_dir().join("page.html"), "text/html; charset=utf-8"),
+        ),
+        ("/page.js", (browser_dir().join("page.js"), js)),
+    ])
+}
+
+/// One HTTP/1.1 exchange of the static site, then close.
+fn serve_one(mut stream: TcpStream, files: &BTreeMap<&'static str, (PathBuf, &'static str)>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let path = request_line
+        .split(' ')
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/");
+    let (status, content_type, body) = match files.get(path) {
+        Some((file, ct)) => match std::fs::read(file) {
+            Ok(b) => ("200 OK", *ct, b),
+            Err(_) => (
+                "500 Internal Server Error",
+                "text/plain",
+                b"unreadable\n".to_vec(),
+            ),
+        },
+        None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+    };
+    // The CSP certreg's pages will have: scripts from the site only (no inline, no eval), the
+    // agent on the loopback. COOP same-origin-allow-popups keeps the popup's opener link.
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\
+         Content-Security-Policy: default-src 'none'; script-src 'self'; \
+         connect-src http://127.0.0.1:*; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'\r\n\
+         Cross-Origin-Opener-Policy: same-origin-allow-popups\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+/// A static site on 127.0.0.1:<ephemeral>; its threads end with the test process.
+fn start_site() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the static site");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let files = Arc::new(site_files());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let files = files.clone();
+            std::thread::spawn(move || serve_one(stream, &files));
+        }
+    });
+    url
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback server that accepts connections and never answers (a hung agent).
+fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the silent server");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+/// What run.mjs needs to know about a card.
+fn card_case(name: &str, reader: u32) -> Value {
+    use base64::Engine as _;
+    let card = pki().card(name);
+    json!({
+        "name": name,
+        "reader": agent::softcard::reader_description(reader),
+        "cardNumber": card.card_number,
+        "certb64": base64::engine::general_purpose::STANDARD.encode(&card.issued.cert_der),
+        "sn": card.issued.serial_hex().trim_start_matches('0'),
+        "pin": card.pin,
+        // Same length as the real one: a PIN of another length could be refused for its length.
+        "wrongPin": card.pin.chars().rev().map(|c| if c == '9' { '0' } else { '9' }).collect::<String>(),
+    })
+}
+
+/// Runs node with a deadline; returns (exit code, stdout, stderr).
+fn run_node(script: &Path, envs: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new("node");
+    cmd.arg(script)
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start node");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + NODE_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (
+        status.and_then(|s| s.code()),
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn card_client_in_headless_chromium_direct_and_popup() {
+    let started = Instant::now();
+    let chromium = require_tools();
+
+    let (_tmp, dir) = soft_card_dir(KeyAlg::Rsa2048);
+    let cards = Arc::new(agent::softcard::SoftCards::open(&dir).expect("soft cards"));
+    // Reader numbers follow the insertion order.
+    let inserted = [
+        "gca-agency",
+        "moica-admin",
+        "moica-expired",
+        "moica-operator-1",
+    ];
+    for (i, name) in inserted.iter().enumerate() {
+        assert_eq!(cards.insert(name).unwrap(), i as u32 + 1);
+    }
+
+    let site = start_site();
+    let foreign = start_site();
+    let agent = TestAgent::start(
+        AgentConfig {
+            port: 0,
+            allowed_origins: vec![site.clone()],
+            ..AgentConfig::default()
+        },
+        cards.clone(),
+        Some(cards.clone()),
+    );
+    let agent_url = format!("http://{}", agent.addr);
+
+    // A real certreg challenge per signature, bound to the site's origin as the server will.
+    let now = OffsetDateTime::now_utc();
+    let keys = [
+        "direct-pkcs7",
+        "direct-pkcs1",
+        "popup-pkcs7",
+        "popup-pkcs1",
+        "expired",
+        "lock",
+        "nocard",
+        "foreign",
+    ];
+    let challenges: BTreeMap<&str, Challenge> = keys
+        .iter()
+        .map(|k| {
+            let c = Challenge::new("first_registration", &site, "f-browser", k, now).unwrap();
+            (*k, c)
+        })
+        .collect();
+    let nonce = "browser-nonce-1";
+    let cases = json!({
+        "cards": {
+            "org": card_case("gca-agency", 1),
+            "admin": card_case("moica-admin", 2),
+            "expired": card_case("moica-expired", 3),
+            "lockme": card_case("moica-operator-1", 4),
+        },
+        "tbs": challenges.iter().map(|(k, c)| (k.to_string(), json!(c.tbs()))).collect::<serde_json::Map<_, _>>(),
+        "badTbs": "本人同意支付新臺幣壹萬元整（this is not a certreg challenge）",
+        "nonce": nonce,
+    });
+    let shots = manifest_dir().join("../../target/browser-screenshots");
+    // Only this run's failures in there.
+    let _ = std::fs::remove_dir_all(&shots);
+
+    let (code, stdout, stderr) = run_node(
+        &browser_dir().join("run.mjs"),
+        &[
+            ("CERTREG_SITE_URL", site.clone()),
+            ("CERTREG_FOREIGN_URL", foreign.clone()),
+            ("CERTREG_AGENT_URL", agent_url.clone()),
+            (
+                "CERTREG_DEAD_AGENT_URL",
+                format!("http://127.0.0.1:{}", dead_port()),
+            ),
+            ("CERTREG_SILENT_AGENT_URL", silent_server()),
+            ("CERTREG_BROWSER_CASES", cases.to_string()),
+            ("CERTREG_SCREENSHOT_DIR", shots.display().to_string()),
+            ("CERTREG_CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    eprintln!("--- run.mjs (stderr) ---\n{stderr}--- end of run.mjs ---");
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!("run.mjs printed no JSON report (exit {code:?}):\n{stdout}\n{stderr}")
+        });
+    let checks = report["checks"].as_array().expect("checks");
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c["ok"] != true)
+        .map(|c| format!("{}: {}", c["name"], c["detail"]))
+        .collect();
+    assert!(
+        failed.is_empty() && code == Some(0),
+        "browser checks failed (exit {code:?}; screenshots in {}):\n{}",
+        shots.display(),
+        failed.join("\n")
+    );
+    // Every check of run.mjs ran (a check that silently disappeared would pass otherwise).
+    assert_eq!(checks.len(), 26, "checks: {checks:#?}");
+
+    // The signatures the browser got verify as certreg proofs of the right cards.
+    let signatures = report["signatures"].as_array().expect("signatures");
+    assert_eq!(signatures.len(), 4, "{signatures:#?}");
+    let validator = validator(pki());
+    for s in signatures {
+        let key = s["key"].as_str().unwrap();
+        let card = pki().card(s["card"].as_str().unwrap());
+        let cert = b64(s["certb64"].as_str().unwrap());
+        assert_eq!(cert, card.issued.cert_der, "{key}: certificate");
+        let pkcs1 = s["type"] == "PKCS1";
+        let proof = pki::proof::verify_proof(
+            &validator,
+            &challenges[key],
+            s["signature"].as_str().unwrap().as_bytes(),
+            pkcs1.then_some(&cert[..]),
+            card.role,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_or_else(|e| panic!("{key}: the browser's signature does not verify: {e}"));
+        if pkcs1 {
+            assert_eq!(proof.format, pki::proof::ProofFormat::Pkcs1, "{key}");
+        } else {
+            assert_eq!(proof.format, pki::proof::ProofFormat::CmsAttached, "{key}");
+            assert_eq!(
+                proof.attrs.card_number.as_deref(),
+                Some(card.card_number.as_str()),
+                "{key}"
+            );
+            let hex: String = nonce.bytes().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                proof.attrs.nonce.as_deref().map(str::to_ascii_lowercase),
+                Some(hex),
+                "{key}"
+            );
+        }
+    }
+
+    // What the browser did to the cards is what the agent recorded.
+    let state = cards.cards().unwrap();
+    assert!(
+        state.iter().all(|c| c.reader.is_none()),
+        "status page eject: {state:?}"
+    );
+    let locked = state.iter().find(|c| c.name == "moica-operator-1").unwrap();
+    assert!(locked.locked, "{locked:?}");
+    let org = state.iter().find(|c| c.name == "gca-agency").unwrap();
+    // Also proves the popup never acted on the wrong PIN a foreign page posted to it.
+    assert_eq!(org.wrong_pins, 0, "a right PIN resets the counter");
+
+    eprintln!(
+        "browser test: {} checks in {} ms in the browser, {} ms in all",
+        checks.len(),
+        report["elapsedMs"],
+        started.elapsed().as_millis()
+    );
+}
