@@ -199,7 +199,8 @@ pub struct CertJson {
     /// DER, base64; only with `?withcert=true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certb64: Option<String>,
-    /// Serial number, upper-case hex without leading zeros.
+    /// Serial number in certreg's canonical form (upper-case hex of the integer's bytes, as
+    /// `openssl x509 -serial` prints it: a leading `0` of the first byte stays).
     pub sn: String,
     #[serde(rename = "subjectDN")]
     pub subject_dn: String,

@@ -58,7 +58,14 @@ impl Default for AgentConfig {
 
 /// Normalises a configured origin: scheme and host lower case, no trailing slash.
 pub fn normalize_origin(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+    let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    // Browsers leave the scheme's default port out of Origin; a configured one must match that.
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if o.starts_with(scheme) && o.ends_with(port) {
+            return o[..o.len() - port.len()].to_string();
+        }
+    }
+    o
 }
 
 struct Inner {
@@ -812,4 +819,23 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind(config.port).await?;
     serve_on(listener, config, backend, None, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_ports_are_left_out_like_browsers_do() {
+        assert_eq!(
+            super::normalize_origin("https://Certreg.Example:443/"),
+            "https://certreg.example"
+        );
+        assert_eq!(
+            super::normalize_origin("http://localhost:80"),
+            "http://localhost"
+        );
+        assert_eq!(
+            super::normalize_origin("http://localhost:8080"),
+            "http://localhost:8080"
+        );
+    }
 }

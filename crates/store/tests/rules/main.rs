@@ -1127,6 +1127,9 @@ async fn spec_4_5_refusals_are_audited_and_the_chain_holds() {
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         let report = svc.store().verify_audit().await.unwrap();
         assert_eq!(report.first_broken, None);
-        assert_eq!(report.events, 3, "revoked card, unknown code, the registration: {report:?}");
+        assert_eq!(
+            report.events, 3,
+            "revoked card, unknown code, the registration: {report:?}"
+        );
     }
 }
