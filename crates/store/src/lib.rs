@@ -84,6 +84,13 @@ pub enum PersonRole {
 }
 
 /// The backend a URL names, refusing anything else (a typo must not create an empty database).
+///
+/// ```
+/// use store::{Backend, backend_of};
+/// assert_eq!(backend_of("sqlite://data/certreg.db").unwrap(), Backend::Sqlite);
+/// assert_eq!(backend_of("postgres://certreg@db/certreg").unwrap(), Backend::Postgres);
+/// assert!(backend_of("data/certreg.db").is_err());
+/// ```
 pub fn backend_of(url: &str) -> std::result::Result<Backend, StoreError> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("sqlite:") {
