@@ -214,6 +214,11 @@ impl Db {
         dispatch!(self, ops, p => ops::bulk_load_registrations(p, &self.secrets, registrations).await)
     }
 
+    /// Inserts receipts as they are (no audit event goes with them).
+    pub async fn bulk_load_receipts(&self, receipts: &[Receipt]) -> Result<u64> {
+        dispatch!(self, ops, p => ops::bulk_load_receipts(p, receipts).await)
+    }
+
     /// Inserts operators (version 1, `updated_at` = `at`) of registered agencies, national IDs
     /// encrypted and hashed as `commit` does; `DuplicateOperator` for a serial granted twice.
     pub async fn bulk_load_operators(

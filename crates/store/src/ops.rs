@@ -1055,6 +1055,21 @@ pub(crate) async fn bulk_load_operators(
     .await
 }
 
+pub(crate) async fn bulk_load_receipts(pool: &Pool<DB>, receipts: &[Receipt]) -> Result<u64> {
+    // 4 binds per row.
+    bulk(pool, receipts, 5_000, |q, rows| {
+        q.push("INSERT INTO receipts (code, kind, at, review_id) ");
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.code.as_str().to_string())
+                .push_bind(r.kind.as_str())
+                .push_bind(ts(r.at))
+                .push_bind(r.review_id);
+        });
+        Ok(())
+    })
+    .await
+}
+
 type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
 
 fn push_cert(b: &mut Separated<'_>, c: CertCols) {

@@ -1446,6 +1446,19 @@ async fn bulk_loads_read_back_like_committed_rows() {
             db.bulk_load_registrations(&regs[..1]).await.unwrap_err(),
             DomainError::AlreadyRegistered
         );
+        let receipt = Receipt {
+            code: code("BK000"),
+            kind: ReceiptKind::FirstRegistration,
+            at: T0,
+            review_id: None,
+        };
+        assert_eq!(
+            db.bulk_load_receipts(std::slice::from_ref(&receipt))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(db.receipts(&code("BK000")).await.unwrap(), vec![receipt]);
         let ops: Vec<_> = (0..5)
             .map(|i| {
                 (
