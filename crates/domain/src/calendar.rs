@@ -337,6 +337,16 @@ impl BusinessCalendar {
         Ok(calendar)
     }
 
+    /// Keeps `previous`'s record of fallback years: swapping in a reloaded calendar must not
+    /// hide a year that was guessed and is still not loaded from the health check.
+    pub fn remembering_fallbacks_of(self, previous: &BusinessCalendar) -> Self {
+        let earlier = previous.fallback_used();
+        if let Ok(mut used) = self.fallback_years.lock() {
+            used.extend(earlier);
+        }
+        self
+    }
+
     /// Loads whole years, replacing what was loaded for them before; returns the years, sorted.
     ///
     /// All or nothing: on error nothing changes.
@@ -973,6 +983,13 @@ mod tests {
             cal.is_business_day(date!(2030 - 01 - 04)).source,
             DaySource::Calendar
         );
+        // A reload remembers the years the fallback answered, except those now loaded.
+        let before = BusinessCalendar::shipped();
+        before.is_business_day(date!(2030 - 01 - 04));
+        before.is_business_day(date!(2031 - 01 - 06));
+        let reloaded = cal.clone().remembering_fallbacks_of(&before);
+        assert_eq!(reloaded.fallback_used(), BTreeSet::from([2031]));
+        assert!(reloaded.warnings_for(date!(2026 - 06 - 01))[0].contains("2031"));
         assert_eq!(
             BusinessCalendar::with_imported(Vec::new()).unwrap().years(),
             BusinessCalendar::shipped().years()

@@ -248,10 +248,11 @@ impl<S: Store, C: Clock> Services<S, C> {
         self.clock.now()
     }
 
-    /// Replaces the business calendar (after `certreg calendar import`).
+    /// Replaces the business calendar (after `certreg calendar import`), keeping the record of
+    /// years the fallback answered so the health check goes on showing those still missing.
     pub fn set_calendar(&self, calendar: BusinessCalendar) {
         if let Ok(mut c) = self.calendar.write() {
-            *c = calendar;
+            *c = calendar.remembering_fallbacks_of(&c);
         }
     }
 
