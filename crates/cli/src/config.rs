@@ -13,8 +13,9 @@ pub struct Settings {
     pub database_url: String,
     /// Reads `database_url` from this file instead (a URL with a password is a secret).
     pub database_url_file: Option<PathBuf>,
-    /// The key file for personal data at rest (created with mode 0600 when missing).
-    pub key_file: PathBuf,
+    /// The key file for personal data at rest (created with mode 0600 when missing). Unset:
+    /// `certreg.key` beside the SQLite database (see [`Settings::key_path`]).
+    pub key_file: Option<PathBuf>,
     /// The public origin card proofs are bound to (https in production).
     pub public_origin: String,
     /// Address the service listens on.
@@ -35,7 +36,7 @@ impl Default for Settings {
         Self {
             database_url: "sqlite://certreg-data/certreg.db".into(),
             database_url_file: None,
-            key_file: PathBuf::from("certreg-data/certreg.key"),
+            key_file: None,
             public_origin: "http://127.0.0.1:8080".into(),
             listen: "127.0.0.1:8080".into(),
             anchors_dir: PathBuf::from("certreg-data/pki/anchors"),
@@ -75,16 +76,23 @@ impl Settings {
             s.database_url_file = Some(v.into());
         }
         if let Some(v) = env("CERTREG_KEY_FILE") {
-            s.key_file = v.into();
+            s.key_file = Some(v.into());
         }
         if let Some(v) = env("CERTREG_ANCHORS_DIR") {
             s.anchors_dir = v.into();
         }
         if let Some(v) = env("CERTREG_CRLS") {
-            s.crls = v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+            s.crls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect();
         }
         if let Some(v) = env("CERTREG_CRL_REFRESH_MINUTES") {
-            s.crl_refresh_minutes = v.parse().context("CERTREG_CRL_REFRESH_MINUTES must be a number")?;
+            s.crl_refresh_minutes = v
+                .parse()
+                .context("CERTREG_CRL_REFRESH_MINUTES must be a number")?;
         }
         if let Some(v) = env("CERTREG_ACCEPT_STALE_CRL") {
             s.accept_stale_crl = matches!(v.as_str(), "1" | "true" | "yes");
@@ -99,8 +107,29 @@ impl Settings {
         Ok(s)
     }
 
+    /// The key file: the one configured, else `certreg.key` beside the SQLite database (so the
+    /// default database and its key live together in `certreg-data/`). PostgreSQL has no file
+    /// to put it beside, so there it must be configured.
+    pub fn key_path(&self) -> Result<PathBuf> {
+        if let Some(k) = &self.key_file {
+            return Ok(k.clone());
+        }
+        match store::sqlite_path(&self.database_url) {
+            Some(db) => Ok(db
+                .parent()
+                .map(|d| d.join("certreg.key"))
+                .unwrap_or_else(|| PathBuf::from("certreg.key"))),
+            None => bail!(
+                "a key file is required for this database: --key-file, key_file in the settings \
+                 file, or CERTREG_KEY_FILE"
+            ),
+        }
+    }
+
     fn check(&self) -> Result<()> {
-        if !(self.public_origin.starts_with("https://") || self.public_origin.starts_with("http://")) {
+        if !(self.public_origin.starts_with("https://")
+            || self.public_origin.starts_with("http://"))
+        {
             bail!("public_origin must start with https:// (or http:// for local use)");
         }
         if self.crl_refresh_minutes == 0 {
@@ -120,7 +149,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("certreg-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("certreg.toml");
-        std::fs::write(&file, "public_origin = \"https://certreg.example.gov.tw\"\ncrl_refresh_minutes = 30\n").unwrap();
+        std::fs::write(
+            &file,
+            "public_origin = \"https://certreg.example.gov.tw\"\ncrl_refresh_minutes = 30\n",
+        )
+        .unwrap();
         let secret = dir.join("db-url");
         std::fs::write(&secret, "postgres://certreg:secret@db/certreg\n").unwrap();
         let env: HashMap<&str, String> = [
@@ -133,6 +166,18 @@ mod tests {
         assert_eq!(s.crl_refresh_minutes, 15);
         assert_eq!(s.database_url, "postgres://certreg:secret@db/certreg");
         assert_eq!(s.listen, Settings::default().listen);
+        assert!(
+            s.key_path().is_err(),
+            "PostgreSQL needs a configured key file"
+        );
+        assert_eq!(
+            Settings::default().key_path().unwrap(),
+            PathBuf::from("certreg-data/certreg.key")
+        );
+        let keyed: HashMap<&str, String> =
+            [("CERTREG_KEY_FILE", "/etc/certreg/key".to_string())].into();
+        let s = Settings::load_from(None, |k| keyed.get(k).cloned()).unwrap();
+        assert_eq!(s.key_path().unwrap(), PathBuf::from("/etc/certreg/key"));
 
         std::fs::write(&file, "colour = \"red\"\n").unwrap();
         assert!(Settings::load_from(Some(&file), |_| None).is_err());

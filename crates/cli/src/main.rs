@@ -1,6 +1,8 @@
 //! The certreg command: parses arguments, then calls library code.
 
 mod agent_cmd;
+mod config;
+mod data_cmd;
 mod pki_cmd;
 mod store_cmd;
 
@@ -34,6 +36,21 @@ enum Command {
         #[command(subcommand)]
         command: store_cmd::AuditCommand,
     },
+    /// Agency master data (R6.3).
+    Agencies {
+        #[command(subcommand)]
+        command: data_cmd::AgenciesCommand,
+    },
+    /// The government office calendar that decides business days (SPEC §4.2).
+    Calendar {
+        #[command(subcommand)]
+        command: data_cmd::CalendarCommand,
+    },
+    /// Back-office reviewer accounts (R6.1).
+    Staff {
+        #[command(subcommand)]
+        command: data_cmd::StaffCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +60,9 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Migrate(args) => store_cmd::migrate(args),
         Command::Audit { command } => store_cmd::audit(command),
+        Command::Agencies { command } => data_cmd::agencies(command),
+        Command::Calendar { command } => data_cmd::calendar(command),
+        Command::Staff { command } => data_cmd::staff(command),
     };
     match result {
         Ok(code) => code,

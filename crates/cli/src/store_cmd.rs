@@ -1,7 +1,9 @@
-//! `certreg migrate` and `certreg audit verify`: the database commands. They print one JSON
-//! object on stdout, like the other commands, so scripts can read the outcome.
+//! `certreg migrate` and `certreg audit verify`, and how every database command finds its
+//! database and key. They print JSON on stdout, like the other commands, so scripts can read
+//! the outcome.
 
-use anyhow::{Context, Result, bail};
+use crate::config::Settings;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use domain::store::Store;
 use serde_json::json;
@@ -9,44 +11,72 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use store::{Backend, Db, Secrets};
 
-#[derive(Args)]
+/// Where the database is: the settings (defaults → `--config` file → `CERTREG_*`
+/// environment), with `--database` and `--key-file` over them.
+#[derive(Args, Clone, Debug, Default)]
 pub struct DatabaseArgs {
-    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
-    #[arg(long)]
-    pub database: String,
-    /// The key file for personal data (created if missing). Default: certreg.key beside the
-    /// SQLite file; required for PostgreSQL.
-    #[arg(long)]
+    /// Settings file (TOML); `CERTREG_*` environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB. Overrides `database_url`
+    /// of the settings and CERTREG_DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// The key file for personal data (created if missing). Overrides `key_file` of the
+    /// settings and CERTREG_KEY_FILE; default: certreg.key beside the SQLite file; required for
+    /// PostgreSQL.
+    #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Walk the audit log's hash chain; exit 1 and name the first broken link if any.
-    Verify {
-        /// sqlite://PATH or postgres://USER@HOST/DB.
-        #[arg(long)]
-        database: String,
-    },
+    Verify(DatabaseArgs),
 }
 
 impl DatabaseArgs {
-    /// The key file to use: the one given, or `certreg.key` beside the SQLite file.
-    pub fn key_path(&self) -> Result<PathBuf> {
-        if let Some(k) = &self.key_file {
-            return Ok(k.clone());
+    /// The settings with this command line's overrides applied.
+    pub fn settings(&self) -> Result<Settings> {
+        let mut s = Settings::load(self.config.as_deref())?;
+        if let Some(url) = &self.database {
+            s.database_url = url.clone();
         }
-        match store::sqlite_path(&self.database) {
-            Some(db) => Ok(db
-                .parent()
-                .map(|d| d.join("certreg.key"))
-                .unwrap_or_else(|| PathBuf::from("certreg.key"))),
-            None => bail!("--key-file is required for {}", self.database),
+        if let Some(key) = &self.key_file {
+            s.key_file = Some(key.clone());
         }
+        Ok(s)
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The keys for `settings`' database, created beside it when missing, so that no data is ever
+/// written without one. On PostgreSQL without a configured key file, `None`.
+fn keys(settings: &Settings, backend: Backend) -> Result<Option<Secrets>> {
+    if backend == Backend::Sqlite || settings.key_file.is_some() {
+        let path = settings.key_path()?;
+        let secrets = Secrets::load_or_create(&path)
+            .with_context(|| format!("key file {}", path.display()))?;
+        return Ok(Some(secrets));
+    }
+    Ok(None)
+}
+
+/// Connects (migrating) for a command that writes or reads master data, reviewers or the
+/// calendar. None of those is encrypted, so on PostgreSQL a missing key file is no obstacle.
+pub async fn open(args: &DatabaseArgs) -> Result<Db> {
+    let settings = args.settings()?;
+    // Checked first: an unknown scheme must not leave a key file behind either.
+    let backend = store::backend_of(&settings.database_url)?;
+    let secrets = match keys(&settings, backend)? {
+        Some(s) => s,
+        None => Secrets::generate()?,
+    };
+    Db::connect(&settings.database_url, &secrets)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&settings.database_url)))
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -54,27 +84,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn migrate(args: DatabaseArgs) -> Result<ExitCode> {
+    let settings = args.settings()?;
     // Checked first: an unknown scheme must not leave a key file behind either.
-    let backend = store::backend_of(&args.database)?;
+    let backend = store::backend_of(&settings.database_url)?;
     runtime()?.block_on(async {
         // The database and its key are created together, so no data is ever written without one.
-        let secrets = if backend == Backend::Sqlite || args.key_file.is_some() {
-            let path = args.key_path()?;
-            Some(
-                Secrets::load_or_create(&path)
-                    .with_context(|| format!("key file {}", path.display()))?,
-            )
-        } else {
-            None
-        };
+        let secrets = keys(&settings, backend)?;
         // Migrating needs no key; without one, a throwaway keeps the connection honest.
         let secrets = match secrets {
             Some(s) => s,
             None => Secrets::generate()?,
         };
-        let db = Db::connect_only(&args.database, &secrets)
+        let db = Db::connect_only(&settings.database_url, &secrets)
             .await
-            .with_context(|| format!("connecting to {}", redact(&args.database)))?;
+            .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
         let applied = db.migrate().await.context("migrating")?;
         db.close().await;
         println!(
@@ -86,7 +109,8 @@ pub fn migrate(args: DatabaseArgs) -> Result<ExitCode> {
 }
 
 pub fn audit(command: AuditCommand) -> Result<ExitCode> {
-    let AuditCommand::Verify { database } = command;
+    let AuditCommand::Verify(args) = command;
+    let database = args.settings()?.database_url;
     store::backend_of(&database)?;
     runtime()?.block_on(async {
         // The audit log holds no encrypted data: verification needs no key.
@@ -132,7 +156,7 @@ fn backend_name(b: Backend) -> &'static str {
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &url[s + 3..at];

@@ -254,6 +254,15 @@ fn parse_date(s: &str) -> Option<Date> {
     Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()
 }
 
+/// Checks days the way an import needs them (no date twice, whole years) and returns the
+/// years they cover, sorted. Stores call it before replacing those years, so a caller that
+/// skipped `parse_csv` still cannot leave a year half-loaded.
+pub fn check_days(days: &[CalendarDay]) -> Result<Vec<i32>, CalendarError> {
+    check_whole_years(days, &[])?;
+    let years: BTreeSet<i32> = days.iter().map(|d| d.date.year()).collect();
+    Ok(years.into_iter().collect())
+}
+
 /// Refuses duplicates and years with a day missing; `lines` gives each day's source line if any.
 fn check_whole_years(days: &[CalendarDay], lines: &[Option<usize>]) -> Result<(), CalendarError> {
     let mut seen = BTreeSet::new();
@@ -316,6 +325,26 @@ impl BusinessCalendar {
                 .expect("shipped calendar data is checked against the published files by tests");
         }
         calendar
+    }
+
+    /// The shipped years with the imported ones (as the store keeps them) loaded over them: a
+    /// year that was imported replaces the shipped one, so a corrected file wins.
+    pub fn with_imported(days: Vec<CalendarDay>) -> Result<Self, CalendarError> {
+        let mut calendar = Self::shipped();
+        if !days.is_empty() {
+            calendar.import(days)?;
+        }
+        Ok(calendar)
+    }
+
+    /// Keeps `previous`'s record of fallback years: swapping in a reloaded calendar must not
+    /// hide a year that was guessed and is still not loaded from the health check.
+    pub fn remembering_fallbacks_of(self, previous: &BusinessCalendar) -> Self {
+        let earlier = previous.fallback_used();
+        if let Ok(mut used) = self.fallback_years.lock() {
+            used.extend(earlier);
+        }
+        self
     }
 
     /// Loads whole years, replacing what was loaded for them before; returns the years, sorted.
@@ -937,5 +966,39 @@ mod tests {
                 date: date!(2026 - 01 - 01)
             })
         );
+    }
+
+    #[test]
+    fn spec_4_2_imported_years_load_over_the_shipped_ones() {
+        // A corrected 2025 (plain Monday–Friday) and a new 2030, as a store would return them.
+        let mut stored = parse_csv(year_csv(2025).as_bytes()).unwrap();
+        stored.extend(parse_csv(year_csv(2030).as_bytes()).unwrap());
+        assert_eq!(check_days(&stored), Ok(vec![2025, 2030]));
+        let cal = BusinessCalendar::with_imported(stored).unwrap();
+        assert_eq!(cal.years(), vec![2025, 2026, 2030]);
+        // 國慶日 2025 is gone with the corrected year; 2026's shipped holidays stay.
+        assert!(cal.is_business_day(date!(2025 - 10 - 10)).business);
+        assert!(!cal.is_business_day(date!(2026 - 02 - 16)).business);
+        assert_eq!(
+            cal.is_business_day(date!(2030 - 01 - 04)).source,
+            DaySource::Calendar
+        );
+        // A reload remembers the years the fallback answered, except those now loaded.
+        let before = BusinessCalendar::shipped();
+        before.is_business_day(date!(2030 - 01 - 04));
+        before.is_business_day(date!(2031 - 01 - 06));
+        let reloaded = cal.clone().remembering_fallbacks_of(&before);
+        assert_eq!(reloaded.fallback_used(), BTreeSet::from([2031]));
+        assert!(reloaded.warnings_for(date!(2026 - 06 - 01))[0].contains("2031"));
+        assert_eq!(
+            BusinessCalendar::with_imported(Vec::new()).unwrap().years(),
+            BusinessCalendar::shipped().years()
+        );
+        let mut partial = parse_csv(year_csv(2030).as_bytes()).unwrap();
+        partial.pop();
+        assert!(matches!(
+            BusinessCalendar::with_imported(partial),
+            Err(CalendarError::IncompleteYear { year: 2030, .. })
+        ));
     }
 }

@@ -186,6 +186,14 @@ fn citizen_card(v: &pki::validate::Validated) -> CitizenCard {
     }
 }
 
+/// The shipped calendar with the store's imported years over it.
+pub async fn stored_calendar<S: Store>(store: &S) -> Result<BusinessCalendar> {
+    let days = store.calendar_days().await?;
+    // The store only ever accepted whole years, so a refusal here means damaged data.
+    BusinessCalendar::with_imported(days)
+        .map_err(|e| DomainError::Storage(format!("stored office calendar: {e}")))
+}
+
 impl<S: Store, C: Clock> Services<S, C> {
     pub fn new(
         store: S,
@@ -201,6 +209,27 @@ impl<S: Store, C: Clock> Services<S, C> {
             calendar: RwLock::new(calendar),
             config,
         }
+    }
+
+    /// Services whose business calendar is the shipped years plus the years imported into the
+    /// store (`certreg calendar import`): how a server starts.
+    pub async fn with_stored_calendar(
+        store: S,
+        clock: C,
+        validator: Arc<Validator>,
+        config: ServiceConfig,
+    ) -> Result<Self> {
+        let calendar = stored_calendar(&store).await?;
+        Ok(Self::new(store, clock, validator, calendar, config))
+    }
+
+    /// Re-reads the imported years (another process may have imported since); returns the
+    /// years now loaded.
+    pub async fn reload_calendar(&self) -> Result<Vec<i32>> {
+        let calendar = stored_calendar(&self.store).await?;
+        let years = calendar.years();
+        self.set_calendar(calendar);
+        Ok(years)
     }
 
     pub fn store(&self) -> &S {
@@ -219,10 +248,11 @@ impl<S: Store, C: Clock> Services<S, C> {
         self.clock.now()
     }
 
-    /// Replaces the business calendar (after `certreg calendar import`).
+    /// Replaces the business calendar (after `certreg calendar import`), keeping the record of
+    /// years the fallback answered so the health check goes on showing those still missing.
     pub fn set_calendar(&self, calendar: BusinessCalendar) {
         if let Ok(mut c) = self.calendar.write() {
-            *c = calendar;
+            *c = calendar.remembering_fallbacks_of(&c);
         }
     }
 

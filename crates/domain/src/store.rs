@@ -2,6 +2,7 @@
 //! [`Commit`], which the store applies in one transaction — all of it or none of it — mapping
 //! its constraints to domain errors (already registered, duplicate operator, conflict).
 
+use crate::calendar::CalendarDay;
 use crate::error::Result;
 use crate::flow::{Flow, Step};
 use crate::model::*;
@@ -176,6 +177,14 @@ pub trait Store: Send + Sync {
     fn reviewers(&self) -> impl Future<Output = Result<Vec<Reviewer>>> + Send;
     fn set_reviewer_active(&self, id: i64, active: bool)
     -> impl Future<Output = Result<()>> + Send;
+
+    // business calendar (SPEC §4.2)
+    /// Every imported office calendar day, oldest first (whole years; the shipped years are
+    /// not stored unless they were imported again).
+    fn calendar_days(&self) -> impl Future<Output = Result<Vec<CalendarDay>>> + Send;
+    /// Replaces the years `days` cover, in one transaction: all of each year or nothing.
+    /// `Invalid` unless the days are whole years without a date twice.
+    fn import_calendar(&self, days: &[CalendarDay]) -> impl Future<Output = Result<()>> + Send;
 
     // audit
     fn verify_audit(&self) -> impl Future<Output = Result<AuditReport>> + Send;

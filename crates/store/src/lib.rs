@@ -15,6 +15,7 @@ pub use error::StoreError;
 pub use secrets::{Secrets, mask_national_id};
 
 use domain::Result;
+use domain::calendar::CalendarDay;
 use domain::flow::Flow;
 use domain::model::*;
 use domain::store::*;
@@ -202,6 +203,38 @@ impl Db {
         let hash = self.secrets.id_hash(id);
         dispatch!(self, ops, p => ops::agencies_of_person(p, &hash).await)
     }
+
+    // Bulk loading. For benchmarks and one-off loads of large data sets only: rows go in with
+    // multi-row INSERTs committed every 50 000 rows, so a failure part-way leaves the batches
+    // before it in place (not all or nothing), and nothing is audited and no receipt is
+    // written. The services never use these; `upsert_agencies` and `commit` are the way in.
+
+    /// Inserts new agencies (an existing code is a storage error, not an update); returns the
+    /// rows written.
+    pub async fn bulk_load_agencies(&self, agencies: &[Agency]) -> Result<u64> {
+        dispatch!(self, ops, p => ops::bulk_load_agencies(p, agencies).await)
+    }
+
+    /// Inserts registrations as they are (versions included) for agencies on file;
+    /// `AlreadyRegistered` for a code registered before.
+    pub async fn bulk_load_registrations(&self, registrations: &[Registration]) -> Result<u64> {
+        dispatch!(self, ops, p => ops::bulk_load_registrations(p, &self.secrets, registrations).await)
+    }
+
+    /// Inserts receipts as they are (no audit event goes with them).
+    pub async fn bulk_load_receipts(&self, receipts: &[Receipt]) -> Result<u64> {
+        dispatch!(self, ops, p => ops::bulk_load_receipts(p, receipts).await)
+    }
+
+    /// Inserts operators (version 1, `updated_at` = `at`) of registered agencies, national IDs
+    /// encrypted and hashed as `commit` does; `DuplicateOperator` for a serial granted twice.
+    pub async fn bulk_load_operators(
+        &self,
+        operators: &[(InstitutionCode, OperatorInput)],
+        at: OffsetDateTime,
+    ) -> Result<u64> {
+        dispatch!(self, ops, p => ops::bulk_load_operators(p, &self.secrets, operators, at).await)
+    }
 }
 
 impl Store for Db {
@@ -287,6 +320,14 @@ impl Store for Db {
 
     async fn set_reviewer_active(&self, id: i64, active: bool) -> Result<()> {
         dispatch!(self, ops, p => ops::set_reviewer_active(p, id, active).await)
+    }
+
+    async fn calendar_days(&self) -> Result<Vec<CalendarDay>> {
+        dispatch!(self, ops, p => ops::calendar_days(p).await)
+    }
+
+    async fn import_calendar(&self, days: &[CalendarDay]) -> Result<()> {
+        dispatch!(self, ops, p => ops::import_calendar(p, days).await)
     }
 
     async fn verify_audit(&self) -> Result<AuditReport> {

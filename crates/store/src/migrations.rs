@@ -16,13 +16,22 @@ pub struct MigrationPair {
 
 // Embedded by hand rather than with `sqlx::migrate!`: the macro needs sqlx's proc-macro crate
 // built with both drivers, bundled SQLite included, a second time for the host.
-pub const MIGRATIONS: &[MigrationPair] = &[MigrationPair {
-    version: 1,
-    file_name: "0001_init.sql",
-    description: "init",
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[MigrationPair] = &[
+    MigrationPair {
+        version: 1,
+        file_name: "0001_init.sql",
+        description: "init",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    MigrationPair {
+        version: 2,
+        file_name: "0002_calendar.sql",
+        description: "calendar",
+        sqlite: include_str!("../migrations/sqlite/0002_calendar.sql"),
+        postgres: include_str!("../migrations/postgres/0002_calendar.sql"),
+    },
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flavor {

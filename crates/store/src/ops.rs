@@ -9,6 +9,7 @@ use crate::codec::*;
 use crate::error::map_db_error;
 use crate::secrets::Secrets;
 use crate::{PersonRole, SessionRecord};
+use domain::calendar::{CalendarDay, check_days};
 use domain::flow::Flow;
 use domain::model::*;
 use domain::store::*;
@@ -905,6 +906,205 @@ pub(crate) async fn set_reviewer_active(pool: &Pool<DB>, id: i64, active: bool) 
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Business calendar
+
+pub(crate) async fn calendar_days(pool: &Pool<DB>) -> Result<Vec<CalendarDay>> {
+    let rows = sqlx::query("SELECT day, day_off, name FROM calendar_days ORDER BY day")
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(CalendarDay {
+                date: parse_date(&s(r, "day")?)?,
+                day_off: col(r, "day_off")?,
+                name: s(r, "name")?,
+            })
+        })
+        .collect()
+}
+
+/// Rows per multi-row INSERT: well under SQLite's 32766 bound variables for every table here.
+const CALENDAR_ROWS_PER_INSERT: usize = 1000;
+
+pub(crate) async fn import_calendar(pool: &Pool<DB>, days: &[CalendarDay]) -> Result<()> {
+    let years = check_days(days)
+        .map_err(|e| DomainError::invalid("calendar", e.to_string(), e.message_zh()))?;
+    if years.is_empty() {
+        return Ok(());
+    }
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    for year in &years {
+        sqlx::query("DELETE FROM calendar_days WHERE year = $1")
+            .bind(*year)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    for chunk in days.chunks(CALENDAR_ROWS_PER_INSERT) {
+        let mut q =
+            sqlx::QueryBuilder::<DB>::new("INSERT INTO calendar_days (day, year, day_off, name) ");
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(date_text(d.date))
+                .push_bind(d.date.year())
+                .push_bind(d.day_off)
+                .push_bind(d.name.clone());
+        });
+        q.build().execute(&mut *tx).await.map_err(db)?;
+    }
+    // An error above drops the transaction, which rolls it back: no year is left half-replaced.
+    tx.commit().await.map_err(db)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk loading (benchmarks and large imports; see `Db::bulk_load_*`)
+
+/// Rows per transaction of a bulk load: big enough that commits are not the cost, small enough
+/// that one transaction does not hold the SQLite write lock for long.
+const BULK_ROWS_PER_TX: usize = 50_000;
+
+pub(crate) async fn bulk_load_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> Result<u64> {
+    // 4 binds per row.
+    bulk(pool, agencies, 5_000, |q, rows| {
+        q.push("INSERT INTO agencies (code, name, county, org_identifier) ");
+        q.push_values(rows, |mut b, a| {
+            b.push_bind(a.code.as_str().to_string())
+                .push_bind(a.name.clone())
+                .push_bind(a.county.clone())
+                .push_bind(a.org_identifier.as_ref().map(|o| o.as_str().to_string()));
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_registrations(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    registrations: &[Registration],
+) -> Result<u64> {
+    // 29 binds per row.
+    bulk(pool, registrations, 1_000, |q, rows| {
+        let rows = rows
+            .iter()
+            .map(|r| RegistrationRow::new(r, secrets))
+            .collect::<Result<Vec<_>>>()?;
+        q.push(
+            INSERT_REGISTRATION
+                .split_once(" VALUES")
+                .map(|(head, _)| head)
+                .unwrap_or(INSERT_REGISTRATION),
+        )
+        .push(" ");
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.code);
+            push_cert(&mut b, r.org);
+            b.push_bind(r.org_identifier).push_bind(r.org_name);
+            push_cert(&mut b, r.admin);
+            b.push_bind(r.admin_holder_name)
+                .push_bind(r.admin_id_last4)
+                .push_bind(r.admin_id_enc)
+                .push_bind(r.admin_id_hash)
+                .push_bind(r.contact_name)
+                .push_bind(r.contact_email)
+                .push_bind(r.contact_phone)
+                .push_bind(r.contact_phone_ext)
+                .push_bind(r.contact_mobile)
+                .push_bind(r.contact_unit)
+                .push_bind(r.contact_title)
+                .push_bind(r.registered_at)
+                .push_bind(r.updated_at)
+                .push_bind(r.version);
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_operators(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    operators: &[(InstitutionCode, OperatorInput)],
+    at: OffsetDateTime,
+) -> Result<u64> {
+    // 7 binds per row.
+    bulk(pool, operators, 4_000, |q, rows| {
+        let rows = rows
+            .iter()
+            .map(|(code, input)| OperatorRow::new(code, input, at, secrets))
+            .collect::<Result<Vec<_>>>()?;
+        q.push(
+            "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
+             functions, updated_at, version) ",
+        );
+        q.push_values(rows, |mut b, o| {
+            b.push_bind(o.code)
+                .push_bind(o.serial)
+                .push_bind(o.name)
+                .push_bind(o.national_id_enc)
+                .push_bind(o.national_id_hash)
+                .push_bind(o.functions)
+                .push_bind(o.updated_at)
+                .push_unseparated(", 1");
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_receipts(pool: &Pool<DB>, receipts: &[Receipt]) -> Result<u64> {
+    // 4 binds per row.
+    bulk(pool, receipts, 5_000, |q, rows| {
+        q.push("INSERT INTO receipts (code, kind, at, review_id) ");
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.code.as_str().to_string())
+                .push_bind(r.kind.as_str())
+                .push_bind(ts(r.at))
+                .push_bind(r.review_id);
+        });
+        Ok(())
+    })
+    .await
+}
+
+type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
+
+fn push_cert(b: &mut Separated<'_>, c: CertCols) {
+    b.push_bind(c.issuer)
+        .push_bind(c.serial)
+        .push_bind(c.subject)
+        .push_bind(c.sha256)
+        .push_bind(c.not_before)
+        .push_bind(c.not_after);
+}
+
+/// Inserts `items` with multi-row INSERTs of `per_insert` rows that `build` writes, committing
+/// every [`BULK_ROWS_PER_TX`] rows. Constraint violations map as everywhere else.
+async fn bulk<T>(
+    pool: &Pool<DB>,
+    items: &[T],
+    per_insert: usize,
+    build: impl Fn(&mut sqlx::QueryBuilder<DB>, &[T]) -> Result<()>,
+) -> Result<u64> {
+    let mut done = 0u64;
+    for batch in items.chunks(BULK_ROWS_PER_TX) {
+        let mut tx = begin_write(pool).await.map_err(db)?;
+        for rows in batch.chunks(per_insert) {
+            let mut q = sqlx::QueryBuilder::<DB>::new("");
+            build(&mut q, rows)?;
+            done += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(done)
 }
 
 // ---------------------------------------------------------------------------------------------

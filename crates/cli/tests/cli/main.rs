@@ -8,8 +8,20 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 fn certreg(args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_certreg"))
+    certreg_env(args, &[])
+}
+
+/// Runs the binary with `env` set and no other `CERTREG_*` setting inherited from the caller.
+fn certreg_env(args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certreg"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CERTREG_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("runs");
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -439,7 +451,7 @@ fn migrate_creates_the_database_and_its_key_once() {
     let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
     let (code, lines, err) = certreg(&["migrate", "--database", &url]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(lines[0]["applied"], 1);
+    assert_eq!(lines[0]["applied"], store::migrations::MIGRATIONS.len());
     let key = std::fs::read(dir.path().join("certreg.key")).unwrap();
     let (code, lines, _) = certreg(&["migrate", "--database", &url]);
     assert_eq!((code, &lines[0]["applied"]), (0, &serde_json::json!(0)));
@@ -500,4 +512,401 @@ fn audit_verify_reports_the_first_broken_link() {
     assert_eq!(code, 1);
     assert_eq!(lines[0]["first_broken"], 3);
     assert!(err.contains("seq 3"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// certreg agencies / calendar / staff, and the settings they read
+
+/// A fresh SQLite database URL in `dir` (created by the first command that uses it).
+fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("certreg.db").display())
+}
+
+fn shared_calendar(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/calendar")
+        .join(name)
+}
+
+#[test]
+fn r6_3_agencies_import_then_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let csv = dir.path().join("agencies.csv");
+    std::fs::write(
+        &csv,
+        "\u{feff}機關代號,機關名稱,縣市,機關憑證OID\r\n\
+         A0001,臺北市政府人事處,臺北市,2.16.886.101.20003.20065.20020\r\n\
+         C0001,測試股份有限公司,臺中市,\r\n",
+    )
+    .unwrap();
+    let (code, lines, err) = certreg(&[
+        "agencies",
+        "import",
+        csv.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["imported"], 2);
+    let (code, lines, err) = certreg(&["agencies", "show", "a0001", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["name"], "臺北市政府人事處");
+    assert_eq!(lines[0]["county"], "臺北市");
+    assert_eq!(lines[0]["org_identifier"], "2.16.886.101.20003.20065.20020");
+    let (_, lines, _) = certreg(&["agencies", "show", "C0001", "--database", &url]);
+    assert_eq!(lines[0]["org_identifier"], Value::Null);
+
+    // Big5, as older exports are; an update of an existing code.
+    let (big5, _, _) =
+        encoding_rs::BIG5.encode("機關代號,機關名稱,縣市,機關憑證OID\nC0001,測試公司,臺中市,\n");
+    std::fs::write(&csv, &big5).unwrap();
+    let (code, _, err) = certreg(&[
+        "agencies",
+        "import",
+        csv.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, lines, _) = certreg(&["agencies", "show", "C0001", "--database", &url]);
+    assert_eq!(lines[0]["name"], "測試公司");
+
+    let (code, lines, err) = certreg(&["agencies", "show", "Z9999", "--database", &url]);
+    assert_eq!(code, 1);
+    assert_eq!(lines[0]["code"], "unknown_agency");
+    assert!(err.contains("查無此機關代號"), "{err}");
+    let (code, lines, _) = certreg(&["agencies", "show", "bad code!", "--database", &url]);
+    assert_eq!(
+        (code, &lines[0]["code"]),
+        (1, &Value::from("invalid_input"))
+    );
+}
+
+#[test]
+fn r6_3_agencies_import_errors_name_every_line_and_import_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let csv = dir.path().join("agencies.csv");
+    std::fs::write(
+        &csv,
+        "code,name,county,org_identifier\n\
+         A0003,甲,臺北市,1.2.3\n\
+         bad!,乙,臺北市,\n\
+         A0003,丙,臺北市,\n\
+         A0004,戊\n",
+    )
+    .unwrap();
+    let (code, lines, err) = certreg(&[
+        "agencies",
+        "import",
+        csv.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let numbers: Vec<i64> = lines.iter().map(|l| l["line"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, vec![3, 4, 5]);
+    assert!(
+        lines[1]["message"].as_str().unwrap().contains("重複"),
+        "{lines:?}"
+    );
+    assert!(err.contains("未匯入任何資料"), "{err}");
+    // The good line before the bad ones was not imported either.
+    let (code, _, _) = certreg(&["agencies", "show", "A0003", "--database", &url]);
+    assert_eq!(code, 1);
+    // A missing file is a usage error.
+    let missing = dir.path().join("missing.csv");
+    let (code, _, err) = certreg(&[
+        "agencies",
+        "import",
+        missing.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// A whole year of Monday–Friday, as the office calendar CSV writes it.
+fn calendar_csv(year: i32) -> String {
+    let mut s = String::from("西元日期,星期,是否放假,備註\r\n");
+    let mut d = time::Date::from_calendar_date(year, time::Month::January, 1).unwrap();
+    while d.year() == year {
+        let (w, off) = match d.weekday() {
+            time::Weekday::Monday => ("一", 0),
+            time::Weekday::Tuesday => ("二", 0),
+            time::Weekday::Wednesday => ("三", 0),
+            time::Weekday::Thursday => ("四", 0),
+            time::Weekday::Friday => ("五", 0),
+            time::Weekday::Saturday => ("六", 2),
+            time::Weekday::Sunday => ("日", 2),
+        };
+        s.push_str(&format!(
+            "{:04}{:02}{:02},{w},{off},\r\n",
+            d.year(),
+            u8::from(d.month()),
+            d.day()
+        ));
+        d = d.next_day().unwrap();
+    }
+    s
+}
+
+#[test]
+fn spec_4_2_calendar_import_of_the_published_big5_file_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let (code, lines, err) = certreg(&[
+        "calendar",
+        "status",
+        "--on",
+        "2027-03-01",
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["years"], serde_json::json!([2025, 2026]));
+    assert_eq!(lines[0]["shipped"], serde_json::json!([2025, 2026]));
+    assert_eq!(lines[0]["imported"], serde_json::json!([]));
+    let warnings = lines[0]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].as_str().unwrap().contains("2027"),
+        "{warnings:?}"
+    );
+
+    let big5 = shared_calendar("2025-big5.csv");
+    let (code, lines, err) = certreg(&[
+        "calendar",
+        "import",
+        big5.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["years"], serde_json::json!([2025]));
+    assert_eq!(lines[0]["days"], 365);
+
+    let file = dir.path().join("2027.csv");
+    std::fs::write(&file, calendar_csv(2027)).unwrap();
+    let (code, lines, err) = certreg(&[
+        "calendar",
+        "import",
+        file.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(
+        (code, &lines[0]["years"]),
+        (0, &serde_json::json!([2027])),
+        "{err}"
+    );
+    let (code, lines, _) = certreg(&[
+        "calendar",
+        "status",
+        "--on",
+        "2027-03-01",
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(lines[0]["years"], serde_json::json!([2025, 2026, 2027]));
+    assert_eq!(lines[0]["imported"], serde_json::json!([2025, 2027]));
+    assert_eq!(lines[0]["warnings"], serde_json::json!([]));
+    // December without next year's file: the health check says so.
+    let (_, lines, _) = certreg(&[
+        "calendar",
+        "status",
+        "--on",
+        "2027-12-01",
+        "--database",
+        &url,
+    ]);
+    assert!(
+        lines[0]["warnings"][0].as_str().unwrap().contains("2028"),
+        "{lines:?}"
+    );
+    let (code, _, _) = certreg(&[
+        "calendar",
+        "status",
+        "--on",
+        "2027-13-01",
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn spec_4_2_calendar_import_refuses_a_bad_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let csv = calendar_csv(2027);
+    let mut rows: Vec<&str> = csv.split("\r\n").collect();
+    rows[11] = "20270111,一,1,";
+    let file = dir.path().join("bad.csv");
+    std::fs::write(&file, rows.join("\r\n")).unwrap();
+    let (code, lines, err) = certreg(&[
+        "calendar",
+        "import",
+        file.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(lines[0]["line"], 12);
+    assert_eq!(lines[0]["code"], "calendar_bad_flag");
+    assert!(err.contains("第 12 行"), "{err}");
+
+    // A partial year names no line but is refused all the same.
+    let partial: String = csv.split_inclusive("\r\n").take(100).collect();
+    std::fs::write(&file, partial).unwrap();
+    let (code, lines, err) = certreg(&[
+        "calendar",
+        "import",
+        file.to_str().unwrap(),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(lines[0]["code"], "calendar_incomplete_year");
+    assert!(err.contains("2027 年資料不完整"), "{err}");
+
+    let (_, lines, _) = certreg(&["calendar", "status", "--database", &url]);
+    assert_eq!(lines[0]["imported"], serde_json::json!([]));
+}
+
+#[test]
+fn r6_1_staff_add_list_disable_enable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let add = |name: &str, section: &str, serial: &str| {
+        certreg(&[
+            "staff",
+            "add",
+            "--name",
+            name,
+            "--section",
+            section,
+            "--serial",
+            serial,
+            "--database",
+            &url,
+        ])
+    };
+    let (code, lines, err) = add("審核員甲", "first", "0a:1b:2c");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines[0]["serial"], "0A1B2C");
+    assert_eq!(lines[0]["section_label"], "承保第一科");
+    let first = lines[0]["id"].as_i64().unwrap();
+    let (code, lines, err) = add("審核員乙", "second", "3D4E");
+    assert_eq!(code, 0, "{err}");
+    let second = lines[0]["id"].as_i64().unwrap();
+
+    // The same card in another spelling is the same serial.
+    let (code, lines, err) = add("審核員丙", "second", "0A 1B 2C");
+    assert_eq!(code, 1);
+    assert_eq!(lines[0]["code"], "invalid_input");
+    assert!(err.contains("此憑證序號已建立審核人員帳號"), "{err}");
+    let (code, _, err) = add("審核員丙", "second", "not-hex");
+    assert_eq!(code, 1, "{err}");
+    let (code, _, _) = add(" ", "second", "5F");
+    assert_eq!(code, 1);
+    let (code, _, _) = add("審核員丙", "third", "5F");
+    assert_eq!(code, 2, "an unknown section is a usage error");
+
+    let id = first.to_string();
+    let (code, lines, _) = certreg(&["staff", "disable", &id, "--database", &url]);
+    assert_eq!((code, &lines[0]["active"]), (0, &Value::Bool(false)));
+    let (code, lines, _) = certreg(&["staff", "list", "--database", &url]);
+    assert_eq!(code, 0);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (&lines[0]["id"], &lines[0]["active"]),
+        (&Value::from(first), &Value::Bool(false))
+    );
+    assert_eq!(
+        (&lines[1]["id"], &lines[1]["active"]),
+        (&Value::from(second), &Value::Bool(true))
+    );
+    assert_eq!(lines[1]["section"], "second");
+    let (code, _, _) = certreg(&["staff", "enable", &id, "--database", &url]);
+    assert_eq!(code, 0);
+    let (_, lines, _) = certreg(&["staff", "list", "--database", &url]);
+    assert_eq!(lines[0]["active"], true);
+    let (code, lines, err) = certreg(&["staff", "disable", "999", "--database", &url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("查無此審核人員"), "{err} {lines:?}");
+}
+
+#[test]
+fn settings_from_a_toml_file_and_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let toml = dir.path().join("certreg.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "database_url = \"sqlite://{}\"\nkey_file = \"{}\"\n",
+            a.display(),
+            keys.join("a.key").display()
+        ),
+    )
+    .unwrap();
+    let config = toml.to_str().unwrap();
+    let (code, _, err) = certreg(&[
+        "staff",
+        "add",
+        "--name",
+        "甲",
+        "--section",
+        "first",
+        "--serial",
+        "01",
+        "--config",
+        config,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(a.is_file());
+    assert!(
+        keys.join("a.key").is_file(),
+        "the key file comes from the settings"
+    );
+
+    // The environment names the same database without any file.
+    let a_url = format!("sqlite://{}", a.display());
+    let (code, lines, err) = certreg_env(&["staff", "list"], &[("CERTREG_DATABASE_URL", &a_url)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines.len(), 1);
+    assert!(
+        dir.path().join("certreg.key").is_file(),
+        "default key beside the database"
+    );
+
+    // CERTREG_DATABASE_URL beats the file; --database beats both.
+    let b_url = db_url(dir.path());
+    let (_, lines, _) = certreg_env(
+        &["staff", "list", "--config", config],
+        &[("CERTREG_DATABASE_URL", &b_url)],
+    );
+    assert_eq!(lines.len(), 0);
+    let (_, lines, _) = certreg_env(
+        &["staff", "list", "--config", config, "--database", &a_url],
+        &[("CERTREG_DATABASE_URL", &b_url)],
+    );
+    assert_eq!(lines.len(), 1);
+
+    // A bad settings file or URL is a usage error.
+    std::fs::write(&toml, "colour = \"red\"\n").unwrap();
+    let (code, _, err) = certreg(&["staff", "list", "--config", config]);
+    assert_eq!(code, 2);
+    assert!(err.contains("colour"), "{err}");
+    let (code, _, err) = certreg_env(
+        &["staff", "list"],
+        &[("CERTREG_DATABASE_URL", "mysql://x/y")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("unsupported database URL"), "{err}");
 }

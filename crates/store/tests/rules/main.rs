@@ -182,6 +182,72 @@ async fn r1_3_mismatch_review_pending_then_approved_from_the_next_business_day()
     }
 }
 
+/// A whole year following Monday–Friday with no holiday at all.
+fn plain_year(year: i32) -> Vec<domain::calendar::CalendarDay> {
+    let mut d = time::Date::from_calendar_date(year, time::Month::January, 1).unwrap();
+    let mut days = Vec::new();
+    while d.year() == year {
+        days.push(domain::calendar::CalendarDay {
+            date: d,
+            day_off: matches!(d.weekday(), time::Weekday::Saturday | time::Weekday::Sunday),
+            name: String::new(),
+        });
+        d = d.next_day().unwrap();
+    }
+    days
+}
+
+#[tokio::test]
+async fn spec_4_2_services_use_the_years_imported_into_the_store() {
+    for env in envs().await {
+        let svc = &env.svc;
+        // A 2025 without 國慶日 in the store, and 2027 added.
+        let mut days = plain_year(2025);
+        days.extend(plain_year(2027));
+        svc.store().import_calendar(&days).await.unwrap();
+        let started = domain::service::Services::with_stored_calendar(
+            svc.store().clone(),
+            env.clock.clone(),
+            validator(),
+            domain::service::ServiceConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(svc.reload_calendar().await.unwrap(), vec![2025, 2026, 2027]);
+        // One agency per service: each files and gets a decision of its own.
+        for (svc, card, code) in [
+            (svc, "moeaca-company", COMPANY),
+            (&started, "gca-agency-mismatch", MISMATCH),
+        ] {
+            let flow = svc
+                .start_flow(FlowKind::FirstRegistration, SESSION)
+                .await
+                .unwrap();
+            svc.agree_terms(&flow.id, SESSION).await.unwrap();
+            card_step(svc, &flow.id, card, Some(code), None)
+                .await
+                .unwrap();
+            let (application, _) = svc
+                .file_review(&flow.id, SESSION, "陳先生", "04-2222-3333", None)
+                .await
+                .unwrap();
+            let reviewer = match svc.store().reviewers().await.unwrap().pop() {
+                Some(r) => r,
+                None => reviewer(svc).await,
+            };
+            // Thursday 2025-10-09: the imported year makes Friday 10-10 a business day.
+            let state = svc
+                .decide_review(&reviewer, application.id, true, "")
+                .await
+                .unwrap();
+            assert!(
+                matches!(state, ReviewState::Approved { effective, .. } if effective == date!(2025-10-10)),
+                "{state:?}"
+            );
+        }
+    }
+}
+
 async fn reviewer(svc: &Svc) -> domain::model::Reviewer {
     let serial =
         pki::serial::CertSerial::parse(&pki().card("moica-reviewer").issued.serial_hex()).unwrap();

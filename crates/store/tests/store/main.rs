@@ -1183,16 +1183,19 @@ fn migrations_have_identical_file_names_for_both_backends() {
 
 #[test]
 fn every_mapped_constraint_is_named_in_both_migrations() {
-    for m in store::migrations::MIGRATIONS {
-        for name in store::error::mapped_constraints() {
-            let named = format!("CONSTRAINT {name} ");
-            assert!(m.sqlite.contains(&named), "sqlite {}: {name}", m.file_name);
-            assert!(
-                m.postgres.contains(&named),
-                "postgres {}: {name}",
-                m.file_name
-            );
-        }
+    let all = |pick: fn(&store::migrations::MigrationPair) -> &'static str| {
+        store::migrations::MIGRATIONS
+            .iter()
+            .map(pick)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let sqlite = all(|m| m.sqlite);
+    let postgres = all(|m| m.postgres);
+    for name in store::error::mapped_constraints() {
+        let named = format!("CONSTRAINT {name} ");
+        assert!(sqlite.contains(&named), "sqlite: {name}");
+        assert!(postgres.contains(&named), "postgres: {name}");
     }
 }
 
@@ -1299,4 +1302,186 @@ async fn killed_process_leaves_no_partial_registration() {
     assert_eq!(report.first_broken, None, "{report:?}");
     // And the file takes new registrations after the crash.
     register(&db, "NEW1", &nid("A12345678")).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Business calendar (SPEC §4.2)
+
+fn calendar_file(name: &str) -> Vec<domain::calendar::CalendarDay> {
+    let path = format!(
+        "{}/../../../shared/data/calendar/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    domain::calendar::parse_csv(&bytes).unwrap()
+}
+
+/// A whole year following Monday–Friday with no holiday at all.
+fn plain_year(year: i32) -> Vec<domain::calendar::CalendarDay> {
+    let mut d = time::Date::from_calendar_date(year, time::Month::January, 1).unwrap();
+    let mut days = Vec::new();
+    while d.year() == year {
+        days.push(domain::calendar::CalendarDay {
+            date: d,
+            day_off: matches!(d.weekday(), time::Weekday::Saturday | time::Weekday::Sunday),
+            name: String::new(),
+        });
+        d = d.next_day().unwrap();
+    }
+    days
+}
+
+#[tokio::test]
+async fn spec_4_2_calendar_import_replaces_whole_years() {
+    each_db(|t| async move {
+        let db = &t.db;
+        assert_eq!(db.calendar_days().await.unwrap(), vec![]);
+        let y2025 = calendar_file("2025-big5.csv");
+        let y2026 = calendar_file("2026.csv");
+        db.import_calendar(&y2025).await.unwrap();
+        assert_eq!(db.calendar_days().await.unwrap(), y2025);
+        db.import_calendar(&y2026).await.unwrap();
+        let both: Vec<_> = y2025.iter().chain(&y2026).cloned().collect();
+        assert_eq!(db.calendar_days().await.unwrap(), both);
+
+        // A corrected 2025 replaces that year only.
+        db.import_calendar(&plain_year(2025)).await.unwrap();
+        let stored = db.calendar_days().await.unwrap();
+        assert_eq!(stored.len(), 365 * 2);
+        assert_eq!(&stored[..365], &plain_year(2025)[..]);
+        assert_eq!(&stored[365..], &y2026[..]);
+
+        // What the service starts from: shipped years, imported ones over them.
+        let cal = domain::calendar::BusinessCalendar::with_imported(stored).unwrap();
+        assert!(cal.is_business_day(date!(2025 - 10 - 10)).business);
+        assert!(!cal.is_business_day(date!(2026 - 02 - 16)).business);
+
+        // Two years at once, and a refused import that changes nothing.
+        let mut two = plain_year(2027);
+        two.extend(plain_year(2028));
+        db.import_calendar(&two).await.unwrap();
+        let before = db.calendar_days().await.unwrap();
+        assert_eq!(before.len(), 365 * 3 + 366);
+        let mut partial = calendar_file("2025.csv");
+        partial.extend(plain_year(2029));
+        partial.pop();
+        let err = db.import_calendar(&partial).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_input");
+        assert!(err.message_zh().contains("2029 年資料不完整"), "{err:?}");
+        let mut doubled = plain_year(2030);
+        doubled.push(doubled[3].clone());
+        assert_eq!(
+            db.import_calendar(&doubled).await.unwrap_err().code(),
+            "invalid_input"
+        );
+        assert_eq!(db.calendar_days().await.unwrap(), before);
+        db.import_calendar(&[]).await.unwrap();
+        assert_eq!(db.calendar_days().await.unwrap(), before);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calendar_import_is_one_transaction() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.import_calendar(&calendar_file("2025.csv"))
+            .await
+            .unwrap();
+        // A trigger outside the store makes the last row of a 2025+2026 import fail: the DELETE
+        // of 2025 and every row before it must roll back.
+        match t.backend() {
+            Backend::Sqlite => {
+                t.raw(
+                    "CREATE TRIGGER fail_last BEFORE INSERT ON calendar_days \
+                     WHEN NEW.day = '2026-12-31' BEGIN SELECT RAISE(ABORT, 'injected'); END",
+                )
+                .await
+            }
+            Backend::Postgres => {
+                t.raw(
+                    "CREATE FUNCTION fail_last() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN IF NEW.day = '2026-12-31' THEN RAISE EXCEPTION 'injected'; END IF; \
+                     RETURN NEW; END $$; \
+                     CREATE TRIGGER fail_last BEFORE INSERT ON calendar_days \
+                     FOR EACH ROW EXECUTE FUNCTION fail_last()",
+                )
+                .await
+            }
+        }
+        let mut both = plain_year(2025);
+        both.extend(calendar_file("2026.csv"));
+        assert_eq!(
+            db.import_calendar(&both).await.unwrap_err().code(),
+            "internal"
+        );
+        assert_eq!(db.calendar_days().await.unwrap(), calendar_file("2025.csv"));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk loading
+
+#[tokio::test]
+async fn bulk_loads_read_back_like_committed_rows() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let agencies: Vec<Agency> = (0..3).map(|i| agency(&format!("BK{i:03}"))).collect();
+        assert_eq!(db.bulk_load_agencies(&agencies).await.unwrap(), 3);
+        assert_eq!(
+            db.agency(&code("BK001")).await.unwrap(),
+            Some(agencies[1].clone())
+        );
+        let admin = nid("A12345678");
+        let regs: Vec<Registration> = (0..2)
+            .map(|i| registration(&format!("BK{i:03}"), &admin))
+            .collect();
+        assert_eq!(db.bulk_load_registrations(&regs).await.unwrap(), 2);
+        assert_eq!(
+            db.registration(&code("BK000")).await.unwrap(),
+            Some(regs[0].clone())
+        );
+        assert_eq!(
+            db.bulk_load_registrations(&regs[..1]).await.unwrap_err(),
+            DomainError::AlreadyRegistered
+        );
+        let receipt = Receipt {
+            code: code("BK000"),
+            kind: ReceiptKind::FirstRegistration,
+            at: T0,
+            review_id: None,
+        };
+        assert_eq!(
+            db.bulk_load_receipts(std::slice::from_ref(&receipt))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(db.receipts(&code("BK000")).await.unwrap(), vec![receipt]);
+        let ops: Vec<_> = (0..5)
+            .map(|i| {
+                (
+                    code(if i < 3 { "BK000" } else { "BK001" }),
+                    operator_input(&format!("0C{i:02}"), &nid(&format!("B2{i:07}"))),
+                )
+            })
+            .collect();
+        assert_eq!(db.bulk_load_operators(&ops, T0).await.unwrap(), 5);
+        let listed = db.operators(&code("BK000")).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[2].serial, ops[2].1.serial);
+        assert_eq!(listed[2].national_id, ops[2].1.national_id);
+        assert_eq!((listed[2].version, listed[2].updated_at), (1, T0));
+        // Found by keyed hash like any operator.
+        assert_eq!(
+            db.agencies_of_person(&ops[4].1.national_id).await.unwrap(),
+            vec![(code("BK001"), PersonRole::Operator)]
+        );
+        assert_eq!(
+            db.bulk_load_operators(&ops[..1], T0).await.unwrap_err(),
+            DomainError::DuplicateOperator
+        );
+    })
+    .await;
 }

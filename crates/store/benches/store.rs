@@ -1,0 +1,711 @@
+//! Store throughput over a generated data set (`cargo bench -p store --bench store`; with
+//! `TEST_DATABASE_URL` set, PostgreSQL too, in a fresh database dropped afterwards): operator
+//! list, receipt query, a proof-consuming card step and a whole first registration, each with one
+//! client and with 8 concurrent tasks. No criterion: plain timed loops.
+//!
+//! `CERTREG_BENCH_SCALE=quick` loads a tenth of the data set (10k agencies, 100k operators).
+
+use domain::calendar::BusinessCalendar;
+use domain::clock::FixedClock;
+use domain::flow::FlowKind;
+use domain::model::*;
+use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
+use domain::store::Store as _;
+use domain::types::*;
+use pki::testpki::{TestPki, TestPkiOptions};
+use pki::validate::{ValidationOptions, Validator};
+use sqlx::{AssertSqlSafe, Connection as _};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+use store::{Db, Secrets};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+/// The test PKI's reference time, as in the rule tests (certificates valid, CRLs current).
+const NOW: OffsetDateTime = datetime!(2025-10-09 02:00 UTC);
+const SESSION: &str = "bench-session";
+const OPERATORS_PER_AGENCY: usize = 10;
+/// Agencies on file without a registration, consumed by the registration-commit case.
+const SPARE_AGENCIES: usize = 20_000;
+/// Rows generated and loaded at a time, so the data set never sits in memory whole.
+const LOAD_CHUNK: usize = 100_000;
+const WARM_UP: StdDuration = StdDuration::from_millis(300);
+const MEASURE: StdDuration = StdDuration::from_secs(2);
+/// Flows per round of the card cases (spread over the clients).
+const ROUND: usize = 64;
+const CLIENTS: [usize; 2] = [1, 8];
+
+type Svc = Services<Db, Arc<FixedClock>>;
+
+struct Scale {
+    name: &'static str,
+    agencies: usize,
+}
+
+fn scale() -> Scale {
+    match std::env::var("CERTREG_BENCH_SCALE").as_deref() {
+        Err(_) | Ok("") | Ok("full") => Scale {
+            name: "full",
+            agencies: 100_000,
+        },
+        Ok("quick") => Scale {
+            name: "quick",
+            agencies: 10_000,
+        },
+        Ok(other) => panic!("CERTREG_BENCH_SCALE must be `full` or `quick`, not {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data set
+
+fn registered_code(i: usize) -> InstitutionCode {
+    InstitutionCode::parse(&format!("R{i:07}")).expect("code")
+}
+
+fn spare_code(i: usize) -> InstitutionCode {
+    InstitutionCode::parse(&format!("S{i:07}")).expect("code")
+}
+
+/// A checksum-valid national ID, distinct for every `n` below 10^7 per letter.
+fn national_id(letter: char, n: usize) -> NationalId {
+    let prefix = format!("{letter}{}{:07}", 1 + n / 10_000_000 % 2, n % 10_000_000);
+    let check = pki::ids::national_id_check_digit(&prefix).expect("check digit");
+    NationalId::parse(&format!("{prefix}{check}")).expect("national ID")
+}
+
+fn agency(code: InstitutionCode, i: usize) -> Agency {
+    Agency {
+        code,
+        name: format!("測試機關{i}"),
+        county: if i.is_multiple_of(2) {
+            "臺北市"
+        } else {
+            "臺中市"
+        }
+        .into(),
+        // The test PKI's agency card carries this identifier: spare agencies register with it.
+        org_identifier: Some(OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid")),
+    }
+}
+
+fn cert(issuer: &str, serial: &str) -> CertRef {
+    CertRef {
+        issuer: issuer.into(),
+        serial: CertSerial::parse(serial).expect("serial"),
+        subject: format!("CN=subject {serial}"),
+        sha256: format!("{:0>64}", serial.to_lowercase()),
+        not_before: datetime!(2025-01-01 00:00 UTC),
+        not_after: datetime!(2030-01-01 00:00 UTC),
+    }
+}
+
+fn registration(i: usize) -> Registration {
+    let admin_id = national_id('A', i);
+    Registration {
+        code: registered_code(i),
+        org: OrgCard {
+            cert: cert("CN=GCA", &format!("{:08X}", i + 1)),
+            org_identifier: OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid"),
+            org_name: format!("測試機關{i}"),
+        },
+        admin_card: CitizenCard {
+            cert: cert("CN=MOICA", &format!("{:08X}", i + 1)),
+            holder_name: "王大明".into(),
+            id_last4: admin_id.last4().to_string(),
+        },
+        admin_id,
+        admin: AdminContact {
+            name: PersonName::parse("name", "王大明").expect("name"),
+            email: Email::parse("admin@example.gov.tw").expect("email"),
+            phone: Phone::parse("phone", "連絡電話", "(02)2701-3411").expect("phone"),
+            phone_ext: None,
+            mobile: None,
+            unit: Some("人事室".into()),
+            title: None,
+        },
+        registered_at: NOW - Duration::days(30),
+        updated_at: NOW - Duration::days(30),
+        version: 1,
+    }
+}
+
+fn operator(agency: usize, j: usize) -> (InstitutionCode, OperatorInput) {
+    let n = agency * OPERATORS_PER_AGENCY + j;
+    (
+        registered_code(agency),
+        OperatorInput {
+            serial: CertSerial::parse(&format!("{agency:06X}{j:02X}")).expect("serial"),
+            name: PersonName::parse("name", "李小華").expect("name"),
+            national_id: national_id('B', n),
+            functions: vec!["enroll".into(), "query".into()],
+        },
+    )
+}
+
+/// Loads the data set in chunks; returns the timings of each part.
+async fn load(db: &Db, scale: &Scale) -> Vec<(&'static str, usize, StdDuration)> {
+    let n = scale.agencies;
+    let mut parts = Vec::new();
+
+    let start = Instant::now();
+    for from in (0..n).step_by(LOAD_CHUNK) {
+        let chunk: Vec<Agency> = (from..(from + LOAD_CHUNK).min(n))
+            .map(|i| agency(registered_code(i), i))
+            .collect();
+        db.bulk_load_agencies(&chunk).await.expect("agencies");
+    }
+    let spare: Vec<Agency> = (0..SPARE_AGENCIES)
+        .map(|i| agency(spare_code(i), i))
+        .collect();
+    db.bulk_load_agencies(&spare).await.expect("spare agencies");
+    parts.push(("agencies", n + SPARE_AGENCIES, start.elapsed()));
+
+    let start = Instant::now();
+    for from in (0..n).step_by(LOAD_CHUNK) {
+        let chunk: Vec<Registration> = (from..(from + LOAD_CHUNK).min(n))
+            .map(registration)
+            .collect();
+        db.bulk_load_registrations(&chunk)
+            .await
+            .expect("registrations");
+    }
+    parts.push(("registrations", n, start.elapsed()));
+
+    let start = Instant::now();
+    for from in (0..n).step_by(LOAD_CHUNK) {
+        let chunk: Vec<Receipt> = (from..(from + LOAD_CHUNK).min(n))
+            .map(|i| Receipt {
+                code: registered_code(i),
+                kind: ReceiptKind::FirstRegistration,
+                at: NOW - Duration::days(30),
+                review_id: None,
+            })
+            .collect();
+        db.bulk_load_receipts(&chunk).await.expect("receipts");
+    }
+    parts.push(("receipts", n, start.elapsed()));
+
+    let start = Instant::now();
+    let agencies_per_chunk = LOAD_CHUNK / OPERATORS_PER_AGENCY;
+    for from in (0..n).step_by(agencies_per_chunk) {
+        let chunk: Vec<_> = (from..(from + agencies_per_chunk).min(n))
+            .flat_map(|a| (0..OPERATORS_PER_AGENCY).map(move |j| operator(a, j)))
+            .collect();
+        db.bulk_load_operators(&chunk, NOW - Duration::days(1))
+            .await
+            .expect("operators");
+    }
+    parts.push(("operators", n * OPERATORS_PER_AGENCY, start.elapsed()));
+    parts
+}
+
+// ---------------------------------------------------------------------------------------------
+// The services and the cards
+
+fn test_pki() -> TestPki {
+    TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI")
+}
+
+/// As the rule tests build it: the test PKI's anchors and current CRLs.
+fn validator(pki: &TestPki) -> Arc<Validator> {
+    Arc::new(Validator::new(
+        pki.trust_store().expect("anchors"),
+        pki.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
+            .expect("CRLs"),
+        ValidationOptions::default(),
+    ))
+}
+
+/// The card's side of a step, made the way our agent makes it (attached CMS over the TBS). It
+/// is the client's work, so it is never inside a timed phase.
+struct Card {
+    cert_der: Vec<u8>,
+    key_pkcs8: Vec<u8>,
+    national_id: Option<String>,
+}
+
+impl Card {
+    fn of(pki: &TestPki, name: &str) -> Self {
+        let card = pki.card(name);
+        Self {
+            cert_der: card.issued.cert_der.clone(),
+            key_pkcs8: card.issued.key.pkcs8_der.clone(),
+            national_id: card.national_id.clone(),
+        }
+    }
+
+    fn sign(&self, tbs: &str) -> Vec<u8> {
+        pki::cms::build_signed_data(tbs.as_bytes(), &self.cert_der, &Default::default(), |m| {
+            pki::sig::sign_pkcs8(&self.key_pkcs8, m)
+        })
+        .expect("CMS")
+    }
+}
+
+fn input(flow_id: &str, challenge_id: String, signature: Vec<u8>) -> CardStepInput {
+    CardStepInput {
+        flow_id: flow_id.into(),
+        session: SESSION.into(),
+        challenge_id,
+        signature,
+        certificate: None,
+        institution_code: None,
+        national_id: None,
+        client: Some("127.0.0.1".into()),
+    }
+}
+
+fn contact() -> ContactInput {
+    ContactInput {
+        name: "王大明".into(),
+        email: "admin@example.gov.tw".into(),
+        phone: "(02)2345-6789".into(),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+struct Measured {
+    ops: usize,
+    elapsed: StdDuration,
+}
+
+/// Spreads a pseudo-random pick over `n` (the same sequence on every backend).
+fn pick(i: usize, n: usize) -> usize {
+    ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize % n
+}
+
+/// `op(i)` from `clients` tasks at once for [`MEASURE`] after [`WARM_UP`].
+async fn timed_loop<F, Fut>(clients: usize, op: F) -> Measured
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let mut result = Measured {
+        ops: 0,
+        elapsed: StdDuration::ZERO,
+    };
+    for (length, keep) in [(WARM_UP, false), (MEASURE, true)] {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let op = op.clone();
+                tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while start.elapsed() < length {
+                        op(n * clients + c).await;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut ops = 0;
+        for t in tasks {
+            ops += t.await.expect("client task");
+        }
+        if keep {
+            result = Measured {
+                ops,
+                elapsed: start.elapsed(),
+            };
+        }
+    }
+    result
+}
+
+/// Runs `f` over `items` from `clients` tasks at once (item i on task i % clients); returns
+/// the results in item order and the wall time of the whole phase.
+async fn phase<T, R, F, Fut>(clients: usize, items: Vec<T>, f: F) -> (Vec<R>, StdDuration)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let mut lanes: Vec<Vec<(usize, T)>> = (0..clients).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        lanes[i % clients].push((i, item));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::with_capacity(lane.len());
+                for (i, item) in lane {
+                    out.push((i, f(item).await));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.extend(t.await.expect("client task"));
+    }
+    let elapsed = start.elapsed();
+    results.sort_by_key(|(i, _)| *i);
+    (results.into_iter().map(|(_, r)| r).collect(), elapsed)
+}
+
+/// R4.3 in rounds of [`ROUND`] flows: the flows are started untimed, then timed: every client
+/// asks for its challenges; untimed: the card signs them; timed: every client submits its
+/// proofs (verification, challenge consumed, flow advanced and audited in one commit).
+async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measured {
+    let mut m = Measured {
+        ops: 0,
+        elapsed: StdDuration::ZERO,
+    };
+    let mut warm = true;
+    while warm || m.elapsed < MEASURE {
+        let mut flows = Vec::with_capacity(ROUND);
+        for _ in 0..ROUND {
+            let f = svc
+                .start_flow(FlowKind::QueryCitizenSerial, SESSION)
+                .await
+                .expect("flow");
+            flows.push(f.id);
+        }
+        let s = svc.clone();
+        let (challenges, t1) = phase(clients, flows.clone(), move |id: String| {
+            let s = s.clone();
+            async move {
+                let ch = s.issue_challenge(&id, SESSION).await.expect("challenge");
+                (id, ch)
+            }
+        })
+        .await;
+        let inputs: Vec<CardStepInput> = challenges
+            .into_iter()
+            .map(|(id, ch)| {
+                let mut i = input(&id, ch.id, card.sign(&ch.tbs));
+                i.national_id = card.national_id.clone();
+                i
+            })
+            .collect();
+        let s = svc.clone();
+        let (_, t2) = phase(clients, inputs, move |i: CardStepInput| {
+            let s = s.clone();
+            async move {
+                match s.submit_card(i).await.expect("proof accepted") {
+                    StepOutcome::CitizenSerial { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        if warm {
+            warm = false;
+        } else {
+            m.ops += ROUND;
+            m.elapsed += t1 + t2;
+        }
+    }
+    m
+}
+
+/// Whole first registrations of spare agencies, in rounds: every server call is timed (start,
+/// terms and the organization challenge; the organization proof and the administrator
+/// challenge; the administrator proof and the confirmation); the cards sign between phases.
+async fn registration_commit(
+    svc: &Arc<Svc>,
+    org: &Arc<Card>,
+    admin: &Arc<Card>,
+    clients: usize,
+    next_spare: &mut usize,
+) -> Measured {
+    let mut m = Measured {
+        ops: 0,
+        elapsed: StdDuration::ZERO,
+    };
+    let mut warm = true;
+    while warm || m.elapsed < MEASURE {
+        if *next_spare + ROUND > SPARE_AGENCIES {
+            eprintln!("  out of spare agencies after {} registrations", m.ops);
+            break;
+        }
+        let codes: Vec<InstitutionCode> =
+            (*next_spare..*next_spare + ROUND).map(spare_code).collect();
+        *next_spare += ROUND;
+
+        let s = svc.clone();
+        let (started, t1) = phase(clients, codes, move |code: InstitutionCode| {
+            let s = s.clone();
+            async move {
+                let f = s
+                    .start_flow(FlowKind::FirstRegistration, SESSION)
+                    .await
+                    .expect("flow");
+                s.agree_terms(&f.id, SESSION).await.expect("terms");
+                let ch = s.issue_challenge(&f.id, SESSION).await.expect("challenge");
+                (code, f.id, ch)
+            }
+        })
+        .await;
+        let inputs: Vec<_> = started
+            .into_iter()
+            .map(|(code, id, ch)| {
+                let mut i = input(&id, ch.id, org.sign(&ch.tbs));
+                i.institution_code = Some(code.as_str().to_string());
+                i
+            })
+            .collect();
+        let s = svc.clone();
+        let (orgs, t2) = phase(clients, inputs, move |i: CardStepInput| {
+            let s = s.clone();
+            async move {
+                let id = i.flow_id.clone();
+                match s.submit_card(i).await.expect("organization card") {
+                    StepOutcome::Advanced(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+                let ch = s.issue_challenge(&id, SESSION).await.expect("challenge");
+                (id, ch)
+            }
+        })
+        .await;
+        let inputs: Vec<_> = orgs
+            .into_iter()
+            .map(|(id, ch)| {
+                let mut i = input(&id, ch.id, admin.sign(&ch.tbs));
+                i.national_id = admin.national_id.clone();
+                i
+            })
+            .collect();
+        let s = svc.clone();
+        let (_, t3) = phase(clients, inputs, move |i: CardStepInput| {
+            let s = s.clone();
+            async move {
+                let id = i.flow_id.clone();
+                match s.submit_card(i).await.expect("administrator card") {
+                    StepOutcome::Advanced(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+                s.confirm(&id, SESSION, &contact(), Some("127.0.0.1"))
+                    .await
+                    .expect("confirmed");
+            }
+        })
+        .await;
+        if warm {
+            warm = false;
+        } else {
+            m.ops += ROUND;
+            m.elapsed += t1 + t2 + t3;
+        }
+    }
+    m
+}
+
+struct Row {
+    case: &'static str,
+    clients: usize,
+    m: Measured,
+}
+
+async fn run_backend(
+    label: &str,
+    url: &str,
+    scale: &Scale,
+    pki: &TestPki,
+    out: &mut Vec<String>,
+) -> usize {
+    eprintln!("{label}: loading the data set...");
+    let secrets = Secrets::generate().expect("keys");
+    let db = Db::connect(url, &secrets).await.expect("connect");
+    let start = Instant::now();
+    let parts = load(&db, scale).await;
+    let generation = start.elapsed();
+
+    let svc = Arc::new(Services::new(
+        db.clone(),
+        Arc::new(FixedClock::new(NOW)),
+        validator(pki),
+        BusinessCalendar::shipped(),
+        ServiceConfig::default(),
+    ));
+    let citizen = Arc::new(Card::of(pki, "moica-admin"));
+    let org = Arc::new(Card::of(pki, "gca-agency"));
+    let agencies = Arc::new((0..scale.agencies).map(registered_code).collect::<Vec<_>>());
+    let mut rows = Vec::new();
+    let mut next_spare = 0usize;
+    for clients in CLIENTS {
+        eprintln!("{label}: {clients} client(s)...");
+        let (s, a) = (svc.clone(), agencies.clone());
+        let m = timed_loop(clients, move |i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let code = &a[pick(i, a.len())];
+                let list = s.store().operators(code).await.expect("operators");
+                assert_eq!(list.len(), OPERATORS_PER_AGENCY);
+            }
+        })
+        .await;
+        rows.push(Row {
+            case: "operator list (Store::operators, 10 rows)",
+            clients,
+            m,
+        });
+        let (s, a) = (svc.clone(), agencies.clone());
+        let m = timed_loop(clients, move |i| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let code = a[pick(i, a.len())].as_str().to_string();
+                let (_, receipts) = s.receipts(&code).await.expect("receipts");
+                assert_eq!(receipts.len(), 1);
+            }
+        })
+        .await;
+        rows.push(Row {
+            case: "receipt query (Services::receipts)",
+            clients,
+            m,
+        });
+        rows.push(Row {
+            case: "proof step (R4.3 challenge + CMS submit)",
+            clients,
+            m: proof_step(&svc, &citizen, clients).await,
+        });
+        rows.push(Row {
+            case: "registration commit (R1 flow, 2 proofs)",
+            clients,
+            m: registration_commit(&svc, &org, &citizen, clients, &mut next_spare).await,
+        });
+    }
+    db.close().await;
+
+    out.push(format!(
+        "{label}: {} agencies registered (1 receipt each) + {SPARE_AGENCIES} spare, {} operators; \
+         generated in {:.1} s ({})",
+        scale.agencies,
+        scale.agencies * OPERATORS_PER_AGENCY,
+        generation.as_secs_f64(),
+        parts
+            .iter()
+            .map(|(what, n, t)| format!(
+                "{what} {n} in {:.1} s = {:.0}/s",
+                t.as_secs_f64(),
+                *n as f64 / t.as_secs_f64()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push(format!(
+        "{:<44} {:>7} {:>10} {:>10} {:>8}",
+        "case", "clients", "ops/s", "µs/op", "ops"
+    ));
+    out.push("-".repeat(83));
+    for r in &rows {
+        let per_sec = r.m.ops as f64 / r.m.elapsed.as_secs_f64();
+        // As a client sees it: with 8 clients each operation takes 8 × the throughput's inverse.
+        let micros = r.clients as f64 * 1e6 / per_sec;
+        out.push(format!(
+            "{:<44} {:>7} {:>10.1} {:>10.1} {:>8}",
+            r.case, r.clients, per_sec, micros, r.m.ops
+        ));
+    }
+    out.push(String::new());
+    rows.len()
+}
+
+/// `base` with its database name replaced.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// Drops the benchmark's PostgreSQL database, also when a case panics.
+struct PgGuard {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of its own: the bench's runtime may be unwinding.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn main() {
+    let scale = scale();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    eprintln!("generating the test PKI...");
+    let pki = test_pki();
+    let mut out = vec![format!(
+        "scale: {} (CERTREG_BENCH_SCALE); {:?} per case after {:?} warm-up; card cases in rounds of {ROUND} flows, the cards' signing untimed",
+        scale.name, MEASURE, WARM_UP
+    )];
+    out.push(String::new());
+    let mut cases = 0;
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        cases += run_backend("SQLite (temp file)", &url, &scale, &pki, &mut out).await;
+        drop(dir);
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(base) => {
+                let name = format!("certreg_bench_{}", std::process::id());
+                let mut admin = sqlx::PgConnection::connect(&base)
+                    .await
+                    .expect("TEST_DATABASE_URL");
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create database");
+                let _ = admin.close().await;
+                let guard = PgGuard {
+                    admin_url: base.clone(),
+                    name: name.clone(),
+                };
+                let url = with_database(&base, &name);
+                cases += run_backend("PostgreSQL", &url, &scale, &pki, &mut out).await;
+                drop(guard);
+            }
+            Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
+        }
+    });
+    println!();
+    for line in out {
+        println!("{line}");
+    }
+    println!("bench: {cases} cases measured");
+}
