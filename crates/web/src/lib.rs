@@ -1,0 +1,144 @@
+//! certreg's web service: the pages of the manual (zh-TW, askama templates), sessions stored in
+//! the database, CSRF and Origin checks, rate limits, security headers, and static files (the
+//! page script that talks to the card agent). `app(state)` builds the whole router.
+
+// Handlers return `Result<_, Response>`, the idiomatic axum early exit; boxing every refusal
+// would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod assets;
+pub mod error;
+pub mod pages;
+pub mod render;
+pub mod security;
+pub mod session;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use domain::clock::Clock;
+use domain::service::Services;
+use render::Layout;
+use security::{Limits, RateLimiter};
+use std::net::IpAddr;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// The services the web layer calls.
+pub type Svc = Services<store::Db, Arc<dyn Clock>>;
+
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// The public origin (scheme://host[:port]); card proofs and the Origin check are bound to it.
+    pub public_origin: String,
+    /// Where the page's card client finds the local agent.
+    pub agent_url: String,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub limits: Limits,
+    /// Request bodies larger than this are refused (413).
+    pub max_body: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            public_origin: "http://127.0.0.1:8080".into(),
+            agent_url: "http://127.0.0.1:61161".into(),
+            trusted_proxies: Vec::new(),
+            limits: Limits::default(),
+            max_body: 256 * 1024,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Cookies are `Secure` (and HSTS is sent) when the public origin is https.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_origin.starts_with("https://")
+    }
+}
+
+struct Inner {
+    svc: Svc,
+    db: store::Db,
+    config: WebConfig,
+    limiter: RateLimiter,
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(svc: Svc, db: store::Db, config: WebConfig) -> Self {
+        Self(Arc::new(Inner {
+            svc,
+            db,
+            config,
+            limiter: RateLimiter::default(),
+        }))
+    }
+
+    pub fn svc(&self) -> &Svc {
+        &self.0.svc
+    }
+
+    pub fn db(&self) -> &store::Db {
+        &self.0.db
+    }
+
+    pub fn config(&self) -> &WebConfig {
+        &self.0.config
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.0.limiter
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.0.svc.now()
+    }
+
+    /// The layout of a page for the session (or a blank one for error pages).
+    pub fn layout(&self) -> Layout {
+        Layout {
+            agent_url: self.0.config.agent_url.clone(),
+            ..Layout::default()
+        }
+    }
+
+    pub fn layout_for(&self, session: &session::Session) -> Layout {
+        Layout {
+            csrf: session.data.csrf.clone(),
+            admin_code: session
+                .data
+                .admin
+                .as_ref()
+                .map(|a| a.code.as_str().to_string()),
+            operator_name: session.data.operator.as_ref().map(|o| o.name.clone()),
+            agent_url: self.0.config.agent_url.clone(),
+        }
+    }
+}
+
+/// The whole service.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config().max_body;
+    Router::new()
+        .merge(pages::router())
+        .merge(assets::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::client,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::headers,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,49 @@
+//! The pages of the manual, one module per function group.
+
+use crate::AppState;
+use crate::session::Session;
+use axum::Router;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+
+mod flows;
+mod home;
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(home::router()).merge(flows::router())
+}
+
+/// Every state change from a page: same origin and the session's CSRF token.
+pub(crate) fn check_form(
+    state: &AppState,
+    session: &Session,
+    method: &Method,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<(), Response> {
+    let header_token = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token_ok = !session.data.csrf.is_empty()
+        && (token == session.data.csrf || header_token == session.data.csrf);
+    if !crate::security::same_origin(state, method, headers) || !token_ok {
+        return Err(crate::error::page(
+            state,
+            StatusCode::FORBIDDEN,
+            "無法完成作業",
+            "頁面已逾時或來源不符，請重新整理頁面後再操作".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// 429 with a page that says when to try again.
+pub(crate) fn too_many(state: &AppState) -> Response {
+    crate::error::page(
+        state,
+        StatusCode::TOO_MANY_REQUESTS,
+        "操作過於頻繁",
+        "您的操作過於頻繁，請稍候一分鐘後再試".into(),
+    )
+}

@@ -1,0 +1,248 @@
+//! A test instance of the web service over a real SQLite file (and PostgreSQL when
+//! `TEST_DATABASE_URL` is set), driven request by request with a cookie jar, the way a browser
+//! would, plus card proofs made with the test PKI's cards.
+
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use domain::clock::{Clock, FixedClock};
+use domain::model::Agency;
+use domain::service::{ServiceConfig, Services};
+use domain::store::Store as _;
+use domain::types::{InstitutionCode, OrgIdentifier};
+use pki::testpki::{TestPki, TestPkiOptions};
+use pki::validate::{ValidationOptions, Validator};
+use std::sync::{Arc, OnceLock};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt as _;
+use web::{AppState, WebConfig};
+
+pub const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
+pub const ORIGIN: &str = "http://certreg.test";
+pub const TAIPEI: &str = "A0001";
+pub const MISMATCH: &str = "A0002";
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI"))
+}
+
+pub struct TestApp {
+    pub router: axum::Router,
+    pub clock: Arc<FixedClock>,
+    pub db: store::Db,
+    cookies: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn agencies() -> Vec<Agency> {
+    let a = |code: &str, name: &str, county: &str, oid: Option<&str>| Agency {
+        code: InstitutionCode::parse(code).unwrap(),
+        name: name.into(),
+        county: county.into(),
+        org_identifier: oid.map(|o| OrgIdentifier::parse(o).unwrap()),
+    };
+    vec![
+        a(
+            TAIPEI,
+            "臺北市政府人事處",
+            "臺北市",
+            Some(pki::testpki::GCA_AGENCY_OID),
+        ),
+        a(
+            MISMATCH,
+            "測試市政府",
+            "臺中市",
+            Some("2.16.886.101.20003.20065.11111"),
+        ),
+    ]
+}
+
+impl TestApp {
+    pub async fn new(config: WebConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("web.db").display());
+        let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
+            .await
+            .unwrap();
+        db.upsert_agencies(&agencies()).await.unwrap();
+        let p = pki();
+        let validator = Arc::new(Validator::new(
+            p.trust_store().unwrap(),
+            p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
+                .unwrap(),
+            ValidationOptions::default(),
+        ));
+        let clock = Arc::new(FixedClock::new(NOW));
+        let dyn_clock: Arc<dyn Clock> = clock.clone();
+        let svc_config = ServiceConfig {
+            origin: ORIGIN.into(),
+            ..ServiceConfig::default()
+        };
+        let svc = Services::with_stored_calendar(db.clone(), dyn_clock, validator, svc_config)
+            .await
+            .unwrap();
+        let state = AppState::new(
+            svc,
+            db.clone(),
+            WebConfig {
+                public_origin: ORIGIN.into(),
+                ..config
+            },
+        );
+        Self {
+            router: web::app(state),
+            clock,
+            db,
+            cookies: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// A new browser: no cookies.
+    pub fn forget_cookies(&mut self) {
+        self.cookies.clear();
+    }
+
+    pub async fn default() -> Self {
+        Self::new(WebConfig::default()).await
+    }
+
+    /// Sends a request with the jar's cookies and the site's Origin on POSTs; keeps Set-Cookie.
+    pub async fn send(
+        &mut self,
+        mut req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        if !self.cookies.is_empty() && !req.headers().contains_key(header::COOKIE) {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req.headers_mut()
+                .insert(header::COOKIE, jar.parse().unwrap());
+        }
+        let res: Response<Body> = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        for c in headers.get_all(header::SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !attrs.contains("Max-Age=0") {
+                self.cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+        let body = axum::body::to_bytes(res.into_body(), 4 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn get(&mut self, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+        self.send(Request::get(path).body(Body::empty()).unwrap())
+            .await
+    }
+
+    /// A form POST from the site (Origin set), with the page's CSRF token added.
+    pub async fn post_form(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let csrf = self.csrf().await;
+        let mut all: Vec<(&str, &str)> = vec![("_csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let body = serde_urlencoded_pairs(&all);
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, ORIGIN)
+            .body(Body::from(body))
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// The CSRF token the pages carry (from the home page's meta tag).
+    pub async fn csrf(&mut self) -> String {
+        let (_, _, html) = self.get("/").await;
+        let start = html.find("name=\"csrf-token\" content=\"").unwrap() + 27;
+        html[start..start + 64].to_string()
+    }
+
+    /// Starts a flow; returns its id.
+    pub async fn start(&mut self, kind: &str) -> String {
+        let (status, headers, _) = self.get(&format!("/flows/new/{kind}")).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let loc = headers[header::LOCATION].to_str().unwrap();
+        loc.trim_start_matches("/flows/").to_string()
+    }
+
+    /// What the page script does for a card step: challenge, signature with `card`, post.
+    pub async fn card_step(
+        &mut self,
+        flow: &str,
+        card: &str,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let csrf = self.csrf().await;
+        let req = Request::post(format!("/flows/{flow}/challenge"))
+            .header(header::ORIGIN, ORIGIN)
+            .header("x-csrf-token", csrf)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = self.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let tbs = v["tbs"].as_str().unwrap();
+        let sig = cms(card, tbs);
+        let challenge_id = v["challenge_id"].as_str().unwrap().to_string();
+        let mut all: Vec<(&str, &str)> = vec![("challenge_id", &challenge_id), ("signature", &sig)];
+        all.extend_from_slice(fields);
+        self.post_form(&format!("/flows/{flow}/card"), &all).await
+    }
+}
+
+pub fn serde_urlencoded_pairs(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Base64 CMS over `tbs` with the named test card.
+pub fn cms(card: &str, tbs: &str) -> String {
+    use base64::Engine as _;
+    let issued = &pki().card(card).issued;
+    let der =
+        pki::cms::build_signed_data(tbs.as_bytes(), &issued.cert_der, &Default::default(), |m| {
+            pki::sig::sign_pkcs8(&issued.key.pkcs8_der, m)
+        })
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+pub fn id_of(card: &str) -> String {
+    pki().card(card).national_id.clone().unwrap()
+}
+
+pub fn location(h: &axum::http::HeaderMap) -> String {
+    h.get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,270 @@
+//! Page tests of the web service: the flows walked request by request, CSRF and Origin
+//! refusals, security headers, body limits and rate limits.
+
+mod helpers;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use helpers::*;
+
+#[tokio::test]
+async fn home_has_the_manuals_menu_and_security_headers() {
+    let mut app = TestApp::default().await;
+    let (status, headers, html) = app.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    for item in [
+        "首次註冊",
+        "授權指派",
+        "更換機關憑證",
+        "更換授權管理者自然人憑證",
+        "更換機關憑證和更換授權管理者自然人憑證",
+        "查詢憑證註冊收件紀錄",
+        "查詢機關憑證 OID",
+        "查詢自然人憑證序號",
+        "經辦人登入",
+    ] {
+        assert!(html.contains(item), "menu lacks {item}");
+    }
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'")
+            && csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+    );
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "http origin: no Secure flag");
+}
+
+#[tokio::test]
+async fn r1_first_registration_walked_through_the_pages() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("用戶約定條款") && html.contains("同意條款內容"),
+        "{html}"
+    );
+    let (status, headers, _) = app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), format!("/flows/{flow}"));
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("首次註冊－機關憑證確認")
+            && html.contains("機關代號 <span class=\"req\">(必填)</span>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("name=\"pin\""),
+        "the PIN field must not be posted to certreg"
+    );
+
+    // A wrong code: the message beside the field, status 404, the typed value kept.
+    let (status, _, html) = app
+        .card_step(&flow, "gca-agency", &[("institution_code", "Z9999")])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        html.contains("institution_code-error") && html.contains("查無此機關代號"),
+        "{html}"
+    );
+    assert!(html.contains("value=\"Z9999\""));
+
+    let (status, headers, _) = app
+        .card_step(&flow, "gca-agency", &[("institution_code", TAIPEI)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), format!("/flows/{flow}"));
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(html.contains("首次註冊－自然人憑證確認") && html.contains("身分證統一編號"));
+
+    let (status, _, html) = app
+        .card_step(&flow, "moica-admin", &[("national_id", "A123456788")])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("national_id-error"), "{html}");
+    let id = id_of("moica-admin");
+    app.card_step(&flow, "moica-admin", &[("national_id", &id)])
+        .await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("圖3-9") && html.contains("電子信箱 <span class=\"req\">(必填)</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&pki().card("gca-agency").issued.serial_hex()),
+        "the organization certificate is shown"
+    );
+
+    // Bad email: beside the field, nothing written.
+    let contact = [
+        ("name", "王大明"),
+        ("email", "bad"),
+        ("phone", "02-2345-6789"),
+        ("phone_ext", ""),
+        ("mobile", ""),
+        ("unit", ""),
+        ("title", ""),
+    ];
+    let (status, _, html) = app
+        .post_form(&format!("/flows/{flow}/confirm"), &contact)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("email-error") && html.contains("電子信箱格式錯誤"),
+        "{html}"
+    );
+    let mut ok = contact;
+    ok[1] = ("email", "admin@example.gov.tw");
+    let (status, headers, _) = app.post_form(&format!("/flows/{flow}/confirm"), &ok).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), format!("/flows/{flow}/result"));
+    let (_, _, html) = app.get(&format!("/flows/{flow}/result")).await;
+    assert!(
+        html.contains("首次註冊成功") && html.contains("圖3-10"),
+        "{html}"
+    );
+    // Refresh or back + resubmit: shown again, not registered twice.
+    let (status, headers, _) = app.post_form(&format!("/flows/{flow}/confirm"), &ok).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), format!("/flows/{flow}/result"));
+}
+
+#[tokio::test]
+async fn r1_3_mismatch_review_through_the_pages() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    app.card_step(
+        &flow,
+        "gca-agency-mismatch",
+        &[("institution_code", MISMATCH)],
+    )
+    .await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("貴機關申請憑證註冊，因申請資料比對不符，需進行審核，請填聯絡資料"),
+        "{html}"
+    );
+    let (status, _, html) = app
+        .post_form(
+            &format!("/flows/{flow}/review"),
+            &[("name", ""), ("phone", "0223456789")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("name-error"));
+    let (_, headers, _) = app
+        .post_form(
+            &format!("/flows/{flow}/review"),
+            &[("name", "林小華"), ("phone", "0223456789")],
+        )
+        .await;
+    let (_, _, html) = app.get(&location(&headers)).await;
+    assert!(
+        html.contains("次一營業日")
+            && html.contains("(02)27013411")
+            && html.contains("承保第二科")
+            && html.contains("5353"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn spec_4_7_csrf_and_origin_are_checked() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    // No token.
+    let req = Request::post(format!("/flows/{flow}/terms"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ORIGIN, ORIGIN)
+        .body(Body::from("_csrf=wrong"))
+        .unwrap();
+    let (status, _, html) = app.send(req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("請重新整理頁面"));
+    // Right token, foreign origin.
+    let csrf = app.csrf().await;
+    let req = Request::post(format!("/flows/{flow}/terms"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::from(format!("_csrf={csrf}")))
+        .unwrap();
+    assert_eq!(app.send(req).await.0, StatusCode::FORBIDDEN);
+    // Challenge without the header token.
+    let req = Request::post(format!("/flows/{flow}/challenge"))
+        .header(header::ORIGIN, ORIGIN)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(req).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn flows_belong_to_their_session() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    assert_eq!(app.get(&format!("/flows/{flow}")).await.0, StatusCode::OK);
+    // Another browser on the same service cannot see or drive it.
+    app.forget_cookies();
+    assert_eq!(
+        app.get(&format!("/flows/{flow}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post_form(&format!("/flows/{flow}/terms"), &[]).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn session_expires_after_15_idle_minutes() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    app.clock.advance(time::Duration::minutes(16));
+    let (status, _, _) = app.get(&format!("/flows/{flow}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a new session does not own the old flow"
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    let big = "a".repeat(300 * 1024);
+    let (status, _, _) = app
+        .post_form(&format!("/flows/{flow}/card"), &[("signature", &big)])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn card_steps_are_rate_limited_per_client() {
+    let limits = web::security::Limits {
+        card_steps_per_client: 3,
+        ..Default::default()
+    };
+    let mut app = TestApp::new(web::WebConfig {
+        limits,
+        ..Default::default()
+    })
+    .await;
+    let flow = app.start("query_org_oid").await;
+    let csrf = app.csrf().await;
+    let mut last = StatusCode::OK;
+    for _ in 0..4 {
+        let req = Request::post(format!("/flows/{flow}/challenge"))
+            .header(header::ORIGIN, ORIGIN)
+            .header("x-csrf-token", &csrf)
+            .body(Body::empty())
+            .unwrap();
+        last = app.send(req).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
