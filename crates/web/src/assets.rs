@@ -20,6 +20,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../static/card-step.js"),
     ),
     (
+        "operator-form.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/operator-form.js"),
+    ),
+    (
         "card-client.js",
         "text/javascript; charset=utf-8",
         include_str!("../../agent/js/card-client.js"),

@@ -25,6 +25,8 @@ pub struct SessionData {
     pub operator: Option<OperatorGrant>,
     /// The outcome of the last finished flow, shown once on its result page.
     pub result: Option<serde_json::Value>,
+    /// A message for the next page after a redirect (「新增成功」), shown once.
+    pub flash: Option<String>,
 }
 
 /// The session of the current request.
@@ -35,6 +37,9 @@ pub struct Session {
     pub created_at: OffsetDateTime,
     /// Came from `Authorization: Bearer` (API client) rather than the cookie.
     pub bearer: bool,
+    /// The request named a session that is no longer on file (timed out, logged out, or ended
+    /// by a replacement), so pages can say the session ended rather than that it never began.
+    pub lost: bool,
     dirty: bool,
     new: bool,
     ended: bool,
@@ -150,6 +155,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         data,
                         created_at: rec.created_at,
                         bearer: from_bearer,
+                        lost: false,
                         dirty: false,
                         new: false,
                         ended: false,
@@ -171,6 +177,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         },
         created_at: now,
         bearer: false,
+        lost: id.is_some(),
         dirty: true,
         new: true,
         ended: false,

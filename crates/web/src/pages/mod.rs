@@ -6,11 +6,15 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 
+mod admin;
 mod flows;
 mod home;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(home::router()).merge(flows::router())
+    Router::new()
+        .merge(home::router())
+        .merge(flows::router())
+        .merge(admin::router())
 }
 
 /// Every state change from a page: same origin and the session's CSRF token.

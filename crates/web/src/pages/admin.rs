@@ -1,0 +1,554 @@
+//! 授權指派 once both cards are proven (F2, 圖3-14 … 3-22): the agency's operator list, 新增,
+//! 修改 and 刪除 with its confirmation step, and the administrator's logout. Every handler asks
+//! the services again whether the session's grant still holds, so a replacement made from
+//! another browser ends it at once. Operator ids of other agencies answer 404, exactly as ids
+//! that do not exist, so nobody can probe another agency's operators.
+
+use super::check_form;
+use crate::AppState;
+use crate::error;
+use crate::render::{Layout, render};
+use crate::security::ClientAddr;
+use crate::session::{Session, SessionHandle};
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use domain::DomainError;
+use domain::model::Operator;
+use domain::service::{AdminGrant, OperatorForm};
+
+const ENDED: &str = "授權管理者作業階段已結束，請重新辦理授權指派";
+const NOT_ADMIN: &str = "此功能僅限授權管理者使用，請先辦理授權指派";
+const LIST: &str = "/admin/operators";
+
+/// Dates and times are shown as Taipei sees them, whatever the server's zone.
+pub(crate) fn taipei_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(domain::clock::TAIPEI);
+    format!(
+        "{:04}/{:02}/{:02} {:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+#[derive(Template)]
+#[template(path = "admin_denied.html")]
+struct DeniedPage {
+    layout: Layout,
+    message: &'static str,
+}
+
+fn denied(state: &AppState, s: &Session, message: &'static str) -> Response {
+    let page = DeniedPage {
+        layout: state.layout_for(s),
+        message,
+    };
+    (StatusCode::FORBIDDEN, render(&page)).into_response()
+}
+
+/// The session's administrator grant, or the page saying why there is none.
+fn grant(state: &AppState, session: &SessionHandle) -> Result<(Session, AdminGrant), Response> {
+    let s = session.get();
+    match s.data.admin.clone() {
+        Some(g) => Ok((s, g)),
+        None if s.lost => Err(denied(state, &s, ENDED)),
+        None => Err(denied(state, &s, NOT_ADMIN)),
+    }
+}
+
+/// A refusal that is not about a form field. `Forbidden` from the services means the grant no
+/// longer holds (the registration was replaced since): the session drops it.
+fn refused(state: &AppState, session: &SessionHandle, e: &DomainError) -> Response {
+    match e {
+        DomainError::Forbidden => {
+            session.update(|s| s.data_mut().admin = None);
+            denied(state, &session.get(), ENDED)
+        }
+        DomainError::OperatorNotFound => not_found(state),
+        _ => error::domain_page(state, e),
+    }
+}
+
+fn not_found(state: &AppState) -> Response {
+    error::domain_page(state, &DomainError::OperatorNotFound)
+}
+
+/// Path ids that are not numbers are as unknown as numbers nobody has.
+fn operator_id(state: &AppState, raw: &str) -> Result<i64, Response> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| not_found(state))
+}
+
+fn labels(state: &AppState, functions: &[String]) -> Vec<String> {
+    let catalogue = &state.svc().config().functions;
+    functions
+        .iter()
+        .map(|f| catalogue.label(f).unwrap_or(f).to_string())
+        .collect()
+}
+
+struct Row {
+    id: i64,
+    serial: String,
+    name: String,
+    national_id: String,
+    functions: String,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_operators.html")]
+struct ListPage {
+    layout: Layout,
+    code: String,
+    flash: Option<String>,
+    rows: Vec<Row>,
+}
+
+/// GET /admin/operators: 授權經辦人清單 (圖3-14, 3-16, 3-19, 3-22).
+async fn list(State(state): State<AppState>, session: SessionHandle) -> Response {
+    let (_, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let operators = match state.svc().operators(&g).await {
+        Ok(o) => o,
+        Err(e) => return refused(&state, &session, &e),
+    };
+    // Taken only once the list is shown, so a refused request does not eat the message.
+    let flash = session.update(|s| {
+        if s.data.flash.is_some() {
+            s.data_mut().flash.take()
+        } else {
+            None
+        }
+    });
+    let rows = operators
+        .iter()
+        .map(|o| Row {
+            id: o.id,
+            serial: o.serial.as_str().to_string(),
+            name: o.name.as_str().to_string(),
+            national_id: o.national_id.masked(),
+            functions: labels(&state, &o.functions).join("、"),
+            updated: taipei_time(o.updated_at),
+        })
+        .collect();
+    render(&ListPage {
+        layout: state.layout_for(&session.get()),
+        code: g.code.as_str().to_string(),
+        flash,
+        rows,
+    })
+}
+
+struct FunctionBox {
+    id: String,
+    label: String,
+    checked: bool,
+}
+
+/// What the operator form shows: typed values (or the record's), and errors beside fields.
+#[derive(Default)]
+struct FormValues {
+    serial: String,
+    name: String,
+    national_id: String,
+    certificate: String,
+    functions: Vec<String>,
+    version: String,
+    csrf: String,
+}
+
+impl FormValues {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut v = FormValues::default();
+        for (k, val) in pairs {
+            match k.as_str() {
+                "_csrf" => v.csrf = val,
+                "serial" => v.serial = val,
+                "name" => v.name = val,
+                "national_id" => v.national_id = val,
+                "certificate" => v.certificate = val,
+                "version" => v.version = val,
+                "functions" => v.functions.push(val),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    fn of(o: &Operator) -> Self {
+        FormValues {
+            serial: o.serial.as_str().to_string(),
+            name: o.name.as_str().to_string(),
+            national_id: o.national_id.as_str().to_string(),
+            functions: o.functions.clone(),
+            version: o.version.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn form(&self) -> OperatorForm {
+        let cert = self.certificate.trim();
+        OperatorForm {
+            read_certificate: (!cert.is_empty()).then(|| cert.as_bytes().to_vec()),
+            serial: self.serial.clone(),
+            name: self.name.clone(),
+            national_id: self.national_id.clone(),
+            functions: self.functions.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FormErrors {
+    serial: Option<String>,
+    name: Option<String>,
+    national_id: Option<String>,
+    functions: Option<String>,
+    general: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "admin_operator_form.html")]
+struct FormPage {
+    layout: Layout,
+    title: &'static str,
+    figure: &'static str,
+    action: String,
+    /// 修改: the record's version goes back with the form and a reload link is offered.
+    edit_id: Option<i64>,
+    values: FormValues,
+    boxes: Vec<FunctionBox>,
+    errors: FormErrors,
+}
+
+fn form_page(
+    state: &AppState,
+    s: &Session,
+    edit_id: Option<i64>,
+    values: FormValues,
+    errors: FormErrors,
+) -> FormPage {
+    let boxes = state
+        .svc()
+        .config()
+        .functions
+        .items
+        .iter()
+        .map(|(id, label)| FunctionBox {
+            id: id.clone(),
+            label: label.clone(),
+            checked: values.functions.contains(id),
+        })
+        .collect();
+    let (title, figure, action) = match edit_id {
+        Some(id) => ("修改授權經辦人", "圖3-18", format!("/admin/operators/{id}")),
+        None => ("新增授權經辦人", "圖3-15", LIST.to_string()),
+    };
+    FormPage {
+        layout: state.layout_for(s),
+        title,
+        figure,
+        action,
+        edit_id,
+        values,
+        boxes,
+        errors,
+    }
+}
+
+/// The form again with the refusal beside its field, or the page for refusals that are not
+/// about the input.
+fn form_refused(
+    state: &AppState,
+    session: &SessionHandle,
+    edit_id: Option<i64>,
+    values: FormValues,
+    e: DomainError,
+) -> Response {
+    let mut errors = FormErrors::default();
+    match &e {
+        DomainError::Invalid {
+            field, message_zh, ..
+        } => {
+            let slot = match *field {
+                "serial" => &mut errors.serial,
+                "name" => &mut errors.name,
+                "national_id" => &mut errors.national_id,
+                "functions" => &mut errors.functions,
+                _ => &mut errors.general,
+            };
+            *slot = Some(message_zh.clone());
+        }
+        DomainError::IdMismatch => errors.national_id = Some(e.message_zh()),
+        DomainError::DuplicateOperator => errors.serial = Some(e.message_zh()),
+        // The certificate read from the card could not be used: it stands for the serial.
+        DomainError::Pki(_) => errors.serial = Some(e.message_zh()),
+        DomainError::Conflict => errors.general = Some(e.message_zh()),
+        _ => return refused(state, session, &e),
+    }
+    let page = form_page(state, &session.get(), edit_id, values, errors);
+    (error::status_of(&e), render(&page)).into_response()
+}
+
+/// GET /admin/operators/new: 新增授權經辦人 (圖3-15).
+async fn new_form(State(state): State<AppState>, session: SessionHandle) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // The grant is checked here too, so an ended session is told before anything is typed.
+    if let Err(e) = state.svc().operators(&g).await {
+        return refused(&state, &session, &e);
+    }
+    render(&form_page(
+        &state,
+        &s,
+        None,
+        FormValues::default(),
+        FormErrors::default(),
+    ))
+}
+
+/// POST /admin/operators: 確認 on 圖3-15.
+async fn create(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    method: Method,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let values = FormValues::from_pairs(pairs);
+    if let Err(r) = check_form(&state, &s, &method, &headers, &values.csrf) {
+        return r;
+    }
+    let client = addr.map(|a| a.to_string());
+    match state
+        .svc()
+        .add_operator(&g, &values.form(), client.as_deref())
+        .await
+    {
+        Ok(_) => {
+            session.update(|s| s.data_mut().flash = Some("新增成功".into()));
+            Redirect::to(LIST).into_response()
+        }
+        Err(e) => form_refused(&state, &session, None, values, e),
+    }
+}
+
+/// GET /admin/operators/{id}/edit: 修改授權經辦人 (圖3-18).
+async fn edit_form(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    Path(raw): Path<String>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = match operator_id(&state, &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.svc().operator(&g, id).await {
+        Ok(o) => render(&form_page(
+            &state,
+            &s,
+            Some(id),
+            FormValues::of(&o),
+            FormErrors::default(),
+        )),
+        Err(e) => refused(&state, &session, &e),
+    }
+}
+
+/// POST /admin/operators/{id}: 確認 on 圖3-18, against the version the form was read at.
+async fn modify(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    method: Method,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = match operator_id(&state, &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let values = FormValues::from_pairs(pairs);
+    if let Err(r) = check_form(&state, &s, &method, &headers, &values.csrf) {
+        return r;
+    }
+    // Looked up before the input is judged, so another agency's id gets the same 404 whatever
+    // was posted.
+    if let Err(e) = state.svc().operator(&g, id).await {
+        return refused(&state, &session, &e);
+    }
+    // A version that is not a number was not read from any record: treat it as stale.
+    let version = values.version.trim().parse::<i64>().unwrap_or(-1);
+    let client = addr.map(|a| a.to_string());
+    match state
+        .svc()
+        .modify_operator(&g, id, version, &values.form(), client.as_deref())
+        .await
+    {
+        Ok(()) => {
+            session.update(|s| s.data_mut().flash = Some("修改成功".into()));
+            Redirect::to(LIST).into_response()
+        }
+        Err(e) => form_refused(&state, &session, Some(id), values, e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin_operator_delete.html")]
+struct DeletePage {
+    layout: Layout,
+    id: i64,
+    version: i64,
+    serial: String,
+    name: String,
+    national_id: String,
+    functions: String,
+    error: Option<String>,
+}
+
+fn delete_page(state: &AppState, s: &Session, o: &Operator, error: Option<String>) -> DeletePage {
+    DeletePage {
+        layout: state.layout_for(s),
+        id: o.id,
+        version: o.version,
+        serial: o.serial.as_str().to_string(),
+        name: o.name.as_str().to_string(),
+        national_id: o.national_id.masked(),
+        functions: labels(state, &o.functions).join("、"),
+        error,
+    }
+}
+
+/// GET /admin/operators/{id}/delete: 「確定刪除？」 (圖3-21).
+async fn delete_confirm(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    Path(raw): Path<String>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = match operator_id(&state, &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.svc().operator(&g, id).await {
+        Ok(o) => render(&delete_page(&state, &s, &o, None)),
+        Err(e) => refused(&state, &session, &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DeleteForm {
+    #[serde(default)]
+    _csrf: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// POST /admin/operators/{id}/delete: 確定 on 圖3-21.
+async fn delete(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    method: Method,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = match operator_id(&state, &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    let version = form.version.trim().parse::<i64>().unwrap_or(-1);
+    let client = addr.map(|a| a.to_string());
+    match state
+        .svc()
+        .delete_operator(&g, id, version, client.as_deref())
+        .await
+    {
+        Ok(()) => {
+            session.update(|s| s.data_mut().flash = Some("刪除成功".into()));
+            Redirect::to(LIST).into_response()
+        }
+        // Changed since the confirmation was shown: confirm again what it is now.
+        Err(DomainError::Conflict) => match state.svc().operator(&g, id).await {
+            Ok(o) => {
+                let page = delete_page(&state, &s, &o, Some(DomainError::Conflict.message_zh()));
+                (StatusCode::CONFLICT, render(&page)).into_response()
+            }
+            Err(e) => refused(&state, &session, &e),
+        },
+        Err(e) => refused(&state, &session, &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    _csrf: String,
+}
+
+/// POST /admin/logout: ends the session (record deleted, cookie cleared).
+async fn logout(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    session.update(|s| s.end());
+    Redirect::to("/").into_response()
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(LIST, get(list).post(create))
+        .route("/admin/operators/new", get(new_form))
+        .route("/admin/operators/{id}", post(modify))
+        .route("/admin/operators/{id}/edit", get(edit_form))
+        .route(
+            "/admin/operators/{id}/delete",
+            get(delete_confirm).post(delete),
+        )
+        .route("/admin/logout", post(logout))
+}

@@ -1,0 +1,58 @@
+// 新增/修改授權經辦人 (圖3-15, 3-18): 讀取憑證 asks the local card agent for the cards in the
+// readers (no PIN), takes the first citizen certificate, and fills 憑證序號 and 姓名 from it; the
+// certificate itself goes in the hidden `certificate` field so the server reads serial and name
+// from it and checks the ID's last four. Typing over the serial or name drops the certificate,
+// so what is posted is always what is shown.
+import { readCards, CardError } from '/static/card-client.js';
+
+const form = document.querySelector('form.operator-form');
+if (form) {
+  const agent = document.querySelector('meta[name="card-agent"]').content;
+  const button = form.querySelector('#read-card');
+  const status = form.querySelector('#read-status');
+  const serial = form.querySelector('#serial');
+  const name = form.querySelector('#name');
+  const certificate = form.querySelector('#certificate');
+  let busy = false;
+
+  const say = (text) => { status.hidden = !text; status.textContent = text || ''; };
+
+  // A citizen certificate carries the last four of the holder's ID (subjectID).
+  const firstCitizen = (readers) => {
+    for (const r of readers) {
+      for (const c of (r.card && r.card.certs) || []) {
+        if (c.certb64 && c.subjectID) return c;
+      }
+    }
+    return null;
+  };
+
+  button.addEventListener('click', async () => {
+    if (busy) return;
+    busy = true;
+    button.disabled = true;
+    say('讀取憑證中，請稍候…');
+    try {
+      const { readers } = await readCards({ agent, mode: 'auto' });
+      const cert = firstCitizen(readers);
+      if (!cert) {
+        say('未讀取到自然人憑證，請插入經辦人之自然人憑證，或自行輸入憑證序號及姓名');
+        return;
+      }
+      serial.value = cert.sn || '';
+      name.value = cert.subjectCN || '';
+      certificate.value = cert.certb64;
+      say(`已讀取 ${name.value} 的自然人憑證，請輸入身分證統一編號並勾選功能選單`);
+      form.querySelector('#national_id').focus();
+    } catch (e) {
+      say(`${e instanceof CardError ? e.messageZh : e.message}；亦可自行輸入憑證序號及姓名`);
+    } finally {
+      busy = false;
+      button.disabled = false;
+    }
+  });
+
+  for (const input of [serial, name]) {
+    input.addEventListener('input', () => { certificate.value = ''; });
+  }
+}
