@@ -9,12 +9,14 @@ use axum::response::Response;
 mod admin;
 mod flows;
 mod home;
+mod receipts;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(home::router())
         .merge(flows::router())
         .merge(admin::router())
+        .merge(receipts::router())
 }
 
 /// Every state change from a page: same origin and the session's CSRF token.

@@ -570,3 +570,107 @@ async fn admin_pages_need_the_administrator_and_logout_ends_it() {
     );
     assert_eq!(app.get("/admin/operators").await.0, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn r4_1_receipts_by_code_newest_first_without_personal_data() {
+    let mut app = TestApp::default().await;
+    let (status, _, html) = app.get("/receipts").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("圖3-38")
+            && html.contains("機關代號 <span class=\"req\">(必填)</span>")
+            && html.contains(">查詢</button>"),
+        "{html}"
+    );
+
+    register(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+    // A review application for the other agency (its card's OID is not the one on file).
+    app.forget_cookies();
+    let flow = app.start("first_registration").await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    app.card_step(
+        &flow,
+        "gca-agency-mismatch",
+        &[("institution_code", MISMATCH)],
+    )
+    .await;
+    app.post_form(
+        &format!("/flows/{flow}/review"),
+        &[("name", "林小華"), ("phone", "0223456789")],
+    )
+    .await;
+
+    let (status, _, html) = app.get(&format!("/receipts?code={}", "a0002")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("圖3-39")
+            && html.contains("測試市政府")
+            && html.contains("憑證註冊審核申請")
+            && html.contains("審核中")
+            && html.contains("2026/06/01 10:00"),
+        "{html}"
+    );
+    assert!(!html.contains("林小華") && !html.contains("0223456789"));
+
+    // A later replacement is listed above the first registration.
+    app.clock.advance(time::Duration::hours(1));
+    app.forget_cookies();
+    let flow = app.start("replace_org").await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    app.card_step(&flow, "gca-agency-renewed", &[("institution_code", TAIPEI)])
+        .await;
+    let id = id_of("moica-admin");
+    app.card_step(&flow, "moica-admin", &[("national_id", &id)])
+        .await;
+    app.post_form(&format!("/flows/{flow}/confirm"), &CONTACT)
+        .await;
+    let (_, _, html) = app.get(&format!("/receipts?code={TAIPEI}")).await;
+    assert!(html.contains("臺北市政府人事處"), "{html}");
+    let replaced = html
+        .find("<td>更換機關憑證</td>")
+        .expect("replacement listed");
+    let first = html.find("<td>首次註冊</td>").expect("registration listed");
+    assert!(replaced < first, "newest first");
+    assert!(html.contains("2026/06/01 11:00"));
+    assert!(!html.contains("王大明") && !html.contains("admin@example.gov.tw"));
+
+    let (status, _, html) = app.get("/receipts?code=Z9999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        html.contains("id=\"code-error\">查無此機關代號") && html.contains("value=\"Z9999\""),
+        "{html}"
+    );
+    let (status, _, html) = app.get("/receipts?code=").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("id=\"code-error\">請輸入機關代號"), "{html}");
+    let (status, _, html) = app.get("/receipts?code=%3Cb%3E").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("機關代號格式錯誤") && !html.contains("<b>"));
+}
+
+#[tokio::test]
+async fn r4_1_receipt_queries_are_rate_limited_per_client() {
+    let limits = web::security::Limits {
+        receipt_queries_per_client: 2,
+        ..Default::default()
+    };
+    let mut app = TestApp::new(web::WebConfig {
+        limits,
+        ..Default::default()
+    })
+    .await;
+    // The empty query form is not a query.
+    for _ in 0..3 {
+        assert_eq!(app.get("/receipts").await.0, StatusCode::OK);
+    }
+    assert_eq!(app.get("/receipts?code=A0001").await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/receipts?code=Z9999").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _, html) = app.get("/receipts?code=A0001").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(html.contains("操作過於頻繁"), "{html}");
+    app.clock.advance(time::Duration::minutes(1));
+    assert_eq!(app.get("/receipts?code=A0001").await.0, StatusCode::OK);
+}
