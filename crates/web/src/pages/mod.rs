@@ -9,6 +9,7 @@ use axum::response::Response;
 mod admin;
 mod flows;
 mod home;
+mod operator;
 mod receipts;
 
 pub fn router() -> Router<AppState> {
@@ -16,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .merge(home::router())
         .merge(flows::router())
         .merge(admin::router())
+        .merge(operator::router())
         .merge(receipts::router())
 }
 

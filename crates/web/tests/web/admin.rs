@@ -674,3 +674,49 @@ async fn r4_1_receipt_queries_are_rate_limited_per_client() {
     app.clock.advance(time::Duration::minutes(1));
     assert_eq!(app.get("/receipts?code=A0001").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn r5_1_operator_home_shows_only_the_granted_functions() {
+    let mut app = TestApp::default().await;
+    let (status, headers, _) = app.get("/operator").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/flows/new/operator_login");
+
+    register(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+    admin_login(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+    add_typed(&mut app, "moica-operator-1", "林志明", &["enroll", "query"]).await;
+
+    app.forget_cookies();
+    let flow = app.start("operator_login").await;
+    let id = id_of("moica-operator-1");
+    let (status, headers, body) = app
+        .card_step(
+            &flow,
+            "moica-operator-1",
+            &[("institution_code", TAIPEI), ("national_id", &id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(location(&headers), "/operator");
+    let (status, _, html) = app.get("/operator").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("林志明 您好") && html.contains(TAIPEI) && html.contains("臺北市政府人事處"),
+        "{html}"
+    );
+    assert!(html.contains("<li>加保作業</li>") && html.contains("<li>查詢作業</li>"));
+    for other in ["退保作業", "保費作業", "現金給付請領", "育嬰留職停薪作業"]
+    {
+        assert!(
+            !html.contains(&format!("<li>{other}</li>")),
+            "{other} was not granted"
+        );
+    }
+
+    let (status, headers, _) = app.post_form("/operator/logout", &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/");
+    let (status, headers, _) = app.get("/operator").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/flows/new/operator_login");
+}

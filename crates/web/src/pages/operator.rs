@@ -1,0 +1,91 @@
+//! The operator's home after 經辦人登入 (R5.1): who is signed in for which agency, and as its
+//! menu only the functions the administrator granted, as they stand now (a change or deletion by
+//! the administrator applies at once).
+
+use super::check_form;
+use crate::AppState;
+use crate::error;
+use crate::render::{Layout, render};
+use crate::session::SessionHandle;
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use domain::store::Store as _;
+
+const LOGIN: &str = "/flows/new/operator_login";
+
+#[derive(Template)]
+#[template(path = "operator_home.html")]
+struct OperatorHome {
+    layout: Layout,
+    name: String,
+    code: String,
+    agency_name: String,
+    functions: Vec<String>,
+}
+
+/// GET /operator
+async fn home(State(state): State<AppState>, session: SessionHandle) -> Response {
+    let s = session.get();
+    let Some(grant) = s.data.operator.clone() else {
+        return Redirect::to(LOGIN).into_response();
+    };
+    let store = state.svc().store();
+    let current = match store.operator(&grant.code, grant.operator_id).await {
+        Ok(o) => o,
+        Err(e) => return error::domain_page(&state, &e),
+    };
+    // Deleted, or re-bound to another card, since the login: the login no longer stands.
+    let Some(op) = current.filter(|o| o.serial == grant.serial) else {
+        session.update(|s| s.data_mut().operator = None);
+        return Redirect::to(LOGIN).into_response();
+    };
+    let agency_name = match store.agency(&grant.code).await {
+        Ok(a) => a.map(|a| a.name).unwrap_or_default(),
+        Err(e) => return error::domain_page(&state, &e),
+    };
+    let catalogue = &state.svc().config().functions;
+    let functions = op
+        .functions
+        .iter()
+        .filter_map(|f| catalogue.label(f).map(str::to_string))
+        .collect();
+    render(&OperatorHome {
+        layout: state.layout_for(&s),
+        name: op.name.as_str().to_string(),
+        code: grant.code.as_str().to_string(),
+        agency_name,
+        functions,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    _csrf: String,
+}
+
+/// POST /operator/logout
+async fn logout(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    session.update(|s| s.end());
+    Redirect::to("/").into_response()
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/operator", get(home))
+        .route("/operator/logout", post(logout))
+}
