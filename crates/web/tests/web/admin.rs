@@ -5,8 +5,8 @@
 use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use domain::model::Agency;
-use domain::store::Store as _;
+use domain::model::{Agency, ReviewState};
+use domain::store::{Commit, ReviewWrite, Store as _};
 use domain::types::{InstitutionCode, OrgIdentifier};
 
 const ENDED: &str = "授權管理者作業階段已結束，請重新辦理授權指派";
@@ -517,6 +517,12 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
     };
     let (status, _, _) = app.send(get_as("/admin/operators")).await;
     assert_eq!(status, StatusCode::OK);
+    let record = app
+        .db
+        .session_get(first.trim_start_matches("certreg_session="), NOW)
+        .await
+        .unwrap()
+        .expect("the administrator's session");
 
     // 更換機關憑證 in another browser.
     app.forget_cookies();
@@ -538,7 +544,7 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
         "{body}"
     );
 
-    // The first browser's list.
+    // The first browser's list: its session record was deleted with the replacement.
     let (status, _, html) = app.send(get_as("/admin/operators")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains(ENDED), "{html}");
@@ -546,6 +552,19 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
     let (status, _, html) = app.send(get_as("/admin/operators/new")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains(ENDED));
+
+    // A request of the first browser that was in flight saves its session after the
+    // replacement: the services refuse the stale grant, and the session drops it.
+    app.db.session_put(&record).await.unwrap();
+    let (status, _, html) = app.send(get_as("/admin/operators")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains(ENDED), "{html}");
+    let (status, _, html) = app.send(get_as("/admin/operators")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        html.contains("請先辦理授權指派"),
+        "the grant is gone: {html}"
+    );
 }
 
 #[tokio::test]
@@ -611,6 +630,32 @@ async fn r4_1_receipts_by_code_newest_first_without_personal_data() {
         "{html}"
     );
     assert!(!html.contains("林小華") && !html.contains("0223456789"));
+
+    // Approved by the back office: the state says from when.
+    let review = app
+        .db
+        .reviews(&InstitutionCode::parse(MISMATCH).unwrap())
+        .await
+        .unwrap()
+        .remove(0);
+    app.db
+        .commit(Commit {
+            review: Some(ReviewWrite::Decide {
+                id: review.id,
+                state: ReviewState::Approved {
+                    decided_at: NOW,
+                    effective: time::macros::date!(2026 - 06 - 02),
+                    reviewer: "李建國".into(),
+                    note: String::new(),
+                },
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, _, html) = app.get(&format!("/receipts?code={MISMATCH}")).await;
+    assert!(html.contains("核准（生效日 2026/06/02）"), "{html}");
+    assert!(!html.contains("李建國"));
 
     // A later replacement is listed above the first registration.
     app.clock.advance(time::Duration::hours(1));
