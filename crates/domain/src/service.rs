@@ -942,7 +942,15 @@ impl<S: Store, C: Clock> Services<S, C> {
         let national_id = national_id("national_id", &form.national_id)?;
         let (serial, name) = match &form.read_certificate {
             Some(der) => {
-                let cert = pki::facts::ParsedCert::from_input(der)?;
+                // A certificate read from the card must be a valid citizen card of a trusted
+                // CA: otherwise a crafted one could name any serial and holder.
+                let parsed = pki::facts::ParsedCert::from_input(der)?;
+                let cert = self.validator.validate(
+                    &parsed,
+                    &[],
+                    pki::anchors::Role::Citizen,
+                    self.clock.now(),
+                )?;
                 let last4 = cert.facts.id_last4.clone().unwrap_or_default();
                 if !last4.eq_ignore_ascii_case(national_id.last4()) {
                     return Err(DomainError::IdMismatch);

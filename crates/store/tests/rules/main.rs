@@ -1199,3 +1199,36 @@ async fn spec_4_5_refusals_are_audited_and_the_chain_holds() {
         );
     }
 }
+
+#[tokio::test]
+async fn r2_4_a_read_certificate_must_be_a_valid_citizen_card() {
+    for env in envs().await {
+        let svc = &env.svc;
+        register(svc, TAIPEI, "gca-agency", "moica-admin").await;
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        for (card, code) in [
+            ("moica-revoked", "cert_revoked"),
+            ("moica-expired", "cert_expired"),
+            ("gca-agency", "wrong_role"),
+        ] {
+            let mut form = operator_form("moica-operator-1", &["enroll"]);
+            form.read_certificate = Some(pki().card(card).issued.cert_der.clone());
+            assert_eq!(
+                code_of(svc.add_operator(&grant, &form, None).await),
+                code,
+                "{card}"
+            );
+        }
+        // A certificate from another hierarchy that claims to be a citizen card.
+        let mut spec = pki().card("moica-operator-1").issued.spec.clone();
+        spec.serial = vec![0x42, 0x42];
+        let fake_ca = pki::testpki::self_signed(&pki().ca(pki::testpki::CaKind::Moica).spec);
+        let forged = pki::testpki::issue(&spec, &fake_ca);
+        let mut form = operator_form("moica-operator-1", &["enroll"]);
+        form.read_certificate = Some(forged.cert_der.clone());
+        let e = code_of(svc.add_operator(&grant, &form, None).await);
+        assert!(e == "signature_invalid" || e == "cert_untrusted", "{e}");
+    }
+}
