@@ -2,8 +2,12 @@
 //! `sqlite.rs` and `pg.rs` both include this file as their `ops` module, and it runs against
 //! their `DB`. One SQL text with `$n` placeholders serves both; the code stays concrete (no
 //! `sqlx::Any`, no generic bounds).
+//!
+//! Every write waits for its backend's turn first (`begin_write` for a transaction, `write_turn`
+//! around a single statement): on SQLite a lone statement that skipped the queue would sleep in
+//! the busy handler behind the queued writers and hold up the next one in turn.
 
-use super::{DB, begin_read, begin_write};
+use super::{DB, Handle, WriteTx, begin_read, begin_write, write_turn};
 use crate::audit::{AuditRow, ChainCheck};
 use crate::codec::*;
 use crate::error::map_db_error;
@@ -15,10 +19,10 @@ use domain::model::*;
 use domain::store::*;
 use domain::types::*;
 use domain::{DomainError, Result};
-use sqlx::{Pool, Row, Transaction};
+use sqlx::{Pool, Row};
 use time::OffsetDateTime;
 
-type Tx = Transaction<'static, DB>;
+type Tx = WriteTx;
 type DbRow = <DB as sqlx::Database>::Row;
 type Query<'q> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
 
@@ -96,7 +100,7 @@ pub(crate) async fn agency(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Op
     .transpose()
 }
 
-pub(crate) async fn upsert_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> Result<u64> {
+pub(crate) async fn upsert_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     for a in agencies {
         sqlx::query(
@@ -119,8 +123,9 @@ pub(crate) async fn upsert_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> Res
 // ---------------------------------------------------------------------------------------------
 // Flows and challenges
 
-pub(crate) async fn insert_flow(pool: &Pool<DB>, secrets: &Secrets, flow: &Flow) -> Result<()> {
+pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
+    let _turn = write_turn(pool).await;
     sqlx::query(
         "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -133,7 +138,7 @@ pub(crate) async fn insert_flow(pool: &Pool<DB>, secrets: &Secrets, flow: &Flow)
     .bind(f.created_at)
     .bind(f.touched_at)
     .bind(f.version)
-    .execute(pool)
+    .execute(&**pool)
     .await
     .map_err(db)?;
     Ok(())
@@ -163,7 +168,8 @@ pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result
     .transpose()
 }
 
-pub(crate) async fn insert_challenge(pool: &Pool<DB>, c: &StoredChallenge) -> Result<()> {
+pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Result<()> {
+    let _turn = write_turn(pool).await;
     sqlx::query(
         "INSERT INTO challenges \
          (id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at) \
@@ -178,17 +184,18 @@ pub(crate) async fn insert_challenge(pool: &Pool<DB>, c: &StoredChallenge) -> Re
     .bind(&c.nonce)
     .bind(ts(c.issued_at))
     .bind(ts(c.expires_at))
-    .execute(pool)
+    .execute(&**pool)
     .await
     .map_err(fk("challenges_flow_id_fkey"))?;
     Ok(())
 }
 
 pub(crate) async fn consume_challenge(
-    pool: &Pool<DB>,
+    pool: &Handle,
     id: &str,
     now: OffsetDateTime,
 ) -> Result<StoredChallenge> {
+    let _turn = write_turn(pool).await;
     // One statement: the database decides which of two racing requests marks it used.
     let row = sqlx::query(
         "UPDATE challenges SET used_at = $2 WHERE id = $1 AND used_at IS NULL \
@@ -196,7 +203,7 @@ pub(crate) async fn consume_challenge(
     )
     .bind(id)
     .bind(ts(now))
-    .fetch_optional(pool)
+    .fetch_optional(&**pool)
     .await
     .map_err(db)?
     .ok_or(DomainError::ChallengeUsed)?;
@@ -343,7 +350,7 @@ impl Prepared {
     }
 }
 
-pub(crate) async fn commit(pool: &Pool<DB>, secrets: &Secrets, c: Commit) -> Result<Committed> {
+pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Result<Committed> {
     let p = Prepared::new(c, secrets)?;
     let mut tx = begin_write(pool).await.map_err(db)?;
     match apply(&mut tx, p).await {
@@ -614,7 +621,7 @@ async fn append(tx: &mut Tx, e: &AuditEvent) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn append_audit(pool: &Pool<DB>, e: &AuditEvent) -> Result<()> {
+pub(crate) async fn append_audit(pool: &Handle, e: &AuditEvent) -> Result<()> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     append(&mut tx, e).await?;
     tx.commit().await.map_err(db)
@@ -852,11 +859,12 @@ pub(crate) async fn pending_reviews(pool: &Pool<DB>) -> Result<Vec<ReviewApplica
 // Reviewers
 
 pub(crate) async fn add_reviewer(
-    pool: &Pool<DB>,
+    pool: &Handle,
     name: &str,
     section: Section,
     serial: &CertSerial,
 ) -> Result<i64> {
+    let _turn = write_turn(pool).await;
     let row = sqlx::query(
         "INSERT INTO reviewers (name, section, cert_serial, active) VALUES ($1, $2, $3, $4) \
          RETURNING id",
@@ -865,7 +873,7 @@ pub(crate) async fn add_reviewer(
     .bind(section_str(section))
     .bind(serial.as_str())
     .bind(true)
-    .fetch_one(pool)
+    .fetch_one(&**pool)
     .await
     .map_err(db)?;
     int(&row, "id")
@@ -890,11 +898,12 @@ pub(crate) async fn reviewers(pool: &Pool<DB>) -> Result<Vec<Reviewer>> {
         .collect()
 }
 
-pub(crate) async fn set_reviewer_active(pool: &Pool<DB>, id: i64, active: bool) -> Result<()> {
+pub(crate) async fn set_reviewer_active(pool: &Handle, id: i64, active: bool) -> Result<()> {
+    let _turn = write_turn(pool).await;
     let n = sqlx::query("UPDATE reviewers SET active = $2 WHERE id = $1")
         .bind(id)
         .bind(active)
-        .execute(pool)
+        .execute(&**pool)
         .await
         .map_err(db)?
         .rows_affected();
@@ -930,7 +939,7 @@ pub(crate) async fn calendar_days(pool: &Pool<DB>) -> Result<Vec<CalendarDay>> {
 /// Rows per multi-row INSERT: well under SQLite's 32766 bound variables for every table here.
 const CALENDAR_ROWS_PER_INSERT: usize = 1000;
 
-pub(crate) async fn import_calendar(pool: &Pool<DB>, days: &[CalendarDay]) -> Result<()> {
+pub(crate) async fn import_calendar(pool: &Handle, days: &[CalendarDay]) -> Result<()> {
     let years = check_days(days)
         .map_err(|e| DomainError::invalid("calendar", e.to_string(), e.message_zh()))?;
     if years.is_empty() {
@@ -966,7 +975,7 @@ pub(crate) async fn import_calendar(pool: &Pool<DB>, days: &[CalendarDay]) -> Re
 /// that one transaction does not hold the SQLite write lock for long.
 const BULK_ROWS_PER_TX: usize = 50_000;
 
-pub(crate) async fn bulk_load_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> Result<u64> {
+pub(crate) async fn bulk_load_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
     // 4 binds per row.
     bulk(pool, agencies, 5_000, |q, rows| {
         q.push("INSERT INTO agencies (code, name, county, org_identifier) ");
@@ -982,7 +991,7 @@ pub(crate) async fn bulk_load_agencies(pool: &Pool<DB>, agencies: &[Agency]) -> 
 }
 
 pub(crate) async fn bulk_load_registrations(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     registrations: &[Registration],
 ) -> Result<u64> {
@@ -1025,7 +1034,7 @@ pub(crate) async fn bulk_load_registrations(
 }
 
 pub(crate) async fn bulk_load_operators(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     operators: &[(InstitutionCode, OperatorInput)],
     at: OffsetDateTime,
@@ -1055,7 +1064,7 @@ pub(crate) async fn bulk_load_operators(
     .await
 }
 
-pub(crate) async fn bulk_load_receipts(pool: &Pool<DB>, receipts: &[Receipt]) -> Result<u64> {
+pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> Result<u64> {
     // 4 binds per row.
     bulk(pool, receipts, 5_000, |q, rows| {
         q.push("INSERT INTO receipts (code, kind, at, review_id) ");
@@ -1084,7 +1093,7 @@ fn push_cert(b: &mut Separated<'_>, c: CertCols) {
 /// Inserts `items` with multi-row INSERTs of `per_insert` rows that `build` writes, committing
 /// every [`BULK_ROWS_PER_TX`] rows. Constraint violations map as everywhere else.
 async fn bulk<T>(
-    pool: &Pool<DB>,
+    pool: &Handle,
     items: &[T],
     per_insert: usize,
     build: impl Fn(&mut sqlx::QueryBuilder<DB>, &[T]) -> Result<()>,
@@ -1155,12 +1164,9 @@ pub(crate) async fn verify_audit(pool: &Pool<DB>) -> Result<AuditReport> {
 // ---------------------------------------------------------------------------------------------
 // Sessions and lookups outside the domain trait
 
-pub(crate) async fn session_put(
-    pool: &Pool<DB>,
-    secrets: &Secrets,
-    r: &SessionRecord,
-) -> Result<()> {
+pub(crate) async fn session_put(pool: &Handle, secrets: &Secrets, r: &SessionRecord) -> Result<()> {
     let data = encrypt(secrets, ENC_SESSION_DATA, r.data.as_bytes())?;
+    let _turn = write_turn(pool).await;
     sqlx::query(
         "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
@@ -1174,7 +1180,7 @@ pub(crate) async fn session_put(
     .bind(ts(r.created_at))
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
-    .execute(pool)
+    .execute(&**pool)
     .await
     .map_err(db)?;
     Ok(())
@@ -1212,19 +1218,21 @@ pub(crate) async fn session_get(
     .transpose()
 }
 
-pub(crate) async fn session_delete(pool: &Pool<DB>, id: &str) -> Result<()> {
+pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
+    let _turn = write_turn(pool).await;
     sqlx::query("DELETE FROM sessions WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(&**pool)
         .await
         .map_err(db)?;
     Ok(())
 }
 
-pub(crate) async fn session_delete_expired(pool: &Pool<DB>, now: OffsetDateTime) -> Result<u64> {
+pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -> Result<u64> {
+    let _turn = write_turn(pool).await;
     Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
         .bind(ts(now))
-        .execute(pool)
+        .execute(&**pool)
         .await
         .map_err(db)?
         .rows_affected())

@@ -1,11 +1,15 @@
-//! The SQLite backend: one file, WAL, foreign keys on, and write transactions that start with
-//! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
+//! The SQLite backend: one file, WAL, foreign keys on. SQLite lets one writer in at a time, so
+//! this process's writers queue for their turn on an async lock and only then start with
+//! `BEGIN IMMEDIATE`; writers in other processes still meet at the busy timeout.
 
 use crate::error::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Pool, Transaction};
+use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub(crate) type DB = sqlx::Sqlite;
 
@@ -14,35 +18,75 @@ pub(crate) type DB = sqlx::Sqlite;
 #[path = "ops.rs"]
 pub(crate) mod ops;
 
-/// How long a writer waits for another writer's transaction before giving up.
+/// How long a writer waits for another process's write transaction before giving up. Writers
+/// of this process never get here: they wait in [`Handle`]'s queue instead.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+/// The pool and the queue of its writers. The queue is per pool, not per process: two
+/// databases do not wait for each other, and a second pool on the same file (another `Db`)
+/// meets this one's writers at the busy timeout as another process would.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pool: SqlitePool,
+    // A writer that finds SQLite's lock taken sleeps in the busy handler's backoff (up to
+    // 100 ms a try) and wakes late or too early; a FIFO async lock hands the turn over the
+    // moment the previous writer commits, so throughput holds up with many writers.
+    writers: Arc<Mutex<()>>,
+}
+
+// Reads go to the pool as they are: WAL readers never wait for the writer.
+impl Deref for Handle {
+    type Target = SqlitePool;
+
+    fn deref(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Held from before a write starts until it has committed or rolled back.
+pub(crate) type Turn = OwnedMutexGuard<()>;
+
+pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
+
+pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT);
-    if memory {
+    let pool = if memory {
         // Every connection to :memory: is a database of its own: keep exactly one, forever.
-        return Ok(SqlitePoolOptions::new()
+        SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
-            .await?);
-    }
-    Ok(SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options.journal_mode(SqliteJournalMode::Wal))
-        .await?)
+            .await?
+    } else {
+        SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+            .await?
+    };
+    Ok(Handle {
+        pool,
+        writers: Arc::new(Mutex::new(())),
+    })
+}
+
+/// The turn comes before the connection: a writer waiting in the queue holds no connection
+/// the others (readers, or the one writer of an in-memory pool) might need.
+pub(crate) async fn write_turn(handle: &Handle) -> Turn {
+    handle.writers.clone().lock_owned().await
 }
 
 /// A deferred transaction would take the write lock only at its first write and then fail
 /// with SQLITE_BUSY instead of waiting; IMMEDIATE takes it up front and waits.
-pub(crate) async fn begin_write(pool: &Pool<DB>) -> Result<Transaction<'static, DB>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+    let turn = write_turn(handle).await;
+    let tx = handle.pool.begin_with("BEGIN IMMEDIATE").await?;
+    Ok(WriteTx::new(tx, turn))
 }
 
 /// A read transaction sees one snapshot (WAL) from its first read on.
