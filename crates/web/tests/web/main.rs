@@ -1,6 +1,7 @@
 //! Page tests of the web service: the flows walked request by request, CSRF and Origin
 //! refusals, security headers, body limits and rate limits.
 
+mod api;
 mod helpers;
 
 use axum::body::Body;
