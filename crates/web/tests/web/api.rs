@@ -1069,12 +1069,35 @@ async fn r4_3_citizen_serial_query() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "cert_revoked",
         );
-        let (s, v) = api.citizen_step(&t, &flow, "moica-operator-1").await;
+        // A raw PKCS#1 signature needs the certificate beside it.
+        let (challenge, tbs) = api.challenge(&t, &flow).await;
+        let issued = &pki().card("moica-operator-1").issued;
+        let raw = pki::sig::sign_pkcs8(&issued.key.pkcs8_der, tbs.as_bytes()).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.encode(raw);
+        let id = json!({ "national_id": id_of("moica-operator-1") });
+        refused(
+            api.submit(&t, &flow, &challenge, &raw, id.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "proof_malformed",
+        );
+        let (challenge, tbs) = api.challenge(&t, &flow).await;
+        let raw = pki::sig::sign_pkcs8(&issued.key.pkcs8_der, tbs.as_bytes()).unwrap();
+        let mut fields = id;
+        fields["certificate"] = json!(cert_b64("moica-operator-1"));
+        let (s, v) = api
+            .submit(
+                &t,
+                &flow,
+                &challenge,
+                &base64::engine::general_purpose::STANDARD.encode(raw),
+                fields,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(
             v,
             json!({ "outcome": "citizen_serial", "name": "林志明",
-                    "serial": pki().card("moica-operator-1").issued.serial_hex() })
+                    "serial": issued.serial_hex() })
         );
     }
 }
@@ -1485,6 +1508,46 @@ async fn security_administrator_session_after_a_replacement() {
             StatusCode::FORBIDDEN,
             "forbidden",
         );
+    }
+}
+
+#[tokio::test]
+async fn spec_4_7_card_steps_are_rate_limited_per_client_and_per_code() {
+    for b in backends() {
+        let limits = web::security::Limits {
+            card_steps_per_client: 3,
+            card_steps_per_code: 1,
+            ..Default::default()
+        };
+        let config = web::WebConfig {
+            limits,
+            ..Default::default()
+        };
+        let mut api = Api::with(b, config).await;
+        let t = api.session().await;
+        let flow = api.start(&t, "query_org_oid").await;
+        refused(
+            api.org_step(&t, &flow, "moica-admin", TAIPEI).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_role",
+        );
+        // The second proof for the same institution code in this minute.
+        refused(
+            api.org_step(&t, &flow, "gca-agency", TAIPEI).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+        );
+        api.challenge(&t, &flow).await;
+        refused(
+            api.post(&t, &format!("/api/v1/flows/{flow}/challenge"), json!({}))
+                .await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+        );
+        // A new minute, a new budget.
+        api.app.clock.advance(time::Duration::minutes(1));
+        let (s, v) = api.org_step(&t, &flow, "gca-agency", TAIPEI).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
     }
 }
 
