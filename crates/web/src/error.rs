@@ -13,6 +13,8 @@ use domain::DomainError;
 pub fn status_of(e: &DomainError) -> StatusCode {
     use DomainError as E;
     match e {
+        // One code, one status: the proof check's expiry answers like the store's.
+        E::Pki(p) if p.code == pki::ErrorCode::ChallengeExpired => StatusCode::GONE,
         E::Invalid { .. } | E::Pki(_) | E::IdMismatch | E::SameCertificate | E::OrgIdMismatch => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -77,7 +79,7 @@ pub fn domain_page(state: &AppState, e: &DomainError) -> Response {
 }
 
 /// The API's error body.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: String,
     pub message: String,

@@ -6,6 +6,7 @@
 // would buy nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 mod assets;
 pub mod error;
 pub mod pages;
@@ -126,6 +127,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config().max_body;
     Router::new()
         .merge(pages::router())
+        .merge(api::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -51,6 +51,11 @@ impl Session {
         &mut self.data
     }
 
+    /// Started by this request: no cookie or bearer token named a live session.
+    pub fn is_new(&self) -> bool {
+        self.new
+    }
+
     /// Logs out: the record is deleted and the cookie cleared.
     pub fn end(&mut self) {
         self.ended = true;

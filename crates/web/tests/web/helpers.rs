@@ -35,6 +35,7 @@ pub struct TestApp {
     pub db: store::Db,
     cookies: Vec<(String, String)>,
     _dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
 }
 
 pub fn agencies() -> Vec<Agency> {
@@ -62,11 +63,26 @@ pub fn agencies() -> Vec<Agency> {
 
 impl TestApp {
     pub async fn new(config: WebConfig) -> Self {
+        Self::on(Backend::Sqlite, config).await
+    }
+
+    /// A test app on a fresh database of `backend` (a PostgreSQL one is dropped with the app).
+    pub async fn on(backend: Backend, config: WebConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("web.db").display());
+        let (url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("web.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let pg = PgDatabase::create().await;
+                (pg.url.clone(), Some(pg))
+            }
+        };
         let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
             .await
             .unwrap();
+        assert_eq!(db.backend(), backend);
         db.upsert_agencies(&agencies()).await.unwrap();
         let p = pki();
         let validator = Arc::new(Validator::new(
@@ -98,6 +114,7 @@ impl TestApp {
             db,
             cookies: Vec::new(),
             _dir: dir,
+            _pg: pg,
         }
     }
 
@@ -245,4 +262,76 @@ pub fn location(h: &axum::http::HeaderMap) -> String {
     h.get(header::LOCATION)
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default()
+}
+
+/// Which database a test app runs on.
+pub use store::Backend;
+
+/// SQLite always; PostgreSQL too when `TEST_DATABASE_URL` is set (CI sets it).
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    if std::env::var("TEST_DATABASE_URL").is_ok() {
+        out.push(Backend::Postgres);
+    }
+    out
+}
+
+/// A PostgreSQL database of its own for one test, dropped when the test is done.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    async fn create() -> Self {
+        use ring::rand::SecureRandom as _;
+        use sqlx::Connection as _;
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+        let mut bytes = [0u8; 8];
+        ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
+        let name = format!(
+            "certreg_web_{}",
+            pki::serial::hex_upper(&bytes).to_lowercase()
+        );
+        let mut c = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin_url.clone());
+        let url = format!("{base}/{name}");
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Dropping needs a runtime of its own: the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut c = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
 }

@@ -2,6 +2,7 @@
 //! refusals, security headers, body limits and rate limits.
 
 mod admin;
+mod api;
 mod helpers;
 
 use axum::body::Body;
