@@ -8,6 +8,7 @@
 
 mod assets;
 pub mod error;
+pub mod ops;
 pub mod pages;
 pub mod render;
 pub mod security;
@@ -63,6 +64,7 @@ struct Inner {
     db: store::Db,
     config: WebConfig,
     limiter: RateLimiter,
+    metrics: ops::Metrics,
 }
 
 /// Shared state of every handler.
@@ -76,6 +78,7 @@ impl AppState {
             db,
             config,
             limiter: RateLimiter::default(),
+            metrics: ops::Metrics::default(),
         }))
     }
 
@@ -93,6 +96,10 @@ impl AppState {
 
     pub fn limiter(&self) -> &RateLimiter {
         &self.0.limiter
+    }
+
+    pub fn metrics(&self) -> &ops::Metrics {
+        &self.0.metrics
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -131,6 +138,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             session::layer,
         ))
+        .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::client,
@@ -140,5 +148,9 @@ pub fn app(state: AppState) -> Router {
             security::headers,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
         .with_state(state)
 }

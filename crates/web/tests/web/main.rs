@@ -2,6 +2,7 @@
 //! refusals, security headers, body limits and rate limits.
 
 mod helpers;
+mod ops;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
