@@ -29,6 +29,20 @@ pub struct Settings {
     pub accept_stale_crl: bool,
     /// The version of 用戶約定條款 users agree to.
     pub terms_version: String,
+    /// Where the pages' card client finds the local card agent.
+    pub agent_url: String,
+    /// Reverse proxies (IP addresses) whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `compact` (human) or `json` (one object per line, for log collectors).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Compact,
+    Json,
 }
 
 impl Default for Settings {
@@ -44,8 +58,16 @@ impl Default for Settings {
             crl_refresh_minutes: 60,
             accept_stale_crl: false,
             terms_version: "2026-01".into(),
+            agent_url: "http://127.0.0.1:61161".into(),
+            trusted_proxies: Vec::new(),
+            log_format: LogFormat::Compact,
         }
     }
+}
+
+/// A comma-separated environment value.
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|x| !x.is_empty())
 }
 
 impl Settings {
@@ -72,6 +94,19 @@ impl Settings {
         string("PUBLIC_ORIGIN", &mut s.public_origin);
         string("LISTEN", &mut s.listen);
         string("TERMS_VERSION", &mut s.terms_version);
+        string("AGENT_URL", &mut s.agent_url);
+        if let Some(v) = env("CERTREG_TRUSTED_PROXIES") {
+            s.trusted_proxies = list(&v)
+                .map(|p| p.parse().with_context(|| format!("trusted proxy {p:?}")))
+                .collect::<Result<_>>()?;
+        }
+        if let Some(v) = env("CERTREG_LOG_FORMAT") {
+            s.log_format = match v.as_str() {
+                "json" => LogFormat::Json,
+                "compact" => LogFormat::Compact,
+                other => bail!("CERTREG_LOG_FORMAT must be compact or json, not {other:?}"),
+            };
+        }
         if let Some(v) = env("CERTREG_DATABASE_URL_FILE") {
             s.database_url_file = Some(v.into());
         }
@@ -82,12 +117,7 @@ impl Settings {
             s.anchors_dir = v.into();
         }
         if let Some(v) = env("CERTREG_CRLS") {
-            s.crls = v
-                .split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .map(String::from)
-                .collect();
+            s.crls = list(&v).map(String::from).collect();
         }
         if let Some(v) = env("CERTREG_CRL_REFRESH_MINUTES") {
             s.crl_refresh_minutes = v
@@ -132,6 +162,9 @@ impl Settings {
         {
             bail!("public_origin must start with https:// (or http:// for local use)");
         }
+        if !(self.agent_url.starts_with("http://") || self.agent_url.starts_with("https://")) {
+            bail!("agent_url must start with http:// or https://");
+        }
         if self.crl_refresh_minutes == 0 {
             bail!("crl_refresh_minutes must be at least 1");
         }
@@ -158,12 +191,19 @@ mod tests {
         std::fs::write(&secret, "postgres://certreg:secret@db/certreg\n").unwrap();
         let env: HashMap<&str, String> = [
             ("CERTREG_CRL_REFRESH_MINUTES", "15".to_string()),
+            ("CERTREG_TRUSTED_PROXIES", " 10.0.0.1 ,".to_string()),
+            ("CERTREG_LOG_FORMAT", "json".to_string()),
             ("CERTREG_DATABASE_URL_FILE", secret.display().to_string()),
         ]
         .into();
         let s = Settings::load_from(Some(&file), |k| env.get(k).cloned()).unwrap();
         assert_eq!(s.public_origin, "https://certreg.example.gov.tw");
         assert_eq!(s.crl_refresh_minutes, 15);
+        assert_eq!(
+            s.trusted_proxies,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.database_url, "postgres://certreg:secret@db/certreg");
         assert_eq!(s.listen, Settings::default().listen);
         assert!(

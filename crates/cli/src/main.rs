@@ -3,7 +3,9 @@
 mod agent_cmd;
 mod config;
 mod data_cmd;
+mod demo_cmd;
 mod pki_cmd;
+mod serve_cmd;
 mod store_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,10 @@ enum Command {
     },
     /// The local card agent (HiPKI protocol on 127.0.0.1) over soft cards or PKCS#11 modules.
     Agent(agent_cmd::AgentArgs),
+    /// Try it: the web service, the card agent and test cards in one process (README's first command).
+    Demo(demo_cmd::DemoArgs),
+    /// The web service (settings: --config FILE and CERTREG_* variables).
+    Serve(serve_cmd::ServeArgs),
     /// Create or upgrade the database schema.
     Migrate(store_cmd::DatabaseArgs),
     /// The audit log.
@@ -58,6 +64,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pki { command } => pki_cmd::run(command),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
+        Command::Serve(args) => serve_cmd::serve(args),
         Command::Migrate(args) => store_cmd::migrate(args),
         Command::Audit { command } => store_cmd::audit(command),
         Command::Agencies { command } => data_cmd::agencies(command),

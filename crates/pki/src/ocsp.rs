@@ -658,127 +658,180 @@ impl OcspTransport for HttpTransport {
         timeout: Duration,
         max_len: usize,
     ) -> Result<Vec<u8>, PkiError> {
-        let (host, port, path) = parse_http_url(url)?;
-        let deadline = Instant::now() + timeout;
-        let unavailable =
-            |what: String| PkiError::new(ErrorCode::OcspUnavailable, format!("OCSP {url}: {what}"));
-        let map_io = |e: std::io::Error| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                unavailable(format!("no answer within {timeout:?}"))
-            } else {
-                unavailable(e.to_string())
-            }
-        };
-        // Name resolution has no timeout in std; GPKI URLs resolve through the local resolver.
-        let addrs: Vec<_> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| unavailable(format!("cannot resolve {host}: {e}")))?
-            .collect();
-        let mut stream = None;
-        let mut last_err = unavailable(format!("{host} resolves to no address"));
-        for addr in addrs {
-            let Some(left) = remaining(deadline) else {
-                return Err(unavailable(format!("no answer within {timeout:?}")));
-            };
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last_err = map_io(e),
-            }
-        }
-        let mut stream = stream.ok_or(last_err)?;
-
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let host_header = if port == 80 {
-            host.clone()
-        } else {
-            format!("{host}:{port}")
-        };
-        let mut msg = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/ocsp-request\r\n\
-             Accept: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            request_der.len()
+        exchange(
+            HttpCall {
+                what: "OCSP",
+                code: ErrorCode::OcspUnavailable,
+                method: "POST",
+                headers: "Content-Type: application/ocsp-request\r\nAccept: application/ocsp-response\r\n",
+                body: request_der,
+            },
+            url,
+            timeout,
+            max_len,
         )
-        .into_bytes();
-        msg.extend_from_slice(request_der);
-        let left = remaining(deadline)
-            .ok_or_else(|| unavailable(format!("no answer within {timeout:?}")))?;
-        stream.set_write_timeout(Some(left)).map_err(map_io)?;
-        stream.write_all(&msg).map_err(map_io)?;
-
-        let mut conn = Conn {
-            stream,
-            deadline,
-            buf: Vec::new(),
-        };
-        let head = conn
-            .read_head()
-            .map_err(|e| e.into_pki(&unavailable, &map_io))?;
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let (proto, code) = (
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
-        if !proto.starts_with("HTTP/1.") {
-            return Err(unavailable(format!(
-                "not an HTTP response: {status_line:?}"
-            )));
-        }
-        if code != "200" {
-            return Err(unavailable(format!("HTTP status {}", status_line.trim())));
-        }
-        let mut content_length = None;
-        let mut chunked = false;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(
-                    value
-                        .parse::<usize>()
-                        .map_err(|_| unavailable(format!("bad Content-Length {value:?}")))?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            }
-        }
-        let too_large = |n: usize| {
-            PkiError::new(
-                ErrorCode::InputTooLarge,
-                format!(
-                    "OCSP {url}: response body of {n} bytes or more exceeds the limit of {max_len} bytes"
-                ),
-            )
-        };
-        let body = if chunked {
-            conn.read_chunked(max_len)
-        } else if let Some(n) = content_length {
-            if n > max_len {
-                return Err(too_large(n));
-            }
-            conn.read_exact_body(n)
-        } else {
-            conn.read_to_close(max_len)
-        };
-        body.map_err(|e| match e {
-            HttpErr::TooLarge(n) => too_large(n),
-            e => e.into_pki(&unavailable, &map_io),
-        })
     }
+}
+
+/// Fetches an `http://` URL (a CRL distribution point) with the same client: the whole exchange
+/// within `timeout`, a body of at most `max_len` bytes. Failures are `revocation_unknown`
+/// (a body over the limit `input_too_large`). CRLs are signed, so plain HTTP is enough.
+pub fn http_get(url: &str, timeout: Duration, max_len: usize) -> Result<Vec<u8>, PkiError> {
+    exchange(
+        HttpCall {
+            what: "GET",
+            code: ErrorCode::RevocationUnknown,
+            method: "GET",
+            headers: "",
+            body: &[],
+        },
+        url,
+        timeout,
+        max_len,
+    )
+}
+
+/// One request of [`exchange`]: what it is for (in messages) and what it sends.
+struct HttpCall<'a> {
+    what: &'static str,
+    code: ErrorCode,
+    method: &'static str,
+    /// Extra header lines, each ending in CRLF.
+    headers: &'static str,
+    body: &'a [u8],
+}
+
+fn exchange(
+    call: HttpCall<'_>,
+    url: &str,
+    timeout: Duration,
+    max_len: usize,
+) -> Result<Vec<u8>, PkiError> {
+    let request_der = call.body;
+    let (host, port, path) = parse_http_url(url, call.code, call.what)?;
+    let deadline = Instant::now() + timeout;
+    let what = call.what;
+    let unavailable = |detail: String| PkiError::new(call.code, format!("{what} {url}: {detail}"));
+    let map_io = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            unavailable(format!("no answer within {timeout:?}"))
+        } else {
+            unavailable(e.to_string())
+        }
+    };
+    // Name resolution has no timeout in std; GPKI URLs resolve through the local resolver.
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| unavailable(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut stream = None;
+    let mut last_err = unavailable(format!("{host} resolves to no address"));
+    for addr in addrs {
+        let Some(left) = remaining(deadline) else {
+            return Err(unavailable(format!("no answer within {timeout:?}")));
+        };
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = map_io(e),
+        }
+    }
+    let mut stream = stream.ok_or(last_err)?;
+
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let host_header = if port == 80 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let body_headers = if call.method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", request_der.len())
+    };
+    let mut msg = format!(
+        "{} {path} HTTP/1.1\r\nHost: {host_header}\r\n{}{body_headers}Connection: close\r\n\r\n",
+        call.method, call.headers,
+    )
+    .into_bytes();
+    msg.extend_from_slice(request_der);
+    let left =
+        remaining(deadline).ok_or_else(|| unavailable(format!("no answer within {timeout:?}")))?;
+    stream.set_write_timeout(Some(left)).map_err(map_io)?;
+    stream.write_all(&msg).map_err(map_io)?;
+
+    let mut conn = Conn {
+        stream,
+        deadline,
+        buf: Vec::new(),
+    };
+    let head = conn
+        .read_head()
+        .map_err(|e| e.into_pki(&unavailable, &map_io))?;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let (proto, code) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    if !proto.starts_with("HTTP/1.") {
+        return Err(unavailable(format!(
+            "not an HTTP response: {status_line:?}"
+        )));
+    }
+    if code != "200" {
+        return Err(unavailable(format!("HTTP status {}", status_line.trim())));
+    }
+    let mut content_length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| unavailable(format!("bad Content-Length {value:?}")))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    let too_large = |n: usize| {
+        PkiError::new(
+            ErrorCode::InputTooLarge,
+            format!(
+                "{what} {url}: response body of {n} bytes or more exceeds the limit of {max_len} bytes"
+            ),
+        )
+    };
+    let body = if chunked {
+        conn.read_chunked(max_len)
+    } else if let Some(n) = content_length {
+        if n > max_len {
+            return Err(too_large(n));
+        }
+        conn.read_exact_body(n)
+    } else {
+        conn.read_to_close(max_len)
+    };
+    body.map_err(|e| match e {
+        HttpErr::TooLarge(n) => too_large(n),
+        e => e.into_pki(&unavailable, &map_io),
+    })
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
@@ -787,13 +840,8 @@ fn remaining(deadline: Instant) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
-fn parse_http_url(url: &str) -> Result<(String, u16, String)> {
-    let bad = |why: &str| {
-        PkiError::new(
-            ErrorCode::OcspUnavailable,
-            format!("OCSP URL {url:?}: {why}"),
-        )
-    };
+fn parse_http_url(url: &str, code: ErrorCode, what: &str) -> Result<(String, u16, String)> {
+    let bad = |why: &str| PkiError::new(code, format!("{what} URL {url:?}: {why}"));
     let rest = url
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("http://"))
@@ -1736,21 +1784,60 @@ V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
     }
 
     #[test]
+    fn http_get_fetches_a_body_within_its_cap() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/gca.crl", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .unwrap();
+            }
+            requests
+        });
+        assert_eq!(
+            super::http_get(&url, Duration::from_secs(5), 100).unwrap(),
+            b"hello"
+        );
+        let e = super::http_get(&url, Duration::from_secs(5), 4).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InputTooLarge);
+        let requests = server.join().unwrap();
+        assert!(
+            requests[0].starts_with("GET /gca.crl HTTP/1.1\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(!requests[0].contains("Content-Length"));
+        let e = super::http_get("ftp://x/", Duration::from_secs(1), 10).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RevocationUnknown);
+    }
+
+    #[test]
     fn url_parsing() {
         assert_eq!(
-            parse_http_url("http://a.test").unwrap(),
+            parse_http_url("http://a.test", ErrorCode::OcspUnavailable, "OCSP").unwrap(),
             ("a.test".into(), 80, "/".into())
         );
         assert_eq!(
-            parse_http_url("HTTP://a.test:8080/x/y?z").unwrap(),
+            parse_http_url(
+                "HTTP://a.test:8080/x/y?z",
+                ErrorCode::OcspUnavailable,
+                "OCSP"
+            )
+            .unwrap(),
             ("a.test".into(), 8080, "/x/y?z".into())
         );
         assert_eq!(
-            parse_http_url("http://[::1]:81/").unwrap(),
+            parse_http_url("http://[::1]:81/", ErrorCode::OcspUnavailable, "OCSP").unwrap(),
             ("::1".into(), 81, "/".into())
         );
-        assert!(parse_http_url("http://u@a.test/").is_err());
-        assert!(parse_http_url("http://:80/").is_err());
-        assert!(parse_http_url("ftp://a.test/").is_err());
+        assert!(parse_http_url("http://u@a.test/", ErrorCode::OcspUnavailable, "OCSP").is_err());
+        assert!(parse_http_url("http://:80/", ErrorCode::OcspUnavailable, "OCSP").is_err());
+        assert!(parse_http_url("ftp://a.test/", ErrorCode::OcspUnavailable, "OCSP").is_err());
     }
 }

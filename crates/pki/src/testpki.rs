@@ -1067,6 +1067,25 @@ fn card_defs() -> Vec<CardDef> {
     ]
 }
 
+/// The spec of issuing CA `kind` of a hierarchy generated at `now`: deterministic, so that a
+/// written hierarchy's CA can sign again from its key alone ([`fresh_crls`]).
+fn issuing_ca_spec(kind: CaKind, now: OffsetDateTime, key_alg: KeyAlg) -> CertSpec {
+    let mut spec = CertSpec::new(
+        vec![
+            NameAttr::printable(oid::AT_COUNTRY, "TW"),
+            NameAttr::utf8(oid::AT_ORGANIZATION, "行政院"),
+            NameAttr::utf8(oid::AT_ORG_UNIT, format!("{} - 測試用", kind.name_zh())),
+        ],
+        serial_for(&format!("ca:{}", kind.slug()), SerialShape::Plain),
+        now - years(5),
+        now + years(10),
+        key_alg,
+    );
+    spec.key_usage = vec![KeyUsage::KeyCertSign, KeyUsage::CrlSign];
+    spec.is_ca = Some(0);
+    spec
+}
+
 /// When revoked cards were revoked, relative to `now`.
 const REVOKED_AGO: Duration = Duration::days(10);
 
@@ -1109,19 +1128,7 @@ impl TestPki {
 
         let mut cas = Vec::new();
         for kind in CaKind::ISSUING {
-            let mut spec = CertSpec::new(
-                vec![
-                    c_tw.clone(),
-                    o_ey.clone(),
-                    NameAttr::utf8(oid::AT_ORG_UNIT, format!("{} - 測試用", kind.name_zh())),
-                ],
-                serial_for(&format!("ca:{}", kind.slug()), SerialShape::Plain),
-                now - years(5),
-                now + years(10),
-                opts.key_alg,
-            );
-            spec.key_usage = vec![KeyUsage::KeyCertSign, KeyUsage::CrlSign];
-            spec.is_ca = Some(0);
+            let spec = issuing_ca_spec(kind, now, opts.key_alg);
             cas.push((kind, try_issue(&spec, next_key()?, &root)?));
         }
 
@@ -1397,6 +1404,20 @@ impl TestPki {
         std::fs::write(out.join("index.json"), text + "\n")
     }
 
+    /// Writes the issuing CAs' private keys to `ca/<ca>.key.pem` (PKCS#8), so that a later run
+    /// can sign fresh CRLs for a hierarchy written by [`TestPki::write_dir`] ([`fresh_crls`]).
+    /// Kept apart from `write_dir`: only a long-lived test hierarchy (the demo's) needs them.
+    pub fn write_ca_keys(&self, out: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(out.join("ca"))?;
+        for (kind, ca) in &self.cas {
+            std::fs::write(
+                out.join(format!("ca/{}.key.pem", kind.slug())),
+                ca.key.pem(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// `anchors/manifest.toml`: one `[[anchor]]` per issuing CA, file names relative to it.
     pub fn anchor_manifest(&self) -> String {
         let mut s =
@@ -1414,6 +1435,66 @@ impl TestPki {
         }
         s
     }
+}
+
+/// Fresh CRLs (`this_update` … `next_update`) of every issuing CA of the hierarchy written in
+/// `dir` by [`TestPki::write_dir`] and [`TestPki::write_ca_keys`], revoking the same cards as
+/// the original ones: what a long-lived test hierarchy needs on every start, since written CRLs
+/// go stale after seven days.
+pub fn fresh_crls(
+    dir: &Path,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<Vec<(CaKind, Vec<u8>)>> {
+    let read = |rel: &str| {
+        std::fs::read(dir.join(rel)).map_err(|e| build_err(format!("reading {rel}: {e}")))
+    };
+    let index: serde_json::Value = serde_json::from_slice(&read("index.json")?)
+        .map_err(|e| build_err(format!("index.json: {e}")))?;
+    let generated_at = index["generated_at"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .ok_or_else(|| build_err("index.json has no generated_at"))?;
+    let mut out = Vec::new();
+    for kind in CaKind::ISSUING {
+        let slug = kind.slug();
+        let (_, key_der) = der::pem::decode_vec(&read(&format!("ca/{slug}.key.pem"))?)
+            .map_err(|e| build_err(format!("ca/{slug}.key.pem: {e}")))?;
+        let (_, cert_der) = der::pem::decode_vec(&read(&format!("ca/{slug}.pem"))?)
+            .map_err(|e| build_err(format!("ca/{slug}.pem: {e}")))?;
+        let alg = if ring::signature::RsaKeyPair::from_pkcs8(&key_der).is_ok() {
+            KeyAlg::Rsa2048
+        } else {
+            KeyAlg::P256
+        };
+        let spec = issuing_ca_spec(kind, generated_at, alg);
+        let ca = Issued {
+            cert_der,
+            key: TestKey {
+                alg,
+                pkcs8_der: key_der,
+            },
+            params: params_of(&spec, false)?,
+            spec,
+        };
+        let mut revoked = Vec::new();
+        for f in index["files"].as_array().into_iter().flatten() {
+            if f["kind"] == "certificate" && f["ca"] == slug && f["variant"] == "revoked" {
+                let hex = f["serial"].as_str().unwrap_or_default();
+                let bytes = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+                    .collect::<std::result::Result<Vec<u8>, _>>()
+                    .map_err(|_| build_err(format!("index.json: bad serial {hex:?}")))?;
+                revoked.push((bytes, generated_at - REVOKED_AGO));
+            }
+        }
+        let number = u64::try_from(this_update.unix_timestamp()).unwrap_or(1);
+        out.push((
+            kind,
+            try_crl(&ca, &revoked, this_update, next_update, number, None)?,
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1991,6 +2072,45 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fresh_crls_are_signed_again_from_the_written_ca_keys() {
+        use crate::facts::ParsedCert;
+        use crate::validate::{ValidationOptions, Validator};
+        let pki = pki();
+        let dir = temp_dir("fresh-crls");
+        pki.write_dir(&dir).unwrap();
+        pki.write_ca_keys(&dir).unwrap();
+        // A month later the written CRLs are stale; fresh ones let validation go on.
+        let later = pki.opts.now + Duration::days(30);
+        let crls = fresh_crls(&dir, later, later + Duration::days(1)).unwrap();
+        assert_eq!(crls.len(), CaKind::ISSUING.len());
+        let mut store = crate::revocation::CrlStore::new();
+        for (_, der) in &crls {
+            store.add(der).unwrap();
+        }
+        let v = Validator::new(
+            pki.trust_store().unwrap(),
+            store,
+            ValidationOptions::default(),
+        );
+        let check = |name: &str| {
+            let c = pki.card(name);
+            let cert = ParsedCert::from_der(c.issued.cert_der.clone()).unwrap();
+            v.validate(&cert, &[], c.role, later).map(|_| ())
+        };
+        check("gca-agency").unwrap();
+        check("moica-admin").unwrap();
+        assert_eq!(
+            check("moica-revoked").unwrap_err().code,
+            ErrorCode::CertRevoked
+        );
+        assert_eq!(
+            check("gca-agency-revoked").unwrap_err().code,
+            ErrorCode::CertRevoked
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

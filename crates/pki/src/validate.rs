@@ -146,6 +146,11 @@ impl Validator {
         &self.trust
     }
 
+    /// How revocation is checked (the health check asks whether a stale CRL refuses cards).
+    pub fn options(&self) -> &ValidationOptions {
+        &self.options
+    }
+
     pub fn crls(&self) -> Arc<CrlStore> {
         self.crls.read().map(|c| c.clone()).unwrap_or_default()
     }

@@ -58,7 +58,7 @@ pub fn page(state: &AppState, status: StatusCode, title: &str, message: String) 
 
 /// An unexpected failure: logged with an id the user can quote, shown without detail.
 pub fn internal(state: &AppState, cause: &str) -> Response {
-    let id = crate::security::random_token()[..12].to_string();
+    let id = crate::ops::request_id();
     tracing::error!(request_id = %id, cause, "internal error");
     let body = ErrorPage {
         layout: state.layout(),
@@ -89,7 +89,7 @@ pub struct ApiError {
 
 pub fn api(e: &DomainError) -> Response {
     if let DomainError::Storage(cause) = e {
-        let id = crate::security::random_token()[..12].to_string();
+        let id = crate::ops::request_id();
         tracing::error!(request_id = %id, cause, "internal error");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

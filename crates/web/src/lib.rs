@@ -9,6 +9,7 @@
 pub mod api;
 mod assets;
 pub mod error;
+pub mod ops;
 pub mod pages;
 pub mod render;
 pub mod security;
@@ -64,6 +65,7 @@ struct Inner {
     db: store::Db,
     config: WebConfig,
     limiter: RateLimiter,
+    metrics: ops::Metrics,
 }
 
 /// Shared state of every handler.
@@ -77,6 +79,7 @@ impl AppState {
             db,
             config,
             limiter: RateLimiter::default(),
+            metrics: ops::Metrics::default(),
         }))
     }
 
@@ -94,6 +97,10 @@ impl AppState {
 
     pub fn limiter(&self) -> &RateLimiter {
         &self.0.limiter
+    }
+
+    pub fn metrics(&self) -> &ops::Metrics {
+        &self.0.metrics
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -133,6 +140,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             session::layer,
         ))
+        .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::client,
@@ -142,5 +150,9 @@ pub fn app(state: AppState) -> Router {
             security::headers,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
         .with_state(state)
 }

@@ -1,6 +1,8 @@
 //! The `certreg pki` commands as operators and acceptance checks call them: the real binary, a
 //! generated test PKI on disk, JSON on stdout and the exit codes.
 
+mod serve;
+
 use base64::Engine as _;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -528,6 +528,9 @@ async fn card(
             .limiter()
             .hit(&key, state.config().limits.card_steps_per_code, now)
         {
+            state
+                .metrics()
+                .card_step(flow.kind.as_str(), flow.step.as_str(), "rate_limited");
             return too_many(&state);
         }
     }
@@ -542,7 +545,11 @@ async fn card(
         national_id: Some(form.national_id.clone()),
         client: client.clone(),
     };
-    match state.svc().submit_card(input).await {
+    let result = state.svc().submit_card(input).await;
+    let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
+    let (kind, step) = (flow.kind.as_str(), flow.step.as_str());
+    state.metrics().card_step(kind, step, outcome);
+    match result {
         Ok(StepOutcome::Advanced(_)) | Ok(StepOutcome::ReviewNeeded(_)) => {
             Redirect::to(&format!("/flows/{id}")).into_response()
         }

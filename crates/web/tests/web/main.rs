@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod helpers;
+mod ops;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};

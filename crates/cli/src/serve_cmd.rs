@@ -1,0 +1,298 @@
+//! `certreg serve`: the web service from the settings (defaults → TOML file → `CERTREG_*`):
+//! database, trust anchors, CRLs loaded at start and refreshed on an interval, structured logs,
+//! graceful shutdown on Ctrl-C or SIGTERM. `certreg demo` builds on the same pieces.
+
+use crate::config::{LogFormat, Settings};
+use crate::store_cmd::{DatabaseArgs, redact};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use domain::clock::{Clock, SystemClock};
+use domain::service::{ServiceConfig, Services};
+use pki::anchors::TrustStore;
+use pki::revocation::{CrlStore, StalePolicy};
+use pki::validate::{ValidationOptions, Validator};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Db, Secrets};
+use tokio::net::TcpListener;
+use web::{AppState, WebConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    /// Address to listen on (over `listen` / CERTREG_LISTEN), e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// A CRL fetched over HTTP is at most this large (GPKI's largest full CRLs are a few MiB).
+const MAX_CRL_DOWNLOAD: usize = 32 * 1024 * 1024;
+const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long start-up waits for the database before giving up with a message.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Logs on stderr in the configured format; `RUST_LOG` chooses what (default `default_filter`).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (never in the binary) is not worth failing over.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Compact => builder
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+/// The CRLs of `sources` (files, or `http://` URLs), each read afresh; a source that fails
+/// keeps its last good copy from `last_good`, and with none the whole load fails.
+pub async fn load_crls(
+    sources: &[String],
+    last_good: &mut HashMap<String, Vec<u8>>,
+) -> Result<CrlStore> {
+    let mut store = CrlStore::new();
+    for source in sources {
+        let fetched = fetch(source).await;
+        let bytes = match (fetched, last_good.get(source)) {
+            (Ok(b), _) => b,
+            (Err(e), Some(old)) => {
+                tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
+                old.clone()
+            }
+            (Err(e), None) => return Err(e),
+        };
+        let entry = store
+            .add(&bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("CRL {source}"))?;
+        tracing::debug!(source, issuer = %entry.issuer, next_update = ?entry.next_update, "CRL loaded");
+        last_good.insert(source.clone(), bytes);
+    }
+    Ok(store)
+}
+
+async fn fetch(source: &str) -> Result<Vec<u8>> {
+    if source.starts_with("http://") || source.starts_with("HTTP://") {
+        let url = source.to_string();
+        // The client is blocking std I/O with its own deadline; keep it off the async workers.
+        return tokio::task::spawn_blocking(move || {
+            pki::ocsp::http_get(&url, CRL_FETCH_TIMEOUT, MAX_CRL_DOWNLOAD)
+        })
+        .await
+        .context("CRL download task")?
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("fetching CRL {source}"));
+    }
+    if source.contains("://") {
+        bail!("CRL source {source:?}: only files and http:// URLs are supported");
+    }
+    tokio::fs::read(source)
+        .await
+        .with_context(|| format!("reading CRL {source}"))
+}
+
+/// Re-reads the CRL sources every `every` and puts them in force; a failed refresh keeps what
+/// is in force (the health check shows when it goes stale).
+pub async fn refresh_crls(
+    validator: Arc<Validator>,
+    sources: Vec<String>,
+    mut last_good: HashMap<String, Vec<u8>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate and the CRLs were just loaded.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match load_crls(&sources, &mut last_good).await {
+            Ok(store) => {
+                tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
+                validator.replace_crls(store);
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
+        }
+    }
+}
+
+/// Deletes expired sessions now and then, so the table holds live ones only.
+async fn sweep_sessions(db: Db) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        match db
+            .session_delete_expired(time::OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired sessions deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deleting expired sessions"),
+        }
+    }
+}
+
+/// Opens the database (migrating it) with its key; the message says which database failed.
+pub async fn connect(settings: &Settings) -> Result<Db> {
+    store::backend_of(&settings.database_url)?;
+    // Personal data is encrypted at rest: the service never runs without its key.
+    let key = settings.key_path()?;
+    // A fresh SQLite data directory is created with its key, as a first start expects.
+    let sqlite_dir =
+        store::sqlite_path(&settings.database_url).and_then(|p| p.parent().map(Path::to_path_buf));
+    for dir in sqlite_dir
+        .iter()
+        .chain(key.parent().map(Path::to_path_buf).as_ref())
+    {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let secrets =
+        Secrets::load_or_create(&key).with_context(|| format!("key file {}", key.display()))?;
+    let url = redact(&settings.database_url);
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Db::connect(&settings.database_url, &secrets),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot open the database {url}"))
+}
+
+/// Everything the web service needs, built from the settings.
+pub struct Service {
+    pub state: AppState,
+    pub db: Db,
+    pub validator: Arc<Validator>,
+    /// The CRLs as loaded, for the refresh task to fall back on.
+    pub crl_copies: HashMap<String, Vec<u8>>,
+}
+
+/// Builds the service: trust anchors, CRLs, database, calendar. `public_origin` and
+/// `agent_url` of `settings` are used as they are (the demo sets them after binding).
+pub async fn build(settings: &Settings) -> Result<Service> {
+    let trust = TrustStore::load_dir(&settings.anchors_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "trust anchors {} (a directory with manifest.toml)",
+                settings.anchors_dir.display()
+            )
+        })?;
+    let mut crl_copies = HashMap::new();
+    let crls = load_crls(&settings.crls, &mut crl_copies).await?;
+    if crls.is_empty() {
+        tracing::warn!(
+            "no CRLs configured (`crls`): every card will be refused as revocation_unknown"
+        );
+    }
+    let options = ValidationOptions {
+        stale_crl: if settings.accept_stale_crl {
+            StalePolicy::Warn
+        } else {
+            StalePolicy::Reject
+        },
+        ..ValidationOptions::default()
+    };
+    let validator = Arc::new(Validator::new(trust, crls, options).with_cache());
+    let db = connect(settings).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let svc_config = ServiceConfig {
+        origin: settings.public_origin.trim_end_matches('/').to_string(),
+        terms_version: settings.terms_version.clone(),
+        ..ServiceConfig::default()
+    };
+    let svc = Services::with_stored_calendar(db.clone(), clock, validator.clone(), svc_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("loading the office calendar")?;
+    for w in svc.calendar_warnings() {
+        tracing::warn!("{w}");
+    }
+    let web_config = WebConfig {
+        public_origin: settings.public_origin.trim_end_matches('/').to_string(),
+        agent_url: settings.agent_url.trim_end_matches('/').to_string(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        ..WebConfig::default()
+    };
+    let state = AppState::new(svc, db.clone(), web_config);
+    Ok(Service {
+        state,
+        db,
+        validator,
+        crl_copies,
+    })
+}
+
+/// Serves `service` on `listener` until `shutdown`, with the CRL refresh and session sweep
+/// running beside it; closes the database after the last request.
+pub async fn run(
+    listener: TcpListener,
+    service: Service,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let refresh = tokio::spawn(refresh_crls(
+        service.validator.clone(),
+        settings.crls.clone(),
+        service.crl_copies,
+        Duration::from_secs(settings.crl_refresh_minutes * 60),
+    ));
+    let sweep = tokio::spawn(sweep_sessions(service.db.clone()));
+    let app = web::app(service.state);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    refresh.abort();
+    sweep.abort();
+    service.db.close().await;
+    served.context("serving")
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut settings = args.db.settings()?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    init_logging(settings.log_format, "info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let service = build(&settings).await?;
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, origin = %settings.public_origin, database = %redact(&settings.database_url), "certreg serving");
+        // One line on stdout for scripts (and tests) that asked for port 0.
+        println!("certreg listening on http://{addr}");
+        run(
+            listener,
+            service,
+            &settings,
+            crate::agent_cmd::shutdown_signal(),
+        )
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
