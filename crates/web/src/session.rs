@@ -201,6 +201,20 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     if session.id != old_id {
         let _ = state.db().session_delete(&old_id).await;
+    } else if !session.new {
+        // A replacement may have ended this session while the request ran (the store deletes
+        // the agency's administrator sessions): saving it now would bring it back.
+        match state.db().session_get(&session.id, now).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                set_cookie(&state, &mut response, name, "", true);
+                return response;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading a session");
+                return crate::error::internal(&state, "session store unavailable");
+            }
+        }
     }
     // Every request counts as activity; the record is rewritten with a new idle deadline.
     let (kind, code) = session.kind();
