@@ -1,0 +1,921 @@
+//! Load generator for the web service (`cargo bench -p web --bench load`; with
+//! `TEST_DATABASE_URL` set, PostgreSQL too, in a fresh database dropped afterwards): the service
+//! runs in-process on 127.0.0.1:0 and 1, 16 and 64 clients drive card flows end to end over real
+//! HTTP/1.1 on loopback, each with its own bearer session and keep-alive connection. Next to the
+//! figures, the single-thread `pki::proof::verify_proof` rate of the same machine and run.
+//! No criterion: plain timed loops.
+
+use base64::Engine as _;
+use domain::clock::{Clock, FixedClock};
+use domain::model::*;
+use domain::service::{ServiceConfig, Services};
+use domain::store::Store as _;
+use domain::types::*;
+use pki::anchors::Role;
+use pki::challenge::Challenge;
+use pki::proof::verify_proof;
+use pki::testpki::{TestPki, TestPkiOptions};
+use pki::validate::{ValidationOptions, Validator};
+use pki::{ErrorCode, PkiError};
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection as _};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use web::security::Limits;
+use web::{AppState, WebConfig};
+
+/// The test PKI's reference time (as in the web tests): certificates valid, CRLs current.
+const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
+const TAIPEI: &str = "A0001";
+const CLIENTS: [usize; 3] = [1, 16, 64];
+const WARM_UP: StdDuration = StdDuration::from_secs(1);
+const MEASURE: StdDuration = StdDuration::from_secs(5);
+/// Distinct proofs cycled by the verification-rate case.
+const PROOFS: usize = 64;
+const VERIFY_WARM_UP: StdDuration = StdDuration::from_millis(500);
+const VERIFY_MEASURE: StdDuration = StdDuration::from_secs(2);
+/// Thread names, so the CPU time of the service and of the clients can be told apart.
+const SERVER_THREADS: &str = "bench-server";
+const CLIENT_THREADS: &str = "bench-client";
+
+fn test_pki() -> TestPki {
+    TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI")
+}
+
+/// No path cache: the benchmark repeats one card, which would always hit it, while real traffic
+/// brings many distinct cards.
+fn validator(pki: &TestPki) -> Arc<Validator> {
+    Arc::new(Validator::new(
+        pki.trust_store().expect("anchors"),
+        pki.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
+            .expect("CRLs"),
+        ValidationOptions::default(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The card (the client's side)
+
+/// A test-PKI citizen card as the agent uses it: attached CMS over the TBS. The key is parsed
+/// once, so the client's signing cost is the signature, not PKCS#8 parsing.
+struct Card {
+    cert_der: Vec<u8>,
+    key: RsaKeyPair,
+    national_id: String,
+}
+
+impl Card {
+    fn of(pki: &TestPki, name: &str) -> Self {
+        let card = pki.card(name);
+        Self {
+            cert_der: card.issued.cert_der.clone(),
+            key: RsaKeyPair::from_pkcs8(&card.issued.key.pkcs8_der).expect("RSA test card"),
+            national_id: card.national_id.clone().expect("citizen card"),
+        }
+    }
+
+    fn sign(&self, tbs: &str) -> Vec<u8> {
+        pki::cms::build_signed_data(tbs.as_bytes(), &self.cert_der, &Default::default(), |m| {
+            let mut out = vec![0u8; self.key.public().modulus_len()];
+            self.key
+                .sign(
+                    &RSA_PKCS1_SHA256,
+                    &ring::rand::SystemRandom::new(),
+                    m,
+                    &mut out,
+                )
+                .map_err(|_| PkiError::new(ErrorCode::CertMalformed, "RSA signing failed"))?;
+            Ok(out)
+        })
+        .expect("CMS")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The verification rate
+
+/// `verify_proof` on one thread over pre-made CMS proofs (path + CRL, no cache); returns proofs/s.
+fn verify_rate(pki: &TestPki, card: &Card) -> f64 {
+    let v = validator(pki);
+    let origin = "http://127.0.0.1:8080";
+    let challenges: Vec<Challenge> = (0..PROOFS)
+        .map(|i| {
+            Challenge::new(
+                "query_citizen_serial",
+                origin,
+                &format!("flow-{i}"),
+                "query_citizen_card",
+                NOW,
+            )
+            .expect("challenge")
+        })
+        .collect();
+    let proofs: Vec<Vec<u8>> = challenges.iter().map(|c| card.sign(&c.tbs())).collect();
+    let at = NOW + Duration::minutes(1);
+    let op = |i: usize| {
+        let k = i % PROOFS;
+        verify_proof(&v, &challenges[k], &proofs[k], None, Role::Citizen, at)
+            .expect("proof verifies");
+    };
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < VERIFY_WARM_UP {
+        op(i);
+        i += 1;
+    }
+    let (start, mut n) = (Instant::now(), 0usize);
+    while start.elapsed() < VERIFY_MEASURE {
+        op(n);
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client: one keep-alive connection, one request at a time
+
+struct Http {
+    addr: SocketAddr,
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        // Requests are written whole; Nagle would only add a delayed-ACK wait to each.
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            addr,
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    async fn reconnect(&mut self) -> io::Result<()> {
+        *self = Self::connect(self.addr).await?;
+        Ok(())
+    }
+
+    async fn post(&mut self, path: &str, token: Option<&str>, body: &[u8]) -> io::Result<Reply> {
+        let mut req = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ));
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes).await?;
+        self.read_reply().await
+    }
+
+    /// Reads one response; the service always sends Content-Length (whole JSON bodies).
+    async fn read_reply(&mut self) -> io::Result<Reply> {
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| invalid("head"))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("status line"))?;
+        let mut length = None;
+        for line in head.lines().skip(1) {
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(invalid("chunked replies are not supported"));
+                }
+            }
+        }
+        let length = length.ok_or_else(|| invalid("no Content-Length"))?;
+        while self.buf.len() < head_end + length {
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(Reply {
+            status,
+            body: self.buf[head_end..head_end + length].to_vec(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flows
+
+#[derive(Clone, Copy)]
+enum Case {
+    /// R4.3 查詢自然人憑證序號: one citizen card step, the flow done.
+    CitizenSerial,
+    /// R5.1 經辦人登入: one card step against the agency's operators, the session becomes the
+    /// operator's.
+    OperatorLogin,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::CitizenSerial => "R4.3 citizen serial query",
+            Case::OperatorLogin => "R5.1 operator login",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Case::CitizenSerial => "query_citizen_serial",
+            Case::OperatorLogin => "operator_login",
+        }
+    }
+
+    fn card(self) -> &'static str {
+        match self {
+            Case::CitizenSerial => "moica-admin",
+            Case::OperatorLogin => "moica-operator-1",
+        }
+    }
+
+    fn outcome(self) -> &'static str {
+        match self {
+            Case::CitizenSerial => "citizen_serial",
+            Case::OperatorLogin => "operator",
+        }
+    }
+}
+
+/// What one step took.
+struct StepTimes {
+    /// `POST /flows`.
+    start: StdDuration,
+    /// `POST /challenge`, as the client waits for it.
+    challenge: StdDuration,
+    /// `POST /card`.
+    card: StdDuration,
+    /// The card's signature and the proof's encoding.
+    sign: StdDuration,
+}
+
+enum StepError {
+    /// The connection failed: reconnect.
+    Io(io::Error),
+    /// An unexpected answer.
+    Refused(String),
+}
+
+impl From<io::Error> for StepError {
+    fn from(e: io::Error) -> Self {
+        StepError::Io(e)
+    }
+}
+
+fn answer(what: &str, reply: &Reply, status: u16) -> Result<Value, StepError> {
+    if reply.status != status {
+        return Err(StepError::Refused(format!(
+            "{what}: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )));
+    }
+    Ok(reply.json())
+}
+
+/// Start a flow, ask for its challenge, sign it with the card, send the proof.
+async fn step(
+    http: &mut Http,
+    token: &str,
+    case: Case,
+    card: &Card,
+) -> Result<StepTimes, StepError> {
+    let t = Instant::now();
+    let start_body = json!({ "kind": case.kind() }).to_string();
+    let reply = http
+        .post("/api/v1/flows", Some(token), start_body.as_bytes())
+        .await?;
+    let start = t.elapsed();
+    let flow = answer("start", &reply, 201)?;
+    let id = flow["id"].as_str().unwrap_or_default().to_string();
+
+    let t = Instant::now();
+    let reply = http
+        .post(&format!("/api/v1/flows/{id}/challenge"), Some(token), b"")
+        .await?;
+    let challenge_time = t.elapsed();
+    let challenge = answer("challenge", &reply, 200)?;
+
+    let t = Instant::now();
+    let tbs = challenge["tbs"].as_str().unwrap_or_default();
+    let signature = base64::engine::general_purpose::STANDARD.encode(card.sign(tbs));
+    let mut proof = json!({
+        "challenge_id": challenge["challenge_id"],
+        "signature": signature,
+        "national_id": card.national_id,
+    });
+    if let Case::OperatorLogin = case {
+        proof["institution_code"] = json!(TAIPEI);
+    }
+    let proof = proof.to_string();
+    let sign = t.elapsed();
+
+    let t = Instant::now();
+    let reply = http
+        .post(
+            &format!("/api/v1/flows/{id}/card"),
+            Some(token),
+            proof.as_bytes(),
+        )
+        .await?;
+    let card_time = t.elapsed();
+    let outcome = answer("card", &reply, 200)?;
+    if outcome["outcome"] != case.outcome() {
+        return Err(StepError::Refused(format!("card: {outcome}")));
+    }
+    Ok(StepTimes {
+        start,
+        challenge: challenge_time,
+        card: card_time,
+        sign,
+    })
+}
+
+#[derive(Default)]
+struct ClientResult {
+    /// Steps that ended inside the measured window.
+    steps: Vec<StepTimes>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// One client: its own connection and bearer session, steps back to back until `end`; steps
+/// that end between `measure_from` and `end` are kept.
+async fn client(
+    addr: SocketAddr,
+    case: Case,
+    card: Arc<Card>,
+    measure_from: Instant,
+    end: Instant,
+) -> ClientResult {
+    let mut result = ClientResult::default();
+    let mut http = Http::connect(addr).await.expect("connect");
+    let reply = http
+        .post("/api/v1/sessions", None, b"")
+        .await
+        .expect("session");
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let token = reply.json()["token"].as_str().expect("token").to_string();
+    loop {
+        if Instant::now() >= end {
+            break;
+        }
+        let outcome = step(&mut http, &token, case, &card).await;
+        // Throughput counts steps by when they end, so none is lost at the window's edges.
+        let done = Instant::now();
+        let kept = done >= measure_from && done <= end;
+        match outcome {
+            Ok(t) if kept => result.steps.push(t),
+            Ok(_) => {}
+            Err(e) => {
+                let message = match e {
+                    StepError::Io(e) => {
+                        let _ = http.reconnect().await;
+                        format!("connection: {e}")
+                    }
+                    StepError::Refused(m) => m,
+                };
+                // A failure during warm-up counts too: every step must succeed.
+                result.errors += 1;
+                result.first_error.get_or_insert(message);
+            }
+        }
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time per thread group
+
+/// Run time (ns) of this process's threads, (server side, clients): every thread that is not a
+/// client thread counts as the service's (its runtime, SQLite's worker threads, the main
+/// thread, which idles while measuring). PostgreSQL's own processes are not in it.
+fn cpu_split() -> (u64, u64) {
+    let (mut server, mut clients) = (0u64, 0u64);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0u64);
+        if comm.trim() == CLIENT_THREADS {
+            clients += ns;
+        } else {
+            server += ns;
+        }
+    }
+    (server, clients)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One backend
+
+struct Row {
+    case: Case,
+    clients: usize,
+    steps: usize,
+    elapsed: StdDuration,
+    /// Server time per step (challenge + card), sorted.
+    server: Vec<StdDuration>,
+    /// Flow start, challenge and card requests per step, each sorted.
+    start: Vec<StdDuration>,
+    challenge: Vec<StdDuration>,
+    card: Vec<StdDuration>,
+    sign_mean: StdDuration,
+    server_cpu_per_step: StdDuration,
+    client_cpu_per_step: StdDuration,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+fn percentile(sorted: &[StdDuration], p: f64) -> StdDuration {
+    if sorted.is_empty() {
+        return StdDuration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn per_step(ns: u64, steps: usize) -> StdDuration {
+    StdDuration::from_nanos(ns / steps.max(1) as u64)
+}
+
+async fn run_case(addr: SocketAddr, case: Case, card: Arc<Card>, clients: usize) -> Row {
+    let begin = Instant::now();
+    let measure_from = begin + WARM_UP;
+    let end = measure_from + MEASURE;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(client(addr, case, card.clone(), measure_from, end)))
+        .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = cpu_split();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_to = cpu_split();
+    let mut all = ClientResult::default();
+    for t in tasks {
+        let r = t.await.expect("client task");
+        all.steps.extend(r.steps);
+        all.errors += r.errors;
+        if all.first_error.is_none() {
+            all.first_error = r.first_error;
+        }
+    }
+    let steps = all.steps.len();
+    let sorted = |f: fn(&StepTimes) -> StdDuration| {
+        let mut v: Vec<_> = all.steps.iter().map(f).collect();
+        v.sort_unstable();
+        v
+    };
+    let server = sorted(|s| s.challenge + s.card);
+    let start = sorted(|s| s.start);
+    let challenge = sorted(|s| s.challenge);
+    let card = sorted(|s| s.card);
+    let sign_total: StdDuration = all.steps.iter().map(|s| s.sign).sum();
+    Row {
+        case,
+        clients,
+        steps,
+        elapsed: MEASURE,
+        server,
+        start,
+        challenge,
+        card,
+        sign_mean: sign_total / steps.max(1) as u32,
+        server_cpu_per_step: per_step(cpu_to.0.saturating_sub(cpu_from.0), steps),
+        client_cpu_per_step: per_step(cpu_to.1.saturating_sub(cpu_from.1), steps),
+        errors: all.errors,
+        first_error: all.first_error,
+    }
+}
+
+/// What the R5.1 case needs on file: the agency registered, the card's holder its operator.
+async fn seed(db: &store::Db, pki: &TestPki) {
+    let code = InstitutionCode::parse(TAIPEI).expect("code");
+    db.upsert_agencies(&[Agency {
+        code: code.clone(),
+        name: "臺北市政府人事處".into(),
+        county: "臺北市".into(),
+        org_identifier: Some(OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid")),
+    }])
+    .await
+    .expect("agency");
+    let org = pki.card("gca-agency");
+    let admin = pki.card("moica-admin");
+    let cert = |c: &pki::testpki::Card| CertRef {
+        issuer: "CN=test CA".into(),
+        serial: CertSerial::parse(&c.issued.serial_hex()).expect("serial"),
+        subject: format!("CN={}", c.holder),
+        sha256: pki::serial::hex_upper(
+            ring::digest::digest(&ring::digest::SHA256, &c.issued.cert_der).as_ref(),
+        )
+        .to_lowercase(),
+        not_before: NOW - Duration::days(365),
+        not_after: NOW + Duration::days(365),
+    };
+    let admin_id = NationalId::parse(admin.national_id.as_deref().expect("ID")).expect("ID");
+    db.bulk_load_registrations(&[Registration {
+        code: code.clone(),
+        org: OrgCard {
+            cert: cert(org),
+            org_identifier: OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid"),
+            org_name: org.holder.clone(),
+        },
+        admin_card: CitizenCard {
+            cert: cert(admin),
+            holder_name: admin.holder.clone(),
+            id_last4: admin_id.last4().to_string(),
+        },
+        admin_id,
+        admin: AdminContact {
+            name: PersonName::parse("name", &admin.holder).expect("name"),
+            email: Email::parse("admin@example.gov.tw").expect("email"),
+            phone: Phone::parse("phone", "連絡電話", "(02)2701-3411").expect("phone"),
+            phone_ext: None,
+            mobile: None,
+            unit: None,
+            title: None,
+        },
+        registered_at: NOW - Duration::days(30),
+        updated_at: NOW - Duration::days(30),
+        version: 1,
+    }])
+    .await
+    .expect("registration");
+    let operator = pki.card(Case::OperatorLogin.card());
+    db.bulk_load_operators(
+        &[(
+            code,
+            OperatorInput {
+                serial: CertSerial::parse(&operator.issued.serial_hex()).expect("serial"),
+                name: PersonName::parse("name", &operator.holder).expect("name"),
+                national_id: NationalId::parse(operator.national_id.as_deref().expect("ID"))
+                    .expect("ID"),
+                functions: vec!["query".into()],
+            },
+        )],
+        NOW - Duration::days(1),
+    )
+    .await
+    .expect("operator");
+}
+
+struct Server {
+    addr: SocketAddr,
+    db: store::Db,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// The service as `certreg serve` runs it, but with limits that never throttle and the fixed
+/// clock the test PKI's certificates and CRLs are current at. Runs on the caller's runtime.
+async fn start_server(url: &str, pki: &TestPki) -> Server {
+    let db = store::Db::connect(url, &store::Secrets::generate().expect("keys"))
+        .await
+        .expect("connect");
+    seed(&db, pki).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let origin = format!("http://{addr}");
+    let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(NOW));
+    let svc = Services::with_stored_calendar(
+        db.clone(),
+        clock,
+        validator(pki),
+        ServiceConfig {
+            origin: origin.clone(),
+            ..ServiceConfig::default()
+        },
+    )
+    .await
+    .expect("services");
+    let state = AppState::new(
+        svc,
+        db.clone(),
+        WebConfig {
+            public_origin: origin,
+            // The fixed clock never leaves its minute, so any finite limit would end the run.
+            limits: Limits {
+                card_steps_per_client: u32::MAX,
+                card_steps_per_code: u32::MAX,
+                receipt_queries_per_client: u32::MAX,
+            },
+            ..WebConfig::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            web::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Server {
+        addr,
+        db,
+        stop,
+        served,
+    }
+}
+
+fn run_backend(
+    label: &str,
+    url: &str,
+    pki: &TestPki,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    out: &mut Vec<String>,
+) -> (usize, usize) {
+    let server = server_rt.block_on(start_server(url, pki));
+    let mut rows = Vec::new();
+    for case in [Case::CitizenSerial, Case::OperatorLogin] {
+        let card = Arc::new(Card::of(pki, case.card()));
+        for clients in CLIENTS {
+            eprintln!("{label}: {} with {clients} client(s)...", case.name());
+            let row = client_rt.block_on(run_case(server.addr, case, card.clone(), clients));
+            if let Some(e) = &row.first_error {
+                eprintln!("  {} error(s), the first: {e}", row.errors);
+            }
+            rows.push(row);
+        }
+    }
+    let _ = server.stop.send(());
+    server_rt.block_on(async {
+        let _ = server.served.await;
+        server.db.close().await;
+    });
+
+    out.push(format!("{label}:"));
+    out.push(format!(
+        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>6}",
+        "case",
+        "clients",
+        "steps",
+        "steps/s",
+        "p50 ms",
+        "p99 ms",
+        "start50",
+        "chal50",
+        "card50",
+        "sign ms",
+        "srv CPU",
+        "cli CPU",
+        "errors"
+    ));
+    out.push("-".repeat(126));
+    for r in &rows {
+        let ms = |d: StdDuration| d.as_secs_f64() * 1e3;
+        out.push(format!(
+            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>6}",
+            r.case.name(),
+            r.clients,
+            r.steps,
+            r.steps as f64 / r.elapsed.as_secs_f64(),
+            ms(percentile(&r.server, 0.50)),
+            ms(percentile(&r.server, 0.99)),
+            ms(percentile(&r.start, 0.50)),
+            ms(percentile(&r.challenge, 0.50)),
+            ms(percentile(&r.card, 0.50)),
+            ms(r.sign_mean),
+            ms(r.server_cpu_per_step),
+            ms(r.client_cpu_per_step),
+            r.errors
+        ));
+    }
+    out.push(String::new());
+    (rows.len(), rows.iter().map(|r| r.errors).sum())
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL database of the run
+
+/// `base` with its database name replaced.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// Drops the benchmark's PostgreSQL database, also when a case panics.
+struct PgGuard {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of its own: the bench's runtimes may be unwinding.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("nproc {nproc}, {model}")
+}
+
+fn runtime(name: &'static str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter or `--list` is not supported: run everything.
+    let total = Instant::now();
+    eprintln!("generating the test PKI...");
+    let pki = test_pki();
+
+    eprintln!("measuring verify_proof (single thread)...");
+    let verify = verify_rate(&pki, &Card::of(&pki, Case::CitizenSerial.card()));
+    let mut cases = 1;
+
+    // The service and the clients on runtimes of their own, so their threads' CPU time can be
+    // told apart; both share this machine's cores, as a client on the same host would.
+    let server_rt = runtime(SERVER_THREADS);
+    let client_rt = runtime(CLIENT_THREADS);
+    let mut out = Vec::new();
+    let mut errors = 0usize;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let (n, e) = run_backend(
+        "SQLite (temp file)",
+        &url,
+        &pki,
+        &server_rt,
+        &client_rt,
+        &mut out,
+    );
+    (cases, errors) = (cases + n, errors + e);
+    drop(dir);
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(base) => {
+            let name = format!("certreg_loadbench_{}", std::process::id());
+            server_rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&base)
+                    .await
+                    .expect("TEST_DATABASE_URL");
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create database");
+                let _ = admin.close().await;
+            });
+            let guard = PgGuard {
+                admin_url: base.clone(),
+                name: name.clone(),
+            };
+            let url = with_database(&base, &name);
+            let (n, e) = run_backend(
+                "PostgreSQL (same host)",
+                &url,
+                &pki,
+                &server_rt,
+                &client_rt,
+                &mut out,
+            );
+            (cases, errors) = (cases + n, errors + e);
+            drop(guard);
+        }
+        Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
+    }
+    drop((server_rt, client_rt));
+
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!();
+    println!("machine: {}", machine());
+    println!(
+        "service in-process on 127.0.0.1 ({workers} runtime workers); clients on a second runtime \
+         of {workers} workers in the same process, sharing the cores; HTTP/1.1 keep-alive, one \
+         connection and one bearer session per client; {} s per case after {} s warm-up",
+        MEASURE.as_secs(),
+        WARM_UP.as_secs()
+    );
+    println!(
+        "step: POST /api/v1/flows, POST …/challenge, the card signs the TBS (RSA-2048, attached \
+         CMS, client side), POST …/card; validator without path cache, fixed clock, rate limits off"
+    );
+    println!(
+        "steps/s: steps completed per second; p50/p99: server time of challenge + card as the \
+         client waits for it (signing excluded); start50, chal50, card50: p50 of each request; \
+         sign ms: the client's signing and encoding per step (mean)"
+    );
+    println!(
+        "srv CPU / cli CPU: ms of CPU per step on the service's threads (runtime, SQLite workers; \
+         not PostgreSQL's own processes) and on the clients' (mostly signing)"
+    );
+    println!();
+    println!(
+        "pki verify_proof (CMS RSA-2048 attached, path + CRL, no cache), single thread: \
+         {verify:.0} proofs/s ({:.0} µs each)",
+        1e6 / verify
+    );
+    println!();
+    for line in out {
+        println!("{line}");
+    }
+    println!("run time {:.0} s", total.elapsed().as_secs_f64());
+    if errors > 0 {
+        println!("errors: {errors} failed steps (see above); there must be none");
+    }
+    println!("bench: {cases} cases measured");
+    if errors > 0 {
+        std::process::exit(1);
+    }
+}
