@@ -35,7 +35,10 @@ pub async fn headers(State(state): State<AppState>, req: Request, next: Next) ->
     let pairs: [(&str, String); 6] = [
         ("content-security-policy", csp),
         ("x-content-type-options", "nosniff".into()),
-        ("referrer-policy", "no-referrer".into()),
+        // Nothing leaves the site; `no-referrer` would also make Chromium send `Origin: null` on
+        // the pages' own form POSTs (Fetch: the Origin of a no-cors request follows the
+        // referrer policy), and the Origin check would refuse every one of them.
+        ("referrer-policy", "same-origin".into()),
         ("x-frame-options", "DENY".into()),
         // The card client's popup mode needs the agent's window to reach back to this page.
         (

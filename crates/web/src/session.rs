@@ -43,6 +43,8 @@ pub struct Session {
     dirty: bool,
     new: bool,
     ended: bool,
+    /// The request dropped the administrator grant itself (see [`Session::drop_admin`]).
+    admin_dropped: bool,
 }
 
 impl Session {
@@ -54,6 +56,15 @@ impl Session {
     /// Started by this request: no cookie or bearer token named a live session.
     pub fn is_new(&self) -> bool {
         self.new
+    }
+
+    /// Ends the administrator grant but keeps the session and its flows: a replacement ends the
+    /// agency's administrator sessions in the store, and the browser that made it still has to
+    /// see its result (the session goes on without the grant).
+    pub fn drop_admin(&mut self) {
+        self.data.admin = None;
+        self.dirty = true;
+        self.admin_dropped = true;
     }
 
     /// Logs out: the record is deleted and the cookie cleared.
@@ -164,6 +175,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         dirty: false,
                         new: false,
                         ended: false,
+                        admin_dropped: false,
                     });
                 }
             }
@@ -186,6 +198,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         dirty: true,
         new: true,
         ended: false,
+        admin_dropped: false,
     });
     let old_id = session.id.clone();
     let handle = SessionHandle(Arc::new(Mutex::new(session)));
@@ -206,6 +219,8 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         // the agency's administrator sessions): saving it now would bring it back.
         match state.db().session_get(&session.id, now).await {
             Ok(Some(_)) => {}
+            // This request gave the grant up itself: the session is saved again without it.
+            Ok(None) if session.admin_dropped && session.data.admin.is_none() => {}
             Ok(None) => {
                 set_cookie(&state, &mut response, name, "", true);
                 return response;

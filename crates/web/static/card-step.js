@@ -1,7 +1,9 @@
 // Card step pages: ask certreg for a challenge, have the local card agent sign it with the
 // card and the PIN typed here, then post the proof with the other fields. The PIN goes to the
-// agent only; certreg never sees it.
-import { sign, CardError } from '/static/card-client.js';
+// agent only; certreg never sees it. With several cards in the readers, the page lists the ones
+// that fit the step (organization or citizen, read without a PIN) and signs with the one chosen;
+// on a citizen step the card whose ID's last four match the typed ID is chosen by itself.
+import { sign, readCards, CardError } from '/static/card-client.js';
 
 const form = document.querySelector('form.card-step');
 if (form) {
@@ -11,7 +13,60 @@ if (form) {
   const pinError = form.querySelector('#pin-error');
   const progress = form.querySelector('#card-progress');
   const button = form.querySelector('button[type="submit"]');
+  const role = form.dataset.card;
+  const choiceBox = form.querySelector('#card-choice');
+  const choice = form.querySelector('#card-reader');
+  const idField = form.querySelector('#national_id');
   let busy = false;
+  // The cards that fit this step: [{description (the reader), cert}].
+  let offered = [];
+
+  // A citizen certificate carries the last four of the holder's ID; an organization's none.
+  const fits = (cert) => (role === 'citizen' ? Boolean(cert.subjectID) : !cert.subjectID);
+  const day = (iso) => String(iso || '').slice(0, 10).replaceAll('-', '/');
+
+  const matchId = () => {
+    if (!idField || role !== 'citizen') return;
+    const last4 = idField.value.trim().slice(-4).toUpperCase();
+    if (last4.length < 4) return;
+    const current = offered.find((o) => o.description === choice.value);
+    if (current && current.cert.subjectID.toUpperCase() === last4) return;
+    const match = offered.find((o) => o.cert.subjectID.toUpperCase() === last4);
+    if (match) choice.value = match.description;
+  };
+
+  const listCards = async () => {
+    choice.dataset.state = 'reading';
+    try {
+      // Direct only: a popup nobody asked for would be blocked; without the list, the agent
+      // picks the card itself and the submit reports what went wrong.
+      const { readers } = await readCards({ agent, mode: 'direct', timeoutMs: 5000 });
+      offered = [];
+      for (const r of readers) {
+        const cert = r.card && (r.card.certs || []).find((c) => c.usage === 'digitalSignature');
+        if (cert && fits(cert)) offered.push({ description: r.description, cert });
+      }
+      choice.replaceChildren(...offered.map((o) => {
+        const option = document.createElement('option');
+        option.value = o.description;
+        option.textContent = `${o.cert.subjectCN}（憑證序號 ${o.cert.sn}，有效期限至 ${day(o.cert.notAfter)}）`;
+        return option;
+      }));
+      choiceBox.hidden = false;
+      choice.disabled = offered.length === 0;
+      if (offered.length === 0) {
+        const option = document.createElement('option');
+        option.textContent = role === 'citizen' ? '未偵測到自然人憑證，請插入卡片後點選重新讀取' : '未偵測到機關憑證，請插入卡片後點選重新讀取';
+        choice.replaceChildren(option);
+      }
+      matchId();
+      choice.dataset.state = 'ready';
+    } catch {
+      offered = [];
+      choiceBox.hidden = true;
+      choice.dataset.state = 'unavailable';
+    }
+  };
 
   const say = (text) => { progress.hidden = !text; progress.textContent = text || ''; };
   const pinSays = (text) => {
@@ -43,7 +98,8 @@ if (form) {
       const body = await res.json();
       if (!res.ok) { throw new Error(body.message || '無法取得簽章資料'); }
       say('請稍候，憑證卡簽章中（請勿拔除卡片）…');
-      const signed = await sign(body.tbs, pin.value, { agent, mode: 'auto' });
+      const slotDescription = offered.length ? choice.value : undefined;
+      const signed = await sign(body.tbs, pin.value, { agent, mode: 'auto', slotDescription });
       pin.value = '';
       form.elements.challenge_id.value = body.challenge_id;
       form.elements.signature.value = signed.signature;
@@ -61,4 +117,8 @@ if (form) {
       }
     }
   });
+
+  if (idField) idField.addEventListener('input', matchId);
+  form.querySelector('#card-reread').addEventListener('click', listCards);
+  listCards();
 }

@@ -739,6 +739,13 @@ async fn confirm(
     {
         Ok(reg) => {
             session.update(|s| {
+                // A replacement ended the agency's administrator sessions, this one's too when
+                // it was one: it goes on without the grant, so the result below still shows.
+                if flow.kind != FlowKind::FirstRegistration
+                    && s.data.admin.as_ref().is_some_and(|a| a.code == reg.code)
+                {
+                    s.drop_admin();
+                }
                 s.data_mut().result = Some(json!({
                     "kind": "registration", "flow": flow.kind.as_str(), "code": reg.code.as_str(),
                     "org_name": reg.org.org_name, "admin_name": reg.admin.name.as_str(),

@@ -568,6 +568,36 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
 }
 
 #[tokio::test]
+async fn r3_4_a_replacement_in_the_administrators_own_browser_shows_its_result() {
+    // The administrator signed in for 授權指派, then replaces the organization card in the same
+    // browser: the session goes on without the grant, so the flow and its result stay its own.
+    let mut app = signed_in().await;
+    let flow = app.start("replace_org").await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    let (status, _, body) = app
+        .card_step(&flow, "gca-agency-renewed", &[("institution_code", TAIPEI)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let id = id_of("moica-admin");
+    app.card_step(&flow, "moica-admin", &[("national_id", &id)])
+        .await;
+    let (_, headers, body) = app
+        .post_form(&format!("/flows/{flow}/confirm"), &CONTACT)
+        .await;
+    assert_eq!(
+        location(&headers),
+        format!("/flows/{flow}/result"),
+        "{body}"
+    );
+    let (status, _, html) = app.get(&format!("/flows/{flow}/result")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("更換機關憑證成功"), "{html}");
+    // The grant is gone with the replacement.
+    let (status, _, _) = app.get("/admin/operators").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn admin_pages_need_the_administrator_and_logout_ends_it() {
     let mut app = TestApp::default().await;
     let (status, _, html) = app.get("/admin/operators").await;

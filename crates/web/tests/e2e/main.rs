@@ -1,0 +1,390 @@
+//! The manual's chapter 3 walked end to end in real headless Chromium: this test starts, in
+//! process on 127.0.0.1 port 0, the web service over a fresh SQLite file (the test PKI's anchors,
+//! fresh CRLs, agencies seeded like `certreg demo`) and the real card agent on soft cards (every
+//! valid card in a reader, the service's origin allowed), then runs `walk.mjs` (playwright-core
+//! driving Debian's `/usr/bin/chromium`), which types into the pages and presses their buttons
+//! like a person while the agent signs. Its JSON report is asserted here, and the database is
+//! checked for what the walk should have left behind.
+//!
+//! Needs `node`/`npm` and `chromium` (Debian packages `nodejs`, `npm`, `chromium`); it fails,
+//! never skips, without them. `npm ci` runs here when `node_modules` is missing, so
+//! `cargo test --workspace` stays the one test command. On failure the walk saves a screenshot
+//! of the step in `target/browser-screenshots/e2e-<step>.png`.
+
+use domain::clock::{Clock, SystemClock};
+use domain::model::Agency;
+use domain::service::{ServiceConfig, Services};
+use domain::store::Store as _;
+use domain::types::{InstitutionCode, OrgIdentifier};
+use pki::testpki::{self, TestPki, TestPkiOptions, Variant};
+use pki::validate::{ValidationOptions, Validator};
+use serde_json::{Value, json};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use web::{AppState, WebConfig};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// walk.mjs gives up by itself after 150 s; this is the backstop if node itself hangs.
+const NODE_DEADLINE: Duration = Duration::from_secs(200);
+
+/// The agency whose identifier on file is `gca-agency`'s (and its renewal's).
+const MATCHING: &str = "A0001";
+/// The agency whose identifier on file is not what `gca-agency-mismatch` carries.
+const MISMATCH: &str = "A0002";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn e2e_dir() -> PathBuf {
+    manifest_dir().join("tests/e2e")
+}
+
+/// Fails with the Debian package names instead of skipping: a silently skipped browser test is
+/// a browser test that never runs in CI.
+fn require_tools() -> PathBuf {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "the end-to-end test needs Node.js: install the Debian packages `nodejs` and `npm` \
+         (apt-get install nodejs npm); `node --version` gave {node:?}"
+    );
+    let chromium = std::env::var_os("CERTREG_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CHROMIUM));
+    assert!(
+        chromium.is_file(),
+        "the end-to-end test needs Chromium at {}: install the Debian package `chromium` \
+         (apt-get install chromium), or set CERTREG_CHROMIUM",
+        chromium.display()
+    );
+    let dir = e2e_dir();
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running npm failed ({e}): install the Debian package `npm`")
+            });
+        assert!(
+            out.status.success(),
+            "npm ci --prefix {} failed (it needs the npm registry):\n{}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    chromium
+}
+
+fn agencies() -> Vec<Agency> {
+    let a = |code: &str, name: &str, county: &str, oid: &str| Agency {
+        code: InstitutionCode::parse(code).unwrap(),
+        name: name.into(),
+        county: county.into(),
+        org_identifier: Some(OrgIdentifier::parse(oid).unwrap()),
+    };
+    vec![
+        a(
+            MATCHING,
+            "臺北市政府人事處",
+            "臺北市",
+            testpki::GCA_AGENCY_OID,
+        ),
+        // 新北市: 承保第一科, 分機 5312 on 圖3-7.
+        a(
+            MISMATCH,
+            "新北市政府主計處",
+            "新北市",
+            "2.16.886.101.20003.20065.20099",
+        ),
+    ]
+}
+
+/// What walk.mjs needs to know about a card: its PIN, ID, serial and holder.
+fn card_json(pki: &TestPki, name: &str) -> Value {
+    let card = pki.card(name);
+    let facts = pki::facts::ParsedCert::from_der(card.issued.cert_der.clone())
+        .expect("test card certificate")
+        .facts;
+    json!({
+        "name": name,
+        "pin": card.pin,
+        // Same length as the real one, so it is refused as wrong, not for its length.
+        "wrongPin": card.pin.chars().rev().map(|c| if c == '9' { '0' } else { '9' }).collect::<String>(),
+        "nationalId": card.national_id,
+        "serial": facts.serial.to_string(),
+        "holder": card.holder,
+        "orgIdentifier": card.org_identifier,
+    })
+}
+
+/// Runs node with a deadline; returns (exit code, stdout, stderr).
+fn run_node(script: &Path, envs: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new("node");
+    cmd.arg(script)
+        .current_dir(e2e_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start node");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + NODE_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (
+        status.and_then(|s| s.code()),
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    )
+}
+
+/// The two servers, running on the runtime's worker threads while node drives the browser.
+struct Servers {
+    origin: String,
+    agent_url: String,
+    db: store::Db,
+    cards: Arc<agent::softcard::SoftCards>,
+}
+
+async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Servers {
+    let web_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind the web service");
+    let agent_listener = agent::server::bind(0).await.expect("bind the card agent");
+    let origin = format!("http://{}", web_listener.local_addr().unwrap());
+    let agent_port = agent_listener.local_addr().unwrap().port();
+    let agent_url = format!("http://127.0.0.1:{agent_port}");
+
+    // The web service over a fresh SQLite file: the test PKI's anchors and fresh CRLs.
+    let url = format!("sqlite://{}", dir.join("certreg.db").display());
+    let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
+        .await
+        .expect("SQLite database");
+    db.upsert_agencies(&agencies())
+        .await
+        .expect("seed agencies");
+    let validator = Arc::new(Validator::new(
+        pki.trust_store().expect("trust store"),
+        pki.crl_store(
+            now - time::Duration::hours(1),
+            now + time::Duration::days(30),
+        )
+        .expect("fresh CRLs"),
+        ValidationOptions::default(),
+    ));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let svc = Services::with_stored_calendar(
+        db.clone(),
+        clock,
+        validator,
+        ServiceConfig {
+            origin: origin.clone(),
+            ..ServiceConfig::default()
+        },
+    )
+    .await
+    .expect("services");
+    let state = AppState::new(
+        svc,
+        db.clone(),
+        WebConfig {
+            public_origin: origin.clone(),
+            agent_url: agent_url.clone(),
+            ..WebConfig::default()
+        },
+    );
+    let app = web::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        axum::serve(web_listener, app).await.expect("web service");
+    });
+
+    // The real card agent on soft cards, every valid card in a reader.
+    let cards =
+        Arc::new(agent::softcard::SoftCards::open(dir.join("pki/cards")).expect("soft cards"));
+    for c in pki.cards.iter().filter(|c| c.variant == Variant::Valid) {
+        cards.insert(&c.name).expect("insert a soft card");
+    }
+    let config = agent::server::AgentConfig {
+        port: agent_port,
+        allowed_origins: vec![origin.clone()],
+        ..Default::default()
+    };
+    let backend = cards.clone();
+    let soft = cards.clone();
+    tokio::spawn(async move {
+        agent::server::serve_on(
+            agent_listener,
+            config,
+            backend,
+            Some(soft),
+            std::future::pending(),
+        )
+        .await
+        .expect("card agent");
+    });
+    Servers {
+        origin,
+        agent_url,
+        db,
+        cards,
+    }
+}
+
+#[test]
+fn the_manual_walked_in_headless_chromium() {
+    let started = Instant::now();
+    let chromium = require_tools();
+
+    let tmp = tempfile::tempdir().unwrap();
+    // The agent checks validity against the real clock: the hierarchy is made around now.
+    let now = OffsetDateTime::now_utc();
+    let pki = TestPki::generate(TestPkiOptions::new(now)).expect("test PKI");
+    pki.write_dir(&tmp.path().join("pki"))
+        .expect("write the test PKI");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let servers = runtime.block_on(start_servers(&pki, tmp.path(), now));
+
+    let names = [
+        "gca-agency",
+        "gca-agency-mismatch",
+        "gca-agency-renewed",
+        "moica-admin",
+        "moica-admin-renewed",
+        "moica-admin2",
+        "moica-operator-1",
+    ];
+    let cards: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|n| (n.to_string(), card_json(&pki, n)))
+        .collect();
+    let agencies: Vec<Value> = agencies()
+        .iter()
+        .map(|a| json!({"code": a.code.as_str(), "name": a.name}))
+        .collect();
+    let shots = manifest_dir().join("../../target/browser-screenshots");
+    // Only this run's failures of the walk in there.
+    if let Ok(entries) = std::fs::read_dir(&shots) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("e2e-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let walk = json!({
+        "cards": cards,
+        "matching": MATCHING,
+        "mismatch": MISMATCH,
+        "agencies": agencies,
+    });
+    let (code, stdout, stderr) = run_node(
+        &e2e_dir().join("walk.mjs"),
+        &[
+            ("CERTREG_WEB_URL", servers.origin.clone()),
+            ("CERTREG_AGENT_URL", servers.agent_url.clone()),
+            ("CERTREG_E2E", walk.to_string()),
+            ("CERTREG_SCREENSHOT_DIR", shots.display().to_string()),
+            ("CERTREG_CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    eprintln!("--- walk.mjs (stderr) ---\n{stderr}--- end of walk.mjs ---");
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!("walk.mjs printed no JSON report (exit {code:?}):\n{stdout}\n{stderr}")
+        });
+    let steps = report["steps"].as_array().expect("steps");
+    let failed: Vec<String> = steps
+        .iter()
+        .filter(|s| s["ok"] != true)
+        .map(|s| format!("{}: {}", s["name"], s["detail"]))
+        .collect();
+    assert!(
+        failed.is_empty() && code == Some(0),
+        "the walk failed (exit {code:?}; screenshots in {}):\n{}",
+        shots.display(),
+        failed.join("\n")
+    );
+    // Every step of walk.mjs ran (a step that silently disappeared would pass otherwise).
+    assert_eq!(report["expected"], 17, "walk.mjs plans 17 steps");
+    assert_eq!(steps.len(), 17, "steps: {steps:#?}");
+
+    // What the browser did is what the database holds.
+    runtime.block_on(async {
+        let db = &servers.db;
+        let code = InstitutionCode::parse(MATCHING).unwrap();
+        let reg = db
+            .registration(&code)
+            .await
+            .unwrap()
+            .expect("A0001 registered");
+        assert!(
+            reg.org.cert.serial.as_str().eq_ignore_ascii_case(
+                cards["gca-agency"]["serial"].as_str().unwrap()
+            ),
+            "after 更換機關憑證和更換授權管理者自然人憑證 the organization card is gca-agency again: {:?}",
+            reg.org.cert.serial
+        );
+        assert_eq!(
+            reg.admin_id.as_str(),
+            cards["moica-admin2"]["nationalId"].as_str().unwrap(),
+            "the administrator is moica-admin2's holder"
+        );
+        let operators = db.operators(&code).await.unwrap();
+        assert_eq!(operators.len(), 1, "{operators:?}");
+        let pending = db
+            .reviews(&InstitutionCode::parse(MISMATCH).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1, "the mismatch review: {pending:?}");
+    });
+    // The wrong PIN of step 7 was counted, then cleared by the right one.
+    let state = servers.cards.cards().unwrap();
+    assert!(state.iter().all(|c| !c.locked), "{state:?}");
+    drop(runtime);
+    eprintln!(
+        "e2e: {} steps in {} ms (walk {} ms)",
+        steps.len(),
+        started.elapsed().as_millis(),
+        report["elapsedMs"]
+    );
+}

@@ -1,0 +1,482 @@
+// The browser half of `cargo test -p web --test e2e`: walks the manual's chapter 3 through
+// certreg's real pages in Debian's headless Chromium (playwright-core, no downloaded browser),
+// typing into the fields and pressing the buttons like a person, with the real card agent the
+// Rust test started doing the signing. Prints ONE JSON line on stdout ({steps, expected,
+// elapsedMs}); exits 1 naming the failed step (its screenshot in CERTREG_SCREENSHOT_DIR/e2e-<step>.png),
+// 2 when it could not run at all. Logs go to stderr. Any console error, uncaught page error or
+// CSP violation fails the step it happened in.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`walk.mjs: ${name} is not set (run it through cargo test -p web --test e2e)`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const WEB = env('CERTREG_WEB_URL');
+const AGENT = env('CERTREG_AGENT_URL');
+const W = JSON.parse(env('CERTREG_E2E'));
+const SHOTS = env('CERTREG_SCREENSHOT_DIR');
+const CHROMIUM = process.env.CERTREG_CHROMIUM || '/usr/bin/chromium';
+const C = W.cards;
+const A = W.matching;
+const M = W.mismatch;
+const TIMEOUT = 15000;
+
+const started = Date.now();
+const steps = [];
+const LAUNCH = {
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+};
+
+const guard = setTimeout(() => {
+  console.error('walk.mjs: gave up after 150 s');
+  console.log(JSON.stringify({ steps, expected: PLAN.length, elapsedMs: Date.now() - started, aborted: true }));
+  process.exit(2);
+}, 150000);
+
+class StepFailed extends Error {}
+const expect = (cond, what) => {
+  if (!cond) throw new StepFailed(what);
+};
+const bare = (s) => String(s || '').replace(/[^0-9a-f]/gi, '').replace(/^0+/, '').toUpperCase();
+
+// ---------------------------------------------------------------------------------------------
+// A person at the browser.
+
+/** Problems the page reported: console errors, uncaught exceptions, CSP violations. */
+function watch(page, problems) {
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}${m.location().url ? ` (${m.location().url})` : ''}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+}
+
+const h1 = (page) => page.locator('main h1');
+
+/** Waits until the page's title (h1) is exactly `title`. */
+async function onPage(page, title, figure) {
+  await page.locator('main h1', { hasText: title }).first().waitFor({ timeout: TIMEOUT });
+  const got = (await h1(page).textContent()).trim();
+  expect(got === title, `expected the page ${title}, got ${got}`);
+  if (figure) {
+    const fig = (await page.locator('main .fig').first().textContent()).trim();
+    expect(fig === figure, `${title}: figure ${fig}, expected ${figure}`);
+  }
+}
+
+/** Chooses a function from the left menu (功能列), as the manual says. */
+async function menu(page, item) {
+  const nav = page.getByRole('navigation', { name: '功能列' });
+  await nav.getByRole('link', { name: item, exact: true }).click();
+}
+
+/** Types into the field labelled `label` with the keyboard, replacing what was there. */
+async function type(page, label, text) {
+  const field = page.getByLabel(label, { exact: false }).first();
+  await field.click();
+  await page.keyboard.press('ControlOrMeta+A');
+  await page.keyboard.press('Delete');
+  if (text) await page.keyboard.type(text);
+  return field;
+}
+
+async function agree(page, title, figure) {
+  await onPage(page, title, figure);
+  await page.getByRole('button', { name: '同意條款內容' }).click();
+}
+
+/**
+ * A card step: the fields typed, the card chosen when the page offers a choice, the PIN typed
+ * and Enter pressed in it; the card agent signs. Returns once the page has moved on (the next
+ * page's title `next`), or, with `stay`, once the page shows the PIN error.
+ */
+async function cardStep(page, { title, figure, code, card, pin, next, stay }) {
+  await onPage(page, title, figure);
+  if (code !== undefined) await type(page, '機關代號', code);
+  if (card.nationalId && (await page.getByLabel('身分證統一編號').count())) {
+    await type(page, '身分證統一編號', card.nationalId);
+  }
+  await pickCard(page, card);
+  const pinField = page.locator('#pin');
+  await pinField.click();
+  await page.keyboard.type(pin ?? card.pin);
+  const navigated = stay ? null : page.waitForEvent('framenavigated', { timeout: TIMEOUT });
+  await page.keyboard.press('Enter');
+  if (stay) return;
+  try {
+    await navigated;
+  } catch {
+    const said = await page.locator('#card-progress, #pin-error, main .error').allTextContents();
+    throw new StepFailed(`${title}: nothing happened after Enter in the PIN field; the page says: ${said.filter(Boolean).join(' / ') || '(nothing)'}`);
+  }
+  await page.waitForLoadState('load');
+  const now = (await h1(page).textContent()).trim();
+  if (now === title) {
+    const err = await page.locator('main .error, main .field-error:not([hidden])').allTextContents();
+    throw new StepFailed(`${title}: the card step stayed on its page: ${err.join(' / ') || '(no message)'}`);
+  }
+  await onPage(page, next);
+}
+
+/** The card the step should use, when the page lets the person choose among the inserted cards. */
+async function pickCard(page, card) {
+  const choice = page.locator('#card-reader');
+  if (!(await choice.count())) return;
+  await page.waitForFunction(() => {
+    const s = document.querySelector('#card-reader');
+    return s && s.dataset.state && s.dataset.state !== 'reading';
+  }, null, { timeout: TIMEOUT });
+  expect((await choice.getAttribute('data-state')) === 'ready', 'the page could not list the cards in the readers');
+  const options = await choice.locator('option').evaluateAll((os) => os.map((o) => ({ value: o.value, text: o.textContent })));
+  const mine = options.find((o) => bare(o.text).includes(bare(card.serial)) || o.text.includes(card.serial));
+  expect(mine, `no card with serial ${card.serial} (${card.name}) offered: ${options.map((o) => o.text).join(' | ')}`);
+  await choice.selectOption(mine.value);
+}
+
+/** Confirmation page (圖3-9 …): the administrator's data typed in. */
+async function contact(page, { name, email, phone }) {
+  await type(page, '姓名', name);
+  await type(page, '電子信箱', email);
+  await type(page, '連絡電話', phone);
+}
+
+const text = async (page, sel = 'main') => (await page.locator(sel).first().innerText()).replace(/\s+/g, ' ');
+
+// ---------------------------------------------------------------------------------------------
+// The walk.
+
+const admin = { name: '王大明', email: 'admin@example.gov.tw', phone: '(02)2701-3411' };
+const renewedAdmin = { name: '王大明', email: 'wang@example.gov.tw', phone: '02-2345-6789' };
+const admin2 = { name: C['moica-admin2'].holder, email: 'chen@example.gov.tw', phone: '02-2345-6780' };
+const operator = C['moica-operator-1'];
+const granted = ['加保作業', '查詢作業'];
+
+let browser;
+let clerk; // the agency's browser (one session through the walk)
+let clerkProblems;
+
+async function listRow(page, name) {
+  return page.locator('table.list tbody tr', { hasText: name });
+}
+
+async function addOperator(page, functions) {
+  await page.getByRole('button', { name: '新增', exact: true }).click();
+  await onPage(page, '授權指派－新增授權經辦人', '圖3-15');
+  await page.getByRole('button', { name: '讀取憑證' }).click();
+  const choice = page.locator('#read-choice');
+  // Several citizen cards in the readers: the page asks which one is the operator's.
+  await page.waitForFunction(() => {
+    const s = document.querySelector('#serial');
+    const c = document.querySelector('#read-choice');
+    return (s && s.value) || (c && !c.hidden && c.options.length > 1);
+  }, null, { timeout: TIMEOUT });
+  if ((await choice.count()) && (await choice.isVisible())) {
+    const options = await choice.locator('option').evaluateAll((os) => os.map((o) => ({ value: o.value, text: o.textContent })));
+    const mine = options.find((o) => o.text.includes(operator.holder) && bare(o.text).includes(bare(operator.serial)));
+    expect(mine, `讀取憑證 offers no ${operator.holder}: ${options.map((o) => o.text).join(' | ')}`);
+    await choice.selectOption(mine.value);
+  }
+  const serial = await page.locator('#serial').inputValue();
+  const name = await page.locator('#name').inputValue();
+  expect(bare(serial) === bare(operator.serial), `讀取憑證 filled serial ${serial}, expected ${operator.serial}`);
+  expect(name === operator.holder, `讀取憑證 filled name ${name}, expected ${operator.holder}`);
+  await type(page, '身分證統一編號', operator.nationalId);
+  for (const f of functions) await page.getByLabel(f, { exact: true }).check();
+  await page.getByRole('button', { name: '確認', exact: true }).click();
+  await onPage(page, '授權指派－授權經辦人清單');
+  const flash = await text(page, 'main .success');
+  expect(flash.includes('新增成功'), `flash ${flash}`);
+  const row = await text(page, `table.list tbody tr:has-text("${operator.holder}")`);
+  for (const f of functions) expect(row.includes(f), `row lacks ${f}: ${row}`);
+}
+
+const PLAN = [
+  ['1 首次註冊 mismatch agency: terms, 機關代號 + PIN, 圖3-6, contact, 圖3-7', async () => {
+    const page = clerk;
+    await page.goto(`${WEB}/`);
+    await onPage(page, '憑證註冊與指派作業', '圖3-2');
+    await menu(page, '首次註冊');
+    await agree(page, '首次註冊－用戶約定條款', '圖3-4');
+    await cardStep(page, {
+      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], next: '首次註冊－機關憑證比對不符',
+    });
+    const warn = await text(page, 'main .warning');
+    expect(warn.includes('貴機關申請憑證註冊，因申請資料比對不符，需進行審核，請填聯絡資料'), `圖3-6 says ${warn}`);
+    expect((await page.locator('main .fig').textContent()).trim() === '圖3-6', 'not 圖3-6');
+    await type(page, '姓名', '林小華');
+    await type(page, '電話', '(02)2960-3456');
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, '首次註冊－機關憑證比對不符', '圖3-7');
+    const msg = await text(page, 'main [role="status"]');
+    for (const want of ['次一營業日', '(02)27013411', '承保第一科', '5312']) expect(msg.includes(want), `圖3-7 lacks ${want}: ${msg}`);
+    return msg;
+  }],
+  ['2 首次註冊 matching agency: org card, administrator card', async () => {
+    const page = clerk;
+    await menu(page, '首次註冊');
+    await agree(page, '首次註冊－用戶約定條款', '圖3-4');
+    await cardStep(page, {
+      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: A, card: C['gca-agency'], next: '首次註冊－自然人憑證確認',
+    });
+    await cardStep(page, { title: '首次註冊－自然人憑證確認', figure: '圖3-8', card: C['moica-admin'], next: '首次註冊' });
+  }],
+  ['2 首次註冊 圖3-9: 電子信箱 left empty, the message beside it', async () => {
+    const page = clerk;
+    await onPage(page, '首次註冊', '圖3-9');
+    const certs = await text(page, 'main section');
+    expect(certs.includes(C['gca-agency'].orgIdentifier), `圖3-9 lacks the OID: ${certs}`);
+    expect(certs.includes(C['moica-admin'].holder), `圖3-9 lacks the administrator: ${certs}`);
+    await contact(page, { ...admin, email: '' });
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await page.locator('#email-error').waitFor({ timeout: TIMEOUT });
+    const err = (await page.locator('#email-error').textContent()).trim();
+    expect(/電子信箱/.test(err), `the message beside 電子信箱: ${err}`);
+    expect((await page.locator('#email').getAttribute('aria-describedby')) === 'email-error', 'the field is not described by its error');
+    expect((await page.locator('#name').inputValue()) === admin.name, 'the typed name was lost');
+    return err;
+    // The form comes back with its errors as 422, which Chromium logs for the document.
+  }, { allow: /status of 422 .*\/confirm\)$/ }],
+  ['2 首次註冊 確認 → 圖3-10', async () => {
+    const page = clerk;
+    await type(page, '電子信箱', admin.email);
+    await page.locator('#email').press('Enter');
+    await onPage(page, '首次註冊', '圖3-10');
+    const msg = await text(page, 'main [role="status"]');
+    expect(msg.includes('首次註冊成功'), msg);
+    return msg;
+  }],
+  ['3 授權指派: org card, administrator card, empty operator list', async () => {
+    const page = clerk;
+    await menu(page, '授權指派');
+    await cardStep(page, { title: '授權指派－機關憑證確認', figure: '圖3-12', code: A, card: C['gca-agency'], next: '授權指派－自然人憑證確認' });
+    await cardStep(page, { title: '授權指派－自然人憑證確認', figure: '圖3-13', card: C['moica-admin'], next: '授權指派－授權經辦人清單' });
+    const t = await text(page);
+    expect(t.includes('尚未授權經辦人'), `the list is not empty: ${t}`);
+  }],
+  ['3 授權指派 新增: 讀取憑證, ID, functions, 確認 → 新增成功', async () => {
+    await addOperator(clerk, ['加保作業', '退保作業']);
+  }],
+  ['3 授權指派 修改 → 修改成功', async () => {
+    const page = clerk;
+    await page.getByRole('button', { name: `修改 ${operator.holder}` }).click();
+    await onPage(page, '授權指派－修改授權經辦人', '圖3-18');
+    expect(bare(await page.locator('#serial').inputValue()) === bare(operator.serial), 'the serial on file is not shown');
+    await page.getByLabel('退保作業', { exact: true }).uncheck();
+    await page.getByLabel('查詢作業', { exact: true }).check();
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, '授權指派－授權經辦人清單');
+    expect((await text(page, 'main .success')).includes('修改成功'), 'no 修改成功');
+    const row = await text(page, `table.list tbody tr:has-text("${operator.holder}")`);
+    expect(row.includes('查詢作業') && !row.includes('退保作業'), `row after 修改: ${row}`);
+    return row;
+  }],
+  ['3 授權指派 刪除 → 確定刪除？ → 刪除成功', async () => {
+    const page = clerk;
+    await page.getByRole('button', { name: `刪除 ${operator.holder}` }).click();
+    await onPage(page, '授權指派－刪除授權經辦人', '圖3-21');
+    expect((await text(page)).includes('確定刪除？'), 'no 確定刪除？');
+    await page.getByRole('button', { name: '確定', exact: true }).click();
+    await onPage(page, '授權指派－授權經辦人清單');
+    expect((await text(page, 'main .success')).includes('刪除成功'), 'no 刪除成功');
+    expect((await (await listRow(page, operator.holder)).count()) === 0, 'the operator is still listed');
+  }],
+  ['3 授權指派 新增 again (for 經辦人登入)', async () => {
+    await addOperator(clerk, granted);
+  }],
+  ['4 更換機關憑證 (gca-agency-renewed) → 圖3-27', async () => {
+    const page = clerk;
+    await menu(page, '更換機關憑證');
+    await agree(page, '更換機關憑證－用戶約定條款', '圖3-23');
+    await cardStep(page, { title: '更換機關憑證－機關憑證確認', figure: '圖3-24', code: A, card: C['gca-agency-renewed'], next: '更換機關憑證－自然人憑證確認' });
+    await cardStep(page, { title: '更換機關憑證－自然人憑證確認', figure: '圖3-25', card: C['moica-admin'], next: '更換機關憑證' });
+    await onPage(page, '更換機關憑證', '圖3-26');
+    // The administrator stays: the data on file is offered for checking.
+    expect((await page.locator('#email').inputValue()) === admin.email, 'the administrator data on file is not shown');
+    expect(bare(await text(page, 'main section')).includes(bare(C['gca-agency-renewed'].serial)), 'the new card is not shown');
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, '更換機關憑證', '圖3-27');
+    const msg = await text(page, 'main [role="status"]');
+    expect(msg.includes('更換機關憑證成功'), msg);
+  }],
+  ['4 更換授權管理者自然人憑證 (moica-admin-renewed) → 圖3-32', async () => {
+    const page = clerk;
+    await menu(page, '更換授權管理者自然人憑證');
+    await agree(page, '更換授權管理者自然人憑證－用戶約定條款', '圖3-28');
+    await cardStep(page, { title: '更換授權管理者自然人憑證－機關憑證確認', figure: '圖3-29', code: A, card: C['gca-agency-renewed'], next: '更換授權管理者自然人憑證－自然人憑證確認' });
+    await cardStep(page, { title: '更換授權管理者自然人憑證－自然人憑證確認', figure: '圖3-30', card: C['moica-admin-renewed'], next: '更換授權管理者自然人憑證' });
+    await onPage(page, '更換授權管理者自然人憑證', '圖3-31');
+    await contact(page, renewedAdmin);
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, '更換授權管理者自然人憑證', '圖3-32');
+    const msg = await text(page, 'main [role="status"]');
+    expect(msg.includes('更換授權管理者自然人憑證成功'), msg);
+  }],
+  ['4 更換機關憑證和更換授權管理者自然人憑證 (gca-agency, moica-admin2) → 圖3-37', async () => {
+    const page = clerk;
+    const both = '更換機關憑證和更換授權管理者自然人憑證';
+    await menu(page, both);
+    await agree(page, `${both}－用戶約定條款`, '圖3-33');
+    await cardStep(page, { title: `${both}－機關憑證確認`, figure: '圖3-34', code: A, card: C['gca-agency'], next: `${both}－自然人憑證確認` });
+    await cardStep(page, { title: `${both}－自然人憑證確認`, figure: '圖3-35', card: C['moica-admin2'], next: both });
+    await onPage(page, both, '圖3-36');
+    await contact(page, admin2);
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, both, '圖3-37');
+    const msg = await text(page, 'main [role="status"]');
+    expect(msg.includes(`${both}成功`), msg);
+  }],
+  ['5 查詢憑證註冊收件紀錄: newest first; the review 審核中', async () => {
+    const page = clerk;
+    await menu(page, '查詢憑證註冊收件紀錄');
+    await onPage(page, '查詢作業－查詢憑證註冊收件紀錄', '圖3-38');
+    const field = await type(page, '機關代號', A);
+    await field.press('Enter');
+    await page.locator('table.list').waitFor({ timeout: TIMEOUT });
+    expect((await page.locator('main .fig').textContent()).trim() === '圖3-39', 'not 圖3-39');
+    const items = await page.locator('table.list tbody tr td:nth-child(2)').allTextContents();
+    const want = ['更換機關憑證和更換授權管理者自然人憑證', '更換授權管理者自然人憑證', '更換機關憑證', '首次註冊'];
+    expect(JSON.stringify(items.map((s) => s.trim())) === JSON.stringify(want), `A0001 receipts ${JSON.stringify(items)}`);
+    const name = await text(page, 'section dl.cert');
+    expect(name.includes(W.agencies.find((a) => a.code === A).name), `agency name: ${name}`);
+    const again = await type(page, '機關代號', M);
+    await again.press('Enter');
+    await page.locator('table.list tbody tr', { hasText: '審核中' }).waitFor({ timeout: TIMEOUT });
+    const rows = await page.locator('table.list tbody tr').allInnerTexts();
+    expect(rows.length === 1 && rows[0].includes('憑證註冊審核申請') && rows[0].includes('審核中'), `A0002 receipts ${JSON.stringify(rows)}`);
+    return `${items.join(' > ')}; ${M}: ${rows[0].replace(/\s+/g, ' ')}`;
+  }],
+  ['5 查詢機關憑證 OID → 圖3-41', async () => {
+    const page = clerk;
+    await menu(page, '查詢機關憑證 OID');
+    await cardStep(page, { title: '查詢機關憑證 OID－機關憑證確認', figure: '圖3-40', code: A, card: C['gca-agency'], next: '查詢機關憑證 OID－查詢結果' });
+    await onPage(page, '查詢機關憑證 OID－查詢結果', '圖3-41');
+    const t = await text(page);
+    expect(t.includes(C['gca-agency'].orgIdentifier), `no OID: ${t}`);
+    expect(t.includes('相符'), `no match line: ${t}`);
+  }],
+  ['5 查詢自然人憑證序號 → 圖3-43 (the serial)', async () => {
+    const page = clerk;
+    await menu(page, '查詢自然人憑證序號');
+    await cardStep(page, { title: '查詢自然人憑證序號－自然人憑證確認', figure: '圖3-42', card: operator, next: '查詢自然人憑證序號－查詢結果' });
+    await onPage(page, '查詢自然人憑證序號－查詢結果', '圖3-43');
+    const t = await text(page, 'main dl.cert');
+    expect(bare(t).includes(bare(operator.serial)) && t.includes(operator.holder), `result ${t}`);
+    return t;
+  }],
+  ['6 經辦人登入 → only the granted functions', async () => {
+    // The operator at another computer: a browser of its own.
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const problems = [];
+    watch(page, problems);
+    try {
+      await page.goto(`${WEB}/`);
+      await menu(page, '經辦人登入');
+      await cardStep(page, { title: '經辦人登入', code: A, card: operator, next: '經辦人作業' });
+      const items = (await page.locator('ul.granted li').allTextContents()).map((s) => s.trim());
+      expect(JSON.stringify(items) === JSON.stringify(granted), `granted functions ${JSON.stringify(items)}`);
+      const t = await text(page);
+      expect(t.includes(operator.holder) && t.includes(A), `operator home: ${t}`);
+      expect(problems.length === 0, problems.join('; '));
+      return items.join('、');
+    } catch (e) {
+      await shoot('6 經辦人登入', page);
+      e.shot = true;
+      throw e;
+    } finally {
+      await context.close();
+    }
+  }],
+  ['7 a wrong PIN: the card client\'s message beside the PIN field, with the tries left', async () => {
+    const page = clerk;
+    await menu(page, '查詢自然人憑證序號');
+    const card = C['moica-admin2'];
+    const title = '查詢自然人憑證序號－自然人憑證確認';
+    await cardStep(page, { title, figure: '圖3-42', card, pin: card.wrongPin, stay: true });
+    const err = page.locator('#pin-error');
+    await err.waitFor({ state: 'visible', timeout: TIMEOUT });
+    const msg = (await err.textContent()).trim();
+    expect(msg.includes('PIN 碼錯誤') && msg.includes('尚可再試 2 次'), `PIN message: ${msg}`);
+    expect((await page.locator('#pin').getAttribute('aria-invalid')) === 'true', 'the PIN field is not marked invalid');
+    expect((await h1(page).textContent()).trim() === title, 'the page moved on');
+    // Then the right PIN goes through (and the agent's counter starts over).
+    const pin = page.locator('#pin');
+    await pin.click();
+    await page.keyboard.type(card.pin);
+    const navigated = page.waitForEvent('framenavigated', { timeout: TIMEOUT });
+    await page.keyboard.press('Enter');
+    await navigated;
+    await onPage(page, '查詢自然人憑證序號－查詢結果', '圖3-43');
+    return msg;
+  }],
+];
+
+// ---------------------------------------------------------------------------------------------
+
+const slug = (s) => s.replace(/[^a-z0-9\u4e00-\u9fff]+/gi, '-').slice(0, 48).replace(/^-|-$/g, '').toLowerCase();
+
+async function shoot(name, page) {
+  mkdirSync(SHOTS, { recursive: true });
+  const file = path.join(SHOTS, `e2e-${slug(name)}.png`);
+  try {
+    await page.screenshot({ path: file, fullPage: true });
+    console.error(`screenshot: ${file}`);
+  } catch (e) {
+    console.error(`screenshot of ${name} failed: ${e.message}`);
+  }
+  return file;
+}
+
+let failed = null;
+try {
+  browser = await chromium.launch(LAUNCH);
+  console.error(`chromium ${browser.version()}; web ${WEB}; agent ${AGENT}`);
+  const context = await browser.newContext();
+  clerk = await context.newPage();
+  clerkProblems = [];
+  watch(clerk, clerkProblems);
+  for (const [name, body, { allow } = {}] of PLAN) {
+    const t0 = Date.now();
+    let ok = false;
+    let detail = '';
+    clerkProblems.length = 0;
+    try {
+      detail = (await body()) || '';
+      if (allow) clerkProblems.splice(0, clerkProblems.length, ...clerkProblems.filter((p) => !allow.test(p)));
+      expect(clerkProblems.length === 0, `the page reported: ${clerkProblems.join('; ')}`);
+      ok = true;
+    } catch (e) {
+      detail = e instanceof StepFailed ? e.message : `${e.name}: ${e.message.split('\n')[0]}`;
+      if (clerkProblems.length) detail += ` (the page reported: ${clerkProblems.join('; ')})`;
+      if (!e.shot) await shoot(name, clerk);
+    }
+    const ms = Date.now() - t0;
+    console.error(`${ok ? 'ok  ' : 'FAIL'} ${name} (${ms} ms)${detail ? ` — ${detail}` : ''}`);
+    steps.push({ name, ok, detail, ms });
+    if (!ok) {
+      failed = name;
+      break; // the later steps build on this one
+    }
+  }
+} catch (e) {
+  console.error(`walk.mjs: ${e.stack || e}`);
+  steps.push({ name: 'walk.mjs', ok: false, detail: String(e.message || e), ms: 0 });
+  failed = 'walk.mjs';
+} finally {
+  if (browser) await browser.close().catch(() => {});
+}
+clearTimeout(guard);
+const elapsedMs = Date.now() - started;
+console.log(JSON.stringify({ steps, expected: PLAN.length, elapsedMs }));
+if (failed) console.error(`walk.mjs: failed at step «${failed}»`);
+process.exit(failed ? 1 : 0);
