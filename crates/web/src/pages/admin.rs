@@ -518,28 +518,6 @@ async fn delete(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    _csrf: String,
-}
-
-/// POST /admin/logout: ends the session (record deleted, cookie cleared).
-async fn logout(
-    State(state): State<AppState>,
-    session: SessionHandle,
-    method: Method,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let s = session.get();
-    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
-        return r;
-    }
-    session.update(|s| s.end());
-    Redirect::to("/").into_response()
-}
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(LIST, get(list).post(create))
@@ -550,5 +528,5 @@ pub fn router() -> Router<AppState> {
             "/admin/operators/{id}/delete",
             get(delete_confirm).post(delete),
         )
-        .route("/admin/logout", post(logout))
+        .route("/admin/logout", post(super::logout))
 }

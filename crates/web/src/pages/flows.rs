@@ -3,7 +3,7 @@
 //! the PIN never reaches certreg), the mismatch review form, the confirmation page and the
 //! result pages. Every POST redirects (post/redirect/get), so back and refresh repeat nothing.
 
-use super::{check_form, too_many};
+use super::{CsrfForm, check_form, too_many};
 use crate::AppState;
 use crate::error;
 use crate::render::{Layout, render};
@@ -422,12 +422,6 @@ fn confirm_page(
         values,
         errors: errors.unwrap_or_default(),
     }
-}
-
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    _csrf: String,
 }
 
 /// POST /flows/{id}/terms: 同意條款內容.

@@ -55,3 +55,26 @@ pub(crate) fn too_many(state: &AppState) -> Response {
         "您的操作過於頻繁，請稍候一分鐘後再試".into(),
     )
 }
+
+/// A form whose only field is the CSRF token (buttons that change state).
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    pub _csrf: String,
+}
+
+/// POST /admin/logout and /operator/logout: ends the session (record deleted, cookie cleared).
+pub(crate) async fn logout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    session: crate::session::SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    session.update(|s| s.end());
+    axum::response::IntoResponse::into_response(axum::response::Redirect::to("/"))
+}

@@ -2,15 +2,13 @@
 //! menu only the functions the administrator granted, as they stand now (a change or deletion by
 //! the administrator applies at once).
 
-use super::check_form;
 use crate::AppState;
 use crate::error;
 use crate::render::{Layout, render};
 use crate::session::SessionHandle;
 use askama::Template;
 use axum::Router;
-use axum::extract::{Form, State};
-use axum::http::{HeaderMap, Method};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use domain::store::Store as _;
@@ -62,30 +60,8 @@ async fn home(State(state): State<AppState>, session: SessionHandle) -> Response
     })
 }
 
-#[derive(serde::Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    _csrf: String,
-}
-
-/// POST /operator/logout
-async fn logout(
-    State(state): State<AppState>,
-    session: SessionHandle,
-    method: Method,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let s = session.get();
-    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
-        return r;
-    }
-    session.update(|s| s.end());
-    Redirect::to("/").into_response()
-}
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/operator", get(home))
-        .route("/operator/logout", post(logout))
+        .route("/operator/logout", post(super::logout))
 }
