@@ -340,3 +340,79 @@ async fn spec_4_7_reviewer_and_agency_sessions_are_kept_apart() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location(&headers), "/backoffice/login");
 }
+
+#[tokio::test]
+async fn r6_3_search_by_code_serial_date_and_outcome_is_audited() {
+    let mut app = TestApp::default().await;
+    file_review(&mut app, "gca-agency", MISMATCH).await;
+    add_reviewer(&app, Section::First).await;
+    reviewer_login(&mut app, "moica-reviewer").await;
+    let (status, _, html) = app.get("/backoffice/search").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("憑證序號") && !html.contains("稽核紀錄</h2>"));
+
+    let (status, _, html) = app
+        .get(&format!(
+            "/backoffice/search?code={MISMATCH}&from=2026-06-01&to=2026-06-01"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("測試市政府")
+            && html.contains("未註冊")
+            && html.contains("憑證註冊審核申請")
+            && html.contains("審核中")
+            && html.contains("review.file"),
+        "{html}"
+    );
+    // Another day: no receipts, no events.
+    let (_, _, html) = app
+        .get(&format!(
+            "/backoffice/search?code={MISMATCH}&from=2026-06-02"
+        ))
+        .await;
+    assert!(
+        html.contains("查無收件紀錄") && html.contains("查無符合之稽核紀錄"),
+        "{html}"
+    );
+
+    // By the presented certificate's serial, and by outcome.
+    let serial = pki().card("gca-agency").issued.serial_hex();
+    let (_, _, html) = app
+        .get(&format!("/backoffice/search?serial={serial}&outcome=ok"))
+        .await;
+    assert!(
+        html.contains("review.file") && html.contains(MISMATCH),
+        "{html}"
+    );
+    let (_, _, html) = app
+        .get(&format!(
+            "/backoffice/search?serial={serial}&outcome=oid_mismatch"
+        ))
+        .await;
+    assert!(!html.contains("review.file"), "{html}");
+
+    // Bad input: said beside the field.
+    let (status, _, html) = app
+        .get("/backoffice/search?from=2026-13-01&code=%3Cx%3E")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("from-error") && html.contains("code-error") && !html.contains("<x>"),
+        "{html}"
+    );
+
+    let events = app
+        .db
+        .audit_search(&store::AuditFilter {
+            limit: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let searches = events
+        .iter()
+        .filter(|(_, e)| e.action == "backoffice.search" && e.detail["view"] == "search")
+        .count();
+    assert_eq!(searches, 4, "every answered search is audited");
+}
