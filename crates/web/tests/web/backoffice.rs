@@ -318,6 +318,40 @@ async fn spec_4_7_reviewer_and_agency_sessions_are_kept_apart() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert!(html.contains("此功能僅限本部審核人員使用"), "{html}");
     }
+    let (status, _, _) = app
+        .post_form("/backoffice/reviews/1", &[("decision", "approve")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Nor can an operator.
+    let serial = pki().card("moica-operator-1").issued.serial_hex();
+    let op_id = id_of("moica-operator-1");
+    let (status, _, body) = app
+        .post_form(
+            "/admin/operators",
+            &[
+                ("serial", serial.as_str()),
+                ("name", "林志明"),
+                ("national_id", op_id.as_str()),
+                ("certificate", ""),
+                ("functions", "enroll"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    app.forget_cookies();
+    let flow = app.start("operator_login").await;
+    let (_, headers, body) = app
+        .card_step(
+            &flow,
+            "moica-operator-1",
+            &[("institution_code", TAIPEI), ("national_id", &op_id)],
+        )
+        .await;
+    assert_eq!(location(&headers), "/operator", "{body}");
+    let (status, _, html) = app.get("/backoffice/search?code=A0001").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("此功能僅限本部審核人員使用"), "{html}");
 
     // A reviewer cannot reach the agency's administrator or operator pages.
     app.forget_cookies();
