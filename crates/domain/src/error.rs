@@ -60,6 +60,9 @@ pub enum DomainError {
     /// The operator's card was renewed: the administrator must update the serial.
     #[error("operator certificate serial changed")]
     OperatorSerialChanged,
+    /// The citizen card is not an active back-office reviewer's (R6.1).
+    #[error("not a back-office reviewer")]
+    NotReviewer,
     #[error("the flow has expired")]
     FlowExpired,
     #[error("the flow does not exist")]
@@ -119,6 +122,7 @@ impl DomainError {
             Self::Conflict => "conflict",
             Self::NotOperator => "not_operator",
             Self::OperatorSerialChanged => "operator_serial_changed",
+            Self::NotReviewer => "not_reviewer",
             Self::FlowExpired => "flow_expired",
             Self::FlowNotFound => "flow_not_found",
             Self::WrongStep => "wrong_step",
@@ -158,6 +162,7 @@ impl DomainError {
             Self::Conflict => "資料已被其他使用者修改，請重新讀取後再操作".into(),
             Self::NotOperator => "您未被授權為本機關之經辦人，請洽授權管理者".into(),
             Self::OperatorSerialChanged => "憑證序號已變更，請洽授權管理者修改".into(),
+            Self::NotReviewer => "此自然人憑證未建立本部審核人員帳號".into(),
             Self::FlowExpired => "作業已逾時（閒置超過 15 分鐘），請重新操作".into(),
             Self::FlowNotFound | Self::WrongStep => "作業步驟錯誤，請由首頁重新操作".into(),
             Self::AlreadyConfirmed => "此作業已完成，請勿重複送出".into(),

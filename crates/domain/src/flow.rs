@@ -30,6 +30,8 @@ pub enum FlowKind {
     QueryCitizenSerial,
     /// R5.1 經辦人登入
     OperatorLogin,
+    /// R6.1 本部審核人員登入
+    ReviewerLogin,
 }
 
 impl FlowKind {
@@ -43,6 +45,7 @@ impl FlowKind {
             Self::QueryOrgOid => "query_org_oid",
             Self::QueryCitizenSerial => "query_citizen_serial",
             Self::OperatorLogin => "operator_login",
+            Self::ReviewerLogin => "reviewer_login",
         }
     }
 
@@ -50,7 +53,7 @@ impl FlowKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    pub const ALL: [FlowKind; 8] = [
+    pub const ALL: [FlowKind; 9] = [
         Self::FirstRegistration,
         Self::AdminLogin,
         Self::ReplaceOrg,
@@ -59,6 +62,7 @@ impl FlowKind {
         Self::QueryOrgOid,
         Self::QueryCitizenSerial,
         Self::OperatorLogin,
+        Self::ReviewerLogin,
     ];
 
     /// The steps in order. `Done` is implicit after the last.
@@ -73,6 +77,7 @@ impl FlowKind {
             Self::QueryOrgOid => &[QueryOrgCard],
             Self::QueryCitizenSerial => &[QueryCitizenCard],
             Self::OperatorLogin => &[OperatorCard],
+            Self::ReviewerLogin => &[ReviewerCard],
         }
     }
 }
@@ -95,6 +100,8 @@ pub enum Step {
     QueryOrgCard,
     QueryCitizenCard,
     OperatorCard,
+    /// The reviewer's citizen card (R6.1).
+    ReviewerCard,
     Done,
 }
 
@@ -110,6 +117,7 @@ impl Step {
             Self::QueryOrgCard => "query_org_card",
             Self::QueryCitizenCard => "query_citizen_card",
             Self::OperatorCard => "operator_card",
+            Self::ReviewerCard => "reviewer_card",
             Self::Done => "done",
         }
     }
@@ -126,6 +134,7 @@ impl Step {
             QueryOrgCard,
             QueryCitizenCard,
             OperatorCard,
+            ReviewerCard,
             Done,
         ]
         .into_iter()
@@ -142,9 +151,11 @@ impl Step {
         use pki::anchors::Role;
         match self {
             Step::OrgCard | Step::NewOrgCard | Step::QueryOrgCard => Some(Role::Organization),
-            Step::AdminCard | Step::NewAdminCard | Step::QueryCitizenCard | Step::OperatorCard => {
-                Some(Role::Citizen)
-            }
+            Step::AdminCard
+            | Step::NewAdminCard
+            | Step::QueryCitizenCard
+            | Step::OperatorCard
+            | Step::ReviewerCard => Some(Role::Citizen),
             _ => None,
         }
     }

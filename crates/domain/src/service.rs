@@ -101,6 +101,8 @@ pub enum StepOutcome {
     CitizenSerial { name: String, serial: CertSerial },
     /// R5.1
     Operator(OperatorGrant),
+    /// R6.1: an active back-office reviewer.
+    Reviewer(Reviewer),
 }
 
 /// The administrator data typed on the confirmation page (圖3-9).
@@ -721,6 +723,34 @@ impl<S: Store, C: Clock> Services<S, C> {
                     name: op.name.as_str().to_string(),
                     functions: op.functions,
                 }))
+            }
+            // R6.1: an active reviewer's citizen card, by serial.
+            (FlowKind::ReviewerLogin, Step::ReviewerCard) => {
+                let card = citizen_card(v);
+                let reviewer = self
+                    .store
+                    .reviewers()
+                    .await?
+                    .into_iter()
+                    .find(|r| r.active && r.cert_serial == card.cert.serial)
+                    .ok_or(DomainError::NotReviewer)?;
+                flow.advance(now);
+                flow.version += 1;
+                let audit = AuditEvent::new(
+                    now,
+                    format!("reviewer:{}", reviewer.id),
+                    "reviewer.login",
+                    "ok",
+                )
+                .cert(&card.cert);
+                self.store
+                    .commit(Commit {
+                        flow: Some(flow),
+                        audit: vec![audit],
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(StepOutcome::Reviewer(reviewer))
             }
             _ => Err(DomainError::WrongStep),
         }

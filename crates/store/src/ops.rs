@@ -855,6 +855,82 @@ pub(crate) async fn pending_reviews(pool: &Pool<DB>) -> Result<Vec<ReviewApplica
     .await
 }
 
+/// Decided applications, latest decision first.
+pub(crate) async fn decided_reviews(pool: &Pool<DB>, limit: i64) -> Result<Vec<ReviewApplication>> {
+    select_reviews(pool, |q| {
+        q.push("WHERE state <> 'pending' ORDER BY decided_at DESC, id DESC LIMIT ")
+            .push_bind(limit);
+    })
+    .await
+}
+
+/// Codes whose registration holds a certificate with this serial (organization or
+/// administrator).
+pub(crate) async fn codes_by_serial(
+    pool: &Pool<DB>,
+    serial: &CertSerial,
+) -> Result<Vec<InstitutionCode>> {
+    let rows = sqlx::query(
+        "SELECT code FROM registrations WHERE org_serial = $1 OR admin_serial = $1 ORDER BY code",
+    )
+    .bind(serial.as_str().to_string())
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| crate::codec::code(s(r, "code")?))
+        .collect()
+}
+
+/// Audit events matching the filter, newest first, at most `filter.limit` (≤ 200).
+pub(crate) async fn audit_search(
+    pool: &Pool<DB>,
+    f: &crate::AuditFilter,
+) -> Result<Vec<(i64, AuditEvent)>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new(
+        "SELECT seq, at, actor, code, cert, client, action, outcome, detail FROM audit_log \
+         WHERE 1 = 1",
+    );
+    if let Some(code) = &f.code {
+        q.push(" AND code = ").push_bind(code.as_str().to_string());
+    }
+    if let Some(serial) = &f.serial {
+        // `issuer|serial`; serials are upper-case hex, so no LIKE wildcard can hide in one.
+        q.push(" AND cert LIKE ")
+            .push_bind(format!("%|{}", serial.as_str()));
+    }
+    if let Some(from) = f.from {
+        q.push(" AND at >= ").push_bind(ts(from));
+    }
+    if let Some(to) = f.to {
+        q.push(" AND at < ").push_bind(ts(to));
+    }
+    if let Some(outcome) = &f.outcome {
+        q.push(" AND outcome = ").push_bind(outcome.clone());
+    }
+    q.push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(f.limit.clamp(1, crate::AUDIT_SEARCH_MAX));
+    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let detail = s(r, "detail")?;
+            Ok((
+                int(r, "seq")?,
+                AuditEvent {
+                    at: time_at(r, "at")?,
+                    actor: s(r, "actor")?,
+                    code: opt(r, "code")?.map(crate::codec::code).transpose()?,
+                    cert: opt(r, "cert")?,
+                    client: opt(r, "client")?,
+                    action: s(r, "action")?,
+                    outcome: s(r, "outcome")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                },
+            ))
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reviewers
 

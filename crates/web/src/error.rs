@@ -28,9 +28,11 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         E::NotRegistered | E::WrongStep | E::OrgCardChanged | E::AdminCardChanged => {
             StatusCode::CONFLICT
         }
-        E::NotAdministrator | E::NotOperator | E::OperatorSerialChanged | E::Forbidden => {
-            StatusCode::FORBIDDEN
-        }
+        E::NotAdministrator
+        | E::NotOperator
+        | E::OperatorSerialChanged
+        | E::NotReviewer
+        | E::Forbidden => StatusCode::FORBIDDEN,
         E::FlowExpired | E::ChallengeUsed | E::ChallengeExpired => StatusCode::GONE,
         E::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

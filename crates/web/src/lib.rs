@@ -125,6 +125,12 @@ impl AppState {
                 .map(|a| a.code.as_str().to_string()),
             operator_name: session.data.operator.as_ref().map(|o| o.name.clone()),
             agent_url: self.0.config.agent_url.clone(),
+            backoffice: session.data.reviewer.is_some(),
+            reviewer: session
+                .data
+                .reviewer
+                .as_ref()
+                .map(|r| (r.name.clone(), r.section.label_zh())),
         }
     }
 }

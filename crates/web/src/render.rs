@@ -14,6 +14,10 @@ pub struct Layout {
     /// 經辦人 name, when an operator is signed in.
     pub operator_name: Option<String>,
     pub agent_url: String,
+    /// 本部 back-office pages: their own banner and menu, no agency menu.
+    pub backoffice: bool,
+    /// The back-office reviewer signed in (name, section label).
+    pub reviewer: Option<(String, &'static str)>,
 }
 
 pub fn render<T: Template>(t: &T) -> Response {

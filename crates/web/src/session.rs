@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use domain::model::Section;
 use domain::service::{AdminGrant, OperatorGrant};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,17 @@ pub struct SessionData {
     pub result: Option<serde_json::Value>,
     /// A message for the next page after a redirect (「新增成功」), shown once.
     pub flash: Option<String>,
+    /// A back-office reviewer after 本部審核人員登入 (R6.1).
+    #[serde(default)]
+    pub reviewer: Option<ReviewerSession>,
+}
+
+/// Who the back-office reviewer is (R6.1): checked against the store on every back-office page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewerSession {
+    pub id: i64,
+    pub name: String,
+    pub section: Section,
 }
 
 /// The session of the current request.
@@ -85,6 +97,9 @@ impl Session {
         }
         if let Some(o) = &self.data.operator {
             return ("operator", Some(o.code.as_str().to_string()));
+        }
+        if self.data.reviewer.is_some() {
+            return ("reviewer", None);
         }
         ("anonymous", None)
     }

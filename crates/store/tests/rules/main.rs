@@ -1232,3 +1232,42 @@ async fn r2_4_a_read_certificate_must_be_a_valid_citizen_card() {
         assert!(e == "signature_invalid" || e == "cert_untrusted", "{e}");
     }
 }
+
+#[tokio::test]
+async fn r6_1_reviewer_login_needs_an_active_reviewer_account_for_the_card() {
+    for env in envs().await {
+        let svc = &env.svc;
+        let serial =
+            domain::types::cert_serial("serial", &pki().card("moica-reviewer").issued.serial_hex())
+                .unwrap();
+        let login = |card: &'static str| async move {
+            let flow = svc
+                .start_flow(FlowKind::ReviewerLogin, SESSION)
+                .await
+                .unwrap();
+            assert_eq!(flow.step, Step::ReviewerCard);
+            // No 機關代號 and no 身分證統一編號 on this step.
+            card_step(svc, &flow.id, card, None, None).await
+        };
+        let e = login("moica-reviewer").await.unwrap_err();
+        assert_eq!(e.code(), "not_reviewer");
+        assert_eq!(e.message_zh(), "此自然人憑證未建立本部審核人員帳號");
+        let id = svc
+            .store()
+            .add_reviewer("李建國", domain::model::Section::Second, &serial)
+            .await
+            .unwrap();
+        match login("moica-reviewer").await.unwrap() {
+            StepOutcome::Reviewer(r) => {
+                assert_eq!((r.id, r.section), (id, domain::model::Section::Second));
+                assert_eq!(r.name, "李建國");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(code_of(login("moica-operator-1").await), "not_reviewer");
+        // An organization card is not a citizen card, as on every citizen card step.
+        assert!(login("gca-agency").await.is_err());
+        svc.store().set_reviewer_active(id, false).await.unwrap();
+        assert_eq!(code_of(login("moica-reviewer").await), "not_reviewer");
+    }
+}

@@ -1485,3 +1485,106 @@ async fn bulk_loads_read_back_like_committed_rows() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Back-office search (R6.3)
+
+#[tokio::test]
+async fn r6_3_audit_search_filters_newest_first_and_is_capped() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.upsert_agencies(&[agency("AB12")]).await.unwrap();
+        let cert = |s: &str| format!("CN=CA|{s}");
+        let mut e1 = event("a.one").agency(&code("AB12"));
+        e1.cert = Some(cert("0A1B"));
+        let mut e2 = AuditEvent::new(T0 + Duration::days(1), "system", "a.two", "oid_mismatch");
+        e2.cert = Some(cert("0A1B"));
+        db.append_audit(&e1).await.unwrap();
+        db.append_audit(&e2).await.unwrap();
+        db.append_audit(&event("a.three")).await.unwrap();
+        let all = db
+            .audit_search(&store::AuditFilter {
+                limit: 200,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let actions: Vec<_> = all.iter().map(|(_, e)| e.action.as_str()).collect();
+        assert_eq!(actions, ["a.three", "a.two", "a.one"]);
+        assert_eq!(all[2].1.detail["n"], "a.one");
+        let by = |f: store::AuditFilter| async move {
+            db.audit_search(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.action)
+                .collect::<Vec<_>>()
+        };
+        let base = store::AuditFilter {
+            limit: 200,
+            ..Default::default()
+        };
+        assert_eq!(
+            by(store::AuditFilter {
+                code: Some(code("AB12")),
+                ..base.clone()
+            })
+            .await,
+            ["a.one"]
+        );
+        assert_eq!(
+            by(store::AuditFilter {
+                serial: Some(serial("0A1B")),
+                ..base.clone()
+            })
+            .await,
+            ["a.two", "a.one"]
+        );
+        assert_eq!(
+            by(store::AuditFilter {
+                outcome: Some("oid_mismatch".into()),
+                ..base.clone()
+            })
+            .await,
+            ["a.two"]
+        );
+        assert_eq!(
+            by(store::AuditFilter {
+                from: Some(T0 + Duration::hours(1)),
+                to: Some(T0 + Duration::days(2)),
+                ..base.clone()
+            })
+            .await,
+            ["a.two"]
+        );
+        assert_eq!(
+            by(store::AuditFilter {
+                limit: 1,
+                ..base.clone()
+            })
+            .await,
+            ["a.three"]
+        );
+        // Above the cap: the cap.
+        for i in 0..205 {
+            db.append_audit(&event(&format!("bulk.{i}"))).await.unwrap();
+        }
+        assert_eq!(
+            by(store::AuditFilter {
+                limit: 10_000,
+                ..base.clone()
+            })
+            .await
+            .len(),
+            200
+        );
+        assert!(
+            db.codes_by_serial(&serial("0A1B"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(db.decided_reviews(10).await.unwrap().is_empty());
+    })
+    .await;
+}

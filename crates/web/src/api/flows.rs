@@ -564,6 +564,8 @@ pub(super) async fn card(
             name,
             serial: serial.as_str().into(),
         },
+        // The back office is pages only (/backoffice): no reviewer grant through the API.
+        StepOutcome::Reviewer(_) => return api(&DomainError::Forbidden),
     };
     Json(view).into_response()
 }

@@ -44,6 +44,7 @@ pub(crate) fn kind_title(kind: FlowKind) -> &'static str {
         FlowKind::QueryOrgOid => "查詢機關憑證 OID",
         FlowKind::QueryCitizenSerial => "查詢自然人憑證序號",
         FlowKind::OperatorLogin => "經辦人登入",
+        FlowKind::ReviewerLogin => "本部審核人員登入",
     }
 }
 
@@ -115,7 +116,22 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
             ask_id: true,
             card: "citizen",
         },
+        (K::ReviewerLogin, _) => StepView {
+            figure: "",
+            title: "本部審核人員登入",
+            instructions: "請插入審核人員自然人憑證，並輸入自然人憑證密碼(PIN 碼)，點選確認按鈕。",
+            ask_code: false,
+            ask_id: false,
+            card: "citizen",
+        },
     }
+}
+
+/// The layout of a flow's page: the reviewer login has the back office's (no agency menu).
+fn flow_layout(state: &AppState, s: &crate::session::Session, kind: FlowKind) -> Layout {
+    let mut layout = state.layout_for(s);
+    layout.backoffice |= kind == FlowKind::ReviewerLogin;
+    layout
 }
 
 fn terms_figure(kind: FlowKind) -> &'static str {
@@ -278,7 +294,7 @@ async fn show(
         }
         return error::domain_page(&state, &e);
     }
-    let layout = state.layout_for(&s);
+    let layout = flow_layout(&state, &s, flow.kind);
     match flow.step {
         Step::Terms => render(&TermsPage {
             layout,
@@ -561,6 +577,21 @@ async fn card(
             });
             Redirect::to("/operator").into_response()
         }
+        Ok(StepOutcome::Reviewer(r)) => {
+            session.update(|s| {
+                s.rotate();
+                let data = s.data_mut();
+                // One role per session: a reviewer holds no agency grant.
+                data.admin = None;
+                data.operator = None;
+                data.reviewer = Some(crate::session::ReviewerSession {
+                    id: r.id,
+                    name: r.name,
+                    section: r.section,
+                });
+            });
+            Redirect::to("/backoffice/reviews").into_response()
+        }
         Ok(StepOutcome::OrgOid {
             agency_name,
             org_name,
@@ -603,7 +634,7 @@ async fn card(
                 _ => general = Some(e.message_zh()),
             }
             let page = CardStepPage {
-                layout: state.layout_for(&s),
+                layout: flow_layout(&state, &s, flow.kind),
                 flow_id: id.clone(),
                 view: step_view(flow.kind, flow.step),
                 error: general,

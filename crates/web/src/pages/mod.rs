@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 
 mod admin;
+mod backoffice;
 mod flows;
 mod home;
 mod operator;
@@ -19,6 +20,8 @@ pub fn router() -> Router<AppState> {
         .merge(admin::router())
         .merge(operator::router())
         .merge(receipts::router())
+        .merge(backoffice::router())
+        .layer(axum::middleware::from_fn(backoffice::guard))
 }
 
 /// Every state change from a page: same origin and the session's CSRF token.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod api;
+mod backoffice;
 mod helpers;
 mod ops;
 

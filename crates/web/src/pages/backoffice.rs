@@ -1,0 +1,782 @@
+//! 本部 back-office pages (F6): the reviewer's citizen-card login (R6.1), the review queue of the
+//! reviewer's section with 核准 / 駁回 (R6.2), the decided applications, and the search of
+//! agencies, registrations, receipts and the audit log (R6.3). They have their own layout (no
+//! agency menu); [`guard`] keeps reviewer sessions off the agency pages and agency sessions off
+//! these. Applications of the other section answer 404, exactly as ids nobody has.
+
+use super::check_form;
+use crate::AppState;
+use crate::error;
+use crate::render::{Layout, render};
+use crate::security::ClientAddr;
+use crate::session::{Session, SessionHandle};
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use domain::DomainError;
+use domain::flow::FlowKind;
+use domain::model::{AuditEvent, ReviewApplication, ReviewState, Reviewer, Section};
+use domain::store::Store as _;
+use serde::Deserialize;
+
+pub(crate) const LOGIN: &str = "/backoffice/login";
+const QUEUE: &str = "/backoffice/reviews";
+
+#[derive(Template)]
+#[template(path = "backoffice_denied.html")]
+struct DeniedPage {
+    layout: Layout,
+    message: &'static str,
+    login: bool,
+}
+
+fn denied(layout: Layout, message: &'static str, login: bool) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        render(&DeniedPage {
+            layout,
+            message,
+            login,
+        }),
+    )
+        .into_response()
+}
+
+/// Role separation (SPEC §4.7): reviewer sessions reach only the back office (and the flow
+/// pages of their own login); agency sessions reach the back office only to log in.
+pub(crate) async fn guard(req: Request, next: Next) -> Response {
+    let Some(handle) = req.extensions().get::<SessionHandle>().cloned() else {
+        return next.run(req).await;
+    };
+    let s = handle.get();
+    let path = req.uri().path();
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let reviewer = s.data.reviewer.is_some();
+    if reviewer {
+        let agency_page = under("/admin")
+            || under("/operator")
+            || (path.starts_with("/flows/new/")
+                && path != format!("/flows/new/{}", FlowKind::ReviewerLogin.as_str()));
+        if agency_page {
+            let layout = Layout {
+                csrf: s.data.csrf.clone(),
+                backoffice: true,
+                reviewer: s
+                    .data
+                    .reviewer
+                    .as_ref()
+                    .map(|r| (r.name.clone(), r.section.label_zh())),
+                ..Layout::default()
+            };
+            return denied(layout, "本部審核人員不得使用要保機關之功能", false);
+        }
+    } else if under("/backoffice") && path != LOGIN {
+        if s.data.admin.is_some() || s.data.operator.is_some() {
+            let layout = Layout {
+                csrf: s.data.csrf.clone(),
+                backoffice: true,
+                ..Layout::default()
+            };
+            return denied(layout, "此功能僅限本部審核人員使用", true);
+        }
+        return Redirect::to(LOGIN).into_response();
+    }
+    next.run(req).await
+}
+
+/// The session's reviewer as the store has it now: a disabled (or removed) account ends it.
+async fn reviewer(
+    state: &AppState,
+    session: &SessionHandle,
+) -> Result<(Session, Reviewer), Response> {
+    let s = session.get();
+    let Some(r) = s.data.reviewer.clone() else {
+        return Err(Redirect::to(LOGIN).into_response());
+    };
+    let found = match state.svc().store().reviewers().await {
+        Ok(all) => all.into_iter().find(|x| x.id == r.id && x.active),
+        Err(e) => return Err(error::domain_page(state, &e)),
+    };
+    match found {
+        Some(x) => Ok((s, x)),
+        None => {
+            session.update(|s| s.end());
+            Err(denied(
+                Layout {
+                    backoffice: true,
+                    ..Layout::default()
+                },
+                "審核人員帳號已停用，請洽系統管理者",
+                true,
+            ))
+        }
+    }
+}
+
+fn not_found(state: &AppState, s: &Session) -> Response {
+    let page = DeniedPage {
+        layout: state.layout_for(s),
+        message: "查無此申請案件",
+        login: false,
+    };
+    (StatusCode::NOT_FOUND, render(&page)).into_response()
+}
+
+fn date(d: time::Date) -> String {
+    format!("{:04}/{:02}/{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+fn taipei_date(t: time::OffsetDateTime) -> String {
+    date(t.to_offset(domain::clock::TAIPEI).date())
+}
+
+fn state_label(state: &ReviewState) -> String {
+    match state {
+        ReviewState::Pending => "審核中".into(),
+        ReviewState::Approved { effective, .. } => format!("核准（生效日 {}）", date(*effective)),
+        ReviewState::Rejected { .. } => "駁回".into(),
+    }
+}
+
+/// One application as the back office sees it.
+struct Row {
+    id: i64,
+    code: String,
+    agency_name: String,
+    county: String,
+    on_file: String,
+    org_name: String,
+    org_identifier: String,
+    serial: String,
+    validity: String,
+    issuer: String,
+    applicant_name: String,
+    applicant_phone: String,
+    filed: String,
+    state: String,
+    pending: bool,
+    decided: String,
+    decided_by: String,
+    note: String,
+}
+
+/// The application's section by its agency's county; `None` when no section is in charge.
+async fn section_of(
+    state: &AppState,
+    a: &ReviewApplication,
+) -> Result<(Option<Section>, String, String), DomainError> {
+    let agency = state.svc().store().agency(&a.code).await?;
+    let (name, county) = agency.map(|g| (g.name, g.county)).unwrap_or_default();
+    let section = state
+        .svc()
+        .config()
+        .contacts
+        .section_for(&county)
+        .map(|c| c.section);
+    Ok((section, name, county))
+}
+
+fn row(a: &ReviewApplication, agency_name: String, county: String) -> Row {
+    let (decided, decided_by, note) = match &a.state {
+        ReviewState::Pending => Default::default(),
+        ReviewState::Approved {
+            decided_at,
+            reviewer,
+            note,
+            ..
+        }
+        | ReviewState::Rejected {
+            decided_at,
+            reviewer,
+            note,
+        } => (
+            super::admin::taipei_time(*decided_at),
+            reviewer.clone(),
+            note.clone(),
+        ),
+    };
+    Row {
+        id: a.id,
+        code: a.code.as_str().to_string(),
+        agency_name,
+        county,
+        on_file: a
+            .on_file
+            .as_ref()
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_else(|| "（無）".into()),
+        org_name: a.org.org_name.clone(),
+        org_identifier: a.org.org_identifier.as_str().to_string(),
+        serial: a.org.cert.serial.as_str().to_string(),
+        validity: format!(
+            "{} ～ {}",
+            taipei_date(a.org.cert.not_before),
+            taipei_date(a.org.cert.not_after)
+        ),
+        issuer: a.org.cert.issuer.clone(),
+        applicant_name: a.applicant_name.as_str().to_string(),
+        applicant_phone: a.applicant_phone.as_str().to_string(),
+        filed: super::admin::taipei_time(a.filed_at),
+        state: state_label(&a.state),
+        pending: a.state == ReviewState::Pending,
+        decided,
+        decided_by,
+        note,
+    }
+}
+
+async fn audit(
+    state: &AppState,
+    r: &Reviewer,
+    client: Option<String>,
+    detail: serde_json::Value,
+) -> Result<(), DomainError> {
+    let event = AuditEvent::new(
+        state.now(),
+        format!("reviewer:{}", r.id),
+        "backoffice.search",
+        "ok",
+    )
+    .client(client.as_deref())
+    .detail(detail);
+    state.svc().store().append_audit(&event).await
+}
+
+/// GET /backoffice/login: starts 本部審核人員登入 (its card step is the usual card step page).
+async fn login(State(state): State<AppState>, session: SessionHandle) -> Response {
+    let s = session.get();
+    if s.data.reviewer.is_some() {
+        return Redirect::to(QUEUE).into_response();
+    }
+    match state.svc().start_flow(FlowKind::ReviewerLogin, &s.id).await {
+        Ok(flow) => Redirect::to(&format!("/flows/{}", flow.id)).into_response(),
+        Err(e) => error::domain_page(&state, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    _csrf: String,
+}
+
+/// POST /backoffice/logout
+async fn logout(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    session.update(|s| s.end());
+    Redirect::to(LOGIN).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "backoffice_reviews.html")]
+struct QueuePage {
+    layout: Layout,
+    decided: bool,
+    section: &'static str,
+    rows: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct QueueQuery {
+    state: Option<String>,
+}
+
+/// The most decided applications listed.
+const DECIDED_LIMIT: i64 = 200;
+
+/// GET /backoffice/reviews (pending, oldest first) and ?state=decided (latest decision first):
+/// the applications of the reviewer's section.
+async fn queue(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    Query(q): Query<QueueQuery>,
+) -> Response {
+    let (s, r) = match reviewer(&state, &session).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let decided = q.state.as_deref() == Some("decided");
+    let apps = if decided {
+        state.db().decided_reviews(DECIDED_LIMIT).await
+    } else {
+        state.svc().store().pending_reviews().await
+    };
+    let apps = match apps {
+        Ok(a) => a,
+        Err(e) => return error::domain_page(&state, &e),
+    };
+    let mut rows = Vec::new();
+    for a in &apps {
+        match section_of(&state, a).await {
+            Ok((Some(sec), name, county)) if sec == r.section => rows.push(row(a, name, county)),
+            Ok(_) => {}
+            Err(e) => return error::domain_page(&state, &e),
+        }
+    }
+    let detail = serde_json::json!({
+        "view": if decided { "decided" } else { "queue" },
+        "section": r.section,
+        "rows": rows.len(),
+    });
+    if let Err(e) = audit(&state, &r, addr.map(|a| a.to_string()), detail).await {
+        return error::domain_page(&state, &e);
+    }
+    render(&QueuePage {
+        layout: state.layout_for(&s),
+        decided,
+        section: r.section.label_zh(),
+        rows,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "backoffice_review.html")]
+struct DetailPage {
+    layout: Layout,
+    row: Row,
+    flash: Option<String>,
+    error: Option<String>,
+    note_value: String,
+}
+
+/// The application if it exists and belongs to the reviewer's section.
+async fn own_application(
+    state: &AppState,
+    s: &Session,
+    r: &Reviewer,
+    raw: &str,
+) -> Result<(ReviewApplication, String, String), Response> {
+    let Some(id) = raw.parse::<i64>().ok().filter(|id| *id > 0) else {
+        return Err(not_found(state, s));
+    };
+    let a = match state.svc().store().review(id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(not_found(state, s)),
+        Err(e) => return Err(error::domain_page(state, &e)),
+    };
+    match section_of(state, &a).await {
+        Ok((Some(sec), name, county)) if sec == r.section => Ok((a, name, county)),
+        Ok(_) => Err(not_found(state, s)),
+        Err(e) => Err(error::domain_page(state, &e)),
+    }
+}
+
+/// GET /backoffice/reviews/{id}
+async fn detail(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    Path(id): Path<String>,
+) -> Response {
+    let (s, r) = match reviewer(&state, &session).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let (a, name, county) = match own_application(&state, &s, &r, &id).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let flash = session.update(|s| {
+        if s.data.flash.is_some() {
+            s.data_mut().flash.take()
+        } else {
+            None
+        }
+    });
+    render(&DetailPage {
+        layout: state.layout_for(&s),
+        row: row(&a, name, county),
+        flash,
+        error: None,
+        note_value: String::new(),
+    })
+}
+
+#[derive(Deserialize)]
+struct DecideForm {
+    #[serde(default)]
+    _csrf: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// POST /backoffice/reviews/{id}: 核准 / 駁回 with a note, then back to the application (PRG).
+async fn decide(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<DecideForm>,
+) -> Response {
+    let (s, r) = match reviewer(&state, &session).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return resp;
+    }
+    let (a, name, county) = match own_application(&state, &s, &r, &id).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => {
+            let page = DetailPage {
+                layout: state.layout_for(&s),
+                row: row(&a, name, county),
+                flash: None,
+                error: Some("請選擇核准或駁回".into()),
+                note_value: form.note,
+            };
+            return (StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response();
+        }
+    };
+    match state
+        .svc()
+        .decide_review(&r, a.id, approve, &form.note)
+        .await
+    {
+        Ok(decided) => {
+            let message = match decided {
+                ReviewState::Approved { effective, .. } => {
+                    format!("已核准，生效日 {}", date(effective))
+                }
+                _ => "已駁回".to_string(),
+            };
+            session.update(|s| s.data_mut().flash = Some(message));
+            Redirect::to(&format!("{QUEUE}/{}", a.id)).into_response()
+        }
+        Err(e @ (DomainError::Invalid { .. } | DomainError::Conflict)) => {
+            let message = if e == DomainError::Conflict {
+                "此申請案件已審核完成，請勿重複送出".to_string()
+            } else {
+                e.message_zh()
+            };
+            let page = DetailPage {
+                layout: state.layout_for(&s),
+                row: row(&a, name, county),
+                flash: None,
+                error: Some(message),
+                note_value: form.note,
+            };
+            (error::status_of(&e), render(&page)).into_response()
+        }
+        Err(e) => error::domain_page(&state, &e),
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(LOGIN, get(login))
+        .route("/backoffice/logout", post(logout))
+        .route(QUEUE, get(queue))
+        .route("/backoffice/reviews/{id}", get(detail).post(decide))
+        .merge(search_router())
+}
+
+fn search_router() -> Router<AppState> {
+    Router::new().route("/backoffice/search", get(search))
+}
+
+#[derive(Deserialize, Default)]
+struct SearchQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    serial: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    outcome: String,
+}
+
+#[derive(Default)]
+struct SearchErrors {
+    code: Option<String>,
+    serial: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    outcome: Option<String>,
+}
+
+impl SearchErrors {
+    fn any(&self) -> bool {
+        self.code.is_some()
+            || self.serial.is_some()
+            || self.from.is_some()
+            || self.to.is_some()
+            || self.outcome.is_some()
+    }
+}
+
+struct Line {
+    label: &'static str,
+    value: String,
+}
+
+struct AgencyHit {
+    code: String,
+    lines: Vec<Line>,
+    receipts: Vec<(String, &'static str, String)>,
+}
+
+struct AuditHit {
+    seq: i64,
+    at: String,
+    actor: String,
+    code: String,
+    cert: String,
+    action: String,
+    outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "backoffice_search.html")]
+struct SearchPage {
+    layout: Layout,
+    q: SearchQuery,
+    errors: SearchErrors,
+    searched: bool,
+    agencies: Vec<AgencyHit>,
+    audit: Vec<AuditHit>,
+    limit: i64,
+}
+
+/// A Taipei calendar date typed as YYYY-MM-DD or YYYY/MM/DD.
+fn parse_day(s: &str) -> Option<time::Date> {
+    let mut parts = s.trim().split(['-', '/']);
+    let y: i32 = parts.next()?.parse().ok()?;
+    let m: u8 = parts.next()?.parse().ok()?;
+    let d: u8 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()
+}
+
+fn start_of(d: time::Date) -> time::OffsetDateTime {
+    d.midnight().assume_offset(domain::clock::TAIPEI)
+}
+
+/// The master data, registration and receipts of one agency (nothing of the national ID).
+async fn agency_hit(
+    state: &AppState,
+    code: &domain::types::InstitutionCode,
+    from: Option<time::OffsetDateTime>,
+    to: Option<time::OffsetDateTime>,
+) -> Result<Option<AgencyHit>, DomainError> {
+    let store = state.svc().store();
+    let Some(agency) = store.agency(code).await? else {
+        return Ok(None);
+    };
+    let line = |label, value| Line { label, value };
+    let mut lines = vec![
+        line("機關名稱", agency.name.clone()),
+        line("縣市", agency.county.clone()),
+        line(
+            "本部資料識別碼",
+            agency
+                .org_identifier
+                .as_ref()
+                .map(|o| o.as_str().to_string())
+                .unwrap_or_else(|| "（無）".into()),
+        ),
+    ];
+    match store.registration(code).await? {
+        Some(r) => lines.extend([
+            line("註冊狀態", "已註冊".into()),
+            line("機關憑證序號", r.org.cert.serial.as_str().to_string()),
+            line(
+                "機關憑證有效期限",
+                format!(
+                    "{} ～ {}",
+                    taipei_date(r.org.cert.not_before),
+                    taipei_date(r.org.cert.not_after)
+                ),
+            ),
+            line("授權管理者", r.admin_card.holder_name.clone()),
+            line(
+                "授權管理者憑證序號",
+                r.admin_card.cert.serial.as_str().to_string(),
+            ),
+            line("註冊時間", super::admin::taipei_time(r.registered_at)),
+            line("最近異動時間", super::admin::taipei_time(r.updated_at)),
+        ]),
+        None => lines.push(line("註冊狀態", "未註冊".into())),
+    }
+    let reviews = store.reviews(code).await?;
+    let receipts = store
+        .receipts(code)
+        .await?
+        .into_iter()
+        .filter(|r| from.is_none_or(|f| r.at >= f) && to.is_none_or(|t| r.at < t))
+        .map(|r| {
+            let review = r
+                .review_id
+                .and_then(|id| reviews.iter().find(|a| a.id == id))
+                .map(|a| state_label(&a.state))
+                .unwrap_or_default();
+            (super::admin::taipei_time(r.at), r.kind.label_zh(), review)
+        })
+        .collect();
+    Ok(Some(AgencyHit {
+        code: code.as_str().to_string(),
+        lines,
+        receipts,
+    }))
+}
+
+/// GET /backoffice/search: agencies, registrations, receipts and the audit log by 機關代號,
+/// 憑證序號, date range and outcome (R6.3). Every search is audited.
+async fn search(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    Query(q): Query<SearchQuery>,
+) -> Response {
+    let (s, r) = match reviewer(&state, &session).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let mut errors = SearchErrors::default();
+    let (code_s, serial_s, from_s, to_s, outcome_s) = (
+        q.code.trim(),
+        q.serial.trim(),
+        q.from.trim(),
+        q.to.trim(),
+        q.outcome.trim(),
+    );
+    let searched = [code_s, serial_s, from_s, to_s, outcome_s]
+        .iter()
+        .any(|v| !v.is_empty());
+    let code = (!code_s.is_empty())
+        .then(|| domain::types::InstitutionCode::parse(code_s))
+        .transpose()
+        .unwrap_or_else(|e| {
+            errors.code = Some(e.message_zh());
+            None
+        });
+    let serial = (!serial_s.is_empty())
+        .then(|| domain::types::cert_serial("serial", serial_s))
+        .transpose()
+        .unwrap_or_else(|e| {
+            errors.serial = Some(e.message_zh());
+            None
+        });
+    let day = |v: &str, slot: &mut Option<String>| {
+        if v.is_empty() {
+            return None;
+        }
+        let d = parse_day(v);
+        if d.is_none() {
+            *slot = Some("日期格式錯誤，請輸入 YYYY-MM-DD".into());
+        }
+        d
+    };
+    let from = day(from_s, &mut errors.from).map(start_of);
+    let to = day(to_s, &mut errors.to)
+        .and_then(|d| d.next_day())
+        .map(start_of);
+    let outcome_ok = outcome_s.len() <= 40
+        && outcome_s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !outcome_ok {
+        errors.outcome = Some("結果請輸入 ok 或錯誤代碼（英文小寫）".into());
+    }
+    let mut page = SearchPage {
+        layout: state.layout_for(&s),
+        q: SearchQuery::default(),
+        errors: SearchErrors::default(),
+        searched: false,
+        agencies: vec![],
+        audit: vec![],
+        limit: store::AUDIT_SEARCH_MAX,
+    };
+    if errors.any() {
+        page.errors = errors;
+        page.q = q;
+        return (StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response();
+    }
+    if !searched {
+        return render(&page);
+    }
+    let mut codes: Vec<domain::types::InstitutionCode> = code.iter().cloned().collect();
+    if let Some(serial) = &serial {
+        match state.db().codes_by_serial(serial).await {
+            Ok(found) => {
+                for c in found {
+                    // With a code too, both must hold.
+                    if code.is_none() && !codes.contains(&c) {
+                        codes.push(c);
+                    }
+                }
+            }
+            Err(e) => return error::domain_page(&state, &e),
+        }
+    }
+    for c in &codes {
+        match agency_hit(&state, c, from, to).await {
+            Ok(Some(hit)) => page.agencies.push(hit),
+            Ok(None) => {}
+            Err(e) => return error::domain_page(&state, &e),
+        }
+    }
+    let filter = store::AuditFilter {
+        code: code.clone(),
+        serial: serial.clone(),
+        from,
+        to,
+        outcome: (!outcome_s.is_empty()).then(|| outcome_s.to_string()),
+        limit: store::AUDIT_SEARCH_MAX,
+    };
+    let events = match state.db().audit_search(&filter).await {
+        Ok(e) => e,
+        Err(e) => return error::domain_page(&state, &e),
+    };
+    page.audit = events
+        .into_iter()
+        .map(|(seq, e)| AuditHit {
+            seq,
+            at: super::admin::taipei_time(e.at),
+            actor: e.actor,
+            code: e.code.map(|c| c.as_str().to_string()).unwrap_or_default(),
+            cert: e.cert.unwrap_or_default(),
+            action: e.action,
+            outcome: e.outcome,
+        })
+        .collect();
+    let detail = serde_json::json!({
+        "view": "search",
+        "code": code.as_ref().map(|c| c.as_str().to_string()),
+        "serial": serial.as_ref().map(|c| c.as_str().to_string()),
+        "from": from_s, "to": to_s, "outcome": outcome_s,
+        "agencies": page.agencies.len(), "audit": page.audit.len(),
+    });
+    if let Err(e) = audit(&state, &r, addr.map(|a| a.to_string()), detail).await {
+        return error::domain_page(&state, &e);
+    }
+    page.q = q;
+    page.searched = true;
+    render(&page)
+}
