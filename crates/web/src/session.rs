@@ -27,6 +27,9 @@ pub struct SessionData {
     pub result: Option<serde_json::Value>,
     /// A message for the next page after a redirect (「新增成功」), shown once.
     pub flash: Option<String>,
+    /// The random handle the operator's tokens name this session by (`sid`; see `token.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sid: Option<String>,
 }
 
 /// The session of the current request.

@@ -1807,3 +1807,7 @@ async fn openapi_document_lists_every_route() {
         );
     }
 }
+
+// The operator's token for other systems, driven with the `Api` client above.
+#[path = "token.rs"]
+mod token;
