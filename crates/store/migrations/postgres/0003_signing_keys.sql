@@ -9,9 +9,9 @@ CREATE TABLE signing_keys (
     kid             TEXT NOT NULL,
     public_key      TEXT NOT NULL,
     private_enc     TEXT NOT NULL,
-    created_at      INTEGER NOT NULL,
-    retired_at      INTEGER,
-    publish_until   INTEGER,
+    created_at      BIGINT NOT NULL,
+    retired_at      BIGINT,
+    publish_until   BIGINT,
     CONSTRAINT signing_keys_pkey PRIMARY KEY (kid)
 );
 CREATE UNIQUE INDEX signing_keys_one_current_idx ON signing_keys ((retired_at IS NULL))
