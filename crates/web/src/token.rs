@@ -14,7 +14,7 @@
 
 use crate::AppState;
 use crate::api::{ApiJson, Caller};
-use crate::error::api;
+use crate::error::{ApiError, api};
 use crate::session::{ABSOLUTE, SessionData};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -44,7 +44,7 @@ pub const TOKEN_TTL: Duration = Duration::minutes(15);
 pub const CLOCK_SKEW: Duration = Duration::minutes(1);
 
 /// The claims of an operator token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claims {
     /// certreg's public origin.
     pub iss: String,
@@ -300,7 +300,7 @@ async fn jwks(State(state): State<AppState>) -> Response {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     /// The JWT (ES256).
     pub token: String,
@@ -325,6 +325,15 @@ async fn current_operator(
 }
 
 /// `POST /api/v1/token`: a token for the caller's operator session.
+#[utoipa::path(
+    post, path = "/api/v1/token", operation_id = "issue_token", tag = "sessions",
+    responses(
+        (status = 200, description = "An ES256 JWT for other systems (issue 6): agency code, operator certificate serial, today's functions, a session handle; at most 15 minutes and never past the session. Verify with /.well-known/jwks.json", body = IssuedToken),
+        (status = 401, description = "unauthorized", body = ApiError),
+        (status = 403, description = "forbidden: not an operator session (or the operator is no longer granted); csrf (cookie requests only)", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Response {
     let now = state.now();
     let data = &caller.session.data;
@@ -376,26 +385,41 @@ pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Resp
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct IntrospectRequest {
+    /// The JWT from `POST /api/v1/token`.
     pub token: String,
+}
+
+/// RFC 7662 style: `active`, and the token's claims only when it is active.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Claims>,
 }
 
 /// `POST /api/v1/introspect {token}` (RFC 7662 style): `{active: true, …claims}` while the token
 /// verifies, is unexpired, and its session still holds the same operator grant with the same
 /// functions; `{active: false}` otherwise.
-async fn introspect(
+#[utoipa::path(
+    post, path = "/api/v1/introspect", operation_id = "introspect_token", tag = "sessions",
+    request_body = IntrospectRequest,
+    responses(
+        (status = 200, description = "Whether the token is active: it verifies, has not expired, and its session still holds the same operator grant with the same functions (logout, a grant change or the operator's deletion end it)", body = Introspection),
+        (status = 400, description = "bad_request", body = ApiError),
+    )
+)]
+pub(crate) async fn introspect(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<IntrospectRequest>,
 ) -> Response {
     match active_claims(&state, &req.token).await {
-        Ok(Some(claims)) => {
-            let mut v = serde_json::to_value(&claims).unwrap_or_default();
-            v["active"] = true.into();
-            v["token_type"] = "Bearer".into();
-            Json(v).into_response()
-        }
-        Ok(None) => Json(serde_json::json!({ "active": false })).into_response(),
+        Ok(claims) => Json(Introspection {
+            active: claims.is_some(),
+            claims,
+        })
+        .into_response(),
         Err(e) => api(&e),
     }
 }
