@@ -15,7 +15,7 @@
 use crate::AppState;
 use crate::api::{ApiJson, Caller};
 use crate::error::{ApiError, api};
-use crate::session::{ABSOLUTE, SessionData};
+use crate::session::{ABSOLUTE, SessionData, SessionHandle};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -335,35 +335,42 @@ async fn current_operator(
     security(("bearer" = []))
 )]
 pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Response {
+    match mint(&state, &caller.handle).await {
+        Ok(Some(issued)) => Json(issued).into_response(),
+        Ok(None) => api(&DomainError::Forbidden),
+        Err(e) => api(&e),
+    }
+}
+
+/// A token for the session's operator grant as it stands today; `None` when the session holds
+/// none (or the operator has since been deleted or re-bound: the grant is then dropped). The
+/// pages' operator home uses it too.
+pub(crate) async fn mint(
+    state: &AppState,
+    handle: &SessionHandle,
+) -> Result<Option<IssuedToken>, DomainError> {
     let now = state.now();
-    let data = &caller.session.data;
-    let op = match current_operator(&state, data).await {
-        Ok(Some(op)) => op,
-        Ok(None) => {
-            if data.operator.is_some() {
-                caller.handle.update(|s| s.data_mut().operator = None);
-            }
-            return api(&DomainError::Forbidden);
+    let session = handle.get();
+    let data = &session.data;
+    let Some(op) = current_operator(state, data).await? else {
+        if data.operator.is_some() {
+            handle.update(|s| s.data_mut().operator = None);
         }
-        Err(e) => return api(&e),
+        return Ok(None);
     };
     let Some(grant) = &data.operator else {
-        return api(&DomainError::Forbidden);
+        return Ok(None);
     };
     let sid = match &data.token_sid {
         Some(sid) => sid.clone(),
         None => {
             let sid = crate::security::random_token();
-            caller
-                .handle
-                .update(|s| s.data_mut().token_sid = Some(sid.clone()));
+            handle.update(|s| s.data_mut().token_sid = Some(sid.clone()));
             sid
         }
     };
-    if let Err(e) = state.db().token_session_put(&sid, caller.id()).await {
-        return api(&e);
-    }
-    let exp = (now + TOKEN_TTL).min(caller.session.created_at + ABSOLUTE);
+    state.db().token_session_put(&sid, &session.id).await?;
+    let exp = (now + TOKEN_TTL).min(session.created_at + ABSOLUTE);
     let claims = Claims {
         iss: state.config().public_origin.clone(),
         sub: format!("operator:{}", op.serial.as_str()),
@@ -375,14 +382,11 @@ pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Resp
         exp: exp.unix_timestamp(),
         jti: crate::security::random_token(),
     };
-    match state.keys().sign(&claims, now).await {
-        Ok(token) => Json(IssuedToken {
-            token,
-            expires_at: crate::api::rfc3339(exp),
-        })
-        .into_response(),
-        Err(e) => api(&e),
-    }
+    let token = state.keys().sign(&claims, now).await?;
+    Ok(Some(IssuedToken {
+        token,
+        expires_at: crate::api::rfc3339(exp),
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

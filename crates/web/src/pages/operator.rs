@@ -68,6 +68,44 @@ struct CsrfForm {
     _csrf: String,
 }
 
+#[derive(Template)]
+#[template(path = "operator_token.html")]
+struct OperatorToken {
+    layout: Layout,
+    token: String,
+    expires_at: String,
+}
+
+/// POST /operator/token: a token for other systems (see docs/downstream.md), shown once.
+async fn token(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    match crate::token::mint(&state, &session).await {
+        Ok(Some(issued)) => {
+            let mut r = render(&OperatorToken {
+                layout: state.layout_for(&session.get()),
+                token: issued.token,
+                expires_at: issued.expires_at,
+            });
+            r.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Ok(None) => Redirect::to(LOGIN).into_response(),
+        Err(e) => error::domain_page(&state, &e),
+    }
+}
+
 /// POST /operator/logout
 async fn logout(
     State(state): State<AppState>,
@@ -88,4 +126,5 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/operator", get(home))
         .route("/operator/logout", post(logout))
+        .route("/operator/token", post(token))
 }

@@ -284,3 +284,46 @@ async fn rotation_keeps_the_previous_key_until_its_tokens_expire() {
         assert_eq!(api.introspect(&old).await["active"], false);
     }
 }
+
+#[tokio::test]
+async fn the_operator_home_gives_a_token_too() {
+    let mut api = Api::on(Backend::Sqlite).await;
+    api.register(TAIPEI, "gca-agency", "moica-admin").await;
+    let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+    api.add_operator(&admin, "moica-operator-1", &["query"])
+        .await;
+
+    // 經辦人登入 on the pages, in a browser (cookie jar).
+    let app = &mut api.app;
+    let (_, _, html) = app.post_form("/operator/token", &[]).await;
+    assert!(!html.contains("eyJ"), "no operator session, no token");
+    let flow = app.start("operator_login").await;
+    let id = id_of("moica-operator-1");
+    let (status, _, body) = app
+        .card_step(
+            &flow,
+            "moica-operator-1",
+            &[("institution_code", TAIPEI), ("national_id", &id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (_, _, html) = app.get("/operator").await;
+    assert!(html.contains("action=\"/operator/token\""), "{html}");
+    let (status, headers, html) = app.post_form("/operator/token", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let token = html
+        .split("aria-label=\"權杖\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap()
+        .to_string();
+    let now = api.app.clock.now();
+    let claims = verify_independently(&api.jwks().await, &token, now);
+    assert_eq!(claims["functions"], json!(["query"]));
+    assert_eq!(api.introspect(&token).await["active"], true);
+
+    let (status, _, _) = api.app.post_form("/operator/logout", &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(api.introspect(&token).await["active"], false);
+}
