@@ -76,13 +76,14 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     pub fn new(svc: Svc, db: store::Db, config: WebConfig) -> Self {
+        let keys = token::KeyRing::new(db.clone());
         Self(Arc::new(Inner {
             svc,
+            db,
             config,
             limiter: RateLimiter::default(),
             metrics: ops::Metrics::default(),
-            keys: token::KeyRing::new(db.clone()),
-            db,
+            keys,
         }))
     }
 
