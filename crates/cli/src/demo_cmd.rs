@@ -110,7 +110,8 @@ fn hint(card: &str) -> Option<&'static str> {
         "moica-admin-renewed" => "更換授權管理者自然人憑證：A0001，同一人換發的新卡",
         "moica-admin2" => "更換授權管理者自然人憑證：A0001，改由陳美玲擔任",
         "moica-operator-1" | "moica-operator-2" => {
-            "授權指派→新增經辦人（讀取憑證）；之後經辦人登入：機關代號 A0001"
+            "授權指派→新增經辦人（讀取憑證）；之後經辦人登入：機關代號 A0001；\
+             「取得其他系統用權杖」後以 cargo run -p web --example downstream -- <web> <權杖> 驗證"
         }
         "moica-reviewer" => "已建立為本部審核人員（後台審核比對不符申請）",
         _ => return None,

@@ -4,6 +4,7 @@ mod agent_cmd;
 mod config;
 mod data_cmd;
 mod demo_cmd;
+mod keys_cmd;
 mod pki_cmd;
 mod serve_cmd;
 mod store_cmd;
@@ -57,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::StaffCommand,
     },
+    /// The keys that sign the operators' tokens for other systems (docs/downstream.md).
+    Keys {
+        #[command(subcommand)]
+        command: keys_cmd::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Agencies { command } => data_cmd::agencies(command),
         Command::Calendar { command } => data_cmd::calendar(command),
         Command::Staff { command } => data_cmd::staff(command),
+        Command::Keys { command } => keys_cmd::run(command),
     };
     match result {
         Ok(code) => code,

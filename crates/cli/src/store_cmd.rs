@@ -51,7 +51,7 @@ impl DatabaseArgs {
 
 /// The keys for `settings`' database, created beside it when missing, so that no data is ever
 /// written without one. On PostgreSQL without a configured key file, `None`.
-fn keys(settings: &Settings, backend: Backend) -> Result<Option<Secrets>> {
+pub(crate) fn keys(settings: &Settings, backend: Backend) -> Result<Option<Secrets>> {
     if backend == Backend::Sqlite || settings.key_file.is_some() {
         let path = settings.key_path()?;
         let secrets = Secrets::load_or_create(&path)

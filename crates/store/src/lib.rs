@@ -63,6 +63,9 @@ macro_rules! dispatch {
     };
 }
 
+mod signing;
+pub use signing::SigningKeyRecord;
+
 /// A web session as the web crate's session store keeps it. `data` is opaque to the store and
 /// encrypted at rest.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0002_calendar.sql"),
         postgres: include_str!("../migrations/postgres/0002_calendar.sql"),
     },
+    MigrationPair {
+        version: 3,
+        file_name: "0003_signing_keys.sql",
+        description: "signing keys",
+        sqlite: include_str!("../migrations/sqlite/0003_signing_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0003_signing_keys.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub mod pages;
 pub mod render;
 pub mod security;
 pub mod session;
+pub mod token;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -66,6 +67,7 @@ struct Inner {
     config: WebConfig,
     limiter: RateLimiter,
     metrics: ops::Metrics,
+    keys: token::KeyRing,
 }
 
 /// Shared state of every handler.
@@ -74,12 +76,14 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     pub fn new(svc: Svc, db: store::Db, config: WebConfig) -> Self {
+        let keys = token::KeyRing::new(db.clone());
         Self(Arc::new(Inner {
             svc,
             db,
             config,
             limiter: RateLimiter::default(),
             metrics: ops::Metrics::default(),
+            keys,
         }))
     }
 
@@ -101,6 +105,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &ops::Metrics {
         &self.0.metrics
+    }
+
+    /// The keys of the operators' tokens for other systems.
+    pub fn keys(&self) -> &token::KeyRing {
+        &self.0.keys
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -147,6 +156,7 @@ pub fn app(state: AppState) -> Router {
             session::layer,
         ))
         .merge(ops::router())
+        .merge(token::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::client,

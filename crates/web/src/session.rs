@@ -31,6 +31,9 @@ pub struct SessionData {
     /// A back-office reviewer after 本部審核人員登入 (R6.1).
     #[serde(default)]
     pub reviewer: Option<ReviewerSession>,
+    /// The random handle the operator's tokens name this session by (`sid`; see `token.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sid: Option<String>,
 }
 
 /// Who the back-office reviewer is (R6.1): checked against the store on every back-office page.

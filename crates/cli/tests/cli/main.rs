@@ -912,3 +912,27 @@ fn settings_from_a_toml_file_and_from_the_environment() {
     assert_eq!(code, 2);
     assert!(err.contains("unsupported database URL"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// certreg keys
+
+#[test]
+fn keys_rotate_keeps_the_previous_key_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
+    let (code, lines, err) = certreg(&["keys", "list", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    let first = lines[0]["keys"][0]["kid"].as_str().unwrap().to_string();
+    assert_eq!(lines[0]["keys"].as_array().unwrap().len(), 1);
+    let (code, lines, err) = certreg(&["keys", "rotate", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    let keys = lines[0]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{}", lines[0]);
+    assert_eq!(keys[0]["kid"], lines[0]["current"]);
+    assert_eq!(keys[0]["current"], true);
+    assert_eq!(
+        (&keys[1]["kid"], &keys[1]["current"]),
+        (&serde_json::json!(first), &serde_json::json!(false))
+    );
+    assert!(keys[1]["publish_until"].is_string());
+}

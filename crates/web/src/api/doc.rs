@@ -59,6 +59,8 @@ Certificate and proof checks (422): `cert_malformed`, `input_too_large`, `cert_u
         operators::modify,
         operators::delete,
         queries::receipts,
+        crate::token::issue,
+        crate::token::introspect,
         openapi_json,
     ),
     components(schemas(ApiError)),

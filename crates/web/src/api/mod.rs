@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/sessions", post(sessions::create))
         .route("/sessions/current", axum::routing::delete(sessions::delete))
         .route("/session", get(sessions::current))
+        .route("/token", post(crate::token::issue))
         .route("/flows", post(flows::start))
         .route("/flows/{id}", get(flows::show))
         .route("/flows/{id}/terms", post(flows::terms))

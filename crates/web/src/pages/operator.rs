@@ -2,13 +2,15 @@
 //! menu only the functions the administrator granted, as they stand now (a change or deletion by
 //! the administrator applies at once).
 
+use super::check_form;
 use crate::AppState;
 use crate::error;
 use crate::render::{Layout, render};
 use crate::session::SessionHandle;
 use askama::Template;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use domain::store::Store as _;
@@ -60,8 +62,47 @@ async fn home(State(state): State<AppState>, session: SessionHandle) -> Response
     })
 }
 
+#[derive(Template)]
+#[template(path = "operator_token.html")]
+struct OperatorToken {
+    layout: Layout,
+    token: String,
+    expires_at: String,
+}
+
+/// POST /operator/token: a token for other systems (see docs/downstream.md), shown once.
+async fn token(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    method: Method,
+    headers: HeaderMap,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    match crate::token::mint(&state, &session).await {
+        Ok(Some(issued)) => {
+            let mut r = render(&OperatorToken {
+                layout: state.layout_for(&session.get()),
+                token: issued.token,
+                expires_at: issued.expires_at,
+            });
+            r.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Ok(None) => Redirect::to(LOGIN).into_response(),
+        Err(e) => error::domain_page(&state, &e),
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/operator", get(home))
         .route("/operator/logout", post(super::logout))
+        .route("/operator/token", post(token))
 }

@@ -1708,6 +1708,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/operators/{id}"),
     ("delete", "/api/v1/operators/{id}"),
     ("get", "/api/v1/agencies/{code}/receipts"),
+    ("post", "/api/v1/token"),
+    ("post", "/api/v1/introspect"),
 ];
 
 #[tokio::test]
@@ -1807,3 +1809,7 @@ async fn openapi_document_lists_every_route() {
         );
     }
 }
+
+// The operator's token for other systems, driven with the `Api` client above.
+#[path = "token.rs"]
+mod token;

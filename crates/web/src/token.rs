@@ -1,0 +1,470 @@
+//! The operator's token for other systems (issue 6, deliverable 2): after 經辦人登入 an operator
+//! session may ask for a short-lived ES256 JWT that names the agency, the operator's certificate
+//! serial and the functions granted today. Downstream services verify it with the keys published
+//! at `/.well-known/jwks.json` and may ask `/api/v1/introspect` whether it is still active.
+//!
+//! Signing is `ring`'s P-256 ECDSA with the fixed-length (JOSE `r ‖ s`) signature; the JWS compact
+//! form is written here by hand. The keys are kept in the database (`signing_keys`, encrypted
+//! with the store's secrets, see `store::signing`), so every instance on one PostgreSQL database
+//! signs with and publishes the same keys. [`KeyRing::rotate`] makes a new current key and keeps
+//! the previous one published until the last token it signed has expired.
+//!
+//! A token's `sid` is a random handle of its session, never the session id (a bearer
+//! credential): the table `token_sessions` maps it to the session and goes with it.
+
+use crate::AppState;
+use crate::api::{ApiJson, Caller};
+use crate::error::{ApiError, api};
+use crate::session::{ABSOLUTE, SessionData, SessionHandle};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
+use domain::DomainError;
+use domain::store::Store as _;
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
+    UnparsedPublicKey,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use time::{Duration, OffsetDateTime};
+
+/// A token lives at most this long (and never past its session's absolute limit); a client asks
+/// for a new one while the session lives.
+pub const TOKEN_TTL: Duration = Duration::minutes(15);
+
+/// A retired key stays published this long after the last moment a token it signed can expire,
+/// for downstream clocks running a little behind.
+pub const CLOCK_SKEW: Duration = Duration::minutes(1);
+
+/// The claims of an operator token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Claims {
+    /// certreg's public origin.
+    pub iss: String,
+    /// `operator:<certificate serial>`.
+    pub sub: String,
+    /// 機關代號
+    pub code: String,
+    /// The operator's certificate serial (hex).
+    pub serial: String,
+    /// The functions granted when the token was issued.
+    pub functions: Vec<String>,
+    /// A random handle of the session (not the session id).
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+struct Key {
+    kid: String,
+    public: Vec<u8>,
+    pair: Arc<EcdsaKeyPair>,
+    retired: bool,
+}
+
+/// The signing keys: the current one and the previous ones still published.
+pub struct KeyRing {
+    db: store::Db,
+    // Parsed key pairs by kid: parsing PKCS#8 checks the key, which costs a scalar
+    // multiplication; the rows themselves are re-read every time, so a rotation by another
+    // instance is seen at once.
+    parsed: Mutex<HashMap<String, Arc<EcdsaKeyPair>>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> DomainError {
+    DomainError::Storage(e.to_string())
+}
+
+/// RFC 7638 thumbprint of the public key: the same key always gets the same kid.
+fn thumbprint(public: &[u8]) -> String {
+    let (x, y) = xy(public);
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    B64U.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+/// base64url x and y of an uncompressed P-256 point.
+fn xy(public: &[u8]) -> (String, String) {
+    let body = public.get(1..).unwrap_or_default();
+    let (x, y) = body.split_at(body.len() / 2);
+    (B64U.encode(x), B64U.encode(y))
+}
+
+fn new_record(now: OffsetDateTime) -> Result<store::SigningKeyRecord, DomainError> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| storage("generating a signing key failed"))?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|_| storage("a generated signing key does not parse"))?;
+    let public = pair.public_key().as_ref().to_vec();
+    Ok(store::SigningKeyRecord {
+        kid: thumbprint(&public),
+        public_key: public,
+        private_pkcs8: pkcs8.as_ref().to_vec(),
+        created_at: now,
+        retired_at: None,
+        publish_until: None,
+    })
+}
+
+impl KeyRing {
+    pub fn new(db: store::Db) -> Self {
+        Self {
+            db,
+            parsed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The published keys at `now`, the current one first; the first key is made on first use.
+    async fn keys(&self, now: OffsetDateTime) -> Result<Vec<Key>, DomainError> {
+        let mut records = self.db.signing_keys(now).await?;
+        if !records.iter().any(|r| r.retired_at.is_none()) {
+            self.db.signing_key_add_first(&new_record(now)?).await?;
+            records = self.db.signing_keys(now).await?;
+        }
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        parsed.retain(|kid, _| records.iter().any(|r| &r.kid == kid));
+        let mut keys = Vec::with_capacity(records.len());
+        for r in records {
+            let pair = match parsed.get(&r.kid) {
+                Some(p) => p.clone(),
+                None => {
+                    let pair = EcdsaKeyPair::from_pkcs8(
+                        &ECDSA_P256_SHA256_FIXED_SIGNING,
+                        &r.private_pkcs8,
+                        &SystemRandom::new(),
+                    )
+                    .map_err(|_| storage(format!("stored signing key {} is unusable", r.kid)))?;
+                    let pair = Arc::new(pair);
+                    parsed.insert(r.kid.clone(), pair.clone());
+                    pair
+                }
+            };
+            keys.push(Key {
+                kid: r.kid,
+                public: r.public_key,
+                pair,
+                retired: r.retired_at.is_some(),
+            });
+        }
+        // The current key first.
+        keys.sort_by_key(|k| k.retired);
+        Ok(keys)
+    }
+
+    /// The kid new tokens are signed with.
+    pub async fn current_kid(&self, now: OffsetDateTime) -> Result<String, DomainError> {
+        let keys = self.keys(now).await?;
+        keys.into_iter()
+            .next()
+            .map(|k| k.kid)
+            .ok_or_else(|| storage("no signing key"))
+    }
+
+    /// A new current key; the previous one stays published until every token it signed has
+    /// expired (plus [`CLOCK_SKEW`]). Returns the new kid.
+    pub async fn rotate(&self, now: OffsetDateTime) -> Result<String, DomainError> {
+        // Make sure there is a current key to retire (a first rotation on a fresh database).
+        self.keys(now).await?;
+        let record = new_record(now)?;
+        self.db
+            .signing_key_rotate(&record, now + TOKEN_TTL + CLOCK_SKEW)
+            .await?;
+        Ok(record.kid)
+    }
+
+    /// The JWK Set of every published key.
+    pub async fn jwks(&self, now: OffsetDateTime) -> Result<serde_json::Value, DomainError> {
+        let keys = self.keys(now).await?;
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let (x, y) = xy(&k.public);
+                serde_json::json!({
+                    "kty": "EC", "crv": "P-256", "x": x, "y": y,
+                    "kid": k.kid, "alg": "ES256", "use": "sig",
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "keys": keys }))
+    }
+
+    /// The JWS compact form of `claims`, signed with the current key.
+    pub async fn sign(&self, claims: &Claims, now: OffsetDateTime) -> Result<String, DomainError> {
+        let keys = self.keys(now).await?;
+        let key = keys.first().ok_or_else(|| storage("no signing key"))?;
+        let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": key.kid });
+        let mut out = B64U.encode(header.to_string());
+        out.push('.');
+        out.push_str(&B64U.encode(serde_json::to_vec(claims).map_err(storage)?));
+        let sig = key
+            .pair
+            .sign(&SystemRandom::new(), out.as_bytes())
+            .map_err(|_| storage("signing failed"))?;
+        out.push('.');
+        out.push_str(&B64U.encode(sig.as_ref()));
+        Ok(out)
+    }
+
+    /// The claims of `token` if it is an ES256 JWT signed by a published key, issued by `iss`
+    /// and not expired at `now`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        iss: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Claims>, DomainError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Header {
+            alg: String,
+            kid: Option<String>,
+        }
+        let Some(header) = B64U
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Header>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        if header.alg != "ES256" {
+            return Ok(None);
+        }
+        let Some(kid) = header.kid else {
+            return Ok(None);
+        };
+        let keys = self.keys(now).await?;
+        let Some(key) = keys.iter().find(|k| k.kid == kid) else {
+            return Ok(None);
+        };
+        let Ok(sig) = B64U.decode(s) else {
+            return Ok(None);
+        };
+        let signed = &token[..h.len() + 1 + c.len()];
+        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public)
+            .verify(signed.as_bytes(), &sig)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let Some(claims) = B64U
+            .decode(c)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Claims>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        let t = now.unix_timestamp();
+        if claims.iss != iss || claims.exp <= t || claims.iat > t + CLOCK_SKEW.whole_seconds() {
+            return Ok(None);
+        }
+        Ok(Some(claims))
+    }
+}
+
+/// The routes that need no session: the published keys and introspection (mounted outside the
+/// session layer, so a downstream service's calls leave no session records behind).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/api/v1/introspect", post(introspect))
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    match state.keys().jwks(state.now()).await {
+        Ok(v) => {
+            let mut r = Json(v).into_response();
+            // Short: a rotation's new key must reach downstream caches well within a token's life.
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            r
+        }
+        Err(e) => api(&e),
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedToken {
+    /// The JWT (ES256).
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// The operator grant of the session as it stands today: the operator re-read (deleted, or
+/// re-bound to another card, is no longer one).
+async fn current_operator(
+    state: &AppState,
+    data: &SessionData,
+) -> Result<Option<domain::model::Operator>, DomainError> {
+    let Some(grant) = &data.operator else {
+        return Ok(None);
+    };
+    Ok(state
+        .svc()
+        .store()
+        .operator(&grant.code, grant.operator_id)
+        .await?
+        .filter(|o| o.serial == grant.serial))
+}
+
+/// `POST /api/v1/token`: a token for the caller's operator session.
+#[utoipa::path(
+    post, path = "/api/v1/token", operation_id = "issue_token", tag = "sessions",
+    responses(
+        (status = 200, description = "An ES256 JWT for other systems (issue 6): agency code, operator certificate serial, today's functions, a session handle; at most 15 minutes and never past the session. Verify with /.well-known/jwks.json", body = IssuedToken),
+        (status = 401, description = "unauthorized", body = ApiError),
+        (status = 403, description = "forbidden: not an operator session (or the operator is no longer granted); csrf (cookie requests only)", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Response {
+    match mint(&state, &caller.handle).await {
+        Ok(Some(issued)) => Json(issued).into_response(),
+        Ok(None) => api(&DomainError::Forbidden),
+        Err(e) => api(&e),
+    }
+}
+
+/// A token for the session's operator grant as it stands today; `None` when the session holds
+/// none (or the operator has since been deleted or re-bound: the grant is then dropped). The
+/// pages' operator home uses it too.
+pub(crate) async fn mint(
+    state: &AppState,
+    handle: &SessionHandle,
+) -> Result<Option<IssuedToken>, DomainError> {
+    let now = state.now();
+    let session = handle.get();
+    let data = &session.data;
+    let Some(op) = current_operator(state, data).await? else {
+        if data.operator.is_some() {
+            handle.update(|s| s.data_mut().operator = None);
+        }
+        return Ok(None);
+    };
+    let Some(grant) = &data.operator else {
+        return Ok(None);
+    };
+    let sid = match &data.token_sid {
+        Some(sid) => sid.clone(),
+        None => {
+            let sid = crate::security::random_token();
+            handle.update(|s| s.data_mut().token_sid = Some(sid.clone()));
+            sid
+        }
+    };
+    state.db().token_session_put(&sid, &session.id).await?;
+    let exp = (now + TOKEN_TTL).min(session.created_at + ABSOLUTE);
+    let claims = Claims {
+        iss: state.config().public_origin.clone(),
+        sub: format!("operator:{}", op.serial.as_str()),
+        code: grant.code.as_str().to_string(),
+        serial: op.serial.as_str().to_string(),
+        functions: op.functions.clone(),
+        sid,
+        iat: now.unix_timestamp(),
+        exp: exp.unix_timestamp(),
+        jti: crate::security::random_token(),
+    };
+    let token = state.keys().sign(&claims, now).await?;
+    Ok(Some(IssuedToken {
+        token,
+        expires_at: crate::api::rfc3339(exp),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct IntrospectRequest {
+    /// The JWT from `POST /api/v1/token`.
+    pub token: String,
+}
+
+/// RFC 7662 style: `active`, and the token's claims only when it is active.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Claims>,
+}
+
+/// `POST /api/v1/introspect {token}` (RFC 7662 style): `{active: true, …claims}` while the token
+/// verifies, is unexpired, and its session still holds the same operator grant with the same
+/// functions; `{active: false}` otherwise.
+#[utoipa::path(
+    post, path = "/api/v1/introspect", operation_id = "introspect_token", tag = "sessions",
+    request_body = IntrospectRequest,
+    responses(
+        (status = 200, description = "Whether the token is active: it verifies, has not expired, and its session still holds the same operator grant with the same functions (logout, a grant change or the operator's deletion end it)", body = Introspection),
+        (status = 400, description = "bad_request", body = ApiError),
+    )
+)]
+pub(crate) async fn introspect(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<IntrospectRequest>,
+) -> Response {
+    match active_claims(&state, &req.token).await {
+        Ok(claims) => Json(Introspection {
+            active: claims.is_some(),
+            claims,
+        })
+        .into_response(),
+        Err(e) => api(&e),
+    }
+}
+
+async fn active_claims(state: &AppState, token: &str) -> Result<Option<Claims>, DomainError> {
+    let now = state.now();
+    if token.len() > 4096 {
+        return Ok(None);
+    }
+    let Some(claims) = state
+        .keys()
+        .verify(token, &state.config().public_origin, now)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(session_id) = state.db().token_session(&claims.sid).await? else {
+        return Ok(None);
+    };
+    let Some(record) = state.db().session_get(&session_id, now).await? else {
+        return Ok(None);
+    };
+    if now - record.created_at > ABSOLUTE {
+        return Ok(None);
+    }
+    let Ok(data) = serde_json::from_str::<SessionData>(&record.data) else {
+        return Ok(None);
+    };
+    if data.token_sid.as_deref() != Some(claims.sid.as_str()) {
+        return Ok(None);
+    }
+    let (Some(grant), Some(op)) = (&data.operator, current_operator(state, &data).await?) else {
+        return Ok(None);
+    };
+    let mut granted = op.functions.clone();
+    let mut named = claims.functions.clone();
+    granted.sort();
+    named.sort();
+    let same = grant.code.as_str() == claims.code
+        && op.serial.as_str() == claims.serial
+        && claims.sub == format!("operator:{}", claims.serial)
+        && granted == named;
+    Ok(same.then_some(claims))
+}
