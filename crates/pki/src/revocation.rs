@@ -128,6 +128,29 @@ impl CrlStore {
     pub fn earliest_next_update(&self) -> Option<OffsetDateTime> {
         self.entries.iter().filter_map(|e| e.next_update).min()
     }
+
+    /// When the certificate `serial` of `issuer` (a distinguished name as [`dn_string`] writes
+    /// it, or `None` for any issuer) was revoked, per the CRLs in force. Only the list is read:
+    /// the CRL's signature is checked when validation uses it, not here.
+    pub fn is_revoked(
+        &self,
+        issuer: Option<&str>,
+        serial: &crate::serial::CertSerial,
+    ) -> Option<OffsetDateTime> {
+        let bytes = serial.to_bytes();
+        // The DER integer may carry a 00 sign byte that the canonical form drops.
+        let mut signed = vec![0u8];
+        signed.extend_from_slice(&bytes);
+        self.entries
+            .iter()
+            .filter(|e| issuer.is_none_or(|i| e.issuer == i))
+            .find_map(|e| {
+                [&bytes, &signed].into_iter().find_map(|b| {
+                    let found = e.list.find_serial(b).ok().flatten()?;
+                    OffsetDateTime::from_unix_timestamp(found.revocation_date.as_secs() as i64).ok()
+                })
+            })
+    }
 }
 
 impl CrlStore {

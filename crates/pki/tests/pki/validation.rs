@@ -889,3 +889,32 @@ fn ocsp_is_asked_after_the_path_and_its_failure_is_reported() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::RevocationUnknown, "{e}");
 }
+
+#[test]
+fn is_revoked_finds_a_serial_by_issuer() {
+    let ca = pki().ca(CaKind::Moica);
+    let revoked = card("moica-revoked");
+    let at = NOW - Duration::days(2);
+    let mut crls = CrlStore::new();
+    crls.add(&testpki::crl(
+        ca,
+        &[(pki().card("moica-revoked").issued.serial().to_vec(), at)],
+        NOW - Duration::hours(1),
+        NOW + Duration::days(1),
+        4,
+        None,
+    ))
+    .unwrap();
+    let found = crls.is_revoked(Some(&revoked.facts.issuer), &revoked.facts.serial);
+    assert_eq!(found.map(|t| t.unix_timestamp()), Some(at.unix_timestamp()));
+    assert!(crls.is_revoked(None, &revoked.facts.serial).is_some());
+    assert!(
+        crls.is_revoked(Some("CN=other"), &revoked.facts.serial)
+            .is_none()
+    );
+    let good = card("moica-admin");
+    assert!(
+        crls.is_revoked(Some(&good.facts.issuer), &good.facts.serial)
+            .is_none()
+    );
+}
