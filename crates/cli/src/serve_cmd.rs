@@ -59,8 +59,11 @@ use crate::crl_cmd::load_crls;
 
 /// Re-reads the CRL sources every `every` and puts them in force; a failed refresh keeps what
 /// is in force (the health check shows when it goes stale).
+/// After each refresh (and once at start, as sessions outlive a restart) the operator
+/// sessions whose certificate is revoked on the CRLs in force are ended.
 pub async fn refresh_crls(
     validator: Arc<Validator>,
+    db: Db,
     sources: Vec<String>,
     mut last_good: HashMap<String, Vec<u8>>,
     every: Duration,
@@ -69,15 +72,28 @@ pub async fn refresh_crls(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate and the CRLs were just loaded.
     tick.tick().await;
+    end_revoked_sessions(&validator, &db).await;
     loop {
         tick.tick().await;
         match load_crls(&sources, &mut last_good).await {
             Ok(store) => {
                 tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
                 validator.replace_crls(store);
+                end_revoked_sessions(&validator, &db).await;
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
         }
+    }
+}
+
+async fn end_revoked_sessions(validator: &Validator, db: &Db) {
+    let now = time::OffsetDateTime::now_utc();
+    match web::session::end_revoked_operator_sessions(db, &validator.crls(), now).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(ended = n, "operator sessions of revoked certificates ended")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
     }
 }
 
@@ -201,6 +217,7 @@ pub async fn run(
 ) -> Result<()> {
     let refresh = tokio::spawn(refresh_crls(
         service.validator.clone(),
+        service.db.clone(),
         settings.crls.clone(),
         service.crl_copies,
         Duration::from_secs(settings.crl_refresh_minutes * 60),

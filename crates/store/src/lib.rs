@@ -196,6 +196,16 @@ impl Db {
         dispatch!(self, ops, p => ops::session_delete(p, id).await)
     }
 
+    /// The live sessions of `kind` (`operator`, `admin`, …): for ending those whose grant no
+    /// longer holds (a certificate revoked on a new CRL).
+    pub async fn sessions_of_kind(
+        &self,
+        kind: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionRecord>> {
+        dispatch!(self, ops, p => ops::sessions_of_kind(p, &self.secrets, kind, now).await)
+    }
+
     pub async fn session_delete_expired(&self, now: OffsetDateTime) -> Result<u64> {
         dispatch!(self, ops, p => ops::session_delete_expired(p, now).await)
     }

@@ -1807,3 +1807,96 @@ async fn openapi_document_lists_every_route() {
         );
     }
 }
+
+// ---- issue 6: revocation awareness ------------------------------------------------------------
+
+#[tokio::test]
+async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+        let op = api
+            .add_operator(&admin, "moica-operator-1", &["enroll"])
+            .await;
+        let (t, s, v) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (t2, s, v) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // Nothing revoked yet: nothing ends, nothing is flagged.
+        let ended = web::session::end_revoked_operator_sessions(
+            &api.app.db,
+            &api.app.validator.crls(),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended, 0);
+        let page = api.page(&admin, "/admin/operators").await;
+        assert!(!page.contains("憑證已廢止"), "{page}");
+
+        // A newer MOICA CRL lists the operator's card.
+        let p = pki();
+        let mut crls = p
+            .crl_store(
+                NOW - time::Duration::hours(1),
+                NOW + time::Duration::days(30),
+            )
+            .unwrap();
+        let this_update = NOW - time::Duration::minutes(30);
+        crls.add(&pki::testpki::crl(
+            p.ca(pki::testpki::CaKind::Moica),
+            &[(
+                p.card("moica-operator-1").issued.serial().to_vec(),
+                NOW - time::Duration::minutes(40),
+            )],
+            this_update,
+            NOW + time::Duration::days(7),
+            this_update.unix_timestamp() as u64,
+            None,
+        ))
+        .unwrap();
+        api.app.validator.replace_crls(crls);
+        let ended = web::session::end_revoked_operator_sessions(
+            &api.app.db,
+            &api.app.validator.crls(),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended, 2, "both sessions of that operator");
+
+        // The session record is gone: its bearer token names no session any more.
+        for token in [&t, &t2] {
+            refused(
+                api.get(token, "/api/v1/session").await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+        // The administrator's session goes on, and the list shows the flag on that operator.
+        let page = api.page(&admin, "/admin/operators").await;
+        assert!(page.contains("憑證已廢止"), "{page}");
+        assert_eq!(page.matches("憑證已廢止").count(), 1, "{page}");
+        assert!(page.contains(&p.card("moica-operator-1").issued.serial_hex()));
+        assert_eq!(op["name"], "林志明");
+        // And the card no longer logs in.
+        let (_, s, _) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_ne!(s, StatusCode::OK);
+    }
+}
+
+impl Api {
+    /// A page (HTML) with the bearer session `token`.
+    async fn page(&mut self, token: &str, path: &str) -> String {
+        let req = Request::builder()
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = self.app.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+}
