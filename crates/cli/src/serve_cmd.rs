@@ -60,40 +60,52 @@ use crate::crl_cmd::load_crls;
 /// Re-reads the CRL sources every `every` and puts them in force; a failed refresh keeps what
 /// is in force (the health check shows when it goes stale).
 /// After each refresh (and once at start, as sessions outlive a restart) the operator
-/// sessions whose certificate is revoked on the CRLs in force are ended.
+/// sessions whose certificate is revoked on the CRLs in force are ended, and the expiry and
+/// revocation notices not yet sent today go out.
 pub async fn refresh_crls(
     validator: Arc<Validator>,
     db: Db,
+    mailer: web::mail::Mailer,
     sources: Vec<String>,
     mut last_good: HashMap<String, Vec<u8>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = web::mail::Sent::default();
     // The first tick is immediate and the CRLs were just loaded.
     tick.tick().await;
-    end_revoked_sessions(&validator, &db).await;
+    after_refresh(&validator, &db, &mailer, &mut sent).await;
     loop {
         tick.tick().await;
         match load_crls(&sources, &mut last_good).await {
             Ok(store) => {
                 tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
                 validator.replace_crls(store);
-                end_revoked_sessions(&validator, &db).await;
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
         }
+        after_refresh(&validator, &db, &mailer, &mut sent).await;
     }
 }
 
-async fn end_revoked_sessions(validator: &Validator, db: &Db) {
+async fn after_refresh(
+    validator: &Validator,
+    db: &Db,
+    mailer: &web::mail::Mailer,
+    sent: &mut web::mail::Sent,
+) {
     let now = time::OffsetDateTime::now_utc();
-    match web::session::end_revoked_operator_sessions(db, &validator.crls(), now).await {
+    let crls = validator.crls();
+    match web::session::end_revoked_operator_sessions(db, &crls, now).await {
         Ok(n) if n > 0 => {
             tracing::info!(ended = n, "operator sessions of revoked certificates ended")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
+    }
+    if let Err(e) = web::mail::notify_once(db, &crls, now, mailer, sent).await {
+        tracing::warn!(error = %e, "expiry notices");
     }
 }
 
@@ -149,6 +161,8 @@ pub struct Service {
     pub validator: Arc<Validator>,
     /// The CRLs as loaded, for the refresh task to fall back on.
     pub crl_copies: HashMap<String, Vec<u8>>,
+    /// Where expiry/revocation notices go (the demo prints them).
+    pub mailer: web::mail::Mailer,
 }
 
 /// Builds the service: trust anchors, CRLs, database, calendar. `public_origin` and
@@ -204,6 +218,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         db,
         validator,
         crl_copies,
+        mailer: settings.mailer(),
     })
 }
 
@@ -218,6 +233,7 @@ pub async fn run(
     let refresh = tokio::spawn(refresh_crls(
         service.validator.clone(),
         service.db.clone(),
+        service.mailer.clone(),
         settings.crls.clone(),
         service.crl_copies,
         Duration::from_secs(settings.crl_refresh_minutes * 60),

@@ -1258,6 +1258,17 @@ pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -
         .rows_affected())
 }
 
+/// Every registered agency's code, in order.
+pub(crate) async fn registered_codes(pool: &Pool<DB>) -> Result<Vec<InstitutionCode>> {
+    let rows = sqlx::query("SELECT code FROM registrations ORDER BY code")
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| crate::codec::code(s(r, "code")?))
+        .collect()
+}
+
 pub(crate) async fn agencies_of_person(
     pool: &Pool<DB>,
     hash: &str,
