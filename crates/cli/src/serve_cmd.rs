@@ -96,15 +96,14 @@ async fn after_refresh(
     sent: &mut web::mail::Sent,
 ) {
     let now = time::OffsetDateTime::now_utc();
-    let crls = validator.crls();
-    match web::session::end_revoked_operator_sessions(db, &crls, now).await {
+    match web::session::end_revoked_operator_sessions(db, validator, now).await {
         Ok(n) if n > 0 => {
             tracing::info!(ended = n, "operator sessions of revoked certificates ended")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
     }
-    if let Err(e) = web::mail::notify_once(db, &crls, now, mailer, sent).await {
+    if let Err(e) = web::mail::notify_once(db, validator, now, mailer, sent).await {
         tracing::warn!(error = %e, "expiry notices");
     }
 }

@@ -8,7 +8,7 @@
 use crate::clock::TAIPEI;
 use crate::model::{CertRef, Operator, Registration};
 use crate::types::{CertSerial, InstitutionCode};
-use pki::revocation::CrlStore;
+use pki::validate::Validator;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
@@ -86,12 +86,12 @@ impl Flag {
 
 fn cert_flag(
     now: OffsetDateTime,
-    crls: &CrlStore,
+    validator: &Validator,
     code: &InstitutionCode,
     holder: FlagHolder,
     cert: &CertRef,
 ) -> Option<Flag> {
-    let kind = if let Some(at) = crls.is_revoked(Some(&cert.issuer), &cert.serial) {
+    let kind = if let Some(at) = validator.revoked_at(Some(&cert.issuer), &cert.serial) {
         FlagKind::Revoked { at }
     } else if cert.not_after <= now + Duration::days(WARN_DAYS) {
         FlagKind::Expiring {
@@ -110,11 +110,12 @@ fn cert_flag(
 }
 
 /// The flags of `registrations` (organization and administrator certificates) and `operators`
-/// at `now` against the CRLs in force: revoked first by CRL, else expiring within
-/// [`WARN_DAYS`]. Operators are checked for revocation only, by serial on any CRL.
+/// at `now` against the CRLs in force of `validator` (those whose signature verifies with a
+/// trusted CA): revoked first, else expiring within [`WARN_DAYS`]. Operators are checked for
+/// revocation only, by serial on any CRL.
 pub fn expiry_report(
     now: OffsetDateTime,
-    crls: &CrlStore,
+    validator: &Validator,
     registrations: &[Registration],
     operators: &[Operator],
 ) -> Vec<Flag> {
@@ -122,21 +123,21 @@ pub fn expiry_report(
     for r in registrations {
         flags.extend(cert_flag(
             now,
-            crls,
+            validator,
             &r.code,
             FlagHolder::Organization,
             &r.org.cert,
         ));
         flags.extend(cert_flag(
             now,
-            crls,
+            validator,
             &r.code,
             FlagHolder::Administrator,
             &r.admin_card.cert,
         ));
     }
     for o in operators {
-        if let Some(at) = crls.is_revoked(None, &o.serial) {
+        if let Some(at) = validator.revoked_at(None, &o.serial) {
             flags.push(Flag {
                 code: o.code.clone(),
                 holder: FlagHolder::Operator { id: o.id },
@@ -202,7 +203,7 @@ impl<S: crate::store::Store, C: crate::clock::Clock> crate::service::Services<S,
         let registration = self.store().registration(&grant.code).await?;
         Ok(expiry_report(
             self.now(),
-            &self.validator().crls(),
+            self.validator(),
             registration.as_slice(),
             &operators,
         ))

@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use domain::expiry::{Flag, Notice, expiry_report, notice_zh};
 use domain::store::Store as _;
-use pki::revocation::CrlStore;
+use pki::validate::Validator;
 use std::collections::HashSet;
 use std::io;
 use std::time::Duration;
@@ -211,7 +211,7 @@ fn key(f: &Flag) -> String {
 /// today; returns how many mails went out. A failed mail is logged and tried again next time.
 pub async fn notify_once(
     db: &store::Db,
-    crls: &CrlStore,
+    validator: &Validator,
     now: OffsetDateTime,
     mailer: &Mailer,
     sent: &mut Sent,
@@ -230,11 +230,15 @@ pub async fn notify_once(
             continue;
         };
         let operators = db.operators(&code).await?;
-        let flags: Vec<Flag> =
-            expiry_report(now, crls, std::slice::from_ref(&registration), &operators)
-                .into_iter()
-                .filter(|f| !sent.keys.contains(&key(f)))
-                .collect();
+        let flags: Vec<Flag> = expiry_report(
+            now,
+            validator,
+            std::slice::from_ref(&registration),
+            &operators,
+        )
+        .into_iter()
+        .filter(|f| !sent.keys.contains(&key(f)))
+        .collect();
         if flags.is_empty() {
             continue;
         }

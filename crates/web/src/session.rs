@@ -265,12 +265,13 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
     }
 }
 
-/// Ends every live operator session whose grant's certificate serial is revoked on `crls` (any
-/// issuer: operators are granted by serial), each with an audit event; returns how many ended.
+/// Ends every live operator session whose grant's certificate serial is revoked on a CRL in
+/// force of `validator` (any issuer: operators are granted by serial; only CRLs signed by a
+/// trusted CA count), each with an audit event; returns how many ended.
 /// `certreg serve` calls it after each CRL refresh.
 pub async fn end_revoked_operator_sessions(
     db: &store::Db,
-    crls: &pki::revocation::CrlStore,
+    validator: &pki::validate::Validator,
     now: OffsetDateTime,
 ) -> domain::Result<u64> {
     use domain::store::Store as _;
@@ -282,7 +283,7 @@ pub async fn end_revoked_operator_sessions(
         let Some(grant) = data.operator else {
             continue;
         };
-        let Some(revoked_at) = crls.is_revoked(None, &grant.serial) else {
+        let Some(revoked_at) = validator.revoked_at(None, &grant.serial) else {
             continue;
         };
         db.session_delete(&record.id).await?;

@@ -1825,13 +1825,10 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
         assert_eq!(s, StatusCode::OK, "{v}");
 
         // Nothing revoked yet: nothing ends, nothing is flagged.
-        let ended = web::session::end_revoked_operator_sessions(
-            &api.app.db,
-            &api.app.validator.crls(),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let ended =
+            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
+                .await
+                .unwrap();
         assert_eq!(ended, 0);
         let page = api.page(&admin, "/admin/operators").await;
         assert!(!page.contains("憑證已廢止"), "{page}");
@@ -1858,13 +1855,10 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
         ))
         .unwrap();
         api.app.validator.replace_crls(crls);
-        let ended = web::session::end_revoked_operator_sessions(
-            &api.app.db,
-            &api.app.validator.crls(),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let ended =
+            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
+                .await
+                .unwrap();
         assert_eq!(ended, 2, "both sessions of that operator");
 
         // The session record is gone: its bearer token names no session any more.
@@ -1988,10 +1982,10 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
             from: "certreg@example.gov.tw".into(),
         });
         let mut sent = web::mail::Sent::default();
-        let crls = api.app.validator.crls();
+        let validator = api.app.validator.clone();
 
         // Two years of validity left: nothing to say.
-        let n = web::mail::notify_once(&api.app.db, &crls, NOW, &mailer, &mut sent)
+        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer, &mut sent)
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -1999,7 +1993,7 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         // Thirty days before the administrator's card expires.
         let not_after = registration.admin_card.cert.not_after;
         let later = not_after - time::Duration::days(30);
-        let n = web::mail::notify_once(&api.app.db, &crls, later, &mailer, &mut sent)
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2022,7 +2016,7 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         );
 
         // Once per certificate per day: the same day sends nothing more (no sink listens).
-        let n = web::mail::notify_once(&api.app.db, &crls, later, &mailer, &mut sent)
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
             .await
             .unwrap();
         assert_eq!(n, 0);
