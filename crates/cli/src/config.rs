@@ -35,6 +35,12 @@ pub struct Settings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `compact` (human) or `json` (one object per line, for log collectors).
     pub log_format: LogFormat,
+    /// The SMTP relay for expiry/revocation notices (plain SMTP, no authentication); unset:
+    /// no mail is sent.
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// The sender of notices.
+    pub mail_from: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -61,6 +67,9 @@ impl Default for Settings {
             agent_url: "http://127.0.0.1:61161".into(),
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Compact,
+            smtp_host: None,
+            smtp_port: 25,
+            mail_from: "certreg@localhost".into(),
         }
     }
 }
@@ -127,6 +136,15 @@ impl Settings {
         if let Some(v) = env("CERTREG_ACCEPT_STALE_CRL") {
             s.accept_stale_crl = matches!(v.as_str(), "1" | "true" | "yes");
         }
+        string("MAIL_FROM", &mut s.mail_from);
+        if let Some(v) = env("CERTREG_SMTP_HOST") {
+            s.smtp_host = Some(v).filter(|h| !h.trim().is_empty());
+        }
+        if let Some(v) = env("CERTREG_SMTP_PORT") {
+            s.smtp_port = v
+                .parse()
+                .context("CERTREG_SMTP_PORT must be a port number")?;
+        }
         if let Some(path) = &s.database_url_file {
             s.database_url = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?
@@ -135,6 +153,18 @@ impl Settings {
         }
         s.check()?;
         Ok(s)
+    }
+
+    /// Where expiry/revocation notices go: SMTP when `smtp_host` is set, else nowhere.
+    pub fn mailer(&self) -> web::mail::Mailer {
+        match &self.smtp_host {
+            Some(host) => web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+                host: host.clone(),
+                port: self.smtp_port,
+                from: self.mail_from.clone(),
+            }),
+            None => web::mail::Mailer::Disabled,
+        }
     }
 
     /// The key file: the one configured, else `certreg.key` beside the SQLite database (so the
@@ -165,6 +195,14 @@ impl Settings {
         if !(self.agent_url.starts_with("http://") || self.agent_url.starts_with("https://")) {
             bail!("agent_url must start with http:// or https://");
         }
+        if self
+            .mail_from
+            .chars()
+            .any(|c| c.is_control() || "<> ".contains(c))
+            || !self.mail_from.contains('@')
+        {
+            bail!("mail_from must be a plain mail address");
+        }
         if self.crl_refresh_minutes == 0 {
             bail!("crl_refresh_minutes must be at least 1");
         }
@@ -193,6 +231,8 @@ mod tests {
             ("CERTREG_CRL_REFRESH_MINUTES", "15".to_string()),
             ("CERTREG_TRUSTED_PROXIES", " 10.0.0.1 ,".to_string()),
             ("CERTREG_LOG_FORMAT", "json".to_string()),
+            ("CERTREG_SMTP_HOST", "mail.example.gov.tw".to_string()),
+            ("CERTREG_SMTP_PORT", "2525".to_string()),
             ("CERTREG_DATABASE_URL_FILE", secret.display().to_string()),
         ]
         .into();
@@ -206,6 +246,15 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.database_url, "postgres://certreg:secret@db/certreg");
         assert_eq!(s.listen, Settings::default().listen);
+        assert_eq!(
+            s.mailer(),
+            web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+                host: "mail.example.gov.tw".into(),
+                port: 2525,
+                from: "certreg@localhost".into(),
+            })
+        );
+        assert_eq!(Settings::default().mailer(), web::mail::Mailer::Disabled);
         assert!(
             s.key_path().is_err(),
             "PostgreSQL needs a configured key file"

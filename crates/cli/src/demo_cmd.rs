@@ -172,7 +172,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 .collect(),
             ..Settings::default()
         };
-        let service = serve_cmd::build(&settings).await?;
+        let mut service = serve_cmd::build(&settings).await?;
+        // The demo has no mail relay: notices are printed instead.
+        service.mailer = web::mail::Mailer::Stdout;
         seed(&service.db, &index).await?;
 
         let soft = Arc::new(

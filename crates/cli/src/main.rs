@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod config;
+mod crl_cmd;
 mod data_cmd;
 mod demo_cmd;
 mod keys_cmd;
@@ -53,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::CalendarCommand,
     },
+    /// Certificate revocation lists: `crl refresh` loads the configured sources.
+    Crl {
+        #[command(subcommand)]
+        command: crl_cmd::CrlCommand,
+    },
     /// Back-office reviewer accounts (R6.1).
     Staff {
         #[command(subcommand)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         Command::Calendar { command } => data_cmd::calendar(command),
         Command::Staff { command } => data_cmd::staff(command),
         Command::Keys { command } => keys_cmd::run(command),
+        Command::Crl { command } => crl_cmd::run(command),
     };
     match result {
         Ok(code) => code,

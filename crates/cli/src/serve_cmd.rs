@@ -4,12 +4,12 @@
 
 use crate::config::{LogFormat, Settings};
 use crate::store_cmd::{DatabaseArgs, redact};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use domain::clock::{Clock, SystemClock};
 use domain::service::{ServiceConfig, Services};
 use pki::anchors::TrustStore;
-use pki::revocation::{CrlStore, StalePolicy};
+use pki::revocation::StalePolicy;
 use pki::validate::{ValidationOptions, Validator};
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,9 +31,6 @@ pub struct ServeArgs {
     listen: Option<String>,
 }
 
-/// A CRL fetched over HTTP is at most this large (GPKI's largest full CRLs are a few MiB).
-const MAX_CRL_DOWNLOAD: usize = 32 * 1024 * 1024;
-const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long start-up waits for the database before giving up with a message.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,65 +55,27 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     };
 }
 
-/// The CRLs of `sources` (files, or `http://` URLs), each read afresh; a source that fails
-/// keeps its last good copy from `last_good`, and with none the whole load fails.
-pub async fn load_crls(
-    sources: &[String],
-    last_good: &mut HashMap<String, Vec<u8>>,
-) -> Result<CrlStore> {
-    let mut store = CrlStore::new();
-    for source in sources {
-        let fetched = fetch(source).await;
-        let bytes = match (fetched, last_good.get(source)) {
-            (Ok(b), _) => b,
-            (Err(e), Some(old)) => {
-                tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
-                old.clone()
-            }
-            (Err(e), None) => return Err(e),
-        };
-        let entry = store
-            .add(&bytes)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("CRL {source}"))?;
-        tracing::debug!(source, issuer = %entry.issuer, next_update = ?entry.next_update, "CRL loaded");
-        last_good.insert(source.clone(), bytes);
-    }
-    Ok(store)
-}
-
-async fn fetch(source: &str) -> Result<Vec<u8>> {
-    if source.starts_with("http://") || source.starts_with("HTTP://") {
-        let url = source.to_string();
-        // The client is blocking std I/O with its own deadline; keep it off the async workers.
-        return tokio::task::spawn_blocking(move || {
-            pki::ocsp::http_get(&url, CRL_FETCH_TIMEOUT, MAX_CRL_DOWNLOAD)
-        })
-        .await
-        .context("CRL download task")?
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("fetching CRL {source}"));
-    }
-    if source.contains("://") {
-        bail!("CRL source {source:?}: only files and http:// URLs are supported");
-    }
-    tokio::fs::read(source)
-        .await
-        .with_context(|| format!("reading CRL {source}"))
-}
+use crate::crl_cmd::load_crls;
 
 /// Re-reads the CRL sources every `every` and puts them in force; a failed refresh keeps what
 /// is in force (the health check shows when it goes stale).
+/// After each refresh (and once at start, as sessions outlive a restart) the operator
+/// sessions whose certificate is revoked on the CRLs in force are ended, and the expiry and
+/// revocation notices not yet sent today go out.
 pub async fn refresh_crls(
     validator: Arc<Validator>,
+    db: Db,
+    mailer: web::mail::Mailer,
     sources: Vec<String>,
     mut last_good: HashMap<String, Vec<u8>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = web::mail::Sent::default();
     // The first tick is immediate and the CRLs were just loaded.
     tick.tick().await;
+    after_refresh(&validator, &db, &mailer, &mut sent).await;
     loop {
         tick.tick().await;
         match load_crls(&sources, &mut last_good).await {
@@ -126,6 +85,26 @@ pub async fn refresh_crls(
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
         }
+        after_refresh(&validator, &db, &mailer, &mut sent).await;
+    }
+}
+
+async fn after_refresh(
+    validator: &Validator,
+    db: &Db,
+    mailer: &web::mail::Mailer,
+    sent: &mut web::mail::Sent,
+) {
+    let now = time::OffsetDateTime::now_utc();
+    match web::session::end_revoked_operator_sessions(db, validator, now).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(ended = n, "operator sessions of revoked certificates ended")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
+    }
+    if let Err(e) = web::mail::notify_once(db, validator, now, mailer, sent).await {
+        tracing::warn!(error = %e, "expiry notices");
     }
 }
 
@@ -181,6 +160,8 @@ pub struct Service {
     pub validator: Arc<Validator>,
     /// The CRLs as loaded, for the refresh task to fall back on.
     pub crl_copies: HashMap<String, Vec<u8>>,
+    /// Where expiry/revocation notices go (the demo prints them).
+    pub mailer: web::mail::Mailer,
 }
 
 /// Builds the service: trust anchors, CRLs, database, calendar. `public_origin` and
@@ -236,6 +217,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         db,
         validator,
         crl_copies,
+        mailer: settings.mailer(),
     })
 }
 
@@ -249,6 +231,8 @@ pub async fn run(
 ) -> Result<()> {
     let refresh = tokio::spawn(refresh_crls(
         service.validator.clone(),
+        service.db.clone(),
+        service.mailer.clone(),
         settings.crls.clone(),
         service.crl_copies,
         Duration::from_secs(settings.crl_refresh_minutes * 60),

@@ -6,6 +6,7 @@
 pub mod calendar;
 pub mod clock;
 pub mod error;
+pub mod expiry;
 pub mod flow;
 pub mod import;
 pub mod model;

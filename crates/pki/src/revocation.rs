@@ -33,6 +33,19 @@ pub struct CrlEntry {
     pub(crate) idp: Option<Vec<u8>>,
     pub(crate) issuer_raw: Vec<u8>,
     pub(crate) list: CertRevocationList<'static>,
+    /// What the signature covers, and the signature, for [`CrlEntry::signed_by`].
+    tbs_der: Vec<u8>,
+    sig_alg: const_oid::ObjectIdentifier,
+    signature: Vec<u8>,
+}
+
+impl CrlEntry {
+    /// Whether the CRL's signature verifies with the key of `spki_der`.
+    pub fn signed_by(&self, spki_der: &[u8]) -> bool {
+        crate::sig::SigAlg::from_oid(self.sig_alg)
+            .and_then(|alg| crate::sig::verify(spki_der, alg, &self.tbs_der, &self.signature))
+            .is_ok()
+    }
 }
 
 /// The CRLs in force.
@@ -77,7 +90,11 @@ impl CrlStore {
             OwnedCertRevocationList::from_der(&der).map_err(|e| crl_err(format!("CRL: {e:?}")))?;
         let list = CertRevocationList::Owned(owned);
         let tbs = &parsed.tbs_cert_list;
+        let tbs_der = der::Encode::to_der(tbs).map_err(|e| crl_err(format!("CRL: {e}")))?;
         let entry = CrlEntry {
+            tbs_der,
+            sig_alg: parsed.signature_algorithm.oid,
+            signature: parsed.signature.raw_bytes().to_vec(),
             issuer: dn_string(&tbs.issuer),
             this_update: time_of(&tbs.this_update)?,
             next_update: tbs.next_update.as_ref().map(time_of).transpose()?,
@@ -127,6 +144,57 @@ impl CrlStore {
     /// The earliest `nextUpdate` of all CRLs: cached results are not trusted past it.
     pub fn earliest_next_update(&self) -> Option<OffsetDateTime> {
         self.entries.iter().filter_map(|e| e.next_update).min()
+    }
+
+    /// When the certificate `serial` of `issuer` was revoked, counting only CRLs whose
+    /// signature verifies with one of `issuer_keys` (DER SubjectPublicKeyInfo of CA
+    /// certificates with the CRL's issuer name: see `Validator::revoked_at`).
+    pub fn is_revoked_signed(
+        &self,
+        issuer: Option<&str>,
+        serial: &crate::serial::CertSerial,
+        issuer_keys: impl Fn(&str) -> Vec<Vec<u8>>,
+    ) -> Option<OffsetDateTime> {
+        let bytes = serial.to_bytes();
+        let mut signed = vec![0u8];
+        signed.extend_from_slice(&bytes);
+        self.entries
+            .iter()
+            .filter(|e| issuer.is_none_or(|i| e.issuer == i))
+            .filter_map(|e| {
+                let at = [&bytes, &signed].into_iter().find_map(|b| {
+                    let found = e.list.find_serial(b).ok().flatten()?;
+                    OffsetDateTime::from_unix_timestamp(found.revocation_date.as_secs() as i64).ok()
+                })?;
+                issuer_keys(&e.issuer)
+                    .iter()
+                    .any(|k| e.signed_by(k))
+                    .then_some(at)
+            })
+            .next()
+    }
+
+    /// When the certificate `serial` of `issuer` (a distinguished name as [`dn_string`] writes
+    /// it, or `None` for any issuer) was revoked, per the CRLs in force. Only the list is read:
+    /// the CRL's signature is checked when validation uses it, not here.
+    pub fn is_revoked(
+        &self,
+        issuer: Option<&str>,
+        serial: &crate::serial::CertSerial,
+    ) -> Option<OffsetDateTime> {
+        let bytes = serial.to_bytes();
+        // The DER integer may carry a 00 sign byte that the canonical form drops.
+        let mut signed = vec![0u8];
+        signed.extend_from_slice(&bytes);
+        self.entries
+            .iter()
+            .filter(|e| issuer.is_none_or(|i| e.issuer == i))
+            .find_map(|e| {
+                [&bytes, &signed].into_iter().find_map(|b| {
+                    let found = e.list.find_serial(b).ok().flatten()?;
+                    OffsetDateTime::from_unix_timestamp(found.revocation_date.as_secs() as i64).ok()
+                })
+            })
     }
 }
 

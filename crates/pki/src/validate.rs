@@ -156,6 +156,31 @@ impl Validator {
     }
 
     /// Replaces the CRLs in force (after a refresh); cached paths are no longer used.
+    /// When the certificate `serial` of `issuer` (a DN as `dn_string` writes it, or `None` for
+    /// any issuer) was revoked on a CRL in force whose signature verifies with a CA certificate
+    /// of the trust store (anchor or intermediate) named as the CRL's issuer: a CRL from an
+    /// unauthenticated download cannot revoke anything by itself.
+    pub fn revoked_at(
+        &self,
+        issuer: Option<&str>,
+        serial: &crate::serial::CertSerial,
+    ) -> Option<time::OffsetDateTime> {
+        let keys = |name: &str| -> Vec<Vec<u8>> {
+            let anchors = self.trust.anchors().iter().map(|a| a.cert.clone());
+            let intermediates = self
+                .trust
+                .intermediates()
+                .iter()
+                .filter_map(|d| crate::facts::ParsedCert::from_der(d.to_vec()).ok());
+            anchors
+                .chain(intermediates)
+                .filter(|c| c.facts.subject == name)
+                .filter_map(|c| c.spki_der().ok())
+                .collect()
+        };
+        self.crls().is_revoked_signed(issuer, serial, keys)
+    }
+
     pub fn replace_crls(&self, mut crls: CrlStore) {
         if let Ok(mut slot) = self.crls.write() {
             // Generations only grow, so a cached entry can never match a newer store by chance.

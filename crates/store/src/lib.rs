@@ -218,6 +218,21 @@ impl Db {
         dispatch!(self, ops, p => ops::session_delete(p, id).await)
     }
 
+    /// Every registered agency's code, in order (the expiry notices walk them).
+    pub async fn registered_codes(&self) -> Result<Vec<InstitutionCode>> {
+        dispatch!(self, ops, p => ops::registered_codes(p).await)
+    }
+
+    /// The live sessions of `kind` (`operator`, `admin`, …): for ending those whose grant no
+    /// longer holds (a certificate revoked on a new CRL).
+    pub async fn sessions_of_kind(
+        &self,
+        kind: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionRecord>> {
+        dispatch!(self, ops, p => ops::sessions_of_kind(p, &self.secrets, kind, now).await)
+    }
+
     pub async fn session_delete_expired(&self, now: OffsetDateTime) -> Result<u64> {
         dispatch!(self, ops, p => ops::session_delete_expired(p, now).await)
     }

@@ -1277,21 +1277,41 @@ pub(crate) async fn session_get(
     .fetch_optional(pool)
     .await
     .map_err(db)?;
-    row.map(|r| {
-        let plain = secrets
-            .decrypt(ENC_SESSION_DATA, &s(&r, "data_enc")?)
-            .map_err(DomainError::from)?;
-        Ok(SessionRecord {
-            id: s(&r, "id")?,
-            kind: s(&r, "kind")?,
-            code: opt(&r, "code")?,
-            data: String::from_utf8(plain).map_err(|e| corrupt("session", e))?,
-            created_at: time_at(&r, "created_at")?,
-            touched_at: time_at(&r, "touched_at")?,
-            expires_at: time_at(&r, "expires_at")?,
-        })
+    row.map(|r| session_of_row(secrets, &r)).transpose()
+}
+
+fn session_of_row(secrets: &Secrets, r: &<DB as sqlx::Database>::Row) -> Result<SessionRecord> {
+    let plain = secrets
+        .decrypt(ENC_SESSION_DATA, &s(r, "data_enc")?)
+        .map_err(DomainError::from)?;
+    Ok(SessionRecord {
+        id: s(r, "id")?,
+        kind: s(r, "kind")?,
+        code: opt(r, "code")?,
+        data: String::from_utf8(plain).map_err(|e| corrupt("session", e))?,
+        created_at: time_at(r, "created_at")?,
+        touched_at: time_at(r, "touched_at")?,
+        expires_at: time_at(r, "expires_at")?,
     })
-    .transpose()
+}
+
+/// The live sessions of one kind (`operator`, …), oldest first.
+pub(crate) async fn sessions_of_kind(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    kind: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at FROM sessions \
+         WHERE kind = $1 AND expires_at > $2 ORDER BY created_at, id",
+    )
+    .bind(kind)
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter().map(|r| session_of_row(secrets, r)).collect()
 }
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
@@ -1312,6 +1332,17 @@ pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -
         .await
         .map_err(db)?
         .rows_affected())
+}
+
+/// Every registered agency's code, in order.
+pub(crate) async fn registered_codes(pool: &Pool<DB>) -> Result<Vec<InstitutionCode>> {
+    let rows = sqlx::query("SELECT code FROM registrations ORDER BY code")
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| crate::codec::code(s(r, "code")?))
+        .collect()
 }
 
 pub(crate) async fn agencies_of_person(

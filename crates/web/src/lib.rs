@@ -9,6 +9,7 @@
 pub mod api;
 mod assets;
 pub mod error;
+pub mod mail;
 pub mod ops;
 pub mod pages;
 pub mod render;

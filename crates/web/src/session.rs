@@ -282,3 +282,39 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
         response.headers_mut().append(header::SET_COOKIE, v);
     }
 }
+
+/// Ends every live operator session whose grant's certificate serial is revoked on a CRL in
+/// force of `validator` (any issuer: operators are granted by serial; only CRLs signed by a
+/// trusted CA count), each with an audit event; returns how many ended.
+/// `certreg serve` calls it after each CRL refresh.
+pub async fn end_revoked_operator_sessions(
+    db: &store::Db,
+    validator: &pki::validate::Validator,
+    now: OffsetDateTime,
+) -> domain::Result<u64> {
+    use domain::store::Store as _;
+    let mut ended = 0;
+    for record in db.sessions_of_kind("operator", now).await? {
+        let Ok(data) = serde_json::from_str::<SessionData>(&record.data) else {
+            continue;
+        };
+        let Some(grant) = data.operator else {
+            continue;
+        };
+        let Some(revoked_at) = validator.revoked_at(None, &grant.serial) else {
+            continue;
+        };
+        db.session_delete(&record.id).await?;
+        ended += 1;
+        let event = domain::model::AuditEvent::new(now, "system", "session.end", "ok")
+            .agency(&grant.code)
+            .detail(serde_json::json!({
+                "reason": "certificate_revoked",
+                "operator_id": grant.operator_id,
+                "serial": grant.serial.as_str(),
+                "revoked_at": revoked_at.unix_timestamp(),
+            }));
+        db.append_audit(&event).await?;
+    }
+    Ok(ended)
+}

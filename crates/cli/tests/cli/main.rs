@@ -936,3 +936,25 @@ fn keys_rotate_keeps_the_previous_key_published() {
     );
     assert!(keys[1]["publish_until"].is_string());
 }
+
+#[test]
+fn crl_refresh_reports_each_source_and_exits_1_on_a_failure() {
+    let good = [p("crl/moica.crl"), p("crl/moeaca.crl")].join(",");
+    let (code, lines, err) = certreg_env(&["crl", "refresh"], &[("CERTREG_CRLS", &good)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert!(line["issuer"].as_str().unwrap().contains("O="), "{line}");
+        assert!(line["this_update"].is_string() && line["next_update"].is_string());
+        assert!(line["entries"].is_u64(), "{line}");
+    }
+    assert!(
+        lines[0]["entries"].as_u64().unwrap() >= 1,
+        "moica revokes a card"
+    );
+    let broken = format!("{},/nonexistent/x.crl", p("crl/moica.crl"));
+    let (code, lines, _) = certreg_env(&["crl", "refresh"], &[("CERTREG_CRLS", &broken)]);
+    assert_eq!(code, 1);
+    assert!(lines[0]["issuer"].is_string());
+    assert!(lines[1]["error"].as_str().unwrap().contains("nonexistent"));
+}

@@ -889,3 +889,68 @@ fn ocsp_is_asked_after_the_path_and_its_failure_is_reported() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::RevocationUnknown, "{e}");
 }
+
+#[test]
+fn is_revoked_finds_a_serial_by_issuer() {
+    let ca = pki().ca(CaKind::Moica);
+    let revoked = card("moica-revoked");
+    let at = NOW - Duration::days(2);
+    let mut crls = CrlStore::new();
+    crls.add(&testpki::crl(
+        ca,
+        &[(pki().card("moica-revoked").issued.serial().to_vec(), at)],
+        NOW - Duration::hours(1),
+        NOW + Duration::days(1),
+        4,
+        None,
+    ))
+    .unwrap();
+    let found = crls.is_revoked(Some(&revoked.facts.issuer), &revoked.facts.serial);
+    assert_eq!(found.map(|t| t.unix_timestamp()), Some(at.unix_timestamp()));
+    assert!(crls.is_revoked(None, &revoked.facts.serial).is_some());
+    assert!(
+        crls.is_revoked(Some("CN=other"), &revoked.facts.serial)
+            .is_none()
+    );
+    let good = card("moica-admin");
+    assert!(
+        crls.is_revoked(Some(&good.facts.issuer), &good.facts.serial)
+            .is_none()
+    );
+}
+
+#[test]
+fn revoked_at_counts_only_crls_signed_by_a_trusted_ca() {
+    let revoked = card("moica-revoked");
+    let serial = pki().card("moica-revoked").issued.serial().to_vec();
+    let at = NOW - Duration::days(2);
+    let signed_by = |ca: &testpki::Issued| {
+        let mut crls = CrlStore::new();
+        crls.add(&testpki::crl(
+            ca,
+            &[(serial.clone(), at)],
+            NOW - Duration::hours(1),
+            NOW + Duration::days(1),
+            5,
+            None,
+        ))
+        .unwrap();
+        validator_with(crls, ValidationOptions::default())
+    };
+    let real = signed_by(pki().ca(CaKind::Moica));
+    assert_eq!(
+        real.revoked_at(Some(&revoked.facts.issuer), &revoked.facts.serial)
+            .map(|t| t.unix_timestamp()),
+        Some(at.unix_timestamp())
+    );
+    assert!(real.revoked_at(None, &revoked.facts.serial).is_some());
+    // Same issuer name, another key: listed, but it revokes nothing.
+    let forged = signed_by(&impostor(CaKind::Moica));
+    assert!(
+        forged
+            .crls()
+            .is_revoked(None, &revoked.facts.serial)
+            .is_some()
+    );
+    assert!(forged.revoked_at(None, &revoked.facts.serial).is_none());
+}

@@ -1588,3 +1588,49 @@ async fn r6_3_audit_search_filters_newest_first_and_is_capped() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sessions_of_a_kind_and_registered_codes() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let session = |id: &str, kind: &str, at: time::OffsetDateTime| SessionRecord {
+            id: id.into(),
+            kind: kind.into(),
+            code: Some("AB12".into()),
+            data: format!("{{\"who\":\"{id}\"}}"),
+            created_at: at,
+            touched_at: at,
+            expires_at: at + Duration::minutes(15),
+        };
+        let op1 = session("s-op1", "operator", T0);
+        let op2 = session("s-op2", "operator", T0 + Duration::minutes(1));
+        db.session_put(&op2).await.unwrap();
+        db.session_put(&op1).await.unwrap();
+        db.session_put(&session("s-admin", "admin", T0))
+            .await
+            .unwrap();
+        db.session_put(&session("s-old", "operator", T0 - Duration::hours(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.sessions_of_kind("operator", T0).await.unwrap(),
+            vec![op1, op2],
+            "live ones only, oldest first, data decrypted"
+        );
+        assert!(
+            db.sessions_of_kind("reviewer", T0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        assert!(db.registered_codes().await.unwrap().is_empty());
+        register(db, "CD34", &nid("A12345678")).await;
+        register(db, "AB12", &nid("B22345678")).await;
+        assert_eq!(
+            db.registered_codes().await.unwrap(),
+            vec![code("AB12"), code("CD34")]
+        );
+    })
+    .await;
+}

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use domain::DomainError;
+use domain::expiry::FlagHolder;
 use domain::model::Operator;
 use domain::service::{AdminGrant, OperatorForm};
 
@@ -102,6 +103,8 @@ struct Row {
     national_id: String,
     functions: String,
     updated: String,
+    /// 「憑證已廢止」 / 「憑證將於 YYYY/MM/DD 到期」 (issue 6, point 3).
+    badge: Option<String>,
 }
 
 #[derive(Template)]
@@ -111,6 +114,8 @@ struct ListPage {
     code: String,
     flash: Option<String>,
     rows: Vec<Row>,
+    /// The registration's own certificates that are flagged: (which, badge).
+    cert_flags: Vec<(&'static str, String)>,
 }
 
 /// GET /admin/operators: 授權經辦人清單 (圖3-14, 3-16, 3-19, 3-22).
@@ -131,9 +136,24 @@ async fn list(State(state): State<AppState>, session: SessionHandle) -> Response
             None
         }
     });
+    // Flags are advice: a failure to compute them must not hide the list.
+    let flags = state.svc().expiry_flags(&g).await.unwrap_or_default();
+    let now = state.svc().now();
+    let badge = |id: i64| {
+        flags
+            .iter()
+            .find(|f| f.holder == FlagHolder::Operator { id })
+            .map(|f| f.badge_zh(now))
+    };
+    let cert_flags = flags
+        .iter()
+        .filter(|f| !matches!(f.holder, FlagHolder::Operator { .. }))
+        .map(|f| (f.holder.label_zh(), f.badge_zh(now)))
+        .collect();
     let rows = operators
         .iter()
         .map(|o| Row {
+            badge: badge(o.id),
             id: o.id,
             serial: o.serial.as_str().to_string(),
             name: o.name.as_str().to_string(),
@@ -147,6 +167,7 @@ async fn list(State(state): State<AppState>, session: SessionHandle) -> Response
         code: g.code.as_str().to_string(),
         flash,
         rows,
+        cert_flags,
     })
 }
 

@@ -1813,3 +1813,218 @@ async fn openapi_document_lists_every_route() {
 // The operator's token for other systems, driven with the `Api` client above.
 #[path = "token.rs"]
 mod token;
+
+// ---- issue 6: revocation awareness ------------------------------------------------------------
+
+#[tokio::test]
+async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+        let op = api
+            .add_operator(&admin, "moica-operator-1", &["enroll"])
+            .await;
+        let (t, s, v) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (t2, s, v) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // Nothing revoked yet: nothing ends, nothing is flagged.
+        let ended =
+            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
+                .await
+                .unwrap();
+        assert_eq!(ended, 0);
+        let page = api.page(&admin, "/admin/operators").await;
+        assert!(!page.contains("憑證已廢止"), "{page}");
+
+        // A newer MOICA CRL lists the operator's card.
+        let p = pki();
+        let mut crls = p
+            .crl_store(
+                NOW - time::Duration::hours(1),
+                NOW + time::Duration::days(30),
+            )
+            .unwrap();
+        let this_update = NOW - time::Duration::minutes(30);
+        crls.add(&pki::testpki::crl(
+            p.ca(pki::testpki::CaKind::Moica),
+            &[(
+                p.card("moica-operator-1").issued.serial().to_vec(),
+                NOW - time::Duration::minutes(40),
+            )],
+            this_update,
+            NOW + time::Duration::days(7),
+            this_update.unix_timestamp() as u64,
+            None,
+        ))
+        .unwrap();
+        api.app.validator.replace_crls(crls);
+        let ended =
+            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
+                .await
+                .unwrap();
+        assert_eq!(ended, 2, "both sessions of that operator");
+
+        // The session record is gone: its bearer token names no session any more.
+        for token in [&t, &t2] {
+            refused(
+                api.get(token, "/api/v1/session").await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+        // The administrator's session goes on, and the list shows the flag on that operator.
+        let page = api.page(&admin, "/admin/operators").await;
+        assert!(page.contains("憑證已廢止"), "{page}");
+        assert_eq!(page.matches("憑證已廢止").count(), 1, "{page}");
+        assert!(page.contains(&p.card("moica-operator-1").issued.serial_hex()));
+        assert_eq!(op["name"], "林志明");
+        // And the card no longer logs in.
+        let (_, s, _) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_ne!(s, StatusCode::OK);
+    }
+}
+
+impl Api {
+    /// A page (HTML) with the bearer session `token`.
+    async fn page(&mut self, token: &str, path: &str) -> String {
+        let req = Request::builder()
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = self.app.send(req).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+}
+
+/// A local SMTP sink for one message: answers just enough SMTP and hands back the envelope
+/// recipient and the DATA text.
+async fn smtp_sink() -> (u16, tokio::task::JoinHandle<(String, String)>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+        let (mut rcpt, mut data) = (String::new(), String::new());
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    w.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.push_str(&line);
+                }
+                continue;
+            }
+            let upper = line.to_ascii_uppercase();
+            let reply: &[u8] = if upper.starts_with("EHLO") {
+                b"250-sink\r\n250 8BITMIME\r\n"
+            } else if upper.starts_with("RCPT TO:") {
+                rcpt = line[8..].trim().trim_matches(['<', '>']).to_string();
+                b"250 ok\r\n"
+            } else if upper.starts_with("DATA") {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if upper.starts_with("QUIT") {
+                w.write_all(b"221 bye\r\n").await.unwrap();
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            w.write_all(reply).await.unwrap();
+        }
+        (rcpt, data)
+    });
+    (port, task)
+}
+
+/// The subject (RFC 2047 words) and body (base64) of a message as the sink captured it.
+fn decode_mail(data: &str) -> (String, String) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (head, body) = data.split_once("\r\n\r\n").unwrap();
+    let unfolded = head.replace("\r\n ", " ");
+    let subject_line = unfolded
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap();
+    let mut subject = Vec::new();
+    for word in subject_line.split(' ') {
+        let inner = word
+            .strip_prefix("=?UTF-8?B?")
+            .and_then(|w| w.strip_suffix("?="))
+            .unwrap();
+        subject.extend(b64.decode(inner).unwrap());
+    }
+    let body: String = body.lines().collect();
+    (
+        String::from_utf8(subject).unwrap(),
+        String::from_utf8(b64.decode(body).unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_once_a_day() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let code = InstitutionCode::parse(TAIPEI).unwrap();
+        let registration = api.app.db.registration(&code).await.unwrap().unwrap();
+        let (port, sink) = smtp_sink().await;
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            from: "certreg@example.gov.tw".into(),
+        });
+        let mut sent = web::mail::Sent::default();
+        let validator = api.app.validator.clone();
+
+        // Two years of validity left: nothing to say.
+        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer, &mut sent)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+
+        // Thirty days before the administrator's card expires.
+        let not_after = registration.admin_card.cert.not_after;
+        let later = not_after - time::Duration::days(30);
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let (rcpt, data) = sink.await.unwrap();
+        assert_eq!(rcpt, "admin@example.gov.tw");
+        assert!(data.contains("To: admin@example.gov.tw\r\n"), "{data}");
+        let (subject, body) = decode_mail(&data);
+        assert_eq!(subject, format!("憑證到期／廢止通知（機關代號 {TAIPEI}）"));
+        let date = domain::expiry::taipei_date(not_after);
+        assert!(
+            body.contains(&format!(
+                "授權管理者自然人憑證（憑證序號 {}）：憑證將於 {date} 到期",
+                registration.admin_card.cert.serial.as_str()
+            )),
+            "{body}"
+        );
+        assert!(
+            body.contains(&registration.admin.name.as_str().to_string()),
+            "{body}"
+        );
+
+        // Once per certificate per day: the same day sends nothing more (no sink listens).
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}

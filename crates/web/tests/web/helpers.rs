@@ -33,6 +33,8 @@ pub struct TestApp {
     pub router: axum::Router,
     pub clock: Arc<FixedClock>,
     pub db: store::Db,
+    /// The service's validator: tests put new CRLs in force with `replace_crls`.
+    pub validator: Arc<Validator>,
     cookies: Vec<(String, String)>,
     _dir: tempfile::TempDir,
     _pg: Option<PgDatabase>,
@@ -97,9 +99,10 @@ impl TestApp {
             origin: ORIGIN.into(),
             ..ServiceConfig::default()
         };
-        let svc = Services::with_stored_calendar(db.clone(), dyn_clock, validator, svc_config)
-            .await
-            .unwrap();
+        let svc =
+            Services::with_stored_calendar(db.clone(), dyn_clock, validator.clone(), svc_config)
+                .await
+                .unwrap();
         let state = AppState::new(
             svc,
             db.clone(),
@@ -112,6 +115,7 @@ impl TestApp {
             router: web::app(state),
             clock,
             db,
+            validator,
             cookies: Vec::new(),
             _dir: dir,
             _pg: pg,

@@ -1,0 +1,128 @@
+//! CRL sources (files, or `http://` URLs): loaded by `serve` at start and on its refresh
+//! interval, and by `certreg crl refresh`, which reports each one.
+
+use crate::store_cmd::DatabaseArgs;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use pki::revocation::CrlStore;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+
+/// A CRL fetched over HTTP is at most this large (GPKI's largest full CRLs are a few MiB).
+const MAX_CRL_DOWNLOAD: usize = 32 * 1024 * 1024;
+const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum CrlCommand {
+    /// Load the configured CRL sources (`crls`) as `serve` does, one JSON line per source
+    /// (issuer, this_update, next_update, entries); exit 1 if any source failed.
+    Refresh(DatabaseArgs),
+}
+
+/// The CRLs of `sources` (files, or `http://` URLs), each read afresh; a source that fails
+/// keeps its last good copy from `last_good`, and with none the whole load fails.
+pub async fn load_crls(
+    sources: &[String],
+    last_good: &mut HashMap<String, Vec<u8>>,
+) -> Result<CrlStore> {
+    let mut store = CrlStore::new();
+    for source in sources {
+        let fetched = fetch(source).await;
+        let bytes = match (fetched, last_good.get(source)) {
+            (Ok(b), _) => b,
+            (Err(e), Some(old)) => {
+                tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
+                old.clone()
+            }
+            (Err(e), None) => return Err(e),
+        };
+        let entry = store
+            .add(&bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("CRL {source}"))?;
+        tracing::debug!(source, issuer = %entry.issuer, next_update = ?entry.next_update, "CRL loaded");
+        last_good.insert(source.clone(), bytes);
+    }
+    Ok(store)
+}
+
+/// One source's bytes: a file read or an `http://` download.
+pub async fn fetch(source: &str) -> Result<Vec<u8>> {
+    if source.starts_with("http://") || source.starts_with("HTTP://") {
+        let url = source.to_string();
+        // The client is blocking std I/O with its own deadline; keep it off the async workers.
+        return tokio::task::spawn_blocking(move || {
+            pki::ocsp::http_get(&url, CRL_FETCH_TIMEOUT, MAX_CRL_DOWNLOAD)
+        })
+        .await
+        .context("CRL download task")?
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("fetching CRL {source}"));
+    }
+    if source.contains("://") {
+        bail!("CRL source {source:?}: only files and http:// URLs are supported");
+    }
+    tokio::fs::read(source)
+        .await
+        .with_context(|| format!("reading CRL {source}"))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The report line of one source: what was read from it, or why it failed.
+async fn report(source: &str) -> (bool, serde_json::Value) {
+    let parsed = async {
+        let bytes = fetch(source).await?;
+        let mut one = CrlStore::new();
+        let entry = one
+            .add(&bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("CRL {source}"))?;
+        Ok::<_, anyhow::Error>(serde_json::json!({
+            "source": source,
+            "issuer": entry.issuer,
+            "this_update": rfc3339(entry.this_update),
+            "next_update": entry.next_update.map(rfc3339),
+            "entries": entry.revoked,
+            "sha256": entry.sha256,
+        }))
+    }
+    .await;
+    match parsed {
+        Ok(v) => (true, v),
+        Err(e) => (
+            false,
+            serde_json::json!({ "source": source, "error": format!("{e:#}") }),
+        ),
+    }
+}
+
+pub fn run(command: CrlCommand) -> Result<ExitCode> {
+    match command {
+        CrlCommand::Refresh(args) => {
+            let settings = args.settings()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let mut ok = true;
+            if settings.crls.is_empty() {
+                eprintln!("certreg: no CRLs configured (`crls` / CERTREG_CRLS)");
+            }
+            for source in &settings.crls {
+                let (good, line) = runtime.block_on(report(source));
+                ok &= good;
+                println!("{line}");
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
