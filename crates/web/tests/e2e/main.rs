@@ -6,13 +6,20 @@
 //! like a person while the agent signs. Its JSON report is asserted here, and the database is
 //! checked for what the walk should have left behind.
 //!
+//! The walk ends with issue 6's review across two days: the mismatch application of step 1 is
+//! approved by a reviewer (`moica-reviewer`, seeded for the section of the agency's county) in a
+//! browser of its own; the same day 首次註冊 is still refused; then the walk writes
+//! `advance.json` (the effective date it was shown) into `CERTREG_E2E_SYNC`, this test moves the
+//! service's injected clock to 09:00 Taipei of that date and answers with `advanced.json`, and
+//! 首次註冊 with the mismatch card completes.
+//!
 //! Needs `node`/`npm` and `chromium` (Debian packages `nodejs`, `npm`, `chromium`); it fails,
 //! never skips, without them. `npm ci` runs here when `node_modules` is missing, so
 //! `cargo test --workspace` stays the one test command. On failure the walk saves a screenshot
 //! of the step in `target/browser-screenshots/e2e-<step>.png`.
 
-use domain::clock::{Clock, SystemClock};
-use domain::model::Agency;
+use domain::clock::{Clock, TAIPEI};
+use domain::model::{Agency, ContactDirectory, ReviewState};
 use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier};
@@ -23,9 +30,9 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 use web::{AppState, WebConfig};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -110,6 +117,26 @@ fn agencies() -> Vec<Agency> {
     ]
 }
 
+/// The service's clock: the real time (so it ticks: receipts are ordered by it) shifted by what
+/// the test sets — 10:00 Taipei of the first day, then the review's effective date. The card
+/// agent checks validity against the real clock; the test cards are valid from 30 days before
+/// now, CRLs for 30 days after, so a shift of a few days forward is harmless.
+#[derive(Default)]
+struct ShiftedClock(Mutex<time::Duration>);
+
+impl ShiftedClock {
+    /// From now on, the clock reads `at` (and goes on ticking from there).
+    fn jump_to(&self, at: OffsetDateTime) {
+        *self.0.lock().unwrap() = at - OffsetDateTime::now_utc();
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + *self.0.lock().unwrap()
+    }
+}
+
 /// What walk.mjs needs to know about a card: its PIN, ID, serial and holder.
 fn card_json(pki: &TestPki, name: &str) -> Value {
     let card = pki.card(name);
@@ -128,8 +155,13 @@ fn card_json(pki: &TestPki, name: &str) -> Value {
     })
 }
 
-/// Runs node with a deadline; returns (exit code, stdout, stderr).
-fn run_node(script: &Path, envs: &[(&str, String)]) -> (Option<i32>, String, String) {
+/// Runs node with a deadline, calling `tick` every 100 ms while it runs; returns (exit code,
+/// stdout, stderr).
+fn run_node(
+    script: &Path,
+    envs: &[(&str, String)],
+    tick: &mut dyn FnMut(),
+) -> (Option<i32>, String, String) {
     let mut cmd = Command::new("node");
     cmd.arg(script)
         .current_dir(e2e_dir())
@@ -162,6 +194,7 @@ fn run_node(script: &Path, envs: &[(&str, String)]) -> (Option<i32>, String, Str
             let _ = child.wait();
             break None;
         }
+        tick();
         std::thread::sleep(Duration::from_millis(100));
     };
     (
@@ -177,6 +210,7 @@ struct Servers {
     agent_url: String,
     db: store::Db,
     cards: Arc<agent::softcard::SoftCards>,
+    clock: Arc<ShiftedClock>,
 }
 
 async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Servers {
@@ -196,6 +230,20 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     db.upsert_agencies(&agencies())
         .await
         .expect("seed agencies");
+    // The reviewer of the section in charge of the mismatch agency's county (新北市: 承保第一科).
+    let county = &agencies()[1].county;
+    let section = ContactDirectory::default()
+        .section_for(county)
+        .expect("a section for the county")
+        .section;
+    let reviewer = pki.card("moica-reviewer");
+    db.add_reviewer(
+        &reviewer.holder,
+        section,
+        &domain::types::cert_serial("serial", &reviewer.issued.serial_hex()).unwrap(),
+    )
+    .await
+    .expect("seed the reviewer");
     let validator = Arc::new(Validator::new(
         pki.trust_store().expect("trust store"),
         pki.crl_store(
@@ -205,7 +253,18 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
         .expect("fresh CRLs"),
         ValidationOptions::default(),
     ));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The walk's first day starts at 10:00 Taipei (the next such time from now), so the
+    // reviewer's 核准 and the same day's refused 首次註冊 never straddle midnight.
+    let shifted = Arc::new(ShiftedClock::default());
+    let taipei = now.to_offset(TAIPEI);
+    let ten = PrimitiveDateTime::new(taipei.date(), Time::from_hms(10, 0, 0).unwrap())
+        .assume_offset(TAIPEI);
+    shifted.jump_to(if ten >= taipei {
+        ten
+    } else {
+        ten + time::Duration::days(1)
+    });
+    let clock: Arc<dyn Clock> = shifted.clone();
     let svc = Services::with_stored_calendar(
         db.clone(),
         clock,
@@ -260,7 +319,38 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
         agent_url,
         db,
         cards,
+        clock: shifted,
     }
+}
+
+/// The walk's request to move the clock (`advance.json`: `{"effective": "YYYY/MM/DD"}`), once:
+/// the clock jumps to 09:00 Taipei of that date and `advanced.json` tells the walk so.
+fn answer_advance(sync: &Path, clock: &ShiftedClock, effective: &mut Option<Date>) {
+    if effective.is_some() {
+        return;
+    }
+    let Ok(raw) = std::fs::read_to_string(sync.join("advance.json")) else {
+        return;
+    };
+    let Ok(req) = serde_json::from_str::<Value>(&raw) else {
+        return; // still being written
+    };
+    let shown = req["effective"].as_str().unwrap_or_default();
+    let format = time::macros::format_description!("[year]/[month]/[day]");
+    let date = Date::parse(shown, &format)
+        .unwrap_or_else(|e| panic!("the walk's effective date {shown:?}: {e}"));
+    assert!(
+        date > clock.today(),
+        "the effective date {date} is not after today {}",
+        clock.today()
+    );
+    let at = PrimitiveDateTime::new(date, Time::from_hms(9, 0, 0).unwrap()).assume_offset(TAIPEI);
+    clock.jump_to(at);
+    eprintln!("e2e: the clock jumped to {at} (the effective date the reviewer was shown)");
+    let tmp = sync.join("advanced.json.tmp");
+    std::fs::write(&tmp, json!({"now": at.to_string()}).to_string()).unwrap();
+    std::fs::rename(&tmp, sync.join("advanced.json")).unwrap();
+    *effective = Some(date);
 }
 
 #[test]
@@ -290,6 +380,7 @@ fn the_manual_walked_in_headless_chromium() {
         "moica-admin-renewed",
         "moica-admin2",
         "moica-operator-1",
+        "moica-reviewer",
     ];
     let cards: serde_json::Map<String, Value> = names
         .iter()
@@ -314,6 +405,9 @@ fn the_manual_walked_in_headless_chromium() {
         "mismatch": MISMATCH,
         "agencies": agencies,
     });
+    let sync = tmp.path().join("sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    let mut effective = None;
     let (code, stdout, stderr) = run_node(
         &e2e_dir().join("walk.mjs"),
         &[
@@ -322,7 +416,9 @@ fn the_manual_walked_in_headless_chromium() {
             ("CERTREG_E2E", walk.to_string()),
             ("CERTREG_SCREENSHOT_DIR", shots.display().to_string()),
             ("CERTREG_CHROMIUM", chromium.display().to_string()),
+            ("CERTREG_E2E_SYNC", sync.display().to_string()),
         ],
+        &mut || answer_advance(&sync, &servers.clock, &mut effective),
     );
     eprintln!("--- walk.mjs (stderr) ---\n{stderr}--- end of walk.mjs ---");
     let report: Value = stdout
@@ -345,8 +441,9 @@ fn the_manual_walked_in_headless_chromium() {
         failed.join("\n")
     );
     // Every step of walk.mjs ran (a step that silently disappeared would pass otherwise).
-    assert_eq!(report["expected"], 17, "walk.mjs plans 17 steps");
-    assert_eq!(steps.len(), 17, "steps: {steps:#?}");
+    assert_eq!(report["expected"], 21, "walk.mjs plans 21 steps");
+    assert_eq!(steps.len(), 21, "steps: {steps:#?}");
+    let effective = effective.expect("the walk asked for the clock to move");
 
     // What the browser did is what the database holds.
     runtime.block_on(async {
@@ -371,11 +468,32 @@ fn the_manual_walked_in_headless_chromium() {
         );
         let operators = db.operators(&code).await.unwrap();
         assert_eq!(operators.len(), 1, "{operators:?}");
-        let pending = db
-            .reviews(&InstitutionCode::parse(MISMATCH).unwrap())
+        // The mismatch application: approved by moica-reviewer, effective the date the walk
+        // was shown, and the registration made with the mismatch card from that day.
+        let mismatch = InstitutionCode::parse(MISMATCH).unwrap();
+        let reviews = db.reviews(&mismatch).await.unwrap();
+        assert_eq!(reviews.len(), 1, "the mismatch review: {reviews:?}");
+        match &reviews[0].state {
+            ReviewState::Approved {
+                effective: e, note, ..
+            } => {
+                assert_eq!(*e, effective, "{reviews:?}");
+                assert_eq!(note, "已電話確認識別碼", "{reviews:?}");
+            }
+            other => panic!("the review is not approved: {other:?}"),
+        }
+        let reg = db
+            .registration(&mismatch)
             .await
-            .unwrap();
-        assert_eq!(pending.len(), 1, "the mismatch review: {pending:?}");
+            .unwrap()
+            .expect("A0002 registered on the effective date");
+        assert!(
+            reg.org.cert.serial.as_str().eq_ignore_ascii_case(
+                cards["gca-agency-mismatch"]["serial"].as_str().unwrap()
+            ),
+            "A0002 is registered with gca-agency-mismatch: {:?}",
+            reg.org.cert.serial
+        );
     });
     // The wrong PIN of step 7 was counted, then cleared by the right one.
     let state = servers.cards.cards().unwrap();

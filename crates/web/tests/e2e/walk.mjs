@@ -5,9 +5,13 @@
 // elapsedMs}); exits 1 naming the failed step (its screenshot in CERTREG_SCREENSHOT_DIR/e2e-<step>.png),
 // 2 when it could not run at all. Logs go to stderr. Any console error, uncaught page error or
 // CSP violation fails the step it happened in.
+//
+// Steps 8–9 span two days: after the reviewer's 核准 the walk writes advance.json (the
+// effective date shown) into CERTREG_E2E_SYNC and waits for the Rust side to move the
+// service's clock and answer with advanced.json.
 
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 const env = (name) => {
@@ -24,6 +28,7 @@ const AGENT = env('CERTREG_AGENT_URL');
 const W = JSON.parse(env('CERTREG_E2E'));
 const SHOTS = env('CERTREG_SCREENSHOT_DIR');
 const CHROMIUM = process.env.CERTREG_CHROMIUM || '/usr/bin/chromium';
+const SYNC = env('CERTREG_E2E_SYNC');
 const C = W.cards;
 const A = W.matching;
 const M = W.mismatch;
@@ -100,7 +105,7 @@ async function agree(page, title, figure) {
  * and Enter pressed in it; the card agent signs. Returns once the page has moved on (the next
  * page's title `next`), or, with `stay`, once the page shows the PIN error.
  */
-async function cardStep(page, { title, figure, code, card, pin, next, stay }) {
+async function cardStep(page, { title, figure, code, card, pin, next, stay, refused }) {
   await onPage(page, title, figure);
   if (code !== undefined) await type(page, '機關代號', code);
   if (card.nationalId && (await page.getByLabel('身分證統一編號').count())) {
@@ -121,6 +126,11 @@ async function cardStep(page, { title, figure, code, card, pin, next, stay }) {
   }
   await page.waitForLoadState('load');
   const now = (await h1(page).textContent()).trim();
+  if (refused) {
+    // The service refuses the card: the step comes back with its message.
+    expect(now === title, `${title}: expected the step back with a message, got ${now}`);
+    return (await text(page, '#step-error')).trim();
+  }
   if (now === title) {
     const err = await page.locator('main .error, main .field-error:not([hidden])').allTextContents();
     throw new StepFailed(`${title}: the card step stayed on its page: ${err.join(' / ') || '(no message)'}`);
@@ -199,6 +209,32 @@ async function addOperator(page, functions) {
   const row = await text(page, `table.list tbody tr:has-text("${operator.holder}")`);
   for (const f of functions) expect(row.includes(f), `row lacks ${f}: ${row}`);
 }
+
+/**
+ * A person at another computer: `body(page)` in a browser context of its own, with the same
+ * console/CSP watch as the clerk's (and its screenshot on failure).
+ */
+async function elsewhere(name, body, allow) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = [];
+  watch(page, problems);
+  try {
+    const detail = await body(page);
+    const left = allow ? problems.filter((p) => !allow.test(p)) : problems;
+    expect(left.length === 0, `the page reported: ${left.join('; ')}`);
+    return detail;
+  } catch (e) {
+    await shoot(name, page);
+    e.shot = true;
+    throw e;
+  } finally {
+    await context.close();
+  }
+}
+
+let effective; // the date the reviewer's 核准 was shown, YYYY/MM/DD
+const reviewNote = '已電話確認識別碼';
 
 const PLAN = [
   ['1 首次註冊 mismatch agency: terms, 機關代號 + PIN, 圖3-6, contact, 圖3-7', async () => {
@@ -419,6 +455,74 @@ const PLAN = [
     await onPage(page, '查詢自然人憑證序號－查詢結果', '圖3-43');
     return msg;
   }],
+  ['8 reviewer: 本部審核人員登入, the queue, 核准 with a note → 已核准，生效日', async () => elsewhere('8 reviewer', async (page) => {
+    const reviewer = C['moica-reviewer'];
+    await page.goto(`${WEB}/backoffice/login`);
+    await cardStep(page, { title: '本部審核人員登入', card: reviewer, next: '待審核申請（承保第一科）' });
+    const who = await text(page, 'body');
+    expect(who.includes(`審核人員 ${reviewer.holder}（承保第一科）`), `the reviewer is not named: ${who}`);
+    const row = page.locator('table.list tbody tr', { hasText: M });
+    expect((await row.count()) === 1, `the queue lacks ${M}: ${await text(page)}`);
+    const rowText = (await row.innerText()).replace(/\s+/g, ' ');
+    for (const want of ['林小華', '(02)2960-3456', C['gca-agency-mismatch'].orgIdentifier, '審核中']) {
+      expect(rowText.includes(want), `the queue row lacks ${want}: ${rowText}`);
+    }
+    await row.getByRole('link', { name: M }).click();
+    await onPage(page, `憑證註冊審核申請（機關代號 ${M}）`);
+    await type(page, '備註', reviewNote);
+    await page.getByRole('button', { name: '核准', exact: true }).click();
+    await page.locator('main .success').waitFor({ timeout: TIMEOUT });
+    const flash = await text(page, 'main .success');
+    const m = flash.match(/已核准，生效日 (\d{4}\/\d{2}\/\d{2})/);
+    expect(m, `no 已核准，生效日: ${flash}`);
+    effective = m[1];
+    expect((await page.locator('button[name="decision"]').count()) === 0, 'the decision buttons are still there');
+    const t = await text(page);
+    expect(t.includes(reviewNote), `the note is not shown: ${t}`);
+    return flash;
+  })],
+  ['8 the same day: 首次註冊 with the mismatch card → the 圖3-7 message again', async () => {
+    const page = clerk;
+    await menu(page, '首次註冊');
+    await agree(page, '首次註冊－用戶約定條款', '圖3-4');
+    const msg = await cardStep(page, {
+      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], refused: true,
+    });
+    expect(msg.includes('送出申請後請於次一營業日再重新註冊'), `the refusal says ${msg}`);
+    return msg;
+    // The refused card step comes back as 409, which Chromium logs for the document.
+  }, { allow: /status of 409 / }],
+  ['9 the next business day: the Rust side moves the clock', async () => {
+    expect(effective, 'no effective date from step 8');
+    const tmp = path.join(SYNC, 'advance.json.tmp');
+    writeFileSync(tmp, JSON.stringify({ effective }));
+    renameSync(tmp, path.join(SYNC, 'advance.json'));
+    const answer = path.join(SYNC, 'advanced.json');
+    const until = Date.now() + TIMEOUT;
+    while (!existsSync(answer)) {
+      expect(Date.now() < until, `no advanced.json within ${TIMEOUT} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return `${effective}: ${JSON.parse(readFileSync(answer, 'utf8')).now}`;
+  }],
+  ['9 首次註冊 with the mismatch card: org card, administrator card, 圖3-9, 圖3-10', async () => elsewhere('9 首次註冊 mismatch', async (page) => {
+    await page.goto(`${WEB}/`);
+    await menu(page, '首次註冊');
+    await agree(page, '首次註冊－用戶約定條款', '圖3-4');
+    await cardStep(page, {
+      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], next: '首次註冊－自然人憑證確認',
+    });
+    await cardStep(page, { title: '首次註冊－自然人憑證確認', figure: '圖3-8', card: C['moica-admin'], next: '首次註冊' });
+    await onPage(page, '首次註冊', '圖3-9');
+    const certs = await text(page, 'main section');
+    expect(certs.includes(C['gca-agency-mismatch'].orgIdentifier), `圖3-9 lacks the mismatch card's OID: ${certs}`);
+    await contact(page, { name: '林小華', email: 'lin@example.gov.tw', phone: '(02)2960-3456' });
+    await page.getByRole('button', { name: '確認', exact: true }).click();
+    await onPage(page, '首次註冊', '圖3-10');
+    const msg = await text(page, 'main [role="status"]');
+    expect(msg.includes('首次註冊成功'), msg);
+    return msg;
+  })],
 ];
 
 // ---------------------------------------------------------------------------------------------
