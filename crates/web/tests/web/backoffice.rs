@@ -450,3 +450,74 @@ async fn r6_3_search_by_code_serial_date_and_outcome_is_audited() {
         .count();
     assert_eq!(searches, 4, "every answered search is audited");
 }
+
+/// A reviewer's session, by its cookie (with the page's CSRF token) or as a bearer token, runs
+/// no agency function through `/api/v1`: 403 `forbidden` on flows, operators, token and the
+/// session view; it may still end itself.
+#[tokio::test]
+async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
+    use axum::body::Body;
+    use axum::http::{Method, Request, header};
+    let mut app = TestApp::default().await;
+    add_reviewer(&app, Section::First).await;
+    let (status, _, body) = reviewer_login(&mut app, "moica-reviewer").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let sid = app.cookie("certreg_session").expect("the session cookie");
+    let csrf = app.csrf().await;
+
+    let calls: [(Method, &str, Option<&str>); 9] = [
+        (Method::GET, "/api/v1/session", None),
+        (Method::POST, "/api/v1/token", Some("{}")),
+        (
+            Method::POST,
+            "/api/v1/flows",
+            Some(r#"{"kind":"operator_login"}"#),
+        ),
+        (Method::GET, "/api/v1/flows/nope", None),
+        (Method::GET, "/api/v1/operators", None),
+        (
+            Method::POST,
+            "/api/v1/operators",
+            Some(r#"{"certificate":"","national_id":"","functions":[]}"#),
+        ),
+        (Method::GET, "/api/v1/operators/1", None),
+        (Method::DELETE, "/api/v1/operators/1?version=1", None),
+        (Method::GET, "/api/v1/agencies/A0001/receipts", None),
+    ];
+    // The back-office pages work for that session.
+    let (status, _, html) = app.get("/backoffice/reviews").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for bearer in [false, true] {
+        if bearer {
+            app.forget_cookies();
+        }
+        for (method, path, body) in &calls {
+            let mut req = Request::builder().method(method.clone()).uri(*path);
+            if bearer {
+                // No cookie: the session id alone, as an API client would send it.
+                req = req.header(header::AUTHORIZATION, format!("Bearer {sid}"));
+            } else {
+                req = req
+                    .header(header::ORIGIN, ORIGIN)
+                    .header("x-csrf-token", &csrf);
+            }
+            if body.is_some() {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+                .unwrap();
+            let (status, _, text) = app.send(req).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} bearer={bearer}: {text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                v["code"], "forbidden",
+                "{method} {path} bearer={bearer}: {v}"
+            );
+        }
+    }
+}
