@@ -521,3 +521,75 @@ async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
         }
     }
 }
+
+/// The reviewer's search flags a registration's certificates: 「憑證將於 YYYY/MM/DD 到期」 within
+/// 60 days of notAfter, 「憑證已廢止」 when a CRL in force lists it (issue 6, point 3).
+#[tokio::test]
+async fn the_search_flags_expiring_and_revoked_registration_certificates() {
+    let mut app = TestApp::default().await;
+    crate::admin::register(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+    app.forget_cookies();
+    add_reviewer(&app, Section::First).await;
+
+    // Nothing to flag today.
+    reviewer_login(&mut app, "moica-reviewer").await;
+    let (status, _, html) = app.get(&format!("/backoffice/search?code={TAIPEI}")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("機關代號 A0001"), "{html}");
+    assert!(
+        !html.contains("到期") && !html.contains("憑證已廢止"),
+        "{html}"
+    );
+    app.forget_cookies();
+
+    // 30 days before the organization certificate's notAfter, with CRLs fresh then; the
+    // administrator's card is on the MOICA CRL.
+    let p = pki();
+    let not_after = p.card("gca-agency").issued.spec.not_after;
+    let later = not_after - time::Duration::days(30);
+    app.clock.set(later);
+    let mut crls = p
+        .crl_store(
+            later - time::Duration::hours(1),
+            later + time::Duration::days(30),
+        )
+        .unwrap();
+    let this_update = later - time::Duration::minutes(30);
+    crls.add(&pki::testpki::crl(
+        p.ca(pki::testpki::CaKind::Moica),
+        &[(
+            p.card("moica-admin").issued.serial().to_vec(),
+            later - time::Duration::minutes(40),
+        )],
+        this_update,
+        later + time::Duration::days(7),
+        this_update.unix_timestamp() as u64,
+        None,
+    ))
+    .unwrap();
+    app.validator.replace_crls(crls);
+
+    let (status, _, body) = reviewer_login(&mut app, "moica-reviewer").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (status, _, html) = app.get(&format!("/backoffice/search?code={TAIPEI}")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let expiring = format!(
+        "機關憑證（序號 {}）：<span class=\"badge\">憑證將於 {} 到期</span>",
+        p.card("gca-agency").issued.serial_hex(),
+        domain::expiry::taipei_date(not_after)
+    );
+    assert!(html.contains(&expiring), "{expiring} in {html}");
+    let revoked = format!(
+        "授權管理者自然人憑證（序號 {}）：<span class=\"badge\">憑證已廢止</span>",
+        p.card("moica-admin").issued.serial_hex()
+    );
+    assert!(html.contains(&revoked), "{revoked} in {html}");
+    // Found by the certificate serial too.
+    let (_, _, html) = app
+        .get(&format!(
+            "/backoffice/search?serial={}",
+            p.card("moica-admin").issued.serial_hex()
+        ))
+        .await;
+    assert!(html.contains(&revoked), "{html}");
+}
