@@ -2,8 +2,10 @@
 //! operators are revoked on the CRLs in force or expire within [`WARN_DAYS`].
 //!
 //! Registrations keep the whole certificate reference (issuer, serial, notAfter), so both checks
-//! are exact. Operators are granted by serial only: they are checked by serial against every CRL
-//! in force (any issuer), and their expiry is not known, so it is not flagged.
+//! are exact. An operator added or modified with the certificate read from the card keeps its
+//! issuer and notAfter too ([`crate::model::OperatorCert`]), so it is checked the same way. An
+//! operator whose serial was typed is known by serial only: it is checked by serial against
+//! every CRL in force (any issuer), and its expiry is not known, so it is not flagged for expiry.
 
 use crate::clock::TAIPEI;
 use crate::model::{CertRef, Operator, Registration};
@@ -58,7 +60,7 @@ pub struct Flag {
     pub code: InstitutionCode,
     pub holder: FlagHolder,
     pub serial: CertSerial,
-    /// Unknown for operators (granted by serial only).
+    /// Unknown for operators whose serial was typed.
     pub issuer: Option<String>,
     pub kind: FlagKind,
 }
@@ -111,8 +113,9 @@ fn cert_flag(
 
 /// The flags of `registrations` (organization and administrator certificates) and `operators`
 /// at `now` against the CRLs in force of `validator` (those whose signature verifies with a
-/// trusted CA): revoked first, else expiring within [`WARN_DAYS`]. Operators are checked for
-/// revocation only, by serial on any CRL.
+/// trusted CA): revoked first, else expiring within [`WARN_DAYS`]. Operators whose certificate
+/// was read are checked the same way; those with a typed serial for revocation only, by serial
+/// on any CRL.
 pub fn expiry_report(
     now: OffsetDateTime,
     validator: &Validator,
@@ -137,15 +140,24 @@ pub fn expiry_report(
         ));
     }
     for o in operators {
-        if let Some(at) = validator.revoked_at(None, &o.serial) {
-            flags.push(Flag {
-                code: o.code.clone(),
-                holder: FlagHolder::Operator { id: o.id },
-                serial: o.serial.clone(),
-                issuer: None,
-                kind: FlagKind::Revoked { at },
-            });
-        }
+        let issuer = o.cert.as_ref().map(|c| c.issuer.clone());
+        let kind = if let Some(at) = validator.revoked_at(issuer.as_deref(), &o.serial) {
+            FlagKind::Revoked { at }
+        } else {
+            match &o.cert {
+                Some(c) if c.not_after <= now + Duration::days(WARN_DAYS) => FlagKind::Expiring {
+                    not_after: c.not_after,
+                },
+                _ => continue,
+            }
+        };
+        flags.push(Flag {
+            code: o.code.clone(),
+            holder: FlagHolder::Operator { id: o.id },
+            serial: o.serial.clone(),
+            issuer,
+            kind,
+        });
     }
     flags
 }

@@ -124,10 +124,21 @@ pub struct Operator {
     pub name: PersonName,
     pub national_id: NationalId,
     pub functions: Vec<FunctionId>,
+    /// The certificate's issuer and notAfter, known only when it was read from the card (not
+    /// when its serial was typed).
+    pub cert: Option<OperatorCert>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// Optimistic concurrency: an update names the version it read.
     pub version: i64,
+}
+
+/// What certreg knows of an operator's certificate beyond its serial, when it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorCert {
+    pub issuer: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
 }
 
 /// What an administrator submits to add or modify an operator.
@@ -137,6 +148,9 @@ pub struct OperatorInput {
     pub name: PersonName,
     pub national_id: NationalId,
     pub functions: Vec<FunctionId>,
+    /// Set when the certificate was read; `None` for a typed serial (an update with the same
+    /// serial then keeps what is on file).
+    pub cert: Option<OperatorCert>,
 }
 
 /// State of a review application (憑證註冊審核申請).

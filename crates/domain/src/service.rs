@@ -970,7 +970,7 @@ impl<S: Store, C: Clock> Services<S, C> {
 
     fn operator_input(&self, form: &OperatorForm) -> Result<OperatorInput> {
         let national_id = national_id("national_id", &form.national_id)?;
-        let (serial, name) = match &form.read_certificate {
+        let (serial, name, read) = match &form.read_certificate {
             Some(der) => {
                 // A certificate read from the card must be a valid citizen card of a trusted
                 // CA: otherwise a crafted one could name any serial and holder.
@@ -986,11 +986,20 @@ impl<S: Store, C: Clock> Services<S, C> {
                     return Err(DomainError::IdMismatch);
                 }
                 let name = cert.facts.cn.clone().unwrap_or_default();
-                (cert.facts.serial.clone(), PersonName::parse("name", &name)?)
+                let read = crate::model::OperatorCert {
+                    issuer: cert.facts.issuer.clone(),
+                    not_after: cert.facts.not_after,
+                };
+                (
+                    cert.facts.serial.clone(),
+                    PersonName::parse("name", &name)?,
+                    Some(read),
+                )
             }
             None => (
                 cert_serial("serial", &form.serial)?,
                 PersonName::parse("name", &form.name)?,
+                None,
             ),
         };
         let functions = self.config.functions.validate(&form.functions)?;
@@ -999,6 +1008,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             name,
             national_id,
             functions,
+            cert: read,
         })
     }
 

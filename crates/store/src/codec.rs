@@ -206,6 +206,8 @@ pub(crate) struct OperatorRow {
     pub national_id_hash: String,
     pub functions: String,
     pub updated_at: i64,
+    pub cert_issuer: Option<String>,
+    pub cert_not_after: Option<i64>,
 }
 
 impl OperatorRow {
@@ -223,6 +225,8 @@ impl OperatorRow {
             national_id_hash: s.id_hash(&i.national_id),
             functions: functions_json(&i.functions),
             updated_at: ts(at),
+            cert_issuer: i.cert.as_ref().map(|c| c.issuer.clone()),
+            cert_not_after: i.cert.as_ref().map(|c| ts(c.not_after)),
         })
     }
 }

@@ -38,6 +38,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0003_signing_keys.sql"),
         postgres: include_str!("../migrations/postgres/0003_signing_keys.sql"),
     },
+    MigrationPair {
+        version: 4,
+        file_name: "0004_operator_cert.sql",
+        description: "operator cert",
+        sqlite: include_str!("../migrations/sqlite/0004_operator_cert.sql"),
+        postgres: include_str!("../migrations/postgres/0004_operator_cert.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -431,8 +431,8 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
         Some(PreparedOperator::Insert(o)) => {
             let row = sqlx::query(
                 "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
-                 functions, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, 1) \
-                 RETURNING id",
+                 functions, updated_at, version, cert_issuer, cert_not_after) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) RETURNING id",
             )
             .bind(o.code)
             .bind(o.serial)
@@ -441,6 +441,8 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
             .bind(o.national_id_hash)
             .bind(o.functions)
             .bind(o.updated_at)
+            .bind(o.cert_issuer)
+            .bind(o.cert_not_after)
             .fetch_one(&mut **tx)
             .await
             .map_err(fk("operators_code_fkey"))?;
@@ -452,8 +454,13 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
             expected_version,
         }) => {
             let code = o.code.clone();
+            // A read certificate replaces what is on file; a typed serial keeps it only while
+            // the serial stays the same (another card's issuer and notAfter are unknown).
             let n = sqlx::query(
-                "UPDATE operators SET serial = $3, name = $4, national_id_enc = $5, \
+                "UPDATE operators SET \
+                 cert_issuer = CASE WHEN $10 THEN $11 WHEN serial = $3 THEN cert_issuer END, \
+                 cert_not_after = CASE WHEN $10 THEN $12 WHEN serial = $3 THEN cert_not_after END, \
+                 serial = $3, name = $4, national_id_enc = $5, \
                  national_id_hash = $6, functions = $7, updated_at = $8, version = version + 1 \
                  WHERE id = $1 AND code = $2 AND version = $9",
             )
@@ -466,6 +473,9 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
             .bind(o.functions)
             .bind(o.updated_at)
             .bind(expected_version)
+            .bind(o.cert_issuer.is_some())
+            .bind(o.cert_issuer)
+            .bind(o.cert_not_after)
             .execute(&mut **tx)
             .await
             .map_err(db)?
@@ -712,13 +722,23 @@ fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
         name: person_name(s(r, "name")?)?,
         national_id: decrypt_id(secrets, ENC_OPERATOR_ID, &s(r, "national_id_enc")?)?,
         functions: functions(&s(r, "functions")?)?,
+        cert: match (
+            opt(r, "cert_issuer")?,
+            col::<Option<i64>>(r, "cert_not_after")?,
+        ) {
+            (Some(issuer), Some(not_after)) => Some(OperatorCert {
+                issuer,
+                not_after: from_ts(not_after)?,
+            }),
+            _ => None,
+        },
         updated_at: time_at(r, "updated_at")?,
         version: int(r, "version")?,
     })
 }
 
-const OPERATOR_COLUMNS: &str =
-    "id, code, serial, name, national_id_enc, functions, updated_at, version";
+const OPERATOR_COLUMNS: &str = "id, code, serial, name, national_id_enc, functions, updated_at, version, cert_issuer, \
+     cert_not_after";
 
 pub(crate) async fn operators(
     pool: &Pool<DB>,
@@ -1115,15 +1135,15 @@ pub(crate) async fn bulk_load_operators(
     operators: &[(InstitutionCode, OperatorInput)],
     at: OffsetDateTime,
 ) -> Result<u64> {
-    // 7 binds per row.
-    bulk(pool, operators, 4_000, |q, rows| {
+    // 9 binds per row.
+    bulk(pool, operators, 3_000, |q, rows| {
         let rows = rows
             .iter()
             .map(|(code, input)| OperatorRow::new(code, input, at, secrets))
             .collect::<Result<Vec<_>>>()?;
         q.push(
             "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
-             functions, updated_at, version) ",
+             functions, updated_at, cert_issuer, cert_not_after, version) ",
         );
         q.push_values(rows, |mut b, o| {
             b.push_bind(o.code)
@@ -1133,6 +1153,8 @@ pub(crate) async fn bulk_load_operators(
                 .push_bind(o.national_id_hash)
                 .push_bind(o.functions)
                 .push_bind(o.updated_at)
+                .push_bind(o.cert_issuer)
+                .push_bind(o.cert_not_after)
                 .push_unseparated(", 1");
         });
         Ok(())

@@ -604,6 +604,7 @@ async fn seed(db: &store::Db, pki: &TestPki) {
                 national_id: NationalId::parse(operator.national_id.as_deref().expect("ID"))
                     .expect("ID"),
                 functions: vec!["query".into()],
+                cert: None,
             },
         )],
         NOW - Duration::days(1),

@@ -263,6 +263,7 @@ pub fn operator_input(s: &str, id: &NationalId) -> OperatorInput {
         name: PersonName::parse("name", "李小華").unwrap(),
         national_id: id.clone(),
         functions: vec!["enroll".into(), "query".into()],
+        cert: None,
     }
 }
 

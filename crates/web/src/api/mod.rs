@@ -116,6 +116,23 @@ fn bearer_only(session: &Session, parts: &Parts) -> bool {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
+    /// A back-office reviewer's session is the pages' only (/backoffice): it runs no agency
+    /// function through the API (flows, operators, token, queries) and is refused with 403.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let caller = AnyCaller::from_request_parts(parts, state).await?.0;
+        if caller.session.data.reviewer.is_some() {
+            return Err(crate::error::api(&domain::DomainError::Forbidden));
+        }
+        Ok(caller)
+    }
+}
+
+/// Any live session, a reviewer's too: only for ending it (`DELETE /api/v1/sessions/current`).
+pub(crate) struct AnyCaller(pub Caller);
+
+impl FromRequestParts<AppState> for AnyCaller {
+    type Rejection = Response;
+
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let handle = SessionHandle::from_request_parts(parts, state).await?;
         let session = handle.get();
@@ -150,7 +167,7 @@ impl FromRequestParts<AppState> for Caller {
                 ));
             }
         }
-        Ok(Caller { handle, session })
+        Ok(AnyCaller(Caller { handle, session }))
     }
 }
 

@@ -1,8 +1,8 @@
 //! API sessions: a bearer token (the session id) for API clients, logout, and who the session
 //! is (R5.1: other systems ask certreg who the session's operator is and what it may do).
 
-use super::Caller;
 use super::flows::{FunctionView, functions_view};
+use super::{AnyCaller, Caller};
 use crate::AppState;
 use crate::error::{ApiError, api};
 use crate::session::{SessionData, SessionHandle};
@@ -99,7 +99,7 @@ pub(super) async fn create(State(state): State<AppState>, handle: SessionHandle)
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn delete(caller: Caller) -> Response {
+pub(super) async fn delete(AnyCaller(caller): AnyCaller) -> Response {
     caller.handle.update(|s| s.end());
     StatusCode::NO_CONTENT.into_response()
 }

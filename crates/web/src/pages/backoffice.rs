@@ -537,6 +537,8 @@ struct Line {
 struct AgencyHit {
     code: String,
     lines: Vec<Line>,
+    /// Expiry and revocation flags (issue 6, point 3): (whose certificate, serial, badge).
+    flags: Vec<(&'static str, String, String)>,
     receipts: Vec<(String, &'static str, String)>,
 }
 
@@ -602,7 +604,26 @@ async fn agency_hit(
                 .unwrap_or_else(|| "（無）".into()),
         ),
     ];
-    match store.registration(code).await? {
+    let registration = store.registration(code).await?;
+    // The registration's two certificates and the agency's operators, against the CRLs in force.
+    let operators = store.operators(code).await?;
+    let now = state.svc().now();
+    let flags = domain::expiry::expiry_report(
+        now,
+        state.svc().validator(),
+        registration.as_slice(),
+        &operators,
+    )
+    .into_iter()
+    .map(|f| {
+        (
+            f.holder.label_zh(),
+            f.serial.as_str().to_string(),
+            f.badge_zh(now),
+        )
+    })
+    .collect();
+    match registration {
         Some(r) => lines.extend([
             line("註冊狀態", "已註冊".into()),
             line("機關憑證序號", r.org.cert.serial.as_str().to_string()),
@@ -642,6 +663,7 @@ async fn agency_hit(
     Ok(Some(AgencyHit {
         code: code.as_str().to_string(),
         lines,
+        flags,
         receipts,
     }))
 }

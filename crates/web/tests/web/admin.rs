@@ -23,7 +23,7 @@ const CONTACT: [(&str, &str); 7] = [
 ];
 
 /// 首次註冊 through the pages.
-async fn register(app: &mut TestApp, org: &str, code: &str, admin: &str) {
+pub(crate) async fn register(app: &mut TestApp, org: &str, code: &str, admin: &str) {
     let flow = app.start("first_registration").await;
     app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
     let (status, _, body) = app

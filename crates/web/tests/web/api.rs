@@ -1887,6 +1887,100 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
     }
 }
 
+/// An operator added with the certificate read from the card keeps its issuer and notAfter and
+/// is flagged 60 days before it expires; a typed serial keeps neither and is never flagged for
+/// expiry. A modification with the same typed serial keeps what is on file, another serial
+/// drops it.
+#[tokio::test]
+async fn an_operator_added_by_its_read_certificate_is_flagged_before_it_expires() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+        let read = api
+            .add_operator(&admin, "moica-operator-1", &["enroll"])
+            .await;
+        let (s, typed) = api
+            .post(
+                &admin,
+                "/api/v1/operators",
+                json!({ "serial": "ABCDEF0123", "name": "陳小明",
+                        "national_id": id_of("moica-operator-2"), "functions": ["query"] }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{typed}");
+
+        let code = InstitutionCode::parse(TAIPEI).unwrap();
+        let card = &pki().card("moica-operator-1").issued;
+        let not_after = card.spec.not_after;
+        let ops = api.app.db.operators(&code).await.unwrap();
+        let by_id = |ops: &[domain::model::Operator], id: &Value| {
+            ops.iter()
+                .find(|o| o.id == id.as_i64().unwrap())
+                .unwrap()
+                .clone()
+        };
+        let cert = by_id(&ops, &read["id"])
+            .cert
+            .expect("kept from the read card");
+        assert_eq!(cert.not_after, not_after);
+        assert!(!cert.issuer.is_empty());
+        assert_eq!(by_id(&ops, &typed["id"]).cert, None);
+
+        // Nothing today; 30 days before notAfter only the read operator is flagged.
+        let validator = api.app.validator.clone();
+        let report = |at, ops: &[domain::model::Operator]| {
+            domain::expiry::expiry_report(at, &validator, &[], ops)
+        };
+        assert!(report(NOW, &ops).is_empty());
+        let later = not_after - time::Duration::days(30);
+        let flags = report(later, &ops);
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!(
+            flags[0].holder,
+            domain::expiry::FlagHolder::Operator {
+                id: read["id"].as_i64().unwrap()
+            }
+        );
+        assert_eq!(flags[0].issuer.as_deref(), Some(cert.issuer.as_str()));
+        assert_eq!(
+            flags[0].badge_zh(later),
+            format!("憑證將於 {} 到期", domain::expiry::taipei_date(not_after))
+        );
+
+        // Modified with the same serial typed: still known. With another serial: unknown.
+        let put = |serial: String, version: &Value| {
+            json!({ "version": version, "serial": serial, "name": "林志明",
+                    "national_id": id_of("moica-operator-1"), "functions": ["premium"] })
+        };
+        let path = format!("/api/v1/operators/{}", read["id"]);
+        let (s, v) = api
+            .call(
+                Method::PUT,
+                &path,
+                Some(&admin),
+                Some(put(card.serial_hex(), &read["version"])),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let ops = api.app.db.operators(&code).await.unwrap();
+        assert_eq!(by_id(&ops, &read["id"]).cert, Some(cert.clone()));
+        assert_eq!(report(later, &ops).len(), 1);
+        let (s, v) = api
+            .call(
+                Method::PUT,
+                &path,
+                Some(&admin),
+                Some(put("0123456789AB".into(), &v["version"])),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let ops = api.app.db.operators(&code).await.unwrap();
+        assert_eq!(by_id(&ops, &read["id"]).cert, None);
+        assert!(report(later, &ops).is_empty());
+    }
+}
+
 impl Api {
     /// A page (HTML) with the bearer session `token`.
     async fn page(&mut self, token: &str, path: &str) -> String {

@@ -450,3 +450,146 @@ async fn r6_3_search_by_code_serial_date_and_outcome_is_audited() {
         .count();
     assert_eq!(searches, 4, "every answered search is audited");
 }
+
+/// A reviewer's session, by its cookie (with the page's CSRF token) or as a bearer token, runs
+/// no agency function through `/api/v1`: 403 `forbidden` on flows, operators, token and the
+/// session view; it may still end itself.
+#[tokio::test]
+async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
+    use axum::body::Body;
+    use axum::http::{Method, Request, header};
+    let mut app = TestApp::default().await;
+    add_reviewer(&app, Section::First).await;
+    let (status, _, body) = reviewer_login(&mut app, "moica-reviewer").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let sid = app.cookie("certreg_session").expect("the session cookie");
+    let csrf = app.csrf().await;
+
+    let calls: [(Method, &str, Option<&str>); 9] = [
+        (Method::GET, "/api/v1/session", None),
+        (Method::POST, "/api/v1/token", Some("{}")),
+        (
+            Method::POST,
+            "/api/v1/flows",
+            Some(r#"{"kind":"operator_login"}"#),
+        ),
+        (Method::GET, "/api/v1/flows/nope", None),
+        (Method::GET, "/api/v1/operators", None),
+        (
+            Method::POST,
+            "/api/v1/operators",
+            Some(r#"{"certificate":"","national_id":"","functions":[]}"#),
+        ),
+        (Method::GET, "/api/v1/operators/1", None),
+        (Method::DELETE, "/api/v1/operators/1?version=1", None),
+        (Method::GET, "/api/v1/agencies/A0001/receipts", None),
+    ];
+    // The back-office pages work for that session.
+    let (status, _, html) = app.get("/backoffice/reviews").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for bearer in [false, true] {
+        if bearer {
+            app.forget_cookies();
+        }
+        for (method, path, body) in &calls {
+            let mut req = Request::builder().method(method.clone()).uri(*path);
+            if bearer {
+                // No cookie: the session id alone, as an API client would send it.
+                req = req.header(header::AUTHORIZATION, format!("Bearer {sid}"));
+            } else {
+                req = req
+                    .header(header::ORIGIN, ORIGIN)
+                    .header("x-csrf-token", &csrf);
+            }
+            if body.is_some() {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+                .unwrap();
+            let (status, _, text) = app.send(req).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} bearer={bearer}: {text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                v["code"], "forbidden",
+                "{method} {path} bearer={bearer}: {v}"
+            );
+        }
+    }
+}
+
+/// The reviewer's search flags a registration's certificates: 「憑證將於 YYYY/MM/DD 到期」 within
+/// 60 days of notAfter, 「憑證已廢止」 when a CRL in force lists it (issue 6, point 3).
+#[tokio::test]
+async fn the_search_flags_expiring_and_revoked_registration_certificates() {
+    let mut app = TestApp::default().await;
+    crate::admin::register(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+    app.forget_cookies();
+    add_reviewer(&app, Section::First).await;
+
+    // Nothing to flag today.
+    reviewer_login(&mut app, "moica-reviewer").await;
+    let (status, _, html) = app.get(&format!("/backoffice/search?code={TAIPEI}")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("機關代號 A0001"), "{html}");
+    assert!(
+        !html.contains("到期") && !html.contains("憑證已廢止"),
+        "{html}"
+    );
+    app.forget_cookies();
+
+    // 30 days before the organization certificate's notAfter, with CRLs fresh then; the
+    // administrator's card is on the MOICA CRL.
+    let p = pki();
+    let not_after = p.card("gca-agency").issued.spec.not_after;
+    let later = not_after - time::Duration::days(30);
+    app.clock.set(later);
+    let mut crls = p
+        .crl_store(
+            later - time::Duration::hours(1),
+            later + time::Duration::days(30),
+        )
+        .unwrap();
+    let this_update = later - time::Duration::minutes(30);
+    crls.add(&pki::testpki::crl(
+        p.ca(pki::testpki::CaKind::Moica),
+        &[(
+            p.card("moica-admin").issued.serial().to_vec(),
+            later - time::Duration::minutes(40),
+        )],
+        this_update,
+        later + time::Duration::days(7),
+        this_update.unix_timestamp() as u64,
+        None,
+    ))
+    .unwrap();
+    app.validator.replace_crls(crls);
+
+    let (status, _, body) = reviewer_login(&mut app, "moica-reviewer").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (status, _, html) = app.get(&format!("/backoffice/search?code={TAIPEI}")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let expiring = format!(
+        "機關憑證（序號 {}）：<span class=\"badge\">憑證將於 {} 到期</span>",
+        p.card("gca-agency").issued.serial_hex(),
+        domain::expiry::taipei_date(not_after)
+    );
+    assert!(html.contains(&expiring), "{expiring} in {html}");
+    let revoked = format!(
+        "授權管理者自然人憑證（序號 {}）：<span class=\"badge\">憑證已廢止</span>",
+        p.card("moica-admin").issued.serial_hex()
+    );
+    assert!(html.contains(&revoked), "{revoked} in {html}");
+    // Found by the certificate serial too.
+    let (_, _, html) = app
+        .get(&format!(
+            "/backoffice/search?serial={}",
+            p.card("moica-admin").issued.serial_hex()
+        ))
+        .await;
+    assert!(html.contains(&revoked), "{html}");
+}

@@ -122,6 +122,14 @@ impl TestApp {
         }
     }
 
+    /// The value of the jar's cookie `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
     /// A new browser: no cookies.
     pub fn forget_cookies(&mut self) {
         self.cookies.clear();

@@ -327,3 +327,45 @@ async fn the_operator_home_gives_a_token_too() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(api.introspect(&token).await["active"], false);
 }
+
+#[tokio::test]
+async fn a_token_is_refused_after_the_operators_certificate_is_revoked() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        let (_admin, _op, t) = api.operator_setup(&["enroll"]).await;
+        let (s, v) = api.token(&t).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let token = v["token"].as_str().unwrap().to_string();
+        assert_eq!(api.introspect(&token).await["active"], true);
+
+        // A newer MOICA CRL lists the operator's card and is put in force.
+        let p = pki();
+        let mut crls = p
+            .crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
+            .unwrap();
+        let this_update = NOW - Duration::minutes(30);
+        crls.add(&pki::testpki::crl(
+            p.ca(pki::testpki::CaKind::Moica),
+            &[(
+                p.card("moica-operator-1").issued.serial().to_vec(),
+                NOW - Duration::minutes(40),
+            )],
+            this_update,
+            NOW + Duration::days(7),
+            this_update.unix_timestamp() as u64,
+            None,
+        ))
+        .unwrap();
+        api.app.validator.replace_crls(crls);
+        let ended =
+            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
+                .await
+                .unwrap();
+        assert_eq!(ended, 1);
+
+        // The token's session is gone: introspection says inactive, and no new token is issued.
+        assert_eq!(api.introspect(&token).await, json!({ "active": false }));
+        let (s, _) = api.token(&t).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+}
