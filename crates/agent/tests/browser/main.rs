@@ -17,15 +17,13 @@ use pki::challenge::Challenge;
 use pki::testpki::KeyAlg;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// run.mjs gives up by itself after 120 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -37,45 +35,8 @@ fn browser_dir() -> PathBuf {
     manifest_dir().join("tests/browser")
 }
 
-/// Fails with the Debian package names instead of skipping: a silently skipped browser test is
-/// a browser test that never runs in CI.
 fn require_tools() -> PathBuf {
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "the browser test needs Node.js: install the Debian packages `nodejs` and `npm` \
-         (apt-get install nodejs npm); `node --version` gave {node:?}"
-    );
-    let chromium = std::env::var_os("CERTREG_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(CHROMIUM));
-    assert!(
-        chromium.is_file(),
-        "the browser test needs Chromium at {}: install the Debian package `chromium` \
-         (apt-get install chromium), or set CERTREG_CHROMIUM",
-        chromium.display()
-    );
-    let dir = browser_dir();
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(&dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("running npm failed ({e}): install the Debian package `npm`")
-            });
-        assert!(
-            out.status.success(),
-            "npm ci --prefix {} failed (it needs the npm registry):\n{}\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    chromium
+    testkit::require_tools(&browser_dir(), "the browser test")
 }
 
 /// The files the static site serves: URL path → (file, content type).
@@ -200,45 +161,7 @@ fn card_case(name: &str, reader: u32) -> Value {
 
 /// Runs node with a deadline; returns (exit code, stdout, stderr).
 fn run_node(script: &Path, envs: &[(&str, String)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new("node");
-    cmd.arg(script)
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start node");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + NODE_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (
-        status.and_then(|s| s.code()),
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default(),
-    )
+    testkit::run_node(script, &browser_dir(), envs, NODE_DEADLINE, &mut || {})
 }
 
 #[test]

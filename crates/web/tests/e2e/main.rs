@@ -26,16 +26,13 @@ use domain::types::{InstitutionCode, OrgIdentifier};
 use pki::testpki::{self, TestPki, TestPkiOptions, Variant};
 use pki::validate::{ValidationOptions, Validator};
 use serde_json::{Value, json};
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 use web::{AppState, WebConfig};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// walk.mjs gives up by itself after 150 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(200);
 
@@ -52,45 +49,8 @@ fn e2e_dir() -> PathBuf {
     manifest_dir().join("tests/e2e")
 }
 
-/// Fails with the Debian package names instead of skipping: a silently skipped browser test is
-/// a browser test that never runs in CI.
 fn require_tools() -> PathBuf {
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "the end-to-end test needs Node.js: install the Debian packages `nodejs` and `npm` \
-         (apt-get install nodejs npm); `node --version` gave {node:?}"
-    );
-    let chromium = std::env::var_os("CERTREG_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(CHROMIUM));
-    assert!(
-        chromium.is_file(),
-        "the end-to-end test needs Chromium at {}: install the Debian package `chromium` \
-         (apt-get install chromium), or set CERTREG_CHROMIUM",
-        chromium.display()
-    );
-    let dir = e2e_dir();
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(&dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("running npm failed ({e}): install the Debian package `npm`")
-            });
-        assert!(
-            out.status.success(),
-            "npm ci --prefix {} failed (it needs the npm registry):\n{}\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    chromium
+    testkit::require_tools(&e2e_dir(), "the end-to-end test")
 }
 
 fn agencies() -> Vec<Agency> {
@@ -155,53 +115,13 @@ fn card_json(pki: &TestPki, name: &str) -> Value {
     })
 }
 
-/// Runs node with a deadline, calling `tick` every 100 ms while it runs; returns (exit code,
-/// stdout, stderr).
+/// Runs the walk with a deadline, answering its clock requests on each tick.
 fn run_node(
     script: &Path,
     envs: &[(&str, String)],
     tick: &mut dyn FnMut(),
 ) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new("node");
-    cmd.arg(script)
-        .current_dir(e2e_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start node");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + NODE_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tick();
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (
-        status.and_then(|s| s.code()),
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default(),
-    )
+    testkit::run_node(script, &e2e_dir(), envs, NODE_DEADLINE, tick)
 }
 
 /// The two servers, running on the runtime's worker threads while node drives the browser.
