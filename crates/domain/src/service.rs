@@ -1022,23 +1022,15 @@ impl<S: Store, C: Clock> Services<S, C> {
         self.check_admin(grant).await?;
         let input = self.operator_input(form)?;
         let now = self.clock.now();
-        let audit = AuditEvent::new(now, format!("admin:{}", grant.code), "operator.add", "ok")
-            .agency(&grant.code)
-            .client(client)
-            .detail(
-                serde_json::json!({"serial": input.serial.as_str(), "functions": input.functions}),
-            );
+        let detail =
+            serde_json::json!({"serial": input.serial.as_str(), "functions": input.functions});
+        let write = OperatorWrite::Insert {
+            code: grant.code.clone(),
+            input,
+            at: now,
+        };
         let committed = self
-            .store
-            .commit(Commit {
-                operator: Some(OperatorWrite::Insert {
-                    code: grant.code.clone(),
-                    input,
-                    at: now,
-                }),
-                audit: vec![audit],
-                ..Default::default()
-            })
+            .commit_operator(grant, "operator.add", detail, write, client, now)
             .await?;
         committed
             .operator_id
@@ -1057,22 +1049,15 @@ impl<S: Store, C: Clock> Services<S, C> {
         self.check_admin(grant).await?;
         let input = self.operator_input(form)?;
         let now = self.clock.now();
-        let audit = AuditEvent::new(now, format!("admin:{}", grant.code), "operator.modify", "ok")
-            .agency(&grant.code)
-            .client(client)
-            .detail(serde_json::json!({"id": id, "serial": input.serial.as_str(), "functions": input.functions}));
-        self.store
-            .commit(Commit {
-                operator: Some(OperatorWrite::Update {
-                    code: grant.code.clone(),
-                    id,
-                    input,
-                    expected_version,
-                    at: now,
-                }),
-                audit: vec![audit],
-                ..Default::default()
-            })
+        let detail = serde_json::json!({"id": id, "serial": input.serial.as_str(), "functions": input.functions});
+        let write = OperatorWrite::Update {
+            code: grant.code.clone(),
+            id,
+            input,
+            expected_version,
+            at: now,
+        };
+        self.commit_operator(grant, "operator.modify", detail, write, client, now)
             .await
             .map(|_| ())
     }
@@ -1086,28 +1071,45 @@ impl<S: Store, C: Clock> Services<S, C> {
         client: Option<&str>,
     ) -> Result<()> {
         self.check_admin(grant).await?;
-        let now = self.clock.now();
-        let audit = AuditEvent::new(
-            now,
-            format!("admin:{}", grant.code),
+        let write = OperatorWrite::Delete {
+            code: grant.code.clone(),
+            id,
+            expected_version,
+        };
+        let detail = serde_json::json!({"id": id});
+        self.commit_operator(
+            grant,
             "operator.delete",
-            "ok",
+            detail,
+            write,
+            client,
+            self.clock.now(),
         )
-        .agency(&grant.code)
-        .client(client)
-        .detail(serde_json::json!({"id": id}));
+        .await
+        .map(|_| ())
+    }
+
+    /// One administrator's operator change and its audit event, in one commit.
+    async fn commit_operator(
+        &self,
+        grant: &AdminGrant,
+        action: &str,
+        detail: serde_json::Value,
+        write: OperatorWrite,
+        client: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Committed> {
+        let audit = AuditEvent::new(now, format!("admin:{}", grant.code), action, "ok")
+            .agency(&grant.code)
+            .client(client)
+            .detail(detail);
         self.store
             .commit(Commit {
-                operator: Some(OperatorWrite::Delete {
-                    code: grant.code.clone(),
-                    id,
-                    expected_version,
-                }),
+                operator: Some(write),
                 audit: vec![audit],
                 ..Default::default()
             })
             .await
-            .map(|_| ())
     }
 
     // ---- F4 ------------------------------------------------------------------------------
