@@ -256,6 +256,19 @@ async fn owned_flow(state: &AppState, id: &str, session_id: &str) -> Result<Flow
     }
 }
 
+/// A state change on one of the session's flows: CSRF and Origin first, then ownership.
+async fn posted_flow(
+    state: &AppState,
+    session: &crate::session::Session,
+    method: &Method,
+    headers: &HeaderMap,
+    csrf: &str,
+    id: &str,
+) -> Result<Flow, Response> {
+    check_form(state, session, method, headers, csrf)?;
+    owned_flow(state, id, &session.id).await
+}
+
 /// GET /flows/new/{kind}: starts a flow and shows its first step.
 async fn start(
     State(state): State<AppState>,
@@ -523,10 +536,7 @@ async fn card(
     Form(form): Form<CardForm>,
 ) -> Response {
     let s = session.get();
-    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
-        return r;
-    }
-    let flow = match owned_flow(&state, &id, &s.id).await {
+    let flow = match posted_flow(&state, &s, &method, &headers, &form._csrf, &id).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -669,10 +679,7 @@ async fn review(
     Form(form): Form<ReviewForm>,
 ) -> Response {
     let s = session.get();
-    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
-        return r;
-    }
-    let flow = match owned_flow(&state, &id, &s.id).await {
+    let flow = match posted_flow(&state, &s, &method, &headers, &form._csrf, &id).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -740,10 +747,7 @@ async fn confirm(
     Form(form): Form<ConfirmForm>,
 ) -> Response {
     let s = session.get();
-    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
-        return r;
-    }
-    let flow = match owned_flow(&state, &id, &s.id).await {
+    let flow = match posted_flow(&state, &s, &method, &headers, &form._csrf, &id).await {
         Ok(f) => f,
         Err(r) => return r,
     };
