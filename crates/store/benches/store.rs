@@ -14,7 +14,6 @@ use domain::store::Store as _;
 use domain::types::*;
 use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
-use sqlx::{AssertSqlSafe, Connection as _};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -617,52 +616,6 @@ async fn run_backend(
     rows.len()
 }
 
-/// `base` with its database name replaced.
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
-/// Drops the benchmark's PostgreSQL database, also when a case panics.
-struct PgGuard {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of its own: the bench's runtime may be unwinding.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut c)
-                .await
-                .ok()
-            })
-        })
-        .join();
-    }
-}
-
 fn main() {
     let scale = scale();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -684,22 +637,10 @@ fn main() {
         drop(dir);
         match std::env::var("TEST_DATABASE_URL") {
             Ok(base) => {
-                let name = format!("certreg_bench_{}", std::process::id());
-                let mut admin = sqlx::PgConnection::connect(&base)
-                    .await
-                    .expect("TEST_DATABASE_URL");
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create database");
-                let _ = admin.close().await;
-                let guard = PgGuard {
-                    admin_url: base.clone(),
-                    name: name.clone(),
-                };
-                let url = with_database(&base, &name);
+                let pg = testkit::PgDatabase::create(&base, "certreg_bench").await;
+                let url = pg.url.clone();
                 cases += run_backend("PostgreSQL", &url, &scale, &pki, &mut out).await;
-                drop(guard);
+                drop(pg);
             }
             Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
         }

@@ -1,5 +1,6 @@
 //! Test support shared by certreg's crates, never shipped: the harness that runs a Playwright
-//! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service.
+//! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service,
+//! and fresh PostgreSQL databases for tests and benchmarks.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -101,4 +102,98 @@ pub fn run_node(
         out_t.join().unwrap_or_default(),
         err_t.join().unwrap_or_default(),
     )
+}
+
+/// A PostgreSQL database of its own, created on the server of `admin_url` and dropped (with
+/// `FORCE`, so open pools do not keep it alive) when this value goes — also when a test panics.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates `<prefix>_<random>`; panics with the URL's server when it cannot.
+    pub async fn create(admin_url: &str, prefix: &str) -> Self {
+        use ring::rand::SecureRandom as _;
+        use sqlx::Connection as _;
+        let mut bytes = [0u8; 8];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .expect("randomness");
+        let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("{prefix}_{suffix}");
+        let mut c = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connecting to TEST_DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .expect("create database");
+        let _ = c.close().await;
+        Self {
+            url: with_database(admin_url, &name),
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of its own: the caller's runtime may be shutting down or unwinding.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut c = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// `base` with its database name replaced (query parameters kept).
+pub fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_is_replaced_and_parameters_kept() {
+        use super::with_database as w;
+        assert_eq!(
+            w("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            w("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(w("postgres://u@h", "x"), "postgres://u@h/x");
+    }
 }

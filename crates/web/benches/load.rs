@@ -19,7 +19,6 @@ use pki::validate::{ValidationOptions, Validator};
 use pki::{ErrorCode, PkiError};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection as _};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -746,52 +745,6 @@ fn run_backend(
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL database of the run
 
-/// `base` with its database name replaced.
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
-/// Drops the benchmark's PostgreSQL database, also when a case panics.
-struct PgGuard {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of its own: the bench's runtimes may be unwinding.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut c)
-                .await
-                .ok()
-            })
-        })
-        .join();
-    }
-}
-
 fn machine() -> String {
     let nproc = std::thread::available_parallelism()
         .map(|n| n.to_string())
@@ -847,22 +800,8 @@ fn main() {
     drop(dir);
     match std::env::var("TEST_DATABASE_URL") {
         Ok(base) => {
-            let name = format!("certreg_loadbench_{}", std::process::id());
-            server_rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&base)
-                    .await
-                    .expect("TEST_DATABASE_URL");
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create database");
-                let _ = admin.close().await;
-            });
-            let guard = PgGuard {
-                admin_url: base.clone(),
-                name: name.clone(),
-            };
-            let url = with_database(&base, &name);
+            let pg = server_rt.block_on(testkit::PgDatabase::create(&base, "certreg_loadbench"));
+            let url = pg.url.clone();
             let (n, e) = run_backend(
                 "PostgreSQL (same host)",
                 &url,
@@ -872,7 +811,7 @@ fn main() {
                 &mut out,
             );
             (cases, errors) = (cases + n, errors + e);
-            drop(guard);
+            drop(pg);
         }
         Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
     }

@@ -5,32 +5,7 @@ use store::{Db, Secrets};
 
 pub struct Guard {
     _dir: Option<tempfile::TempDir>,
-    pg: Option<(String, String)>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some((admin_url, name)) = self.pg.take() {
-            // Dropping needs a runtime of its own: the test's runtime may be shutting down.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async {
-                    use sqlx::Connection as _;
-                    let mut c = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut c)
-                    .await
-                    .ok()
-                })
-            })
-            .join();
-        }
-    }
+    _pg: Option<testkit::PgDatabase>,
 }
 
 fn secrets() -> Secrets {
@@ -45,41 +20,19 @@ pub async fn fresh_all() -> Vec<(Db, Guard)> {
         Db::connect(&url, &secrets()).await.unwrap(),
         Guard {
             _dir: Some(dir),
-            pg: None,
+            _pg: None,
         },
     ));
     if let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") {
-        use sqlx::Connection as _;
-        let name = format!(
-            "certreg_rules_{}",
-            pki::serial::hex_upper(&rand_bytes()).to_lowercase()
-        );
-        let mut c = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin_url.clone());
-        let db = Db::connect(&format!("{base}/{name}"), &secrets())
-            .await
-            .unwrap();
+        let pg = testkit::PgDatabase::create(&admin_url, "certreg_rules").await;
+        let db = Db::connect(&pg.url, &secrets()).await.unwrap();
         out.push((
             db,
             Guard {
                 _dir: None,
-                pg: Some((admin_url, name)),
+                _pg: Some(pg),
             },
         ));
     }
     out
-}
-
-fn rand_bytes() -> [u8; 8] {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
-    b
 }

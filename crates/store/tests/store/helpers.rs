@@ -111,23 +111,6 @@ async fn sqlite_db() -> (TestDb, tempfile::TempDir) {
     (t, dir)
 }
 
-/// `base` with its database name replaced.
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
 async fn postgres_db(base: &str) -> (TestDb, String) {
     let name = format!("certreg_test_{}", random_hex(8));
     let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
@@ -136,7 +119,7 @@ async fn postgres_db(base: &str) -> (TestDb, String) {
         .await
         .unwrap();
     admin.close().await.unwrap();
-    let url = with_database(base, &name);
+    let url = testkit::with_database(base, &name);
     let secrets = Secrets::generate().unwrap();
     let db = Db::connect(&url, &secrets).await.unwrap();
     (

@@ -37,7 +37,7 @@ pub struct TestApp {
     pub validator: Arc<Validator>,
     cookies: Vec<(String, String)>,
     _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
+    _pg: Option<testkit::PgDatabase>,
 }
 
 pub fn agencies() -> Vec<Agency> {
@@ -77,7 +77,8 @@ impl TestApp {
                 None,
             ),
             Backend::Postgres => {
-                let pg = PgDatabase::create().await;
+                let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+                let pg = testkit::PgDatabase::create(&admin, "certreg_web").await;
                 (pg.url.clone(), Some(pg))
             }
         };
@@ -286,64 +287,4 @@ pub fn backends() -> Vec<Backend> {
         out.push(Backend::Postgres);
     }
     out
-}
-
-/// A PostgreSQL database of its own for one test, dropped when the test is done.
-pub struct PgDatabase {
-    admin_url: String,
-    name: String,
-    pub url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> Self {
-        use ring::rand::SecureRandom as _;
-        use sqlx::Connection as _;
-        let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-        let mut bytes = [0u8; 8];
-        ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
-        let name = format!(
-            "certreg_web_{}",
-            pki::serial::hex_upper(&bytes).to_lowercase()
-        );
-        let mut c = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin_url.clone());
-        let url = format!("{base}/{name}");
-        Self {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Dropping needs a runtime of its own: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                use sqlx::Connection as _;
-                let mut c = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut c)
-                .await
-                .ok()
-            })
-        })
-        .join();
-    }
 }
