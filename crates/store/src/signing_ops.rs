@@ -28,7 +28,7 @@ pub(crate) async fn signing_keys(
     let rows = sqlx::query(
         "SELECT kid, public_key, private_enc, created_at, retired_at, publish_until \
          FROM signing_keys WHERE publish_until IS NULL OR publish_until > $1 \
-         ORDER BY created_at DESC, kid",
+         ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid",
     )
     .bind(ts(now))
     .fetch_all(pool)
