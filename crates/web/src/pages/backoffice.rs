@@ -164,11 +164,14 @@ struct Row {
     note: String,
 }
 
-/// The application's section by its agency's county; `None` when no section is in charge.
+/// Whether `reviewer` may see and decide the application, with its agency's name and county
+/// (as shown). An agency whose county no section is in charge of (none in the contact
+/// directory) is left to nobody: its applications are in every section's queue, marked so.
 async fn section_of(
     state: &AppState,
     a: &ReviewApplication,
-) -> Result<(Option<Section>, String, String), DomainError> {
+    reviewer: Section,
+) -> Result<(bool, String, String), DomainError> {
     let agency = state.svc().store().agency(&a.code).await?;
     let (name, county) = agency.map(|g| (g.name, g.county)).unwrap_or_default();
     let section = state
@@ -177,8 +180,14 @@ async fn section_of(
         .contacts
         .section_for(&county)
         .map(|c| c.section);
-    Ok((section, name, county))
+    Ok(match section {
+        Some(s) => (s == reviewer, name, county),
+        None => (true, name, format!("{county}{NO_SECTION}")),
+    })
 }
+
+/// Beside the county of an agency no section is in charge of.
+const NO_SECTION: &str = "（未屬任一科，各科皆可審核）";
 
 fn row(a: &ReviewApplication, agency_name: String, county: String) -> Row {
     let (decided, decided_by, note) = match &a.state {
@@ -321,8 +330,8 @@ async fn queue(
     };
     let mut rows = Vec::new();
     for a in &apps {
-        match section_of(&state, a).await {
-            Ok((Some(sec), name, county)) if sec == r.section => rows.push(row(a, name, county)),
+        match section_of(&state, a, r.section).await {
+            Ok((true, name, county)) => rows.push(row(a, name, county)),
             Ok(_) => {}
             Err(e) => return error::domain_page(&state, &e),
         }
@@ -368,8 +377,8 @@ async fn own_application(
         Ok(None) => return Err(not_found(state, s)),
         Err(e) => return Err(error::domain_page(state, &e)),
     };
-    match section_of(state, &a).await {
-        Ok((Some(sec), name, county)) if sec == r.section => Ok((a, name, county)),
+    match section_of(state, &a, r.section).await {
+        Ok((true, name, county)) => Ok((a, name, county)),
         Ok(_) => Err(not_found(state, s)),
         Err(e) => Err(error::domain_page(state, &e)),
     }

@@ -210,6 +210,47 @@ async fn r6_2_the_queue_shows_only_the_reviewers_section() {
 }
 
 #[tokio::test]
+async fn r6_2_an_agency_no_section_is_in_charge_of_is_in_every_queue() {
+    let mut app = TestApp::default().await;
+    // A central agency: its county names no region of the contact directory.
+    let central = domain::model::Agency {
+        code: domain::types::InstitutionCode::parse("A0003").unwrap(),
+        name: "中央測試署".into(),
+        county: "中央".into(),
+        org_identifier: None,
+    };
+    app.db.upsert_agencies(&[central]).await.unwrap();
+    file_review(&mut app, "gca-agency", "A0003").await;
+    let id = review_ids(&app, "A0003").await[0];
+
+    let first = add_reviewer(&app, Section::First).await;
+    reviewer_login(&mut app, "moica-reviewer").await;
+    let (_, _, html) = app.get("/backoffice/reviews").await;
+    assert!(
+        html.contains("A0003") && html.contains("中央（未屬任一科，各科皆可審核）"),
+        "{html}"
+    );
+    app.db.set_reviewer_active(first, false).await.unwrap();
+    app.forget_cookies();
+    app.db
+        .add_reviewer("張審核", Section::Second, &serial_of("moica-admin2"))
+        .await
+        .unwrap();
+    reviewer_login(&mut app, "moica-admin2").await;
+    let (_, _, html) = app.get("/backoffice/reviews").await;
+    assert!(html.contains("A0003"), "{html}");
+    let (status, headers, _) = app
+        .post_form(
+            &format!("/backoffice/reviews/{id}"),
+            &[("decision", "reject"), ("note", "查無此機關資料")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, html) = app.get(&location(&headers)).await;
+    assert!(html.contains("已駁回"), "{html}");
+}
+
+#[tokio::test]
 async fn r6_2_approval_takes_effect_on_the_next_business_day() {
     let mut app = TestApp::default().await;
     file_review(&mut app, "gca-agency", MISMATCH).await;
