@@ -157,6 +157,15 @@ pub struct Services<S, C> {
     config: ServiceConfig,
 }
 
+/// Runs certificate checks (signatures, path building, and OCSP, which waits on the network) on
+/// a thread where blocking is allowed, so a slow responder never holds up the async workers
+/// that serve every other request.
+async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DomainError::Storage(format!("certificate check did not finish: {e}")))
+}
+
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // SystemRandom only fails when the OS has no randomness at all; ids would then collide.
@@ -353,14 +362,20 @@ impl<S: Store, C: Clock> Services<S, C> {
             stored.issued_at,
         )?;
         let role = flow.step.role().ok_or(DomainError::WrongStep)?;
-        match pki::proof::verify_proof(
-            &self.validator,
-            &challenge,
-            &input.signature,
-            input.certificate.as_deref(),
-            role,
-            now,
-        ) {
+        let validator = self.validator.clone();
+        let (signature, certificate) = (input.signature.clone(), input.certificate.clone());
+        let verified = off_the_workers(move || {
+            pki::proof::verify_proof(
+                &validator,
+                &challenge,
+                &signature,
+                certificate.as_deref(),
+                role,
+                now,
+            )
+        })
+        .await?;
+        match verified {
             Ok(p) => Ok(p.certificate),
             Err(e) => {
                 let event = AuditEvent::new(now, "anonymous", "proof.verify", e.code.as_str())
@@ -968,19 +983,18 @@ impl<S: Store, C: Clock> Services<S, C> {
             .ok_or(DomainError::OperatorNotFound)
     }
 
-    fn operator_input(&self, form: &OperatorForm) -> Result<OperatorInput> {
+    async fn operator_input(&self, form: &OperatorForm) -> Result<OperatorInput> {
         let national_id = national_id("national_id", &form.national_id)?;
         let (serial, name, read) = match &form.read_certificate {
             Some(der) => {
                 // A certificate read from the card must be a valid citizen card of a trusted
                 // CA: otherwise a crafted one could name any serial and holder.
-                let parsed = pki::facts::ParsedCert::from_input(der)?;
-                let cert = self.validator.validate(
-                    &parsed,
-                    &[],
-                    pki::anchors::Role::Citizen,
-                    self.clock.now(),
-                )?;
+                let (validator, der, now) = (self.validator.clone(), der.clone(), self.clock.now());
+                let cert = off_the_workers(move || {
+                    let parsed = pki::facts::ParsedCert::from_input(&der)?;
+                    validator.validate(&parsed, &[], pki::anchors::Role::Citizen, now)
+                })
+                .await??;
                 let last4 = cert.facts.id_last4.clone().unwrap_or_default();
                 if !last4.eq_ignore_ascii_case(national_id.last4()) {
                     return Err(DomainError::IdMismatch);
@@ -1020,7 +1034,7 @@ impl<S: Store, C: Clock> Services<S, C> {
         client: Option<&str>,
     ) -> Result<i64> {
         self.check_admin(grant).await?;
-        let input = self.operator_input(form)?;
+        let input = self.operator_input(form).await?;
         let now = self.clock.now();
         let detail =
             serde_json::json!({"serial": input.serial.as_str(), "functions": input.functions});
@@ -1047,7 +1061,7 @@ impl<S: Store, C: Clock> Services<S, C> {
         client: Option<&str>,
     ) -> Result<()> {
         self.check_admin(grant).await?;
-        let input = self.operator_input(form)?;
+        let input = self.operator_input(form).await?;
         let now = self.clock.now();
         let detail = serde_json::json!({"id": id, "serial": input.serial.as_str(), "functions": input.functions});
         let write = OperatorWrite::Update {

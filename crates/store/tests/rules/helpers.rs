@@ -90,6 +90,11 @@ pub struct Env {
 
 /// Services over each available database, with the master data seeded.
 pub async fn envs() -> Vec<Env> {
+    envs_with(validator).await
+}
+
+/// As `envs`, with the validator `make` builds for each database.
+pub async fn envs_with(make: impl Fn() -> Arc<Validator>) -> Vec<Env> {
     let mut out = Vec::new();
     for (db, guard) in crate::db::fresh_all().await {
         use domain::store::Store as _;
@@ -98,7 +103,7 @@ pub async fn envs() -> Vec<Env> {
         let svc = Services::new(
             db,
             clock.clone(),
-            validator(),
+            make(),
             BusinessCalendar::shipped(),
             ServiceConfig::default(),
         );
