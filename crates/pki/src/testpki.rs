@@ -740,6 +740,16 @@ pub struct Card {
     pub variant: Variant,
 }
 
+impl Card {
+    /// A card proof as certreg's agent makes it: CMS SignedData over `content` (attached unless
+    /// `opts` says otherwise) with the card's key and certificate.
+    pub fn sign_cms(&self, content: &[u8], opts: &crate::cms::CmsSignOptions) -> Result<Vec<u8>> {
+        crate::cms::build_signed_data(content, &self.issued.cert_der, opts, |m| {
+            crate::sig::sign_pkcs8(&self.issued.key.pkcs8_der, m)
+        })
+    }
+}
+
 /// A generated hierarchy: root, the five issuing CAs and the named cards.
 #[derive(Debug, Clone)]
 pub struct TestPki {

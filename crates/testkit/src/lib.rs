@@ -1,6 +1,6 @@
 //! Test support shared by certreg's crates, never shipped: the harness that runs a Playwright
 //! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service,
-//! and fresh PostgreSQL databases for tests and benchmarks.
+//! fresh PostgreSQL databases for tests and benchmarks, scratch directories and the OpenSSL CLI.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -179,6 +179,49 @@ pub fn with_database(base: &str, name: &str) -> String {
         Some(q) => format!("{root}/{name}?{q}"),
         None => format!("{root}/{name}"),
     }
+}
+
+/// A fresh directory under the system temp dir (`certreg-TAG-PID-N`), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("certreg-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the OpenSSL CLI; returns (success, stdout, stderr).
+pub fn openssl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[cfg(test)]

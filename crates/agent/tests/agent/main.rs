@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use testkit::openssl;
 use time::OffsetDateTime;
 
 fn code(v: &Value) -> (u64, u64) {

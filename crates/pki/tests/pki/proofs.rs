@@ -5,7 +5,7 @@ use base64::Engine as _;
 use pki::ErrorCode;
 use pki::anchors::Role;
 use pki::challenge::Challenge;
-use pki::cms::{CmsSignOptions, build_signed_data};
+use pki::cms::CmsSignOptions;
 use pki::proof::{ProofFormat, verify_proof};
 use pki::sig::sign_pkcs8;
 use pki::testpki::TestPki;
@@ -19,11 +19,7 @@ pub fn challenge(step: &str) -> Challenge {
 
 /// What our agent sends: CMS over the TBS with the card's key.
 pub fn cms_proof(p: &TestPki, card: &str, content: &[u8], opts: &CmsSignOptions) -> Vec<u8> {
-    let issued = &p.card(card).issued;
-    build_signed_data(content, &issued.cert_der, opts, |m| {
-        sign_pkcs8(&issued.key.pkcs8_der, m)
-    })
-    .unwrap()
+    p.card(card).sign_cms(content, opts).unwrap()
 }
 
 fn hipki_opts() -> CmsSignOptions {

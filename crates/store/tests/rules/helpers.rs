@@ -118,11 +118,10 @@ pub async fn envs_with(make: impl Fn() -> Arc<Validator>) -> Vec<Env> {
 
 /// Signs `tbs` with the named test card, as our agent does (attached CMS).
 pub fn cms(card: &str, tbs: &str) -> Vec<u8> {
-    let issued = &pki().card(card).issued;
-    pki::cms::build_signed_data(tbs.as_bytes(), &issued.cert_der, &Default::default(), |m| {
-        pki::sig::sign_pkcs8(&issued.key.pkcs8_der, m)
-    })
-    .unwrap()
+    pki()
+        .card(card)
+        .sign_cms(tbs.as_bytes(), &Default::default())
+        .unwrap()
 }
 
 pub fn id_of(card: &str) -> String {

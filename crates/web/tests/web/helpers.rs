@@ -258,11 +258,9 @@ fn enc(s: &str) -> String {
 /// Base64 CMS over `tbs` with the named test card.
 pub fn cms(card: &str, tbs: &str) -> String {
     use base64::Engine as _;
-    let issued = &pki().card(card).issued;
-    let der =
-        pki::cms::build_signed_data(tbs.as_bytes(), &issued.cert_der, &Default::default(), |m| {
-            pki::sig::sign_pkcs8(&issued.key.pkcs8_der, m)
-        })
+    let der = pki()
+        .card(card)
+        .sign_cms(tbs.as_bytes(), &Default::default())
         .unwrap();
     base64::engine::general_purpose::STANDARD.encode(der)
 }
