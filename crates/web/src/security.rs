@@ -149,6 +149,9 @@ pub struct Limits {
     pub card_steps_per_code: u32,
     /// Receipt queries (R4.1, no card needed) per client address.
     pub receipt_queries_per_client: u32,
+    /// Token introspections (`/api/v1/introspect`, no session needed) per client address:
+    /// generous, a downstream system may ask for every request it serves.
+    pub introspections_per_client: u32,
 }
 
 impl Default for Limits {
@@ -157,6 +160,7 @@ impl Default for Limits {
             card_steps_per_client: 60,
             card_steps_per_code: 30,
             receipt_queries_per_client: 20,
+            introspections_per_client: 1200,
         }
     }
 }

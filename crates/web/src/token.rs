@@ -15,6 +15,7 @@
 use crate::AppState;
 use crate::api::{ApiJson, Caller};
 use crate::error::{ApiError, api};
+use crate::security::ClientAddr;
 use crate::session::{ABSOLUTE, SessionData, SessionHandle};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -412,12 +413,19 @@ pub struct Introspection {
     responses(
         (status = 200, description = "Whether the token is active: it verifies, has not expired, and its session still holds the same operator grant with the same functions (logout, a grant change or the operator's deletion end it)", body = Introspection),
         (status = 400, description = "bad_request", body = ApiError),
+        (status = 429, description = "rate_limited: introspections per client address", body = ApiError),
     )
 )]
 pub(crate) async fn introspect(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<IntrospectRequest>,
 ) -> Response {
+    let key = format!("introspect:{}", crate::api::client_key(addr));
+    let limit = state.config().limits.introspections_per_client;
+    if !state.limiter().hit(&key, limit, state.now()) {
+        return crate::api::rate_limited();
+    }
     match active_claims(&state, &req.token).await {
         Ok(claims) => Json(Introspection {
             active: claims.is_some(),

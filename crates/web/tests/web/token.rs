@@ -369,3 +369,30 @@ async fn a_token_is_refused_after_the_operators_certificate_is_revoked() {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn introspection_is_rate_limited_per_client() {
+    let limits = web::security::Limits {
+        introspections_per_client: 2,
+        ..Default::default()
+    };
+    let config = web::WebConfig {
+        limits,
+        ..Default::default()
+    };
+    let mut api = Api::with(Backend::Sqlite, config).await;
+    assert_eq!(api.introspect("not.a.token").await["active"], false);
+    assert_eq!(api.introspect("not.a.token").await["active"], false);
+    let answer = api
+        .call(
+            Method::POST,
+            "/api/v1/introspect",
+            None,
+            Some(json!({ "token": "not.a.token" })),
+        )
+        .await;
+    refused(answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // The next minute counts afresh.
+    api.app.clock.advance(Duration::minutes(1));
+    assert_eq!(api.introspect("not.a.token").await["active"], false);
+}
