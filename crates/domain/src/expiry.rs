@@ -4,8 +4,9 @@
 //! Registrations keep the whole certificate reference (issuer, serial, notAfter), so both checks
 //! are exact. An operator added or modified with the certificate read from the card keeps its
 //! issuer and notAfter too ([`crate::model::OperatorCert`]), so it is checked the same way. An
-//! operator whose serial was typed is known by serial only: it is checked by serial against
-//! every CRL in force (any issuer), and its expiry is not known, so it is not flagged for expiry.
+//! operator whose serial was typed learns them at its first card login (R5.1); until then it is
+//! known by serial only: it is checked by serial against every CRL in force (any issuer), and its
+//! expiry is not known, so it is not flagged for expiry.
 
 use crate::clock::TAIPEI;
 use crate::model::{CertRef, Operator, Registration};
@@ -114,8 +115,8 @@ fn cert_flag(
 /// The flags of `registrations` (organization and administrator certificates) and `operators`
 /// at `now` against the CRLs in force of `validator` (those whose signature verifies with a
 /// trusted CA): revoked first, else expiring within [`WARN_DAYS`]. Operators whose certificate
-/// was read are checked the same way; those with a typed serial for revocation only, by serial
-/// on any CRL.
+/// was read (or learnt at login) are checked the same way; those with a typed serial not yet seen
+/// at a login for revocation only, by serial on any CRL.
 pub fn expiry_report(
     now: OffsetDateTime,
     validator: &Validator,

@@ -724,9 +724,21 @@ impl<S: Store, C: Clock> Services<S, C> {
                 )
                 .agency(&code)
                 .cert(&card.cert);
+                // A grant made with a typed serial learns its certificate's issuer and notAfter
+                // here, so that revocation by issuer and the expiry report cover it too.
+                let learn = op.cert.is_none().then(|| OperatorWrite::LearnCert {
+                    code: code.clone(),
+                    id: op.id,
+                    serial: op.serial.clone(),
+                    cert: crate::model::OperatorCert {
+                        issuer: card.cert.issuer.clone(),
+                        not_after: card.cert.not_after,
+                    },
+                });
                 self.store
                     .commit(Commit {
                         flow: Some(flow),
+                        operator: learn,
                         audit: vec![audit],
                         ..Default::default()
                     })

@@ -53,6 +53,15 @@ pub enum OperatorWrite {
         expected_version: i64,
         at: OffsetDateTime,
     },
+    /// What the operator's card showed at login (R5.1): fills the issuer and notAfter of a
+    /// grant whose serial the administrator typed, while the grant still names that serial.
+    /// Not a change of the grant: the version stays, and nothing happens when they are known.
+    LearnCert {
+        code: InstitutionCode,
+        id: i64,
+        serial: CertSerial,
+        cert: OperatorCert,
+    },
     /// `OperatorNotFound` if absent in that agency; `Conflict` on another version.
     Delete {
         code: InstitutionCode,

@@ -285,6 +285,13 @@ enum PreparedOperator {
         row: OperatorRow,
         expected_version: i64,
     },
+    LearnCert {
+        code: String,
+        id: i64,
+        serial: String,
+        issuer: String,
+        not_after: i64,
+    },
     Delete {
         code: String,
         id: i64,
@@ -322,6 +329,18 @@ impl Prepared {
                 id: *id,
                 row: OperatorRow::new(code, input, *at, secrets)?,
                 expected_version: *expected_version,
+            }),
+            Some(OperatorWrite::LearnCert {
+                code,
+                id,
+                serial,
+                cert,
+            }) => Some(PreparedOperator::LearnCert {
+                code: code.as_str().to_string(),
+                id: *id,
+                serial: serial.as_str().to_string(),
+                issuer: cert.issuer.clone(),
+                not_after: ts(cert.not_after),
             }),
             Some(OperatorWrite::Delete {
                 code,
@@ -483,6 +502,26 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
             if n != 1 {
                 return Err(missing_or_conflict(tx, id, &code).await);
             }
+        }
+        Some(PreparedOperator::LearnCert {
+            code,
+            id,
+            serial,
+            issuer,
+            not_after,
+        }) => {
+            sqlx::query(
+                "UPDATE operators SET cert_issuer = $1, cert_not_after = $2 \
+                 WHERE id = $3 AND code = $4 AND serial = $5 AND cert_issuer IS NULL",
+            )
+            .bind(issuer)
+            .bind(not_after)
+            .bind(id)
+            .bind(code)
+            .bind(serial)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
         }
         Some(PreparedOperator::Delete {
             code,

@@ -928,13 +928,19 @@ async fn r5_1_operator_login() {
         let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
             .await
             .unwrap();
-        svc.add_operator(
-            &grant,
-            &operator_form("moica-operator-1", &["enroll", "query"]),
-            None,
-        )
-        .await
-        .unwrap();
+        let op_id = svc
+            .add_operator(
+                &grant,
+                &operator_form("moica-operator-1", &["enroll", "query"]),
+                None,
+            )
+            .await
+            .unwrap();
+        let typed = svc.operator(&grant, op_id).await.unwrap();
+        assert_eq!(
+            typed.cert, None,
+            "a typed serial: issuer and notAfter unknown"
+        );
         let login = |card: &'static str, id: String| {
             let svc = &env.svc;
             async move {
@@ -954,6 +960,20 @@ async fn r5_1_operator_login() {
             }
             other => panic!("{other:?}"),
         }
+        // The login taught the grant its certificate, without changing the grant's version.
+        let learnt = svc.operator(&grant, op_id).await.unwrap();
+        let card = &pki().card("moica-operator-1").issued;
+        let facts = pki::facts::ParsedCert::from_der(card.cert_der.clone())
+            .unwrap()
+            .facts;
+        assert_eq!(
+            learnt.cert,
+            Some(domain::model::OperatorCert {
+                issuer: facts.issuer.clone(),
+                not_after: facts.not_after,
+            })
+        );
+        assert_eq!(learnt.version, typed.version);
         assert_eq!(
             code_of(login("moica-operator-2", id_of("moica-operator-2")).await),
             "not_operator"

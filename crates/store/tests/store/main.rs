@@ -375,6 +375,34 @@ async fn operators_round_trip() {
         assert_eq!(op1.functions, ["premium"]);
         assert_eq!(db.commit(update).await.unwrap_err(), DomainError::Conflict);
 
+        // R5.1: a login teaches a typed grant its certificate, only for the serial it names and
+        // only once; the version stays.
+        let learn = |s: &str, issuer: &str| Commit {
+            operator: Some(OperatorWrite::LearnCert {
+                code: c.clone(),
+                id: id1,
+                serial: serial(s),
+                cert: domain::model::OperatorCert {
+                    issuer: issuer.into(),
+                    not_after: T0 + Duration::days(400),
+                },
+            }),
+            ..Default::default()
+        };
+        db.commit(learn("C001", "CN=old card")).await.unwrap();
+        assert_eq!(db.operator(&c, id1).await.unwrap().unwrap().cert, None);
+        db.commit(learn("C0FF", "CN=MOICA")).await.unwrap();
+        db.commit(learn("C0FF", "CN=other")).await.unwrap();
+        let op1 = db.operator(&c, id1).await.unwrap().unwrap();
+        assert_eq!(op1.version, 2);
+        assert_eq!(
+            op1.cert,
+            Some(domain::model::OperatorCert {
+                issuer: "CN=MOICA".into(),
+                not_after: T0 + Duration::days(400),
+            })
+        );
+
         let delete = |id, v| Commit {
             operator: Some(OperatorWrite::Delete {
                 code: c.clone(),
