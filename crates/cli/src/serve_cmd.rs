@@ -72,10 +72,9 @@ pub async fn refresh_crls(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent = web::mail::Sent::default();
     // The first tick is immediate and the CRLs were just loaded.
     tick.tick().await;
-    after_refresh(&validator, &db, &mailer, &mut sent).await;
+    after_refresh(&validator, &db, &mailer).await;
     loop {
         tick.tick().await;
         match load_crls(&sources, &mut last_good).await {
@@ -85,16 +84,11 @@ pub async fn refresh_crls(
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
         }
-        after_refresh(&validator, &db, &mailer, &mut sent).await;
+        after_refresh(&validator, &db, &mailer).await;
     }
 }
 
-async fn after_refresh(
-    validator: &Validator,
-    db: &Db,
-    mailer: &web::mail::Mailer,
-    sent: &mut web::mail::Sent,
-) {
+async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Mailer) {
     let now = time::OffsetDateTime::now_utc();
     match web::session::end_revoked_operator_sessions(db, validator, now).await {
         Ok(n) if n > 0 => {
@@ -103,7 +97,7 @@ async fn after_refresh(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
     }
-    if let Err(e) = web::mail::notify_once(db, validator, now, mailer, sent).await {
+    if let Err(e) = web::mail::notify_once(db, validator, now, mailer).await {
         tracing::warn!(error = %e, "expiry notices");
     }
 }

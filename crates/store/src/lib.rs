@@ -50,19 +50,24 @@ pub enum Backend {
 /// compiled once per backend against concrete types.
 macro_rules! dispatch {
     ($db:expr, $ops:ident, $pool:ident => $body:expr) => {
+        dispatch!($db, ops as $ops, $pool => $body)
+    };
+    // Another module of queries compiled per backend (`signing_ops`, `notices_ops`).
+    ($db:expr, $module:ident as $ops:ident, $pool:ident => $body:expr) => {
         match &$db.pool {
-            Pool::Sqlite($pool) => {
-                use crate::sqlite::ops as $ops;
+            crate::Pool::Sqlite($pool) => {
+                use crate::sqlite::$module as $ops;
                 $body
             }
-            Pool::Pg($pool) => {
-                use crate::pg::ops as $ops;
+            crate::Pool::Pg($pool) => {
+                use crate::pg::$module as $ops;
                 $body
             }
         }
     };
 }
 
+mod notices;
 mod signing;
 pub use signing::SigningKeyRecord;
 

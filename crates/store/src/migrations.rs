@@ -45,6 +45,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0004_operator_cert.sql"),
         postgres: include_str!("../migrations/postgres/0004_operator_cert.sql"),
     },
+    MigrationPair {
+        version: 5,
+        file_name: "0005_notices_sent.sql",
+        description: "notices sent",
+        sqlite: include_str!("../migrations/sqlite/0005_notices_sent.sql"),
+        postgres: include_str!("../migrations/postgres/0005_notices_sent.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

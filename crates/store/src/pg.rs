@@ -18,6 +18,10 @@ pub(crate) mod ops;
 #[path = "signing_ops.rs"]
 pub(crate) mod signing_ops;
 
+#[allow(clippy::duplicate_mod)]
+#[path = "notices_ops.rs"]
+pub(crate) mod notices_ops;
+
 /// Just the pool: the shared queries take a handle on both backends, and only SQLite's carries
 /// a writer queue.
 #[derive(Clone)]

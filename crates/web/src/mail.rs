@@ -3,17 +3,17 @@
 //! body base64), what to do with a notice ([`Mailer`]: nothing, print it, or send it), and the
 //! walk over all registrations that sends each certificate's notice once per day.
 //!
-//! The once-per-day memory ([`Sent`]) lives in the process: after a restart the day's notices
-//! are sent again.
+//! The once-per-day memory is the database's (`notices_sent`): a notice is claimed there before
+//! it is mailed, so neither a restart nor a second instance on the same PostgreSQL database
+//! sends it twice in one day.
 
 use base64::Engine as _;
 use domain::expiry::{Flag, Notice, expiry_report, notice_zh};
 use domain::store::Store as _;
 use pki::validate::Validator;
-use std::collections::HashSet;
 use std::io;
 use std::time::Duration;
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -190,13 +190,6 @@ impl Mailer {
     }
 }
 
-/// Which certificates were notified today (Taipei date).
-#[derive(Debug, Default)]
-pub struct Sent {
-    day: Option<Date>,
-    keys: HashSet<String>,
-}
-
 fn key(f: &Flag) -> String {
     format!(
         "{}|{:?}|{}|{}",
@@ -208,22 +201,18 @@ fn key(f: &Flag) -> String {
 }
 
 /// Sends each agency's administrator one notice of its flagged certificates not yet notified
-/// today; returns how many mails went out. A failed mail is logged and tried again next time.
+/// today (claimed in the database first); returns how many mails went out. A failed mail is
+/// logged, its claims are given back, and it is tried again next time.
 pub async fn notify_once(
     db: &store::Db,
     validator: &Validator,
     now: OffsetDateTime,
     mailer: &Mailer,
-    sent: &mut Sent,
 ) -> domain::Result<usize> {
     if !mailer.is_enabled() {
         return Ok(0);
     }
     let today = now.to_offset(domain::clock::TAIPEI).date();
-    if sent.day != Some(today) {
-        sent.day = Some(today);
-        sent.keys.clear();
-    }
     let mut mails = 0;
     for code in db.registered_codes().await? {
         let Some(registration) = db.registration(&code).await? else {
@@ -235,10 +224,18 @@ pub async fn notify_once(
             validator,
             std::slice::from_ref(&registration),
             &operators,
-        )
-        .into_iter()
-        .filter(|f| !sent.keys.contains(&key(f)))
-        .collect();
+        );
+        if flags.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = flags.iter().map(key).collect();
+        let claimed = db.notice_claim(today, &keys).await?;
+        let (flags, keys): (Vec<Flag>, Vec<String>) = flags
+            .into_iter()
+            .zip(keys)
+            .zip(claimed)
+            .filter_map(|(pair, mine)| mine.then_some(pair))
+            .unzip();
         if flags.is_empty() {
             continue;
         }
@@ -246,7 +243,6 @@ pub async fn notify_once(
         match mailer.send(&notice).await {
             Ok(()) => {
                 mails += 1;
-                sent.keys.extend(flags.iter().map(key));
                 tracing::info!(
                     code = code.as_str(),
                     certificates = flags.len(),
@@ -254,7 +250,8 @@ pub async fn notify_once(
                 );
             }
             Err(e) => {
-                tracing::warn!(code = code.as_str(), error = %e, "expiry notice not sent")
+                tracing::warn!(code = code.as_str(), error = %e, "expiry notice not sent");
+                db.notice_release(today, &keys).await?;
             }
         }
     }

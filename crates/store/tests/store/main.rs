@@ -1662,3 +1662,46 @@ async fn sessions_of_a_kind_and_registered_codes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn notices_are_claimed_once_a_day_and_given_back_on_failure() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let day = time::macros::date!(2026 - 06 - 01);
+        let keys = [
+            "A|admin|CN=MOICA|0A".to_string(),
+            "A|org|CN=GCA|0B".to_string(),
+        ];
+        assert_eq!(db.notice_claim(day, &keys).await.unwrap(), [true, true]);
+        assert_eq!(db.notice_claim(day, &keys).await.unwrap(), [false, false]);
+        // A failed mail gives its claim back.
+        db.notice_release(day, &keys[..1]).await.unwrap();
+        assert_eq!(db.notice_claim(day, &keys).await.unwrap(), [true, false]);
+        // Eight instances at once: each notice is claimed by exactly one.
+        let next = day.next_day().unwrap();
+        let claims = claims_of_eight_instances(db, next, &keys).await;
+        for i in 0..keys.len() {
+            assert_eq!(claims.iter().filter(|c| c[i]).count(), 1, "{claims:?}");
+        }
+    })
+    .await;
+}
+
+async fn claims_of_eight_instances(
+    db: &store::Db,
+    day: time::Date,
+    keys: &[String],
+) -> Vec<Vec<bool>> {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (db, keys) = (db.clone(), keys.to_vec());
+        tasks.push(tokio::spawn(async move {
+            db.notice_claim(day, &keys).await.unwrap()
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}

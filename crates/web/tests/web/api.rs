@@ -2081,19 +2081,28 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
             port,
             from: "certreg@example.gov.tw".into(),
         });
-        let mut sent = web::mail::Sent::default();
         let validator = api.app.validator.clone();
 
         // Two years of validity left: nothing to say.
-        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer, &mut sent)
+        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
 
-        // Thirty days before the administrator's card expires.
+        // Thirty days before the administrator's card expires. The mail server is down at
+        // first: the notice is not marked sent, and goes out on the next walk.
         let not_after = registration.admin_card.cert.not_after;
         let later = not_after - time::Duration::days(30);
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
+        let down = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: closed_port().await,
+            from: "certreg@example.gov.tw".into(),
+        });
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &down)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2115,10 +2124,38 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
             "{body}"
         );
 
-        // Once per certificate per day: the same day sends nothing more (no sink listens).
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer, &mut sent)
+        // Once per certificate per day, whatever the process: another instance on the same
+        // database (its own pool) sends nothing more the same day (no sink listens).
+        let other = store::Db::connect(&api.app.db_url, &api.app.secrets)
+            .await
+            .unwrap();
+        let n = web::mail::notify_once(&other, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
+        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        // The next day it is said again.
+        let (port, sink) = smtp_sink().await;
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            from: "certreg@example.gov.tw".into(),
+        });
+        let next_day = later + time::Duration::days(1);
+        let n = web::mail::notify_once(&other, &validator, next_day, &mailer)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(sink.await.unwrap().0, "admin@example.gov.tw");
+        other.close().await;
     }
+}
+
+/// A loopback port with nothing listening.
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
 }

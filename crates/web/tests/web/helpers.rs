@@ -33,6 +33,9 @@ pub struct TestApp {
     pub router: axum::Router,
     pub clock: Arc<FixedClock>,
     pub db: store::Db,
+    /// The database's URL and keys, for a second instance on the same database.
+    pub db_url: String,
+    pub secrets: store::Secrets,
     /// The service's validator: tests put new CRLs in force with `replace_crls`.
     pub validator: Arc<Validator>,
     cookies: Vec<(String, String)>,
@@ -82,9 +85,8 @@ impl TestApp {
                 (pg.url.clone(), Some(pg))
             }
         };
-        let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
-            .await
-            .unwrap();
+        let secrets = store::Secrets::generate().unwrap();
+        let db = store::Db::connect(&url, &secrets).await.unwrap();
         assert_eq!(db.backend(), backend);
         db.upsert_agencies(&agencies()).await.unwrap();
         let p = pki();
@@ -116,6 +118,8 @@ impl TestApp {
             router: web::app(state),
             clock,
             db,
+            db_url: url,
+            secrets,
             validator,
             cookies: Vec::new(),
             _dir: dir,
