@@ -54,15 +54,17 @@ fn context(any: &AnyRef<'_>, n: u8) -> bool {
     matches!(any.tag(), Tag::ContextSpecific { number, .. } if number.value() == u32::from(n))
 }
 
-/// Parses a ContentInfo holding SignedData.
-pub fn parse(der: &[u8]) -> Result<CmsParts> {
-    if der.len() > MAX_CMS_BYTES {
+/// Parses a ContentInfo holding SignedData, in DER or in BER with indefinite lengths and
+/// chunked OCTET STRINGs (as streaming signers write it; see [`crate::ber`]).
+pub fn parse(input: &[u8]) -> Result<CmsParts> {
+    if input.len() > MAX_CMS_BYTES {
         return Err(PkiError::new(
             ErrorCode::InputTooLarge,
-            format!("signature of {} bytes (limit {MAX_CMS_BYTES})", der.len()),
+            format!("signature of {} bytes (limit {MAX_CMS_BYTES})", input.len()),
         ));
     }
-    let ci = AnyRef::from_der(der).map_err(|e| malformed(format!("not DER ContentInfo: {e}")))?;
+    let der = crate::ber::to_der(input).map_err(|e| malformed(format!("CMS: {e}")))?;
+    let ci = AnyRef::from_der(&der).map_err(|e| malformed(format!("not DER ContentInfo: {e}")))?;
     if ci.tag() != Tag::Sequence {
         return Err(malformed("ContentInfo is not a SEQUENCE"));
     }

@@ -4,6 +4,7 @@
 //! through the [`ocsp::OcspTransport`] trait.
 
 pub mod anchors;
+pub mod ber;
 pub mod challenge;
 pub mod cms;
 pub mod error;

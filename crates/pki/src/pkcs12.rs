@@ -2,7 +2,8 @@
 //! (ours and `openssl pkcs12 -export` output) for the card agent.
 //!
 //! The ASN.1 is small and fixed, so it is built and walked by hand over DER TLVs: every read is
-//! bounds-checked and refuses BER indefinite lengths, so hostile input gives an error, not a panic.
+//! bounds-checked (BER input is first rewritten to DER lengths by [`crate::ber`]), so hostile input
+//! gives an error, not a panic.
 //! PBES2 (PBKDF2 + AES-CBC) comes from the `pkcs5` crate through `pkcs8`; the MAC key derivation
 //! of RFC 7292 appendix B, which no crate we use offers, is implemented here with ring.
 
@@ -516,7 +517,9 @@ pub fn read_pkcs12(bytes: &[u8], password: &str) -> Result<Pkcs12Contents> {
             ),
         ));
     }
-    let pfx = single(bytes, TAG_SEQUENCE, "PFX")?;
+    // Windows and Java write PFX files in BER (indefinite lengths, chunked OCTET STRINGs).
+    let bytes = crate::ber::to_der(bytes).map_err(|e| malformed(format!("PFX: {e}")))?;
+    let pfx = single(&bytes, TAG_SEQUENCE, "PFX")?;
     let mut pfx = Seq::new(pfx.content);
     let version = parse_uint(&pfx.next(TAG_INTEGER, "PFX version")?, "PFX version")?;
     if version != 3 {
@@ -932,6 +935,23 @@ mod tests {
         assert_eq!(err.code, ErrorCode::WrongPassword);
         assert_eq!(err.code.as_str(), "wrong_password");
         assert_eq!(err.code.message_zh(), "密碼錯誤");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pfx_in_ber_reads_like_its_der() {
+        let dir = temp_dir("ber");
+        let (cert, key, ca) = material(&dir);
+        let p12 = write_pkcs12(&cert, std::slice::from_ref(&ca), &key, "123456", "ber").unwrap();
+        let ber = crate::ber::to_ber(&p12);
+        assert_eq!(ber[..2], [0x30, 0x80]);
+        let back = read_pkcs12(&ber, "123456").unwrap();
+        assert_eq!(back.cert_der, cert);
+        assert_eq!(back.key_pkcs8_der, key);
+        assert_eq!(
+            read_pkcs12(&ber, "654321").unwrap_err().code,
+            ErrorCode::WrongPassword
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

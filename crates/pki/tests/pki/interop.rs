@@ -48,6 +48,36 @@ fn cms_made_by_openssl_attached() {
     assert_eq!(ok.format, ProofFormat::CmsAttached);
 }
 
+/// `-stream` makes OpenSSL write BER as streaming signers do: indefinite lengths everywhere and
+/// the content as a chunked OCTET STRING.
+#[test]
+fn cms_streamed_by_openssl_in_ber() {
+    let c = challenge("org_card");
+    let attached = openssl_sign(
+        "gca-agency",
+        c.tbs().as_bytes(),
+        &["-stream", "-nodetach", "-md", "sha256"],
+    );
+    assert_eq!(attached[..2], [0x30, 0x80], "BER, indefinite length");
+    let ok = verify_proof(&validator(), &c, &attached, None, Role::Organization, NOW).unwrap();
+    assert_eq!(ok.format, ProofFormat::CmsAttached);
+    let parts = pki::cms::parse(&attached).unwrap();
+    assert_eq!(parts.content.as_deref(), Some(c.tbs().as_bytes()));
+
+    // Still bound to its challenge: BER changes the encoding, not what is accepted.
+    let other = challenge("org_card");
+    let err = verify_proof(
+        &validator(),
+        &other,
+        &attached,
+        None,
+        Role::Organization,
+        NOW,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ChallengeMismatch, "{err}");
+}
+
 #[test]
 fn cms_made_by_openssl_detached_without_smime_capabilities() {
     let c = challenge("admin_card");

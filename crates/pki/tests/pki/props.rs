@@ -16,8 +16,35 @@ fn mutated(seed: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A CMS proof as a streaming signer starts it: the outer SEQUENCE with an indefinite length.
+fn ber_proof() -> Vec<u8> {
+    let c = crate::proofs::challenge("org_card");
+    let der = crate::proofs::cms_proof(
+        crate::helpers::pki(),
+        "gca-agency",
+        c.tbs().as_bytes(),
+        &Default::default(),
+    );
+    let header = 2 + usize::from(der[1] & 0x7f) * usize::from(der[1] >= 0x80);
+    let mut ber = vec![0x30, 0x80];
+    ber.extend_from_slice(&der[header..]);
+    ber.extend_from_slice(&[0, 0]);
+    ber
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// What `ber::to_der` gives is DER already (lengths): a second pass changes nothing.
+    #[test]
+    fn mutated_ber_never_panics_and_converts_once(bytes in mutated(ber_proof())) {
+        if let Ok(der) = pki::ber::to_der(&bytes) {
+            let again = pki::ber::to_der(&der).unwrap();
+            prop_assert!(matches!(again, std::borrow::Cow::Borrowed(_)));
+        }
+        let c = crate::proofs::challenge("org_card");
+        let _ = pki::proof::verify_proof(&crate::helpers::no_crl_validator(), &c, &bytes, None, pki::anchors::Role::Organization, crate::helpers::NOW);
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {

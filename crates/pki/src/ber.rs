@@ -1,0 +1,281 @@
+//! BER lengths to DER lengths. Signers that stream — OpenSSL's `cms -sign -stream`, Windows
+//! CryptoAPI, Java's PKCS#7 writers — send SignedData (and PKCS#12 files) with indefinite
+//! lengths and OCTET STRINGs cut into constructed chunks: valid BER, but not the DER the
+//! readers of this crate take. [`to_der`] rewrites exactly those encodings (indefinite and
+//! non-minimal lengths become minimal definite ones; a constructed OCTET STRING becomes one
+//! primitive OCTET STRING) and copies every other byte as it was. SET OF keeps its order: the
+//! signature over CMS signed attributes covers them as the signer encoded them.
+//!
+//! Hostile input gives an error, never a panic: nesting is bounded, every length is checked
+//! against what is left, and the output is never larger than the input plus a few bytes per
+//! element.
+
+use std::borrow::Cow;
+
+/// Deeper nesting than this is refused (CMS and PKCS#12 nest a dozen levels or so).
+pub const MAX_DEPTH: usize = 48;
+
+const OCTET_STRING: u8 = 0x04;
+const CONSTRUCTED: u8 = 0x20;
+
+/// The input with DER lengths; borrowed when it already had them. One element must fill it.
+pub fn to_der(input: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    let mut out = Vec::with_capacity(input.len());
+    let used = element(input, 0, &mut out)?;
+    if used != input.len() {
+        return Err(format!(
+            "{} bytes of trailing data after the encoding",
+            input.len() - used
+        ));
+    }
+    Ok(if out == input {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(out)
+    })
+}
+
+/// A tag's bytes: one, or a high-tag-number form of at most four.
+fn tag_len(input: &[u8]) -> Result<usize, String> {
+    let first = *input.first().ok_or("unexpected end of data")?;
+    if first & 0x1f != 0x1f {
+        return Ok(1);
+    }
+    for (i, b) in input.iter().enumerate().skip(1).take(4) {
+        if b & 0x80 == 0 {
+            return Ok(i + 1);
+        }
+    }
+    Err("tag number too long or truncated".into())
+}
+
+enum Length {
+    Definite(usize),
+    Indefinite,
+}
+
+/// The length field at the start of `input`: the length and the field's size.
+fn length(input: &[u8]) -> Result<(Length, usize), String> {
+    let first = *input.first().ok_or("missing length")?;
+    if first < 0x80 {
+        return Ok((Length::Definite(usize::from(first)), 1));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 {
+        return Ok((Length::Indefinite, 1));
+    }
+    if n > 4 {
+        return Err("length field too long".into());
+    }
+    let bytes = input.get(1..1 + n).ok_or("truncated length")?;
+    let len = bytes
+        .iter()
+        .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    Ok((Length::Definite(len), 1 + n))
+}
+
+fn put_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    out.push(0x80 | (bytes.len() - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+/// Rewrites one element from the start of `input` into `out`; returns the bytes it used.
+fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+    }
+    let tl = tag_len(input)?;
+    let tag = &input[..tl];
+    let constructed = input[0] & CONSTRUCTED != 0;
+    let (len, ll) = length(&input[tl..])?;
+    let start = tl + ll;
+    match len {
+        Length::Definite(n) => {
+            let end = start.checked_add(n).ok_or("length overflow")?;
+            let content = input.get(start..end).ok_or("truncated element")?;
+            if constructed {
+                children(tag, content, None, depth, out)?;
+            } else {
+                out.extend_from_slice(tag);
+                put_length(out, n);
+                out.extend_from_slice(content);
+            }
+            Ok(end)
+        }
+        Length::Indefinite => {
+            if !constructed {
+                return Err("indefinite length on a primitive element".into());
+            }
+            let used = children(tag, &input[start..], Some(()), depth, out)?;
+            Ok(start + used)
+        }
+    }
+}
+
+/// Rewrites the children of a constructed element: all of `content` (definite), or up to the
+/// end-of-contents octets (indefinite, `until_eoc`). Returns the bytes of `content` used.
+fn children(
+    tag: &[u8],
+    content: &[u8],
+    until_eoc: Option<()>,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let mut inner = Vec::new();
+    let mut pos = 0;
+    loop {
+        let rest = &content[pos..];
+        if until_eoc.is_some() {
+            if rest.starts_with(&[0, 0]) {
+                pos += 2;
+                break;
+            }
+            if rest.is_empty() {
+                return Err("indefinite length without end-of-contents".into());
+            }
+        } else if rest.is_empty() {
+            break;
+        }
+        pos += element(rest, depth + 1, &mut inner)?;
+    }
+    if tag == [OCTET_STRING | CONSTRUCTED] {
+        // A chunked OCTET STRING: its value is its chunks' values, one after the other.
+        let mut value = Vec::with_capacity(inner.len());
+        let mut chunks = inner.as_slice();
+        while !chunks.is_empty() {
+            if chunks[0] != OCTET_STRING {
+                return Err("a chunk of an OCTET STRING is not an OCTET STRING".into());
+            }
+            let (len, ll) = length(&chunks[1..])?;
+            let Length::Definite(n) = len else {
+                return Err("indefinite length on a primitive element".into());
+            };
+            let from = 1 + ll;
+            value.extend_from_slice(&chunks[from..from + n]);
+            chunks = &chunks[from + n..];
+        }
+        out.push(OCTET_STRING);
+        put_length(out, value.len());
+        out.extend_from_slice(&value);
+    } else {
+        out.extend_from_slice(tag);
+        put_length(out, inner.len());
+        out.extend_from_slice(&inner);
+    }
+    Ok(pos)
+}
+
+/// The DER `der` as a streaming BER writer would put it: every constructed element with an
+/// indefinite length, every OCTET STRING longer than 64 bytes in constructed chunks of 64.
+/// For tests of the readers that take BER.
+#[cfg(test)]
+pub(crate) fn to_ber(der: &[u8]) -> Vec<u8> {
+    fn one(input: &[u8], out: &mut Vec<u8>) -> usize {
+        let tl = tag_len(input).unwrap();
+        let (Length::Definite(n), ll) = length(&input[tl..]).unwrap() else {
+            panic!("not DER")
+        };
+        let (start, end) = (tl + ll, tl + ll + n);
+        let content = &input[start..end];
+        if input[0] & CONSTRUCTED != 0 {
+            out.extend_from_slice(&input[..tl]);
+            out.push(0x80);
+            let mut pos = 0;
+            while pos < content.len() {
+                pos += one(&content[pos..], out);
+            }
+            out.extend_from_slice(&[0, 0]);
+        } else if input[0] == OCTET_STRING && n > 64 {
+            out.extend_from_slice(&[OCTET_STRING | CONSTRUCTED, 0x80]);
+            for chunk in content.chunks(64) {
+                out.push(OCTET_STRING);
+                put_length(out, chunk.len());
+                out.extend_from_slice(chunk);
+            }
+            out.extend_from_slice(&[0, 0]);
+        } else {
+            out.extend_from_slice(&input[..end]);
+        }
+        end
+    }
+    let mut out = Vec::new();
+    one(der, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ber_written_from_der_reads_back_to_the_same_der() {
+        let p = crate::testpki::TestPki::generate(crate::testpki::TestPkiOptions::new(
+            time::OffsetDateTime::now_utc(),
+        ))
+        .unwrap();
+        let card = p.card("gca-agency");
+        let cms = card.sign_cms(&[b'x'; 300], &Default::default()).unwrap();
+        for der in [cms, card.issued.cert_der.clone()] {
+            let ber = to_ber(&der);
+            assert_ne!(ber, der);
+            assert_eq!(to_der(&ber).unwrap().as_ref(), der.as_slice());
+        }
+    }
+
+    #[test]
+    fn der_is_borrowed_unchanged() {
+        let der = [0x30, 0x06, 0x02, 0x01, 0x05, 0x04, 0x01, 0xAA];
+        assert!(matches!(to_der(&der).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn indefinite_lengths_and_chunked_octet_strings_become_der() {
+        // SEQUENCE (indefinite) { INTEGER 5, OCTET STRING (constructed, indefinite)
+        // { "ab", "c" }, [0] (indefinite) { NULL } }
+        let ber = [
+            0x30, 0x80, 0x02, 0x01, 0x05, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c',
+            0x00, 0x00, 0xA0, 0x80, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let der = [
+            0x30, 0x0C, 0x02, 0x01, 0x05, 0x04, 0x03, b'a', b'b', b'c', 0xA0, 0x02, 0x05, 0x00,
+        ];
+        assert_eq!(to_der(&ber).unwrap().as_ref(), der);
+    }
+
+    #[test]
+    fn non_minimal_lengths_become_minimal() {
+        let ber = [0x04, 0x82, 0x00, 0x02, 0x01, 0x02];
+        assert_eq!(to_der(&ber).unwrap().as_ref(), [0x04, 0x02, 0x01, 0x02]);
+        let mut long = vec![0x04, 0x81, 0xC8];
+        long.extend(std::iter::repeat_n(7u8, 200));
+        assert_eq!(to_der(&long).unwrap().as_ref(), long.as_slice());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x80, 0x02, 0x01, 0x05], // no end-of-contents
+            &[0x04, 0x80, 0x00, 0x00],       // indefinite primitive
+            &[0x30, 0x05, 0x02, 0x01],       // truncated
+            &[0x30, 0x89, 1, 2, 3, 4, 5, 6, 7, 8], // length field too long
+            &[0x24, 0x03, 0x02, 0x01, 0x00], // a chunk that is not an OCTET STRING
+            &[0x02, 0x01, 0x05, 0x00],       // trailing data
+            &[0x1f, 0x81, 0x81, 0x81, 0x81, 0x01], // tag number too long
+        ] {
+            assert!(to_der(bad).is_err(), "{bad:02x?}");
+        }
+        let deep: Vec<u8> = std::iter::repeat_n([0x30, 0x80], MAX_DEPTH + 2)
+            .flatten()
+            .chain(std::iter::repeat_n(0u8, 2 * (MAX_DEPTH + 2)))
+            .collect();
+        assert!(to_der(&deep).unwrap_err().contains("nested deeper"));
+    }
+}
