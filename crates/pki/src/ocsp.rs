@@ -7,7 +7,7 @@
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::oid;
 use crate::sig::{self, SigAlg};
-use der::asn1::{AnyRef, BitString, GeneralizedTime, Null, OctetString};
+use der::asn1::{AnyRef, BitString, Null, OctetString};
 use der::{Choice, Decode, Encode, Enumerated, Reader, Sequence, SliceReader};
 use spki::AlgorithmIdentifierOwned;
 use std::io::{Read, Write};
@@ -104,7 +104,7 @@ struct ResponseData {
     #[asn1(context_specific = "0", optional = "true", tag_mode = "EXPLICIT")]
     version: Option<u8>,
     responder_id: ResponderId,
-    produced_at: GeneralizedTime,
+    produced_at: OcspTime,
     responses: Vec<SingleResponse>,
     #[asn1(context_specific = "1", optional = "true", tag_mode = "EXPLICIT")]
     response_extensions: Option<Extensions>,
@@ -122,9 +122,9 @@ enum ResponderId {
 struct SingleResponse {
     cert_id: CertId,
     cert_status: CertStatus,
-    this_update: GeneralizedTime,
+    this_update: OcspTime,
     #[asn1(context_specific = "0", optional = "true", tag_mode = "EXPLICIT")]
-    next_update: Option<GeneralizedTime>,
+    next_update: Option<OcspTime>,
     #[asn1(context_specific = "1", optional = "true", tag_mode = "EXPLICIT")]
     single_extensions: Option<Extensions>,
 }
@@ -141,7 +141,7 @@ enum CertStatus {
 
 #[derive(Clone, Debug, Eq, PartialEq, Sequence)]
 struct RevokedInfo {
-    revocation_time: GeneralizedTime,
+    revocation_time: OcspTime,
     #[asn1(context_specific = "0", optional = "true", tag_mode = "EXPLICIT")]
     revocation_reason: Option<CrlReason>,
 }
@@ -347,8 +347,8 @@ pub fn check_response(
         })?;
 
     let latest_ok = add(now, cfg.clock_skew);
-    let produced_at = to_offset(&data.produced_at)?;
-    let this_update = to_offset(&single.this_update)?;
+    let produced_at = data.produced_at.0;
+    let this_update = single.this_update.0;
     if latest_ok.is_some_and(|l| produced_at > l) {
         return Err(invalid(format!(
             "OCSP producedAt {produced_at} is in the future (now {now})"
@@ -369,7 +369,7 @@ pub fn check_response(
         ));
     }
     if let Some(next) = &single.next_update {
-        let next = to_offset(next)?;
+        let next = next.0;
         if next < now {
             return Err(PkiError::new(
                 ErrorCode::RevocationStale,
@@ -397,7 +397,7 @@ pub fn check_response(
     match &single.cert_status {
         CertStatus::Good(_) => Ok(OcspStatus::Good),
         CertStatus::Revoked(info) => Ok(OcspStatus::Revoked {
-            at: to_offset(&info.revocation_time)?,
+            at: info.revocation_time.0,
         }),
         CertStatus::Unknown(_) => Err(PkiError::new(
             ErrorCode::CertRevoked,
@@ -627,8 +627,83 @@ fn unix_to_offset(d: Duration) -> Result<OffsetDateTime> {
         .ok_or_else(|| invalid("time out of range"))
 }
 
-fn to_offset(t: &GeneralizedTime) -> Result<OffsetDateTime> {
-    unix_to_offset(t.to_unix_duration())
+/// GeneralizedTime as OCSP responders send it: DER's `YYYYMMDDHHMMSSZ`, or with fractional
+/// seconds (`YYYYMMDDHHMMSS.fffZ`), which some responders write and `der`'s type refuses. The
+/// fraction is dropped (the freshness windows count whole seconds). The signature covers the
+/// response's bytes as sent, so reading leniently changes nothing that is signed.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+struct OcspTime(OffsetDateTime);
+
+impl der::FixedTag for OcspTime {
+    const TAG: der::Tag = der::Tag::GeneralizedTime;
+}
+
+impl<'a> der::DecodeValue<'a> for OcspTime {
+    type Error = der::Error;
+
+    fn decode_value<R: Reader<'a>>(reader: &mut R, header: der::Header) -> der::Result<Self> {
+        let bytes = reader.read_slice(header.length())?;
+        parse_generalized_time(bytes)
+            .map(OcspTime)
+            .ok_or_else(|| reader.error(der::Tag::GeneralizedTime.value_error()))
+    }
+}
+
+impl der::EncodeValue for OcspTime {
+    fn value_len(&self) -> der::Result<der::Length> {
+        Ok(der::Length::new(15))
+    }
+
+    fn encode_value(&self, writer: &mut impl der::Writer) -> der::Result<()> {
+        let t = self.0;
+        let text = format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        writer.write(text.as_bytes())
+    }
+}
+
+/// `YYYYMMDDHHMMSS[.f+]Z` in UTC.
+fn parse_generalized_time(bytes: &[u8]) -> Option<OffsetDateTime> {
+    let (zone, body) = bytes.split_last()?;
+    if *zone != b'Z' || body.len() < 14 {
+        return None;
+    }
+    let (whole, fraction) = body.split_at(14);
+    if !whole.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !fraction.is_empty()
+        && (fraction.len() < 2
+            || !matches!(fraction[0], b'.' | b',')
+            || !fraction[1..].iter().all(u8::is_ascii_digit))
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| {
+        whole[r]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+    };
+    let date = time::Date::from_calendar_date(
+        i32::try_from(n(0..4)).ok()?,
+        time::Month::try_from(u8::try_from(n(4..6)).ok()?).ok()?,
+        u8::try_from(n(6..8)).ok()?,
+    )
+    .ok()?;
+    let at = time::Time::from_hms(
+        u8::try_from(n(8..10)).ok()?,
+        u8::try_from(n(10..12)).ok()?,
+        u8::try_from(n(12..14)).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, at).assume_utc())
 }
 
 /// `t + d`, or `None` past the end of representable time (treated as "never").
@@ -1061,6 +1136,44 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::sync::OnceLock;
+
+    #[test]
+    fn times_with_and_without_fractional_seconds() {
+        use time::macros::datetime;
+        let decode = |text: &str| {
+            let mut der = vec![0x18, text.len() as u8];
+            der.extend_from_slice(text.as_bytes());
+            OcspTime::from_der(&der).map(|t| t.0)
+        };
+        assert_eq!(
+            decode("20260601090000Z").unwrap(),
+            datetime!(2026-06-01 09:00:00 UTC)
+        );
+        assert_eq!(
+            decode("20260601090001.123Z").unwrap(),
+            datetime!(2026-06-01 09:00:01 UTC)
+        );
+        assert_eq!(
+            decode("20261231235959,5Z").unwrap(),
+            datetime!(2026-12-31 23:59:59 UTC)
+        );
+        for bad in [
+            "20260601090000",      // no zone
+            "20260601090000+0800", // not UTC
+            "202606010900Z",       // no seconds
+            "20260601090000.Z",    // empty fraction
+            "20260601090000.1aZ",  // not digits
+            "20261301090000Z",     // month 13
+            "20260230090000Z",     // 30 February
+            "20260601250000Z",     // hour 25
+            "2026060109000xZ",
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+        // Encoded as DER: whole seconds.
+        let t = OcspTime(datetime!(2026-06-01 09:00:01 UTC));
+        assert_eq!(t.to_der().unwrap()[2..], *b"20260601090001Z");
+    }
 
     struct TestPki {
         dir: PathBuf,
