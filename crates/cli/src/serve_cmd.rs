@@ -102,21 +102,28 @@ async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Maile
     }
 }
 
-/// Deletes expired sessions now and then, so the table holds live ones only.
+/// Deletes expired sessions and day-old idle flows (with their challenges) now and then.
 async fn sweep_sessions(db: Db) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
-        match db
-            .session_delete_expired(time::OffsetDateTime::now_utc())
-            .await
-        {
+        let now = time::OffsetDateTime::now_utc();
+        match db.session_delete_expired(now).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired sessions deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "deleting expired sessions"),
         }
+        match db.flow_delete_idle(now - FLOW_KEPT).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "idle flows deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deleting idle flows"),
+        }
     }
 }
+
+/// How long an idle flow is kept: it expires after 15 minutes, and for the rest of the day its
+/// page still says 「作業已逾時」 rather than that the flow does not exist.
+const FLOW_KEPT: time::Duration = time::Duration::days(1);
 
 /// Opens the database (migrating it) with its key; the message says which database failed.
 pub async fn connect(settings: &Settings) -> Result<Db> {

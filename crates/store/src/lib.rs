@@ -242,6 +242,12 @@ impl Db {
         dispatch!(self, ops, p => ops::session_delete_expired(p, now).await)
     }
 
+    /// Deletes the flows untouched since `before`, with their challenges (long expired: a flow
+    /// expires after 15 idle minutes); how many flows went.
+    pub async fn flow_delete_idle(&self, before: OffsetDateTime) -> Result<u64> {
+        dispatch!(self, ops, p => ops::flow_delete_idle(p, before).await)
+    }
+
     /// The agencies where this person is the administrator or an operator, found by keyed hash
     /// (the stored IDs are never decrypted for a search).
     pub async fn agencies_of_person(

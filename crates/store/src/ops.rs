@@ -1395,6 +1395,16 @@ pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -
         .rows_affected())
 }
 
+pub(crate) async fn flow_delete_idle(pool: &Handle, before: OffsetDateTime) -> Result<u64> {
+    let _turn = write_turn(pool).await;
+    Ok(sqlx::query("DELETE FROM flows WHERE touched_at < $1")
+        .bind(ts(before))
+        .execute(&**pool)
+        .await
+        .map_err(db)?
+        .rows_affected())
+}
+
 /// Every registered agency's code, in order.
 pub(crate) async fn registered_codes(pool: &Pool<DB>) -> Result<Vec<InstitutionCode>> {
     let rows = sqlx::query("SELECT code FROM registrations ORDER BY code")

@@ -7,3 +7,7 @@ CREATE TABLE notices_sent (
     key     TEXT NOT NULL,
     CONSTRAINT notices_sent_pkey PRIMARY KEY (day, key)
 );
+
+-- Flows idle for a day are deleted now and then (`certreg serve`), with their challenges: they
+-- may hold personal data, and an abandoned flow is of no use once it has expired.
+CREATE INDEX flows_touched_at_idx ON flows (touched_at);

@@ -4,7 +4,7 @@
 mod helpers;
 
 use domain::DomainError;
-use domain::flow::{FlowKind, Step};
+use domain::flow::{Flow, FlowKind, Step};
 use domain::model::*;
 use domain::store::*;
 use helpers::*;
@@ -109,6 +109,49 @@ async fn flows_and_challenges_round_trip() {
         assert_eq!(
             db.consume_challenge("unknown", T0).await.unwrap_err(),
             DomainError::ChallengeUsed
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_flows_are_deleted_with_their_challenges() {
+    each_db(|t| async move {
+        let db = &t.db;
+        // flow-old was last touched at T0, flow-new a day later.
+        db.insert_flow(&flow("flow-old", FlowKind::FirstRegistration))
+            .await
+            .unwrap();
+        db.insert_challenge(&challenge("ch-old", "flow-old"))
+            .await
+            .unwrap();
+        let new = Flow::new(
+            "flow-new".into(),
+            FlowKind::AdminLogin,
+            "session-2",
+            T0 + Duration::days(1),
+        );
+        db.insert_flow(&new).await.unwrap();
+        db.insert_challenge(&challenge("ch-new", "flow-new"))
+            .await
+            .unwrap();
+
+        // The cut-off is exclusive: a flow touched at it stays.
+        assert_eq!(db.flow_delete_idle(T0).await.unwrap(), 0);
+        assert_eq!(
+            db.flow_delete_idle(T0 + Duration::hours(1)).await.unwrap(),
+            1
+        );
+        assert_eq!(db.flow("flow-old").await.unwrap(), None);
+        assert_eq!(
+            db.consume_challenge("ch-old", T0).await.unwrap_err(),
+            DomainError::ChallengeUsed,
+            "its challenge went with it"
+        );
+        assert_eq!(db.flow("flow-new").await.unwrap(), Some(new));
+        assert_eq!(
+            db.consume_challenge("ch-new", T0).await.unwrap().id,
+            "ch-new"
         );
     })
     .await;
