@@ -20,6 +20,10 @@ const CONSTRUCTED: u8 = 0x20;
 
 /// The input with DER lengths; borrowed when it already had them. One element must fill it.
 pub fn to_der(input: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    // The common case, DER already, is checked without copying anything.
+    if der_lengths(input, 0) == Some(input.len()) {
+        return Ok(Cow::Borrowed(input));
+    }
     let mut out = Vec::with_capacity(input.len());
     let used = element(input, 0, &mut out)?;
     if used != input.len() {
@@ -47,6 +51,35 @@ fn tag_len(input: &[u8]) -> Result<usize, String> {
         }
     }
     Err("tag number too long or truncated".into())
+}
+
+/// The size of the element at the start of `input` when it and everything in it have minimal
+/// definite lengths and no chunked OCTET STRING; `None` otherwise (or when it is malformed).
+fn der_lengths(input: &[u8], depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let tl = tag_len(input).ok()?;
+    let (Length::Definite(n), ll) = length(&input[tl..]).ok()? else {
+        return None;
+    };
+    let minimal = match ll {
+        1 => true,
+        2 => n >= 0x80,
+        _ => n >> (8 * (ll - 2)) != 0,
+    };
+    if !minimal || input[..tl] == [OCTET_STRING | CONSTRUCTED] {
+        return None;
+    }
+    let end = (tl + ll).checked_add(n)?;
+    let content = input.get(tl + ll..end)?;
+    if input[0] & CONSTRUCTED != 0 {
+        let mut pos = 0;
+        while pos < content.len() {
+            pos += der_lengths(&content[pos..], depth + 1)?;
+        }
+    }
+    Some(end)
 }
 
 enum Length {
