@@ -32,11 +32,7 @@ pub fn to_der(input: &[u8]) -> Result<Cow<'_, [u8]>, String> {
             input.len() - used
         ));
     }
-    Ok(if out == input {
-        Cow::Borrowed(input)
-    } else {
-        Cow::Owned(out)
-    })
+    Ok(Cow::Owned(out))
 }
 
 /// A tag's bytes: one, or a high-tag-number form of at most four.
