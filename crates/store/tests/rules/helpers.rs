@@ -28,13 +28,18 @@ pub fn pki() -> &'static TestPki {
 }
 
 pub fn validator() -> Arc<Validator> {
+    Arc::new(plain_validator())
+}
+
+/// The test PKI's anchors and CRLs in force at `NOW`, before it is shared (to add an online check).
+pub fn plain_validator() -> Validator {
     let p = pki();
-    Arc::new(Validator::new(
+    Validator::new(
         p.trust_store().unwrap(),
         p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
             .unwrap(),
         ValidationOptions::default(),
-    ))
+    )
 }
 
 /// Agency codes of the master data the tests seed.

@@ -1324,18 +1324,7 @@ async fn a_card_step_waiting_for_ocsp_does_not_stop_other_requests() {
         entered: entered_tx,
         release: std::sync::Mutex::new(release_rx),
     });
-    let validator = || {
-        let p = pki();
-        std::sync::Arc::new(
-            pki::validate::Validator::new(
-                p.trust_store().unwrap(),
-                p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
-                    .unwrap(),
-                pki::validate::ValidationOptions::default(),
-            )
-            .with_online(responder.clone()),
-        )
-    };
+    let validator = || std::sync::Arc::new(plain_validator().with_online(responder.clone()));
     let env = envs_with(validator).await.remove(0);
     let svc = &env.svc;
     let flow = svc
