@@ -129,7 +129,7 @@ fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, Strin
             let end = start.checked_add(n).ok_or("length overflow")?;
             let content = input.get(start..end).ok_or("truncated element")?;
             if constructed {
-                children(tag, content, None, depth, out)?;
+                children(tag, content, false, depth, out)?;
             } else {
                 out.extend_from_slice(tag);
                 put_length(out, n);
@@ -141,7 +141,7 @@ fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, Strin
             if !constructed {
                 return Err("indefinite length on a primitive element".into());
             }
-            let used = children(tag, &input[start..], Some(()), depth, out)?;
+            let used = children(tag, &input[start..], true, depth, out)?;
             Ok(start + used)
         }
     }
@@ -152,7 +152,7 @@ fn element(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, Strin
 fn children(
     tag: &[u8],
     content: &[u8],
-    until_eoc: Option<()>,
+    until_eoc: bool,
     depth: usize,
     out: &mut Vec<u8>,
 ) -> Result<usize, String> {
@@ -160,7 +160,7 @@ fn children(
     let mut pos = 0;
     loop {
         let rest = &content[pos..];
-        if until_eoc.is_some() {
+        if until_eoc {
             if rest.starts_with(&[0, 0]) {
                 pos += 2;
                 break;
