@@ -2,7 +2,12 @@
 //! `/pkcs11info` and `/sign`, and the parsing of a `tbsPackage`.
 //!
 //! Return codes are HiPKI's own where one exists (the page script and sites written for the real
-//! agent know them); certreg adds two in `0x76000C0x` for what the real agent never refuses.
+//! agent know them); certreg adds its own in `0x76000C0x` for what the real agent never refuses.
+//! `message` is the zh-TW sentence of the code, `message2` a secondary reason when there is one.
+//!
+//! Pages written for HiPKI `encodeURIComponent` the `tbs` and the `pin` of a package; both are
+//! percent-decoded here exactly once (`+` stays `+`), whatever the transport. A certreg challenge
+//! holds no `%`, so the decoded and the plain form of one challenge are the same bytes.
 //!
 //! | ret_code     | last_error | meaning |
 //! |--------------|------------|---------|
@@ -16,6 +21,9 @@
 //! | `0x76000031` |            | the requesting site is not trusted (Origin not allowed) |
 //! | `0x76000C01` |            | certreg: TBS refused, not a certreg challenge |
 //! | `0x76000C02` |            | certreg: unsupported `hashAlgorithm`, `signatureType` or `tbsEncoding` |
+//! | `0x76000C03` |            | certreg: the challenge names another site than the caller (refused relay) |
+//! | `0x76000C04` |            | certreg: a signing request without Origin (a local program; needs `allow_no_origin`) |
+//! | `0x76000C05` |            | certreg: a request without Origin that a web page could have made (form body, `Sec-Fetch-Site` not `none`) |
 //! | `0x76000998` |            | no PIN |
 //! | `0x76000999` |            | cancelled |
 //! | `0x76100003` |            | no card reader |
@@ -52,6 +60,13 @@ pub mod ret {
     pub const TBS_REFUSED: u32 = 0x7600_0C01;
     /// certreg: a parameter value the agent does not support (SHA-1, CMS variants …).
     pub const UNSUPPORTED_PARAMETER: u32 = 0x7600_0C02;
+    /// certreg: the challenge's `origin=` is not the site asking (directly or through the popup).
+    pub const ORIGIN_MISMATCH: u32 = 0x7600_0C03;
+    /// certreg: a signing request that names no site, refused unless the agent allows it.
+    pub const NO_ORIGIN: u32 = 0x7600_0C04;
+    /// certreg: a request without Origin shaped like one a web page can send (a form body, a
+    /// `Sec-Fetch-Site` other than `none`).
+    pub const UNSAFE_REQUEST: u32 = 0x7600_0C05;
     pub const NO_PIN: u32 = 0x7600_0998;
     pub const CANCELLED: u32 = 0x7600_0999;
     pub const NO_READER: u32 = 0x7610_0003;
@@ -89,6 +104,9 @@ pub fn message_zh(ret_code: u32, last_error: u32) -> &'static str {
         (ret::SITE_NOT_TRUSTED, _) => "非信任網站，本元件不接受此網站的請求",
         (ret::TBS_REFUSED, _) => "待簽內容不是 certreg 的簽章挑戰，已拒絕簽章",
         (ret::UNSUPPORTED_PARAMETER, _) => "不支援的簽章參數",
+        (ret::ORIGIN_MISMATCH, _) => "簽章挑戰屬於其他網站，本元件拒絕代為簽章",
+        (ret::NO_ORIGIN, _) => "請求未標示來源網站，本元件拒絕簽章",
+        (ret::UNSAFE_REQUEST, _) => "請求方式不安全，本元件拒絕處理",
         (ret::NO_PIN, _) => "未輸入PIN碼",
         (ret::CANCELLED, _) => "使用者已取消動作",
         (ret::NO_READER, _) => "無可用讀卡機",
@@ -115,6 +133,8 @@ pub struct Refusal {
     pub detail: String,
     /// PIN counter, for login failures.
     pub pin: Option<PinState>,
+    /// A secondary reason in zh-TW (`message2` of the answer), empty when there is none.
+    pub message2: String,
 }
 
 impl Refusal {
@@ -124,7 +144,13 @@ impl Refusal {
             last_error: last_error::NONE,
             detail: detail.into(),
             pin: None,
+            message2: String::new(),
         }
+    }
+
+    pub fn with_message2(mut self, message2: impl Into<String>) -> Self {
+        self.message2 = message2.into();
+        self
     }
 }
 
@@ -161,11 +187,16 @@ impl From<&CardError> for Refusal {
             CardError::NoKey => (ret::KEY_NOT_FOUND, last_error::NONE, None),
             CardError::Device(_) => (ret::SIGN_FAILED, last_error::NONE, None),
         };
+        let message2 = match pin.and_then(|p| p.tries_left) {
+            Some(n) if ret_code == ret::LOGIN_FAILED && n > 0 => format!("剩餘 {n} 次機會"),
+            _ => String::new(),
+        };
         Self {
             ret_code,
             last_error: last,
             detail: e.to_string(),
             pin,
+            message2,
         }
     }
 }
@@ -194,7 +225,9 @@ impl From<PinState> for TokenFlags {
 #[serde(rename_all = "camelCase")]
 pub struct CertJson {
     pub label: String,
-    /// `digitalSignature` when the key may sign, else the first keyUsage (`keyEncipherment` …).
+    /// Every keyUsage bit of the certificate in bit order, joined with `|`
+    /// (`digitalSignature|nonRepudiation`, `keyEncipherment|dataEncipherment`); empty when the
+    /// certificate has no keyUsage extension.
     pub usage: String,
     /// DER, base64; only with `?withcert=true`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,6 +235,8 @@ pub struct CertJson {
     /// Serial number in certreg's canonical form (upper-case hex of the integer's bytes, as
     /// `openssl x509 -serial` prints it: a leading `0` of the first byte stays).
     pub sn: String,
+    /// The subject in HiPKI's form: `key=value` in certificate order joined with `,` (no space),
+    /// keys `C`, `O`, `OU`, `CN`, `serialNumber` …; see [`hipki_dn`].
     #[serde(rename = "subjectDN")]
     pub subject_dn: String,
     #[serde(rename = "subjectCN")]
@@ -214,6 +249,11 @@ pub struct CertJson {
     /// RFC 3339, UTC.
     pub not_before: String,
     pub not_after: String,
+    /// The same instants in Unix seconds, as HiPKI gives them.
+    #[serde(rename = "notBeforeT")]
+    pub not_before_t: i64,
+    #[serde(rename = "notAfterT")]
+    pub not_after_t: i64,
 }
 
 /// A card in `/pkcs11info`.
@@ -249,6 +289,7 @@ pub struct Pkcs11InfoResponse {
     #[serde(rename = "serverVersion")]
     pub server_version: &'static str,
     pub message: String,
+    pub message2: String,
     pub slots: Vec<SlotJson>,
 }
 
@@ -263,6 +304,7 @@ impl Pkcs11InfoResponse {
             last_error: last_error::NONE,
             server_version: SERVER_VERSION,
             message: message_zh(ret::OK, 0).into(),
+            message2: String::new(),
             slots,
         }
     }
@@ -272,6 +314,7 @@ impl Pkcs11InfoResponse {
             ret_code: r.ret_code,
             last_error: r.last_error,
             message: message_zh(r.ret_code, r.last_error).into(),
+            message2: r.message2.clone(),
             ..Self::ok(Vec::new())
         }
     }
@@ -283,22 +326,76 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Escapes what a value may not hold in HiPKI's DN form (RFC 4514's specials, so that a page
+/// splitting on `,` and `=` never takes part of a value for a key).
+fn dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn dn_key(oid: &str) -> String {
+    match oid {
+        "2.5.4.6" => "C",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.3" => "CN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.4" => "SN",
+        "2.5.4.42" => "GN",
+        "2.5.4.12" => "title",
+        "1.2.840.113549.1.9.1" => "E",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        other => other,
+    }
+    .to_string()
+}
+
+/// A certificate's subject (or issuer) in HiPKI's form: `C=TW,O=行政院,OU=…,CN=…` — every
+/// attribute in certificate order as `key=value`, joined with `,` and no space, so that pages
+/// that split on `","` and `"="` find `C`, `CN` and `serialNumber`. A value that is no string
+/// is written `#` + hex of its content.
+pub fn hipki_dn(parsed: &ParsedCert, issuer: bool) -> String {
+    let tbs = parsed.cert.tbs_certificate();
+    let name = if issuer { tbs.issuer() } else { tbs.subject() };
+    name.iter()
+        .map(|atv| {
+            let value = pki::facts::any_to_string(atv.value.to_ref())
+                .map(|v| dn_value(&v))
+                .unwrap_or_else(|| {
+                    let hex: String = atv
+                        .value
+                        .value()
+                        .iter()
+                        .map(|b| format!("{b:02X}"))
+                        .collect();
+                    format!("#{hex}")
+                });
+            format!("{}={value}", dn_key(&atv.oid.to_string()))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The JSON of one certificate; `None` for a certificate that does not parse (a real card may
 /// hold odd objects; they are left out rather than failing the whole listing).
 pub fn cert_json(label: &str, der: &[u8], with_cert: bool) -> Option<CertJson> {
     let parsed = ParsedCert::from_der(der.to_vec()).ok()?;
     let f = &parsed.facts;
-    let usage = if f.can_sign() {
-        "digitalSignature".to_string()
-    } else {
-        f.key_usage.first().copied().unwrap_or("").to_string()
-    };
     Some(CertJson {
         label: label.to_string(),
-        usage,
+        usage: f.key_usage.join("|"),
         certb64: with_cert.then(|| base64::engine::general_purpose::STANDARD.encode(der)),
         sn: f.serial.to_string(),
-        subject_dn: f.subject.clone(),
+        subject_dn: hipki_dn(&parsed, false),
         // Organization certificates carry no CN; the unit's name is what a page would show.
         subject_cn: f
             .cn
@@ -306,9 +403,11 @@ pub fn cert_json(label: &str, der: &[u8], with_cert: bool) -> Option<CertJson> {
             .or_else(|| f.holder_name().map(str::to_string))
             .unwrap_or_default(),
         subject_id: f.id_last4.clone().unwrap_or_default(),
-        issuer_dn: f.issuer.clone(),
+        issuer_dn: hipki_dn(&parsed, true),
         not_before: rfc3339(f.not_before),
         not_after: rfc3339(f.not_after),
+        not_before_t: f.not_before.unix_timestamp(),
+        not_after_t: f.not_after.unix_timestamp(),
     })
 }
 
@@ -345,6 +444,8 @@ pub struct SignResponse {
     #[serde(rename = "cardSN")]
     pub card_sn: String,
     pub message: String,
+    /// A secondary reason (zh-TW), empty when there is none.
+    pub message2: String,
     /// certreg: PIN counter after a login failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flags: Option<TokenFlags>,
@@ -363,6 +464,7 @@ impl SignResponse {
             certb64: b64.encode(cert_der),
             card_sn: card_sn.unwrap_or_default().to_string(),
             message: message_zh(ret::OK, 0).into(),
+            message2: String::new(),
             flags: None,
             tries_left: None,
         }
@@ -374,6 +476,7 @@ impl SignResponse {
             ret_code: r.ret_code,
             last_error: r.last_error,
             message: message_zh(r.ret_code, r.last_error).into(),
+            message2: r.message2.clone(),
             flags: r.pin.map(TokenFlags::from),
             tries_left: r.pin.and_then(|p| p.tries_left),
             ..Self::default()
@@ -441,6 +544,60 @@ fn url_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Decodes `%XX` escapes the way JavaScript's `decodeURIComponent` does (`+` stays `+`); `None`
+/// for a stray `%` or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// JSON text with raw control characters inside its strings written as `\u00XX` escapes. A
+/// form-encoded package whose values were percent-encoded arrives, once the form is decoded, with
+/// a real newline inside the `tbs` string; HiPKI reads that, strict JSON does not.
+fn escape_controls_in_strings(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.bytes().any(|b| b < 0x20) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            } else if (c as u32) < 0x20 {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+                continue;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The value of form field `name` in an urlencoded body.
 pub fn form_field(body: &str, name: &str) -> Result<Option<String>, Refusal> {
     for pair in body.split('&') {
@@ -465,7 +622,7 @@ pub fn package_of(body: &[u8]) -> Result<Value, Refusal> {
         form_field(text, "tbsPackage")?
             .ok_or_else(|| Refusal::new(ret::PARAMETER, "no tbsPackage field"))?
     };
-    let value: Value = serde_json::from_str(&json_text)
+    let value: Value = serde_json::from_str(&escape_controls_in_strings(&json_text))
         .map_err(|e| Refusal::new(ret::JSON_FORMAT, format!("tbsPackage is not JSON: {e}")))?;
     if !value.is_object() {
         return Err(Refusal::new(
@@ -512,7 +669,9 @@ impl SignRequest {
 
     /// Reads a `tbsPackage` object.
     pub fn from_package(v: &Value) -> Result<Self, Refusal> {
-        let tbs_text = opt_str(v, "tbs")?.unwrap_or_default();
+        let tbs_text = percent_decode(opt_str(v, "tbs")?.unwrap_or_default())
+            .ok_or_else(|| Refusal::new(ret::PARAMETER, "tbs: bad percent-encoding"))?;
+        let tbs_text = tbs_text.as_str();
         if tbs_text.is_empty() {
             return Err(Refusal::new(ret::NO_TBS, "no tbs"));
         }
@@ -557,7 +716,8 @@ impl SignRequest {
             func: opt_str(v, "func")?.map(str::to_string),
             tbs,
             signature_type,
-            pin: opt_str(v, "pin")?.unwrap_or_default().to_string(),
+            pin: percent_decode(opt_str(v, "pin")?.unwrap_or_default())
+                .ok_or_else(|| Refusal::new(ret::PARAMETER, "pin: bad percent-encoding"))?,
             nonce,
             with_card_sn: opt_bool(v, "withCardSN")?,
             slot_description: opt_str(v, "slotDescription")?
@@ -587,6 +747,34 @@ mod tests {
         assert_eq!(a.signature_type, SignatureType::Pkcs7);
         assert!(a.with_card_sn);
         assert_eq!(a.nonce.as_deref(), Some(&b"n1"[..]));
+    }
+
+    #[test]
+    fn percent_encoded_values_and_decoded_newlines_read_as_the_plain_package() {
+        let plain = SignRequest::from_body(
+            br#"{"tbs":"certreg-challenge/1\npurpose=x+y","pin":"12 34+","nonce":"a+b"}"#,
+        )
+        .unwrap();
+        // As HiPKI pages send it: tbs and pin through encodeURIComponent, '+' as %2B.
+        let encoded = r#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2034%2B","nonce":"a%2Bb"}"#;
+        let form = format!("tbsPackage={encoded}");
+        let from_form = SignRequest::from_body(form.as_bytes()).unwrap();
+        assert_eq!(from_form, plain);
+        let from_json = SignRequest::from_body(
+            br#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2034%2B","nonce":"a+b"}"#,
+        )
+        .unwrap();
+        assert_eq!(from_json, plain);
+        assert_eq!(plain.tbs, b"certreg-challenge/1\npurpose=x+y");
+        // Decoded once only: an encoded '%' stays a '%'.
+        let twice = SignRequest::from_body(br#"{"tbs":"%2541"}"#).unwrap();
+        assert_eq!(twice.tbs, b"%41");
+        let code = |b: &[u8]| SignRequest::from_body(b).unwrap_err().ret_code;
+        assert_eq!(code(br#"{"tbs":"100%"}"#), ret::PARAMETER);
+        assert_eq!(code(br#"{"tbs":"x","pin":"%zz"}"#), ret::PARAMETER);
+        assert_eq!(code(br#"{"tbs":"%FF"}"#), ret::PARAMETER);
+        // Control characters are repaired inside strings only.
+        assert_eq!(code(b"tbsPackage=%7B%0B%22tbs%22:1%7D"), ret::JSON_FORMAT);
     }
 
     #[test]

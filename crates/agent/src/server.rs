@@ -1,13 +1,19 @@
 //! The agent's HTTP server on 127.0.0.1: `/pkcs11info` and `/sign` (HiPKI protocol, CORS for
 //! configured origins only), `/popupForm` (the postMessage bridge for sites that use the real
-//! agent's popup mode), and `/`, a zh-TW status page with soft-card insert/eject.
+//! agent's popup mode), `/p11Image.bmp` (the `pkcs11info` answer packed into an image, HiPKI's
+//! installation check), and `/`, a zh-TW status page with soft-card insert/eject.
 //!
 //! Safety rules, each enforced here: the socket is bound to the loopback address only; the Host
 //! header must name the loopback (a DNS-rebinding page cannot read the agent); a request whose
 //! Origin is not configured gets "site not trusted" and no CORS headers; bodies are size-limited;
-//! only certreg challenges are signed; one operation at a time per card; the PIN is never logged.
+//! only certreg challenges are signed, and only for the site that asks: the challenge's `origin=`
+//! must be the request's Origin (or, through the popup, the origin of the page that posted to
+//! it); a signing request without Origin is refused unless the agent was started to allow local
+//! programs, and even then never in a shape a web page can send; one operation at a time per
+//! card; the PIN is never logged.
 
 use crate::backend::{CardBackend, CardCert, CardError, SlotInfo, TokenInfo};
+use crate::origin::{self, OriginError};
 use crate::protocol::{
     self, Pkcs11InfoResponse, Refusal, SignRequest, SignResponse, SignatureType, ret,
 };
@@ -40,10 +46,16 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 pub struct AgentConfig {
     /// TCP port on 127.0.0.1 (0 = any free port, for tests).
     pub port: u16,
-    /// Origins (`https://certreg.example.gov.tw`) whose pages may call the agent.
+    /// Origins (`https://certreg.example.gov.tw`) whose pages may call the agent; checked by
+    /// [`origin::parse_allowed`] when the server starts.
     pub allowed_origins: Vec<String>,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Sign for requests without an Origin header (local programs). Off: only web pages of the
+    /// allowed origins, for their own challenges.
+    pub allow_no_origin: bool,
+    /// Accept plain `http://` allowed origins on hosts other than the loopback.
+    pub allow_insecure_origin: bool,
 }
 
 impl Default for AgentConfig {
@@ -52,21 +64,15 @@ impl Default for AgentConfig {
             port: DEFAULT_PORT,
             allowed_origins: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
+            allow_no_origin: false,
+            allow_insecure_origin: false,
         }
     }
 }
 
-/// Normalises a configured origin: scheme and host lower case, no trailing slash.
-pub fn normalize_origin(origin: &str) -> String {
-    let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    // Browsers leave the scheme's default port out of Origin; a configured one must match that.
-    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
-        if o.starts_with(scheme) && o.ends_with(port) {
-            return o[..o.len() - port.len()].to_string();
-        }
-    }
-    o
-}
+/// The header by which the agent's popup names the origin of the page that posted the request
+/// to it (`MessageEvent.origin`). Honoured only on requests from the agent's own origin.
+pub const RELAY_ORIGIN_HEADER: &str = "x-certreg-relay-origin";
 
 struct Inner {
     config: AgentConfig,
@@ -100,24 +106,31 @@ fn random_token() -> String {
 
 impl AgentState {
     /// State for a server on `config.port` (the port actually bound: own origins depend on it).
+    /// Refuses allowed origins that would open the agent to every page.
     pub fn new(
         config: AgentConfig,
         backend: Arc<dyn CardBackend>,
         soft_cards: Option<Arc<SoftCards>>,
-    ) -> Self {
+    ) -> Result<Self, OriginError> {
         let mut config = config;
-        config.allowed_origins = config
-            .allowed_origins
-            .iter()
-            .map(|o| normalize_origin(o))
-            .collect();
+        let mut allowed = Vec::new();
+        for o in &config.allowed_origins {
+            let o = origin::parse_allowed(o, config.allow_insecure_origin)?;
+            if !allowed.contains(&o) {
+                allowed.push(o);
+            }
+        }
+        config.allowed_origins = allowed;
         let port = config.port;
         let own_hosts = vec![
             format!("127.0.0.1:{port}"),
             format!("localhost:{port}"),
             format!("[::1]:{port}"),
         ];
-        let own_origins = own_hosts.iter().map(|h| format!("http://{h}")).collect();
+        let own_origins = own_hosts
+            .iter()
+            .filter_map(|h| origin::normalize(&format!("http://{h}")))
+            .collect();
         let (popup_html, popup_script) = popup_page(&config.allowed_origins);
         let script_hash = base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(
             &ring::digest::SHA256,
@@ -127,7 +140,7 @@ impl AgentState {
             "default-src 'none'; script-src 'sha256-{script_hash}'; connect-src 'self'; \
              style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
         );
-        Self(Arc::new(Inner {
+        Ok(Self(Arc::new(Inner {
             config,
             backend,
             soft_cards,
@@ -137,7 +150,7 @@ impl AgentState {
             form_token: random_token(),
             popup_html,
             popup_csp,
-        }))
+        })))
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -168,10 +181,14 @@ enum Caller {
 }
 
 fn caller(state: &AgentState, headers: &HeaderMap) -> Caller {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let Some(raw) = headers.get(header::ORIGIN) else {
         return Caller::Local;
     };
-    let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+    let text = String::from_utf8_lossy(raw.as_bytes()).into_owned();
+    let Some(origin) = origin::normalize(&text) else {
+        // `null` (sandboxed frames, file: pages) and anything unreadable.
+        return Caller::Refused(text);
+    };
     if state.is_own_origin(&origin) {
         Caller::Own
     } else if state.0.config.allowed_origins.contains(&origin) {
@@ -181,12 +198,97 @@ fn caller(state: &AgentState, headers: &HeaderMap) -> Caller {
     }
 }
 
+/// `Sec-Fetch-Site`, lower case; `None` when the client did not send it (not a current browser).
+fn fetch_site(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("sec-fetch-site")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+}
+
+/// A request without Origin that a browser made for another site's page: a current browser
+/// says so in `Sec-Fetch-Site` (an old one sends neither header, see [`signing_origin`]).
+fn cross_site_without_origin(who: &Caller, headers: &HeaderMap) -> bool {
+    *who == Caller::Local && fetch_site(headers).is_some_and(|s| s != "none" && s != "same-origin")
+}
+
+/// Whether a body is JSON by its Content-Type (`application/json`, parameters allowed).
+fn is_json_content(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The site a signature may be made for, by who asks: an allowed site for itself; the agent's
+/// popup for the page that posted to it (the relay header, which must name an allowed site);
+/// a local program (no Origin) for any site, only when the agent allows that, and only in a
+/// request no web page can send — JSON or a custom header (both need a CORS preflight, which
+/// only allowed sites pass) and no cross-site `Sec-Fetch-Site` — so that a page in an old
+/// browser that sends no Origin cannot spend a card's PIN tries. `Ok(None)`: any site.
+fn signing_origin(
+    state: &AgentState,
+    who: &Caller,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Refusal> {
+    match who {
+        Caller::Allowed(o) => Ok(Some(o.clone())),
+        Caller::Refused(o) => Err(Refusal::new(
+            ret::SITE_NOT_TRUSTED,
+            format!("origin {o} is not allowed"),
+        )),
+        Caller::Own => {
+            let Some(raw) = headers.get(RELAY_ORIGIN_HEADER) else {
+                return Err(Refusal::new(
+                    ret::NO_ORIGIN,
+                    "a request of the agent's own page without the relayed origin",
+                ));
+            };
+            let text = String::from_utf8_lossy(raw.as_bytes());
+            match origin::normalize(&text) {
+                Some(o) if state.0.config.allowed_origins.contains(&o) => Ok(Some(o)),
+                _ => Err(Refusal::new(
+                    ret::SITE_NOT_TRUSTED,
+                    format!("relayed origin {text:?} is not allowed"),
+                )),
+            }
+        }
+        Caller::Local => {
+            if !state.0.config.allow_no_origin {
+                return Err(Refusal::new(ret::NO_ORIGIN, "no Origin header")
+                    .with_message2("本機程式須於元件啟動時以 --allow-no-origin 允許"));
+            }
+            if cross_site_without_origin(who, headers) {
+                return Err(Refusal::new(
+                    ret::UNSAFE_REQUEST,
+                    "no Origin, Sec-Fetch-Site says another site",
+                ));
+            }
+            if !is_json_content(headers) && !headers.contains_key("x-requested-with") {
+                return Err(Refusal::new(
+                    ret::UNSAFE_REQUEST,
+                    "no Origin and a body a form can send (JSON or X-Requested-With required)",
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// JSON with `Vary: Origin` and, for an allowed site, its CORS header.
 fn api_response(caller: &Caller, body: impl serde::Serialize) -> Response {
-    let mut resp = Json(body).into_response();
+    with_cors(caller, Json(body).into_response())
+}
+
+/// `Vary: Origin`, no caching, no sniffing and, for an allowed site, its CORS header.
+fn with_cors(caller: &Caller, mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Caller::Allowed(origin) = caller
         && let Ok(v) = HeaderValue::from_str(origin)
     {
@@ -195,7 +297,32 @@ fn api_response(caller: &Caller, body: impl serde::Serialize) -> Response {
     resp
 }
 
-/// Answers the CORS preflight of `/pkcs11info` and `/sign`.
+/// The request headers a preflight asks for, when each is a plain header name (pages written for
+/// HiPKI add their own to `GET /pkcs11info`); otherwise just Content-Type.
+fn allowed_request_headers(headers: &HeaderMap) -> HeaderValue {
+    let asked = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let names: Vec<&str> = asked
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let plain = names.len() <= 16
+        && names.iter().all(|n| {
+            n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if names.is_empty() || !plain {
+        return HeaderValue::from_static("Content-Type");
+    }
+    HeaderValue::from_str(&names.join(", "))
+        .unwrap_or_else(|_| HeaderValue::from_static("Content-Type"))
+}
+
+/// Answers the CORS preflight of every route.
 async fn preflight(State(state): State<AgentState>, headers: HeaderMap) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
@@ -210,11 +337,11 @@ async fn preflight(State(state): State<AgentState>, headers: HeaderMap) -> Respo
     }
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST"),
+        HeaderValue::from_static("GET, POST"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type"),
+        allowed_request_headers(&headers),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -249,6 +376,40 @@ fn wants_certs(uri: &Uri) -> bool {
     })
 }
 
+/// The `pkcs11info` answer for `who`.
+async fn info_answer(
+    state: &AgentState,
+    who: &Caller,
+    headers: &HeaderMap,
+    with_cert: bool,
+) -> Pkcs11InfoResponse {
+    if let Caller::Refused(origin) = who {
+        tracing::info!(%origin, "pkcs11info refused: site not trusted");
+        return Pkcs11InfoResponse::refused(&Refusal::new(ret::SITE_NOT_TRUSTED, "origin"));
+    }
+    if cross_site_without_origin(who, headers) {
+        return Pkcs11InfoResponse::refused(&Refusal::new(ret::UNSAFE_REQUEST, "cross-site"));
+    }
+    let backend = state.0.backend.clone();
+    match blocking(move || backend.slots()).await {
+        Ok(slots) if slots.is_empty() => {
+            Pkcs11InfoResponse::refused(&Refusal::from(&CardError::NoReader))
+        }
+        Ok(slots) => Pkcs11InfoResponse::ok(
+            slots
+                .iter()
+                .map(|s| protocol::slot_json(s, with_cert))
+                .collect(),
+        ),
+        Err(CardError::Device(detail)) => {
+            tracing::warn!(%detail, "listing readers failed");
+            Pkcs11InfoResponse::refused(&Refusal::new(ret::READER_INFO, detail))
+        }
+        Err(e) => Pkcs11InfoResponse::refused(&Refusal::from(&e)),
+    }
+}
+
+/// `GET` or `POST /pkcs11info[?withcert=true]`; the body, if any, is not read.
 async fn pkcs11info(
     State(state): State<AgentState>,
     headers: HeaderMap,
@@ -256,32 +417,11 @@ async fn pkcs11info(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let who = caller(&state, &headers);
-    let answer = match (&who, body) {
-        (Caller::Refused(origin), _) => {
-            tracing::info!(%origin, "pkcs11info refused: site not trusted");
-            Pkcs11InfoResponse::refused(&Refusal::new(ret::SITE_NOT_TRUSTED, "origin"))
+    let answer = match body {
+        Err(e) if !matches!(who, Caller::Refused(_)) => {
+            Pkcs11InfoResponse::refused(&Refusal::new(ret::TOO_LARGE, e.to_string()))
         }
-        (_, Err(e)) => Pkcs11InfoResponse::refused(&Refusal::new(ret::TOO_LARGE, e.to_string())),
-        (_, Ok(_)) => {
-            let with_cert = wants_certs(&uri);
-            let backend = state.0.backend.clone();
-            match blocking(move || backend.slots()).await {
-                Ok(slots) if slots.is_empty() => {
-                    Pkcs11InfoResponse::refused(&Refusal::from(&CardError::NoReader))
-                }
-                Ok(slots) => Pkcs11InfoResponse::ok(
-                    slots
-                        .iter()
-                        .map(|s| protocol::slot_json(s, with_cert))
-                        .collect(),
-                ),
-                Err(CardError::Device(detail)) => {
-                    tracing::warn!(%detail, "listing readers failed");
-                    Pkcs11InfoResponse::refused(&Refusal::new(ret::READER_INFO, detail))
-                }
-                Err(e) => Pkcs11InfoResponse::refused(&Refusal::from(&e)),
-            }
-        }
+        _ => info_answer(&state, &who, &headers, wants_certs(&uri)).await,
     };
     tracing::info!(
         func = "pkcs11info",
@@ -292,20 +432,99 @@ async fn pkcs11info(
     api_response(&who, answer)
 }
 
+/// The BMP of `GET /p11Image.bmp`: 2000×1 pixels, 24 bits, each pixel three bytes of `json`
+/// (blue, green, red — the order a BMP stores them in, so the pixel data is the text itself),
+/// the rest zero. `json` must be ASCII and at most 6000 bytes.
+fn p11_image(json: &str) -> Vec<u8> {
+    const WIDTH: usize = 2000;
+    const DATA: usize = WIDTH * 3; // a multiple of 4: the one row needs no padding
+    let mut out = Vec::with_capacity(54 + DATA);
+    out.extend_from_slice(b"BM");
+    out.extend_from_slice(&((54 + DATA) as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&54u32.to_le_bytes());
+    out.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    out.extend_from_slice(&(WIDTH as i32).to_le_bytes());
+    out.extend_from_slice(&1i32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // planes
+    out.extend_from_slice(&24u16.to_le_bytes()); // bits per pixel
+    out.extend_from_slice(&0u32.to_le_bytes()); // BI_RGB
+    out.extend_from_slice(&(DATA as u32).to_le_bytes());
+    out.extend_from_slice(&2835i32.to_le_bytes()); // 72 dpi
+    out.extend_from_slice(&2835i32.to_le_bytes());
+    out.extend_from_slice(&[0; 8]); // palette sizes
+    let mut data = json.as_bytes()[..json.len().min(DATA)].to_vec();
+    data.resize(DATA, 0);
+    out.extend_from_slice(&data);
+    out
+}
+
+/// The `pkcs11info` JSON as the image carries it: ASCII only (`\uXXXX` escapes, the pixels
+/// hold bytes), padded with spaces to whole pixels (a reader stops at the first pixel whose blue
+/// byte is 0, so a last pixel with one or two characters would add NULs to the text). When the
+/// certificates make it too long for 2000 pixels they are left out, then the readers.
+fn p11_image_json(answer: &Pkcs11InfoResponse) -> String {
+    let ascii = |a: &Pkcs11InfoResponse| {
+        let text = serde_json::to_string(a).unwrap_or_default();
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+        while !out.len().is_multiple_of(3) {
+            out.push(' ');
+        }
+        out
+    };
+    let full = ascii(answer);
+    if full.len() <= 6000 {
+        return full;
+    }
+    let mut lean = answer.clone();
+    for slot in &mut lean.slots {
+        if let Some(t) = &mut slot.token {
+            t.certs.clear();
+        }
+    }
+    let text = ascii(&lean);
+    if text.len() <= 6000 {
+        return text;
+    }
+    lean.slots.clear();
+    ascii(&lean)
+}
+
+/// `GET /p11Image.bmp`: HiPKI's installation check, readable by the allowed sites through CORS
+/// (`<img crossOrigin>` on a canvas).
+async fn p11_image_bmp(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    let who = caller(&state, &headers);
+    if matches!(who, Caller::Refused(_)) || cross_site_without_origin(&who, &headers) {
+        return with_cors(&who, StatusCode::FORBIDDEN.into_response());
+    }
+    let answer = info_answer(&state, &who, &headers, false).await;
+    let mut resp = p11_image(&p11_image_json(&answer)).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/bmp"));
+    with_cors(&who, resp)
+}
+
 async fn sign(
     State(state): State<AgentState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let who = caller(&state, &headers);
-    let result = match (&who, body) {
-        (Caller::Refused(origin), _) => Err(Refusal::new(
-            ret::SITE_NOT_TRUSTED,
-            format!("origin {origin} is not allowed"),
-        )),
+    let result = match (signing_origin(&state, &who, &headers), body) {
+        (Err(r), _) => Err(r),
         (_, Err(e)) => Err(Refusal::new(ret::TOO_LARGE, e.to_string())),
-        (_, Ok(body)) => match SignRequest::from_body(&body) {
-            Ok(req) => do_sign(&state, req).await,
+        (Ok(site), Ok(body)) => match SignRequest::from_body(&body) {
+            Ok(req) => do_sign(&state, req, site).await,
             Err(r) => Err(r),
         },
     };
@@ -355,11 +574,32 @@ fn choose_slot(slots: &[SlotInfo], wanted: Option<&str>) -> Result<(TokenInfo, C
         .ok_or_else(|| Refusal::new(ret::CERT_NOT_FOUND, "no certificate that may sign"))
 }
 
-async fn do_sign(state: &AgentState, req: SignRequest) -> Result<SignResponse, Refusal> {
+/// Signs `req` for `site` (`None`: a local program allowed to sign for any site).
+async fn do_sign(
+    state: &AgentState,
+    req: SignRequest,
+    site: Option<String>,
+) -> Result<SignResponse, Refusal> {
     // Only certreg challenges: a page of an allowed site still cannot make the card sign
     // arbitrary documents with the user's PIN.
-    Challenge::parse_tbs(&req.tbs)
-        .map_err(|e| Refusal::new(ret::TBS_REFUSED, format!("TBS refused: {}", e.detail)))?;
+    let challenge = Challenge::parse_tbs(&req.tbs).map_err(|e| {
+        Refusal::new(ret::TBS_REFUSED, format!("TBS refused: {}", e.detail))
+            .with_message2("待簽內容須為 certreg 簽章挑戰（certreg-challenge/1）")
+    })?;
+    // Only for the site that asks: with two trusted sites, one must not get the card to sign
+    // the other's challenge. Both sides are in the one form of `origin::normalize`.
+    if let Some(site) = site
+        && origin::normalize(&challenge.origin).as_deref() != Some(site.as_str())
+    {
+        return Err(Refusal::new(
+            ret::ORIGIN_MISMATCH,
+            format!("challenge for {} asked by {site}", challenge.origin),
+        )
+        .with_message2(format!(
+            "挑戰所屬網站：{}；提出請求的網站：{site}",
+            challenge.origin
+        )));
+    }
     if req.pin.is_empty() {
         return Err(Refusal::new(ret::NO_PIN, "no PIN"));
     }
@@ -473,9 +713,11 @@ fn popup_page(allowed: &[String]) -> (String, String) {
 
 /// The bridge for pages that talk to the agent by postMessage (HiPKI's popup mode): ready signal
 /// `{"func":"getTbs"}` (a JSON string, as HiPKI sends it) to each allowed origin — the browser
-/// delivers it only if the opener has that origin; then ONE request from an allowed origin,
-/// performed against the agent's own endpoints, answered to that origin only, and the window
-/// closes.
+/// delivers it only if the opener has that origin; then ONE request, accepted only from the
+/// window that opened the popup and only from an allowed origin, performed against the agent's
+/// own endpoints with that origin in the relay header (the agent signs only a challenge naming
+/// it), answered to that origin only, and the window closes. A challenge naming another site is
+/// refused here already, before the agent is asked.
 const POPUP_SCRIPT: &str = r#"
 (function () {
   "use strict";
@@ -492,8 +734,27 @@ const POPUP_SCRIPT: &str = r#"
       default: return null;
     }
   }
+  // The origin= line of a certreg challenge (tbs as the agent reads it: percent-decoded, then
+  // base64 when tbsEncoding says so); null when the tbs is no challenge (the agent refuses it).
+  function challengeOrigin(req) {
+    try {
+      var tbs = decodeURIComponent(String(req.tbs || ""));
+      if (String(req.tbsEncoding || "").toLowerCase() === "base64") {
+        var bin = atob(tbs.replace(/\s+/g, ""));
+        var bytes = new Uint8Array(bin.length);
+        for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+        tbs = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+      }
+      var lines = tbs.split("\n");
+      if (lines[0] !== "certreg-challenge/1" || !/^origin=/.test(lines[2] || "")) return null;
+      return lines[2].slice(7);
+    } catch (e) { return null; }
+  }
+  function sameOrigin(a, b) {
+    try { return new URL(a).origin === b && /^https?:\/\/[^\/?#@]+$/.test(a); } catch (e) { return false; }
+  }
   window.addEventListener("message", function (ev) {
-    if (done || ALLOWED.indexOf(ev.origin) < 0 || !ev.source) return;
+    if (done || !window.opener || ev.source !== window.opener || ALLOWED.indexOf(ev.origin) < 0) return;
     var req;
     try { req = typeof ev.data === "string" ? JSON.parse(ev.data) : ev.data; } catch (e) { return; }
     if (!req || typeof req !== "object" || req.func === "getTbs") return;
@@ -506,18 +767,28 @@ const POPUP_SCRIPT: &str = r#"
     }
     var url = endpoint(req);
     if (!url) {
-      answer(JSON.stringify({ func: String(req.func), ret_code: 0x7600000E, last_error: 0, message: "不支援的方法" }));
+      answer(JSON.stringify({ func: String(req.func), ret_code: 0x7600000E, last_error: 0, message: "不支援的方法", message2: "" }));
       return;
+    }
+    if (url === "/sign") {
+      var named = challengeOrigin(req);
+      if (named !== null && !sameOrigin(named, origin)) {
+        answer(JSON.stringify({ func: "sign", ret_code: 0x76000C03, last_error: 0,
+          message: "簽章挑戰屬於其他網站，本元件拒絕代為簽章",
+          message2: "挑戰所屬網站：" + named + "；提出請求的網站：" + origin,
+          signature: "", certb64: "", cardSN: "" }));
+        return;
+      }
     }
     status.textContent = "處理中，請稍候…";
     fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", "X-Certreg-Relay-Origin": origin },
       body: url === "/sign" ? JSON.stringify(req) : "",
       credentials: "omit",
       cache: "no-store"
     }).then(function (r) { return r.text(); }).then(answer, function () {
-      answer(JSON.stringify({ func: String(req.func), ret_code: 0x76100004, last_error: 0, message: "讀卡元件無回應" }));
+      answer(JSON.stringify({ func: String(req.func), ret_code: 0x76100004, last_error: 0, message: "讀卡元件無回應", message2: "" }));
     });
   });
   if (window.opener) {
@@ -532,6 +803,10 @@ const POPUP_SCRIPT: &str = r#"
 async fn popup_form(State(state): State<AgentState>) -> Response {
     let mut resp = Html(state.0.popup_html.clone()).into_response();
     let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(v) = HeaderValue::from_str(&state.0.popup_csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -572,7 +847,15 @@ fn pin_text(p: &crate::backend::PinState) -> String {
     }
 }
 
-async fn status_page(State(state): State<AgentState>) -> Response {
+/// The status page: readers, cards, soft cards and trusted sites. The insert/eject buttons are
+/// shown only to a page the user opened in the agent itself (`Sec-Fetch-Site` `none` or
+/// `same-origin`); the page may not be framed (a click on a framed button would be the framing
+/// site's).
+async fn status_page(State(state): State<AgentState>, headers: HeaderMap) -> Response {
+    let buttons = matches!(
+        fetch_site(&headers).as_deref(),
+        Some("none" | "same-origin")
+    );
     let backend = state.0.backend.clone();
     let slots = blocking(move || backend.slots()).await;
     let mut body = String::new();
@@ -651,6 +934,8 @@ async fn status_page(State(state): State<AgentState>) -> Response {
                     };
                     let button = if c.problem.is_some() && c.reader.is_none() {
                         esc(c.problem.as_deref().unwrap_or(""))
+                    } else if !buttons {
+                        String::new()
                     } else {
                         format!(
                             "<form method=\"post\" action=\"/softcards/{action}\">\
@@ -697,18 +982,26 @@ async fn status_page(State(state): State<AgentState>) -> Response {
              frame-ancestors 'none'; base-uri 'none'",
         ),
     );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("Sec-Fetch-Site"));
     resp
 }
 
-/// `POST /softcards/insert|eject`: only from the status page itself (its Origin and its token).
+/// `POST /softcards/insert|eject`: only from the status page itself (its Origin, a same-origin
+/// `Sec-Fetch-Site` when the browser sends one, and its token).
 async fn softcard_action(
     state: AgentState,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     insert: bool,
 ) -> Response {
-    if caller(&state, &headers) != Caller::Own {
+    let site = fetch_site(&headers);
+    if caller(&state, &headers) != Caller::Own || site.is_some_and(|s| s != "same-origin") {
         return (StatusCode::FORBIDDEN, "只接受本元件狀態頁的操作\n").into_response();
     }
     let Ok(body) = body else {
@@ -769,9 +1062,13 @@ async fn fallback(method: Method, uri: Uri) -> Response {
 /// All endpoints.
 pub fn router(state: AgentState) -> Router {
     Router::new()
-        .route("/pkcs11info", post(pkcs11info).options(preflight))
+        .route(
+            "/pkcs11info",
+            get(pkcs11info).post(pkcs11info).options(preflight),
+        )
         .route("/sign", post(sign).options(preflight))
-        .route("/popupForm", get(popup_form))
+        .route("/popupForm", get(popup_form).options(preflight))
+        .route("/p11Image.bmp", get(p11_image_bmp).options(preflight))
         .route("/", get(status_page))
         .route("/softcards/insert", post(softcard_insert))
         .route("/softcards/eject", post(softcard_eject))
@@ -779,6 +1076,10 @@ pub fn router(state: AgentState) -> Router {
         .layer(DefaultBodyLimit::max(state.0.config.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)
+}
+
+fn backend_name(state: &AgentState) -> String {
+    state.0.backend.name()
 }
 
 /// Binds `127.0.0.1:port` (never another interface).
@@ -804,8 +1105,10 @@ pub async fn serve_on(
         port: addr.port(),
         ..config
     };
-    tracing::info!(%addr, backend = %backend.name(), origins = ?config.allowed_origins, "card agent listening");
-    let state = AgentState::new(config, backend, soft_cards);
+    let state = AgentState::new(config, backend, soft_cards)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tracing::info!(%addr, backend = %backend_name(&state), origins = ?state.config().allowed_origins,
+        allow_no_origin = state.config().allow_no_origin, "card agent listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -819,23 +1122,4 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind(config.port).await?;
     serve_on(listener, config, backend, None, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn default_ports_are_left_out_like_browsers_do() {
-        assert_eq!(
-            super::normalize_origin("https://Certreg.Example:443/"),
-            "https://certreg.example"
-        );
-        assert_eq!(
-            super::normalize_origin("http://localhost:80"),
-            "http://localhost"
-        );
-        assert_eq!(
-            super::normalize_origin("http://localhost:8080"),
-            "http://localhost:8080"
-        );
-    }
 }

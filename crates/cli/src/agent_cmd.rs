@@ -38,6 +38,12 @@ struct ServeArgs {
     /// Origin whose pages may use the agent, e.g. https://certreg.example.gov.tw (repeatable).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
+    /// Sign for local programs that send no Origin header (any site's challenge).
+    #[arg(long)]
+    allow_no_origin: bool,
+    /// Accept plain http:// origins on hosts other than the loopback in --allow-origin.
+    #[arg(long)]
+    allow_insecure_origin: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     max_body: usize,
@@ -198,6 +204,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         port: args.port,
         allowed_origins: args.allow_origin,
         max_body: args.max_body,
+        allow_no_origin: args.allow_no_origin,
+        allow_insecure_origin: args.allow_insecure_origin,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

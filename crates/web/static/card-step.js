@@ -43,7 +43,7 @@ if (form) {
       const { readers } = await readCards({ agent, mode: 'direct', timeoutMs: 5000 });
       offered = [];
       for (const r of readers) {
-        const cert = r.card && (r.card.certs || []).find((c) => c.usage === 'digitalSignature');
+        const cert = r.card && (r.card.certs || []).find((c) => String(c.usage).split('|').includes('digitalSignature'));
         if (cert && fits(cert)) offered.push({ description: r.description, cert });
       }
       choice.replaceChildren(...offered.map((o) => {

@@ -242,9 +242,10 @@ impl TestAgent {
         self.post("/pkcs11info?withcert=true", b"").json()
     }
 
-    /// `/sign` with a JSON `tbsPackage` in the form encoding HiPKI pages use.
+    /// `/sign` with a JSON `tbsPackage` in the form encoding HiPKI pages use, from a page of
+    /// [`SITE`] (the site the tests' challenges name).
     pub fn sign(&self, package: &Value) -> Value {
-        self.sign_from(package, None)
+        self.sign_from(package, Some(SITE))
     }
 
     pub fn sign_from(&self, package: &Value, origin: Option<&str>) -> Value {

@@ -3,6 +3,8 @@
 //! by OpenSSL.
 
 mod helpers;
+mod hipki;
+mod origins;
 
 use agent::backend::{CardBackend, CardCert, CardError, SlotInfo};
 use agent::protocol::{last_error, ret};
@@ -66,7 +68,8 @@ fn lists_readers_cards_and_certificates_without_a_pin() {
         json!({"countLow": false, "finalTry": false, "locked": false})
     );
     let cert = &org["certs"][0];
-    assert_eq!(cert["usage"], "digitalSignature");
+    // Every key usage, joined as HiPKI does.
+    assert_eq!(cert["usage"], "digitalSignature|nonRepudiation");
     assert_eq!(
         b64(cert["certb64"].as_str().unwrap()),
         pki().card("gca-agency").issued.cert_der
@@ -398,7 +401,11 @@ fn only_configured_origins_get_answers_and_cors() {
     let from_popup = agent.request(
         "POST",
         "/sign",
-        &[("Origin", &own), ("Content-Type", "application/json")],
+        &[
+            ("Origin", &own),
+            ("Content-Type", "application/json"),
+            ("X-Certreg-Relay-Origin", SITE),
+        ],
         pkg.to_string().as_bytes(),
     );
     assert_eq!(code(&from_popup.json()), (0, 0));
@@ -429,10 +436,10 @@ fn preflight_allows_private_network_for_configured_origins_only() {
         ok.header("access-control-allow-private-network"),
         Some("true")
     );
-    assert_eq!(ok.header("access-control-allow-methods"), Some("POST"));
+    assert_eq!(ok.header("access-control-allow-methods"), Some("GET, POST"));
     assert_eq!(
         ok.header("access-control-allow-headers"),
-        Some("Content-Type")
+        Some("content-type")
     );
     let bad = ask("https://evil.example");
     assert_eq!(bad.status, 403);
@@ -472,7 +479,14 @@ fn only_certreg_challenges_are_signed() {
 fn malformed_and_oversized_requests_get_their_codes() {
     let (_tmp, dir) = soft_card_dir(KeyAlg::Rsa2048);
     let agent = TestAgent::soft(&dir, &["gca-agency"]);
-    let post = |body: &[u8]| code(&agent.post("/sign", body).json()).0;
+    let post = |body: &[u8]| {
+        code(
+            &agent
+                .request("POST", "/sign", &[("Origin", SITE)], body)
+                .json(),
+        )
+        .0
+    };
     assert_eq!(post(b"tbsPackage=%7Bnot%20json"), ret::JSON_FORMAT as u64);
     assert_eq!(post(b"{\"tbs\": "), ret::JSON_FORMAT as u64);
     assert_eq!(post(b"nothing=here"), ret::PARAMETER as u64);
@@ -499,7 +513,7 @@ fn malformed_and_oversized_requests_get_their_codes() {
     );
 
     let big = format!("tbsPackage={}", "A".repeat(100 * 1024));
-    let answer = agent.post("/sign", big.as_bytes());
+    let answer = agent.request("POST", "/sign", &[("Origin", SITE)], big.as_bytes());
     assert_eq!(code(&answer.json()).0, ret::TOO_LARGE as u64);
     let answer = agent.post("/pkcs11info", big.as_bytes());
     assert_eq!(code(&answer.json()).0, ret::TOO_LARGE as u64);
@@ -548,6 +562,8 @@ fn the_popup_page_answers_only_allowed_openers() {
     );
     assert!(html.contains(r#"JSON.stringify({ func: "getTbs" })"#));
     assert!(html.contains("ALLOWED.indexOf(ev.origin) < 0"));
+    assert!(html.contains("ev.source !== window.opener"));
+    assert!(html.contains(r#""X-Certreg-Relay-Origin": origin"#));
     assert!(html.contains("source.postMessage(text, origin)"));
     let csp = page.header("content-security-policy").unwrap();
     assert!(csp.contains("script-src 'sha256-"), "{csp}");
@@ -558,7 +574,9 @@ fn the_popup_page_answers_only_allowed_openers() {
 fn the_status_page_inserts_and_ejects_only_for_itself() {
     let (_tmp, dir) = soft_card_dir(KeyAlg::Rsa2048);
     let agent = TestAgent::soft(&dir, &["gca-agency"]);
-    let page = agent.request("GET", "/", &[], b"").text();
+    let page = agent
+        .request("GET", "/", &[("Sec-Fetch-Site", "none")], b"")
+        .text();
     assert!(page.contains("certreg soft reader 1"));
     assert!(page.contains("moica-admin"));
     assert!(page.contains("未插入"));
