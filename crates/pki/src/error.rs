@@ -43,6 +43,11 @@ pub enum ErrorCode {
     SignatureInvalid,
     /// The proof does not decode or lacks a required part (signed attributes, certificate ...).
     ProofMalformed,
+    /// A CMS proof whose signature covers its own signer identifier (the key identifier wrapped
+    /// as a SET) instead of its signed attributes: the shape of a forgery made from one card
+    /// signature over those 22 bytes, which a reader taking the first `[0]` of the SignerInfo
+    /// as the signed attributes would accept for any content.
+    SignatureOverSignerId,
     /// The signed content is not the challenge that was issued (other nonce, step, flow, origin).
     ChallengeMismatch,
     /// The challenge is past its lifetime.
@@ -78,6 +83,7 @@ impl ErrorCode {
             Self::Sha1Refused => "sha1_refused",
             Self::SignatureInvalid => "signature_invalid",
             Self::ProofMalformed => "proof_malformed",
+            Self::SignatureOverSignerId => "signature_over_signer_id",
             Self::ChallengeMismatch => "challenge_mismatch",
             Self::ChallengeExpired => "challenge_expired",
             Self::AnchorConfig => "anchor_config",
@@ -107,6 +113,7 @@ impl ErrorCode {
             Self::Sha1Refused => "簽章使用已淘汰的 SHA-1 演算法，請更新憑證元件",
             Self::SignatureInvalid => "簽章驗證失敗",
             Self::ProofMalformed => "簽章資料格式錯誤",
+            Self::SignatureOverSignerId => "簽章資料遭偽造（簽章未涵蓋簽署屬性），已拒絕",
             Self::ChallengeMismatch => "簽章內容與本次作業不符",
             Self::ChallengeExpired => "作業已逾時，請重新操作",
             Self::AnchorConfig => "信任憑證設定錯誤",

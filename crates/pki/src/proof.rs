@@ -196,37 +196,52 @@ fn verify_cms(
         ));
     }
     let spki = signer.spki_der()?;
-    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg.oid, &spki)?;
-    check_signature_algorithm(parts.signer.signature_algorithm.oid, alg)?;
-    let signature = parts.signer.signature.as_bytes();
+    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg, &spki)?;
+    check_signature_algorithm(parts.signer.signature_alg, alg)?;
+    let signature = parts.signer.signature.as_slice();
 
     let mut attrs = SignedAttrs::default();
-    match &parts.signed_attrs_der {
+    // What the signature covers: the signed attributes (read from their place after
+    // digestAlgorithm, and checked in those same bytes) or, without them, the content.
+    let signed: &[u8] = match &parts.signer.signed_attrs {
         Some(signed_attrs) => {
-            let content_type = parts
-                .signed_attr(oid::ATTR_CONTENT_TYPE)
+            let content_type = signed_attrs
+                .get(oid::ATTR_CONTENT_TYPE)
                 .ok_or_else(|| malformed("signed attributes lack contentType"))?
                 .decode_as::<const_oid::ObjectIdentifier>()
                 .map_err(|e| malformed(format!("contentType attribute: {e}")))?;
             if content_type != parts.econtent_type {
                 return Err(malformed("contentType attribute differs from eContentType"));
             }
-            let digest = parts
-                .signed_attr(oid::ATTR_MESSAGE_DIGEST)
+            let digest = signed_attrs
+                .get(oid::ATTR_MESSAGE_DIGEST)
                 .ok_or_else(|| malformed("signed attributes lack messageDigest"))?
                 .decode_as::<der::asn1::OctetString>()
                 .map_err(|e| malformed(format!("messageDigest attribute: {e}")))?;
-            let actual = digest_of(parts.signer.digest_alg.oid, content)?;
+            let actual = digest_of(parts.signer.digest_alg, content)?;
             if digest.as_bytes() != actual.as_slice() {
                 return Err(PkiError::new(
                     ErrorCode::SignatureInvalid,
                     "messageDigest does not match the signed content",
                 ));
             }
-            sig::verify(&spki, alg, signed_attrs, signature)?;
-            attrs = read_attrs(parts);
+            attrs = read_attrs(signed_attrs);
+            signed_attrs.der()
         }
-        None => sig::verify(&spki, alg, content, signature)?,
+        None => content,
+    };
+    if let Err(e) = sig::verify(&spki, alg, signed, signature) {
+        // The card's signature over its own key identifier says nothing about any content;
+        // a proof built around one is a forgery, and is named as one.
+        if matches!(parts.signer.sid, cms::SignerId::KeyId(_))
+            && sig::verify(&spki, alg, &parts.signer.sid_as_set(), signature).is_ok()
+        {
+            return Err(PkiError::new(
+                ErrorCode::SignatureOverSignerId,
+                "the signature covers the signer identifier, not the signed attributes",
+            ));
+        }
+        return Err(e);
     }
     let certificate = validator.validate(&signer, &parts.certificates, role, now)?;
     Ok(VerifiedProof {
@@ -267,20 +282,16 @@ fn digest_of(alg: const_oid::ObjectIdentifier, content: &[u8]) -> Result<Vec<u8>
     Ok(ring::digest::digest(algorithm, content).as_ref().to_vec())
 }
 
-fn read_attrs(parts: &CmsParts) -> SignedAttrs {
-    let text = |kind| {
-        parts
-            .signed_attr(kind)
-            .and_then(|a| crate::facts::any_to_string(a.to_ref()))
-    };
+fn read_attrs(signed: &cms::SignedAttributes) -> SignedAttrs {
+    let text = |kind| signed.get(kind).and_then(crate::facts::any_to_string);
     SignedAttrs {
-        nonce: parts
-            .signed_attr(oid::ATTR_RANDOM_NONCE)
+        nonce: signed
+            .get(oid::ATTR_RANDOM_NONCE)
             .and_then(|a| a.decode_as::<der::asn1::OctetString>().ok())
             .map(|o| hex_upper(o.as_bytes())),
         card_number: text(oid::GPKI_CARD_NUMBER),
-        signing_time: parts
-            .signed_attr(oid::ATTR_SIGNING_TIME)
+        signing_time: signed
+            .get(oid::ATTR_SIGNING_TIME)
             .and_then(|a| a.decode_as::<UtcTime>().ok())
             .and_then(|t| {
                 OffsetDateTime::from_unix_timestamp(t.to_unix_duration().as_secs() as i64).ok()

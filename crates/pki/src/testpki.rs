@@ -139,6 +139,14 @@ impl TestKey {
         pem("PRIVATE KEY", &self.pkcs8_der)
     }
 
+    /// The RFC 5280 method-1 key identifier: SHA-1 of the subjectPublicKey bits.
+    pub fn key_id(&self) -> Result<Vec<u8>> {
+        use rcgen::PublicKeyData as _;
+        let kp = self.key_pair(SigHash::Sha256)?;
+        let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, kp.der_bytes());
+        Ok(d.as_ref().to_vec())
+    }
+
     fn key_pair(&self, hash: SigHash) -> Result<KeyPair> {
         let alg = match (self.alg, hash) {
             (KeyAlg::Rsa2048, SigHash::Sha256) => &rcgen::PKCS_RSA_SHA256,
@@ -1173,7 +1181,15 @@ impl TestPki {
                 .find(|(k, _)| *k == d.ca)
                 .map(|(_, c)| c)
                 .ok_or_else(|| build_err("card of an unknown CA"))?;
-            let issued = try_issue(&spec, next_key()?, ca)?;
+            let key = next_key()?;
+            // Real GPKI cards carry a subjectKeyIdentifier (SHA-1 of the key bits, RFC 5280
+            // method 1); CMS signers may name the card by it instead of issuer and serial.
+            spec.extra_extensions.push((
+                oid::EXT_SUBJECT_KEY_ID.to_string(),
+                false,
+                tlv(0x04, &key.key_id()?),
+            ));
+            let issued = try_issue(&spec, key, ca)?;
 
             let counter = counters.entry(d.ca).or_insert(0u64);
             *counter += 1;

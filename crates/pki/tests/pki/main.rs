@@ -4,6 +4,7 @@
 mod helpers;
 
 mod facts;
+mod forgery;
 mod interop;
 mod proofs;
 mod props;
