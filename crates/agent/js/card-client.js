@@ -9,10 +9,17 @@
 //   popup:  window.open(`${agent}/popupForm`) and postMessage, the only way to the real HiPKI
 //           agent, which sends no CORS headers. The page must not use
 //           `Cross-Origin-Opener-Policy: same-origin` (that cuts the popup off from its opener);
-//           `same-origin-allow-popups` works. Call sign()/readCards() in popup mode straight from
-//           a click handler: window.open is done before the first await so that popup blockers
-//           see the click.
-//   auto:   direct first; when the agent is running but refuses CORS, the popup.
+//           `same-origin-allow-popups` works. A popup blocker lets a window open only while the
+//           click that asked for it is being handled: a page that must await something first
+//           (its challenge) calls openAgentWindow() synchronously in the click handler, before
+//           any await, and passes the window to sign()/readCards() as `opts.window`;
+//           sign()/readCards() in popup mode without one open it before their first await.
+//   auto:   direct first; when the agent is running but refuses CORS, the popup — opened after
+//           an await, so only for calls a popup blocker does not stop. detectMode() tells a page
+//           beforehand which of the two works.
+//
+// The package is built as pages written for HiPKI build it: `tbs` and `pin` through
+// encodeURIComponent (both agents decode them; the PIN may hold any character).
 //
 // The PIN lives only in the one request built for it; it is never stored, logged or put into an
 // error.
@@ -31,6 +38,9 @@ const RET = Object.freeze({
   NO_CARD: 0x76000006,
   SITE_NOT_TRUSTED: 0x76000031,
   TBS_REFUSED: 0x76000c01,
+  ORIGIN_MISMATCH: 0x76000c03,
+  NO_ORIGIN: 0x76000c04,
+  UNSAFE_REQUEST: 0x76000c05,
   NO_PIN: 0x76000998,
   CANCELLED: 0x76000999,
   NO_READER: 0x76100003,
@@ -56,6 +66,8 @@ const MESSAGES = Object.freeze({
   cert_expired: '憑證已過期，請改用有效的憑證卡',
   cert_not_yet_valid: '憑證尚未生效，請於生效日後再使用',
   tbs_refused: '憑證元件拒絕簽署此內容，請重新整理頁面後再試一次',
+  origin_mismatch: '憑證元件拒絕簽章：簽章挑戰屬於其他網站，與本網頁的網站不符。請直接由本網站的網址重新操作',
+  request_refused: '憑證元件拒絕此請求（請求未標示來源網站或方式不安全），請重新整理頁面後再試一次',
   timeout: '憑證元件未在時限內回應，請再試一次',
   agent_error: '憑證元件發生錯誤',
 });
@@ -91,6 +103,8 @@ function errorOfAnswer(answer) {
     case RET.CERT_EXPIRED: return new CardError('cert_expired', base);
     case RET.CERT_NOT_YET_VALID: return new CardError('cert_not_yet_valid', base);
     case RET.TBS_REFUSED: return new CardError('tbs_refused', base);
+    case RET.ORIGIN_MISMATCH: return new CardError('origin_mismatch', base);
+    case RET.NO_ORIGIN: case RET.UNSAFE_REQUEST: return new CardError('request_refused', base);
     case RET.LOGIN_FAILED:
       if (lastError === LAST.PIN_LOCKED) return new CardError('card_locked', { ...base, triesLeft: 0 });
       if (lastError === LAST.PIN_LEN_RANGE) return new CardError('pin_length', base);
@@ -188,6 +202,22 @@ async function direct(o, path, body) {
   }
 }
 
+/**
+ * Which mode works with the agent at `opts.agent`, asked without a PIN and without a window:
+ * `'direct'` when it answers this page through CORS (certreg's agent, for a trusted site),
+ * else `'popup'` (the real HiPKI agent, no agent, or a site it does not trust — the popup then
+ * says which).
+ */
+export async function detectMode(opts = {}) {
+  const o = options({ ...opts, mode: 'direct', timeoutMs: opts.timeoutMs || 3000 });
+  try {
+    const answer = await direct(o, '/pkcs11info');
+    return answer && typeof answer === 'object' && answer.ret_code !== undefined ? 'direct' : 'popup';
+  } catch (e) {
+    return 'popup';
+  }
+}
+
 /** A direct() failure in direct mode: running but refusing us, or not there. */
 async function unreachableError(o) {
   return (await agentReachable(o)) ? new CardError('site_not_trusted') : new CardError('no_agent');
@@ -204,7 +234,11 @@ function parseMessage(data) {
   return data && typeof data === 'object' ? data : null;
 }
 
-/** Opens the popup; must run before the caller's first await (popup blockers). */
+/**
+ * Opens the popup and starts listening to it at once (its ready signal may come before the
+ * request is known); must run before the caller's first await (popup blockers). Returns the
+ * window handle that viaPopup() uses; close() it when it ends up unused.
+ */
 function openPopup(o) {
   const popup = window.open(
     `${o.agent}/popupForm`,
@@ -212,15 +246,56 @@ function openPopup(o) {
     'popup=yes,width=480,height=360',
   );
   if (!popup) throw new CardError('popup_blocked');
-  return popup;
+  const handle = {
+    popup,
+    agentOrigin: o.agentOrigin,
+    ready: false,
+    used: false,
+    onReady: null,
+    onAnswer: null,
+    close() {
+      window.removeEventListener('message', listener);
+      try {
+        if (!popup.closed) popup.close();
+      } catch (e) { /* already gone */ }
+    },
+  };
+  // Only our popup, only from the agent's origin: any other window could post look-alikes.
+  function listener(event) {
+    if (event.source !== popup || event.origin !== o.agentOrigin) return;
+    const msg = parseMessage(event.data);
+    if (!msg) return;
+    if (msg.func === 'getTbs') {
+      if (!handle.ready) {
+        handle.ready = true;
+        if (handle.onReady) handle.onReady();
+      }
+    } else if (handle.onAnswer) {
+      handle.onAnswer(msg);
+    }
+  }
+  window.addEventListener('message', listener);
+  return handle;
 }
 
 /**
- * One request through an open popup: wait for its ready signal, post `makeRequest()` to the
- * agent origin only, wait for the one answer. `makeRequest` is called only then, so the PIN
- * exists in a message for as short a time as possible.
+ * Opens the agent's window now — call it synchronously in the click handler, before any await —
+ * for one later sign() or readCards() with `{ window: handle }`. Throws CardError
+ * `popup_blocked` when the browser refuses. Call `handle.close()` if it is not used after all.
  */
-function viaPopup(o, popup, makeRequest) {
+export function openAgentWindow(opts = {}) {
+  return openPopup(options({ ...opts, mode: 'popup' }));
+}
+
+/**
+ * One request through an open popup: wait for its ready signal (perhaps already received), post
+ * `makeRequest()` to the agent origin only, wait for the one answer. `makeRequest` is called only
+ * then, so the PIN exists in a message for as short a time as possible.
+ */
+function viaPopup(o, handle, makeRequest) {
+  const { popup } = handle;
+  if (handle.used) return Promise.reject(new CardError('agent_error', { detail: 'the agent window was used already' }));
+  handle.used = true;
   return new Promise((resolve, reject) => {
     let state = 'waiting'; // → 'sent' → 'done'
     let readyTimer = null;
@@ -235,14 +310,13 @@ function viaPopup(o, popup, makeRequest) {
       if (state === 'done') return;
       const wasWaiting = state === 'waiting';
       state = 'done';
-      window.removeEventListener('message', onMessage);
+      handle.onReady = null;
+      handle.onAnswer = null;
       clearInterval(poll);
       clearTimeout(readyTimer);
       clearTimeout(answerTimer);
       clearTimeout(closeTimer);
-      try {
-        if (!popup.closed) popup.close();
-      } catch (e) { /* already gone */ }
+      handle.close();
       if (result instanceof Error) {
         if (wasWaiting && result.code === 'timeout') {
           // Never ready: either no agent (the popup shows the browser's error page) or an agent
@@ -259,23 +333,20 @@ function viaPopup(o, popup, makeRequest) {
         resolve(result);
       }
     }
-    function onMessage(event) {
-      // Only our popup, only from the agent's origin: any other window could post look-alikes.
-      if (event.source !== popup || event.origin !== o.agentOrigin) return;
-      const msg = parseMessage(event.data);
-      if (!msg) return;
-      if (state === 'waiting' && msg.func === 'getTbs') {
-        state = 'sent';
-        clearTimeout(readyTimer);
-        answerTimer = setTimeout(() => finish(new CardError('timeout')), o.timeoutMs);
-        // HiPKI pages post the request as a JSON string; certreg's popup reads both.
-        popup.postMessage(JSON.stringify(makeRequest()), o.agentOrigin);
-        return;
-      }
-      if (state === 'sent' && msg.func !== 'getTbs') finish(msg);
+    function send() {
+      if (state !== 'waiting') return;
+      state = 'sent';
+      clearTimeout(readyTimer);
+      answerTimer = setTimeout(() => finish(new CardError('timeout')), o.timeoutMs);
+      // HiPKI pages post the request as a JSON string; certreg's popup reads both.
+      popup.postMessage(JSON.stringify(makeRequest()), handle.agentOrigin);
     }
-    window.addEventListener('message', onMessage);
+    handle.onAnswer = (msg) => {
+      if (state === 'sent') finish(msg);
+    };
     readyTimer = setTimeout(() => finish(new CardError('timeout')), o.readyTimeoutMs);
+    if (handle.ready) send();
+    else handle.onReady = send;
   });
 }
 
@@ -334,8 +405,8 @@ function readersOf(answer) {
  * notBefore, notAfter}]}}], serverVersion}`.
  */
 export async function readCards(opts = {}) {
-  const o = options(opts);
-  const popup = o.mode === 'popup' ? openPopup(o) : null;
+  const o = options(opts.window ? { ...opts, mode: 'popup' } : opts);
+  const popup = opts.window || (o.mode === 'popup' ? openPopup(o) : null);
   const answer = await run(
     o,
     popup,
@@ -350,7 +421,7 @@ export async function readCards(opts = {}) {
  * cardSN}` (base64; `signature` is CMS SignedData for PKCS7, the bare signature for PKCS1).
  */
 export async function sign(tbs, pin, opts = {}) {
-  const o = options(opts);
+  const o = options(opts.window ? { ...opts, mode: 'popup' } : opts);
   if (typeof tbs !== 'string' || tbs === '') {
     throw new CardError('tbs_refused', { detail: 'no text to sign' });
   }
@@ -359,16 +430,16 @@ export async function sign(tbs, pin, opts = {}) {
   if (signatureType !== 'PKCS7' && signatureType !== 'PKCS1') {
     throw new CardError('agent_error', { detail: `signatureType ${signatureType}` });
   }
-  const popup = o.mode === 'popup' ? openPopup(o) : null;
+  const popup = opts.window || (o.mode === 'popup' ? openPopup(o) : null);
   // Built on demand and not kept: the PIN goes into exactly one request body or message.
   const pkg = () => {
     const p = {
       func: 'MakeSignature',
-      tbs,
+      tbs: encodeURIComponent(tbs),
       tbsEncoding: 'NONE',
       hashAlgorithm: 'SHA256',
       signatureType,
-      pin,
+      pin: encodeURIComponent(pin),
       nonce: opts.nonce || '',
       withCardSN: opts.withCardSN ? 'true' : 'false',
     };

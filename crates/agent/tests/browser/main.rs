@@ -52,6 +52,11 @@ fn site_files() -> BTreeMap<&'static str, (PathBuf, &'static str)> {
             (browser_dir().join("page.html"), "text/html; charset=utf-8"),
         ),
         ("/page.js", (browser_dir().join("page.js"), js)),
+        (
+            "/hipki.html",
+            (browser_dir().join("hipki.html"), "text/html; charset=utf-8"),
+        ),
+        ("/hipki.js", (browser_dir().join("hipki.js"), js)),
     ])
 }
 
@@ -93,12 +98,13 @@ fn serve_one(mut stream: TcpStream, files: &BTreeMap<&'static str, (PathBuf, &'s
         None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };
     // The CSP certreg's pages will have: scripts from the site only (no inline, no eval), the
-    // agent on the loopback. COOP same-origin-allow-popups keeps the popup's opener link.
+    // agent on the loopback (fetch, and its /p11Image.bmp for the HiPKI-style page). COOP same-origin-allow-popups keeps the popup's opener link.
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\
          Content-Security-Policy: default-src 'none'; script-src 'self'; \
-         connect-src http://127.0.0.1:*; base-uri 'none'; form-action 'none'; \
+         connect-src http://127.0.0.1:*; img-src http://127.0.0.1:*; base-uri 'none'; \
+         form-action 'none'; \
          frame-ancestors 'none'\r\n\
          Cross-Origin-Opener-Policy: same-origin-allow-popups\r\n\r\n",
         body.len()
@@ -184,10 +190,12 @@ fn card_client_in_headless_chromium_direct_and_popup() {
 
     let site = start_site();
     let foreign = start_site();
+    // A second trusted site: its challenge must not be signed for a page of `site`.
+    let other = start_site();
     let agent = TestAgent::start(
         AgentConfig {
             port: 0,
-            allowed_origins: vec![site.clone()],
+            allowed_origins: vec![site.clone(), other.clone()],
             ..AgentConfig::default()
         },
         cards.clone(),
@@ -206,14 +214,20 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         "lock",
         "nocard",
         "foreign",
+        "blocked-late",
+        "blocked-early",
     ];
-    let challenges: BTreeMap<&str, Challenge> = keys
+    let mut challenges: BTreeMap<&str, Challenge> = keys
         .iter()
         .map(|k| {
             let c = Challenge::new("first_registration", &site, "f-browser", k, now).unwrap();
             (*k, c)
         })
         .collect();
+    challenges.insert(
+        "other",
+        Challenge::new("first_registration", &other, "f-browser", "other", now).unwrap(),
+    );
     let nonce = "browser-nonce-1";
     let cases = json!({
         "cards": {
@@ -267,11 +281,11 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         failed.join("\n")
     );
     // Every check of run.mjs ran (a check that silently disappeared would pass otherwise).
-    assert_eq!(checks.len(), 26, "checks: {checks:#?}");
+    assert_eq!(checks.len(), 30, "checks: {checks:#?}");
 
     // The signatures the browser got verify as certreg proofs of the right cards.
     let signatures = report["signatures"].as_array().expect("signatures");
-    assert_eq!(signatures.len(), 4, "{signatures:#?}");
+    assert_eq!(signatures.len(), 5, "{signatures:#?}");
     let validator = validator(pki());
     for s in signatures {
         let key = s["key"].as_str().unwrap();
@@ -323,5 +337,139 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         checks.len(),
         report["elapsedMs"],
         started.elapsed().as_millis()
+    );
+}
+
+/// What hipki.mjs compares the page's reading of a certificate with.
+fn subject_case(name: &str) -> (String, Value) {
+    use base64::Engine as _;
+    let card = pki().card(name);
+    let facts = pki::facts::ParsedCert::from_der(card.issued.cert_der.clone())
+        .unwrap()
+        .facts;
+    (
+        card.card_number.clone(),
+        json!({
+            "cn": facts.cn,
+            "serialNumber": facts.subject_serial_number,
+            "notAfterT": facts.not_after.unix_timestamp(),
+            "certb64": base64::engine::general_purpose::STANDARD.encode(&card.issued.cert_der),
+        }),
+    )
+}
+
+/// A page of this project's own written in the style of pages for the real HiPKI local server
+/// (`hipki.html`, `hipki.js`): percent-encoded package, popup bridge, `/p11Image.bmp` check,
+/// subjectDN split — read, sign a certreg challenge (popup and form POST), wrong PIN, lock,
+/// refused relay, a window that is not the popup's opener.
+#[test]
+fn a_page_written_for_hipki_uses_the_agent() {
+    let chromium = require_tools();
+    let (_tmp, dir) = soft_card_dir(KeyAlg::Rsa2048);
+    let cards = Arc::new(agent::softcard::SoftCards::open(&dir).expect("soft cards"));
+    for name in ["gca-agency", "moica-admin", "moica-operator-1"] {
+        cards.insert(name).unwrap();
+    }
+    let site = start_site();
+    let other = start_site();
+    let foreign = start_site();
+    let agent = TestAgent::start(
+        AgentConfig {
+            port: 0,
+            allowed_origins: vec![site.clone(), other.clone()],
+            ..AgentConfig::default()
+        },
+        cards.clone(),
+        Some(cards.clone()),
+    );
+    let now = OffsetDateTime::now_utc();
+    let mut challenges: BTreeMap<&str, Challenge> = BTreeMap::new();
+    for k in [
+        "hipki-popup",
+        "hipki-direct",
+        "hipki-wrong",
+        "hipki-lock",
+        "hipki-unused",
+    ] {
+        challenges.insert(
+            k,
+            Challenge::new("first_registration", &site, "f-hipki", k, now).unwrap(),
+        );
+    }
+    // The other trusted site's challenge, which a page of `site` must not get signed.
+    challenges.insert(
+        "hipki-other",
+        Challenge::new("first_registration", &other, "f-hipki", "other", now).unwrap(),
+    );
+    let subjects: serde_json::Map<String, Value> =
+        ["gca-agency", "moica-admin", "moica-operator-1"]
+            .iter()
+            .map(|n| subject_case(n))
+            .collect();
+    let cases = json!({
+        "cards": {
+            "org": card_case("gca-agency", 1),
+            "lockme": card_case("moica-operator-1", 3),
+        },
+        "subjects": subjects,
+        "tbs": challenges.iter().map(|(k, c)| (k.to_string(), json!(c.tbs()))).collect::<serde_json::Map<_, _>>(),
+    });
+    let (code, stdout, stderr) = run_node(
+        &browser_dir().join("hipki.mjs"),
+        &[
+            ("CERTREG_SITE_URL", site.clone()),
+            ("CERTREG_FOREIGN_URL", foreign.clone()),
+            ("CERTREG_AGENT_URL", format!("http://{}", agent.addr)),
+            ("CERTREG_BROWSER_CASES", cases.to_string()),
+            ("CERTREG_CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    eprintln!("--- hipki.mjs (stderr) ---\n{stderr}--- end of hipki.mjs ---");
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("hipki.mjs printed no JSON report (exit {code:?}):\n{stdout}"));
+    let checks = report["checks"].as_array().expect("checks");
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c["ok"] != true)
+        .map(|c| format!("{}: {}", c["name"], c["detail"]))
+        .collect();
+    assert!(
+        failed.is_empty() && code == Some(0),
+        "HiPKI-style page checks failed (exit {code:?}):\n{}",
+        failed.join("\n")
+    );
+    assert_eq!(checks.len(), 10, "checks: {checks:#?}");
+
+    let signatures = report["signatures"].as_array().expect("signatures");
+    assert_eq!(signatures.len(), 2, "{signatures:#?}");
+    let validator = validator(pki());
+    for s in signatures {
+        let key = s["key"].as_str().unwrap();
+        let card = pki().card(s["card"].as_str().unwrap());
+        assert_eq!(b64(s["certb64"].as_str().unwrap()), card.issued.cert_der);
+        pki::proof::verify_proof(
+            &validator,
+            &challenges[key],
+            s["signature"].as_str().unwrap().as_bytes(),
+            None,
+            card.role,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_or_else(|e| panic!("{key}: the page's signature does not verify: {e}"));
+    }
+    let state = cards.cards().unwrap();
+    let org = state.iter().find(|c| c.name == "gca-agency").unwrap();
+    // One wrong PIN by popup, then none: the refused relays and the window that was not the
+    // opener never reached the card.
+    assert_eq!(org.wrong_pins, 1, "{org:?}");
+    assert!(
+        state
+            .iter()
+            .find(|c| c.name == "moica-operator-1")
+            .unwrap()
+            .locked
     );
 }

@@ -178,6 +178,16 @@ function modeChecks(mode) {
     return `${v.signature.length} base64 chars`;
   });
 
+  check_(`${mode}: another trusted site's challenge gives origin_mismatch (a refused relay)`, SITE, async (page) => {
+    const e = expectError(
+      await call(page, 'sign', CASES.tbs.other, org.wrongPin, { ...m, ...NORMAL, slotDescription: org.reader }),
+      'origin_mismatch',
+      { zhIncludes: '其他網站' },
+    );
+    expect(e.retCode === 0x76000c03, `retCode ${e.retCode}`);
+    return e.messageZh;
+  });
+
   check_(`${mode}: a TBS that is not a certreg challenge gives tbs_refused`, SITE, async (page) => {
     const e = expectError(await call(page, 'sign', CASES.badTbs, org.pin, { ...m, ...NORMAL }), 'tbs_refused');
     expect(e.retCode === 0x76000c01, `retCode ${e.retCode}`);
@@ -318,17 +328,32 @@ function ejectedChecks() {
   }
 }
 
-async function popupBlockedCheck() {
+async function popupBlockedChecks() {
   // Playwright starts Chromium with --disable-popup-blocking; without it, a window.open that no
   // click caused is blocked, as in a real browser.
-  const t0 = Date.now();
   const strict = await chromium.launch({ ...LAUNCH, ignoreDefaultArgs: ['--disable-popup-blocking'] });
-  const page = await strict.newPage();
-  let ok = false;
-  let detail = '';
-  try {
-    await page.goto(`${SITE}/page.html`);
-    await page.waitForFunction(() => window.cardTest !== undefined);
+  const strictCheck = async (name, body) => {
+    const t0 = Date.now();
+    const page = await strict.newPage();
+    let ok = false;
+    let detail = '';
+    try {
+      await page.goto(`${SITE}/page.html`);
+      await page.waitForFunction(() => window.cardTest !== undefined);
+      detail = (await body(page)) || '';
+      ok = true;
+    } catch (e) {
+      detail = e.message;
+      for (const s of await screenshot(name, [page])) console.error(`screenshot: ${s}`);
+    }
+    const ms = Date.now() - t0;
+    console.error(`${ok ? 'ok  ' : 'FAIL'} ${name} (${ms} ms) — ${detail}`);
+    checks.push({ name, ok, detail, ms });
+    await page.close().catch(() => {});
+  };
+  const { org } = CASES.cards;
+  const opts = { mode: 'popup', agent: AGENT, ...NORMAL, slotDescription: org.reader, withCardSN: true, nonce: CASES.nonce };
+  await strictCheck('popup: window.open without a click gives popup_blocked', async (page) => {
     // page.evaluate runs as if clicked (transient activation); a first window.open consumes
     // that activation, as a page that already opened one window would have.
     const r = await page.evaluate(async (o) => {
@@ -336,16 +361,23 @@ async function popupBlockedCheck() {
       if (first) first.close();
       return window.cardTest.readCards(o);
     }, { mode: 'popup', agent: AGENT, ...QUICK });
-    const e = expectError(r, 'popup_blocked');
-    detail = e.messageZh;
-    ok = true;
-  } catch (e) {
-    detail = e.message;
-    for (const s of await screenshot('popup blocked', [page])) console.error(`screenshot: ${s}`);
-  }
-  const ms = Date.now() - t0;
-  console.error(`${ok ? 'ok  ' : 'FAIL'} popup: window.open without a click gives popup_blocked (${ms} ms) — ${detail}`);
-  checks.push({ name: 'popup: window.open without a click gives popup_blocked', ok, detail, ms });
+    return expectError(r, 'popup_blocked').messageZh;
+  });
+  // A click whose handler awaits longer than the click's activation lasts (5 s in Chromium)
+  // before the window is opened: the blocker stops it. This shows the blocker is on.
+  await strictCheck('popup blocker on: a window opened after a slow await is blocked', async (page) => {
+    await page.evaluate(([t, p, o]) => window.cardTest.armClick(false, 5500, t, p, o), [CASES.tbs['blocked-late'], org.pin, opts]);
+    await page.click('#go');
+    const r = await page.evaluate(() => window.cardTest.clicked);
+    return expectError(r, 'popup_blocked').messageZh;
+  });
+  await strictCheck('popup blocker on: openAgentWindow in the click, then a slow await, signs', async (page) => {
+    await page.evaluate(([t, p, o]) => window.cardTest.armClick(true, 5500, t, p, o), [CASES.tbs['blocked-early'], org.pin, opts]);
+    await page.click('#go');
+    const v = expectOk(await page.evaluate(() => window.cardTest.clicked));
+    signatures.push({ key: 'blocked-early', card: org.name, type: 'PKCS7', ...v });
+    return `${v.signature.length} base64 chars`;
+  });
   await strict.close();
 }
 
@@ -354,9 +386,11 @@ try {
   console.error(`chromium ${browser.version()}`);
   for (const mode of ['direct', 'popup']) modeChecks(mode);
   directOnlyChecks();
+  for (const run of queue.splice(0)) await run();
+  // Before the status page ejects every card.
+  await popupBlockedChecks();
   ejectedChecks();
-  for (const run of queue) await run();
-  await popupBlockedCheck();
+  for (const run of queue.splice(0)) await run();
 } catch (e) {
   console.error(`run.mjs: ${e.stack || e}`);
   checks.push({ name: 'run.mjs', ok: false, detail: String(e.message || e), ms: 0 });
