@@ -35,6 +35,138 @@ pub fn to_der(input: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     Ok(Cow::Owned(out))
 }
 
+/// Whether `input` is exactly one element with DER lengths throughout (and no chunked OCTET
+/// STRING): what [`to_der`] would return unchanged.
+pub fn is_der(input: &[u8]) -> bool {
+    der_lengths(input, 0) == Some(input.len())
+}
+
+/// The children of the constructed BER element that fills `input`, each as the bytes it has in
+/// `input` (definite or indefinite lengths, end-of-contents octets not included).
+pub fn elements_of(input: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let tl = tag_len(input)?;
+    if input[0] & CONSTRUCTED == 0 {
+        return Err("a primitive element has no children".into());
+    }
+    let (len, ll) = length(&input[tl..])?;
+    let start = tl + ll;
+    let mut out = Vec::new();
+    let mut pos = start;
+    let end = match len {
+        Length::Definite(n) => Some(start.checked_add(n).ok_or("length overflow")?),
+        Length::Indefinite => None,
+    };
+    loop {
+        let rest = match end {
+            Some(e) => input.get(pos..e).ok_or("truncated element")?,
+            None => &input[pos..],
+        };
+        if end.is_some() && rest.is_empty() || end.is_none() && rest.starts_with(&[0, 0]) {
+            break;
+        }
+        let used = extent(rest, 1)?;
+        out.push(&rest[..used]);
+        pos += used;
+    }
+    Ok(out)
+}
+
+/// The size of the BER element at the start of `input`.
+fn extent(input: &[u8], depth: usize) -> Result<usize, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+    }
+    let tl = tag_len(input)?;
+    let (len, ll) = length(&input[tl..])?;
+    let start = tl + ll;
+    match len {
+        Length::Definite(n) => {
+            let end = start.checked_add(n).ok_or("length overflow")?;
+            if end > input.len() {
+                return Err("truncated element".into());
+            }
+            Ok(end)
+        }
+        Length::Indefinite => {
+            if input[0] & CONSTRUCTED == 0 {
+                return Err("indefinite length on a primitive element".into());
+            }
+            let mut pos = start;
+            loop {
+                let rest = &input[pos..];
+                if rest.starts_with(&[0, 0]) {
+                    return Ok(pos + 2);
+                }
+                if rest.is_empty() {
+                    return Err("indefinite length without end-of-contents".into());
+                }
+                pos += extent(rest, depth + 1)?;
+            }
+        }
+    }
+}
+
+/// Checks the primitive values inside DER `input` (one element, definite lengths) that a
+/// typed reader would check but a reader taking them as ANY would not: NULL is empty, BOOLEAN is
+/// one byte 00 or FF, INTEGER and ENUMERATED are non-empty and minimal, an OBJECT IDENTIFIER's
+/// arcs are minimal, a BIT STRING has at most 7 unused bits (none when empty), and UTF8String,
+/// BMPString and UniversalString hold valid text. OCTET STRING contents are not entered.
+pub fn check_values(input: &[u8]) -> Result<(), String> {
+    fn walk(input: &[u8], depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        let mut rest = input;
+        while !rest.is_empty() {
+            let tl = tag_len(rest)?;
+            let (Length::Definite(n), ll) = length(&rest[tl..])? else {
+                return Err("indefinite length".into());
+            };
+            let start = tl + ll;
+            let end = start.checked_add(n).ok_or("length overflow")?;
+            let v = rest.get(start..end).ok_or("truncated element")?;
+            let tag = rest[0];
+            if tag & CONSTRUCTED != 0 {
+                walk(v, depth + 1)?;
+            } else if tl == 1 {
+                let ok = match tag {
+                    0x01 => v.len() == 1 && (v[0] == 0 || v[0] == 0xFF),
+                    0x02 | 0x0A => {
+                        !v.is_empty()
+                            && !(v.len() > 1
+                                && (v[0] == 0 && v[1] & 0x80 == 0
+                                    || v[0] == 0xFF && v[1] & 0x80 != 0))
+                    }
+                    0x03 => match v {
+                        [] => false,
+                        [0] => true,
+                        [_] => false,
+                        [unused, ..] => *unused <= 7,
+                    },
+                    0x05 => v.is_empty(),
+                    0x06 => {
+                        !v.is_empty()
+                            && v.last().is_some_and(|b| b & 0x80 == 0)
+                            && v.iter()
+                                .enumerate()
+                                .all(|(i, b)| *b != 0x80 || i > 0 && v[i - 1] & 0x80 != 0)
+                    }
+                    0x0C => std::str::from_utf8(v).is_ok(),
+                    0x1E => v.len() % 2 == 0,
+                    0x1C => v.len() % 4 == 0,
+                    _ => true,
+                };
+                if !ok {
+                    return Err(format!("invalid value of universal type {tag:#04x}"));
+                }
+            }
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+    walk(input, 0)
+}
+
 /// A tag's bytes: one, or a high-tag-number form of at most four.
 fn tag_len(input: &[u8]) -> Result<usize, String> {
     let first = *input.first().ok_or("unexpected end of data")?;

@@ -289,9 +289,18 @@ pub fn parse(input: &[u8]) -> Result<CmsParts> {
         ));
     }
     let der = crate::ber::to_der(input).map_err(|e| malformed(format!("CMS: {e}")))?;
+    if matches!(der, std::borrow::Cow::Owned(_)) {
+        // Parsed for its structure first (on the DER), so that the walk over what was sent
+        // below meets the fields where the DER has them.
+        parse_der(&der)?;
+        der_where_signed(input)?;
+    }
+    parse_der(&der)
+}
 
+fn parse_der(der: &[u8]) -> Result<CmsParts> {
     // ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }
-    let ci = single(&der, SEQUENCE, "ContentInfo")?;
+    let ci = single(der, SEQUENCE, "ContentInfo")?;
     let mut w = Walk::new(ci.value, "ContentInfo");
     let ct = oid_of(w.expect(OID, "contentType")?, "contentType")?;
     if ct != oid::CMS_SIGNED_DATA {
@@ -333,8 +342,8 @@ pub fn parse(input: &[u8]) -> Result<CmsParts> {
             // Only X.509 certificates (no attribute or other certificate formats), each one
             // decodable: a proof is refused rather than read around a part that is not.
             let cert = c.expect(SEQUENCE, "certificate")?;
-            Certificate::from_der(cert.whole)
-                .map_err(|e| malformed(format!("certificate in the proof: {e}")))?;
+            crate::facts::ParsedCert::from_der(cert.whole.to_vec())
+                .map_err(|e| malformed(format!("certificate in the proof: {}", e.detail)))?;
             certificates.push(cert.whole.to_vec());
         }
     }
@@ -367,6 +376,36 @@ pub fn parse(input: &[u8]) -> Result<CmsParts> {
         certificates,
         signer,
     })
+}
+
+/// BER is accepted where streaming signers write it: the ContentInfo, SignedData and
+/// encapContentInfo layers and the (chunked) content. What is signed is signed over its DER,
+/// so the certificates and the SignerInfo must arrive in DER: a rewrite would quietly repair
+/// them, and a verifier that reads them as sent (OpenSSL keeps the received bytes of a
+/// certificate and of a SEQUENCE inside an attribute value) would refuse their signatures.
+fn der_where_signed(input: &[u8]) -> Result<()> {
+    fn of(element: &[u8]) -> Result<Vec<&[u8]>> {
+        crate::ber::elements_of(element).map_err(|e| malformed(format!("CMS: {e}")))
+    }
+    let ci = of(input)?;
+    let content = ci.get(1).ok_or_else(|| malformed("ContentInfo content"))?;
+    let sd = of(content)?;
+    let sd = sd.first().ok_or_else(|| malformed("SignedData"))?;
+    let fields = of(sd)?;
+    if let Some(certs) = fields.get(3).filter(|f| f.first() == Some(&CONTEXT_0)) {
+        for cert in of(certs)? {
+            if !crate::ber::is_der(cert) {
+                return Err(malformed("a certificate in the proof is not DER"));
+            }
+        }
+    }
+    let signer_infos = fields.last().ok_or_else(|| malformed("signerInfos"))?;
+    for signer_info in of(signer_infos)? {
+        if !crate::ber::is_der(signer_info) {
+            return Err(malformed("the SignerInfo is not DER"));
+        }
+    }
+    Ok(())
 }
 
 /// `02 01 01` and `02 01 03`: the versions a SignerInfo (and its SignedData) may carry.

@@ -147,6 +147,9 @@ impl ParsedCert {
         let cert = Certificate::from_der(&der).map_err(|e| {
             PkiError::new(ErrorCode::CertMalformed, format!("not a certificate: {e}"))
         })?;
+        // Values the typed decoder takes as ANY (algorithm parameters, name values ...) are
+        // held to the rules of their own types too.
+        crate::ber::check_values(&der).map_err(|e| malformed("certificate", e))?;
         let facts = facts_of(&cert, &der)?;
         Ok(Self { der, cert, facts })
     }
@@ -215,8 +218,35 @@ fn malformed(what: &str, e: impl std::fmt::Display) -> PkiError {
     PkiError::new(ErrorCode::CertMalformed, format!("{what}: {e}"))
 }
 
+/// Every value in a name is a directory string that reads as text: the types X.509 names use
+/// (and OpenSSL reads), with valid contents. Anything else (a nested structure, an invalid
+/// UTF-8 or UTF-16 string) refuses the certificate rather than being shown as hex.
+fn check_name(name: &Name, which: &str) -> Result<()> {
+    for atv in name.iter() {
+        let value = atv.value.to_ref();
+        let string_type = matches!(
+            value.tag(),
+            Tag::Utf8String
+                | Tag::PrintableString
+                | Tag::Ia5String
+                | Tag::NumericString
+                | Tag::BmpString
+                | Tag::TeletexString
+        ) || value.tag().number().value() == 28 && !value.tag().is_constructed();
+        if !string_type || any_to_string(value).is_none() {
+            return Err(malformed(
+                which,
+                format!("attribute {} is not a valid directory string", atv.oid),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
     let tbs = cert.tbs_certificate();
+    check_name(tbs.issuer(), "issuer")?;
+    check_name(tbs.subject(), "subject")?;
     let serial = CertSerial::from_der_bytes(tbs.serial_number().as_bytes())
         .map_err(|e| malformed("serial number", e))?;
     let subject = tbs.subject();

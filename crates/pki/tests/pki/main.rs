@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod differential;
 mod facts;
 mod forgery;
 mod interop;

@@ -1,0 +1,477 @@
+//! Differential tests against OpenSSL: deterministic mutations of valid card proofs,
+//! certificates and CRLs. certreg may accept a mutated proof only if `openssl cms -verify`
+//! (CMS) or `openssl dgst -verify` (raw PKCS#1 / ECDSA) accepts it too, and may read a mutated
+//! certificate or CRL only if `openssl x509` / `openssl crl` reads it, with the same facts.
+//!
+//! Only what certreg accepts needs the oracle (most mutations are refused by certreg and cost
+//! no OpenSSL run), so `cargo test` runs a few thousand cases in seconds. The number of cases
+//! of each test is `CERTREG_DIFF_CASES` (default [`DEFAULT_CASES`]) and the mutation seed
+//! `CERTREG_DIFF_SEED` (default fixed); a nightly run sets, for example,
+//! `CERTREG_DIFF_CASES=200000 CERTREG_DIFF_SEED=$(date +%s) cargo test -p pki --release differential`.
+//! A disagreement is written to `target/differential/` for replay.
+
+use crate::helpers::*;
+use crate::proofs::challenge;
+use pki::anchors::Role;
+use pki::challenge::Challenge;
+use pki::cms::{CmsSignOptions, SignerIdForm};
+use pki::proof::{ProofFormat, verify_proof};
+use pki::testpki::TestPki;
+use pki::validate::Validator;
+use std::path::PathBuf;
+
+/// Cases per test when `CERTREG_DIFF_CASES` is not set.
+pub const DEFAULT_CASES: usize = 3000;
+
+fn cases() -> usize {
+    std::env::var("CERTREG_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES)
+}
+
+fn seed() -> u64 {
+    std::env::var("CERTREG_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x0063_6572_7472_6567)
+}
+
+/// SplitMix64: small, seeded, the same sequence on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An element tree to mutate structurally (re-tag, drop, duplicate, swap, re-encode lengths)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Len {
+    /// Minimal definite length.
+    Der,
+    /// Definite, in a long form `extra` bytes longer than needed.
+    Long(usize),
+    /// Indefinite, closed by end-of-contents (constructed elements only).
+    Indefinite,
+    /// Definite but off by this much (a wrong length).
+    Off(i64),
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    tag: u8,
+    len: Len,
+    body: Body,
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    Leaf(Vec<u8>),
+    Tree(Vec<Node>),
+}
+
+/// Parses DER (one-byte tags) into a tree; `None` when it is not DER of that shape.
+fn parse_tree(der: &[u8]) -> Option<Vec<Node>> {
+    let mut out = Vec::new();
+    let mut rest = der;
+    while !rest.is_empty() {
+        let tag = rest[0];
+        if tag & 0x1f == 0x1f || rest.len() < 2 {
+            return None;
+        }
+        let (len, header) = match rest[1] {
+            n if n < 0x80 => (usize::from(n), 2),
+            0x81..=0x84 => {
+                let n = usize::from(rest[1] & 0x7f);
+                let bytes = rest.get(2..2 + n)?;
+                (
+                    bytes.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)),
+                    2 + n,
+                )
+            }
+            _ => return None,
+        };
+        let content = rest.get(header..header + len)?;
+        let body = if tag & 0x20 != 0 {
+            Body::Tree(parse_tree(content)?)
+        } else {
+            Body::Leaf(content.to_vec())
+        };
+        out.push(Node {
+            tag,
+            len: Len::Der,
+            body,
+        });
+        rest = &rest[header + len..];
+    }
+    Some(out)
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize, extra: usize) {
+    if n < 0x80 && extra == 0 {
+        out.push(n as u8);
+        return;
+    }
+    let bytes = (n as u64).to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count().min(7);
+    let used = (8 - skip + extra).min(8 + extra);
+    out.push(0x80 | used as u8);
+    out.extend(std::iter::repeat_n(0u8, used - (8 - skip)));
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+fn write_tree(nodes: &[Node], out: &mut Vec<u8>) {
+    for n in nodes {
+        let mut content = Vec::new();
+        match &n.body {
+            Body::Leaf(v) => content.extend_from_slice(v),
+            Body::Tree(children) => write_tree(children, &mut content),
+        }
+        out.push(n.tag);
+        match n.len {
+            Len::Der => put_len(out, content.len(), 0),
+            Len::Long(extra) => put_len(out, content.len(), extra),
+            Len::Indefinite => out.push(0x80),
+            Len::Off(d) => put_len(out, (content.len() as i64 + d).max(0) as usize, 0),
+        }
+        out.extend_from_slice(&content);
+        if matches!(n.len, Len::Indefinite) {
+            out.extend_from_slice(&[0, 0]);
+        }
+    }
+}
+
+/// Paths (child indices from the root list) of every node.
+fn paths(nodes: &[Node], prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+    for (i, n) in nodes.iter().enumerate() {
+        prefix.push(i);
+        out.push(prefix.clone());
+        if let Body::Tree(c) = &n.body {
+            paths(c, prefix, out);
+        }
+        prefix.pop();
+    }
+}
+
+/// The list holding the node at `path`, and the node's index in it.
+fn siblings<'a>(nodes: &'a mut Vec<Node>, path: &[usize]) -> (&'a mut Vec<Node>, usize) {
+    let (last, parents) = path.split_last().unwrap();
+    let mut list = nodes;
+    for i in parents {
+        list = match &mut list[*i].body {
+            Body::Tree(c) => c,
+            Body::Leaf(_) => unreachable!("paths lead through constructed nodes"),
+        };
+    }
+    (list, *last)
+}
+
+const TAGS: [u8; 14] = [
+    0x30, 0x31, 0x02, 0x04, 0x24, 0x05, 0x06, 0x80, 0x81, 0xA0, 0xA1, 0xA2, 0x0C, 0x13,
+];
+
+/// One mutation of `input` (whose DER form is `tree`): byte-level or structural.
+fn mutate(input: &[u8], tree: &[Node], rng: &mut Rng) -> (Vec<u8>, &'static str) {
+    let mut v = input.to_vec();
+    match rng.below(16) {
+        0 | 1 => {
+            let i = rng.below(v.len());
+            v[i] ^= 1 << rng.below(8);
+            return (v, "bit flip");
+        }
+        2 => {
+            let i = rng.below(v.len());
+            v[i] = rng.byte();
+            return (v, "byte set");
+        }
+        3 => {
+            let i = rng.below(v.len() + 1);
+            for _ in 0..=rng.below(3) {
+                v.insert(i, rng.byte());
+            }
+            return (v, "insertion");
+        }
+        4 => {
+            let i = rng.below(v.len());
+            let n = (1 + rng.below(4)).min(v.len() - i);
+            v.drain(i..i + n);
+            return (v, "deletion");
+        }
+        5 => {
+            let i = rng.below(v.len());
+            v.truncate(i);
+            v.extend(std::iter::repeat_n(0, rng.below(3)));
+            return (v, "truncation");
+        }
+        _ => {}
+    }
+    let mut t = tree.to_vec();
+    let mut all = Vec::new();
+    paths(&t, &mut Vec::new(), &mut all);
+    let path = all[rng.below(all.len())].clone();
+    let what = {
+        let (list, i) = siblings(&mut t, &path);
+        match rng.below(11) {
+            0 => {
+                list[i].tag = TAGS[rng.below(TAGS.len())];
+                "re-tag"
+            }
+            1 => {
+                list[i].tag ^= 0x20;
+                "constructed bit"
+            }
+            2 => {
+                let copy = list[i].clone();
+                list.insert(i + 1, copy);
+                "duplicate"
+            }
+            3 => {
+                list.remove(i);
+                "drop"
+            }
+            4 => {
+                let j = rng.below(list.len());
+                list.swap(i, j);
+                "swap siblings"
+            }
+            5 => {
+                list[i].len = Len::Long(1 + rng.below(2));
+                "long-form length"
+            }
+            6 => {
+                if matches!(list[i].body, Body::Tree(_)) {
+                    list[i].len = Len::Indefinite;
+                } else {
+                    list[i].len = Len::Long(1);
+                }
+                "indefinite length"
+            }
+            7 => {
+                list[i].len = Len::Off(if rng.below(2) == 0 { -1 } else { 1 });
+                "length off by one"
+            }
+            8 => {
+                // Wrap in a SEQUENCE, SET or [0].
+                let inner = list[i].clone();
+                list[i] = Node {
+                    tag: [0x30, 0x31, 0xA0][rng.below(3)],
+                    len: Len::Der,
+                    body: Body::Tree(vec![inner]),
+                };
+                "wrap"
+            }
+            9 => {
+                // Chunk a primitive OCTET STRING (BER), or replace a tree by one of its children.
+                match list[i].body.clone() {
+                    Body::Leaf(bytes) if list[i].tag == 0x04 && !bytes.is_empty() => {
+                        let cut = rng.below(bytes.len());
+                        let chunk = |b: &[u8]| Node {
+                            tag: 0x04,
+                            len: Len::Der,
+                            body: Body::Leaf(b.to_vec()),
+                        };
+                        list[i] = Node {
+                            tag: 0x24,
+                            len: Len::Indefinite,
+                            body: Body::Tree(vec![chunk(&bytes[..cut]), chunk(&bytes[cut..])]),
+                        };
+                        "chunked OCTET STRING"
+                    }
+                    Body::Tree(children) if !children.is_empty() => {
+                        list[i] = children[rng.below(children.len())].clone();
+                        "unwrap"
+                    }
+                    _ => "none",
+                }
+            }
+            _ => {
+                // Move the node to another place in the tree (e.g. an attribute or SignerInfo
+                // into a neighbouring SET).
+                let node = list.remove(i);
+                let mut all = Vec::new();
+                paths(&t, &mut Vec::new(), &mut all);
+                if all.is_empty() {
+                    t.push(node);
+                } else {
+                    let to = all[rng.below(all.len())].clone();
+                    let (list, j) = siblings(&mut t, &to);
+                    list.insert(j, node);
+                }
+                "move"
+            }
+        }
+    };
+    let mut out = Vec::new();
+    write_tree(&t, &mut out);
+    (out, what)
+}
+
+/// Where a disagreement is kept for replay.
+fn keep(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/differential");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// CMS proofs
+// ---------------------------------------------------------------------------------------------
+
+struct Seed {
+    name: String,
+    pki: &'static TestPki,
+    validator: &'static Validator,
+    challenge: Challenge,
+    role: Role,
+    proof: Vec<u8>,
+}
+
+fn cms_seeds() -> Vec<Seed> {
+    let mut seeds = Vec::new();
+    let openssl_forms: [&[&str]; 7] = [
+        &["-nodetach"],
+        &[],
+        &["-nodetach", "-keyid"],
+        &["-keyid"],
+        &["-nodetach", "-noattr"],
+        &["-stream", "-nodetach"],
+        &["-stream", "-keyid", "-noattr"],
+    ];
+    for (p, card, role) in [
+        (pki(), "gca-agency", Role::Organization),
+        (pki_p256(), "moica-admin", Role::Citizen),
+    ] {
+        let validator: &'static Validator = Box::leak(Box::new(validator_of(p)));
+        for form in openssl_forms {
+            let c = challenge("org_card");
+            let proof = openssl_cms_sign(p.card(card), c.tbs().as_bytes(), form);
+            seeds.push(Seed {
+                name: format!("openssl {card} {form:?}"),
+                pki: p,
+                validator,
+                challenge: c,
+                role,
+                proof,
+            });
+        }
+        let ours = [
+            (
+                "hipki attrs",
+                CmsSignOptions {
+                    signing_time: Some(NOW),
+                    nonce: Some(vec![0xAB; 16]),
+                    card_number: Some("TP03000000000001".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "key id, detached",
+                CmsSignOptions {
+                    detached: true,
+                    signer_id: SignerIdForm::KeyId,
+                    ..Default::default()
+                },
+            ),
+            (
+                "no attrs",
+                CmsSignOptions {
+                    without_signed_attrs: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "with chain",
+                CmsSignOptions {
+                    chain: vec![p.ca(p.card(card).ca).cert_der.clone()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (what, opts) in ours {
+            let c = challenge("org_card");
+            let proof = p.card(card).sign_cms(c.tbs().as_bytes(), &opts).unwrap();
+            seeds.push(Seed {
+                name: format!("certreg {card} {what}"),
+                pki: p,
+                validator,
+                challenge: c,
+                role,
+                proof,
+            });
+        }
+    }
+    seeds
+}
+
+#[test]
+fn mutated_cms_proofs_certreg_accepts_only_what_openssl_accepts() {
+    let seeds = cms_seeds();
+    let trees: Vec<Vec<Node>> = seeds
+        .iter()
+        .map(|s| parse_tree(&pki::ber::to_der(&s.proof).unwrap()).unwrap())
+        .collect();
+    for s in &seeds {
+        // Every seed is a valid proof for both.
+        let ok = verify_proof(s.validator, &s.challenge, &s.proof, None, s.role, NOW)
+            .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        let content = (ok.format == ProofFormat::CmsDetached).then(|| s.challenge.tbs());
+        openssl_cms_verify(s.pki, &s.proof, content.as_ref().map(|t| t.as_bytes()))
+            .unwrap_or_else(|e| panic!("{}: OpenSSL: {e}", s.name));
+    }
+    let mut rng = Rng(seed());
+    let (mut accepted, mut oracle_runs) = (0, 0);
+    let mut seen = std::collections::HashSet::new();
+    for case in 0..cases() {
+        let k = case % seeds.len();
+        let s = &seeds[k];
+        let (bytes, what) = mutate(&s.proof, &trees[k], &mut rng);
+        if bytes == s.proof {
+            continue;
+        }
+        let Ok(ok) = verify_proof(s.validator, &s.challenge, &bytes, None, s.role, NOW) else {
+            continue;
+        };
+        accepted += 1;
+        if !seen.insert(bytes.clone()) {
+            continue;
+        }
+        oracle_runs += 1;
+        let tbs = s.challenge.tbs();
+        let content = (ok.format == ProofFormat::CmsDetached).then_some(tbs.as_bytes());
+        match openssl_cms_verify(s.pki, &bytes, content) {
+            Ok(out) if out == tbs.as_bytes() => {}
+            other => {
+                let path = keep(&format!("cms-{case}.der"), &bytes);
+                panic!(
+                    "case {case} ({what} of {}): certreg accepts, OpenSSL: {other:?}; kept in {}",
+                    s.name,
+                    path.display()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "CMS: {} cases over {} seeds, {accepted} accepted by certreg, {oracle_runs} OpenSSL runs",
+        cases(),
+        seeds.len()
+    );
+}
