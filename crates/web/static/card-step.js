@@ -3,7 +3,12 @@
 // agent only; certreg never sees it. With several cards in the readers, the page lists the ones
 // that fit the step (organization or citizen, read without a PIN) and signs with the one chosen;
 // on a citizen step the card whose ID's last four match the typed ID is chosen by itself.
-import { sign, readCards, CardError } from '/static/card-client.js';
+//
+// Which way to the agent is settled when the page loads: direct (certreg's agent answers this
+// site through CORS) or the agent's popup window (the real HiPKI agent). The popup is opened in
+// the submit handler before its first await — a popup blocker allows a window only while the
+// click (or Enter) is being handled — and the challenge is fetched while it loads.
+import { sign, readCards, openAgentWindow, CardError } from '/static/card-client.js';
 
 const form = document.querySelector('form.card-step');
 if (form) {
@@ -20,6 +25,9 @@ if (form) {
   let busy = false;
   // The cards that fit this step: [{description (the reader), cert}].
   let offered = [];
+  // 'direct' once the agent has answered this page directly; until then the popup, which works
+  // with either agent.
+  let mode = 'popup';
 
   // A citizen certificate carries the last four of the holder's ID; an organization's none.
   const fits = (cert) => (role === 'citizen' ? Boolean(cert.subjectID) : !cert.subjectID);
@@ -41,6 +49,7 @@ if (form) {
       // Direct only: a popup nobody asked for would be blocked; without the list, the agent
       // picks the card itself and the submit reports what went wrong.
       const { readers } = await readCards({ agent, mode: 'direct', timeoutMs: 5000 });
+      mode = 'direct';
       offered = [];
       for (const r of readers) {
         const cert = r.card && (r.card.certs || []).find((c) => String(c.usage).split('|').includes('digitalSignature'));
@@ -61,7 +70,9 @@ if (form) {
       }
       matchId();
       choice.dataset.state = 'ready';
-    } catch {
+    } catch (e) {
+      // An answer with a ret_code (no reader, no card …) came directly: direct works.
+      if (e instanceof CardError && e.retCode !== null) mode = 'direct';
       offered = [];
       choiceBox.hidden = true;
       choice.dataset.state = 'unavailable';
@@ -88,6 +99,16 @@ if (form) {
         return;
       }
     }
+    // Before any await: the click that allows a window is still being handled.
+    let agentWindow = null;
+    if (mode !== 'direct') {
+      try {
+        agentWindow = openAgentWindow({ agent });
+      } catch (e) {
+        say(e instanceof CardError ? e.messageZh : e.message);
+        return;
+      }
+    }
     busy = true;
     button.disabled = true;
     try {
@@ -99,13 +120,16 @@ if (form) {
       if (!res.ok) { throw new Error(body.message || '無法取得簽章資料'); }
       say('請稍候，憑證卡簽章中（請勿拔除卡片）…');
       const slotDescription = offered.length ? choice.value : undefined;
-      const signed = await sign(body.tbs, pin.value, { agent, mode: 'auto', slotDescription });
+      const signed = await sign(body.tbs, pin.value, {
+        agent, mode: 'direct', window: agentWindow, slotDescription,
+      });
       pin.value = '';
       form.elements.challenge_id.value = body.challenge_id;
       form.elements.signature.value = signed.signature;
       say('簽章完成，資料送出中…');
       form.submit();
     } catch (e) {
+      if (agentWindow) agentWindow.close();
       pin.value = '';
       busy = false;
       button.disabled = false;

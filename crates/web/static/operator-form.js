@@ -4,7 +4,11 @@
 // certificate itself goes in the hidden `certificate` field so the server reads serial and name
 // from it and checks the ID's last four. Typing over the serial or name drops the certificate,
 // so what is posted is always what is shown.
-import { readCards, CardError } from '/static/card-client.js';
+//
+// Which way to the agent is settled when the page loads (detectMode): direct when certreg's agent
+// answers this site, else the agent's popup window, opened in the click handler before its first
+// await so that a popup blocker lets it through.
+import { readCards, detectMode, openAgentWindow, CardError } from '/static/card-client.js';
 
 const form = document.querySelector('form.operator-form');
 if (form) {
@@ -21,6 +25,9 @@ if (form) {
   const choiceBox = form.querySelector('#read-choice-box');
   const choice = form.querySelector('#read-choice');
   let found = [];
+  // Until the agent has been asked: the popup, which works with either agent.
+  let mode = 'popup';
+  detectMode({ agent }).then((m) => { mode = m; }, () => {});
 
   // A citizen certificate carries the last four of the holder's ID (subjectID).
   const citizens = (readers) => {
@@ -48,11 +55,20 @@ if (form) {
 
   button.addEventListener('click', async () => {
     if (busy) return;
+    let agentWindow = null;
+    if (mode !== 'direct') {
+      try {
+        agentWindow = openAgentWindow({ agent });
+      } catch (e) {
+        say(`${e instanceof CardError ? e.messageZh : e.message}；亦可自行輸入憑證序號及姓名`);
+        return;
+      }
+    }
     busy = true;
     button.disabled = true;
     say('讀取憑證中，請稍候…');
     try {
-      const { readers } = await readCards({ agent, mode: 'auto' });
+      const { readers } = await readCards({ agent, mode: 'direct', window: agentWindow });
       found = citizens(readers);
       choiceBox.hidden = found.length < 2;
       if (found.length === 0) {

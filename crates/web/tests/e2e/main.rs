@@ -426,3 +426,55 @@ fn the_manual_walked_in_headless_chromium() {
         report["elapsedMs"]
     );
 }
+
+/// The card step in popup mode (the real HiPKI agent's only mode outside IE) with Chromium's
+/// popup blocker on and a slow challenge: `popup.mjs` types the PIN, presses Enter and expects
+/// the step done. Only `gca-agency` is in a reader: without a direct answer the page cannot list
+/// the cards, so the agent signs with the first card that can.
+#[test]
+fn the_card_step_works_in_popup_mode_with_the_popup_blocker_on() {
+    let chromium = require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let pki = TestPki::generate(TestPkiOptions::new(now)).expect("test PKI");
+    pki.write_dir(&tmp.path().join("pki"))
+        .expect("write the test PKI");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let servers = runtime.block_on(start_servers(&pki, tmp.path(), now));
+    for c in servers.cards.cards().unwrap() {
+        if c.reader.is_some() && c.name != "gca-agency" {
+            servers.cards.eject(&c.name).unwrap();
+        }
+    }
+    let case = json!({
+        "code": MATCHING,
+        "pin": pki.card("gca-agency").pin,
+        "next": "首次註冊－自然人憑證確認",
+    });
+    let (code, stdout, stderr) = run_node(
+        &e2e_dir().join("popup.mjs"),
+        &[
+            ("CERTREG_WEB_URL", servers.origin.clone()),
+            ("CERTREG_AGENT_URL", servers.agent_url.clone()),
+            ("CERTREG_E2E_POPUP", case.to_string()),
+            ("CERTREG_CHROMIUM", chromium.display().to_string()),
+        ],
+        &mut || {},
+    );
+    eprintln!("--- popup.mjs (stderr) ---\n{stderr}--- end of popup.mjs ---");
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("popup.mjs printed no JSON report (exit {code:?}):\n{stdout}"));
+    let checks = report["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 2, "{checks:#?}");
+    assert!(
+        code == Some(0) && checks.iter().all(|c| c["ok"] == true),
+        "popup-mode card step failed (exit {code:?}): {checks:#?}"
+    );
+}
