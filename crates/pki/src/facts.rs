@@ -221,7 +221,7 @@ fn malformed(what: &str, e: impl std::fmt::Display) -> PkiError {
 /// Every value in a name is a directory string that reads as text: the types X.509 names use
 /// (and OpenSSL reads), with valid contents. Anything else (a nested structure, an invalid
 /// UTF-8 or UTF-16 string) refuses the certificate rather than being shown as hex.
-fn check_name(name: &Name, which: &str) -> Result<()> {
+pub(crate) fn check_name(name: &Name, which: &str) -> Result<()> {
     for atv in name.iter() {
         let value = atv.value.to_ref();
         let string_type = matches!(
@@ -247,6 +247,16 @@ fn facts_of(cert: &Certificate, der: &[u8]) -> Result<CertFacts> {
     let tbs = cert.tbs_certificate();
     check_name(tbs.issuer(), "issuer")?;
     check_name(tbs.subject(), "subject")?;
+    // A negative serial (RFC 5280 requires positive ones) would read as the positive serial
+    // with the same bytes: two certificates, one canonical serial.
+    if tbs
+        .serial_number()
+        .as_bytes()
+        .first()
+        .is_some_and(|b| b & 0x80 != 0)
+    {
+        return Err(malformed("serial number", "negative"));
+    }
     let serial = CertSerial::from_der_bytes(tbs.serial_number().as_bytes())
         .map_err(|e| malformed("serial number", e))?;
     let subject = tbs.subject();

@@ -90,7 +90,14 @@ impl CrlStore {
             OwnedCertRevocationList::from_der(&der).map_err(|e| crl_err(format!("CRL: {e:?}")))?;
         let list = CertRevocationList::Owned(owned);
         let tbs = &parsed.tbs_cert_list;
-        let tbs_der = der::Encode::to_der(tbs).map_err(|e| crl_err(format!("CRL: {e}")))?;
+        // Names and values held to their types, as for certificates.
+        crate::ber::check_values(&der).map_err(|e| crl_err(format!("CRL: {e}")))?;
+        crate::facts::check_name(&tbs.issuer, "CRL issuer").map_err(|e| crl_err(e.detail))?;
+        // The signature covers the tbsCertList as it arrived, not a re-encoding of it.
+        let tbs_der = crate::ber::elements_of(&der)
+            .ok()
+            .and_then(|fields| fields.first().map(|f| f.to_vec()))
+            .ok_or_else(|| crl_err("CRL: no tbsCertList"))?;
         let entry = CrlEntry {
             tbs_der,
             sig_alg: parsed.signature_algorithm.oid,

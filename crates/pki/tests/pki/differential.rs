@@ -15,8 +15,10 @@ use crate::proofs::challenge;
 use pki::anchors::Role;
 use pki::challenge::Challenge;
 use pki::cms::{CmsSignOptions, SignerIdForm};
+use pki::facts::ParsedCert;
 use pki::proof::{ProofFormat, verify_proof};
-use pki::testpki::TestPki;
+use pki::revocation::CrlStore;
+use pki::testpki::{CaKind, TestPki};
 use pki::validate::Validator;
 use std::path::PathBuf;
 
@@ -187,10 +189,11 @@ const TAGS: [u8; 14] = [
     0x30, 0x31, 0x02, 0x04, 0x24, 0x05, 0x06, 0x80, 0x81, 0xA0, 0xA1, 0xA2, 0x0C, 0x13,
 ];
 
-/// One mutation of `input` (whose DER form is `tree`): byte-level or structural.
+/// One mutation of `input` (whose DER form is `tree`): byte-level or structural (byte-level
+/// only when `tree` is empty).
 fn mutate(input: &[u8], tree: &[Node], rng: &mut Rng) -> (Vec<u8>, &'static str) {
     let mut v = input.to_vec();
-    match rng.below(16) {
+    match rng.below(if tree.is_empty() { 6 } else { 16 }) {
         0 | 1 => {
             let i = rng.below(v.len());
             v[i] ^= 1 << rng.below(8);
@@ -473,5 +476,408 @@ fn mutated_cms_proofs_certreg_accepts_only_what_openssl_accepts() {
         "CMS: {} cases over {} seeds, {accepted} accepted by certreg, {oracle_runs} OpenSSL runs",
         cases(),
         seeds.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw PKCS#1 v1.5 and ECDSA proofs (certificate beside)
+// ---------------------------------------------------------------------------------------------
+
+/// DER `Ecdsa-Sig-Value` from r‖s, written here independently of certreg's conversion.
+fn raw_to_der(raw: &[u8]) -> Vec<u8> {
+    let int = |v: &[u8]| {
+        let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut v = if v.is_empty() { vec![0] } else { v };
+        if v[0] & 0x80 != 0 {
+            v.insert(0, 0);
+        }
+        let mut out = vec![0x02, v.len() as u8];
+        out.extend(v);
+        out
+    };
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend(body);
+    out
+}
+
+/// `openssl dgst -sha256 -verify` with the public key of `cert_der`.
+fn openssl_dgst_verify(cert_der: &[u8], message: &[u8], der_signature: &[u8]) -> bool {
+    let dir = TempDir::new("dgst");
+    let cert = dir.write("cert.der", cert_der);
+    let key = dir.path("key.pem");
+    let (ok, _, err) = openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        cert.to_str().unwrap(),
+        "-pubkey",
+        "-noout",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let msg = dir.write("msg.bin", message);
+    let sig = dir.write("sig.bin", der_signature);
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        key.to_str().unwrap(),
+        "-signature",
+        sig.to_str().unwrap(),
+        msg.to_str().unwrap(),
+    ])
+    .0
+}
+
+#[test]
+fn mutated_raw_signatures_certreg_accepts_only_what_openssl_accepts() {
+    let c = challenge("org_card");
+    let tbs = c.tbs();
+    let rsa = pki().card("gca-agency");
+    let ec = pki_p256().card("gca-agency");
+    let rsa_sig = pki::sig::sign_pkcs8(&rsa.issued.key.pkcs8_der, tbs.as_bytes()).unwrap();
+    let ec_der = pki::sig::sign_pkcs8(&ec.issued.key.pkcs8_der, tbs.as_bytes()).unwrap();
+    let ec_raw = {
+        let t = parse_tree(&ec_der).unwrap();
+        let Body::Tree(ints) = &t[0].body else {
+            panic!()
+        };
+        let mut raw = Vec::new();
+        for i in ints {
+            let Body::Leaf(v) = &i.body else { panic!() };
+            let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+            raw.extend(std::iter::repeat_n(0, 32 - v.len()));
+            raw.extend(v);
+        }
+        raw
+    };
+    let rsa_validator = validator();
+    let ec_validator = validator_of(pki_p256());
+    let seeds: [(&str, &pki::testpki::Card, &Validator, Vec<u8>, bool); 3] = [
+        ("PKCS#1", rsa, &rsa_validator, rsa_sig, false),
+        ("ECDSA DER", ec, &ec_validator, ec_der.clone(), false),
+        ("ECDSA r‖s", ec, &ec_validator, ec_raw, true),
+    ];
+    let mut rng = Rng(seed() ^ 1);
+    let (mut accepted, mut oracle_runs) = (0, 0);
+    let mut seen = std::collections::HashSet::new();
+    for (name, card, v, sig, raw) in &seeds {
+        let cert = &card.issued.cert_der;
+        verify_proof(v, &c, sig, Some(cert), Role::Organization, NOW)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let der = if *raw { raw_to_der(sig) } else { sig.clone() };
+        assert!(openssl_dgst_verify(cert, tbs.as_bytes(), &der), "{name}");
+    }
+    let empty = Vec::new();
+    for case in 0..cases() {
+        let (name, card, v, sig, raw) = &seeds[case % seeds.len()];
+        let tree = if sig[0] == 0x30 && !raw {
+            parse_tree(sig).unwrap_or_default()
+        } else {
+            empty.clone()
+        };
+        let (bytes, what) = mutate(sig, &tree, &mut rng);
+        if bytes == *sig || bytes.is_empty() {
+            continue;
+        }
+        let cert = &card.issued.cert_der;
+        if verify_proof(v, &c, &bytes, Some(cert), Role::Organization, NOW).is_err() {
+            continue;
+        }
+        accepted += 1;
+        if !seen.insert(bytes.clone()) {
+            continue;
+        }
+        oracle_runs += 1;
+        // What certreg reads a raw ECDSA signature as: DER when it starts as a SEQUENCE and is
+        // not 64 bytes long, r‖s otherwise.
+        let der = if card.issued.key.alg == pki::testpki::KeyAlg::P256
+            && !(bytes[0] == 0x30 && bytes.len() != 64)
+        {
+            raw_to_der(&bytes)
+        } else {
+            bytes.clone()
+        };
+        if !openssl_dgst_verify(cert, tbs.as_bytes(), &der) {
+            let path = keep(&format!("raw-{case}.bin"), &bytes);
+            panic!(
+                "case {case} ({what} of {name}): certreg accepts, OpenSSL refuses; kept in {}",
+                path.display()
+            );
+        }
+    }
+    eprintln!(
+        "raw: {} cases, {accepted} accepted by certreg, {oracle_runs} OpenSSL runs",
+        cases()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and CRLs: what certreg reads, OpenSSL reads, with the same facts
+// ---------------------------------------------------------------------------------------------
+
+fn pem_of(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// What `openssl storeutl -text` prints of each object: its text block, in order; `None` for an
+/// object OpenSSL cannot read. One OpenSSL run for all, split in halves only where OpenSSL
+/// skipped something.
+fn openssl_read_all(label: &str, kind: &str, objects: &[Vec<u8>]) -> Vec<Option<String>> {
+    if objects.is_empty() {
+        return Vec::new();
+    }
+    let dir = TempDir::new("store");
+    let pem: String = objects.iter().map(|o| pem_of(label, o)).collect();
+    let file = dir.write("all.pem", pem);
+    let (_, out, _) = openssl(&["storeutl", kind, "-noout", "-text", file.to_str().unwrap()]);
+    let mut blocks: Vec<String> = Vec::new();
+    for line in out.lines() {
+        let header = line
+            .split_once(": ")
+            .is_some_and(|(n, rest)| n.parse::<usize>().is_ok() && !rest.starts_with(' '));
+        if header {
+            blocks.push(String::new());
+        } else if let Some(b) = blocks.last_mut() {
+            b.push_str(line);
+            b.push('\n');
+        }
+    }
+    if blocks.len() == objects.len() {
+        return blocks.into_iter().map(Some).collect();
+    }
+    if objects.len() == 1 {
+        return vec![None];
+    }
+    let (a, b) = objects.split_at(objects.len() / 2);
+    let mut r = openssl_read_all(label, kind, a);
+    r.extend(openssl_read_all(label, kind, b));
+    r
+}
+
+/// The value after `key` in an OpenSSL text block (the rest of its line, or the next line when
+/// the rest is empty, as for long serial numbers).
+fn text_field(block: &str, key: &str) -> Option<String> {
+    let mut lines = block.lines();
+    while let Some(line) = lines.next() {
+        if let Some((_, rest)) = line.split_once(key) {
+            let rest = rest.trim();
+            return Some(if rest.is_empty() {
+                lines.next()?.trim().to_string()
+            } else {
+                rest.to_string()
+            });
+        }
+    }
+    None
+}
+
+fn openssl_time(text: &str) -> time::OffsetDateTime {
+    let fmt = time::format_description::parse_borrowed::<2>(
+        "[month repr:short] [day padding:space] [hour]:[minute]:[second] [year] GMT",
+    )
+    .unwrap();
+    let text = text.split_whitespace().collect::<Vec<_>>();
+    let (mon, day, rest) = (text[0], text[1], text[2..].join(" "));
+    time::PrimitiveDateTime::parse(&format!("{mon} {day:>2} {rest}"), &fmt)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        .assume_utc()
+}
+
+/// OpenSSL's serial as certreg writes it: upper-case hex of the magnitude, even length.
+fn openssl_serial(text: &str) -> String {
+    let hex = match text.split_once("(0x") {
+        Some((_, h)) => h.trim_end_matches(')').to_string(),
+        None => text.replace(':', ""),
+    };
+    let hex = hex.trim_start_matches("(Negative)").to_uppercase();
+    if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex
+    }
+}
+
+/// Every value of the issuer that is plain ASCII appears in OpenSSL's issuer line.
+fn same_issuer(ours: &str, theirs: &str) -> bool {
+    ours.split(", ")
+        .filter_map(|rdn| rdn.split_once('='))
+        .filter(|(_, v)| {
+            // OpenSSL escapes the others (control characters, `/`, quotes ...) when printing.
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " -.()':".contains(c))
+                && !v.starts_with('#')
+                && !v.contains(['\\', ',', '+'])
+        })
+        .all(|(_, v)| theirs.contains(v))
+}
+
+fn cert_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    for p in [pki(), pki_p256()] {
+        seeds.push(("root".to_string(), p.root.cert_der.clone()));
+        seeds.push(("MOICA".to_string(), p.ca(CaKind::Moica).cert_der.clone()));
+        for card in ["moica-admin", "moeaca-company", "gca-agency"] {
+            if let Some(c) = p.find_card(card) {
+                seeds.push((card.to_string(), c.issued.cert_der.clone()));
+            }
+        }
+    }
+    for name in [
+        "GRCA-G3.cer",
+        "MOICA-G3.cer",
+        "MOEACA-G2_2013.der",
+        "GRCA-G1_selfsigned.der",
+        "GRCA-G2key_linkcert_signed_by_G1.der",
+    ] {
+        let der = pki::facts::decode_input(&real_ca(name)).unwrap();
+        seeds.push((name.to_string(), der));
+    }
+    seeds
+}
+
+#[test]
+fn mutated_certificates_certreg_reads_only_what_openssl_reads_with_the_same_facts() {
+    let seeds = cert_seeds();
+    let trees: Vec<Vec<Node>> = seeds.iter().map(|(_, d)| parse_tree(d).unwrap()).collect();
+    let mut rng = Rng(seed() ^ 2);
+    let mut read = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for case in 0..cases() {
+        let k = case % seeds.len();
+        let (bytes, what) = mutate(&seeds[k].1, &trees[k], &mut rng);
+        if !seen.insert(bytes.clone()) {
+            continue;
+        }
+        if let Ok(cert) = ParsedCert::from_der(bytes.clone()) {
+            read.push((case, what, k, bytes, cert.facts));
+        }
+    }
+    let ders: Vec<Vec<u8>> = read.iter().map(|r| r.3.clone()).collect();
+    let theirs = openssl_read_all("CERTIFICATE", "-certs", &ders);
+    for ((case, what, k, bytes, facts), text) in read.iter().zip(&theirs) {
+        let fail = |why: String| -> ! {
+            let path = keep(&format!("cert-{case}.der"), bytes);
+            panic!(
+                "case {case} ({what} of {}): {why}; kept in {}",
+                seeds[*k].0,
+                path.display()
+            )
+        };
+        let Some(text) = text else {
+            fail("certreg reads it, OpenSSL cannot".into());
+        };
+        let serial = text_field(text, "Serial Number:").map(|s| openssl_serial(&s));
+        if serial.as_deref() != Some(facts.serial.as_str()) {
+            fail(format!(
+                "serial {} vs OpenSSL {serial:?}",
+                facts.serial.as_str()
+            ));
+        }
+        let not_after = text_field(text, "Not After :").map(|t| openssl_time(&t));
+        if not_after != Some(facts.not_after) {
+            fail(format!(
+                "notAfter {} vs OpenSSL {not_after:?}",
+                facts.not_after
+            ));
+        }
+        let issuer = text_field(text, "Issuer:").unwrap_or_default();
+        if !same_issuer(&facts.issuer, &issuer) {
+            fail(format!("issuer {:?} vs OpenSSL {issuer:?}", facts.issuer));
+        }
+    }
+    eprintln!(
+        "certificates: {} cases, {} read by certreg, all read alike by OpenSSL",
+        cases(),
+        read.len()
+    );
+}
+
+#[test]
+fn mutated_crls_certreg_reads_only_what_openssl_reads_with_the_same_facts() {
+    let seeds: Vec<Vec<u8>> = [pki(), pki_p256()]
+        .iter()
+        .flat_map(|p| {
+            [CaKind::Moica, CaKind::Gca].map(|k| {
+                p.crl_for(
+                    k,
+                    NOW - time::Duration::hours(1),
+                    NOW + time::Duration::days(7),
+                )
+            })
+        })
+        .collect();
+    let trees: Vec<Vec<Node>> = seeds.iter().map(|d| parse_tree(d).unwrap()).collect();
+    let mut rng = Rng(seed() ^ 3);
+    let mut read = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for case in 0..cases() {
+        let k = case % seeds.len();
+        let (bytes, what) = mutate(&seeds[k], &trees[k], &mut rng);
+        if !seen.insert(bytes.clone()) {
+            continue;
+        }
+        let mut store = CrlStore::new();
+        if let Ok(entry) = store.add(&bytes) {
+            let facts = (
+                entry.issuer.clone(),
+                entry.this_update,
+                entry.next_update,
+                entry.revoked,
+            );
+            read.push((case, what, bytes, facts));
+        }
+    }
+    let ders: Vec<Vec<u8>> = read.iter().map(|r| r.2.clone()).collect();
+    let theirs = openssl_read_all("X509 CRL", "-crls", &ders);
+    for ((case, what, bytes, (issuer, this_update, next_update, revoked)), text) in
+        read.iter().zip(&theirs)
+    {
+        let fail = |why: String| -> ! {
+            let path = keep(&format!("crl-{case}.der"), bytes);
+            panic!("case {case} ({what}): {why}; kept in {}", path.display())
+        };
+        let Some(text) = text else {
+            fail("certreg reads it, OpenSSL cannot".into());
+        };
+        let last = text_field(text, "Last Update:").map(|t| openssl_time(&t));
+        if last != Some(*this_update) {
+            fail(format!("thisUpdate {this_update} vs OpenSSL {last:?}"));
+        }
+        let next = text_field(text, "Next Update:")
+            .filter(|t| t != "NONE")
+            .map(|t| openssl_time(&t));
+        if next != *next_update {
+            fail(format!("nextUpdate {next_update:?} vs OpenSSL {next:?}"));
+        }
+        let theirs = text.matches("Serial Number:").count();
+        if theirs != *revoked {
+            fail(format!("{revoked} revoked vs OpenSSL {theirs}"));
+        }
+        let their_issuer = text_field(text, "Issuer:").unwrap_or_default();
+        if !same_issuer(issuer, &their_issuer) {
+            fail(format!("issuer {issuer:?} vs OpenSSL {their_issuer:?}"));
+        }
+    }
+    eprintln!(
+        "CRLs: {} cases, {} read by certreg, all read alike by OpenSSL",
+        cases(),
+        read.len()
     );
 }
