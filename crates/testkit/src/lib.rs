@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where Debian puts Chromium; `CERTREG_CHROMIUM` overrides it.
@@ -70,7 +70,7 @@ pub fn run_node(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("start node");
+    let mut child = KillOnDrop::new(cmd.spawn().expect("start node"));
     let mut out = child.stdout.take().expect("stdout piped");
     let mut err = child.stderr.take().expect("stderr piped");
     // Read both pipes on their own threads so a chatty script never blocks on a full pipe.
@@ -90,13 +90,13 @@ pub fn run_node(
             break Some(status);
         }
         if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
             break None;
         }
         tick();
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Killed (if still running) before the pipes are read to their end.
+    drop(child);
     (
         status.and_then(|s| s.code()),
         out_t.join().unwrap_or_default(),
@@ -211,6 +211,40 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process that is killed and reaped when this value goes: at the end of the test
+/// that started it, and also when that test panics, so a failed test leaves no process behind.
+#[derive(Debug)]
+pub struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // An exited child is only reaped; kill() on it is a harmless error.
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the OpenSSL CLI; returns (success, stdout, stderr).
 pub fn openssl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("openssl")
@@ -226,6 +260,25 @@ pub fn openssl(args: &[&str]) -> (bool, String, String) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_guarded_child_is_gone_after_a_panic() {
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let panicked = std::panic::catch_unwind(move || {
+            let _guard = super::KillOnDrop::new(child);
+            panic!("the test fails while its child runs");
+        });
+        assert!(panicked.is_err());
+        // Reaped by the guard: no such process any more (not even a zombie).
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived the panic"
+        );
+    }
+
     #[test]
     fn database_name_is_replaced_and_parameters_kept() {
         use super::with_database as w;

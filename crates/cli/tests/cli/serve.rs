@@ -5,9 +5,10 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+use testkit::KillOnDrop;
 
 fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_certreg"));
@@ -20,13 +21,15 @@ fn command() -> Command {
 }
 
 /// Starts `cmd` and waits (up to `wait`) for a stdout line containing `marker`; returns the
-/// child and that line. Later stdout is drained so the child never blocks on a full pipe.
-fn start(mut cmd: Command, marker: &str, wait: Duration) -> (Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs");
+/// child and that line. Later stdout is drained so the child never blocks on a full pipe. The
+/// child is killed when the returned guard goes, so a failing test leaves no server running.
+fn start(mut cmd: Command, marker: &str, wait: Duration) -> (KillOnDrop, String) {
+    let mut child = KillOnDrop::new(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs"),
+    );
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let wanted = marker.to_string();
@@ -43,6 +46,7 @@ fn start(mut cmd: Command, marker: &str, wait: Duration) -> (Child, String) {
         Ok(line) => (child, line),
         Err(_) => {
             let _ = child.kill();
+            let _ = child.wait();
             let mut err = String::new();
             let _ = child.stderr.take().unwrap().read_to_string(&mut err);
             panic!("no {marker:?} line within {wait:?}; stderr:\n{err}");
@@ -90,7 +94,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// SIGTERM, as a service manager stops it; the process must exit 0 on its own.
-fn terminate(mut child: Child) {
+fn terminate(mut child: KillOnDrop) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -108,7 +112,6 @@ fn terminate(mut child: Child) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
     panic!("still running 30 s after SIGTERM");
 }
 
@@ -119,7 +122,7 @@ fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
-fn demo(dir: &Path) -> (Child, String, String) {
+fn demo(dir: &Path) -> (KillOnDrop, String, String) {
     let mut cmd = command();
     cmd.args(["demo", "--port", "0", "--agent-port", "0", "--dir"])
         .arg(dir);
@@ -189,6 +192,34 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The office calendar of every year the health check can look at while this test runs
+    // (this year and the next in Asia/Taipei, whatever the date), so its answer does not
+    // depend on the day: a missing year is a warning, tested with fixed dates elsewhere.
+    let database_url = format!("sqlite://{}", dir.path().join("data/certreg.db").display());
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let year = time::OffsetDateTime::now_utc().year();
+    let calendar = dir.path().join("calendar.csv");
+    let mut csv = String::new();
+    for y in year - 1..=year + 2 {
+        let year_csv = crate::calendar_csv(y);
+        csv.push_str(if csv.is_empty() {
+            &year_csv
+        } else {
+            year_csv.split_once("\r\n").unwrap().1
+        });
+    }
+    std::fs::write(&calendar, csv).unwrap();
+    let out = command()
+        .args(["calendar", "import"])
+        .arg(&calendar)
+        .args(["--database", &database_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = dir.path().join("certreg.toml");
     let crls: Vec<String> = ["gca", "xca", "moeaca", "hca", "moica"]
         .iter()
@@ -202,9 +233,8 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
     std::fs::write(
         &config,
         format!(
-            "database_url = \"sqlite://{}\"\nlisten = \"127.0.0.1:0\"\npublic_origin = \"http://127.0.0.1:8080\"\n\
+            "database_url = {database_url:?}\nlisten = \"127.0.0.1:0\"\npublic_origin = \"http://127.0.0.1:8080\"\n\
              anchors_dir = {:?}\ncrls = [{}]\ncrl_refresh_minutes = 5\nlog_format = \"json\"\n",
-            dir.path().join("data/certreg.db").display(),
             pki.join("anchors").display().to_string(),
             crls.join(", "),
         ),
@@ -216,7 +246,13 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
     let base = word_after(&line, "on").to_string();
     let (status, body) = http(&base, "GET", "/healthz");
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        health["calendar"]["warnings"],
+        serde_json::json!([]),
+        "{body}"
+    );
+    assert_eq!(health["status"], "ok", "{body}");
     let (status, metrics) = http(&base, "GET", "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("route=\"/healthz\""), "{metrics}");

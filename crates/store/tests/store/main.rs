@@ -1317,17 +1317,19 @@ async fn killed_process_leaves_no_partial_registration() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("crash.db").display());
     let secrets = Secrets::generate().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_registers_until_killed",
-            "--nocapture",
-        ])
-        .env(CRASH_CHILD_ENV, &url)
-        .env("CERTREG_STORE_CRASH_CHILD_KEY", secrets.to_base64())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = testkit::KillOnDrop::new(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_registers_until_killed",
+                "--nocapture",
+            ])
+            .env(CRASH_CHILD_ENV, &url)
+            .env("CERTREG_STORE_CRASH_CHILD_KEY", secrets.to_base64())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Kill it once some registrations are in, while it is writing more.
     let probe = async {
         loop {
