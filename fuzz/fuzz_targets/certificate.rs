@@ -1,5 +1,6 @@
 //! Fuzz target: certificate input (DER, PEM or base64) through `ParsedCert::from_input` and the
-//! `CertFacts` read from it; a certificate that parses must re-parse to the same facts.
+//! `CertFacts` read from it; a certificate that parses must re-parse to the same facts, be DER
+//! as a whole (one encoding per certificate), and have a positive serial.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,6 +22,12 @@ fuzz_target!(|data: &[u8]| {
         CertSerial::parse(facts.serial.as_str()).as_ref(),
         Ok(&facts.serial)
     );
+    assert!(
+        pki::ber::is_der(&cert.der),
+        "a certificate read from non-DER"
+    );
+    assert!(pki::ber::check_values(&cert.der).is_ok());
+    assert!(cert.cert.tbs_certificate().serial_number().as_bytes()[0] & 0x80 == 0);
     // Facts depend on the DER only.
     let again = ParsedCert::from_der(cert.der.clone()).expect("parsed DER parses again");
     assert_eq!(&again.facts, facts);
