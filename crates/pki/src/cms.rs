@@ -289,13 +289,13 @@ pub fn parse(input: &[u8]) -> Result<CmsParts> {
         ));
     }
     let der = crate::ber::to_der(input).map_err(|e| malformed(format!("CMS: {e}")))?;
+    // Parsed for its structure first (on the DER), so that the walk over what was sent meets
+    // the fields where the DER has them.
+    let parts = parse_der(&der)?;
     if matches!(der, std::borrow::Cow::Owned(_)) {
-        // Parsed for its structure first (on the DER), so that the walk over what was sent
-        // below meets the fields where the DER has them.
-        parse_der(&der)?;
         der_where_signed(input)?;
     }
-    parse_der(&der)
+    Ok(parts)
 }
 
 fn parse_der(der: &[u8]) -> Result<CmsParts> {

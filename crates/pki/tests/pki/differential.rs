@@ -881,3 +881,96 @@ fn mutated_crls_certreg_reads_only_what_openssl_reads_with_the_same_facts() {
         read.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Named structural refusals (the classes the mutations above explore at random)
+// ---------------------------------------------------------------------------------------------
+
+fn node<'a>(t: &'a mut [Node], path: &[usize]) -> &'a mut Node {
+    let (first, rest) = path.split_first().unwrap();
+    let n = &mut t[*first];
+    if rest.is_empty() {
+        return n;
+    }
+    match &mut n.body {
+        Body::Tree(c) => node(c, rest),
+        Body::Leaf(_) => panic!("not constructed"),
+    }
+}
+
+fn children<'a>(t: &'a mut [Node], path: &[usize]) -> &'a mut Vec<Node> {
+    match &mut node(t, path).body {
+        Body::Tree(c) => c,
+        Body::Leaf(_) => panic!("not constructed"),
+    }
+}
+
+#[test]
+fn misplaced_repeated_and_extra_fields_are_refused() {
+    let c = challenge("org_card");
+    let proof = pki()
+        .card("gca-agency")
+        .sign_cms(c.tbs().as_bytes(), &CmsSignOptions::default())
+        .unwrap();
+    let tree = parse_tree(&proof).unwrap();
+    // ContentInfo / [0] / SignedData: fields 0..=4; signerInfos (4) / SignerInfo (0): fields
+    // version, sid, digestAlgorithm, [0] signedAttrs, signatureAlgorithm, signature.
+    const SD: [usize; 3] = [0, 1, 0];
+    const SI: [usize; 5] = [0, 1, 0, 4, 0];
+    type Edit = fn(&mut Vec<Node>);
+    let edits: [(&str, Edit); 9] = [
+        ("two SignerInfos", |t| {
+            let si = node(t, &SI).clone();
+            children(t, &[0, 1, 0, 4]).push(si);
+        }),
+        ("primitive [0] where the signed attributes are", |t| {
+            node(t, &[0, 1, 0, 4, 0, 3]).tag = 0x80;
+        }),
+        ("signed attributes before digestAlgorithm", |t| {
+            children(t, &SI).swap(2, 3);
+        }),
+        ("signed attributes twice", |t| {
+            let a = node(t, &[0, 1, 0, 4, 0, 3]).clone();
+            children(t, &SI).insert(3, a);
+        }),
+        ("CRLs in the proof", |t| {
+            let crl = Node {
+                tag: 0xA1,
+                len: Len::Der,
+                body: Body::Tree(vec![]),
+            };
+            children(t, &SD).insert(4, crl);
+        }),
+        ("SignerInfo version 3 with issuerAndSerialNumber", |t| {
+            node(t, &[0, 1, 0, 4, 0, 0]).body = Body::Leaf(vec![3]);
+        }),
+        ("messageDigest among the unsigned attributes", |t| {
+            let attrs = node(t, &[0, 1, 0, 4, 0, 3]).clone();
+            let mut unsigned = attrs;
+            unsigned.tag = 0xA1;
+            children(t, &SI).push(unsigned);
+        }),
+        ("data after the signature", |t| {
+            children(t, &SI).push(Node {
+                tag: 0x05,
+                len: Len::Der,
+                body: Body::Leaf(vec![]),
+            });
+        }),
+        ("a SignerInfo in BER", |t| {
+            node(t, &SI).len = Len::Indefinite;
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut t = tree.clone();
+        edit(&mut t);
+        let mut bytes = Vec::new();
+        write_tree(&t, &mut bytes);
+        let e = verify_proof(&validator(), &c, &bytes, None, Role::Organization, NOW).unwrap_err();
+        assert_eq!(e.code, pki::ErrorCode::ProofMalformed, "{what}: {e}");
+    }
+    let mut trailing = proof.clone();
+    trailing.push(0);
+    let e = verify_proof(&validator(), &c, &trailing, None, Role::Organization, NOW).unwrap_err();
+    assert_eq!(e.code, pki::ErrorCode::ProofMalformed, "trailing data: {e}");
+}
