@@ -121,6 +121,46 @@ async fn sweep_sessions(db: Db) {
     }
 }
 
+/// Re-reads the office calendar from the database every 10 minutes and on SIGHUP, so a
+/// `certreg calendar import` (by any process, on the same database) reaches every running
+/// instance; a failed read keeps the calendar in use.
+async fn reload_calendar(state: web::AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.tick().await; // the first tick is immediate: the calendar was just loaded
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = hup => tracing::info!("SIGHUP: reloading the office calendar"),
+            }
+        }
+        #[cfg(not(unix))]
+        tick.tick().await;
+        let before = state.svc().calendar_years();
+        match state.svc().reload_calendar().await {
+            Ok(years) if years != before => {
+                tracing::info!(?years, "office calendar reloaded");
+                for w in state.svc().calendar_warnings() {
+                    tracing::warn!("{w}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reloading the office calendar"),
+        }
+    }
+}
+
 /// How long an idle flow is kept: it expires after 15 minutes, and for the rest of the day its
 /// page still says 「作業已逾時」 rather than that the flow does not exist.
 const FLOW_KEPT: time::Duration = time::Duration::days(1);
@@ -239,6 +279,7 @@ pub async fn run(
         Duration::from_secs(settings.crl_refresh_minutes * 60),
     ));
     let sweep = tokio::spawn(sweep_sessions(service.db.clone()));
+    let calendar = tokio::spawn(reload_calendar(service.state.clone()));
     let app = web::app(service.state);
     let served = axum::serve(
         listener,
@@ -248,6 +289,7 @@ pub async fn run(
     .await;
     refresh.abort();
     sweep.abort();
+    calendar.abort();
     service.db.close().await;
     served.context("serving")
 }

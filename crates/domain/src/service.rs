@@ -267,6 +267,11 @@ impl<S: Store, C: Clock> Services<S, C> {
         }
     }
 
+    /// The years the office calendar holds (shipped and imported), sorted.
+    pub fn calendar_years(&self) -> Vec<i32> {
+        self.calendar.read().map(|c| c.years()).unwrap_or_default()
+    }
+
     pub fn calendar_warnings(&self) -> Vec<String> {
         self.calendar
             .read()

@@ -245,7 +245,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "status": status,
         "time": rfc3339(now),
         "database": database,
-        "calendar": {"ok": calendar.is_empty(), "warnings": calendar},
+        "calendar": {
+            "ok": calendar.is_empty(),
+            "years": state.svc().calendar_years(),
+            "warnings": calendar,
+        },
         "crls": {"ok": !any_stale, "stale_refuses_cards": stale_refuses, "lists": crl_list},
     });
     let code = if failing {

@@ -253,6 +253,45 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
         "{body}"
     );
     assert_eq!(health["status"], "ok", "{body}");
+    assert!(
+        !health["calendar"]["years"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(2031)),
+        "{body}"
+    );
+
+    // An import by another process reaches the running server on SIGHUP.
+    std::fs::write(&calendar, crate::calendar_csv(2031)).unwrap();
+    let out = command()
+        .args(["calendar", "import"])
+        .arg(&calendar)
+        .args(["--database", &database_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(&base, "GET", "/healthz");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if health["calendar"]["years"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(2031))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "2031 not loaded 30 s after SIGHUP: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (status, metrics) = http(&base, "GET", "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("route=\"/healthz\""), "{metrics}");
