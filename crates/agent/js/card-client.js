@@ -19,7 +19,9 @@
 //           beforehand which of the two works.
 //
 // The package is built as pages written for HiPKI build it: `tbs` and `pin` through
-// encodeURIComponent (both agents decode them; the PIN may hold any character).
+// encodeURIComponent (both agents decode them). certreg's agent takes a PIN of printable ASCII
+// other than `%` only (no spaces): anything else is refused as a parameter error before the card
+// is asked. After a wrong PIN it takes no PIN for that card for a short while (`pin_wait`).
 //
 // The PIN lives only in the one request built for it; it is never stored, logged or put into an
 // error.
@@ -41,6 +43,7 @@ const RET = Object.freeze({
   ORIGIN_MISMATCH: 0x76000c03,
   NO_ORIGIN: 0x76000c04,
   UNSAFE_REQUEST: 0x76000c05,
+  PIN_WAIT: 0x76000c06,
   NO_PIN: 0x76000998,
   CANCELLED: 0x76000999,
   NO_READER: 0x76100003,
@@ -60,6 +63,7 @@ const MESSAGES = Object.freeze({
   wrong_pin: 'PIN 碼錯誤，請重新輸入',
   card_locked: '憑證卡已鎖住，請洽發卡單位解鎖',
   pin_length: 'PIN 碼長度不正確，請重新輸入',
+  pin_wait: 'PIN 碼錯誤後須稍候數秒才能再試，請稍候再輸入',
   no_pin: '請輸入 PIN 碼',
   cancelled: '已取消操作',
   site_not_trusted: '此網站未被元件信任，請洽系統管理人員設定憑證元件',
@@ -105,6 +109,7 @@ function errorOfAnswer(answer) {
     case RET.TBS_REFUSED: return new CardError('tbs_refused', base);
     case RET.ORIGIN_MISMATCH: return new CardError('origin_mismatch', base);
     case RET.NO_ORIGIN: case RET.UNSAFE_REQUEST: return new CardError('request_refused', base);
+    case RET.PIN_WAIT: return new CardError('pin_wait', base);
     case RET.LOGIN_FAILED:
       if (lastError === LAST.PIN_LOCKED) return new CardError('card_locked', { ...base, triesLeft: 0 });
       if (lastError === LAST.PIN_LEN_RANGE) return new CardError('pin_length', base);

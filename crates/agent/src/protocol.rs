@@ -7,7 +7,10 @@
 //!
 //! Pages written for HiPKI `encodeURIComponent` the `tbs` and the `pin` of a package; both are
 //! percent-decoded here exactly once (`+` stays `+`), whatever the transport. A certreg challenge
-//! holds no `%`, so the decoded and the plain form of one challenge are the same bytes.
+//! holds no `%`, so the decoded and the plain form of one challenge are the same bytes. A PIN
+//! that, decoded, still holds a `%`, a space or anything but printable ASCII is refused before the
+//! card sees it: such a PIN is an encoding left over (a form's `+` read as a space, an escape
+//! decoded once too few), and trying it would only spend one of the card's tries.
 //!
 //! | ret_code     | last_error | meaning |
 //! |--------------|------------|---------|
@@ -16,7 +19,7 @@
 //! | `0x76000006` |            | no card in the reader (or it was removed) |
 //! | `0x7600000A` |            | request too large (HiPKI 檔案過大) |
 //! | `0x7600000B` |            | not JSON (body, or `tbsPackage`) |
-//! | `0x7600000C` |            | parameter error: missing `tbsPackage`, wrong JSON type |
+//! | `0x7600000C` |            | parameter error: missing `tbsPackage`, wrong JSON type, bad percent-encoding, a PIN with `%`, whitespace or non-ASCII |
 //! | `0x7600000E` |            | unsupported method (`func` of a popup request) |
 //! | `0x76000031` |            | the requesting site is not trusted (Origin not allowed) |
 //! | `0x76000C01` |            | certreg: TBS refused, not a certreg challenge |
@@ -24,6 +27,7 @@
 //! | `0x76000C03` |            | certreg: the challenge names another site than the caller (refused relay) |
 //! | `0x76000C04` |            | certreg: a signing request without Origin (a local program; needs `allow_no_origin`) |
 //! | `0x76000C05` |            | certreg: a request without Origin that a web page could have made (form body, `Sec-Fetch-Site` not `none`) |
+//! | `0x76000C06` |            | certreg: a PIN too soon after a wrong PIN on the same card (the card is not asked; try again after the wait) |
 //! | `0x76000998` |            | no PIN |
 //! | `0x76000999` |            | cancelled |
 //! | `0x76100003` |            | no card reader |
@@ -67,6 +71,8 @@ pub mod ret {
     /// certreg: a request without Origin shaped like one a web page can send (a form body, a
     /// `Sec-Fetch-Site` other than `none`).
     pub const UNSAFE_REQUEST: u32 = 0x7600_0C05;
+    /// certreg: a PIN sent too soon after a wrong PIN on the same card; not tried.
+    pub const PIN_WAIT: u32 = 0x7600_0C06;
     pub const NO_PIN: u32 = 0x7600_0998;
     pub const CANCELLED: u32 = 0x7600_0999;
     pub const NO_READER: u32 = 0x7610_0003;
@@ -107,6 +113,7 @@ pub fn message_zh(ret_code: u32, last_error: u32) -> &'static str {
         (ret::ORIGIN_MISMATCH, _) => "簽章挑戰屬於其他網站，本元件拒絕代為簽章",
         (ret::NO_ORIGIN, _) => "請求未標示來源網站，本元件拒絕簽章",
         (ret::UNSAFE_REQUEST, _) => "請求方式不安全，本元件拒絕處理",
+        (ret::PIN_WAIT, _) => "PIN碼輸入錯誤後須稍候數秒才能再試，本次未使用IC卡",
         (ret::NO_PIN, _) => "未輸入PIN碼",
         (ret::CANCELLED, _) => "使用者已取消動作",
         (ret::NO_READER, _) => "無可用讀卡機",
@@ -524,49 +531,51 @@ impl fmt::Debug for SignRequest {
     }
 }
 
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
-fn url_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (exactly two ASCII hex digits each) and, when `plus_is_space`, `+` as a
+/// space; `None` for a stray or short `%`, a non-hex digit (a sign included: `%+A` is no escape)
+/// or bytes that are not UTF-8. The one decoder of form bodies and of percent-encoded values.
+fn decode_escapes(s: &str, plus_is_space: bool) -> Option<String> {
+    fn hex_digit(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
+                let hi = hex_digit(*bytes.get(i + 1)?)?;
+                let lo = hex_digit(*bytes.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
+                i += 3;
             }
-            b => out.push(b),
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
         }
-        i += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
+fn url_decode(s: &str) -> Option<String> {
+    decode_escapes(s, true)
 }
 
 /// Decodes `%XX` escapes the way JavaScript's `decodeURIComponent` does (`+` stays `+`); `None`
 /// for a stray `%` or bytes that are not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return Some(s.to_string());
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    decode_escapes(s, false)
 }
 
 /// JSON text with raw control characters inside its strings written as `\u00XX` escapes. A
@@ -661,6 +670,23 @@ fn opt_bool(v: &Value, key: &str) -> Result<bool, Refusal> {
     }
 }
 
+/// The PIN of a package, percent-decoded once; refused (PARAMETER) when the decoded text holds
+/// anything but printable ASCII other than `%` — a `%` left over, a space (a form's `+`), a
+/// control or a non-ASCII character — so that a PIN mangled by its encoding is never tried on
+/// the card. Empty stays empty (the handler answers "no PIN").
+fn checked_pin(raw: &str) -> Result<String, Refusal> {
+    let pin = percent_decode(raw)
+        .ok_or_else(|| Refusal::new(ret::PARAMETER, "pin: bad percent-encoding"))?;
+    if pin.bytes().any(|b| !b.is_ascii_graphic() || b == b'%') {
+        return Err(Refusal::new(
+            ret::PARAMETER,
+            "pin: a character that no card PIN holds (%, whitespace, control or non-ASCII)",
+        )
+        .with_message2("PIN碼含有空白、%或非英數字元，未送至IC卡，剩餘次數不變"));
+    }
+    Ok(pin)
+}
+
 impl SignRequest {
     /// Reads a `/sign` body (form with `tbsPackage`, or the JSON itself).
     pub fn from_body(body: &[u8]) -> Result<Self, Refusal> {
@@ -678,7 +704,12 @@ impl SignRequest {
         let tbs = match opt_str(v, "tbsEncoding")?.unwrap_or("NONE") {
             e if e.eq_ignore_ascii_case("NONE") || e.is_empty() => tbs_text.as_bytes().to_vec(),
             e if e.eq_ignore_ascii_case("base64") => {
-                let cleaned: String = tbs_text.chars().filter(|c| !c.is_whitespace()).collect();
+                // ASCII whitespace only (the popup's script reads the same characters): any
+                // other character, Unicode spaces included, makes the base64 invalid.
+                let cleaned: String = tbs_text
+                    .chars()
+                    .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n'))
+                    .collect();
                 base64::engine::general_purpose::STANDARD
                     .decode(&cleaned)
                     .map_err(|e| Refusal::new(ret::BASE64_DECODE, format!("tbs base64: {e}")))?
@@ -716,8 +747,7 @@ impl SignRequest {
             func: opt_str(v, "func")?.map(str::to_string),
             tbs,
             signature_type,
-            pin: percent_decode(opt_str(v, "pin")?.unwrap_or_default())
-                .ok_or_else(|| Refusal::new(ret::PARAMETER, "pin: bad percent-encoding"))?,
+            pin: checked_pin(opt_str(v, "pin")?.unwrap_or_default())?,
             nonce,
             with_card_sn: opt_bool(v, "withCardSN")?,
             slot_description: opt_str(v, "slotDescription")?
@@ -752,16 +782,16 @@ mod tests {
     #[test]
     fn percent_encoded_values_and_decoded_newlines_read_as_the_plain_package() {
         let plain = SignRequest::from_body(
-            br#"{"tbs":"certreg-challenge/1\npurpose=x+y","pin":"12 34+","nonce":"a+b"}"#,
+            br#"{"tbs":"certreg-challenge/1\npurpose=x+y","pin":"12+34!","nonce":"a+b"}"#,
         )
         .unwrap();
         // As HiPKI pages send it: tbs and pin through encodeURIComponent, '+' as %2B.
-        let encoded = r#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2034%2B","nonce":"a%2Bb"}"#;
+        let encoded = r#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2B34%21","nonce":"a%2Bb"}"#;
         let form = format!("tbsPackage={encoded}");
         let from_form = SignRequest::from_body(form.as_bytes()).unwrap();
         assert_eq!(from_form, plain);
         let from_json = SignRequest::from_body(
-            br#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2034%2B","nonce":"a+b"}"#,
+            br#"{"tbs":"certreg-challenge%2F1%0Apurpose%3Dx%2By","pin":"12%2B34%21","nonce":"a+b"}"#,
         )
         .unwrap();
         assert_eq!(from_json, plain);
@@ -775,6 +805,106 @@ mod tests {
         assert_eq!(code(br#"{"tbs":"%FF"}"#), ret::PARAMETER);
         // Control characters are repaired inside strings only.
         assert_eq!(code(b"tbsPackage=%7B%0B%22tbs%22:1%7D"), ret::JSON_FORMAT);
+    }
+
+    #[test]
+    fn an_escape_is_a_percent_sign_and_exactly_two_hex_digits() {
+        for bad in ["%+A", "%-1", "%+F", "% A", "%A", "%", "%G0", "%0G", "a%2"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+            assert_eq!(url_decode(bad), None, "{bad}");
+        }
+        assert_eq!(percent_decode("%41%2b%2B+").as_deref(), Some("A+++"));
+        assert_eq!(url_decode("%41%2b+").as_deref(), Some("A+ "));
+        assert_eq!(percent_decode("%E6%86%91").as_deref(), Some("憑"));
+        assert_eq!(percent_decode("%C3"), None);
+        // The form parser of the status page and of `tbsPackage` uses the same decoder.
+        assert_eq!(
+            form_field("name=%+Acard&token=t", "name")
+                .unwrap_err()
+                .ret_code,
+            ret::PARAMETER
+        );
+        assert_eq!(
+            form_field("na%6De=a+b%21&token=t", "name")
+                .unwrap()
+                .as_deref(),
+            Some("a b!")
+        );
+        let code = |b: &[u8]| SignRequest::from_body(b).unwrap_err().ret_code;
+        assert_eq!(code(br#"{"tbs":"x%+Ay"}"#), ret::PARAMETER);
+        assert_eq!(
+            code(b"tbsPackage=%7B%22tbs%22:%22x%22%+A%7D"),
+            ret::PARAMETER
+        );
+    }
+
+    #[test]
+    fn a_pin_that_is_an_encoding_left_over_is_refused_in_every_transport() {
+        let json = |pin: &str| format!(r#"{{"tbs":"x","pin":"{pin}"}}"#);
+        let form = |pin: &str| {
+            let text = json(pin);
+            let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+            format!("tbsPackage={encoded}")
+        };
+        // As the JSON value, then inside a form body (decoded once more by the form): each
+        // decodes to a PIN holding a '%', whitespace, a control or a non-ASCII character.
+        for pin in [
+            "12%2534",
+            "%2512",
+            "12%2034",
+            "12 34",
+            "12\t34",
+            "1234\n",
+            "%0A1234",
+            "\u{a0}123456",
+            "%C2%A0123456",
+            "１２３４５６",
+            "%EF%BC%9123456",
+            "123456\u{85}",
+        ] {
+            for (how, body) in [("json", json(pin)), ("form", form(pin))] {
+                let r = SignRequest::from_body(body.as_bytes()).unwrap_err();
+                assert_eq!(r.ret_code, ret::PARAMETER, "{how} {pin:?}: {r}");
+            }
+        }
+        // In a form body a '+' that was not encoded is a space: refused, never tried as a PIN.
+        let raw_plus = r#"tbsPackage={"tbs":"x","pin":"12+34"}"#;
+        assert_eq!(
+            SignRequest::from_body(raw_plus.as_bytes())
+                .unwrap_err()
+                .ret_code,
+            ret::PARAMETER
+        );
+        // Printable ASCII reads the same from both transports.
+        for pin in ["123456", "Ab3!x+y", "12%2B34"] {
+            let a = SignRequest::from_body(json(pin).as_bytes()).unwrap();
+            let b = SignRequest::from_body(form(pin).as_bytes()).unwrap();
+            assert_eq!(a.pin, b.pin, "{pin}");
+            assert!(a.pin.bytes().all(|c| c.is_ascii_graphic() && c != b'%'));
+        }
+        // No PIN stays "no PIN" for the handler.
+        assert_eq!(SignRequest::from_body(br#"{"tbs":"x"}"#).unwrap().pin, "");
+    }
+
+    #[test]
+    fn base64_tbs_allows_ascii_whitespace_only() {
+        let tbs = |b64: &str| format!(r#"{{"tbs":"{b64}","tbsEncoding":"base64"}}"#);
+        let r = SignRequest::from_body(tbs("Y2Vy \t\r\ndHJl\nZw==").as_bytes()).unwrap();
+        assert_eq!(r.tbs, b"certreg");
+        for odd in [
+            "\\u0085",
+            "\\u00a0",
+            "\\u2028",
+            "\\u3000",
+            "\\u000b",
+            "\\u000c",
+            "%C2%85",
+            "%E3%80%80",
+        ] {
+            let r =
+                SignRequest::from_body(tbs(&format!("Y2Vy{odd}dHJlZw==")).as_bytes()).unwrap_err();
+            assert_eq!(r.ret_code, ret::BASE64_DECODE, "{odd}: {r}");
+        }
     }
 
     #[test]

@@ -1,16 +1,26 @@
-//! The agent's HTTP server on 127.0.0.1: `/pkcs11info` and `/sign` (HiPKI protocol, CORS for
+//! The agent's HTTP server on the loopback (127.0.0.1 and [::1]): `/pkcs11info` and `/sign` (HiPKI protocol, CORS for
 //! configured origins only), `/popupForm` (the postMessage bridge for sites that use the real
 //! agent's popup mode), `/p11Image.bmp` (the `pkcs11info` answer packed into an image, HiPKI's
 //! installation check), and `/`, a zh-TW status page with soft-card insert/eject.
 //!
-//! Safety rules, each enforced here: the socket is bound to the loopback address only; the Host
-//! header must name the loopback (a DNS-rebinding page cannot read the agent); a request whose
+//! Safety rules, each enforced here: the sockets are bound to the loopback addresses only, the
+//! IPv4 and, where the machine has one, the IPv6 loopback on the same port, and the agent does not
+//! start when another program holds either (browsers try `[::1]` first for `localhost`, so a
+//! program there would get the pages' requests, PINs included); the Host header must name the
+//! loopback (a DNS-rebinding page cannot read the agent); a request whose
 //! Origin is not configured gets "site not trusted" and no CORS headers; bodies are size-limited;
 //! only certreg challenges are signed, and only for the site that asks: the challenge's `origin=`
 //! must be the request's Origin (or, through the popup, the origin of the page that posted to
 //! it); a signing request without Origin is refused unless the agent was started to allow local
 //! programs, and even then never in a shape a web page can send; one operation at a time per
-//! card; the PIN is never logged.
+//! card; after a wrong PIN the card takes no PIN for a short while (a program cannot spend its
+//! tries in a burst); a PIN mangled by its encoding is never tried; the PIN is never logged.
+//!
+//! What the Origin checks are not: a barrier against programs on this machine. Any local
+//! program can send any Origin header, an allowed site's included, so `allow_no_origin` and the
+//! allowed origins decide which web pages may use the agent, not which programs may; what limits
+//! a local program is the PIN, the rule that only certreg challenges are signed and the wrong-PIN
+//! wait.
 
 use crate::backend::{CardBackend, CardCert, CardError, SlotInfo, TokenInfo};
 use crate::origin::{self, OriginError};
@@ -31,8 +41,9 @@ use pki::challenge::Challenge;
 use pki::facts::ParsedCert;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
@@ -40,11 +51,13 @@ use tokio::net::TcpListener;
 pub const DEFAULT_PORT: u16 = 61161;
 /// A `tbsPackage` is a few KiB at most (a TBS is ≤ 2 KiB).
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+/// How long a card takes no PIN after a wrong one.
+pub const DEFAULT_WRONG_PIN_DELAY: Duration = Duration::from_secs(2);
 
 /// How the agent is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// TCP port on 127.0.0.1 (0 = any free port, for tests).
+    /// TCP port on 127.0.0.1 and [::1] (0 = any free port, for tests).
     pub port: u16,
     /// Origins (`https://certreg.example.gov.tw`) whose pages may call the agent; checked by
     /// [`origin::parse_allowed`] when the server starts.
@@ -53,9 +66,16 @@ pub struct AgentConfig {
     pub max_body: usize,
     /// Sign for requests without an Origin header (local programs). Off: only web pages of the
     /// allowed origins, for their own challenges.
+    ///
+    /// Not a security boundary against programs on this machine: off or on, any local program
+    /// can send an allowed site's Origin header and be taken for that site. What holds a local
+    /// program back is the PIN, the certreg-challenge-only rule and `wrong_pin_delay`.
     pub allow_no_origin: bool,
     /// Accept plain `http://` allowed origins on hosts other than the loopback.
     pub allow_insecure_origin: bool,
+    /// After a wrong PIN, PINs for that card are refused ([`ret::PIN_WAIT`], the card is not
+    /// asked) for this long, so that a program cannot spend a card's tries in a burst.
+    pub wrong_pin_delay: Duration,
 }
 
 impl Default for AgentConfig {
@@ -66,6 +86,7 @@ impl Default for AgentConfig {
             max_body: DEFAULT_MAX_BODY,
             allow_no_origin: false,
             allow_insecure_origin: false,
+            wrong_pin_delay: DEFAULT_WRONG_PIN_DELAY,
         }
     }
 }
@@ -80,10 +101,13 @@ struct Inner {
     soft_cards: Option<Arc<SoftCards>>,
     /// The agent's own origins (`http://127.0.0.1:<port>` …): its pages call it from there.
     own_origins: Vec<String>,
-    /// Hosts accepted in the Host header.
+    /// Hosts accepted in the Host header: the loopback addresses the agent listens on, and
+    /// `localhost`.
     own_hosts: Vec<String>,
     /// One lock per card number: operations on one card never interleave.
     token_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Card number → until when PINs for it are refused (set by a wrong PIN).
+    pin_wait_until: Mutex<HashMap<String, Instant>>,
     /// Per-process token of the status page's forms (with the Origin check, against CSRF).
     form_token: String,
     popup_html: String,
@@ -105,12 +129,24 @@ fn random_token() -> String {
 }
 
 impl AgentState {
-    /// State for a server on `config.port` (the port actually bound: own origins depend on it).
-    /// Refuses allowed origins that would open the agent to every page.
+    /// State for a server on `config.port` of both loopbacks (the port actually bound: own
+    /// origins depend on it). Refuses allowed origins that would open the agent to every page.
     pub fn new(
         config: AgentConfig,
         backend: Arc<dyn CardBackend>,
         soft_cards: Option<Arc<SoftCards>>,
+    ) -> Result<Self, OriginError> {
+        Self::with_loopbacks(config, backend, soft_cards, true)
+    }
+
+    /// State for a server on 127.0.0.1 and, when `ipv6`, on [::1]: `[::1]:<port>` is one of the
+    /// agent's own hosts and origins only when the agent listens there. `localhost` always is:
+    /// without an IPv6 loopback it can only reach 127.0.0.1.
+    fn with_loopbacks(
+        config: AgentConfig,
+        backend: Arc<dyn CardBackend>,
+        soft_cards: Option<Arc<SoftCards>>,
+        ipv6: bool,
     ) -> Result<Self, OriginError> {
         let mut config = config;
         let mut allowed = Vec::new();
@@ -122,11 +158,10 @@ impl AgentState {
         }
         config.allowed_origins = allowed;
         let port = config.port;
-        let own_hosts = vec![
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-            format!("[::1]:{port}"),
-        ];
+        let mut own_hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+        if ipv6 {
+            own_hosts.push(format!("[::1]:{port}"));
+        }
         let own_origins = own_hosts
             .iter()
             .filter_map(|h| origin::normalize(&format!("http://{h}")))
@@ -147,6 +182,7 @@ impl AgentState {
             own_origins,
             own_hosts,
             token_locks: Mutex::new(HashMap::new()),
+            pin_wait_until: Mutex::new(HashMap::new()),
             form_token: random_token(),
             popup_html,
             popup_csp,
@@ -164,6 +200,36 @@ impl AgentState {
 
     fn is_own_origin(&self, origin: &str) -> bool {
         self.0.own_origins.iter().any(|o| o == origin)
+    }
+
+    /// How much longer card `serial` takes no PIN (after a wrong one); `None` when it takes one.
+    fn pin_wait(&self, serial: &str) -> Option<Duration> {
+        let waits = self
+            .0
+            .pin_wait_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let until = *waits.get(serial)?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records the outcome of a PIN tried on card `serial`: a wrong PIN starts its wait.
+    fn note_pin_outcome(&self, serial: &str, wrong: bool) {
+        let mut waits = self
+            .0
+            .pin_wait_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if wrong {
+            waits.insert(
+                serial.to_string(),
+                Instant::now() + self.0.config.wrong_pin_delay,
+            );
+        } else {
+            waits.remove(serial);
+        }
     }
 }
 
@@ -298,7 +364,8 @@ fn with_cors(caller: &Caller, mut resp: Response) -> Response {
 }
 
 /// The request headers a preflight asks for, when each is a plain header name (pages written for
-/// HiPKI add their own to `GET /pkcs11info`); otherwise just Content-Type.
+/// HiPKI add their own to `GET /pkcs11info`); otherwise just Content-Type. Never the relay
+/// header: only the agent's own popup sends it.
 fn allowed_request_headers(headers: &HeaderMap) -> HeaderValue {
     let asked = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
@@ -307,7 +374,7 @@ fn allowed_request_headers(headers: &HeaderMap) -> HeaderValue {
     let names: Vec<&str> = asked
         .split(',')
         .map(str::trim)
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(RELAY_ORIGIN_HEADER))
         .collect();
     let plain = names.len() <= 16
         && names.iter().all(|n| {
@@ -628,6 +695,19 @@ async fn do_sign(
 
     let lock = state.token_lock(&token.serial_number);
     let _held = lock.lock_owned().await;
+    // Checked under the card's lock, so that requests queued behind a wrong PIN wait too.
+    if let Some(left) = state.pin_wait(&token.serial_number) {
+        let secs = left.as_millis().div_ceil(1000).max(1);
+        return Err(Refusal::new(
+            ret::PIN_WAIT,
+            format!(
+                "card {}: a PIN {} ms too soon after a wrong one",
+                token.serial_number,
+                left.as_millis()
+            ),
+        )
+        .with_message2(format!("請於 {secs} 秒後再輸入PIN碼")));
+    }
     let backend = state.0.backend.clone();
     let serial = token.serial_number.clone();
     let signature_type = req.signature_type;
@@ -659,8 +739,13 @@ async fn do_sign(
             }
         }
     })
-    .await
-    .map_err(|e| Refusal::from(&e))?;
+    .await;
+    match &signature {
+        Err(CardError::PinIncorrect { .. }) => state.note_pin_outcome(&token.serial_number, true),
+        Ok(_) => state.note_pin_outcome(&token.serial_number, false),
+        Err(_) => {}
+    }
+    let signature = signature.map_err(|e| Refusal::from(&e))?;
     tracing::info!(
         card = %token.serial_number,
         millis = started.elapsed().as_millis() as u64,
@@ -740,7 +825,10 @@ const POPUP_SCRIPT: &str = r#"
     try {
       var tbs = decodeURIComponent(String(req.tbs || ""));
       if (String(req.tbsEncoding || "").toLowerCase() === "base64") {
-        var bin = atob(tbs.replace(/\s+/g, ""));
+        // ASCII whitespace only, as the agent reads it (atob alone would also drop form feeds).
+        var b64 = tbs.replace(/[ \t\r\n]+/g, "");
+        if (/[^A-Za-z0-9+\/=]/.test(b64)) return null;
+        var bin = atob(b64);
         var bytes = new Uint8Array(bin.length);
         for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
         tbs = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
@@ -1082,39 +1170,126 @@ fn backend_name(state: &AgentState) -> String {
     state.0.backend.name()
 }
 
-/// Binds `127.0.0.1:port` (never another interface).
-pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+/// The agent's sockets: `127.0.0.1:<port>` and, when the machine has an IPv6 loopback,
+/// `[::1]:<port>` (browsers try `[::1]` first for `localhost`; a program listening there instead
+/// of the agent would get the requests of pages that call `localhost`). Made by [`bind`].
+#[derive(Debug)]
+pub struct Loopback {
+    v4: TcpListener,
+    v6: Option<TcpListener>,
 }
 
-/// Serves on an already bound loopback listener until `shutdown` completes.
+impl Loopback {
+    /// The IPv4 address (`127.0.0.1:<port>`); the IPv6 one, when there is one, has the same port.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.v4.local_addr()
+    }
+
+    /// Whether the agent also listens on `[::1]`.
+    pub fn has_ipv6(&self) -> bool {
+        self.v6.is_some()
+    }
+}
+
+impl axum::serve::Listener for Loopback {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The trait's accept: it logs and retries accept errors rather than returning them.
+        use axum::serve::Listener;
+        match &mut self.v6 {
+            None => Listener::accept(&mut self.v4).await,
+            Some(v6) => tokio::select! {
+                c = Listener::accept(&mut self.v4) => c,
+                c = Listener::accept(v6) => c,
+            },
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.v4.local_addr()
+    }
+}
+
+/// Whether binding `[::1]` failed because this machine has no IPv6 loopback (IPv6 disabled or
+/// not built in), as opposed to the address being taken or refused.
+fn no_ipv6_loopback(e: &std::io::Error) -> bool {
+    // EAFNOSUPPORT: Linux 97, the BSDs and macOS 47, Windows WSAEAFNOSUPPORT 10047.
+    const AF_NOT_SUPPORTED: &[i32] = if cfg!(target_os = "linux") {
+        &[97]
+    } else if cfg!(windows) {
+        &[10047]
+    } else {
+        &[47]
+    };
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || e.raw_os_error()
+            .is_some_and(|c| AF_NOT_SUPPORTED.contains(&c))
+}
+
+/// Binds `127.0.0.1:port` and `[::1]:port` (never another interface). Fails when either is
+/// taken: the agent does not start beside a program that would get its pages' requests. Binds
+/// 127.0.0.1 alone only on a machine without an IPv6 loopback. Port 0 picks a port free on both.
+pub async fn bind(port: u16) -> std::io::Result<Loopback> {
+    // With port 0, the port the system chose on 127.0.0.1 may be taken on [::1]: choose again.
+    const ATTEMPTS: usize = 32;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let v4 = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let bound = v4.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, bound))).await {
+            Ok(v6) => return Ok(Loopback { v4, v6: Some(v6) }),
+            Err(e) if no_ipv6_loopback(&e) => {
+                tracing::warn!(error = %e, "no IPv6 loopback: listening on 127.0.0.1 only");
+                return Ok(Loopback { v4, v6: None });
+            }
+            Err(e)
+                if port == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < ATTEMPTS =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on [::1]:{bound} ({e}); the card agent does not start \
+                         while another program holds the IPv6 loopback port: browsers try \
+                         [::1] first for localhost, so that program would get the pages' \
+                         requests and PINs. Stop it or choose another port"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Serves on the loopback sockets of [`bind`] until `shutdown` completes.
 pub async fn serve_on(
-    listener: TcpListener,
+    listener: Loopback,
     config: AgentConfig,
     backend: Arc<dyn CardBackend>,
     soft_cards: Option<Arc<SoftCards>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        return Err(std::io::Error::other(format!(
-            "the card agent listens on the loopback address only, not {addr}"
-        )));
-    }
+    let ipv6 = listener.has_ipv6();
     let config = AgentConfig {
         port: addr.port(),
         ..config
     };
-    let state = AgentState::new(config, backend, soft_cards)
+    let state = AgentState::with_loopbacks(config, backend, soft_cards, ipv6)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    tracing::info!(%addr, backend = %backend_name(&state), origins = ?state.config().allowed_origins,
+    tracing::info!(%addr, ipv6, backend = %backend_name(&state), origins = ?state.config().allowed_origins,
         allow_no_origin = state.config().allow_no_origin, "card agent listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// Binds `127.0.0.1:<config.port>` and serves until `shutdown` completes.
+/// Binds `127.0.0.1:<config.port>` and `[::1]:<config.port>` and serves until `shutdown`
+/// completes.
 pub async fn serve(
     config: AgentConfig,
     backend: Arc<dyn CardBackend>,
@@ -1122,4 +1297,69 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind(config.port).await?;
     serve_on(listener, config, backend, None, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoCards;
+
+    impl CardBackend for NoCards {
+        fn name(&self) -> String {
+            "none".into()
+        }
+        fn slots(&self) -> Result<Vec<SlotInfo>, CardError> {
+            Ok(Vec::new())
+        }
+        fn sign(&self, _: &str, _: &CardCert, _: &str, _: &[u8]) -> Result<Vec<u8>, CardError> {
+            Err(CardError::NoCard)
+        }
+    }
+
+    fn state(ipv6: bool) -> AgentState {
+        let config = AgentConfig {
+            port: 61161,
+            ..AgentConfig::default()
+        };
+        AgentState::with_loopbacks(config, Arc::new(NoCards), None, ipv6).unwrap()
+    }
+
+    #[test]
+    fn without_an_ipv6_loopback_the_agent_does_not_take_ipv6_for_its_own() {
+        let v4 = state(false);
+        assert_eq!(v4.0.own_hosts, ["127.0.0.1:61161", "localhost:61161"]);
+        assert!(v4.is_own_origin("http://localhost:61161"));
+        assert!(!v4.is_own_origin("http://[::1]:61161"));
+        let both = state(true);
+        assert!(both.0.own_hosts.iter().any(|h| h == "[::1]:61161"));
+        assert!(both.is_own_origin("http://[::1]:61161"));
+    }
+
+    #[test]
+    fn only_a_missing_ipv6_loopback_lets_the_agent_start_on_ipv4_alone() {
+        use std::io::{Error, ErrorKind};
+        assert!(no_ipv6_loopback(&Error::from(ErrorKind::AddrNotAvailable)));
+        #[cfg(target_os = "linux")]
+        assert!(no_ipv6_loopback(&Error::from_raw_os_error(97)));
+        for taken in [
+            ErrorKind::AddrInUse,
+            ErrorKind::PermissionDenied,
+            ErrorKind::Other,
+        ] {
+            assert!(!no_ipv6_loopback(&Error::from(taken)), "{taken:?}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_pin_starts_the_wait_and_a_right_one_ends_it() {
+        let s = state(true);
+        assert_eq!(s.pin_wait("card-1"), None);
+        s.note_pin_outcome("card-1", true);
+        let left = s.pin_wait("card-1").expect("waiting");
+        assert!(left <= DEFAULT_WRONG_PIN_DELAY);
+        assert_eq!(s.pin_wait("card-2"), None, "per card");
+        s.note_pin_outcome("card-1", false);
+        assert_eq!(s.pin_wait("card-1"), None);
+    }
 }

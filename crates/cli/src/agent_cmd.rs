@@ -23,7 +23,8 @@ pub struct AgentArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TCP port on 127.0.0.1 (the agent never listens on other interfaces).
+    /// TCP port on 127.0.0.1 and [::1] (the agent never listens on other interfaces, and does
+    /// not start while another program holds the port on either loopback).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Serve the PKCS#12 soft cards of this folder (`cards/` of `certreg pki generate`).
@@ -38,7 +39,10 @@ struct ServeArgs {
     /// Origin whose pages may use the agent, e.g. https://certreg.example.gov.tw (repeatable).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
-    /// Sign for local programs that send no Origin header (any site's challenge).
+    /// Sign for local programs that send no Origin header (any site's challenge). Not a
+    /// security boundary against local programs: any program on this machine can send an allowed
+    /// site's Origin header with or without this flag; the PIN, the certreg-challenge-only rule
+    /// and the wait after a wrong PIN are what hold such a program back.
     #[arg(long)]
     allow_no_origin: bool,
     /// Accept plain http:// origins on hosts other than the loopback in --allow-origin.
@@ -206,6 +210,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_body: args.max_body,
         allow_no_origin: args.allow_no_origin,
         allow_insecure_origin: args.allow_insecure_origin,
+        ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,7 +219,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     runtime.block_on(async move {
         let listener = agent::server::bind(config.port)
             .await
-            .with_context(|| format!("cannot listen on 127.0.0.1:{}", config.port))?;
+            .with_context(|| format!("cannot listen on loopback port {}", config.port))?;
         agent::server::serve_on(listener, config, backend, soft_cards, shutdown_signal())
             .await
             .context("serving")

@@ -1,5 +1,5 @@
 //! Test fixtures: one test PKI per key algorithm written once as soft cards, a real agent bound
-//! to 127.0.0.1:0 per test, and a tiny HTTP/1.1 client over `std::net::TcpStream`.
+//! to the loopback port 0 per test, and a tiny HTTP/1.1 client over `std::net::TcpStream`.
 
 #![allow(dead_code)]
 
@@ -178,7 +178,7 @@ pub fn http(
     }
 }
 
-/// A running agent on 127.0.0.1:<ephemeral>, stopped when dropped.
+/// A running agent on 127.0.0.1:<ephemeral> (and [::1] on the same port), stopped when dropped.
 pub struct TestAgent {
     pub addr: SocketAddr,
     pub cards: Option<Arc<SoftCards>>,
@@ -209,7 +209,7 @@ impl TestAgent {
             .unwrap();
         let listener = runtime
             .block_on(agent::server::bind(0))
-            .expect("bind 127.0.0.1:0");
+            .expect("bind the loopback port 0");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let cards2 = cards.clone();
@@ -281,10 +281,13 @@ impl Drop for TestAgent {
     }
 }
 
+/// The tests' agent: trusts [`SITE`]; no wait after a wrong PIN (tests that count a card's tries
+/// down send wrong PINs back to back; the wait has its own tests).
 pub fn default_config() -> AgentConfig {
     AgentConfig {
         port: 0,
         allowed_origins: vec![SITE.to_string()],
+        wrong_pin_delay: Duration::ZERO,
         ..AgentConfig::default()
     }
 }

@@ -2,6 +2,7 @@
 //! driven over HTTP as a page (or curl) would, with signatures checked by the `pki` crate and
 //! by OpenSSL.
 
+mod hardening;
 mod helpers;
 mod hipki;
 mod origins;
