@@ -16,10 +16,20 @@ pub struct Settings {
     /// The key file for personal data at rest (created with mode 0600 when missing). Unset:
     /// `certreg.key` beside the SQLite database (see [`Settings::key_path`]).
     pub key_file: Option<PathBuf>,
-    /// The public origin card proofs are bound to (https in production).
+    /// The public origin card proofs are bound to: https, unless it is a loopback address or
+    /// `allow_http_origin` says otherwise. Requests naming another host are refused.
     pub public_origin: String,
+    /// Serve an http:// public origin that is not a loopback address (a test network behind
+    /// nothing); never in production.
+    pub allow_http_origin: bool,
     /// Address the service listens on.
     pub listen: String,
+    /// An internal address for `/metrics` and the detailed `/healthz`; when set, the public
+    /// listener answers only a minimal health status and no metrics.
+    pub internal_listen: Option<String>,
+    /// The audiences (`aud`) downstream systems may ask operator tokens for; the first is the
+    /// default.
+    pub token_audiences: Vec<String>,
     /// The anchors directory (`manifest.toml` + CA certificates).
     pub anchors_dir: PathBuf,
     /// CRL files or URLs, refreshed every `crl_refresh_minutes`.
@@ -58,7 +68,10 @@ impl Default for Settings {
             database_url_file: None,
             key_file: None,
             public_origin: "http://127.0.0.1:8080".into(),
+            allow_http_origin: false,
             listen: "127.0.0.1:8080".into(),
+            internal_listen: None,
+            token_audiences: vec![web::DEFAULT_AUDIENCE.to_string()],
             anchors_dir: PathBuf::from("certreg-data/pki/anchors"),
             crls: Vec::new(),
             crl_refresh_minutes: 60,
@@ -115,6 +128,15 @@ impl Settings {
                 "compact" => LogFormat::Compact,
                 other => bail!("CERTREG_LOG_FORMAT must be compact or json, not {other:?}"),
             };
+        }
+        if let Some(v) = env("CERTREG_INTERNAL_LISTEN") {
+            s.internal_listen = Some(v).filter(|a| !a.trim().is_empty());
+        }
+        if let Some(v) = env("CERTREG_ALLOW_HTTP_ORIGIN") {
+            s.allow_http_origin = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = env("CERTREG_TOKEN_AUDIENCES") {
+            s.token_audiences = list(&v).map(String::from).collect();
         }
         if let Some(v) = env("CERTREG_DATABASE_URL_FILE") {
             s.database_url_file = Some(v.into());
@@ -206,7 +228,40 @@ impl Settings {
         if self.crl_refresh_minutes == 0 {
             bail!("crl_refresh_minutes must be at least 1");
         }
+        if self.token_audiences.is_empty()
+            || self
+                .token_audiences
+                .iter()
+                .any(|a| a.trim().is_empty() || a.chars().any(char::is_control))
+        {
+            bail!("token_audiences must name at least one audience, none of them empty");
+        }
         Ok(())
+    }
+
+    /// What `certreg serve` asks of the public origin: https, unless it is a loopback address
+    /// (nobody else can reach it) or `allow_http_origin` is set.
+    pub fn check_serving_origin(&self) -> Result<()> {
+        let origin = self.public_origin.trim_end_matches('/');
+        if origin.starts_with("https://") || self.allow_http_origin {
+            return Ok(());
+        }
+        let authority = origin.trim_start_matches("http://");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return Ok(());
+        }
+        bail!(
+            "public_origin {origin} must be https:// (cookies and card proofs are bound to it); \
+             set allow_http_origin = true (CERTREG_ALLOW_HTTP_ORIGIN=1) only for a test network"
+        )
     }
 }
 
@@ -272,6 +327,57 @@ mod tests {
         assert!(Settings::load_from(Some(&file), |_| None).is_err());
         let bad: HashMap<&str, String> = [("CERTREG_PUBLIC_ORIGIN", "ftp://x".to_string())].into();
         assert!(Settings::load_from(None, |k| bad.get(k).cloned()).is_err());
+        let ops: HashMap<&str, String> = [
+            ("CERTREG_INTERNAL_LISTEN", "127.0.0.1:9090".to_string()),
+            ("CERTREG_TOKEN_AUDIENCES", "enrollment, premium".to_string()),
+        ]
+        .into();
+        let s = Settings::load_from(None, |k| ops.get(k).cloned()).unwrap();
+        assert_eq!(s.internal_listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(s.token_audiences, vec!["enrollment", "premium"]);
+        assert_eq!(
+            Settings::default().token_audiences,
+            vec![web::DEFAULT_AUDIENCE]
+        );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn serving_needs_an_https_origin_unless_loopback_or_allowed() {
+        let with = |origin: &str, allow: bool| Settings {
+            public_origin: origin.into(),
+            allow_http_origin: allow,
+            ..Settings::default()
+        };
+        assert!(
+            with("https://certreg.example.gov.tw", false)
+                .check_serving_origin()
+                .is_ok()
+        );
+        assert!(
+            with("http://127.0.0.1:8080", false)
+                .check_serving_origin()
+                .is_ok()
+        );
+        assert!(
+            with("http://[::1]:8080", false)
+                .check_serving_origin()
+                .is_ok()
+        );
+        assert!(
+            with("http://localhost:8080", false)
+                .check_serving_origin()
+                .is_ok()
+        );
+        let err = with("http://certreg.example.gov.tw", false)
+            .check_serving_origin()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_http_origin"), "{err}");
+        assert!(
+            with("http://10.1.2.3:8080", true)
+                .check_serving_origin()
+                .is_ok()
+        );
     }
 }

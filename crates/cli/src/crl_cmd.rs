@@ -21,21 +21,33 @@ pub enum CrlCommand {
     Refresh(DatabaseArgs),
 }
 
-/// The CRLs of `sources` (files, or `http://` URLs), each read afresh; a source that fails
-/// keeps its last good copy from `last_good`, and with none the whole load fails.
+/// The CRLs of `sources` (files, or `http://` URLs), each read afresh. A source whose read
+/// fails, whose bytes are not a CRL, or whose CRL is older (by thisUpdate) than its last good
+/// copy in `last_good` keeps that copy — a replayed old CRL must not bring back certificates
+/// revoked since; with no good copy the whole load fails.
 pub async fn load_crls(
     sources: &[String],
     last_good: &mut HashMap<String, Vec<u8>>,
 ) -> Result<CrlStore> {
     let mut store = CrlStore::new();
     for source in sources {
-        let fetched = fetch(source).await;
-        let bytes = match (fetched, last_good.get(source)) {
-            (Ok(b), _) => b,
+        let fetched = fetch(source).await.and_then(|bytes| {
+            let this_update = this_update_of(&bytes)?;
+            Ok((bytes, this_update))
+        });
+        let previous = last_good.get(source);
+        let kept_update = previous.and_then(|old| this_update_of(old).ok());
+        let bytes = match (fetched, previous) {
+            (Ok((bytes, fresh)), _) if kept_update.is_none_or(|kept| fresh >= kept) => bytes,
+            (Ok((_, fresh)), Some(old)) => {
+                tracing::warn!(source, this_update = %rfc3339(fresh), kept = ?kept_update, "CRL older than the one in force; keeping the last good copy");
+                old.clone()
+            }
             (Err(e), Some(old)) => {
                 tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
                 old.clone()
             }
+            (Ok((bytes, _)), None) => bytes,
             (Err(e), None) => return Err(e),
         };
         let entry = store
@@ -46,6 +58,13 @@ pub async fn load_crls(
         last_good.insert(source.clone(), bytes);
     }
     Ok(store)
+}
+
+/// The thisUpdate of a CRL, or why the bytes are not one.
+fn this_update_of(bytes: &[u8]) -> Result<time::OffsetDateTime> {
+    let mut one = CrlStore::new();
+    let entry = one.add(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(entry.this_update)
 }
 
 /// One source's bytes: a file read or an `http://` download.
@@ -124,5 +143,63 @@ pub fn run(command: CrlCommand) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pki::testpki::{CaKind, TestPki, TestPkiOptions};
+    use time::macros::datetime;
+
+    #[tokio::test]
+    async fn a_refresh_keeps_the_newer_crl_against_an_older_or_garbage_download() {
+        let now = datetime!(2026-06-01 02:00 UTC);
+        let pki = TestPki::generate(TestPkiOptions::new(now)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gca.crl");
+        let source = path.display().to_string();
+        let day = time::Duration::days(1);
+        let newer = pki.crl_for(CaKind::Gca, now, now + day);
+        let older = pki.crl_for(CaKind::Gca, now - day, now + day);
+        let mut last_good = HashMap::new();
+
+        std::fs::write(&path, &newer).unwrap();
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+            .await
+            .unwrap();
+        assert_eq!(store.entries()[0].this_update, now);
+
+        // An older CRL (a replay) does not replace the one in force.
+        std::fs::write(&path, &older).unwrap();
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+            .await
+            .unwrap();
+        assert_eq!(store.entries()[0].this_update, now);
+        assert_eq!(last_good[&source], newer);
+
+        // Garbage, or a failed read, keeps it too.
+        std::fs::write(&path, b"not a CRL").unwrap();
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+            .await
+            .unwrap();
+        assert_eq!(store.entries()[0].this_update, now);
+        std::fs::remove_file(&path).unwrap();
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+            .await
+            .unwrap();
+        assert_eq!(store.entries()[0].this_update, now);
+
+        // A later one is taken.
+        let later = pki.crl_for(CaKind::Gca, now + day, now + day * 2);
+        std::fs::write(&path, &later).unwrap();
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+            .await
+            .unwrap();
+        assert_eq!(store.entries()[0].this_update, now + day);
+
+        // Without a good copy, garbage fails the load.
+        std::fs::write(&path, b"not a CRL").unwrap();
+        assert!(load_crls(&[source], &mut HashMap::new()).await.is_err());
     }
 }

@@ -303,6 +303,7 @@ pub fn staff(command: StaffCommand) -> Result<ExitCode> {
                             name: name.as_str().to_string(),
                             section,
                             cert_serial: serial,
+                            cert_issuer: None,
                             active: true,
                         });
                         if let Some(o) = v.as_object_mut() {

@@ -90,7 +90,7 @@ pub async fn refresh_crls(
 
 async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Mailer) {
     let now = time::OffsetDateTime::now_utc();
-    match web::session::end_revoked_operator_sessions(db, validator, now).await {
+    match web::session::end_revoked_sessions(db, validator, now).await {
         Ok(n) if n > 0 => {
             tracing::info!(ended = n, "operator sessions of revoked certificates ended")
         }
@@ -177,21 +177,37 @@ pub async fn connect(settings: &Settings) -> Result<Db> {
         .iter()
         .chain(key.parent().map(Path::to_path_buf).as_ref())
     {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            // Owner-only: it holds the database and the key file.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
     }
     let secrets =
         Secrets::load_or_create(&key).with_context(|| format!("key file {}", key.display()))?;
     let url = redact(&settings.database_url);
-    tokio::time::timeout(
+    let db = tokio::time::timeout(
         CONNECT_TIMEOUT,
         Db::connect(&settings.database_url, &secrets),
     )
     .await
     .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
     .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("cannot open the database {url}"))
+    .with_context(|| format!("cannot open the database {url}"))?;
+    // An audit chain written before the log was keyed is sealed under this key file.
+    if db
+        .seal_audit_chain(time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| anyhow::anyhow!("sealing the audit chain: {e}"))?
+    {
+        tracing::info!("the audit chain's unkeyed rows were sealed under the key file");
+    }
+    Ok(db)
 }
 
 /// Everything the web service needs, built from the settings.
@@ -250,6 +266,8 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         public_origin: settings.public_origin.trim_end_matches('/').to_string(),
         agent_url: settings.agent_url.trim_end_matches('/').to_string(),
         trusted_proxies: settings.trusted_proxies.clone(),
+        internal_ops: settings.internal_listen.is_some(),
+        token_audiences: settings.token_audiences.clone(),
         ..WebConfig::default()
     };
     let state = AppState::new(svc, db.clone(), web_config);
@@ -304,11 +322,26 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    settings.check_serving_origin()?;
     runtime.block_on(async {
         let service = build(&settings).await?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        if let Some(internal) = &settings.internal_listen {
+            let internal_listener = TcpListener::bind(internal)
+                .await
+                .with_context(|| format!("cannot listen on {internal} (internal_listen)"))?;
+            let addr = internal_listener.local_addr()?;
+            let app = web::ops::internal_app(service.state.clone());
+            // Lives as long as the process: the public server's end ends it.
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(internal_listener, app).await {
+                    tracing::error!(error = %e, "the internal listener stopped");
+                }
+            });
+            println!("certreg internal on http://{addr}");
+        }
         let addr = listener.local_addr()?;
         tracing::info!(%addr, origin = %settings.public_origin, database = %redact(&settings.database_url), "certreg serving");
         // One line on stdout for scripts (and tests) that asked for port 0.

@@ -1,4 +1,4 @@
-//! `certreg migrate` and `certreg audit verify`, and how every database command finds its
+//! `certreg migrate`, `certreg audit verify` and `certreg audit head`, and how every database command finds its
 //! database and key. They print JSON on stdout, like the other commands, so scripts can read
 //! the outcome.
 
@@ -31,8 +31,12 @@ pub struct DatabaseArgs {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the audit log's hash chain; exit 1 and name the first broken link if any.
+    /// Walk the audit log's keyed hash chain (needs the key file); exit 1 and name the first
+    /// broken link if any.
     Verify(DatabaseArgs),
+    /// Print the chain head (last sequence number and hash), to record outside the database:
+    /// a later `audit verify` plus a head that still extends it shows nothing was cut off.
+    Head(DatabaseArgs),
 }
 
 impl DatabaseArgs {
@@ -91,6 +95,7 @@ pub fn migrate(args: DatabaseArgs) -> Result<ExitCode> {
         // The database and its key are created together, so no data is ever written without one.
         let secrets = keys(&settings, backend)?;
         // Migrating needs no key; without one, a throwaway keeps the connection honest.
+        let real_key = secrets.is_some();
         let secrets = match secrets {
             Some(s) => s,
             None => Secrets::generate()?,
@@ -99,6 +104,13 @@ pub fn migrate(args: DatabaseArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
         let applied = db.migrate().await.context("migrating")?;
+        if real_key {
+            // With this database's own key: a chain written before the log was keyed is sealed.
+            db.seal_audit_chain(time::OffsetDateTime::now_utc())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("sealing the audit chain")?;
+        }
         db.close().await;
         println!(
             "{}",
@@ -109,12 +121,35 @@ pub fn migrate(args: DatabaseArgs) -> Result<ExitCode> {
 }
 
 pub fn audit(command: AuditCommand) -> Result<ExitCode> {
-    let AuditCommand::Verify(args) = command;
-    let database = args.settings()?.database_url;
-    store::backend_of(&database)?;
+    let (args, head) = match command {
+        AuditCommand::Verify(args) => (args, false),
+        AuditCommand::Head(args) => (args, true),
+    };
+    let settings = args.settings()?;
+    let database = settings.database_url.clone();
+    let backend = store::backend_of(&database)?;
     runtime()?.block_on(async {
-        // The audit log holds no encrypted data: verification needs no key.
-        let db = Db::connect_only(&database, &Secrets::generate()?)
+        if head {
+            // The head is read as stored: no key needed.
+            let db = Db::connect_only(&database, &Secrets::generate()?)
+                .await
+                .with_context(|| format!("connecting to {}", redact(&database)))?;
+            let (seq, hash) = db
+                .audit_head()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("reading the audit chain head")?;
+            db.close().await;
+            println!("{}", json!({"ok": true, "seq": seq, "hash": hash}));
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The chain is keyed with a key derived from the key file.
+        let Some(secrets) = keys(&settings, backend)? else {
+            anyhow::bail!(
+                "the audit chain is keyed: give this database's key file (--key-file or key_file)"
+            );
+        };
+        let db = Db::connect_only(&database, &secrets)
             .await
             .with_context(|| format!("connecting to {}", redact(&database)))?;
         let report = db

@@ -72,6 +72,10 @@ pub enum DomainError {
     WrongStep,
     #[error("the flow was already confirmed")]
     AlreadyConfirmed,
+    /// The registration changed (a replacement) after the flow's card steps or the
+    /// administrator's login checked it: the change was not applied.
+    #[error("the registration changed since it was checked")]
+    RegistrationChanged,
     /// The challenge was already used, or never issued for this session/flow/step.
     #[error("the challenge was already used or is unknown")]
     ChallengeUsed,
@@ -80,6 +84,9 @@ pub enum DomainError {
     /// The session may not act for this agency (or is not an administrator session).
     #[error("not allowed")]
     Forbidden,
+    /// The session holds as many flows as it may.
+    #[error("too many flows in this session")]
+    TooManyFlows,
     #[error("storage failure: {0}")]
     Storage(String),
 }
@@ -127,9 +134,11 @@ impl DomainError {
             Self::FlowNotFound => "flow_not_found",
             Self::WrongStep => "wrong_step",
             Self::AlreadyConfirmed => "already_confirmed",
+            Self::RegistrationChanged => "registration_changed",
             Self::ChallengeUsed => "challenge_used",
             Self::ChallengeExpired => "challenge_expired",
             Self::Forbidden => "forbidden",
+            Self::TooManyFlows => "too_many_flows",
             Self::Storage(_) => "internal",
         }
     }
@@ -160,15 +169,21 @@ impl DomainError {
             Self::DuplicateOperator => "此憑證序號已授權於本機關，請勿重複新增".into(),
             Self::OperatorNotFound => "查無此經辦人資料".into(),
             Self::Conflict => "資料已被其他使用者修改，請重新讀取後再操作".into(),
-            Self::NotOperator => "您未被授權為本機關之經辦人，請洽授權管理者".into(),
+            Self::NotOperator => "您未被授權為本機關之經辦人；如您的自然人憑證已更換或展期，請洽授權管理者修改憑證序號".into(),
             Self::OperatorSerialChanged => "憑證序號已變更，請洽授權管理者修改".into(),
             Self::NotReviewer => "此自然人憑證未建立本部審核人員帳號".into(),
             Self::FlowExpired => "作業已逾時（閒置超過 15 分鐘），請重新操作".into(),
             Self::FlowNotFound | Self::WrongStep => "作業步驟錯誤，請由首頁重新操作".into(),
             Self::AlreadyConfirmed => "此作業已完成，請勿重複送出".into(),
+            Self::RegistrationChanged => {
+                "貴機關的註冊資料已於作業期間變更（例如已完成更換憑證），本次作業未生效，請重新辦理".into()
+            }
             Self::ChallengeUsed => "此簽章已使用過，請重新操作".into(),
             Self::ChallengeExpired => "簽章已逾時，請重新操作".into(),
             Self::Forbidden => "您沒有執行此功能的權限".into(),
+            Self::TooManyFlows => {
+                "同時進行中的作業過多，請先完成已開始的作業，或等候 15 分鐘後再試".into()
+            }
             Self::Storage(_) => "系統忙碌中，請稍後再試".into(),
         }
     }

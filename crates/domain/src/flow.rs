@@ -173,6 +173,10 @@ pub struct FlowData {
     pub admin_contact: Option<AdminContact>,
     /// The identifier of a presented organization card that did not match: a review may be filed.
     pub mismatch: bool,
+    /// The version of the registration the card steps checked: a replacement's 確認 applies
+    /// against it, never against whatever is current by then.
+    #[serde(default)]
+    pub registration_version: Option<i64>,
 }
 
 /// A flow in progress.

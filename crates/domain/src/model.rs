@@ -324,6 +324,8 @@ pub struct Reviewer {
     pub name: String,
     pub section: Section,
     pub cert_serial: CertSerial,
+    /// The card's issuer, learnt at the first login of an account created with a serial.
+    pub cert_issuer: Option<String>,
     pub active: bool,
 }
 

@@ -46,6 +46,14 @@ pub struct IssuedChallenge {
     pub expires_at: OffsetDateTime,
 }
 
+/// What [`Services::attempt_card`] did: the step's result and, for a refusal of a proof that had
+/// verified for the caller's own flow, the 機關代號 it was refused for.
+#[derive(Debug)]
+pub struct CardAttempt {
+    pub result: Result<StepOutcome>,
+    pub refused_code: Option<InstitutionCode>,
+}
+
 /// A card step's input: the proof, and the fields typed on the same screen.
 #[derive(Debug, Clone, Default)]
 pub struct CardStepInput {
@@ -76,6 +84,10 @@ pub struct OperatorGrant {
     pub code: InstitutionCode,
     pub operator_id: i64,
     pub serial: CertSerial,
+    /// The issuer of the card presented at login (a DN as the certificate facts write it):
+    /// with the serial, the certificate's identity.
+    #[serde(default)]
+    pub issuer: Option<String>,
     pub name: String,
     pub functions: Vec<FunctionId>,
 }
@@ -160,6 +172,15 @@ pub struct Services<S, C> {
 /// Runs certificate checks (signatures, path building, and OCSP, which waits on the network) on
 /// a thread where blocking is allowed, so a slow responder never holds up the async workers
 /// that serve every other request.
+/// A later card step of a replacement or a login reads the registration again: it must be the
+/// one the first step checked.
+fn same_registration(flow: &Flow, registration: &Registration) -> Result<()> {
+    match flow.data.registration_version {
+        Some(v) if v != registration.version => Err(DomainError::RegistrationChanged),
+        _ => Ok(()),
+    }
+}
+
 async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -282,6 +303,17 @@ impl<S: Store, C: Clock> Services<S, C> {
     // ---- flows -------------------------------------------------------------------------
 
     pub async fn start_flow(&self, kind: FlowKind, session: &str) -> Result<Flow> {
+        let flow = Flow::new(random_id(), kind, session, self.clock.now());
+        self.store.insert_flow(&flow).await?;
+        Ok(flow)
+    }
+
+    /// [`Services::start_flow`] for a session holding fewer than `max` flows (idle ones count
+    /// until the sweep removes them); else [`DomainError::TooManyFlows`].
+    pub async fn start_flow_capped(&self, kind: FlowKind, session: &str, max: u32) -> Result<Flow> {
+        if self.store.session_flow_count(session).await? >= u64::from(max) {
+            return Err(DomainError::TooManyFlows);
+        }
         let flow = Flow::new(random_id(), kind, session, self.clock.now());
         self.store.insert_flow(&flow).await?;
         Ok(flow)
@@ -418,6 +450,26 @@ impl<S: Store, C: Clock> Services<S, C> {
 
     /// Submits a card proof for the flow's current step and applies that step's rule.
     pub async fn submit_card(&self, input: CardStepInput) -> Result<StepOutcome> {
+        self.attempt_card(input).await.result
+    }
+
+    /// [`Services::submit_card`], also saying whether a refusal came after the proof had
+    /// verified for the caller's own flow (a real card refused by a business rule), and for
+    /// which 機關代號: the only refusals a per-agency limit should count.
+    pub async fn attempt_card(&self, input: CardStepInput) -> CardAttempt {
+        let mut refused_code = None;
+        let result = self.card_step(input, &mut refused_code).await;
+        CardAttempt {
+            refused_code: refused_code.filter(|_| result.is_err()),
+            result,
+        }
+    }
+
+    async fn card_step(
+        &self,
+        input: CardStepInput,
+        refused_code: &mut Option<InstitutionCode>,
+    ) -> Result<StepOutcome> {
         let flow = self
             .store
             .flow(&input.flow_id)
@@ -461,9 +513,17 @@ impl<S: Store, C: Clock> Services<S, C> {
         {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
+                if !matches!(e, DomainError::Storage(_)) {
+                    refused_code.clone_from(&code);
+                }
                 self.audit_refusal(&flow, &input, Some(&cert), code.as_ref(), &e)
                     .await?;
-                Err(e)
+                // The audit keeps the precise reason; the caller learns only that this card
+                // is not an operator's here, not whether the typed national ID belongs to one.
+                Err(match e {
+                    DomainError::OperatorSerialChanged => DomainError::NotOperator,
+                    other => other,
+                })
             }
         }
     }
@@ -536,6 +596,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 flow.data.code = Some(code);
                 if let Some(r) = &registration {
                     flow.data.admin_contact = Some(r.admin.clone());
+                    flow.data.registration_version = Some(r.version);
                 }
                 match self.check_identifier(&agency, &card).await {
                     Ok(()) => {
@@ -575,6 +636,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 flow.data.code = Some(code);
                 flow.data.org = Some(card);
                 flow.data.admin_contact = Some(registration.admin.clone());
+                flow.data.registration_version = Some(registration.version);
                 self.advance(flow).await
             }
             // R1.4, R3.2/R3.3 (new administrator): the ID's last four must match the card.
@@ -588,6 +650,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 if kind != FlowKind::FirstRegistration {
                     let code = flow.data.code.clone().ok_or(DomainError::WrongStep)?;
                     let registration = self.registered(&code).await?;
+                    same_registration(&flow, &registration)?;
                     if registration.admin_card.cert.same_as(&card.cert) {
                         return Err(DomainError::SameCertificate);
                     }
@@ -601,6 +664,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 let id = id.ok_or(DomainError::NotAdministrator)?;
                 let code = flow.data.code.clone().ok_or(DomainError::WrongStep)?;
                 let registration = self.registered(&code).await?;
+                same_registration(&flow, &registration)?;
                 let card = citizen_card(v);
                 if !card.id_last4.eq_ignore_ascii_case(id.last4()) {
                     return Err(DomainError::IdMismatch);
@@ -703,7 +767,17 @@ impl<S: Store, C: Clock> Services<S, C> {
                     .operator_by_serial(&code, &card.cert.serial)
                     .await?
                 {
-                    Some(op) if op.national_id == id => op,
+                    // A certificate is issuer + serial: a grant whose card's issuer is known
+                    // matches only a card of that issuer.
+                    Some(op)
+                        if op.national_id == id
+                            && op
+                                .cert
+                                .as_ref()
+                                .is_none_or(|c| c.issuer == card.cert.issuer) =>
+                    {
+                        op
+                    }
                     Some(_) => return Err(DomainError::NotOperator),
                     None => {
                         let renewed = self
@@ -752,11 +826,12 @@ impl<S: Store, C: Clock> Services<S, C> {
                     code,
                     operator_id: op.id,
                     serial: op.serial,
+                    issuer: Some(card.cert.issuer.clone()),
                     name: op.name.as_str().to_string(),
                     functions: op.functions,
                 }))
             }
-            // R6.1: an active reviewer's citizen card, by serial.
+            // R6.1: an active reviewer's citizen card, by issuer and serial.
             (FlowKind::ReviewerLogin, Step::ReviewerCard) => {
                 let card = citizen_card(v);
                 let reviewer = self
@@ -764,8 +839,21 @@ impl<S: Store, C: Clock> Services<S, C> {
                     .reviewers()
                     .await?
                     .into_iter()
-                    .find(|r| r.active && r.cert_serial == card.cert.serial)
+                    .find(|r| {
+                        r.active
+                            && r.cert_serial == card.cert.serial
+                            && r.cert_issuer
+                                .as_ref()
+                                .is_none_or(|i| *i == card.cert.issuer)
+                    })
                     .ok_or(DomainError::NotReviewer)?;
+                // An account created with a serial alone learns its card's issuer here; from
+                // then on only that issuer's card with the serial logs in.
+                if reviewer.cert_issuer.is_none() {
+                    self.store
+                        .learn_reviewer_issuer(reviewer.id, &card.cert.serial, &card.cert.issuer)
+                        .await?;
+                }
                 flow.advance(now);
                 flow.version += 1;
                 let audit = AuditEvent::new(
@@ -901,6 +989,15 @@ impl<S: Store, C: Clock> Services<S, C> {
             )
         } else {
             let current = self.registered(&code).await?;
+            // The registration the card steps checked, not whatever is current: a replacement
+            // committed meanwhile refuses this one (here, and inside the commit).
+            let checked = flow
+                .data
+                .registration_version
+                .ok_or(DomainError::WrongStep)?;
+            if current.version != checked {
+                return Err(DomainError::RegistrationChanged);
+            }
             let mut next = current.clone();
             let mut history = Vec::new();
             if matches!(kind, FlowKind::ReplaceOrg | FlowKind::ReplaceBoth) {
@@ -924,7 +1021,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             }
             next.admin = contact;
             next.updated_at = now;
-            next.version = current.version + 1;
+            next.version = checked + 1;
             let receipt = match kind {
                 FlowKind::ReplaceOrg => ReceiptKind::ReplaceOrg,
                 FlowKind::ReplaceAdmin => ReceiptKind::ReplaceAdmin,
@@ -934,7 +1031,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 next.clone(),
                 RegistrationWrite::Replace {
                     registration: next,
-                    expected_version: current.version,
+                    expected_version: checked,
                 },
                 history,
                 receipt,
@@ -1138,6 +1235,9 @@ impl<S: Store, C: Clock> Services<S, C> {
             .commit(Commit {
                 operator: Some(write),
                 audit: vec![audit],
+                // The registration the administrator's login checked, re-checked inside the
+                // transaction: a replacement committed since refuses the change.
+                registration_guard: Some((grant.code.clone(), grant.registration_version)),
                 ..Default::default()
             })
             .await

@@ -29,8 +29,8 @@ pub struct StoredChallenge {
 pub enum RegistrationWrite {
     /// First registration: fails with `AlreadyRegistered` if the agency has one.
     Insert(Registration),
-    /// A replacement: `Conflict` unless the stored version is `expected_version`; the stored
-    /// row gets `expected_version + 1`.
+    /// A replacement: `RegistrationChanged` unless the stored version is `expected_version`;
+    /// the stored row gets `expected_version + 1`.
     Replace {
         registration: Registration,
         expected_version: i64,
@@ -94,6 +94,11 @@ pub struct Commit {
     pub audit: Vec<AuditEvent>,
     /// Ends every administrator session of this agency (after a replacement).
     pub end_admin_sessions: Option<InstitutionCode>,
+    /// The registration version this change rests on (the one an administrator's login
+    /// checked): `RegistrationChanged` unless the agency's registration is still at that
+    /// version inside the transaction, whose row lock then holds off a replacement until the
+    /// commit ends.
+    pub registration_guard: Option<(InstitutionCode, i64)>,
 }
 
 /// Ids the store assigned while applying a commit.
@@ -124,6 +129,8 @@ pub trait Store: Send + Sync {
     // flows and challenges
     fn insert_flow(&self, flow: &Flow) -> impl Future<Output = Result<()>> + Send;
     fn flow(&self, id: &str) -> impl Future<Output = Result<Option<Flow>>> + Send;
+    /// How many flows the session holds (live, or idle and not yet swept).
+    fn session_flow_count(&self, session: &str) -> impl Future<Output = Result<u64>> + Send;
     fn insert_challenge(
         &self,
         challenge: &StoredChallenge,
@@ -184,6 +191,14 @@ pub trait Store: Send + Sync {
         serial: &CertSerial,
     ) -> impl Future<Output = Result<i64>> + Send;
     fn reviewers(&self) -> impl Future<Output = Result<Vec<Reviewer>>> + Send;
+    /// Records the issuer of the reviewer's card, once: only while none is known and the
+    /// account still names `serial`.
+    fn learn_reviewer_issuer(
+        &self,
+        id: i64,
+        serial: &CertSerial,
+        issuer: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn set_reviewer_active(&self, id: i64, active: bool)
     -> impl Future<Output = Result<()>> + Send;
 

@@ -1,12 +1,55 @@
 //! The audit log's hash chain: how a row's hash is computed and how the chain is checked.
-//! Each row's hash is SHA-256 over the previous row's hash and the canonical JSON of the row
-//! (its sequence number included), so a changed, deleted or reordered row breaks a link.
+//! Each row's hash is HMAC-SHA256, keyed with a key derived from the key file (never stored in
+//! the database), over the previous row's hash and the canonical JSON of the row (its sequence
+//! number included), so a changed, deleted or reordered row breaks a link, and someone who can
+//! write the database but has no key file cannot forge new links.
+//!
+//! Chain versions: a keyed hash is written `v2:` + hex. Rows written before the chain was keyed
+//! carry bare hex SHA-256 (version 1); they are still checked, may only come before every keyed
+//! row, and must be followed by one: [`seal_row`] appends a keyed `audit.chain_keyed` row when
+//! a database whose chain ends unkeyed is first opened with its key (`certreg serve`,
+//! `certreg migrate`), so a chain that ends unkeyed was rewritten.
 
 use crate::codec::ts;
 use domain::model::AuditEvent;
 use domain::store::AuditReport;
-use ring::digest;
+use ring::{digest, hmac};
 use serde::Serialize;
+
+/// The prefix of a keyed (version 2) hash.
+pub const KEYED: &str = "v2:";
+
+/// The action of the row that seals an unkeyed (version 1) chain under the key.
+pub const CHAIN_KEYED_ACTION: &str = "audit.chain_keyed";
+
+/// The key of the chain: derived from the key file's hash key, so it is never in the database.
+#[derive(Clone)]
+pub struct ChainKey(hmac::Key);
+
+impl ChainKey {
+    pub fn new(secrets: &crate::secrets::Secrets) -> Self {
+        let root = hmac::Key::new(hmac::HMAC_SHA256, &secrets.hash_key);
+        let derived = hmac::sign(&root, b"certreg audit chain v2");
+        Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+/// Whether a stored hash is of the keyed chain.
+pub fn is_keyed(hash: &str) -> bool {
+    hash.starts_with(KEYED)
+}
+
+/// The event that seals an unkeyed chain of `seq` rows ending in `hash`.
+pub fn seal_row(at: time::OffsetDateTime, seq: i64, hash: &str) -> AuditEvent {
+    AuditEvent::new(at, "system", CHAIN_KEYED_ACTION, "ok")
+        .detail(serde_json::json!({"unkeyed_rows": seq, "unkeyed_head": hash}))
+}
 
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -43,8 +86,8 @@ struct Canonical<'a> {
 }
 
 impl AuditRow {
-    /// The row that follows `prev_hash` as number `seq`.
-    pub fn new(seq: i64, prev_hash: String, e: &AuditEvent) -> Self {
+    /// The row that follows `prev_hash` as number `seq`, linked with `key`.
+    pub fn new(seq: i64, prev_hash: String, e: &AuditEvent, key: &ChainKey) -> Self {
         let mut row = Self {
             seq,
             at: ts(e.at),
@@ -58,7 +101,7 @@ impl AuditRow {
             prev_hash,
             hash: String::new(),
         };
-        row.hash = row.compute_hash();
+        row.hash = row.keyed_hash(key);
         row
     }
 
@@ -78,8 +121,16 @@ impl AuditRow {
         serde_json::to_string(&c).unwrap_or_default()
     }
 
-    /// SHA-256(prev_hash ‖ canonical JSON), hex.
-    pub fn compute_hash(&self) -> String {
+    /// `v2:` + hex HMAC-SHA256(key, prev_hash ‖ canonical JSON).
+    pub fn keyed_hash(&self, key: &ChainKey) -> String {
+        let mut ctx = hmac::Context::with_key(&key.0);
+        ctx.update(self.prev_hash.as_bytes());
+        ctx.update(self.canonical_json().as_bytes());
+        format!("{KEYED}{}", crate::secrets::hex(ctx.sign().as_ref()))
+    }
+
+    /// Version 1 (before the chain was keyed): SHA-256(prev_hash ‖ canonical JSON), hex.
+    pub fn unkeyed_hash(&self) -> String {
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(self.prev_hash.as_bytes());
         ctx.update(self.canonical_json().as_bytes());
@@ -90,24 +141,27 @@ impl AuditRow {
 /// Walks the chain in `seq` order. Rows arrive in pages, so the walk keeps its state here.
 #[derive(Debug)]
 pub struct ChainCheck {
+    key: ChainKey,
     expected_seq: i64,
     prev_hash: String,
     events: u64,
+    /// The first of the unkeyed rows at the end of the chain so far.
+    unkeyed_tail: Option<i64>,
     broken: Option<(u64, String)>,
 }
 
-impl Default for ChainCheck {
-    fn default() -> Self {
+impl ChainCheck {
+    pub fn new(key: ChainKey) -> Self {
         Self {
+            key,
             expected_seq: 1,
             prev_hash: GENESIS.to_string(),
             events: 0,
+            unkeyed_tail: None,
             broken: None,
         }
     }
-}
 
-impl ChainCheck {
     /// Checks the next row; after the first broken link the rest is only counted.
     pub fn push(&mut self, row: &AuditRow) {
         self.events += 1;
@@ -122,8 +176,20 @@ impl ChainCheck {
             );
         } else if row.prev_hash != self.prev_hash {
             self.fail(seq, format!("row {seq} does not link to the row before it (deleted, inserted or reordered rows)"));
-        } else if row.compute_hash() != row.hash {
+        } else if is_keyed(&row.hash) {
+            if row.keyed_hash(&self.key) != row.hash {
+                self.fail(seq, format!("row {seq} was changed after it was written (or the key file is not this database's)"));
+            }
+            self.unkeyed_tail = None;
+        } else if is_keyed(&self.prev_hash) {
+            self.fail(
+                seq,
+                format!("row {seq} is not keyed but follows keyed rows: the chain was rewritten"),
+            );
+        } else if row.unkeyed_hash() != row.hash {
             self.fail(seq, format!("row {seq} was changed after it was written"));
+        } else {
+            self.unkeyed_tail.get_or_insert(seq);
         }
         self.expected_seq = row.seq + 1;
         self.prev_hash = row.hash.clone();
@@ -146,6 +212,11 @@ impl ChainCheck {
                 );
             } else if head_hash != self.prev_hash {
                 self.fail(last, format!("row {last} does not match the chain head"));
+            } else if let Some(first) = self.unkeyed_tail {
+                self.fail(
+                    first,
+                    format!("rows {first} to {last} are not keyed: the chain was rewritten, or it predates keying and the database has not been opened with its key file since (certreg migrate or certreg serve seals it)"),
+                );
             }
         }
         let (first_broken, detail) = match self.broken {

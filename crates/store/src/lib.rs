@@ -72,9 +72,11 @@ mod signing;
 pub use signing::SigningKeyRecord;
 
 /// A web session as the web crate's session store keeps it. `data` is opaque to the store and
-/// encrypted at rest.
+/// encrypted at rest, bound to the row's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
+    /// The session's key: [`session_key`] of the id its holder presents (cookie value or
+    /// bearer token). The id itself is never stored.
     pub id: String,
     /// `admin`, `operator`, `reviewer`, `anonymous` …: administrator sessions of an agency end
     /// when its registration is replaced.
@@ -84,6 +86,33 @@ pub struct SessionRecord {
     pub created_at: OffsetDateTime,
     pub touched_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// Bumped by every change of `data` (1 for a new session). An update names the version it
+    /// read.
+    pub version: i64,
+}
+
+/// What became of a session update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSaved {
+    /// Written; the session's version now.
+    Saved(i64),
+    /// The session is no longer on file (logged out, ended by a replacement or a revocation,
+    /// expired and swept): it stays ended.
+    Gone,
+    /// Another request changed the session since the version named: re-read and apply again.
+    Changed,
+}
+
+/// The key a session is stored under: hex SHA-256 of its id (the cookie value or the bearer
+/// token), so a copy of the table holds nothing a client could present.
+///
+/// ```
+/// let key = store::session_key("abc");
+/// assert_eq!(key.len(), 64);
+/// assert_ne!(key, "abc");
+/// ```
+pub fn session_key(id: &str) -> String {
+    secrets::hex(ring::digest::digest(&ring::digest::SHA256, id.as_bytes()).as_ref())
 }
 
 /// The most rows an audit search returns.
@@ -206,8 +235,27 @@ impl Db {
         }
     }
 
-    pub async fn session_put(&self, record: &SessionRecord) -> Result<()> {
-        dispatch!(self, ops, p => ops::session_put(p, &self.secrets, record).await)
+    /// Stores a new session at `record.version` (1 for a new one); a storage error if the key
+    /// is taken.
+    pub async fn session_insert(&self, record: &SessionRecord) -> Result<()> {
+        dispatch!(self, ops, p => ops::session_insert(p, &self.secrets, record).await)
+    }
+
+    /// Writes `record`'s data if the stored session is still at `record.version`; never
+    /// brings back a session that is no longer on file.
+    pub async fn session_update(&self, record: &SessionRecord) -> Result<SessionSaved> {
+        dispatch!(self, ops, p => ops::session_update(p, &self.secrets, record).await)
+    }
+
+    /// A request that changed nothing: only the idle deadline moves (the data is neither
+    /// re-encrypted nor overwritten). `false` when the session is no longer on file.
+    pub async fn session_touch(
+        &self,
+        id: &str,
+        touched_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        dispatch!(self, ops, p => ops::session_touch(p, id, touched_at, expires_at).await)
     }
 
     /// The session, unless it does not exist or has expired at `now`.
@@ -223,19 +271,28 @@ impl Db {
         dispatch!(self, ops, p => ops::session_delete(p, id).await)
     }
 
+    /// Seals an audit chain that ends in rows written before it was keyed with a keyed row
+    /// naming their head (see [`audit`]); whether there was anything to seal. Needs this
+    /// database's real key file: `certreg serve` and `certreg migrate` call it.
+    pub async fn seal_audit_chain(&self, at: OffsetDateTime) -> Result<bool> {
+        dispatch!(self, ops, p => ops::seal_audit_chain(p, &self.secrets, at).await)
+    }
+
+    /// The audit chain's head: the last row's sequence number and hash, for recording outside
+    /// the database (`certreg audit head`).
+    pub async fn audit_head(&self) -> Result<(i64, String)> {
+        dispatch!(self, ops, p => ops::audit_head(p).await)
+    }
+
     /// Every registered agency's code, in order (the expiry notices walk them).
     pub async fn registered_codes(&self) -> Result<Vec<InstitutionCode>> {
         dispatch!(self, ops, p => ops::registered_codes(p).await)
     }
 
-    /// The live sessions of `kind` (`operator`, `admin`, …): for ending those whose grant no
-    /// longer holds (a certificate revoked on a new CRL).
-    pub async fn sessions_of_kind(
-        &self,
-        kind: &str,
-        now: OffsetDateTime,
-    ) -> Result<Vec<SessionRecord>> {
-        dispatch!(self, ops, p => ops::sessions_of_kind(p, &self.secrets, kind, now).await)
+    /// Every live session, oldest first: for ending those whose grant no longer holds (a
+    /// certificate revoked on a new CRL), judged by the grant the data holds.
+    pub async fn sessions_live(&self, now: OffsetDateTime) -> Result<Vec<SessionRecord>> {
+        dispatch!(self, ops, p => ops::sessions_live(p, &self.secrets, now).await)
     }
 
     pub async fn session_delete_expired(&self, now: OffsetDateTime) -> Result<u64> {
@@ -324,6 +381,10 @@ impl Store for Db {
         dispatch!(self, ops, p => ops::flow(p, &self.secrets, id).await)
     }
 
+    async fn session_flow_count(&self, session: &str) -> Result<u64> {
+        dispatch!(self, ops, p => ops::session_flow_count(p, session).await)
+    }
+
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {
         dispatch!(self, ops, p => ops::insert_challenge(p, challenge).await)
     }
@@ -337,7 +398,7 @@ impl Store for Db {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
-        dispatch!(self, ops, p => ops::append_audit(p, event).await)
+        dispatch!(self, ops, p => ops::append_audit(p, &self.secrets, event).await)
     }
 
     async fn registration(&self, code: &InstitutionCode) -> Result<Option<Registration>> {
@@ -388,6 +449,15 @@ impl Store for Db {
         dispatch!(self, ops, p => ops::reviewers(p).await)
     }
 
+    async fn learn_reviewer_issuer(
+        &self,
+        id: i64,
+        serial: &CertSerial,
+        issuer: &str,
+    ) -> Result<()> {
+        dispatch!(self, ops, p => ops::learn_reviewer_issuer(p, id, serial, issuer).await)
+    }
+
     async fn set_reviewer_active(&self, id: i64, active: bool) -> Result<()> {
         dispatch!(self, ops, p => ops::set_reviewer_active(p, id, active).await)
     }
@@ -401,7 +471,7 @@ impl Store for Db {
     }
 
     async fn verify_audit(&self) -> Result<AuditReport> {
-        dispatch!(self, ops, p => ops::verify_audit(p).await)
+        dispatch!(self, ops, p => ops::verify_audit(p, &self.secrets).await)
     }
 }
 
@@ -409,6 +479,30 @@ impl Store for Db {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sqlite_file_and_its_directory_are_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new").join("certreg.db");
+        let db = Db::connect(
+            &format!("sqlite://{}", path.display()),
+            &Secrets::generate().unwrap(),
+        )
+        .await
+        .unwrap();
+        let event = AuditEvent::new(OffsetDateTime::UNIX_EPOCH, "system", "perm.test", "ok");
+        db.append_audit(&event).await.unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let wal = path.with_extension("db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+        db.close().await;
+    }
 
     // Holding the turn with SQLite's own lock free shows that writes wait in the queue, not in
     // the busy handler (which would let them straight through here), and that reads don't.
@@ -432,6 +526,7 @@ mod tests {
             created_at: at,
             touched_at: at,
             expires_at: at + time::Duration::hours(1),
+            version: 1,
         };
         let wait = Duration::from_millis(200);
 
@@ -442,7 +537,7 @@ mod tests {
                 .is_err()
         );
         assert!(
-            tokio::time::timeout(wait, db.session_put(&session))
+            tokio::time::timeout(wait, db.session_insert(&session))
                 .await
                 .is_err()
         );
@@ -450,7 +545,7 @@ mod tests {
         drop(turn);
 
         db.append_audit(&event).await.unwrap();
-        db.session_put(&session).await.unwrap();
+        db.session_insert(&session).await.unwrap();
         assert_eq!(db.verify_audit().await.unwrap().events, 1);
     }
 }

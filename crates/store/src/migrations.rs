@@ -52,6 +52,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0005_notices_sent.sql"),
         postgres: include_str!("../migrations/postgres/0005_notices_sent.sql"),
     },
+    MigrationPair {
+        version: 6,
+        file_name: "0006_session_keys.sql",
+        description: "session keys",
+        sqlite: include_str!("../migrations/sqlite/0006_session_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0006_session_keys.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,11 +8,11 @@
 //! the busy handler behind the queued writers and hold up the next one in turn.
 
 use super::{DB, Handle, WriteTx, begin_read, begin_write, write_turn};
-use crate::audit::{AuditRow, ChainCheck};
+use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
 use crate::codec::*;
 use crate::error::map_db_error;
 use crate::secrets::Secrets;
-use crate::{PersonRole, SessionRecord};
+use crate::{PersonRole, SessionRecord, SessionSaved};
 use domain::calendar::{CalendarDay, check_days};
 use domain::flow::Flow;
 use domain::model::*;
@@ -142,6 +142,15 @@ pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -
     .await
     .map_err(db)?;
     Ok(())
+}
+
+pub(crate) async fn session_flow_count(pool: &Pool<DB>, session: &str) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1")
+        .bind(session)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
@@ -276,6 +285,7 @@ struct Prepared {
     receipt: Option<Receipt>,
     audit: Vec<AuditEvent>,
     end_admin_sessions: Option<InstitutionCode>,
+    registration_guard: Option<(InstitutionCode, i64)>,
 }
 
 enum PreparedOperator {
@@ -365,14 +375,16 @@ impl Prepared {
             receipt: c.receipt,
             audit: c.audit,
             end_admin_sessions: c.end_admin_sessions,
+            registration_guard: c.registration_guard,
         })
     }
 }
 
 pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Result<Committed> {
     let p = Prepared::new(c, secrets)?;
+    let key = ChainKey::new(secrets);
     let mut tx = begin_write(pool).await.map_err(db)?;
-    match apply(&mut tx, p).await {
+    match apply(&mut tx, p, &key).await {
         Ok(done) => {
             tx.commit().await.map_err(db)?;
             Ok(done)
@@ -385,7 +397,7 @@ pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Resul
     }
 }
 
-async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
+async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     let mut done = Committed::default();
 
     // The flow first: a double submit of one step stops here, before touching anything else.
@@ -409,6 +421,22 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
         }
     }
 
+    // The version the change was checked against, re-checked under the row's lock.
+    if let Some((code, version)) = p.registration_guard {
+        let n = sqlx::query(
+            "UPDATE registrations SET version = version WHERE code = $1 AND version = $2",
+        )
+        .bind(code.as_str().to_string())
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n != 1 {
+            return Err(DomainError::RegistrationChanged);
+        }
+    }
+
     match p.registration {
         None => {}
         Some((row, None)) => {
@@ -425,7 +453,7 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
                 .map_err(db)?
                 .rows_affected();
             if n != 1 {
-                return Err(DomainError::Conflict);
+                return Err(DomainError::RegistrationChanged);
             }
         }
     }
@@ -619,7 +647,7 @@ async fn apply(tx: &mut Tx, p: Prepared) -> Result<Committed> {
     // Last: appenders wait on the chain head's row lock, and holding it last means a
     // transaction that holds it never waits for anything else (no deadlock).
     for e in &p.audit {
-        append(tx, e).await?;
+        append(tx, e, key).await?;
     }
     Ok(done)
 }
@@ -637,13 +665,13 @@ async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
     }
 }
 
-async fn append(tx: &mut Tx, e: &AuditEvent) -> Result<()> {
+async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
     // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
     let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
-    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e);
+    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
          prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -670,10 +698,42 @@ async fn append(tx: &mut Tx, e: &AuditEvent) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn append_audit(pool: &Handle, e: &AuditEvent) -> Result<()> {
+pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEvent) -> Result<()> {
     let mut tx = begin_write(pool).await.map_err(db)?;
-    append(&mut tx, e).await?;
+    append(&mut tx, e, &ChainKey::new(secrets)).await?;
     tx.commit().await.map_err(db)
+}
+
+/// Seals a chain that ends in unkeyed (version 1) rows with a keyed row naming its head;
+/// whether it did.
+pub(crate) async fn seal_audit_chain(
+    pool: &Handle,
+    secrets: &Secrets,
+    at: OffsetDateTime,
+) -> Result<bool> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    // Taking the head's row lock first: two instances starting together seal once.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let (seq, hash) = (int(&head, "seq")?, s(&head, "hash")?);
+    if seq == 0 || is_keyed(&hash) {
+        tx.rollback().await.map_err(db)?;
+        return Ok(false);
+    }
+    append(&mut tx, &seal_row(at, seq, &hash), &ChainKey::new(secrets)).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(true)
+}
+
+/// The chain head: the last row's sequence number and hash (0 and the genesis before any).
+pub(crate) async fn audit_head(pool: &Pool<DB>) -> Result<(i64, String)> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+    Ok((int(&head, "seq")?, s(&head, "hash")?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1015,11 +1075,12 @@ pub(crate) async fn add_reviewer(
 }
 
 pub(crate) async fn reviewers(pool: &Pool<DB>) -> Result<Vec<Reviewer>> {
-    let rows =
-        sqlx::query("SELECT id, name, section, cert_serial, active FROM reviewers ORDER BY id")
-            .fetch_all(pool)
-            .await
-            .map_err(db)?;
+    let rows = sqlx::query(
+        "SELECT id, name, section, cert_serial, cert_issuer, active FROM reviewers ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
     rows.iter()
         .map(|r| {
             Ok(Reviewer {
@@ -1027,10 +1088,31 @@ pub(crate) async fn reviewers(pool: &Pool<DB>) -> Result<Vec<Reviewer>> {
                 name: s(r, "name")?,
                 section: section(&s(r, "section")?)?,
                 cert_serial: serial(s(r, "cert_serial")?)?,
+                cert_issuer: opt(r, "cert_issuer")?,
                 active: col(r, "active")?,
             })
         })
         .collect()
+}
+
+pub(crate) async fn learn_reviewer_issuer(
+    pool: &Handle,
+    id: i64,
+    serial: &CertSerial,
+    issuer: &str,
+) -> Result<()> {
+    let _turn = write_turn(pool).await;
+    sqlx::query(
+        "UPDATE reviewers SET cert_issuer = $3 \
+         WHERE id = $1 AND cert_serial = $2 AND cert_issuer IS NULL",
+    )
+    .bind(id)
+    .bind(serial.as_str())
+    .bind(issuer)
+    .execute(&**pool)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 pub(crate) async fn set_reviewer_active(pool: &Handle, id: i64, active: bool) -> Result<()> {
@@ -1256,7 +1338,7 @@ async fn bulk<T>(
 // ---------------------------------------------------------------------------------------------
 // Audit
 
-pub(crate) async fn verify_audit(pool: &Pool<DB>) -> Result<AuditReport> {
+pub(crate) async fn verify_audit(pool: &Pool<DB>, secrets: &Secrets) -> Result<AuditReport> {
     // One read transaction: the head and the rows come from the same snapshot even while
     // appends go on.
     let mut tx = begin_read(pool).await.map_err(db)?;
@@ -1264,7 +1346,7 @@ pub(crate) async fn verify_audit(pool: &Pool<DB>) -> Result<AuditReport> {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-    let mut check = ChainCheck::default();
+    let mut check = ChainCheck::new(ChainKey::new(secrets));
     let mut after = 0i64;
     loop {
         let rows = sqlx::query(
@@ -1301,14 +1383,20 @@ pub(crate) async fn verify_audit(pool: &Pool<DB>) -> Result<AuditReport> {
 // ---------------------------------------------------------------------------------------------
 // Sessions and lookups outside the domain trait
 
-pub(crate) async fn session_put(pool: &Handle, secrets: &Secrets, r: &SessionRecord) -> Result<()> {
-    let data = encrypt(secrets, ENC_SESSION_DATA, r.data.as_bytes())?;
+fn session_aad(id: &str) -> String {
+    format!("{ENC_SESSION_DATA}|{id}")
+}
+
+pub(crate) async fn session_insert(
+    pool: &Handle,
+    secrets: &Secrets,
+    r: &SessionRecord,
+) -> Result<()> {
+    let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
     let _turn = write_turn(pool).await;
     sqlx::query(
-        "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
-         code = excluded.code, data_enc = excluded.data_enc, touched_at = excluded.touched_at, \
-         expires_at = excluded.expires_at",
+        "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at, \
+         version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&r.id)
     .bind(&r.kind)
@@ -1317,10 +1405,67 @@ pub(crate) async fn session_put(pool: &Handle, secrets: &Secrets, r: &SessionRec
     .bind(ts(r.created_at))
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
+    .bind(r.version)
     .execute(&**pool)
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// An UPDATE guarded by the version read: a deleted session stays deleted, and a change made
+/// meanwhile is reported rather than overwritten.
+pub(crate) async fn session_update(
+    pool: &Handle,
+    secrets: &Secrets,
+    r: &SessionRecord,
+) -> Result<SessionSaved> {
+    let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
+    let _turn = write_turn(pool).await;
+    let done = sqlx::query(
+        "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
+         expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2",
+    )
+    .bind(&r.id)
+    .bind(r.version)
+    .bind(&r.kind)
+    .bind(r.code.as_deref())
+    .bind(data)
+    .bind(ts(r.touched_at))
+    .bind(ts(r.expires_at))
+    .execute(&**pool)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if done == 1 {
+        return Ok(SessionSaved::Saved(r.version + 1));
+    }
+    let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
+        .bind(&r.id)
+        .fetch_optional(&**pool)
+        .await
+        .map_err(db)?;
+    Ok(match exists {
+        Some(_) => SessionSaved::Changed,
+        None => SessionSaved::Gone,
+    })
+}
+
+pub(crate) async fn session_touch(
+    pool: &Handle,
+    id: &str,
+    touched_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Result<bool> {
+    let _turn = write_turn(pool).await;
+    let done = sqlx::query("UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(ts(touched_at))
+        .bind(ts(expires_at))
+        .execute(&**pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    Ok(done == 1)
 }
 
 pub(crate) async fn session_get(
@@ -1330,8 +1475,8 @@ pub(crate) async fn session_get(
     now: OffsetDateTime,
 ) -> Result<Option<SessionRecord>> {
     let row = sqlx::query(
-        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at FROM sessions \
-         WHERE id = $1 AND expires_at > $2",
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
+         FROM sessions WHERE id = $1 AND expires_at > $2",
     )
     .bind(id)
     .bind(ts(now))
@@ -1342,32 +1487,32 @@ pub(crate) async fn session_get(
 }
 
 fn session_of_row(secrets: &Secrets, r: &<DB as sqlx::Database>::Row) -> Result<SessionRecord> {
+    let id = s(r, "id")?;
     let plain = secrets
-        .decrypt(ENC_SESSION_DATA, &s(r, "data_enc")?)
+        .decrypt(&session_aad(&id), &s(r, "data_enc")?)
         .map_err(DomainError::from)?;
     Ok(SessionRecord {
-        id: s(r, "id")?,
+        id,
         kind: s(r, "kind")?,
         code: opt(r, "code")?,
         data: String::from_utf8(plain).map_err(|e| corrupt("session", e))?,
         created_at: time_at(r, "created_at")?,
         touched_at: time_at(r, "touched_at")?,
         expires_at: time_at(r, "expires_at")?,
+        version: int(r, "version")?,
     })
 }
 
-/// The live sessions of one kind (`operator`, …), oldest first.
-pub(crate) async fn sessions_of_kind(
+/// Every live session, oldest first.
+pub(crate) async fn sessions_live(
     pool: &Pool<DB>,
     secrets: &Secrets,
-    kind: &str,
     now: OffsetDateTime,
 ) -> Result<Vec<SessionRecord>> {
     let rows = sqlx::query(
-        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at FROM sessions \
-         WHERE kind = $1 AND expires_at > $2 ORDER BY created_at, id",
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
+         FROM sessions WHERE expires_at > $1 ORDER BY created_at, id",
     )
-    .bind(kind)
     .bind(ts(now))
     .fetch_all(pool)
     .await

@@ -58,6 +58,9 @@ pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
 
 pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
+    if !memory && let Some(path) = crate::sqlite_path(url) {
+        create_private(&path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+    }
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .foreign_keys(true)
@@ -81,6 +84,40 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
         pool,
         writers: Arc::new(Mutex::new(())),
     })
+}
+
+/// Creates the database file owner-only (0600), and its directory (0700) when missing, before
+/// SQLite opens it: SQLite gives its WAL and shared-memory files the database file's mode. An
+/// existing file or directory is left as it is.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// The turn comes before the connection: a writer waiting in the queue holds no connection

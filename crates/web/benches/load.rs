@@ -652,6 +652,8 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
                 card_steps_per_code: u32::MAX,
                 receipt_queries_per_client: u32::MAX,
                 introspections_per_client: u32::MAX,
+                sessions_per_client: u32::MAX,
+                ..Limits::default()
             },
             ..WebConfig::default()
         },

@@ -3,10 +3,11 @@
 //! check issuer and expiry, and ask certreg whether the session behind it is still active.
 //!
 //! ```text
-//! cargo run -p web --example downstream -- <certreg url> <token> [issuer]
+//! cargo run -p web --example downstream -- <certreg url> <token> [issuer] [audience]
 //! ```
 //!
-//! `issuer` defaults to the URL (certreg's public origin). Plain `http://` only — a real service
+//! `issuer` defaults to the URL (certreg's public origin), `audience` (this system's name, the
+//! token's `aud`) to `certreg-downstream`. Plain `http://` only — a real service
 //! reaches certreg over https with its usual HTTP client; this example keeps to a few lines of
 //! HTTP/1.1 on a socket so as to need nothing beyond tokio. See docs/downstream.md.
 
@@ -21,11 +22,12 @@ type Error = Box<dyn std::error::Error>;
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, token, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: downstream <certreg url> <token> [issuer]");
+        eprintln!("usage: downstream <certreg url> <token> [issuer] [audience]");
         std::process::exit(2);
     };
     let base = url.trim_end_matches('/');
     let issuer = rest.first().map_or(base, String::as_str);
+    let audience = rest.get(1).map_or("certreg-downstream", String::as_str);
 
     // 1. The published keys (cache them; fetch again when a token names an unknown kid).
     let jwks: JwkSet =
@@ -39,16 +41,17 @@ async fn main() -> Result<(), Error> {
         .ok_or_else(|| format!("key {kid} is not published by {base}"))?;
     let key = DecodingKey::from_jwk(jwk)?;
 
-    // 3. Signature, issuer and expiry.
+    // 3. Signature, issuer, audience and expiry.
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_issuer(&[issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)?.claims;
     println!("verified (key {kid}):");
     println!("{}", serde_json::to_string_pretty(&claims)?);
 
     // 4. Optionally: is the operator's session still live, with the same grant?
-    let body = serde_json::json!({ "token": token }).to_string();
+    let body = serde_json::json!({ "token": token, "audience": audience }).to_string();
     let answer: Value =
         serde_json::from_slice(&http(base, "POST", "/api/v1/introspect", Some(&body)).await?)?;
     let active = answer["active"].as_bool().unwrap_or(false);

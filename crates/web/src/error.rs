@@ -23,6 +23,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | E::DuplicateOperator
         | E::Conflict
         | E::AlreadyConfirmed
+        | E::RegistrationChanged
         | E::ReviewPending
         | E::ReviewNotYetEffective { .. } => StatusCode::CONFLICT,
         E::NotRegistered | E::WrongStep | E::OrgCardChanged | E::AdminCardChanged => {
@@ -34,6 +35,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | E::NotReviewer
         | E::Forbidden => StatusCode::FORBIDDEN,
         E::FlowExpired | E::ChallengeUsed | E::ChallengeExpired => StatusCode::GONE,
+        E::TooManyFlows => StatusCode::TOO_MANY_REQUESTS,
         E::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

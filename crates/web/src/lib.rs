@@ -30,6 +30,9 @@ use time::OffsetDateTime;
 /// The services the web layer calls.
 pub type Svc = Services<store::Db, Arc<dyn Clock>>;
 
+/// The audience of operator tokens when none is configured: the insurer's other systems.
+pub const DEFAULT_AUDIENCE: &str = "certreg-downstream";
+
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     /// The public origin (scheme://host[:port]); card proofs and the Origin check are bound to it.
@@ -41,6 +44,12 @@ pub struct WebConfig {
     pub limits: Limits,
     /// Request bodies larger than this are refused (413).
     pub max_body: usize,
+    /// `/metrics` and the detailed `/healthz` are served on an internal address of their own
+    /// ([`ops::internal_app`]); the public listener then answers only a minimal health status.
+    pub internal_ops: bool,
+    /// The audiences (`aud`) a downstream system may ask operator tokens for; a request naming
+    /// none gets the first.
+    pub token_audiences: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -51,6 +60,8 @@ impl Default for WebConfig {
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
             max_body: 256 * 1024,
+            internal_ops: false,
+            token_audiences: vec![DEFAULT_AUDIENCE.to_string()],
         }
     }
 }
@@ -78,11 +89,12 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     pub fn new(svc: Svc, db: store::Db, config: WebConfig) -> Self {
         let keys = token::KeyRing::new(db.clone());
+        let limiter = RateLimiter::new(config.limits.limiter_entries);
         Self(Arc::new(Inner {
             svc,
             db,
             config,
-            limiter: RateLimiter::default(),
+            limiter,
             metrics: ops::Metrics::default(),
             keys,
         }))
@@ -145,9 +157,10 @@ impl AppState {
     }
 }
 
-/// The whole service.
+/// The whole public service.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config().max_body;
+    let internal_ops = state.config().internal_ops;
     Router::new()
         .merge(pages::router())
         .merge(api::router())
@@ -156,8 +169,14 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             session::layer,
         ))
-        .merge(ops::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::host,
+        ))
+        // Downstream systems (keys, introspection; no cookies, no pages) and probes may reach an
+        // instance by its address rather than by the public name.
         .merge(token::router())
+        .merge(ops::router(internal_ops))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::client,

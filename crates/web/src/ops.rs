@@ -205,6 +205,19 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 /// reported as warnings with 200: the service still works (Monday–Friday fallback), and taking
 /// every instance out of a load balancer over a missing holiday file would be worse.
 async fn healthz(State(state): State<AppState>) -> Response {
+    let (code, body) = health(&state).await;
+    (code, axum::Json(body)).into_response()
+}
+
+/// GET /healthz on the public listener when the operations routes have an internal address of
+/// their own: the status alone (`ok`, `warn`, `fail`; 503 when failing), nothing about the
+/// database, the calendar or the CRLs.
+async fn healthz_minimal(State(state): State<AppState>) -> Response {
+    let (code, body) = health(&state).await;
+    (code, axum::Json(json!({"status": body["status"]}))).into_response()
+}
+
+async fn health(state: &AppState) -> (StatusCode, serde_json::Value) {
     let now = state.now();
     // The cheapest query every backend answers: a session lookup by primary key.
     let database = match state.db().session_get("healthz", now).await {
@@ -257,7 +270,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, axum::Json(body)).into_response()
+    (code, body)
 }
 
 /// GET /metrics
@@ -272,11 +285,32 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Served outside the session layer: probes and scrapers must not create sessions.
-pub fn router() -> Router<AppState> {
+/// Served outside the session layer: probes and scrapers must not create sessions. With
+/// `internal` (the operations routes have their own address, see [`internal_app`]) the public
+/// listener answers only the minimal health status.
+pub fn router(internal: bool) -> Router<AppState> {
+    if internal {
+        Router::new().route("/healthz", get(healthz_minimal))
+    } else {
+        internal_router()
+    }
+}
+
+fn internal_router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+}
+
+/// The operations routes alone (`/metrics` and the detailed `/healthz`), for an internal
+/// address that only monitoring reaches.
+pub fn internal_app(state: AppState) -> Router {
+    internal_router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::headers,
+        ))
+        .with_state(state)
 }
 
 #[cfg(test)]

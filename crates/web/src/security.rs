@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::collections::HashMap;
@@ -84,6 +84,53 @@ pub fn same_origin(state: &AppState, method: &Method, headers: &HeaderMap) -> bo
     headers.contains_key(header::AUTHORIZATION) && !headers.contains_key(header::COOKIE)
 }
 
+/// The authority (`host[:port]`) of an origin such as `https://certreg.example.gov.tw`.
+fn origin_authority(origin: &str) -> &str {
+    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Whether `host` names the same authority as the public origin; a default port may be left
+/// out (https 443, http 80).
+fn same_authority(origin: &str, host: &str) -> bool {
+    let want = origin_authority(origin).to_ascii_lowercase();
+    let got = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    if got == want {
+        return true;
+    }
+    let default = if origin.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    got.strip_suffix(default) == Some(want.as_str())
+        || want.strip_suffix(default) == Some(got.as_str())
+}
+
+/// Requests must be addressed to the public origin's host (the `Host` header, or the
+/// authority of an HTTP/2 request): an answer under another name (DNS rebinding, a stray
+/// virtual host) could carry this site's cookies and pages to a foreign origin. A request
+/// naming no host at all is let through.
+pub async fn host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let named = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_string())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+    let origin = &state.config().public_origin;
+    match named {
+        Some(h) if !same_authority(origin, &h) => {
+            let message = format!("請以本服務的正式網址 {origin} 連線");
+            if req.uri().path().starts_with("/api/") {
+                crate::error::api_code(StatusCode::MISDIRECTED_REQUEST, "wrong_host", &message)
+            } else {
+                crate::error::page(&state, StatusCode::MISDIRECTED_REQUEST, "網址不符", message)
+            }
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// The client's address: the peer, or the first untrusted hop of X-Forwarded-For when the peer
 /// is a trusted proxy.
 pub fn client_addr(state: &AppState, req: &Request) -> Option<IpAddr> {
@@ -143,15 +190,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 /// Limits per minute.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Card steps (challenge + proof) per client address.
+    /// Card steps (challenges issued) per client address.
     pub card_steps_per_client: u32,
-    /// Card steps per institution code (someone trying many cards against one agency).
+    /// Card proofs per institution code that verified for the caller's own flow and were then
+    /// refused (someone trying many cards against one agency). Proofs that never verified do
+    /// not count, so junk cannot lock an agency out.
     pub card_steps_per_code: u32,
     /// Receipt queries (R4.1, no card needed) per client address.
     pub receipt_queries_per_client: u32,
     /// Token introspections (`/api/v1/introspect`, no session needed) per client address:
     /// generous, a downstream system may ask for every request it serves.
     pub introspections_per_client: u32,
+    /// API sessions made (`POST /api/v1/sessions`) and flows started from the pages per client
+    /// address.
+    pub sessions_per_client: u32,
+    /// Flows one session may hold at a time (live or not yet swept).
+    pub flows_per_session: u32,
+    /// Keys the rate limiter tracks at most; beyond that (more distinct clients in one minute
+    /// than this) a new key goes uncounted rather than refused.
+    pub limiter_entries: usize,
 }
 
 impl Default for Limits {
@@ -161,48 +218,252 @@ impl Default for Limits {
             card_steps_per_code: 30,
             receipt_queries_per_client: 20,
             introspections_per_client: 1200,
+            sessions_per_client: 60,
+            flows_per_session: 20,
+            limiter_entries: 65_536,
         }
     }
 }
 
+/// What a limit protects; each has its own budget per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Challenges issued for card steps, per client.
+    CardStep,
+    /// Verified card proofs refused, per institution code.
+    CardRefusal,
+    /// Receipt queries, per client.
+    Receipts,
+    /// Token introspections, per client.
+    Introspect,
+    /// Sessions and flows started, per client.
+    Start,
+}
+
+/// A rate limit's key, built only from validated values: a client address (an IPv6 address by
+/// its /64, the block one subscriber usually holds) or a parsed 機關代號. Fixed size, whatever a
+/// request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    bucket: Bucket,
+    subject: Subject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    /// No address known (tests without a socket): one shared key.
+    Unknown,
+    V4([u8; 4]),
+    V6Net([u8; 8]),
+    /// A canonical 機關代號 (4–12 upper-case letters or digits), zero-padded.
+    Code([u8; 12]),
+}
+
+impl LimitKey {
+    pub fn client(bucket: Bucket, addr: Option<IpAddr>) -> Self {
+        let subject = match addr.map(|a| a.to_canonical()) {
+            None => Subject::Unknown,
+            Some(IpAddr::V4(v4)) => Subject::V4(v4.octets()),
+            Some(IpAddr::V6(v6)) => {
+                let mut net = [0u8; 8];
+                net.copy_from_slice(&v6.octets()[..8]);
+                Subject::V6Net(net)
+            }
+        };
+        Self { bucket, subject }
+    }
+
+    pub fn code(bucket: Bucket, code: &domain::types::InstitutionCode) -> Self {
+        let mut bytes = [0u8; 12];
+        for (b, c) in bytes.iter_mut().zip(code.as_str().bytes()) {
+            *b = c;
+        }
+        Self {
+            bucket,
+            subject: Subject::Code(bytes),
+        }
+    }
+}
+
+/// The 機關代號 a card step acts for, parsed: the typed one at the steps that ask for it, else
+/// the one an earlier step of the flow established. `None` for junk.
+pub fn step_code(
+    flow: &domain::flow::Flow,
+    typed: Option<&str>,
+) -> Option<domain::types::InstitutionCode> {
+    use domain::flow::Step;
+    match flow.step {
+        Step::OrgCard | Step::NewOrgCard | Step::QueryOrgCard | Step::OperatorCard => {
+            domain::types::InstitutionCode::parse(typed?).ok()
+        }
+        _ => flow.data.code.clone(),
+    }
+}
+
 /// Fixed one-minute windows per key; cheap and good enough for abuse limits. Each service
-/// instance counts for itself.
-#[derive(Debug, Default)]
+/// instance counts for itself. The table holds at most `capacity` keys: when it is full, the
+/// windows of past minutes are dropped (at most once a minute), and if it is still full a new
+/// key is let through uncounted, so a flood of distinct keys costs bounded memory and never
+/// locks out a client the table has no room for.
+#[derive(Debug)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<String, (i64, u32)>>,
+    table: Mutex<Table>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    windows: HashMap<LimitKey, (i64, u32)>,
+    purged: i64,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self::new(Limits::default().limiter_entries)
+    }
 }
 
 impl RateLimiter {
-    /// Counts one hit for `key`; false when the key is over `per_minute` in this minute.
-    pub fn hit(&self, key: &str, per_minute: u32, now: OffsetDateTime) -> bool {
-        let minute = now.unix_timestamp() / 60;
-        let Ok(mut w) = self.windows.lock() else {
-            return true;
-        };
-        if w.len() > 100_000 {
-            w.retain(|_, (m, _)| *m == minute);
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            table: Mutex::new(Table::default()),
+            capacity: capacity.max(1),
         }
-        let slot = w.entry(key.to_string()).or_insert((minute, 0));
+    }
+
+    /// Counts one hit for `key`; false when the key is over `per_minute` in this minute.
+    pub fn hit(&self, key: LimitKey, per_minute: u32, now: OffsetDateTime) -> bool {
+        let minute = now.unix_timestamp() / 60;
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.windows.contains_key(&key) && t.windows.len() >= self.capacity {
+            if t.purged != minute {
+                t.windows.retain(|_, (m, _)| *m == minute);
+                t.purged = minute;
+            }
+            if t.windows.len() >= self.capacity {
+                return true;
+            }
+        }
+        let slot = t.windows.entry(key).or_insert((minute, 0));
         if slot.0 != minute {
             *slot = (minute, 0);
         }
-        slot.1 += 1;
+        slot.1 = slot.1.saturating_add(1);
         slot.1 <= per_minute
+    }
+
+    /// Whether `key` has already used up `per_minute` in this minute; counts nothing.
+    pub fn exhausted(&self, key: LimitKey, per_minute: u32, now: OffsetDateTime) -> bool {
+        let minute = now.unix_timestamp() / 60;
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.windows
+            .get(&key)
+            .is_some_and(|(m, n)| *m == minute && *n >= per_minute)
+    }
+
+    /// How many keys the table holds now.
+    pub fn len(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .windows
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn v4(last: u8) -> LimitKey {
+        LimitKey::client(
+            Bucket::CardStep,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))),
+        )
+    }
 
     #[test]
     fn limiter_counts_per_key_and_minute() {
         let l = RateLimiter::default();
         let t = time::macros::datetime!(2026-01-01 00:00:10 UTC);
-        assert!(l.hit("a", 2, t));
-        assert!(l.hit("a", 2, t));
-        assert!(!l.hit("a", 2, t));
-        assert!(l.hit("b", 2, t));
-        assert!(l.hit("a", 2, t + time::Duration::minutes(1)));
+        assert!(l.hit(v4(1), 2, t));
+        assert!(l.hit(v4(1), 2, t));
+        assert!(!l.hit(v4(1), 2, t));
+        assert!(l.exhausted(v4(1), 2, t));
+        assert!(l.hit(v4(2), 2, t));
+        assert!(!l.exhausted(v4(2), 2, t));
+        assert!(l.hit(v4(1), 2, t + time::Duration::minutes(1)));
+        // Another bucket of the same client has its own budget.
+        let other = LimitKey::client(
+            Bucket::Receipts,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+        );
+        assert!(l.hit(other, 1, t));
+    }
+
+    #[test]
+    fn host_must_be_the_public_origins() {
+        assert!(same_authority(
+            "https://certreg.example.gov.tw",
+            "certreg.example.gov.tw"
+        ));
+        assert!(same_authority(
+            "https://certreg.example.gov.tw",
+            "CERTREG.example.gov.tw:443"
+        ));
+        assert!(same_authority("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!same_authority("http://127.0.0.1:8080", "127.0.0.1:8081"));
+        assert!(!same_authority(
+            "https://certreg.example.gov.tw",
+            "evil.example"
+        ));
+        assert!(!same_authority(
+            "https://certreg.example.gov.tw",
+            "certreg.example.gov.tw.evil.example"
+        ));
+    }
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_v4_as_v4() {
+        let a: Ipv6Addr = "2001:db8:1:2::1".parse().unwrap();
+        let b: Ipv6Addr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
+        let k = |ip: Ipv6Addr| LimitKey::client(Bucket::CardStep, Some(IpAddr::V6(ip)));
+        assert_eq!(k(a), k(b));
+        assert_ne!(k(a), k(c));
+        let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(k(mapped), v4(1));
+    }
+
+    #[test]
+    fn many_distinct_keys_stay_bounded_and_known_keys_keep_counting() {
+        let l = RateLimiter::new(1000);
+        let t = time::macros::datetime!(2026-01-01 00:00:10 UTC);
+        assert!(l.hit(v4(1), 2, t));
+        assert!(l.hit(v4(1), 2, t));
+        for i in 0..200_000u32 {
+            let mut o = [0u8; 16];
+            o[..4].copy_from_slice(&i.to_be_bytes());
+            let key = LimitKey::client(Bucket::CardStep, Some(IpAddr::V6(Ipv6Addr::from(o))));
+            l.hit(key, 2, t);
+        }
+        assert!(l.len() <= 1000, "{}", l.len());
+        // The key counted before the flood is still over its limit.
+        assert!(!l.hit(v4(1), 2, t));
+        // A later minute makes room again.
+        let later = t + time::Duration::minutes(1);
+        assert!(l.hit(v4(9), 2, later));
+        assert!(l.len() <= 1000);
+        // Keys are small and fixed whatever the input was.
+        assert!(std::mem::size_of::<LimitKey>() <= 16);
+        let long = domain::types::InstitutionCode::parse("ABCDEFGHIJKL").unwrap();
+        let k = LimitKey::code(Bucket::CardRefusal, &long);
+        assert!(l.hit(k, 1, later));
+        assert!(!l.hit(k, 1, later));
     }
 }

@@ -19,7 +19,7 @@ pub const IDLE: Duration = Duration::minutes(15);
 pub const ABSOLUTE: Duration = Duration::hours(8);
 
 /// What a session holds. Serialised, encrypted at rest by the store.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionData {
     pub csrf: String,
     pub admin: Option<AdminGrant>,
@@ -47,7 +47,10 @@ pub struct ReviewerSession {
 /// The session of the current request.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// The key the store, flows and challenges know this session by (`store::session_key` of
+    /// the token); the token itself is only ever in the cookie or the bearer header.
     pub id: String,
+    token: String,
     pub data: SessionData,
     pub created_at: OffsetDateTime,
     /// Came from `Authorization: Bearer` (API client) rather than the cookie.
@@ -60,6 +63,9 @@ pub struct Session {
     ended: bool,
     /// The request dropped the administrator grant itself (see [`Session::drop_admin`]).
     admin_dropped: bool,
+    /// The data and version as loaded: a save names the version, and on a concurrent change
+    /// re-applies only the fields this request changed.
+    loaded: Option<(SessionData, i64)>,
 }
 
 impl Session {
@@ -73,11 +79,19 @@ impl Session {
         self.new
     }
 
+    /// What the client presents: the cookie value or the bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Ends the administrator grant but keeps the session and its flows: a replacement ends the
     /// agency's administrator sessions in the store, and the browser that made it still has to
-    /// see its result (the session goes on without the grant).
+    /// see its result (the session goes on without any grant).
     pub fn drop_admin(&mut self) {
         self.data.admin = None;
+        self.data.operator = None;
+        self.data.reviewer = None;
+        self.data.token_sid = None;
         self.dirty = true;
         self.admin_dropped = true;
     }
@@ -89,23 +103,48 @@ impl Session {
 
     /// A fresh id after a privilege change (login), so a planted id is worth nothing.
     pub fn rotate(&mut self) {
-        self.id = crate::security::random_token();
+        self.token = crate::security::random_token();
+        self.id = store::session_key(&self.token);
         self.new = true;
         self.dirty = true;
     }
 
-    fn kind(&self) -> (&'static str, Option<String>) {
-        if let Some(a) = &self.data.admin {
-            return ("admin", Some(a.code.as_str().to_string()));
+    /// A login: a fresh id, and the one role `grant` gives (a session holds one role; the
+    /// grants of the others, a token handle included, go).
+    pub fn login(&mut self, grant: Role) {
+        self.rotate();
+        let data = self.data_mut();
+        data.admin = None;
+        data.operator = None;
+        data.reviewer = None;
+        data.token_sid = None;
+        // A token the pages showed before the login is worth nothing after it.
+        data.csrf = crate::security::random_token();
+        match grant {
+            Role::Admin(g) => data.admin = Some(g),
+            Role::Operator(g) => data.operator = Some(g),
+            Role::Reviewer(r) => data.reviewer = Some(r),
         }
-        if let Some(o) = &self.data.operator {
-            return ("operator", Some(o.code.as_str().to_string()));
-        }
-        if self.data.reviewer.is_some() {
-            return ("reviewer", None);
-        }
-        ("anonymous", None)
     }
+
+    /// The same for an API client's bearer session, which keeps its token (the client holds
+    /// it); the role it held before still goes.
+    pub fn login_in_place(&mut self, grant: Role) {
+        let (token, id) = (self.token.clone(), self.id.clone());
+        let new = self.new;
+        self.login(grant);
+        self.token = token;
+        self.id = id;
+        self.new = new;
+    }
+}
+
+/// The one role a login gives a session.
+#[derive(Debug, Clone)]
+pub enum Role {
+    Admin(AdminGrant),
+    Operator(OperatorGrant),
+    Reviewer(ReviewerSession),
 }
 
 /// Shared handle: handlers take it as an extractor and the middleware saves it afterwards.
@@ -153,6 +192,15 @@ fn cookie_name(state: &AppState) -> &'static str {
     }
 }
 
+/// The cookie holding the CSRF token of a visitor without a stored session.
+fn csrf_cookie_name(state: &AppState) -> &'static str {
+    if state.config().secure_cookies() {
+        "__Host-certreg_csrf"
+    } else {
+        "certreg_csrf"
+    }
+}
+
 fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -178,15 +226,17 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let name = cookie_name(&state);
     let token = bearer(req.headers());
     let from_bearer = token.is_some();
-    let id = token.or_else(|| read_cookie(req.headers(), name));
+    let presented = token.or_else(|| read_cookie(req.headers(), name));
     let mut loaded = None;
-    if let Some(id) = &id {
-        match state.db().session_get(id, now).await {
+    if let Some(token) = &presented {
+        let key = store::session_key(token);
+        match state.db().session_get(&key, now).await {
             Ok(Some(rec)) if now - rec.created_at <= ABSOLUTE => {
                 if let Ok(data) = serde_json::from_str::<SessionData>(&rec.data) {
                     loaded = Some(Session {
                         id: rec.id,
-                        data,
+                        token: token.clone(),
+                        data: data.clone(),
                         created_at: rec.created_at,
                         bearer: from_bearer,
                         lost: false,
@@ -194,6 +244,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         new: false,
                         ended: false,
                         admin_dropped: false,
+                        loaded: Some((data, rec.version)),
                     });
                 }
             }
@@ -204,19 +255,29 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             }
         }
     }
-    let session = loaded.unwrap_or_else(|| Session {
-        id: crate::security::random_token(),
-        data: SessionData {
-            csrf: crate::security::random_token(),
-            ..Default::default()
-        },
-        created_at: now,
-        bearer: false,
-        lost: id.is_some(),
-        dirty: true,
-        new: true,
-        ended: false,
-        admin_dropped: false,
+    // A session that is not stored yet takes its CSRF token from a cookie of its own, so the
+    // pages an anonymous visitor reads cost no row and their forms still carry a token.
+    let csrf_cookie = read_cookie(req.headers(), csrf_cookie_name(&state));
+    let session = loaded.unwrap_or_else(|| {
+        let token = crate::security::random_token();
+        Session {
+            id: store::session_key(&token),
+            token,
+            data: SessionData {
+                csrf: csrf_cookie
+                    .clone()
+                    .unwrap_or_else(crate::security::random_token),
+                ..Default::default()
+            },
+            created_at: now,
+            bearer: false,
+            lost: presented.is_some(),
+            dirty: false,
+            new: true,
+            ended: false,
+            admin_dropped: false,
+            loaded: None,
+        }
     });
     let old_id = session.id.clone();
     let handle = SessionHandle(Arc::new(Mutex::new(session)));
@@ -224,50 +285,174 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let mut response = next.run(req).await;
 
     let session = handle.get();
-    if session.ended {
-        let _ = state.db().session_delete(&old_id).await;
-        let _ = state.db().session_delete(&session.id).await;
-        set_cookie(&state, &mut response, name, "", true);
-        return response;
-    }
-    if session.id != old_id {
-        let _ = state.db().session_delete(&old_id).await;
-    } else if !session.new {
-        // A replacement may have ended this session while the request ran (the store deletes
-        // the agency's administrator sessions): saving it now would bring it back.
-        match state.db().session_get(&session.id, now).await {
-            Ok(Some(_)) => {}
-            // This request gave the grant up itself: the session is saved again without it.
-            Ok(None) if session.admin_dropped && session.data.admin.is_none() => {}
-            Ok(None) => {
-                set_cookie(&state, &mut response, name, "", true);
-                return response;
+    match save(&state, &session, &old_id, now).await {
+        Ok(Saved::Cookie) => {
+            if !session.bearer {
+                set_cookie(&state, &mut response, name, session.token(), false);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "re-reading a session");
-                return crate::error::internal(&state, "session store unavailable");
+        }
+        Ok(Saved::Quiet) => {}
+        Ok(Saved::Ended) => set_cookie(&state, &mut response, name, "", true),
+        Err(e) => {
+            tracing::error!(error = %e, "saving a session");
+            return crate::error::internal(&state, "session store unavailable");
+        }
+    }
+    // Only a page shows the token, so only a page needs the cookie.
+    let page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if page && session.new && !session.dirty && !from_bearer && csrf_cookie.is_none() {
+        let csrf = csrf_cookie_name(&state);
+        set_cookie(&state, &mut response, csrf, &session.data.csrf, false);
+    }
+    response
+}
+
+/// What the response says about the cookie after a save.
+enum Saved {
+    /// Set it to the session's token (a new or rotated session).
+    Cookie,
+    /// Leave it alone: unchanged, or the session ended elsewhere while this request ran (the
+    /// browser may already hold a newer cookie, say from a login, which must stay).
+    Quiet,
+    /// Clear it (logout).
+    Ended,
+}
+
+/// Re-tries of a save that met a concurrent change of the same session.
+const SAVE_TRIES: usize = 8;
+
+/// A version no request in flight can hold, for a session written again by the request whose
+/// own commit ended it (see [`Session::drop_admin`]): a concurrent request's save then meets
+/// a changed session and re-applies only its own fields, never the grant this one dropped.
+const RESTART_VERSION_GAP: i64 = 1 << 20;
+
+async fn save(
+    state: &AppState,
+    session: &Session,
+    old_id: &str,
+    now: OffsetDateTime,
+) -> domain::Result<Saved> {
+    let db = state.db();
+    if session.ended {
+        if session.loaded.is_none() {
+            // Never stored: nothing to delete, and the cookie the request came with (if any)
+            // named no live session — it may be older than one a login has just set.
+            return Ok(Saved::Quiet);
+        }
+        db.session_delete(old_id).await?;
+        if session.id != old_id {
+            db.session_delete(&session.id).await?;
+        }
+        return Ok(Saved::Ended);
+    }
+    let expires_at = (now + IDLE).min(session.created_at + ABSOLUTE);
+    let record = |data: &SessionData, version: i64| {
+        let (kind, code) = kind_of(data);
+        store::SessionRecord {
+            id: session.id.clone(),
+            kind: kind.to_string(),
+            code,
+            data: serde_json::to_string(data).unwrap_or_default(),
+            created_at: session.created_at,
+            touched_at: now,
+            expires_at,
+            version,
+        }
+    };
+    if session.new {
+        if session.id != old_id {
+            db.session_delete(old_id).await?;
+        }
+        // A request that stored nothing writes no row and sets no session cookie (reading
+        // pages costs no row; and a request that named a session no longer on file may have
+        // been sent with the id a login has just replaced).
+        if session.loaded.is_none() && !session.dirty {
+            return Ok(Saved::Quiet);
+        }
+        db.session_insert(&record(&session.data, 1)).await?;
+        return Ok(Saved::Cookie);
+    }
+    let Some((loaded, mut version)) = session.loaded.clone() else {
+        return Ok(Saved::Quiet);
+    };
+    if !session.dirty || session.data == loaded {
+        db.session_touch(&session.id, now, expires_at).await?;
+        return Ok(Saved::Quiet);
+    }
+    let mut data = session.data.clone();
+    for _ in 0..SAVE_TRIES {
+        match db.session_update(&record(&data, version)).await? {
+            store::SessionSaved::Saved(_) => return Ok(Saved::Quiet),
+            store::SessionSaved::Gone => {
+                // Ended while this request ran: it stays ended, unless this request ended it
+                // itself with a replacement and goes on without any grant to show its result.
+                if session.admin_dropped && !holds_a_role(&data) {
+                    db.session_insert(&record(&data, version + RESTART_VERSION_GAP))
+                        .await?;
+                }
+                return Ok(Saved::Quiet);
+            }
+            store::SessionSaved::Changed => {
+                let Some(current) = db.session_get(&session.id, now).await? else {
+                    return Ok(Saved::Quiet);
+                };
+                let Ok(theirs) = serde_json::from_str::<SessionData>(&current.data) else {
+                    return Ok(Saved::Quiet);
+                };
+                data = merge(&loaded, &session.data, theirs);
+                version = current.version;
             }
         }
     }
-    // Every request counts as activity; the record is rewritten with a new idle deadline.
-    let (kind, code) = session.kind();
-    let record = store::SessionRecord {
-        id: session.id.clone(),
-        kind: kind.to_string(),
-        code,
-        data: serde_json::to_string(&session.data).unwrap_or_default(),
-        created_at: session.created_at,
-        touched_at: now,
-        expires_at: (now + IDLE).min(session.created_at + ABSOLUTE),
-    };
-    if let Err(e) = state.db().session_put(&record).await {
-        tracing::error!(error = %e, "saving a session");
-        return crate::error::internal(&state, "session store unavailable");
+    Err(domain::DomainError::Storage(
+        "a session kept changing under concurrent requests".into(),
+    ))
+}
+
+fn holds_a_role(data: &SessionData) -> bool {
+    data.admin.is_some() || data.operator.is_some() || data.reviewer.is_some()
+}
+
+/// `theirs` (stored meanwhile by another request) with the fields this request changed from
+/// `before` to `mine`. The role fields go together: a session holds one role.
+fn merge(before: &SessionData, mine: &SessionData, mut theirs: SessionData) -> SessionData {
+    let role_changed = before.admin != mine.admin
+        || before.operator != mine.operator
+        || before.reviewer != mine.reviewer
+        || before.token_sid != mine.token_sid;
+    if role_changed {
+        theirs.admin = mine.admin.clone();
+        theirs.operator = mine.operator.clone();
+        theirs.reviewer = mine.reviewer.clone();
+        theirs.token_sid = mine.token_sid.clone();
     }
-    if (session.new || session.dirty) && !session.bearer {
-        set_cookie(&state, &mut response, name, &session.id, false);
+    if before.csrf != mine.csrf {
+        theirs.csrf = mine.csrf.clone();
     }
-    response
+    if before.result != mine.result {
+        theirs.result = mine.result.clone();
+    }
+    if before.flash != mine.flash {
+        theirs.flash = mine.flash.clone();
+    }
+    theirs
+}
+
+fn kind_of(data: &SessionData) -> (&'static str, Option<String>) {
+    if let Some(a) = &data.admin {
+        return ("admin", Some(a.code.as_str().to_string()));
+    }
+    if let Some(o) = &data.operator {
+        return ("operator", Some(o.code.as_str().to_string()));
+    }
+    if data.reviewer.is_some() {
+        return ("reviewer", None);
+    }
+    ("anonymous", None)
 }
 
 fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str, clear: bool) {
@@ -283,37 +468,67 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
     }
 }
 
-/// Ends every live operator session whose grant's certificate serial is revoked on a CRL in
-/// force of `validator` (any issuer: operators are granted by serial; only CRLs signed by a
-/// trusted CA count), each with an audit event; returns how many ended.
+/// Ends every live session whose grant rests on a certificate revoked on a CRL in force of
+/// `validator` (only CRLs signed by a trusted CA count), each with an audit event; returns how
+/// many ended. Sessions are judged by the grant their data holds: an operator's card (issuer
+/// and serial; any issuer for a grant made before its issuer was known), and for an
+/// administrator the agency's registered organization card and administrator card.
 /// `certreg serve` calls it after each CRL refresh.
-pub async fn end_revoked_operator_sessions(
+pub async fn end_revoked_sessions(
     db: &store::Db,
     validator: &pki::validate::Validator,
     now: OffsetDateTime,
 ) -> domain::Result<u64> {
     use domain::store::Store as _;
     let mut ended = 0;
-    for record in db.sessions_of_kind("operator", now).await? {
+    for record in db.sessions_live(now).await? {
         let Ok(data) = serde_json::from_str::<SessionData>(&record.data) else {
             continue;
         };
-        let Some(grant) = data.operator else {
-            continue;
-        };
-        let Some(revoked_at) = validator.revoked_at(None, &grant.serial) else {
+        let mut revoked = Vec::new();
+        if let Some(grant) = &data.operator
+            && let Some(at) = validator.revoked_at(grant.issuer.as_deref(), &grant.serial)
+        {
+            revoked.push((
+                grant.code.clone(),
+                serde_json::json!({
+                    "reason": "certificate_revoked",
+                    "operator_id": grant.operator_id,
+                    "serial": grant.serial.as_str(),
+                    "revoked_at": at.unix_timestamp(),
+                }),
+            ));
+        }
+        if let Some(grant) = &data.admin
+            && let Some(reg) = db.registration(&grant.code).await?
+        {
+            for (role, cert) in [
+                ("organization", &reg.org.cert),
+                ("administrator", &reg.admin_card.cert),
+            ] {
+                if let Some(at) = validator.revoked_at(Some(&cert.issuer), &cert.serial) {
+                    revoked.push((
+                        grant.code.clone(),
+                        serde_json::json!({
+                            "reason": "certificate_revoked",
+                            "role": "admin",
+                            "certificate": role,
+                            "serial": cert.serial.as_str(),
+                            "revoked_at": at.unix_timestamp(),
+                        }),
+                    ));
+                    break;
+                }
+            }
+        }
+        let Some((code, detail)) = revoked.into_iter().next() else {
             continue;
         };
         db.session_delete(&record.id).await?;
         ended += 1;
         let event = domain::model::AuditEvent::new(now, "system", "session.end", "ok")
-            .agency(&grant.code)
-            .detail(serde_json::json!({
-                "reason": "certificate_revoked",
-                "operator_id": grant.operator_id,
-                "serial": grant.serial.as_str(),
-                "revoked_at": revoked_at.unix_timestamp(),
-            }));
+            .agency(&code)
+            .detail(detail);
         db.append_audit(&event).await?;
     }
     Ok(ended)

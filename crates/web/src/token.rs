@@ -49,6 +49,8 @@ pub const CLOCK_SKEW: Duration = Duration::minutes(1);
 pub struct Claims {
     /// certreg's public origin.
     pub iss: String,
+    /// The downstream system the token is for (one of the configured audiences).
+    pub aud: String,
     /// `operator:<certificate serial>`.
     pub sub: String,
     /// 機關代號
@@ -328,19 +330,70 @@ async fn current_operator(
 /// `POST /api/v1/token`: a token for the caller's operator session.
 #[utoipa::path(
     post, path = "/api/v1/token", operation_id = "issue_token", tag = "sessions",
+    request_body(content = Option<TokenRequest>, description = "Optional: the audience the token is for"),
     responses(
         (status = 200, description = "An ES256 JWT for other systems (issue 6): agency code, operator certificate serial, today's functions, a session handle; at most 15 minutes and never past the session. Verify with /.well-known/jwks.json", body = IssuedToken),
         (status = 401, description = "unauthorized", body = ApiError),
         (status = 403, description = "forbidden: not an operator session (or the operator is no longer granted); csrf (cookie requests only)", body = ApiError),
+        (status = 422, description = "audience_not_allowed: the audience asked for is not configured", body = ApiError),
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Response {
-    match mint(&state, &caller.handle).await {
+pub(crate) async fn issue(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Response {
+    // The body is optional: none (or `{}`) asks for the first configured audience.
+    let audience = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<TokenRequest>(&body) {
+            Ok(r) => r.audience,
+            Err(e) => {
+                return crate::error::api_code(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("請求內容不是正確的 JSON：{e}"),
+                );
+            }
+        }
+    };
+    let audience = match allowed_audience(&state, audience.as_deref()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match mint(&state, &caller.handle, &audience).await {
         Ok(Some(issued)) => Json(issued).into_response(),
         Ok(None) => api(&DomainError::Forbidden),
         Err(e) => api(&e),
     }
+}
+
+/// `POST /api/v1/token`'s optional body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The downstream system the token is for (`aud`); one of the configured audiences.
+    /// Omitted: the first configured one.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// The audience asked for, if configured (none asked: the first configured one).
+pub(crate) fn allowed_audience(state: &AppState, asked: Option<&str>) -> Result<String, Response> {
+    let allowed = &state.config().token_audiences;
+    let found = match asked {
+        Some(a) => allowed.iter().find(|x| x.as_str() == a),
+        None => allowed.first(),
+    };
+    found.cloned().ok_or_else(|| {
+        crate::error::api_code(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "audience_not_allowed",
+            "此系統（audience）未經設定，無法核發權杖",
+        )
+    })
 }
 
 /// A token for the session's operator grant as it stands today; `None` when the session holds
@@ -349,6 +402,7 @@ pub(crate) async fn issue(State(state): State<AppState>, caller: Caller) -> Resp
 pub(crate) async fn mint(
     state: &AppState,
     handle: &SessionHandle,
+    audience: &str,
 ) -> Result<Option<IssuedToken>, DomainError> {
     let now = state.now();
     let session = handle.get();
@@ -374,6 +428,7 @@ pub(crate) async fn mint(
     let exp = (now + TOKEN_TTL).min(session.created_at + ABSOLUTE);
     let claims = Claims {
         iss: state.config().public_origin.clone(),
+        aud: audience.to_string(),
         sub: format!("operator:{}", op.serial.as_str()),
         code: grant.code.as_str().to_string(),
         serial: op.serial.as_str().to_string(),
@@ -394,6 +449,10 @@ pub(crate) async fn mint(
 pub struct IntrospectRequest {
     /// The JWT from `POST /api/v1/token`.
     pub token: String,
+    /// The asking system's audience: a token issued for another audience is not active for
+    /// it.
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 /// RFC 7662 style: `active`, and the token's claims only when it is active.
@@ -421,12 +480,18 @@ pub(crate) async fn introspect(
     ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<IntrospectRequest>,
 ) -> Response {
-    let key = format!("introspect:{}", crate::api::client_key(addr));
+    let key = crate::security::LimitKey::client(crate::security::Bucket::Introspect, addr);
     let limit = state.config().limits.introspections_per_client;
-    if !state.limiter().hit(&key, limit, state.now()) {
+    if !state.limiter().hit(key, limit, state.now()) {
         return crate::api::rate_limited();
     }
-    match active_claims(&state, &req.token).await {
+    let claims = active_claims(&state, &req.token).await.map(|c| {
+        c.filter(|c| {
+            req.audience.as_deref().is_none_or(|a| a == c.aud)
+                && state.config().token_audiences.contains(&c.aud)
+        })
+    });
+    match claims {
         Ok(claims) => Json(Introspection {
             active: claims.is_some(),
             claims,

@@ -486,7 +486,8 @@ fn audit_verify_reports_the_first_broken_link() {
         .unwrap();
     rt.block_on(async {
         use domain::store::Store;
-        let secrets = store::Secrets::generate().unwrap();
+        // The key file `audit verify` derives the chain's key from, beside the database.
+        let secrets = store::Secrets::load_or_create(&dir.path().join("certreg.key")).unwrap();
         let db = store::Db::connect(&url, &secrets).await.unwrap();
         for i in 0..4 {
             let at = time::OffsetDateTime::from_unix_timestamp(1_780_000_000 + i).unwrap();
@@ -498,6 +499,18 @@ fn audit_verify_reports_the_first_broken_link() {
     let (code, lines, err) = certreg(&["audit", "verify", "--database", &url]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(lines[0]["events"], 4);
+    let (code, head, err) = certreg(&["audit", "head", "--database", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(head[0]["seq"], 4);
+    let head_hash = head[0]["hash"].as_str().unwrap().to_string();
+    assert!(head_hash.len() >= 64, "{head:?}");
+    // The chain is keyed by the key file: without it (or with another) it does not verify.
+    let key = dir.path().join("certreg.key");
+    let key_bytes = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let (code, _, err) = certreg(&["audit", "verify", "--database", &url]);
+    assert_ne!(code, 0, "{err}");
+    std::fs::write(&key, &key_bytes).unwrap();
 
     rt.block_on(async {
         let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();

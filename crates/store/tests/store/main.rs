@@ -9,7 +9,7 @@ use domain::model::*;
 use domain::store::*;
 use helpers::*;
 use std::sync::Arc;
-use store::{Backend, Db, PersonRole, Secrets, SessionRecord};
+use store::{Backend, Db, PersonRole, Secrets, SessionRecord, SessionSaved};
 use time::Duration;
 use time::macros::date;
 
@@ -259,7 +259,11 @@ async fn registration_replacement_history_and_receipts_round_trip() {
         let mut g = flow("g", FlowKind::ReplaceOrg);
         g.version = 1;
         stale.flow = Some(g);
-        assert_eq!(db.commit(stale).await.unwrap_err(), DomainError::Conflict);
+        assert_eq!(
+            db.commit(stale).await.unwrap_err(),
+            DomainError::RegistrationChanged,
+            "its own error, not a double submit's"
+        );
         assert_eq!(db.registration(&code("AB12")).await.unwrap(), Some(next));
 
         let kinds: Vec<_> = db
@@ -557,6 +561,40 @@ async fn duplicate_operator_serial_is_refused() {
     .await;
 }
 
+// An administrator's change names the registration version the login checked; a replacement
+// committed in between (version 2) refuses it inside the transaction, and nothing of it is
+// written.
+#[tokio::test]
+async fn a_registration_guard_is_checked_inside_the_commit() {
+    each_db(|t| async move {
+        let db = &t.db;
+        register(db, "AB12", &nid("A12345678")).await;
+        let guarded = |version: i64| {
+            let mut c = add_operator("AB12", "C001", &nid("B22345678"));
+            c.registration_guard = Some((code("AB12"), version));
+            c
+        };
+        let events = db.verify_audit().await.unwrap().events;
+        assert_eq!(
+            db.commit(guarded(2)).await.unwrap_err(),
+            DomainError::RegistrationChanged
+        );
+        assert!(db.operators(&code("AB12")).await.unwrap().is_empty());
+        assert_eq!(db.verify_audit().await.unwrap().events, events);
+        assert!(db.commit(guarded(1)).await.unwrap().operator_id.is_some());
+        assert_eq!(
+            db.registration(&code("AB12"))
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1,
+            "the guard changes nothing"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_operator_updates_one_conflicts() {
     each_db(|t| async move {
@@ -831,6 +869,7 @@ async fn reviewers_round_trip() {
                     name: "審核甲".into(),
                     section: Section::First,
                     cert_serial: serial("AA01"),
+                    cert_issuer: None,
                     active: false,
                 },
                 Reviewer {
@@ -838,6 +877,7 @@ async fn reviewers_round_trip() {
                     name: "審核乙".into(),
                     section: Section::Second,
                     cert_serial: serial("AA02"),
+                    cert_issuer: None,
                     active: true,
                 },
             ]
@@ -846,27 +886,35 @@ async fn reviewers_round_trip() {
     .await;
 }
 
+fn session_record(id: &str, kind: &str, c: Option<&str>) -> SessionRecord {
+    SessionRecord {
+        id: id.into(),
+        kind: kind.into(),
+        code: c.map(str::to_string),
+        data: format!("{{\"who\":\"{id}\"}}"),
+        created_at: T0,
+        touched_at: T0,
+        expires_at: T0 + Duration::minutes(15),
+        version: 1,
+    }
+}
+
 #[tokio::test]
 async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
     each_db(|t| async move {
         let db = &t.db;
-        let session = |id: &str, kind: &str, c: Option<&str>| SessionRecord {
-            id: id.into(),
-            kind: kind.into(),
-            code: c.map(str::to_string),
-            data: format!("{{\"who\":\"{id}\"}}"),
-            created_at: T0,
-            touched_at: T0,
-            expires_at: T0 + Duration::minutes(15),
-        };
-        let a = session("s-admin", "admin", Some("AB12"));
-        db.session_put(&a).await.unwrap();
-        db.session_put(&session("s-other", "admin", Some("CD34")))
+        let a = session_record("s-admin", "admin", Some("AB12"));
+        db.session_insert(&a).await.unwrap();
+        db.session_insert(&session_record("s-other", "admin", Some("CD34")))
             .await
             .unwrap();
-        db.session_put(&session("s-op", "operator", Some("AB12")))
+        db.session_insert(&session_record("s-op", "operator", Some("AB12")))
             .await
             .unwrap();
+        assert!(
+            db.session_insert(&a).await.is_err(),
+            "a key is never taken twice"
+        );
         assert_eq!(
             db.session_get("s-admin", T0).await.unwrap(),
             Some(a.clone())
@@ -877,15 +925,41 @@ async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
                 .unwrap(),
             None
         );
+        // A request that changed nothing moves the idle deadline only.
+        assert!(
+            db.session_touch(
+                "s-admin",
+                T0 + Duration::minutes(10),
+                T0 + Duration::minutes(25)
+            )
+            .await
+            .unwrap()
+        );
         let mut touched = a.clone();
         touched.touched_at = T0 + Duration::minutes(10);
         touched.expires_at = T0 + Duration::minutes(25);
-        db.session_put(&touched).await.unwrap();
         assert_eq!(
             db.session_get("s-admin", T0 + Duration::minutes(20))
                 .await
                 .unwrap(),
-            Some(touched)
+            Some(touched.clone())
+        );
+        // A change names the version it read.
+        let mut changed = touched.clone();
+        changed.data = "{\"who\":\"changed\"}".into();
+        assert_eq!(
+            db.session_update(&changed).await.unwrap(),
+            SessionSaved::Saved(2)
+        );
+        assert_eq!(
+            db.session_update(&changed).await.unwrap(),
+            SessionSaved::Changed,
+            "version 1 is no longer current"
+        );
+        let stored = db.session_get("s-admin", T0).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.version, stored.data.as_str()),
+            (2, "{\"who\":\"changed\"}")
         );
 
         db.commit(Commit {
@@ -897,6 +971,17 @@ async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
         assert_eq!(db.session_get("s-admin", T0).await.unwrap(), None);
         assert!(db.session_get("s-other", T0).await.unwrap().is_some());
         assert!(db.session_get("s-op", T0).await.unwrap().is_some());
+        // Ended sessions stay ended: neither a change nor a touch writes them again.
+        assert_eq!(
+            db.session_update(&stored).await.unwrap(),
+            SessionSaved::Gone
+        );
+        assert!(
+            !db.session_touch("s-admin", T0, T0 + Duration::minutes(15))
+                .await
+                .unwrap()
+        );
+        assert_eq!(db.session_get("s-admin", T0).await.unwrap(), None);
         db.session_delete("s-op").await.unwrap();
         assert_eq!(db.session_get("s-op", T0).await.unwrap(), None);
         assert_eq!(
@@ -904,6 +989,110 @@ async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
                 .await
                 .unwrap(),
             1
+        );
+    })
+    .await;
+}
+
+// Twenty requests read the session, then it is deleted (logout, replacement, revocation), then
+// all of them save: none brings it back, whatever they changed. A barrier holds them between
+// their read and their save.
+#[tokio::test]
+async fn a_deleted_session_is_never_written_again_by_requests_in_flight() {
+    each_db(|t| async move {
+        let db = t.db.clone();
+        db.session_insert(&session_record("s-op", "operator", Some("AB12")))
+            .await
+            .unwrap();
+        let read = Arc::new(tokio::sync::Barrier::new(21));
+        let go = Arc::new(tokio::sync::Barrier::new(21));
+        let mut requests = Vec::new();
+        for i in 0..20 {
+            let (db, read, go) = (db.clone(), read.clone(), go.clone());
+            requests.push(tokio::spawn(async move {
+                let mut r = db.session_get("s-op", T0).await.unwrap().unwrap();
+                read.wait().await;
+                go.wait().await;
+                if i % 2 == 0 {
+                    r.data = format!("{{\"request\":{i}}}");
+                    db.session_update(&r).await.unwrap()
+                } else if db
+                    .session_touch("s-op", T0, T0 + Duration::minutes(15))
+                    .await
+                    .unwrap()
+                {
+                    SessionSaved::Saved(r.version)
+                } else {
+                    SessionSaved::Gone
+                }
+            }));
+        }
+        read.wait().await;
+        db.session_delete("s-op").await.unwrap();
+        go.wait().await;
+        for r in requests {
+            assert_eq!(r.await.unwrap(), SessionSaved::Gone);
+        }
+        assert_eq!(db.session_get("s-op", T0).await.unwrap(), None);
+        assert_eq!(t.count("SELECT COUNT(*) FROM sessions").await, 0);
+    })
+    .await;
+}
+
+// Two requests that read the same version: the second's save is told of the first's change
+// instead of overwriting it.
+#[tokio::test]
+async fn concurrent_session_changes_are_not_overwritten() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.session_insert(&session_record("s", "anonymous", None))
+            .await
+            .unwrap();
+        let mut first = db.session_get("s", T0).await.unwrap().unwrap();
+        let mut second = first.clone();
+        first.data = "{\"flash\":\"first\"}".into();
+        second.data = "{\"result\":\"second\"}".into();
+        assert_eq!(
+            db.session_update(&first).await.unwrap(),
+            SessionSaved::Saved(2)
+        );
+        assert_eq!(
+            db.session_update(&second).await.unwrap(),
+            SessionSaved::Changed
+        );
+        assert_eq!(
+            db.session_get("s", T0).await.unwrap().unwrap().data,
+            "{\"flash\":\"first\"}"
+        );
+    })
+    .await;
+}
+
+// The data of a session is bound to its row: copied into another session's row it does not
+// decrypt, so a stolen row cannot be replayed under a key its thief holds.
+#[tokio::test]
+async fn session_data_is_bound_to_its_row() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let key = store::session_key("the-cookie-value");
+        assert_eq!(key.len(), 64);
+        db.session_insert(&session_record(&key, "admin", Some("AB12")))
+            .await
+            .unwrap();
+        db.session_insert(&session_record("mine", "anonymous", None))
+            .await
+            .unwrap();
+        t.raw(&format!(
+            "UPDATE sessions SET data_enc = (SELECT data_enc FROM sessions WHERE id = '{key}') \
+             WHERE id = 'mine'"
+        ))
+        .await;
+        assert!(db.session_get("mine", T0).await.is_err());
+        assert!(db.session_get(&key, T0).await.unwrap().is_some());
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM sessions WHERE id = 'the-cookie-value'")
+                .await,
+            0
         );
     })
     .await;
@@ -921,7 +1110,7 @@ async fn write_personal_data(db: &Db) -> Vec<String> {
     let mut f = flow("f", FlowKind::FirstRegistration);
     f.data.admin_id = Some(in_flow.clone());
     db.insert_flow(&f).await.unwrap();
-    db.session_put(&SessionRecord {
+    db.session_insert(&SessionRecord {
         id: "s".into(),
         kind: "admin".into(),
         code: Some("AB12".into()),
@@ -929,6 +1118,7 @@ async fn write_personal_data(db: &Db) -> Vec<String> {
         created_at: T0,
         touched_at: T0,
         expires_at: T0 + Duration::minutes(15),
+        version: 1,
     })
     .await
     .unwrap();
@@ -1105,6 +1295,146 @@ async fn audit_verify_reports_a_changed_row() {
             .await;
         assert_eq!(broken_at(&t.db).await, Some(3));
     })
+    .await;
+}
+
+/// Rewrites rows `from..` of the five events as someone with the database but without the key
+/// file would: `outcome` of row `from` changed, and every hash from there on recomputed with
+/// plain SHA-256 (the unkeyed form), the head moved along.
+async fn rewrite_unkeyed(t: &TestDb, from: i64) {
+    let mut events =
+        t.db.audit_search(&store::AuditFilter {
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    events.sort_by_key(|(seq, _)| *seq);
+    let any_key = store::audit::ChainKey::new(&Secrets::generate().unwrap());
+    // The row before keeps its keyed hash: the attacker links to it as stored.
+    let mut prev = if from == 1 {
+        store::audit::GENESIS.to_string()
+    } else {
+        stored_hash(t, from - 1).await
+    };
+    for (seq, e) in events.iter().filter(|(seq, _)| *seq >= from) {
+        let mut e = e.clone();
+        if *seq == from {
+            e.outcome = "denied".into();
+        }
+        let mut row = store::audit::AuditRow::new(*seq, prev.clone(), &e, &any_key);
+        row.hash = row.unkeyed_hash();
+        t.raw(&format!(
+            "UPDATE audit_log SET outcome = '{}', prev_hash = '{}', hash = '{}' WHERE seq = {seq}",
+            row.outcome, row.prev_hash, row.hash
+        ))
+        .await;
+        prev = row.hash;
+    }
+    t.raw(&format!(
+        "UPDATE audit_head SET hash = '{prev}' WHERE id = 1"
+    ))
+    .await;
+}
+
+/// The stored hash of row `seq`, read outside the store.
+async fn stored_hash(t: &TestDb, seq: i64) -> String {
+    let sql = format!("SELECT hash FROM audit_log WHERE seq = {seq}");
+    match t.backend() {
+        Backend::Sqlite => {
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.url)
+                .await
+                .unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => t.texts(&sql).await.remove(0),
+    }
+}
+
+#[tokio::test]
+async fn audit_chain_is_keyed_so_plain_sha256_rewrites_are_detected() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        let (seq, head) = t.db.audit_head().await.unwrap();
+        assert_eq!(seq, 5);
+        assert!(head.starts_with("v2:"), "{head}");
+        unprotect(&t).await;
+        // From the middle: the rewritten rows follow keyed ones.
+        rewrite_unkeyed(&t, 3).await;
+        assert_eq!(broken_at(&t.db).await, Some(3));
+    })
+    .await;
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        // The whole chain, head included: it no longer ends in a keyed row.
+        rewrite_unkeyed(&t, 1).await;
+        assert_eq!(broken_at(&t.db).await, Some(1));
+        // Keyed hashes recomputed with another key fail too.
+        let other = Db::connect(&t.url, &Secrets::generate().unwrap())
+            .await
+            .unwrap();
+        assert!(other.verify_audit().await.unwrap().first_broken.is_some());
+        other.close().await;
+    })
+    .await;
+}
+
+// A chain written before the log was keyed (plain SHA-256 rows) still verifies once it is
+// sealed under the key; until then it reads as not keyed, and an edit of its rows still breaks
+// it.
+#[tokio::test]
+async fn an_unkeyed_chain_is_sealed_under_the_key_and_still_checked() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        // As a database of the version before keying would hold them.
+        rewrite_unkeyed(&t, 1).await;
+        t.raw("UPDATE audit_log SET outcome = 'ok' WHERE seq = 1")
+            .await;
+        rewrite_unkeyed_keeping_outcomes(&t).await;
+        assert_eq!(broken_at(&t.db).await, Some(1), "not sealed yet");
+        assert!(t.db.seal_audit_chain(T0).await.unwrap());
+        assert!(!t.db.seal_audit_chain(T0).await.unwrap(), "once");
+        assert_eq!(broken_at(&t.db).await, None);
+        assert_eq!(t.db.verify_audit().await.unwrap().events, 6);
+        t.db.append_audit(&event("after")).await.unwrap();
+        assert_eq!(broken_at(&t.db).await, None);
+        t.raw("UPDATE audit_log SET actor = 'someone' WHERE seq = 2")
+            .await;
+        assert_eq!(broken_at(&t.db).await, Some(2));
+    })
+    .await;
+}
+
+/// Every row's hash recomputed in the unkeyed form with the rows as they stand.
+async fn rewrite_unkeyed_keeping_outcomes(t: &TestDb) {
+    let mut events =
+        t.db.audit_search(&store::AuditFilter {
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    events.sort_by_key(|(seq, _)| *seq);
+    let any_key = store::audit::ChainKey::new(&Secrets::generate().unwrap());
+    let mut prev = store::audit::GENESIS.to_string();
+    for (seq, e) in &events {
+        let mut row = store::audit::AuditRow::new(*seq, prev.clone(), e, &any_key);
+        row.hash = row.unkeyed_hash();
+        t.raw(&format!(
+            "UPDATE audit_log SET prev_hash = '{}', hash = '{}' WHERE seq = {seq}",
+            row.prev_hash, row.hash
+        ))
+        .await;
+        prev = row.hash;
+    }
+    t.raw(&format!(
+        "UPDATE audit_head SET hash = '{prev}' WHERE id = 1"
+    ))
     .await;
 }
 
@@ -1663,7 +1993,7 @@ async fn r6_3_audit_search_filters_newest_first_and_is_capped() {
 }
 
 #[tokio::test]
-async fn sessions_of_a_kind_and_registered_codes() {
+async fn live_sessions_and_registered_codes() {
     each_db(|t| async move {
         let db = &t.db;
         let session = |id: &str, kind: &str, at: time::OffsetDateTime| SessionRecord {
@@ -1674,27 +2004,21 @@ async fn sessions_of_a_kind_and_registered_codes() {
             created_at: at,
             touched_at: at,
             expires_at: at + Duration::minutes(15),
+            version: 1,
         };
         let op1 = session("s-op1", "operator", T0);
         let op2 = session("s-op2", "operator", T0 + Duration::minutes(1));
-        db.session_put(&op2).await.unwrap();
-        db.session_put(&op1).await.unwrap();
-        db.session_put(&session("s-admin", "admin", T0))
-            .await
-            .unwrap();
-        db.session_put(&session("s-old", "operator", T0 - Duration::hours(1)))
+        let admin = session("s-admin", "admin", T0);
+        db.session_insert(&op2).await.unwrap();
+        db.session_insert(&op1).await.unwrap();
+        db.session_insert(&admin).await.unwrap();
+        db.session_insert(&session("s-old", "operator", T0 - Duration::hours(1)))
             .await
             .unwrap();
         assert_eq!(
-            db.sessions_of_kind("operator", T0).await.unwrap(),
-            vec![op1, op2],
+            db.sessions_live(T0).await.unwrap(),
+            vec![admin, op1, op2],
             "live ones only, oldest first, data decrypted"
-        );
-        assert!(
-            db.sessions_of_kind("reviewer", T0)
-                .await
-                .unwrap()
-                .is_empty()
         );
 
         assert!(db.registered_codes().await.unwrap().is_empty());

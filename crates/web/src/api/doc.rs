@@ -26,12 +26,13 @@ certreg — and `POST /flows/{id}/card` hands in the proof. A challenge is singl
 Stable codes: \
 API: `unauthorized` 401, `forbidden` 403, `csrf` 403, `not_found` 404, `method_not_allowed` 405, \
 `payload_too_large` 413, `bad_request` 400 (malformed JSON, query or path), `rate_limited` 429, \
-`internal` 500. \
+`too_many_flows` 429, `wrong_host` 421 (the request did not name the public origin's host), \
+`audience_not_allowed` 422, `internal` 500. \
 Domain: `invalid_input` 422, `unknown_agency` 404, `already_registered` 409, `not_registered` 409, \
 `oid_mismatch` 422, `review_pending` 409, `review_not_yet_effective` 409, `org_card_changed` 409, \
 `admin_card_changed` 409, `not_administrator` 403, `id_mismatch` 422, `same_certificate` 422, \
 `duplicate_operator` 409, `operator_not_found` 404, `conflict` 409, `not_operator` 403, \
-`operator_serial_changed` 403, `flow_expired` 410, `flow_not_found` 404, `wrong_step` 409, \
+`flow_expired` 410, `flow_not_found` 404, `wrong_step` 409, \
 `already_confirmed` 409, `challenge_used` 410, `challenge_expired` 410. \
 Certificate and proof checks (422): `cert_malformed`, `input_too_large`, `cert_untrusted`, \
 `cert_expired`, `cert_not_yet_valid`, `cert_revoked`, `revocation_stale`, `revocation_unknown`, \

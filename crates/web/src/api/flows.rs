@@ -2,10 +2,11 @@
 //! challenge, card proof, mismatch review and the final confirmation, each through the same
 //! domain services as the pages.
 
-use super::{ApiJson, ApiPath, Caller, client_key, rate_limited, rfc3339};
+use super::{ApiJson, ApiPath, Caller, rate_limited, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, api};
-use crate::security::ClientAddr;
+use crate::security::{Bucket, ClientAddr, LimitKey};
+use crate::session::Role;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -207,7 +208,8 @@ pub enum CardOutcome {
         agency_name: String,
         org_name: String,
         org_identifier: String,
-        on_file: Option<String>,
+        /// Whether the card's identifier is the one on file for the code (the identifier on
+        /// file itself is not told).
         matches: bool,
     },
     /// R4.3
@@ -329,6 +331,7 @@ async fn owned_flow(state: &AppState, id: &str, session: &str) -> Result<Flow, R
         (status = 400, description = "bad_request: malformed JSON or unknown kind", body = ApiError),
         (status = 401, description = "unauthorized", body = ApiError),
         (status = 403, description = "csrf (cookie requests only)", body = ApiError),
+        (status = 429, description = "too_many_flows: the session holds as many flows as it may", body = ApiError),
     ),
     security(("bearer" = []))
 )]
@@ -339,7 +342,11 @@ pub(super) async fn start(
 ) -> Response {
     match state
         .svc()
-        .start_flow(body.kind.domain(), caller.id())
+        .start_flow_capped(
+            body.kind.domain(),
+            caller.id(),
+            state.config().limits.flows_per_session,
+        )
         .await
     {
         Ok(flow) => (StatusCode::CREATED, Json(state_of(&flow))).into_response(),
@@ -435,9 +442,8 @@ pub(super) async fn challenge(
     ApiPath(id): ApiPath<String>,
 ) -> Response {
     // Same key as the pages' card steps: one budget per client, whichever door it uses.
-    let key = format!("card:{}", client_key(addr));
     if !state.limiter().hit(
-        &key,
+        LimitKey::client(Bucket::CardStep, addr),
         state.config().limits.card_steps_per_client,
         state.now(),
     ) {
@@ -462,13 +468,13 @@ pub(super) async fn challenge(
         (status = 200, description = "The step's outcome", body = CardOutcome),
         (status = 400, description = "bad_request", body = ApiError),
         (status = 401, description = "unauthorized", body = ApiError),
-        (status = 403, description = "csrf; forbidden (a card of another agency); not_administrator; not_operator; operator_serial_changed", body = ApiError),
+        (status = 403, description = "csrf; forbidden (a card of another agency); not_administrator; not_operator", body = ApiError),
         (status = 404, description = "flow_not_found; unknown_agency", body = ApiError),
         (status = 409, description = "already_registered; not_registered; org_card_changed; admin_card_changed; review_pending; review_not_yet_effective; wrong_step", body = ApiError),
         (status = 410, description = "challenge_used (replayed, or another flow's challenge); challenge_expired; flow_expired", body = ApiError),
         (status = 413, description = "payload_too_large", body = ApiError),
         (status = 422, description = "invalid_input (with field); id_mismatch; same_certificate; the pki codes: wrong_role, cert_expired, cert_revoked, challenge_mismatch (a TBS of another origin, flow or step), signature_invalid …", body = ApiError),
-        (status = 429, description = "rate_limited: card steps per institution code", body = ApiError),
+        (status = 429, description = "rate_limited: verified card proofs refused for this institution code", body = ApiError),
     ),
     security(("bearer" = []))
 )]
@@ -479,15 +485,17 @@ pub(super) async fn card(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CardProof>,
 ) -> Response {
-    let code = body.institution_code.clone().unwrap_or_default();
-    if !code.trim().is_empty() {
-        let key = format!("code:{}", code.trim().to_ascii_uppercase());
-        if !state
-            .limiter()
-            .hit(&key, state.config().limits.card_steps_per_code, state.now())
-        {
-            return rate_limited();
-        }
+    // Junk (another session's flow, none at all) ends here and is never counted against an
+    // agency.
+    let flow = match owned_flow(&state, &id, caller.id()).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let per_code = state.config().limits.card_steps_per_code;
+    let code_key = crate::security::step_code(&flow, body.institution_code.as_deref())
+        .map(|c| LimitKey::code(Bucket::CardRefusal, &c));
+    if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, state.now())) {
+        return rate_limited();
     }
     let certificate = body
         .certificate
@@ -505,7 +513,15 @@ pub(super) async fn card(
         national_id: body.national_id,
         client: addr.map(|a| a.to_string()),
     };
-    let outcome = match state.svc().submit_card(input).await {
+    let attempt = state.svc().attempt_card(input).await;
+    if let Some(code) = &attempt.refused_code {
+        state.limiter().hit(
+            LimitKey::code(Bucket::CardRefusal, code),
+            per_code,
+            state.now(),
+        );
+    }
+    let outcome = match attempt.result {
         Ok(o) => o,
         Err(e) => return api(&e),
     };
@@ -524,11 +540,12 @@ pub(super) async fn card(
             let code = grant.code.as_str().to_string();
             caller.handle.update(|s| {
                 // A cookie session gets a fresh id at login like the pages; a bearer client
-                // keeps the token it holds.
-                if !s.bearer {
-                    s.rotate();
+                // keeps the token it holds. Either way the session holds this role only.
+                if s.bearer {
+                    s.login_in_place(Role::Admin(grant));
+                } else {
+                    s.login(Role::Admin(grant));
                 }
-                s.data_mut().admin = Some(grant);
             });
             CardOutcome::Admin { code }
         }
@@ -540,10 +557,11 @@ pub(super) async fn card(
                 functions: functions_view(&state, &grant.functions),
             };
             caller.handle.update(|s| {
-                if !s.bearer {
-                    s.rotate();
+                if s.bearer {
+                    s.login_in_place(Role::Operator(grant));
+                } else {
+                    s.login(Role::Operator(grant));
                 }
-                s.data_mut().operator = Some(grant);
             });
             view
         }
@@ -551,13 +569,12 @@ pub(super) async fn card(
             agency_name,
             org_name,
             org_identifier,
-            on_file,
             matches,
+            ..
         } => CardOutcome::OrgOid {
             agency_name,
             org_name,
             org_identifier: org_identifier.as_str().into(),
-            on_file: on_file.map(|o| o.as_str().to_string()),
             matches,
         },
         StepOutcome::CitizenSerial { name, serial } => CardOutcome::CitizenSerial {

@@ -238,11 +238,6 @@ fn query_rejection(r: &QueryRejection) -> Response {
     )
 }
 
-/// The client's address as the rate limits and audit events key it.
-pub(crate) fn client_key(addr: Option<std::net::IpAddr>) -> String {
-    addr.map(|a| a.to_string()).unwrap_or_default()
-}
-
 /// `Path` whose refusals (bad percent-encoding) are `bad_request`.
 pub(crate) struct ApiPath<T>(pub T);
 

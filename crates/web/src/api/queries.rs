@@ -1,7 +1,7 @@
 //! R4.1 查詢憑證註冊收件紀錄 for API clients: no card needed, so nothing personal in the answer
 //! and a rate limit per client address.
 
-use super::{ApiPath, Caller, client_key, rate_limited, rfc3339};
+use super::{ApiPath, Caller, rate_limited, rfc3339};
 use crate::AppState;
 use crate::error::{ApiError, api};
 use crate::security::ClientAddr;
@@ -52,9 +52,8 @@ pub(super) async fn receipts(
     ClientAddr(addr): ClientAddr,
     ApiPath(code): ApiPath<String>,
 ) -> Response {
-    let key = format!("receipts:{}", client_key(addr));
     if !state.limiter().hit(
-        &key,
+        crate::security::LimitKey::client(crate::security::Bucket::Receipts, addr),
         state.config().limits.receipt_queries_per_client,
         state.now(),
     ) {

@@ -5,6 +5,7 @@ use super::flows::{FunctionView, functions_view};
 use super::{AnyCaller, Caller};
 use crate::AppState;
 use crate::error::{ApiError, api};
+use crate::security::{Bucket, ClientAddr, LimitKey};
 use crate::session::{SessionData, SessionHandle};
 use axum::Json;
 use axum::extract::State;
@@ -47,17 +48,30 @@ pub struct SessionView {
     post, path = "/api/v1/sessions", operation_id = "create_session", tag = "sessions",
     responses(
         (status = 201, description = "A new, unauthenticated API session; its card flows (admin_login, operator_login) give it rights", body = SessionToken),
+        (status = 429, description = "rate_limited: sessions made per client address", body = ApiError),
     )
 )]
-pub(super) async fn create(State(state): State<AppState>, handle: SessionHandle) -> Response {
+pub(super) async fn create(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    handle: SessionHandle,
+) -> Response {
     let now = state.now();
+    let key = LimitKey::client(Bucket::Start, addr);
+    if !state
+        .limiter()
+        .hit(key, state.config().limits.sessions_per_client, now)
+    {
+        return super::rate_limited();
+    }
     let fresh = handle.get();
     let token = if fresh.is_new() {
         // The session layer started one for this request: hand it out as a bearer session (no
         // cookie is set for it).
         handle.update(|s| {
             s.bearer = true;
-            s.id.clone()
+            s.data_mut();
+            s.token().to_string()
         })
     } else {
         // The caller already has a session (cookie or bearer): the new one is separate and
@@ -66,19 +80,21 @@ pub(super) async fn create(State(state): State<AppState>, handle: SessionHandle)
             csrf: crate::security::random_token(),
             ..Default::default()
         };
+        let token = crate::security::random_token();
         let record = store::SessionRecord {
-            id: crate::security::random_token(),
+            id: store::session_key(&token),
             kind: "anonymous".into(),
             code: None,
             data: serde_json::to_string(&data).unwrap_or_default(),
             created_at: now,
             touched_at: now,
             expires_at: now + crate::session::IDLE,
+            version: 1,
         };
-        if let Err(e) = state.db().session_put(&record).await {
+        if let Err(e) = state.db().session_insert(&record).await {
             return api(&domain::DomainError::Storage(e.to_string()));
         }
-        record.id
+        token
     };
     (
         StatusCode::CREATED,

@@ -187,6 +187,9 @@ struct FormValues {
     functions: Vec<String>,
     version: String,
     csrf: String,
+    /// 修改: the national ID on file, masked as the list shows it; the field itself starts
+    /// empty and an empty field keeps the ID on file.
+    national_id_on_file: Option<String>,
 }
 
 impl FormValues {
@@ -211,7 +214,7 @@ impl FormValues {
         FormValues {
             serial: o.serial.as_str().to_string(),
             name: o.name.as_str().to_string(),
-            national_id: o.national_id.as_str().to_string(),
+            national_id_on_file: Some(o.national_id.masked()),
             functions: o.functions.clone(),
             version: o.version.to_string(),
             ..Default::default()
@@ -422,15 +425,22 @@ async fn modify(
     }
     // Looked up before the input is judged, so another agency's id gets the same 404 whatever
     // was posted.
-    if let Err(e) = state.svc().operator(&g, id).await {
-        return refused(&state, &session, &e);
+    let on_file = match state.svc().operator(&g, id).await {
+        Ok(o) => o,
+        Err(e) => return refused(&state, &session, &e),
+    };
+    let mut values = values;
+    values.national_id_on_file = Some(on_file.national_id.masked());
+    let mut form = values.form();
+    if form.national_id.trim().is_empty() {
+        form.national_id = on_file.national_id.as_str().to_string();
     }
     // A version that is not a number was not read from any record: treat it as stale.
     let version = values.version.trim().parse::<i64>().unwrap_or(-1);
     let client = addr.map(|a| a.to_string());
     match state
         .svc()
-        .modify_operator(&g, id, version, &values.form(), client.as_deref())
+        .modify_operator(&g, id, version, &form, client.as_deref())
         .await
     {
         Ok(()) => {

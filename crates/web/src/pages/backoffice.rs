@@ -255,16 +255,13 @@ async fn audit(
     state.svc().store().append_audit(&event).await
 }
 
-/// GET /backoffice/login: starts 本部審核人員登入 (its card step is the usual card step page).
-async fn login(State(state): State<AppState>, session: SessionHandle) -> Response {
-    let s = session.get();
-    if s.data.reviewer.is_some() {
+/// GET /backoffice/login: 本部審核人員登入 starts at its flow's door like every flow (its card
+/// step is the usual card step page); reading it stores nothing.
+async fn login(session: SessionHandle) -> Response {
+    if session.get().data.reviewer.is_some() {
         return Redirect::to(QUEUE).into_response();
     }
-    match state.svc().start_flow(FlowKind::ReviewerLogin, &s.id).await {
-        Ok(flow) => Redirect::to(&format!("/flows/{}", flow.id)).into_response(),
-        Err(e) => error::domain_page(&state, &e),
-    }
+    Redirect::to(&format!("/flows/new/{}", FlowKind::ReviewerLogin.as_str())).into_response()
 }
 
 #[derive(Deserialize)]

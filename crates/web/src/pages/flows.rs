@@ -7,8 +7,8 @@ use super::{CsrfForm, check_form, too_many};
 use crate::AppState;
 use crate::error;
 use crate::render::{Layout, render};
-use crate::security::ClientAddr;
-use crate::session::SessionHandle;
+use crate::security::{Bucket, ClientAddr, LimitKey};
+use crate::session::{Role, SessionHandle};
 use askama::Template;
 use axum::Json;
 use axum::Router;
@@ -269,23 +269,77 @@ async fn posted_flow(
     owned_flow(state, id, &session.id).await
 }
 
-/// GET /flows/new/{kind}: starts a flow and shows its first step.
-async fn start(
+fn no_such_function(state: &AppState) -> Response {
+    error::page(
+        state,
+        StatusCode::NOT_FOUND,
+        "查無此功能",
+        "查無此功能".into(),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "flow_start.html")]
+struct StartPage {
+    layout: Layout,
+    kind: &'static str,
+    title: &'static str,
+}
+
+/// GET /flows/new/{kind}: the flow's door; reading it stores nothing.
+async fn start_page(
     State(state): State<AppState>,
     session: SessionHandle,
     Path(kind): Path<String>,
 ) -> Response {
     let Some(kind) = FlowKind::parse(&kind) else {
-        return error::page(
-            &state,
-            StatusCode::NOT_FOUND,
-            "查無此功能",
-            "查無此功能".into(),
-        );
+        return no_such_function(&state);
     };
-    let sid = session.get().id;
-    match state.svc().start_flow(kind, &sid).await {
-        Ok(flow) => Redirect::to(&format!("/flows/{}", flow.id)).into_response(),
+    render(&StartPage {
+        layout: flow_layout(&state, &session.get(), kind),
+        kind: kind.as_str(),
+        title: kind_title(kind),
+    })
+}
+
+/// POST /flows/new/{kind}: starts a flow (the session is stored from here on) and shows its
+/// first step. Starts count per client address, and a session holds a bounded number of flows.
+async fn start(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    ClientAddr(addr): ClientAddr,
+    method: Method,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(kind) = FlowKind::parse(&kind) else {
+        return no_such_function(&state);
+    };
+    let s = session.get();
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
+    }
+    let limits = state.config().limits;
+    if !state.limiter().hit(
+        LimitKey::client(Bucket::Start, addr),
+        limits.sessions_per_client,
+        state.now(),
+    ) {
+        return too_many(&state);
+    }
+    match state
+        .svc()
+        .start_flow_capped(kind, &s.id, limits.flows_per_session)
+        .await
+    {
+        Ok(flow) => {
+            // The flow names this session: it must be on file from now on.
+            session.update(|s| {
+                s.data_mut();
+            });
+            Redirect::to(&format!("/flows/{}", flow.id)).into_response()
+        }
         Err(e) => error::domain_page(&state, &e),
     }
 }
@@ -491,9 +545,8 @@ async fn challenge(
             "頁面已逾時或來源不符，請重新整理頁面後再操作",
         );
     }
-    let key = format!("card:{}", addr.map(|a| a.to_string()).unwrap_or_default());
     if !state.limiter().hit(
-        &key,
+        LimitKey::client(Bucket::CardStep, addr),
         state.config().limits.card_steps_per_client,
         state.now(),
     ) {
@@ -542,17 +595,14 @@ async fn card(
     };
     let now = state.now();
     let client = addr.map(|a| a.to_string());
-    if !form.institution_code.trim().is_empty() {
-        let key = format!("code:{}", form.institution_code.trim().to_ascii_uppercase());
-        if !state
-            .limiter()
-            .hit(&key, state.config().limits.card_steps_per_code, now)
-        {
-            state
-                .metrics()
-                .card_step(flow.kind.as_str(), flow.step.as_str(), "rate_limited");
-            return too_many(&state);
-        }
+    let per_code = state.config().limits.card_steps_per_code;
+    let code_key = crate::security::step_code(&flow, Some(&form.institution_code))
+        .map(|c| LimitKey::code(Bucket::CardRefusal, &c));
+    if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, now)) {
+        state
+            .metrics()
+            .card_step(flow.kind.as_str(), flow.step.as_str(), "rate_limited");
+        return too_many(&state);
     }
     let input = CardStepInput {
         flow_id: id.clone(),
@@ -565,7 +615,13 @@ async fn card(
         national_id: Some(form.national_id.clone()),
         client: client.clone(),
     };
-    let result = state.svc().submit_card(input).await;
+    let attempt = state.svc().attempt_card(input).await;
+    if let Some(code) = &attempt.refused_code {
+        state
+            .limiter()
+            .hit(LimitKey::code(Bucket::CardRefusal, code), per_code, now);
+    }
+    let result = attempt.result;
     let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
     let (kind, step) = (flow.kind.as_str(), flow.step.as_str());
     state.metrics().card_step(kind, step, outcome);
@@ -574,31 +630,20 @@ async fn card(
             Redirect::to(&format!("/flows/{id}")).into_response()
         }
         Ok(StepOutcome::Admin(grant)) => {
-            session.update(|s| {
-                s.rotate();
-                s.data_mut().admin = Some(grant);
-            });
+            session.update(|s| s.login(Role::Admin(grant)));
             Redirect::to("/admin/operators").into_response()
         }
         Ok(StepOutcome::Operator(grant)) => {
-            session.update(|s| {
-                s.rotate();
-                s.data_mut().operator = Some(grant);
-            });
+            session.update(|s| s.login(Role::Operator(grant)));
             Redirect::to("/operator").into_response()
         }
         Ok(StepOutcome::Reviewer(r)) => {
             session.update(|s| {
-                s.rotate();
-                let data = s.data_mut();
-                // One role per session: a reviewer holds no agency grant.
-                data.admin = None;
-                data.operator = None;
-                data.reviewer = Some(crate::session::ReviewerSession {
+                s.login(Role::Reviewer(crate::session::ReviewerSession {
                     id: r.id,
                     name: r.name,
                     section: r.section,
-                });
+                }))
             });
             Redirect::to("/backoffice/reviews").into_response()
         }
@@ -606,14 +651,13 @@ async fn card(
             agency_name,
             org_name,
             org_identifier,
-            on_file,
             matches,
+            ..
         }) => {
             session.update(|s| {
-                s.data_mut().result = Some(json!({
+                s.data_mut().result = Some(json!({"flow_id": id,
                     "kind": "org_oid", "agency_name": agency_name, "org_name": org_name,
-                    "org_identifier": org_identifier.as_str(), "on_file": on_file.map(|o| o.as_str().to_string()),
-                    "matches": matches,
+                    "org_identifier": org_identifier.as_str(), "matches": matches,
                 }))
             });
             Redirect::to(&format!("/flows/{id}/result")).into_response()
@@ -621,7 +665,7 @@ async fn card(
         Ok(StepOutcome::CitizenSerial { name, serial }) => {
             session.update(|s| {
                 s.data_mut().result =
-                    Some(json!({"kind": "citizen_serial", "name": name, "serial": serial.as_str()}))
+                    Some(json!({"flow_id": id, "kind": "citizen_serial", "name": name, "serial": serial.as_str()}))
             });
             Redirect::to(&format!("/flows/{id}/result")).into_response()
         }
@@ -692,7 +736,7 @@ async fn review(
         Ok((application, section)) => {
             let contacts = &state.svc().config().contacts;
             session.update(|s| {
-                s.data_mut().result = Some(json!({
+                s.data_mut().result = Some(json!({"flow_id": id,
                     "kind": "review", "flow": flow.kind.as_str(), "application": application.id,
                     "switchboard": contacts.switchboard,
                     "section": section.as_ref().map(|c| c.section.label_zh()),
@@ -775,7 +819,7 @@ async fn confirm(
                 {
                     s.drop_admin();
                 }
-                s.data_mut().result = Some(json!({
+                s.data_mut().result = Some(json!({"flow_id": id,
                     "kind": "registration", "flow": flow.kind.as_str(), "code": reg.code.as_str(),
                     "org_name": reg.org.org_name, "admin_name": reg.admin.name.as_str(),
                 }))
@@ -839,7 +883,13 @@ async fn result(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let Some(r) = s.data.result.clone() else {
+    // The result kept in the session is shown only on its own flow's page.
+    let Some(r) = s
+        .data
+        .result
+        .clone()
+        .filter(|r| r.get("flow_id").and_then(|f| f.as_str()) == Some(id.as_str()))
+    else {
         return Redirect::to(&format!("/flows/{id}")).into_response();
     };
     let text = |k: &str| {
@@ -936,7 +986,7 @@ async fn result(
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/flows/new/{kind}", get(start))
+        .route("/flows/new/{kind}", get(start_page).post(start))
         .route("/flows/{id}", get(show))
         .route("/flows/{id}/terms", post(agree))
         .route("/flows/{id}/challenge", post(challenge))

@@ -82,7 +82,18 @@ async fn token(
     if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
         return r;
     }
-    match crate::token::mint(&state, &session).await {
+    let audience = match crate::token::allowed_audience(&state, None) {
+        Ok(a) => a,
+        Err(_) => {
+            return error::page(
+                &state,
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "無法取得權杖",
+                "尚未設定可使用權杖的其他系統，請洽系統管理者".into(),
+            );
+        }
+    };
+    match crate::token::mint(&state, &session, &audience).await {
         Ok(Some(issued)) => {
             let mut r = render(&OperatorToken {
                 layout: state.layout_for(&session.get()),

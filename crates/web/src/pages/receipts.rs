@@ -69,12 +69,8 @@ async fn receipts(
         });
     };
     // Every answered query counts, found or not: probing codes costs the same as reading.
-    let key = format!(
-        "receipts:{}",
-        addr.map(|a| a.to_string()).unwrap_or_default()
-    );
     if !state.limiter().hit(
-        &key,
+        crate::security::LimitKey::client(crate::security::Bucket::Receipts, addr),
         state.config().limits.receipt_queries_per_client,
         state.now(),
     ) {

@@ -328,9 +328,18 @@ async fn r2_5_modify_and_a_stale_version_is_refused() {
         html.contains("修改授權經辦人") && html.contains("圖3-18"),
         "{html}"
     );
-    for label in ["憑證序號", "姓名", "身分證統一編號", "功能選單"] {
+    for label in ["憑證序號", "姓名", "功能選單"] {
         assert!(html.contains(&format!("{label} <span class=\"req\">(必填)</span>")));
     }
+    // The national ID on file is shown masked as the list shows it, never in full; an empty
+    // field keeps it.
+    let on_file = id_of("moica-operator-1");
+    assert!(!html.contains(&on_file), "{html}");
+    assert!(
+        html.contains(&format!("目前為 {}", &on_file[..3])),
+        "{html}"
+    );
+    assert!(html.contains("身分證統一編號 <span class=\"note\">(不變更請留空)</span>"));
     assert!(html.contains(&format!("name=\"version\" value=\"{}\"", op.version)));
     assert!(html.contains("name=\"functions\" value=\"enroll\" checked"));
     assert!(html.contains(&format!("action=\"/admin/operators/{}\"", op.id)));
@@ -519,7 +528,10 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
     assert_eq!(status, StatusCode::OK);
     let record = app
         .db
-        .session_get(first.trim_start_matches("certreg_session="), NOW)
+        .session_get(
+            &store::session_key(first.trim_start_matches("certreg_session=")),
+            NOW,
+        )
         .await
         .unwrap()
         .expect("the administrator's session");
@@ -554,8 +566,17 @@ async fn r3_4_a_replacement_ends_the_admin_session() {
     assert!(html.contains(ENDED));
 
     // A request of the first browser that was in flight saves its session after the
-    // replacement: the services refuse the stale grant, and the session drops it.
-    app.db.session_put(&record).await.unwrap();
+    // replacement: it stays ended.
+    assert_eq!(
+        app.db.session_update(&record).await.unwrap(),
+        store::SessionSaved::Gone
+    );
+    let (status, _, html) = app.send(get_as("/admin/operators")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains(ENDED), "{html}");
+    // Were it written back anyway, the services refuse the stale grant and the session drops
+    // it.
+    app.db.session_insert(&record).await.unwrap();
     let (status, _, html) = app.send(get_as("/admin/operators")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains(ENDED), "{html}");

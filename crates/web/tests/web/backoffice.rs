@@ -35,7 +35,8 @@ async fn add_reviewer(app: &TestApp, section: Section) -> i64 {
 async fn reviewer_login(app: &mut TestApp, card: &str) -> (StatusCode, HeaderMap, String) {
     let (status, headers, _) = app.get("/backoffice/login").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let flow = location(&headers).trim_start_matches("/flows/").to_string();
+    assert_eq!(location(&headers), "/flows/new/reviewer_login");
+    let flow = app.start("reviewer_login").await;
     let (status, _, html) = app.get(&format!("/flows/{flow}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(

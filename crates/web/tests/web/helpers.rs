@@ -31,6 +31,8 @@ pub fn pki() -> &'static TestPki {
 
 pub struct TestApp {
     pub router: axum::Router,
+    /// The app's state, for routes a test adds behind the same layers.
+    pub state: AppState,
     pub clock: Arc<FixedClock>,
     pub db: store::Db,
     /// The database's URL and keys, for a second instance on the same database.
@@ -115,7 +117,8 @@ impl TestApp {
             },
         );
         Self {
-            router: web::app(state),
+            router: web::app(state.clone()),
+            state,
             clock,
             db,
             db_url: url,
@@ -207,10 +210,12 @@ impl TestApp {
         html[start..start + 64].to_string()
     }
 
-    /// Starts a flow; returns its id.
+    /// Starts a flow as the page does (its door, then 開始); returns its id.
     pub async fn start(&mut self, kind: &str) -> String {
-        let (status, headers, _) = self.get(&format!("/flows/new/{kind}")).await;
-        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (status, _, html) = self.get(&format!("/flows/new/{kind}")).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        let (status, headers, body) = self.post_form(&format!("/flows/new/{kind}"), &[]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
         let loc = headers[header::LOCATION].to_str().unwrap();
         loc.trim_start_matches("/flows/").to_string()
     }

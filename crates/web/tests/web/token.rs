@@ -73,6 +73,7 @@ fn verify_independently(jwks: &JwkSet, token: &str, now: time::OffsetDateTime) -
     let key = DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_issuer(&[ORIGIN]);
+    validation.set_audience(&[web::DEFAULT_AUDIENCE]);
     validation.validate_exp = false;
     let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
         .unwrap()
@@ -102,6 +103,7 @@ async fn token_verifies_with_the_published_keys_and_carries_the_grant() {
         let claims = verify_independently(&jwks, &token, now);
         let serial = pki().card("moica-operator-1").issued.serial_hex();
         assert_eq!(claims["iss"], ORIGIN);
+        assert_eq!(claims["aud"], web::DEFAULT_AUDIENCE);
         assert_eq!(claims["sub"], format!("operator:{serial}"));
         assert_eq!(claims["code"], TAIPEI);
         assert_eq!(claims["serial"], serial);
@@ -357,10 +359,9 @@ async fn a_token_is_refused_after_the_operators_certificate_is_revoked() {
         ))
         .unwrap();
         api.app.validator.replace_crls(crls);
-        let ended =
-            web::session::end_revoked_operator_sessions(&api.app.db, &api.app.validator, NOW)
-                .await
-                .unwrap();
+        let ended = web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
+            .await
+            .unwrap();
         assert_eq!(ended, 1);
 
         // The token's session is gone: introspection says inactive, and no new token is issued.
