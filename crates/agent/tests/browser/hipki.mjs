@@ -2,8 +2,8 @@
 // hipki.html — written the way pages for the real HiPKI local server are — in Debian's headless
 // Chromium against certreg's agent: the /p11Image.bmp check, reading the certificate by popup
 // with the subject split on ",", signing a certreg challenge by popup and by an IE-style form
-// POST, a wrong PIN, a locked card, a refused relay (another trusted site's challenge) and a
-// window that is not the popup's opener. Prints ONE JSON line ({checks, signatures, elapsedMs});
+// POST, a wrong PIN, a locked card, a refused relay (another trusted site's challenge), a base64
+// TBS with a non-ASCII space inside and a window that is not the popup's opener. Prints ONE JSON line ({checks, signatures, elapsedMs});
 // exits 1 when a check failed, 2 when it could not run. Logs go to stderr.
 
 import { chromium } from 'playwright-core';
@@ -125,6 +125,18 @@ const plan = [
     expect(r.shown.includes('0x76000C03') && r.shown.includes('其他網站') && r.shown.includes('次原因:'), r.shown);
     const shown = await page.textContent('#result');
     expect(shown === r.shown, `the page shows ${shown}`);
+    return r.shown;
+  }],
+  ['a base64 TBS with U+0085 inside is refused by popup and agent alike, never signed', SITE, async (page) => {
+    // The right PIN: had either side taken U+0085 for whitespace, the card would have signed.
+    const r = await page.evaluate(([t, p, s]) => {
+      const b64 = btoa(t);
+      const odd = `${b64.slice(0, 8)}\u0085${b64.slice(8)}`;
+      const data = makePackage('MakeSignature', odd, p, { slotDescription: s, tbsEncoding: 'base64' });
+      return hipkiPopup(data).then((ret) => ({ ret, shown: showResult(ret) }));
+    }, [CASES.tbs['hipki-b64'], org.pin, org.reader]);
+    expect(r.ret.ret_code === 0x76600002, JSON.stringify(r.ret));
+    expect(!r.ret.signature, 'a signature came back');
     return r.shown;
   }],
   ['a refused relay by form POST: the same code', SITE, async (page) => {

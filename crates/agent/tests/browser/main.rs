@@ -196,6 +196,8 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         AgentConfig {
             port: 0,
             allowed_origins: vec![site.clone(), other.clone()],
+            // Wrong PINs back to back (the count-down to the lock); the wait has its own tests.
+            wrong_pin_delay: Duration::ZERO,
             ..AgentConfig::default()
         },
         cards.clone(),
@@ -216,6 +218,7 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         "foreign",
         "blocked-late",
         "blocked-early",
+        "relay-swap",
     ];
     let mut challenges: BTreeMap<&str, Challenge> = keys
         .iter()
@@ -281,7 +284,7 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         failed.join("\n")
     );
     // Every check of run.mjs ran (a check that silently disappeared would pass otherwise).
-    assert_eq!(checks.len(), 30, "checks: {checks:#?}");
+    assert_eq!(checks.len(), 31, "checks: {checks:#?}");
 
     // The signatures the browser got verify as certreg proofs of the right cards.
     let signatures = report["signatures"].as_array().expect("signatures");
@@ -329,7 +332,8 @@ fn card_client_in_headless_chromium_direct_and_popup() {
     let locked = state.iter().find(|c| c.name == "moica-operator-1").unwrap();
     assert!(locked.locked, "{locked:?}");
     let org = state.iter().find(|c| c.name == "gca-agency").unwrap();
-    // Also proves the popup never acted on the wrong PIN a foreign page posted to it.
+    // The last PIN on it was right (that the foreign page's wrong PIN and the swapped challenge
+    // never reached it, run.mjs checks right after each).
     assert_eq!(org.wrong_pins, 0, "a right PIN resets the counter");
 
     eprintln!(
@@ -361,7 +365,7 @@ fn subject_case(name: &str) -> (String, Value) {
 /// A page of this project's own written in the style of pages for the real HiPKI local server
 /// (`hipki.html`, `hipki.js`): percent-encoded package, popup bridge, `/p11Image.bmp` check,
 /// subjectDN split — read, sign a certreg challenge (popup and form POST), wrong PIN, lock,
-/// refused relay, a window that is not the popup's opener.
+/// refused relay, a base64 TBS with U+0085 inside, a window that is not the popup's opener.
 #[test]
 fn a_page_written_for_hipki_uses_the_agent() {
     let chromium = require_tools();
@@ -377,6 +381,8 @@ fn a_page_written_for_hipki_uses_the_agent() {
         AgentConfig {
             port: 0,
             allowed_origins: vec![site.clone(), other.clone()],
+            // Wrong PINs back to back (the count-down to the lock); the wait has its own tests.
+            wrong_pin_delay: Duration::ZERO,
             ..AgentConfig::default()
         },
         cards.clone(),
@@ -390,6 +396,7 @@ fn a_page_written_for_hipki_uses_the_agent() {
         "hipki-wrong",
         "hipki-lock",
         "hipki-unused",
+        "hipki-b64",
     ] {
         challenges.insert(
             k,
@@ -441,7 +448,7 @@ fn a_page_written_for_hipki_uses_the_agent() {
         "HiPKI-style page checks failed (exit {code:?}):\n{}",
         failed.join("\n")
     );
-    assert_eq!(checks.len(), 10, "checks: {checks:#?}");
+    assert_eq!(checks.len(), 11, "checks: {checks:#?}");
 
     let signatures = report["signatures"].as_array().expect("signatures");
     assert_eq!(signatures.len(), 2, "{signatures:#?}");
@@ -462,8 +469,9 @@ fn a_page_written_for_hipki_uses_the_agent() {
     }
     let state = cards.cards().unwrap();
     let org = state.iter().find(|c| c.name == "gca-agency").unwrap();
-    // One wrong PIN by popup, then none: the refused relays and the window that was not the
-    // opener never reached the card.
+    // One wrong PIN by popup, then none: the refused relays, the refused base64 TBS (sent with
+    // the right PIN, which would have reset the counter) and the window that was not the opener
+    // never reached the card.
     assert_eq!(org.wrong_pins, 1, "{org:?}");
     assert!(
         state

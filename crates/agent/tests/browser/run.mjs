@@ -71,6 +71,13 @@ function expectError(result, code, { zhIncludes, triesLeft } = {}) {
   return e;
 }
 
+/** A card's tries left as the agent reports them, asked from node (no page, no PIN). */
+async function triesLeftOf(card) {
+  const info = await (await fetch(`${AGENT}/pkcs11info`, { cache: 'no-store' })).json();
+  const slot = (info.slots || []).find((s) => s.slotDescription === card.reader);
+  return slot && slot.token ? slot.token.triesLeft : undefined;
+}
+
 function expectOk(result) {
   expect(result.ok, `failed: ${JSON.stringify(result.error)}`);
   return result.value;
@@ -157,11 +164,26 @@ function modeChecks(mode) {
     return e.messageZh;
   });
 
-  check_(`${mode}: sign PKCS7 (organization card, nonce, card number)`, SITE, async (page) => {
+  check_(`${mode}: sign PKCS7 (organization card, nonce, card number)`, SITE, async (page, context) => {
+    // The agent's /sign as the browser sent it: from the page (direct) or from the popup, which
+    // names the page that posted to it in the relay header.
+    const sent = [];
+    context.on('request', (req) => {
+      if (req.method() === 'POST' && req.url() === `${AGENT}/sign`) {
+        sent.push({ relay: req.headers()['x-certreg-relay-origin'], from: req.frame().page() === page ? 'page' : 'popup' });
+      }
+    });
     const r = await call(page, 'sign', CASES.tbs[`${mode}-pkcs7`], org.pin, {
       ...m, ...NORMAL, signatureType: 'PKCS7', slotDescription: org.reader, withCardSN: true, nonce: CASES.nonce,
     });
     const v = expectOk(r);
+    expect(sent.length === 1, `requests to /sign: ${JSON.stringify(sent)}`);
+    if (mode === 'popup') {
+      const opener = await page.evaluate(() => window.location.origin);
+      expect(sent[0].from === 'popup' && sent[0].relay === opener, `relay header ${JSON.stringify(sent[0])}, opener ${opener}`);
+    } else {
+      expect(sent[0].from === 'page' && sent[0].relay === undefined, `direct request ${JSON.stringify(sent[0])}`);
+    }
     expect(v.cardSN === org.cardNumber, `cardSN ${v.cardSN}`);
     expect(v.certb64 === org.certb64, 'certb64 is not the card certificate');
     signatures.push({ key: `${mode}-pkcs7`, card: org.name, type: 'PKCS7', ...v });
@@ -231,7 +253,37 @@ function modeChecks(mode) {
       expect(answered === null, `the popup answered a foreign origin: ${answered}`);
       const status = await popup.textContent('#status');
       expect(status.includes('等待網頁的請求'), `popup status: ${status}`);
-      return `no answer in 2 s; popup still says ${status}`;
+      // Nothing reached the card: its counter is where the previous right PIN left it.
+      const tries = await triesLeftOf(org);
+      expect(tries === 3, `triesLeft ${tries} after the foreign page's wrong PIN`);
+      return `no answer in 2 s; popup still says ${status}; triesLeft ${tries}`;
+    });
+    check_('popup: a challenge swapped after the popup\'s own check is refused by the agent itself', SITE, async (page, context) => {
+      // The popup checks the challenge's origin itself before it asks the agent; this swaps in
+      // another trusted site's challenge on the way from the popup to the agent, so that the
+      // agent's own comparison with the relay header is what refuses it.
+      const before = await triesLeftOf(org);
+      const seen = [];
+      await context.route(`${AGENT}/sign`, async (route) => {
+        const req = route.request();
+        const body = JSON.parse(req.postData());
+        body.tbs = encodeURIComponent(CASES.tbs.other);
+        const response = await route.fetch({ postData: JSON.stringify(body) });
+        const answer = await response.json();
+        seen.push({ relay: req.headers()['x-certreg-relay-origin'], retCode: answer.ret_code });
+        await route.fulfill({ response });
+      });
+      const e = expectError(
+        await call(page, 'sign', CASES.tbs['relay-swap'], org.wrongPin, { ...m, ...NORMAL, slotDescription: org.reader }),
+        'origin_mismatch',
+        { zhIncludes: '其他網站' },
+      );
+      expect(seen.length === 1, `requests to the agent's /sign: ${JSON.stringify(seen)}`);
+      expect(seen[0].relay === new URL(SITE).origin, `relay header ${seen[0].relay}`);
+      expect(seen[0].retCode === 0x76000c03 && e.retCode === 0x76000c03, `agent ${seen[0].retCode}, page ${e.retCode}`);
+      const after = await triesLeftOf(org);
+      expect(before === 3 && after === before, `triesLeft ${before} → ${after}`);
+      return `${e.messageZh} (the agent's answer; triesLeft ${after})`;
     });
   }
 
