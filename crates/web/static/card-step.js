@@ -134,7 +134,7 @@ if (form) {
       busy = false;
       button.disabled = false;
       say('');
-      if (e instanceof CardError && ['wrong_pin', 'pin_length', 'no_pin'].includes(e.code)) {
+      if (e instanceof CardError && ['wrong_pin', 'pin_wait', 'pin_length', 'no_pin'].includes(e.code)) {
         pinSays(e.messageZh);
       } else {
         say(e instanceof CardError ? e.messageZh : e.message);

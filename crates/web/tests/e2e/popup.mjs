@@ -96,6 +96,8 @@ try {
     });
     await page.goto(`${WEB}/`);
     await page.getByRole('navigation', { name: '功能列' }).getByRole('link', { name: '首次註冊', exact: true }).click();
+    // The flow's door page: 開始 posts the form that starts the flow.
+    await page.getByRole('button', { name: '開始', exact: true }).click();
     await page.getByRole('button', { name: '同意條款內容' }).click();
     await page.locator('main h1', { hasText: '首次註冊－機關憑證確認' }).waitFor({ timeout: TIMEOUT });
     const pin = page.locator('#pin');

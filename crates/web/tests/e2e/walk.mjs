@@ -83,6 +83,16 @@ async function onPage(page, title, figure) {
 async function menu(page, item) {
   const nav = page.getByRole('navigation', { name: '功能列' });
   await nav.getByRole('link', { name: item, exact: true }).click();
+  await start(page);
+}
+
+/** A flow's door page (reading it stores nothing): 開始 posts the form that starts the flow. */
+async function start(page) {
+  await page.waitForLoadState('load');
+  if (/\/flows\/new\//.test(new URL(page.url()).pathname)) {
+    await page.getByRole('button', { name: '開始', exact: true }).click();
+    await page.waitForLoadState('load');
+  }
 }
 
 /** Types into the field labelled `label` with the keyboard, replacing what was there. */
@@ -445,8 +455,20 @@ const PLAN = [
     expect(msg.includes('PIN 碼錯誤') && msg.includes('尚可再試 2 次'), `PIN message: ${msg}`);
     expect((await page.locator('#pin').getAttribute('aria-invalid')) === 'true', 'the PIN field is not marked invalid');
     expect((await h1(page).textContent()).trim() === title, 'the page moved on');
-    // Then the right PIN goes through (and the agent's counter starts over).
+    // The agent takes no PIN for this card for a moment after a wrong one: a retry at once is
+    // refused without touching the card, and the page says to wait.
     const pin = page.locator('#pin');
+    await pin.fill('');
+    await pin.click();
+    await page.keyboard.type(card.pin);
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(
+      () => (document.querySelector('#pin-error')?.textContent || '').includes('稍候'),
+      null, { timeout: TIMEOUT });
+    expect((await h1(page).textContent()).trim() === title, 'the page moved on during the wait');
+    await page.waitForTimeout(2500);
+    // Then the right PIN goes through (and the agent's counter starts over).
+    await pin.fill('');
     await pin.click();
     await page.keyboard.type(card.pin);
     const navigated = page.waitForEvent('framenavigated', { timeout: TIMEOUT });
@@ -458,6 +480,7 @@ const PLAN = [
   ['8 reviewer: 本部審核人員登入, the queue, 核准 with a note → 已核准，生效日', async () => elsewhere('8 reviewer', async (page) => {
     const reviewer = C['moica-reviewer'];
     await page.goto(`${WEB}/backoffice/login`);
+    await start(page);
     await cardStep(page, { title: '本部審核人員登入', card: reviewer, next: '待審核申請（承保第一科）' });
     const who = await text(page, 'body');
     expect(who.includes(`審核人員 ${reviewer.holder}（承保第一科）`), `the reviewer is not named: ${who}`);
