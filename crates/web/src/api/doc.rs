@@ -33,11 +33,13 @@ Domain: `invalid_input` 422, `unknown_agency` 404, `already_registered` 409, `no
 `admin_card_changed` 409, `not_administrator` 403, `id_mismatch` 422, `same_certificate` 422, \
 `duplicate_operator` 409, `operator_not_found` 404, `conflict` 409, `not_operator` 403, \
 `flow_expired` 410, `flow_not_found` 404, `wrong_step` 409, \
-`already_confirmed` 409, `challenge_used` 410, `challenge_expired` 410. \
+`already_confirmed` 409, `registration_changed` 409 (the registration changed after the card \
+steps were checked; start again), `challenge_used` 410, `challenge_expired` 410. \
 Certificate and proof checks (422): `cert_malformed`, `input_too_large`, `cert_untrusted`, \
 `cert_expired`, `cert_not_yet_valid`, `cert_revoked`, `revocation_stale`, `revocation_unknown`, \
 `revocation_invalid`, `ocsp_unavailable`, `wrong_role`, `key_usage`, `missing_attribute`, \
-`unsupported_algorithm`, `sha1_refused`, `signature_invalid`, `proof_malformed`, \
+`unsupported_algorithm`, `sha1_refused`, `signature_invalid`, `signature_over_signer_id`, \
+`proof_malformed`, \
 `challenge_mismatch`, `challenge_expired`, `invalid_identifier`.";
 
 #[derive(OpenApi)]
