@@ -178,6 +178,22 @@ fn demo_serves_the_site_and_the_agent_and_stops_on_sigterm() {
     );
 }
 
+/// Writes `csv` to `file` and imports it with `certreg calendar import` into `database_url`.
+fn import_calendar(file: &Path, csv: &str, database_url: &str) {
+    std::fs::write(file, csv).unwrap();
+    let out = command()
+        .args(["calendar", "import"])
+        .arg(file)
+        .args(["--database", database_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn serve_with_a_config_file_on_sqlite_answers_healthz() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,18 +224,7 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
             year_csv.split_once("\r\n").unwrap().1
         });
     }
-    std::fs::write(&calendar, csv).unwrap();
-    let out = command()
-        .args(["calendar", "import"])
-        .arg(&calendar)
-        .args(["--database", &database_url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_calendar(&calendar, &csv, &database_url);
     let config = dir.path().join("certreg.toml");
     let crls: Vec<String> = ["gca", "xca", "moeaca", "hca", "moica"]
         .iter()
@@ -262,14 +267,7 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
     );
 
     // An import by another process reaches the running server on SIGHUP.
-    std::fs::write(&calendar, crate::calendar_csv(2031)).unwrap();
-    let out = command()
-        .args(["calendar", "import"])
-        .arg(&calendar)
-        .args(["--database", &database_url])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    import_calendar(&calendar, &crate::calendar_csv(2031), &database_url);
     let hup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
