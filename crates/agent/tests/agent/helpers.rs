@@ -306,14 +306,32 @@ pub fn urlencode(s: &str) -> String {
 
 /// A fresh challenge for `step` of flow `f-1` on [`SITE`].
 pub fn challenge() -> Challenge {
-    Challenge::new(
-        "first_registration",
-        SITE,
-        "f-1",
-        "org_card",
-        OffsetDateTime::now_utc(),
+    challenge_on(SITE, "f-1", "org_card")
+}
+
+/// A fresh challenge for `step` of `flow` on `origin`, issued at [`now`]: the agent never reads a
+/// challenge's time, and [`verify_at_issue`] checks the proof at that same instant, so no test
+/// depends on how long it runs.
+pub fn challenge_on(origin: &str, flow: &str, step: &str) -> Challenge {
+    Challenge::new("first_registration", origin, flow, step, now()).unwrap()
+}
+
+/// `pki::proof::verify_proof` at the moment `challenge` was issued.
+pub fn verify_at_issue(
+    validator: &Validator,
+    challenge: &Challenge,
+    signature: &str,
+    beside: Option<&[u8]>,
+    role: pki::anchors::Role,
+) -> pki::error::Result<pki::proof::VerifiedProof> {
+    pki::proof::verify_proof(
+        validator,
+        challenge,
+        signature.as_bytes(),
+        beside,
+        role,
+        challenge.issued_at,
     )
-    .unwrap()
 }
 
 /// A `tbsPackage` for `tbs` with `pin`.

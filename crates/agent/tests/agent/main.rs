@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use testkit::openssl;
-use time::OffsetDateTime;
 
 fn code(v: &Value) -> (u64, u64) {
     (
@@ -41,13 +40,12 @@ fn verify(
     assert_eq!(code(answer), (0, 0), "{answer}");
     let cert = b64(answer["certb64"].as_str().unwrap());
     assert_eq!(cert, pki.card(card).issued.cert_der);
-    pki::proof::verify_proof(
+    verify_at_issue(
         &validator(pki),
         c,
-        answer["signature"].as_str().unwrap().as_bytes(),
+        answer["signature"].as_str().unwrap(),
         beside.then_some(&cert[..]),
         pki.card(card).role,
-        OffsetDateTime::now_utc(),
     )
     .unwrap_or_else(|e| panic!("proof of {card} does not verify: {e}"))
 }

@@ -10,7 +10,6 @@ use pki::challenge::Challenge;
 use pki::testpki::KeyAlg;
 use serde_json::Value;
 use std::sync::Arc;
-use time::OffsetDateTime;
 
 /// The second trusted site of a usual HiPKI install.
 const OTHER: &str = "https://other.example.gov.tw";
@@ -20,14 +19,7 @@ fn ret_of(v: &Value) -> u64 {
 }
 
 fn challenge_for(origin: &str) -> Challenge {
-    Challenge::new(
-        "first_registration",
-        origin,
-        "f-1",
-        "org_card",
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap()
+    challenge_on(origin, "f-1", "org_card")
 }
 
 fn agent_with(config: AgentConfig, dir: &std::path::Path) -> TestAgent {

@@ -22,7 +22,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 
 /// run.mjs gives up by itself after 120 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(180);
@@ -206,7 +205,6 @@ fn card_client_in_headless_chromium_direct_and_popup() {
     let agent_url = format!("http://{}", agent.addr);
 
     // A real certreg challenge per signature, bound to the site's origin as the server will.
-    let now = OffsetDateTime::now_utc();
     let keys = [
         "direct-pkcs7",
         "direct-pkcs1",
@@ -222,15 +220,9 @@ fn card_client_in_headless_chromium_direct_and_popup() {
     ];
     let mut challenges: BTreeMap<&str, Challenge> = keys
         .iter()
-        .map(|k| {
-            let c = Challenge::new("first_registration", &site, "f-browser", k, now).unwrap();
-            (*k, c)
-        })
+        .map(|k| (*k, challenge_on(&site, "f-browser", k)))
         .collect();
-    challenges.insert(
-        "other",
-        Challenge::new("first_registration", &other, "f-browser", "other", now).unwrap(),
-    );
+    challenges.insert("other", challenge_on(&other, "f-browser", "other"));
     let nonce = "browser-nonce-1";
     let cases = json!({
         "cards": {
@@ -296,13 +288,12 @@ fn card_client_in_headless_chromium_direct_and_popup() {
         let cert = b64(s["certb64"].as_str().unwrap());
         assert_eq!(cert, card.issued.cert_der, "{key}: certificate");
         let pkcs1 = s["type"] == "PKCS1";
-        let proof = pki::proof::verify_proof(
+        let proof = verify_at_issue(
             &validator,
             &challenges[key],
-            s["signature"].as_str().unwrap().as_bytes(),
+            s["signature"].as_str().unwrap(),
             pkcs1.then_some(&cert[..]),
             card.role,
-            OffsetDateTime::now_utc(),
         )
         .unwrap_or_else(|e| panic!("{key}: the browser's signature does not verify: {e}"));
         if pkcs1 {
@@ -388,26 +379,19 @@ fn a_page_written_for_hipki_uses_the_agent() {
         cards.clone(),
         Some(cards.clone()),
     );
-    let now = OffsetDateTime::now_utc();
-    let mut challenges: BTreeMap<&str, Challenge> = BTreeMap::new();
-    for k in [
+    let mut challenges: BTreeMap<&str, Challenge> = [
         "hipki-popup",
         "hipki-direct",
         "hipki-wrong",
         "hipki-lock",
         "hipki-unused",
         "hipki-b64",
-    ] {
-        challenges.insert(
-            k,
-            Challenge::new("first_registration", &site, "f-hipki", k, now).unwrap(),
-        );
-    }
+    ]
+    .into_iter()
+    .map(|k| (k, challenge_on(&site, "f-hipki", k)))
+    .collect();
     // The other trusted site's challenge, which a page of `site` must not get signed.
-    challenges.insert(
-        "hipki-other",
-        Challenge::new("first_registration", &other, "f-hipki", "other", now).unwrap(),
-    );
+    challenges.insert("hipki-other", challenge_on(&other, "f-hipki", "other"));
     let subjects: serde_json::Map<String, Value> =
         ["gca-agency", "moica-admin", "moica-operator-1"]
             .iter()
@@ -457,13 +441,12 @@ fn a_page_written_for_hipki_uses_the_agent() {
         let key = s["key"].as_str().unwrap();
         let card = pki().card(s["card"].as_str().unwrap());
         assert_eq!(b64(s["certb64"].as_str().unwrap()), card.issued.cert_der);
-        pki::proof::verify_proof(
+        verify_at_issue(
             &validator,
             &challenges[key],
-            s["signature"].as_str().unwrap().as_bytes(),
+            s["signature"].as_str().unwrap(),
             None,
             card.role,
-            OffsetDateTime::now_utc(),
         )
         .unwrap_or_else(|e| panic!("{key}: the page's signature does not verify: {e}"));
     }
