@@ -133,6 +133,23 @@ struct Servers {
     clock: Arc<ShiftedClock>,
 }
 
+/// A test PKI written to `dir` and the web service and agent started over it on a runtime of
+/// their own. The browser tests run on the real clock: the agent, like HiPKI's, checks a card's
+/// validity against the machine's clock, so the hierarchy is made around the real "now", and
+/// the service's clock starts there.
+fn pki_and_servers(dir: &Path) -> (TestPki, tokio::runtime::Runtime, Servers) {
+    let now = OffsetDateTime::now_utc();
+    let pki = TestPki::generate(TestPkiOptions::new(now)).expect("test PKI");
+    pki.write_dir(&dir.join("pki")).expect("write the test PKI");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let servers = runtime.block_on(start_servers(&pki, dir, now));
+    (pki, runtime, servers)
+}
+
 async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Servers {
     let web_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -279,18 +296,7 @@ fn the_manual_walked_in_headless_chromium() {
     let chromium = require_tools();
 
     let tmp = tempfile::tempdir().unwrap();
-    // The agent checks validity against the real clock: the hierarchy is made around now.
-    let now = OffsetDateTime::now_utc();
-    let pki = TestPki::generate(TestPkiOptions::new(now)).expect("test PKI");
-    pki.write_dir(&tmp.path().join("pki"))
-        .expect("write the test PKI");
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let servers = runtime.block_on(start_servers(&pki, tmp.path(), now));
+    let (pki, runtime, servers) = pki_and_servers(tmp.path());
 
     let names = [
         "gca-agency",
@@ -435,16 +441,7 @@ fn the_manual_walked_in_headless_chromium() {
 fn the_card_step_works_in_popup_mode_with_the_popup_blocker_on() {
     let chromium = require_tools();
     let tmp = tempfile::tempdir().unwrap();
-    let now = OffsetDateTime::now_utc();
-    let pki = TestPki::generate(TestPkiOptions::new(now)).expect("test PKI");
-    pki.write_dir(&tmp.path().join("pki"))
-        .expect("write the test PKI");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let servers = runtime.block_on(start_servers(&pki, tmp.path(), now));
+    let (pki, _runtime, servers) = pki_and_servers(tmp.path());
     for c in servers.cards.cards().unwrap() {
         if c.reader.is_some() && c.name != "gca-agency" {
             servers.cards.eject(&c.name).unwrap();
