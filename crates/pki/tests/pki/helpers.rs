@@ -92,19 +92,19 @@ pub fn validator_of(p: &TestPki) -> Validator {
 }
 
 /// `openssl cms -sign -binary -md sha256 -outform DER` over `content` with the key and
-/// certificate of `card`, plus `extra` arguments (`-nodetach`, `-keyid`, `-noattr`, `-stream`).
+/// certificate of `card`, plus `extra` arguments (`-nodetach`, `-keyid`, `-noattr`, `-stream`;
+/// an `-md` there replaces SHA-256).
 pub fn openssl_cms_sign(card: &pki::testpki::Card, content: &[u8], extra: &[&str]) -> Vec<u8> {
     let dir = TempDir::new("osign");
     let input = dir.write("tbs.txt", content);
     let cert = dir.write("card.pem", card.issued.cert_pem());
     let key = dir.write("card.key", card.issued.key.pem());
     let out = dir.path("sig.der");
-    let mut args = vec![
-        "cms",
-        "-sign",
-        "-binary",
-        "-md",
-        "sha256",
+    let mut args = vec!["cms", "-sign", "-binary"];
+    if !extra.contains(&"-md") {
+        args.extend_from_slice(&["-md", "sha256"]);
+    }
+    args.extend_from_slice(&[
         "-in",
         input.to_str().unwrap(),
         "-signer",
@@ -115,7 +115,7 @@ pub fn openssl_cms_sign(card: &pki::testpki::Card, content: &[u8], extra: &[&str
         "DER",
         "-out",
         out.to_str().unwrap(),
-    ];
+    ]);
     args.extend_from_slice(extra);
     let (ok, _, err) = openssl(&args);
     assert!(ok, "openssl cms -sign {extra:?}: {err}");

@@ -9,31 +9,7 @@ use pki::proof::{ProofFormat, verify_proof};
 use pki::testpki::CaKind;
 
 fn openssl_sign(card: &str, content: &[u8], extra: &[&str]) -> Vec<u8> {
-    let dir = TempDir::new("osign");
-    let tc = pki().card(card);
-    let input = dir.write("tbs.txt", content);
-    let cert = dir.write("card.pem", tc.issued.cert_pem());
-    let key = dir.write("card.key", tc.issued.key.pem());
-    let out = dir.path("sig.der");
-    let mut args = vec![
-        "cms",
-        "-sign",
-        "-binary",
-        "-in",
-        input.to_str().unwrap(),
-        "-signer",
-        cert.to_str().unwrap(),
-        "-inkey",
-        key.to_str().unwrap(),
-        "-outform",
-        "DER",
-        "-out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let (ok, _, err) = openssl(&args);
-    assert!(ok, "openssl cms -sign: {err}");
-    std::fs::read(out).unwrap()
+    openssl_cms_sign(pki().card(card), content, extra)
 }
 
 #[test]
