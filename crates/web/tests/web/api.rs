@@ -1878,9 +1878,7 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
         assert_eq!(s, StatusCode::OK, "{v}");
 
         // Nothing revoked yet: nothing ends, nothing is flagged.
-        let ended = web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-            .await
-            .unwrap();
+        let ended = api.app.end_revoked_sessions().await;
         assert_eq!(ended, 0);
         let page = api.page(&admin, "/admin/operators").await;
         assert!(!page.contains("憑證已廢止"), "{page}");
@@ -1907,9 +1905,7 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
         ))
         .unwrap();
         api.app.validator.replace_crls(crls);
-        let ended = web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-            .await
-            .unwrap();
+        let ended = api.app.end_revoked_sessions().await;
         assert_eq!(ended, 2, "both sessions of that operator");
 
         // The session record is gone: its bearer token names no session any more.

@@ -69,6 +69,14 @@ pub fn agencies() -> Vec<Agency> {
 }
 
 impl TestApp {
+    /// The revocation sweep `certreg serve` runs after each CRL refresh, at [`NOW`]; returns the
+    /// number of sessions it ended.
+    pub async fn end_revoked_sessions(&self) -> u64 {
+        web::session::end_revoked_sessions(&self.db, &self.validator, NOW)
+            .await
+            .unwrap()
+    }
+
     pub async fn new(config: WebConfig) -> Self {
         Self::on(Backend::Sqlite, config).await
     }

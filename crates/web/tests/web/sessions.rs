@@ -120,9 +120,7 @@ async fn a_revoked_operator_with_20_requests_in_flight_is_out_after_the_sweep() 
         // All twenty have loaded the operator's session and changed it.
         gate.arrived.wait().await;
         revoke(&api, CaKind::Moica, &["moica-operator-1"]);
-        let ended = web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-            .await
-            .unwrap();
+        let ended = api.app.end_revoked_sessions().await;
         assert_eq!(ended, 1);
         gate.release.wait().await;
         for r in requests {
@@ -159,21 +157,14 @@ async fn an_administrator_session_ends_when_a_card_it_rests_on_is_revoked() {
         let (s, v) = api.get(&admin, "/api/v1/operators").await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(
-            web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-                .await
-                .unwrap(),
+            api.app.end_revoked_sessions().await,
             0,
             "nothing revoked yet"
         );
 
         // The administrator's citizen card.
         revoke(&api, CaKind::Moica, &["moica-admin"]);
-        assert_eq!(
-            web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(api.app.end_revoked_sessions().await, 1);
         refused(
             api.get(&admin, "/api/v1/operators").await,
             StatusCode::UNAUTHORIZED,
@@ -185,12 +176,7 @@ async fn an_administrator_session_ends_when_a_card_it_rests_on_is_revoked() {
         api.register(TAIPEI, "gca-agency", "moica-admin").await;
         let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
         revoke(&api, CaKind::Gca, &["gca-agency"]);
-        assert_eq!(
-            web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(api.app.end_revoked_sessions().await, 1);
         refused(
             api.get(&admin, "/api/v1/operators").await,
             StatusCode::UNAUTHORIZED,
@@ -243,12 +229,7 @@ async fn a_session_holds_one_role_and_the_sweep_finds_it_by_its_grant() {
         );
         // And the operator's revoked card ends it.
         revoke(&api, CaKind::Moica, &["moica-operator-1"]);
-        assert_eq!(
-            web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(api.app.end_revoked_sessions().await, 1);
         refused(
             api.get(&admin, "/api/v1/session").await,
             StatusCode::UNAUTHORIZED,

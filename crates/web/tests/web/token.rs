@@ -359,9 +359,7 @@ async fn a_token_is_refused_after_the_operators_certificate_is_revoked() {
         ))
         .unwrap();
         api.app.validator.replace_crls(crls);
-        let ended = web::session::end_revoked_sessions(&api.app.db, &api.app.validator, NOW)
-            .await
-            .unwrap();
+        let ended = api.app.end_revoked_sessions().await;
         assert_eq!(ended, 1);
 
         // The token's session is gone: introspection says inactive, and no new token is issued.
