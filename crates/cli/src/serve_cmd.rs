@@ -199,13 +199,20 @@ pub async fn connect(settings: &Settings) -> Result<Db> {
     .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
     .and_then(|r| r.map_err(anyhow::Error::from))
     .with_context(|| format!("cannot open the database {url}"))?;
-    // An audit chain written before the log was keyed is sealed under this key file.
-    if db
-        .seal_audit_chain(time::OffsetDateTime::now_utc())
+    // Rows not keyed under the key file at the chain's head are either a chain written before
+    // the log was keyed or a rewrite: the service does not take them in by itself. Sealing is
+    // the operator's step (`certreg migrate`, after `certreg audit verify` and a look at them).
+    let (seq, hash) = db
+        .audit_head()
         .await
-        .map_err(|e| anyhow::anyhow!("sealing the audit chain: {e}"))?
-    {
-        tracing::info!("the audit chain's unkeyed rows were sealed under the key file");
+        .map_err(|e| anyhow::anyhow!("reading the audit chain head: {e}"))?;
+    if seq > 0 && !store::audit::is_keyed(&hash) {
+        db.close().await;
+        anyhow::bail!(
+            "the audit chain (up to row {seq}) ends in rows not keyed under the key file: \
+             check them with `certreg audit verify`, then seal them with `certreg migrate` \
+             (see README)"
+        );
     }
     Ok(db)
 }

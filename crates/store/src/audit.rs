@@ -179,6 +179,13 @@ impl ChainCheck {
         } else if is_keyed(&row.hash) {
             if row.keyed_hash(&self.key) != row.hash {
                 self.fail(seq, format!("row {seq} was changed after it was written (or the key file is not this database's)"));
+            } else if self.unkeyed_tail.is_some() && row.action != CHAIN_KEYED_ACTION {
+                // Unkeyed rows are only ever taken in by the seal written under the key; any
+                // other keyed row on top of them means they were written after the keying.
+                self.fail(
+                    seq,
+                    format!("row {seq} is keyed but the unkeyed rows before it were never sealed: the chain was rewritten"),
+                );
             }
             self.unkeyed_tail = None;
         } else if is_keyed(&self.prev_hash) {

@@ -337,3 +337,44 @@ fn serve_refuses_a_bad_anchors_dir_or_an_unreachable_database_with_exit_2() {
     );
     assert!(!err.contains("secret"), "no password in messages: {err}");
 }
+
+/// A chain whose head is not keyed under the key file (written before keying, or rewritten) is
+/// not taken in by a starting service: it refuses to start and says what to do.
+#[test]
+fn serve_refuses_an_audit_chain_not_keyed_under_its_key_file() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("certreg.db");
+    let url = format!("sqlite://{}", db_path.display());
+    let key = dir.path().join("certreg.key");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use domain::store::Store;
+        let secrets = store::Secrets::load_or_create(&key).unwrap();
+        let db = store::Db::connect(&url, &secrets).await.unwrap();
+        let at = time::OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap();
+        let event = domain::model::AuditEvent::new(at, "system", "test.event", "ok");
+        db.append_audit(&event).await.unwrap();
+        db.close().await;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("UPDATE audit_head SET hash = 'a plain sha-256 head' WHERE id = 1")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    });
+    let anchors = crate::generated().join("anchors");
+    let err = serve_fails(&[
+        ("CERTREG_ANCHORS_DIR", anchors.to_str().unwrap()),
+        ("CERTREG_DATABASE_URL", &url),
+        ("CERTREG_KEY_FILE", key.to_str().unwrap()),
+        ("CERTREG_LISTEN", "127.0.0.1:0"),
+    ]);
+    assert!(
+        err.contains("not keyed under the key file") && err.contains("certreg audit verify"),
+        "{err}"
+    );
+}

@@ -1410,6 +1410,22 @@ async fn an_unkeyed_chain_is_sealed_under_the_key_and_still_checked() {
     .await;
 }
 
+// An attacker who rewrites the whole chain in the unkeyed form cannot have it taken in by the
+// next keyed row: only the seal written under the key takes unkeyed rows in.
+#[tokio::test]
+async fn a_chain_rewritten_unkeyed_from_its_first_row_stays_broken_after_an_append() {
+    each_db(|t| async move {
+        five_events(&t.db).await;
+        unprotect(&t).await;
+        t.raw("UPDATE audit_log SET actor = 'someone' WHERE seq = 2")
+            .await;
+        rewrite_unkeyed_keeping_outcomes(&t).await;
+        t.db.append_audit(&event("after")).await.unwrap();
+        assert_eq!(broken_at(&t.db).await, Some(6));
+    })
+    .await;
+}
+
 /// Every row's hash recomputed in the unkeyed form with the rows as they stand.
 async fn rewrite_unkeyed_keeping_outcomes(t: &TestDb) {
     let mut events =
