@@ -4,6 +4,7 @@
 use crate::store_cmd::DatabaseArgs;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use pki::anchors::TrustStore;
 use pki::revocation::CrlStore;
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -21,22 +22,29 @@ pub enum CrlCommand {
     Refresh(DatabaseArgs),
 }
 
-/// The CRLs of `sources` (files, or `http://` URLs), each read afresh. A source whose read
-/// fails, whose bytes are not a CRL, or whose CRL is older (by thisUpdate) than its last good
-/// copy in `last_good` keeps that copy — a replayed old CRL must not bring back certificates
-/// revoked since; with no good copy the whole load fails.
+/// How far ahead of the clock a CRL's thisUpdate may be (issuers' clocks drift a little).
+const CRL_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The CRLs of `sources` (files, or `http://` URLs), each read afresh at `now`. A source whose
+/// read fails, whose bytes are not a CRL signed by a CA of `trust` named as its issuer, whose
+/// thisUpdate lies ahead of `now`, or whose CRL is older (by thisUpdate) than its last good
+/// copy in `last_good` keeps that copy: a replayed old CRL must not bring back certificates
+/// revoked since, and a forged one dated in the future must not stand in for every later one.
+/// With no good copy the whole load fails.
 pub async fn load_crls(
     sources: &[String],
     last_good: &mut HashMap<String, Vec<u8>>,
+    trust: &TrustStore,
+    now: time::OffsetDateTime,
 ) -> Result<CrlStore> {
     let mut store = CrlStore::new();
     for source in sources {
         let fetched = fetch(source).await.and_then(|bytes| {
-            let this_update = this_update_of(&bytes)?;
+            let this_update = checked_this_update(&bytes, trust, now)?;
             Ok((bytes, this_update))
         });
         let previous = last_good.get(source);
-        let kept_update = previous.and_then(|old| this_update_of(old).ok());
+        let kept_update = previous.and_then(|old| checked_this_update(old, trust, now).ok());
         let bytes = match (fetched, previous) {
             (Ok((bytes, fresh)), _) if kept_update.is_none_or(|kept| fresh >= kept) => bytes,
             (Ok((_, fresh)), Some(old)) => {
@@ -60,10 +68,32 @@ pub async fn load_crls(
     Ok(store)
 }
 
-/// The thisUpdate of a CRL, or why the bytes are not one.
-fn this_update_of(bytes: &[u8]) -> Result<time::OffsetDateTime> {
+/// The thisUpdate of a CRL signed by a CA of `trust` named as its issuer and not dated ahead
+/// of `now`, or why the bytes are not such a CRL.
+fn checked_this_update(
+    bytes: &[u8],
+    trust: &TrustStore,
+    now: time::OffsetDateTime,
+) -> Result<time::OffsetDateTime> {
     let mut one = CrlStore::new();
     let entry = one.add(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !trust
+        .keys_named(&entry.issuer)
+        .iter()
+        .any(|k| entry.signed_by(k))
+    {
+        bail!(
+            "CRL of {} is not signed by a trusted CA of that name",
+            entry.issuer
+        );
+    }
+    if entry.this_update > now + CRL_CLOCK_SKEW {
+        bail!(
+            "CRL of {} is dated {} (thisUpdate), ahead of the clock",
+            entry.issuer,
+            rfc3339(entry.this_update)
+        );
+    }
     Ok(entry.this_update)
 }
 
@@ -156,6 +186,7 @@ mod tests {
     async fn a_refresh_keeps_the_newer_crl_against_an_older_or_garbage_download() {
         let now = datetime!(2026-06-01 02:00 UTC);
         let pki = TestPki::generate(TestPkiOptions::new(now)).unwrap();
+        let trust = pki.trust_store().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gca.crl");
         let source = path.display().to_string();
@@ -165,14 +196,14 @@ mod tests {
         let mut last_good = HashMap::new();
 
         std::fs::write(&path, &newer).unwrap();
-        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good, &trust, now)
             .await
             .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
 
         // An older CRL (a replay) does not replace the one in force.
         std::fs::write(&path, &older).unwrap();
-        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good, &trust, now)
             .await
             .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
@@ -180,26 +211,77 @@ mod tests {
 
         // Garbage, or a failed read, keeps it too.
         std::fs::write(&path, b"not a CRL").unwrap();
-        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good, &trust, now)
             .await
             .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
         std::fs::remove_file(&path).unwrap();
-        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
+        let store = load_crls(std::slice::from_ref(&source), &mut last_good, &trust, now)
             .await
             .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
 
-        // A later one is taken.
+        // A later one is taken (by a refresh a day later).
         let later = pki.crl_for(CaKind::Gca, now + day, now + day * 2);
         std::fs::write(&path, &later).unwrap();
-        let store = load_crls(std::slice::from_ref(&source), &mut last_good)
-            .await
-            .unwrap();
+        let store = load_crls(
+            std::slice::from_ref(&source),
+            &mut last_good,
+            &trust,
+            now + day,
+        )
+        .await
+        .unwrap();
         assert_eq!(store.entries()[0].this_update, now + day);
 
-        // Without a good copy, garbage fails the load.
+        // A CRL of the same issuer name signed by another key (a forged download), or one
+        // dated ahead of the clock, does not replace it: a later genuine CRL is still taken.
+        let impostor = TestPki::generate(TestPkiOptions::new(now)).unwrap();
+        for forged in [
+            impostor.crl_for(CaKind::Gca, now + day * 2, now + day * 3),
+            pki.crl_for(CaKind::Gca, now + day * 365, now + day * 366),
+        ] {
+            std::fs::write(&path, &forged).unwrap();
+            let store = load_crls(
+                std::slice::from_ref(&source),
+                &mut last_good,
+                &trust,
+                now + day * 2,
+            )
+            .await
+            .unwrap();
+            assert_eq!(store.entries()[0].this_update, now + day);
+            assert_eq!(last_good[&source], later);
+        }
+        let latest = pki.crl_for(CaKind::Gca, now + day * 2, now + day * 3);
+        std::fs::write(&path, &latest).unwrap();
+        let store = load_crls(
+            std::slice::from_ref(&source),
+            &mut last_good,
+            &trust,
+            now + day * 2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.entries()[0].this_update, now + day * 2);
+
+        // Without a good copy, garbage or a forged CRL fails the load.
+        std::fs::write(&path, impostor.crl_for(CaKind::Gca, now, now + day)).unwrap();
+        assert!(
+            load_crls(
+                std::slice::from_ref(&source),
+                &mut HashMap::new(),
+                &trust,
+                now
+            )
+            .await
+            .is_err()
+        );
         std::fs::write(&path, b"not a CRL").unwrap();
-        assert!(load_crls(&[source], &mut HashMap::new()).await.is_err());
+        assert!(
+            load_crls(&[source], &mut HashMap::new(), &trust, now)
+                .await
+                .is_err()
+        );
     }
 }

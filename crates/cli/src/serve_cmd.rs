@@ -77,7 +77,8 @@ pub async fn refresh_crls(
     after_refresh(&validator, &db, &mailer).await;
     loop {
         tick.tick().await;
-        match load_crls(&sources, &mut last_good).await {
+        let now = time::OffsetDateTime::now_utc();
+        match load_crls(&sources, &mut last_good, validator.trust(), now).await {
             Ok(store) => {
                 tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
                 validator.replace_crls(store);
@@ -240,7 +241,13 @@ pub async fn build(settings: &Settings) -> Result<Service> {
             )
         })?;
     let mut crl_copies = HashMap::new();
-    let crls = load_crls(&settings.crls, &mut crl_copies).await?;
+    let crls = load_crls(
+        &settings.crls,
+        &mut crl_copies,
+        &trust,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await?;
     if crls.is_empty() {
         tracing::warn!(
             "no CRLs configured (`crls`): every card will be refused as revocation_unknown"

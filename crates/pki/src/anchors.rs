@@ -103,6 +103,22 @@ impl TrustStore {
         Self::default()
     }
 
+    /// The public keys (DER SubjectPublicKeyInfo) of the CA certificates, anchors and
+    /// intermediates, whose subject is `name` (a distinguished name as the facts write it): the
+    /// keys a CRL of that issuer must verify with to count.
+    pub fn keys_named(&self, name: &str) -> Vec<Vec<u8>> {
+        let anchors = self.anchors.iter().map(|a| a.cert.clone());
+        let intermediates = self
+            .intermediates
+            .iter()
+            .filter_map(|d| crate::facts::ParsedCert::from_der(d.to_vec()).ok());
+        anchors
+            .chain(intermediates)
+            .filter(|c| c.facts.subject == name)
+            .filter_map(|c| c.spki_der().ok())
+            .collect()
+    }
+
     /// Loads `dir/manifest.toml` and the certificates it names.
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.toml");

@@ -165,20 +165,8 @@ impl Validator {
         issuer: Option<&str>,
         serial: &crate::serial::CertSerial,
     ) -> Option<time::OffsetDateTime> {
-        let keys = |name: &str| -> Vec<Vec<u8>> {
-            let anchors = self.trust.anchors().iter().map(|a| a.cert.clone());
-            let intermediates = self
-                .trust
-                .intermediates()
-                .iter()
-                .filter_map(|d| crate::facts::ParsedCert::from_der(d.to_vec()).ok());
-            anchors
-                .chain(intermediates)
-                .filter(|c| c.facts.subject == name)
-                .filter_map(|c| c.spki_der().ok())
-                .collect()
-        };
-        self.crls().is_revoked_signed(issuer, serial, keys)
+        self.crls()
+            .is_revoked_signed(issuer, serial, |name| self.trust.keys_named(name))
     }
 
     pub fn replace_crls(&self, mut crls: CrlStore) {
