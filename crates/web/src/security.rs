@@ -192,9 +192,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 pub struct Limits {
     /// Card steps (challenges issued) per client address.
     pub card_steps_per_client: u32,
-    /// Card proofs per institution code that verified for the caller's own flow and were then
-    /// refused (someone trying many cards against one agency). Proofs that never verified do
-    /// not count, so junk cannot lock an agency out.
+    /// Card proofs per institution code and client that verified for the caller's own flow and
+    /// were then refused (someone trying many cards against one agency). Proofs that never
+    /// verified do not count, so junk cannot lock an agency out, and one client's refusals
+    /// spend only its own budget, so neither can a real card.
     pub card_steps_per_code: u32,
     /// Receipt queries (R4.1, no card needed) per client address.
     pub receipt_queries_per_client: u32,
@@ -255,8 +256,9 @@ enum Subject {
     Unknown,
     V4([u8; 4]),
     V6Net([u8; 8]),
-    /// A canonical 機關代號 (4–12 upper-case letters or digits), zero-padded.
-    Code([u8; 12]),
+    /// A canonical 機關代號 (4–12 upper-case letters or digits), zero-padded, as asked for by
+    /// one client (its subject above: 0 unknown, 4 bytes of IPv4, 8 bytes of an IPv6 /64).
+    Code([u8; 12], u8, [u8; 8]),
 }
 
 impl LimitKey {
@@ -273,14 +275,30 @@ impl LimitKey {
         Self { bucket, subject }
     }
 
-    pub fn code(bucket: Bucket, code: &domain::types::InstitutionCode) -> Self {
+    /// A 機關代號 as one client asks for it: the refusals of one client's cards for an agency
+    /// spend that client's budget for the agency, never everyone's, so nobody with a card of
+    /// their own can lock an agency out for others.
+    pub fn code(
+        bucket: Bucket,
+        code: &domain::types::InstitutionCode,
+        addr: Option<IpAddr>,
+    ) -> Self {
         let mut bytes = [0u8; 12];
         for (b, c) in bytes.iter_mut().zip(code.as_str().bytes()) {
             *b = c;
         }
+        let (kind, net) = match Self::client(bucket, addr).subject {
+            Subject::V4(v4) => {
+                let mut net = [0u8; 8];
+                net[..4].copy_from_slice(&v4);
+                (4, net)
+            }
+            Subject::V6Net(net) => (6, net),
+            _ => (0, [0u8; 8]),
+        };
         Self {
             bucket,
-            subject: Subject::Code(bytes),
+            subject: Subject::Code(bytes, kind, net),
         }
     }
 }
@@ -460,10 +478,17 @@ mod tests {
         assert!(l.hit(v4(9), 2, later));
         assert!(l.len() <= 1000);
         // Keys are small and fixed whatever the input was.
-        assert!(std::mem::size_of::<LimitKey>() <= 16);
+        assert!(std::mem::size_of::<LimitKey>() <= 24);
         let long = domain::types::InstitutionCode::parse("ABCDEFGHIJKL").unwrap();
-        let k = LimitKey::code(Bucket::CardRefusal, &long);
+        let from = |a: &str| Some(a.parse::<IpAddr>().unwrap());
+        let k = LimitKey::code(Bucket::CardRefusal, &long, from("192.0.2.1"));
         assert!(l.hit(k, 1, later));
         assert!(!l.hit(k, 1, later));
+        // Another client's budget for the same agency is its own; the same client written as
+        // an IPv4-mapped IPv6 address is the same client.
+        let other = LimitKey::code(Bucket::CardRefusal, &long, from("192.0.2.2"));
+        assert!(l.hit(other, 1, later));
+        let mapped = LimitKey::code(Bucket::CardRefusal, &long, from("::ffff:192.0.2.1"));
+        assert!(!l.hit(mapped, 1, later));
     }
 }

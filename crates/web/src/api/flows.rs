@@ -493,7 +493,7 @@ pub(super) async fn card(
     };
     let per_code = state.config().limits.card_steps_per_code;
     let code_key = crate::security::step_code(&flow, body.institution_code.as_deref())
-        .map(|c| LimitKey::code(Bucket::CardRefusal, &c));
+        .map(|c| LimitKey::code(Bucket::CardRefusal, &c, addr));
     if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, state.now())) {
         return rate_limited();
     }
@@ -516,7 +516,7 @@ pub(super) async fn card(
     let attempt = state.svc().attempt_card(input).await;
     if let Some(code) = &attempt.refused_code {
         state.limiter().hit(
-            LimitKey::code(Bucket::CardRefusal, code),
+            LimitKey::code(Bucket::CardRefusal, code, addr),
             per_code,
             state.now(),
         );

@@ -597,7 +597,7 @@ async fn card(
     let client = addr.map(|a| a.to_string());
     let per_code = state.config().limits.card_steps_per_code;
     let code_key = crate::security::step_code(&flow, Some(&form.institution_code))
-        .map(|c| LimitKey::code(Bucket::CardRefusal, &c));
+        .map(|c| LimitKey::code(Bucket::CardRefusal, &c, addr));
     if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, now)) {
         state
             .metrics()
@@ -617,9 +617,11 @@ async fn card(
     };
     let attempt = state.svc().attempt_card(input).await;
     if let Some(code) = &attempt.refused_code {
-        state
-            .limiter()
-            .hit(LimitKey::code(Bucket::CardRefusal, code), per_code, now);
+        state.limiter().hit(
+            LimitKey::code(Bucket::CardRefusal, code, addr),
+            per_code,
+            now,
+        );
     }
     let result = attempt.result;
     let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
