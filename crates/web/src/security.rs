@@ -138,23 +138,37 @@ pub fn client_addr(state: &AppState, req: &Request) -> Option<IpAddr> {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let trusted = &state.config().trusted_proxies;
-    match peer {
-        Some(p) if trusted.contains(&p) => {
-            let forwarded = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            forwarded
-                .split(',')
-                .rev()
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                .find(|ip| !trusted.contains(ip))
-                .or(Some(p))
-        }
-        other => other,
+    forwarded_client(peer, &state.config().trusted_proxies, req.headers())
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the nearest
+/// address of `X-Forwarded-For` (every header line, in order, read from the right) that is not
+/// a trusted proxy. Addresses are compared in canonical form (an IPv4-mapped IPv6 address is
+/// its IPv4 address); an entry that is not an address stops the walk at the proxy, since what
+/// lies left of it was written by nobody trusted.
+fn forwarded_client(
+    peer: Option<IpAddr>,
+    trusted: &[IpAddr],
+    headers: &axum::http::HeaderMap,
+) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
+    let peer = peer.map(|p| p.to_canonical())?;
+    if !is_trusted(peer) {
+        return Some(peer);
     }
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    for entry in lines.iter().rev().flat_map(|l| l.split(',').rev()) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip.to_canonical()) => continue,
+            Ok(ip) => return Some(ip.to_canonical()),
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
 }
 
 /// Where the client address is kept for handlers and audit events.
@@ -412,6 +426,48 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_client_behind_trusted_proxies_is_read_from_every_forwarded_line() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = [ip("10.0.0.5")];
+        let headers = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append("x-forwarded-for", HeaderValue::from_str(l).unwrap());
+            }
+            h
+        };
+        let client = |peer: &str, lines: &[&str]| {
+            super::forwarded_client(Some(ip(peer)), &trusted, &headers(lines))
+        };
+        // Not from a proxy: the peer, whatever it says.
+        assert_eq!(
+            client("198.51.100.7", &["192.0.2.1"]),
+            Some(ip("198.51.100.7"))
+        );
+        // From the proxy, also as an IPv4-mapped address on a dual-stack listener.
+        for proxy in ["10.0.0.5", "::ffff:10.0.0.5"] {
+            assert_eq!(client(proxy, &["192.0.2.1"]), Some(ip("192.0.2.1")));
+        }
+        // A client's own header comes first; the proxy's appended line (or entry) wins.
+        assert_eq!(
+            client("10.0.0.5", &["6.6.6.6", "192.0.2.1"]),
+            Some(ip("192.0.2.1"))
+        );
+        assert_eq!(
+            client("10.0.0.5", &["6.6.6.6, 192.0.2.1"]),
+            Some(ip("192.0.2.1"))
+        );
+        // Junk where the proxy's entry should be: the proxy, not what stands left of it.
+        assert_eq!(client("10.0.0.5", &["6.6.6.6, junk"]), Some(ip("10.0.0.5")));
+        // An IPv4-mapped client is its IPv4 address.
+        assert_eq!(
+            client("10.0.0.5", &["::ffff:192.0.2.1"]),
+            Some(ip("192.0.2.1"))
+        );
+    }
+
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
