@@ -308,15 +308,15 @@ impl<S: Store, C: Clock> Services<S, C> {
         Ok(flow)
     }
 
-    /// [`Services::start_flow`] for a session holding fewer than `max` flows (idle ones count
-    /// until the sweep removes them); else [`DomainError::TooManyFlows`].
+    /// [`Services::start_flow`] for a session holding fewer than `max` live flows (touched
+    /// within the idle limit; expired ones wait for the sweep but no longer count); else
+    /// [`DomainError::TooManyFlows`].
     pub async fn start_flow_capped(&self, kind: FlowKind, session: &str, max: u32) -> Result<Flow> {
-        if self.store.session_flow_count(session).await? >= u64::from(max) {
+        let live_since = self.clock.now() - crate::flow::FLOW_IDLE_LIMIT;
+        if self.store.session_flow_count(session, live_since).await? >= u64::from(max) {
             return Err(DomainError::TooManyFlows);
         }
-        let flow = Flow::new(random_id(), kind, session, self.clock.now());
-        self.store.insert_flow(&flow).await?;
-        Ok(flow)
+        self.start_flow(kind, session).await
     }
 
     async fn load_flow(&self, id: &str, session: &str, step: Step) -> Result<Flow> {

@@ -129,8 +129,13 @@ pub trait Store: Send + Sync {
     // flows and challenges
     fn insert_flow(&self, flow: &Flow) -> impl Future<Output = Result<()>> + Send;
     fn flow(&self, id: &str) -> impl Future<Output = Result<Option<Flow>>> + Send;
-    /// How many flows the session holds (live, or idle and not yet swept).
-    fn session_flow_count(&self, session: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// How many of the session's flows were touched after `touched_after` (the live ones, when
+    /// it is the idle limit ago).
+    fn session_flow_count(
+        &self,
+        session: &str,
+        touched_after: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64>> + Send;
     fn insert_challenge(
         &self,
         challenge: &StoredChallenge,

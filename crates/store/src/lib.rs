@@ -381,8 +381,12 @@ impl Store for Db {
         dispatch!(self, ops, p => ops::flow(p, &self.secrets, id).await)
     }
 
-    async fn session_flow_count(&self, session: &str) -> Result<u64> {
-        dispatch!(self, ops, p => ops::session_flow_count(p, session).await)
+    async fn session_flow_count(
+        &self,
+        session: &str,
+        touched_after: OffsetDateTime,
+    ) -> Result<u64> {
+        dispatch!(self, ops, p => ops::session_flow_count(p, session, touched_after).await)
     }
 
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {

@@ -59,6 +59,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0006_session_keys.sql"),
         postgres: include_str!("../migrations/postgres/0006_session_keys.sql"),
     },
+    MigrationPair {
+        version: 7,
+        file_name: "0007_flows_session_idx.sql",
+        description: "flows session idx",
+        sqlite: include_str!("../migrations/sqlite/0007_flows_session_idx.sql"),
+        postgres: include_str!("../migrations/postgres/0007_flows_session_idx.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

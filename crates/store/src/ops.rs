@@ -144,12 +144,18 @@ pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -
     Ok(())
 }
 
-pub(crate) async fn session_flow_count(pool: &Pool<DB>, session: &str) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1")
-        .bind(session)
-        .fetch_one(pool)
-        .await
-        .map_err(db)?;
+pub(crate) async fn session_flow_count(
+    pool: &Pool<DB>,
+    session: &str,
+    touched_after: OffsetDateTime,
+) -> Result<u64> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
+            .bind(session)
+            .bind(ts(touched_after))
+            .fetch_one(pool)
+            .await
+            .map_err(db)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 

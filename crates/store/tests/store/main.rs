@@ -114,6 +114,27 @@ async fn flows_and_challenges_round_trip() {
     .await;
 }
 
+// The per-session cap counts the flows touched within the idle limit, not expired ones.
+#[tokio::test]
+async fn a_sessions_flow_count_is_of_flows_touched_since_the_cut_off() {
+    each_db(|t| async move {
+        let db = &t.db;
+        for (id, at) in [("f-1", T0), ("f-2", T0 + Duration::minutes(10))] {
+            db.insert_flow(&Flow::new(id.into(), FlowKind::QueryOrgOid, "s-1", at))
+                .await
+                .unwrap();
+        }
+        db.insert_flow(&Flow::new("f-3".into(), FlowKind::QueryOrgOid, "s-2", T0))
+            .await
+            .unwrap();
+        let count = |after| db.session_flow_count("s-1", after);
+        assert_eq!(count(T0 - Duration::seconds(1)).await.unwrap(), 2);
+        assert_eq!(count(T0).await.unwrap(), 1, "the cut-off is exclusive");
+        assert_eq!(count(T0 + Duration::minutes(10)).await.unwrap(), 0);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn idle_flows_are_deleted_with_their_challenges() {
     each_db(|t| async move {
