@@ -486,9 +486,15 @@ pub(crate) async fn introspect(
         return crate::api::rate_limited();
     }
     let claims = active_claims(&state, &req.token).await.map(|c| {
+        // With several audiences configured the asker must say which system it is: a token
+        // made for one system is never active for another that did not name itself.
+        let audiences = &state.config().token_audiences;
         c.filter(|c| {
-            req.audience.as_deref().is_none_or(|a| a == c.aud)
-                && state.config().token_audiences.contains(&c.aud)
+            let named = match req.audience.as_deref() {
+                Some(a) => a == c.aud,
+                None => audiences.len() <= 1,
+            };
+            named && audiences.contains(&c.aud)
         })
     });
     match claims {
