@@ -167,6 +167,41 @@ pub fn check_values(input: &[u8]) -> Result<(), String> {
     walk(input, 0)
 }
 
+/// Checks that DER `input` (definite lengths) holds no universal type other than SEQUENCE and
+/// SET in constructed form: strings, OCTET and BIT STRINGs are primitive in DER, and a verifier
+/// that re-encodes would see other bytes than the constructed form that was signed.
+pub fn check_primitive_strings(input: &[u8]) -> Result<(), String> {
+    fn walk(input: &[u8], depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        let mut rest = input;
+        while !rest.is_empty() {
+            let tl = tag_len(rest)?;
+            let (Length::Definite(n), ll) = length(&rest[tl..])? else {
+                return Err("indefinite length".into());
+            };
+            let start = tl + ll;
+            let end = start.checked_add(n).ok_or("length overflow")?;
+            let v = rest.get(start..end).ok_or("truncated element")?;
+            let tag = rest[0];
+            if tag & CONSTRUCTED != 0 {
+                let universal = tag & 0xC0 == 0;
+                if universal && tl == 1 && !matches!(tag, 0x30 | 0x31) {
+                    return Err(format!(
+                        "universal type {:#04x} in constructed form",
+                        tag & !CONSTRUCTED
+                    ));
+                }
+                walk(v, depth + 1)?;
+            }
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+    walk(input, 0)
+}
+
 /// A tag's bytes: one, or a high-tag-number form of at most four.
 fn tag_len(input: &[u8]) -> Result<usize, String> {
     let first = *input.first().ok_or("unexpected end of data")?;

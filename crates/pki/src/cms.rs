@@ -66,17 +66,24 @@ pub struct SignedAttributes {
 }
 
 impl SignedAttributes {
-    /// Reads `SET OF Attribute` (with its SET tag) and keeps it.
+    /// Reads `SET OF Attribute` (with its SET tag) and keeps it. The signature must cover the
+    /// one DER encoding of what is read, as a verifier that re-encodes the attributes (OpenSSL
+    /// does) sees it: every attribute has exactly one value (a SET OF with several would have to
+    /// be sorted, and which value is read would be a choice), values are valid for their types,
+    /// and no string is in the constructed form DER forbids.
     fn parse(der: Vec<u8>) -> Result<Self> {
         let attrs = attributes(&der, "signed attributes")?;
         for (kind, values) in &attrs {
-            if SINGLE_VALUED.contains(kind) && values.len() != 1 {
+            if values.len() != 1 {
                 return Err(malformed(format!(
                     "signed attribute {kind} has {} values (exactly one allowed)",
                     values.len()
                 )));
             }
         }
+        crate::ber::check_values(&der)
+            .and_then(|()| crate::ber::check_primitive_strings(&der))
+            .map_err(|e| malformed(format!("signed attributes: {e}")))?;
         Ok(Self { der, attrs })
     }
 
@@ -727,4 +734,44 @@ pub fn build_signed_data(
         content: Any::encode_from(&sd).map_err(enc)?,
     };
     ci.to_der().map_err(enc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SignedAttributes;
+
+    /// `SET { SEQUENCE { OID 1.2.840.113549.1.9.25.3 (randomNonce), SET { values } } }`.
+    fn attrs(values: &[u8]) -> Vec<u8> {
+        let oid = [
+            0x06, 0x0A, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x19, 0x03,
+        ];
+        let mut set = vec![0x31, values.len() as u8];
+        set.extend_from_slice(values);
+        let mut seq = vec![0x30, (oid.len() + set.len()) as u8];
+        seq.extend_from_slice(&oid);
+        seq.extend_from_slice(&set);
+        let mut out = vec![0x31, seq.len() as u8];
+        out.extend_from_slice(&seq);
+        out
+    }
+
+    // What a verifier that re-encodes the attributes would sign differently is refused: the
+    // signature must cover the one DER encoding of what certreg reads.
+    #[test]
+    fn signed_attributes_are_one_value_each_in_der() {
+        let one = [0x04, 0x02, 0xAB, 0xCD];
+        assert!(SignedAttributes::parse(attrs(&one)).is_ok());
+        // Two values (here in unsorted order).
+        let two = [0x04, 0x01, 0xFF, 0x04, 0x01, 0x00];
+        let e = SignedAttributes::parse(attrs(&two)).unwrap_err();
+        assert!(e.detail.contains("2 values"), "{e:?}");
+        // A constructed UTF8String.
+        let constructed = [0x2C, 0x04, 0x0C, 0x02, 0x41, 0x42];
+        let e = SignedAttributes::parse(attrs(&constructed)).unwrap_err();
+        assert!(e.detail.contains("constructed form"), "{e:?}");
+        // A BOOLEAN that is not 00 or FF.
+        let boolean = [0x01, 0x01, 0x01];
+        let e = SignedAttributes::parse(attrs(&boolean)).unwrap_err();
+        assert!(e.detail.contains("invalid value"), "{e:?}");
+    }
 }
