@@ -1,5 +1,6 @@
 //! Certificate revocation lists held for validation: parsed once, replaced when a newer one of
-//! the same issuer and partition arrives, with a generation counter that invalidates cached paths.
+//! the same issuer and partition arrives (by thisUpdate and cRLNumber), with a generation counter
+//! that invalidates cached paths.
 
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::{dn_string, sha256_hex};
@@ -22,12 +23,92 @@ pub enum StalePolicy {
     Warn,
 }
 
+/// The largest cRLNumber RFC 5280 §5.2.3 allows, in octets.
+pub const MAX_CRL_NUMBER_OCTETS: usize = 20;
+
+/// A CRL's cRLNumber: a non-negative integer, held as its big-endian magnitude without leading
+/// zero bytes (zero is a single `00`), so that numbers of any length compare by value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CrlNumber(Vec<u8>);
+
+impl CrlNumber {
+    /// Reads the DER INTEGER a cRLNumber extension holds, refusing a negative number and one
+    /// longer than [`MAX_CRL_NUMBER_OCTETS`].
+    pub fn from_der(der_bytes: &[u8]) -> Result<Self> {
+        let int =
+            der::asn1::Int::from_der(der_bytes).map_err(|e| crl_err(format!("cRLNumber: {e}")))?;
+        let bytes = int.as_bytes();
+        if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+            return Err(crl_err("cRLNumber is negative"));
+        }
+        // DER keeps one 00 before a high first byte, and zero is a lone 00.
+        let magnitude = match bytes {
+            [0, rest @ ..] if !rest.is_empty() => rest,
+            _ => bytes,
+        };
+        if magnitude.len() > MAX_CRL_NUMBER_OCTETS {
+            return Err(crl_err(format!(
+                "cRLNumber of {} octets (RFC 5280 allows {MAX_CRL_NUMBER_OCTETS})",
+                magnitude.len()
+            )));
+        }
+        Ok(Self(magnitude.to_vec()))
+    }
+
+    /// Big-endian magnitude, no leading zero bytes (zero is `[0]`).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Ord for CrlNumber {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Without leading zeros, the longer number is the larger one.
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for CrlNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for CrlNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::serial::hex_upper(&self.0))
+    }
+}
+
+/// The cRLNumber extension of `tbs`, if it has one.
+fn crl_number_of(
+    tbs: &x509_cert::crl::TbsCertList<x509_cert::certificate::Rfc5280>,
+) -> Result<Option<CrlNumber>> {
+    let mut found = tbs
+        .crl_extensions
+        .iter()
+        .flatten()
+        .filter(|e| e.extn_id == crate::oid::EXT_CRL_NUMBER);
+    let Some(ext) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() {
+        return Err(crl_err("cRLNumber appears twice"));
+    }
+    CrlNumber::from_der(ext.extn_value.as_bytes()).map(Some)
+}
+
 /// One CRL and what was read from it.
 #[derive(Debug)]
 pub struct CrlEntry {
     pub issuer: String,
     pub this_update: OffsetDateTime,
     pub next_update: Option<OffsetDateTime>,
+    /// The cRLNumber, when the CRL has one.
+    pub number: Option<CrlNumber>,
     pub revoked: usize,
     pub sha256: String,
     pub(crate) idp: Option<Vec<u8>>,
@@ -40,6 +121,22 @@ pub struct CrlEntry {
 }
 
 impl CrlEntry {
+    /// Whether this CRL may replace `held`, a CRL of the same issuer and partition: never by one
+    /// issued earlier (thisUpdate), nor by one with a lower cRLNumber, nor, issued at the same
+    /// time, by one whose number is not higher. A refresh that brings the held CRL again
+    /// changes nothing.
+    pub fn supersedes(&self, held: &CrlEntry) -> bool {
+        if self.sha256 == held.sha256 || self.this_update < held.this_update {
+            return false;
+        }
+        match (&self.number, &held.number) {
+            (Some(new), Some(old)) => {
+                new > old || (new == old && self.this_update > held.this_update)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether the CRL's signature verifies with the key of `spki_der`.
     pub fn signed_by(&self, spki_der: &[u8]) -> bool {
         crate::sig::SigAlg::from_oid(self.sig_alg)
@@ -70,7 +167,8 @@ impl CrlStore {
     }
 
     /// Parses a DER (or PEM) CRL and adds it, replacing an older CRL of the same issuer and
-    /// partition. The signature is checked when the CRL is used, against the issuer in the path.
+    /// partition (see [`CrlEntry::supersedes`]); when the held CRL is kept, it is the one
+    /// returned. The signature is checked when the CRL is used, against the issuer in the path.
     pub fn add(&mut self, input: &[u8]) -> Result<&CrlEntry> {
         if input.len() > MAX_CRL_BYTES {
             return Err(PkiError::new(
@@ -86,6 +184,7 @@ impl CrlStore {
         };
         let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
             .map_err(|e| crl_err(format!("CRL: {e}")))?;
+        let number = crl_number_of(&parsed.tbs_cert_list)?;
         let owned =
             OwnedCertRevocationList::from_der(&der).map_err(|e| crl_err(format!("CRL: {e:?}")))?;
         let list = CertRevocationList::Owned(owned);
@@ -105,6 +204,7 @@ impl CrlStore {
             issuer: dn_string(&tbs.issuer),
             this_update: time_of(&tbs.this_update)?,
             next_update: tbs.next_update.as_ref().map(time_of).transpose()?,
+            number,
             revoked: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
             sha256: sha256_hex(&der),
             idp: list.issuing_distribution_point().map(<[u8]>::to_vec),
@@ -116,7 +216,7 @@ impl CrlStore {
             .iter()
             .position(|e| e.issuer_raw == entry.issuer_raw && e.idp == entry.idp);
         let index = match same {
-            Some(i) if self.entries[i].this_update > entry.this_update => i,
+            Some(i) if !entry.supersedes(&self.entries[i]) => i,
             Some(i) => {
                 self.entries[i] = entry;
                 self.generation += 1;
