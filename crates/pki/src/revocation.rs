@@ -101,6 +101,124 @@ fn crl_number_of(
     CrlNumber::from_der(ext.extn_value.as_bytes()).map(Some)
 }
 
+/// Which certificates a partitioned CRL covers, as its issuingDistributionPoint says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IdpScope {
+    /// onlyContainsUserCerts: the CRL says nothing about CA certificates.
+    user_certs_only: bool,
+    /// URIs of the distributionPoint's fullName.
+    uris: Vec<Vec<u8>>,
+}
+
+/// The contents of the BER element `tlv`, which `elements_of` has already delimited.
+fn contents(tlv: &[u8]) -> &[u8] {
+    let header = match tlv.get(1) {
+        Some(n) if n & 0x80 != 0 => 2 + usize::from(n & 0x7f),
+        _ => 2,
+    };
+    tlv.get(header..).unwrap_or_default()
+}
+
+impl IdpScope {
+    /// Reads an IssuingDistributionPoint (RFC 5280 §5.2.5). webpki has already refused what it
+    /// cannot honour (indirect CRLs, reason partitions, no fullName), so only onlyContainsUserCerts
+    /// and the fullName URIs are left to read (onlyContainsCACerts leaves CAs covered).
+    fn from_der(idp: &[u8]) -> Result<Self> {
+        let bad = |e: String| crl_err(format!("issuingDistributionPoint: {e}"));
+        let mut scope = IdpScope {
+            user_certs_only: false,
+            uris: Vec::new(),
+        };
+        for field in crate::ber::elements_of(idp).map_err(bad)? {
+            match field.first() {
+                // distributionPoint [0] { fullName [0] GeneralNames }
+                Some(0xA0) => {
+                    for name in crate::ber::elements_of(field).map_err(bad)? {
+                        if name.first() != Some(&0xA0) {
+                            continue;
+                        }
+                        for general in crate::ber::elements_of(name).map_err(bad)? {
+                            if general.first() == Some(&0x86) {
+                                scope.uris.push(contents(general).to_vec());
+                            }
+                        }
+                    }
+                }
+                Some(0x81) => scope.user_certs_only = contents(field) == [0xFF],
+                _ => {}
+            }
+        }
+        Ok(scope)
+    }
+}
+
+/// A CA certificate of a built path, as the checks of its issuer's CRLs read it.
+#[derive(Debug, Clone)]
+pub(crate) struct PathCa {
+    pub der: Vec<u8>,
+    /// The issuer name as webpki gives it (the Name's contents, without its SEQUENCE header).
+    pub issuer: Vec<u8>,
+    /// The serial's INTEGER contents, sign byte included, as CRLs list it.
+    pub serial: Vec<u8>,
+    /// DER SubjectPublicKeyInfo: the key that signs the next CA's CRLs.
+    pub spki: Vec<u8>,
+}
+
+impl PathCa {
+    /// The URIs of the certificate's cRLDistributionPoints that a partitioned CRL may match, as
+    /// webpki takes them (fullName URIs of points without reasons or cRLIssuer); `None` when it
+    /// has no such extension.
+    fn distribution_points(&self) -> Option<Vec<Vec<u8>>> {
+        use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+        let cert = x509_cert::Certificate::from_der(&self.der).ok()?;
+        let ext = cert
+            .tbs_certificate()
+            .extensions()?
+            .iter()
+            .find(|e| e.extn_id == crate::oid::EXT_CRL_DISTRIBUTION_POINTS)?;
+        let Ok(points) =
+            x509_cert::ext::pkix::CrlDistributionPoints::from_der(ext.extn_value.as_bytes())
+        else {
+            // Present but unreadable: no partition can match it.
+            return Some(Vec::new());
+        };
+        let mut uris = Vec::new();
+        for dp in points.0 {
+            if dp.reasons.is_some() || dp.crl_issuer.is_some() {
+                continue;
+            }
+            if let Some(DistributionPointName::FullName(names)) = dp.distribution_point {
+                for name in names {
+                    if let GeneralName::UniformResourceIdentifier(uri) = name {
+                        uris.push(uri.as_bytes().to_vec());
+                    }
+                }
+            }
+        }
+        Some(uris)
+    }
+}
+
+/// What the CRLs in force say about a CA certificate of a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CaStatus {
+    /// No CRL of its issuer that verifies with the issuer's key covers it.
+    NotCovered,
+    /// A current CRL covers it and does not list it.
+    Good,
+    /// Listed as revoked at `at` on a CRL of `crl_issuer`.
+    Revoked {
+        at: OffsetDateTime,
+        crl_issuer: String,
+    },
+    /// Only CRLs past their nextUpdate cover it (the latest of them expired at `next_update`),
+    /// and none lists it.
+    Stale {
+        next_update: OffsetDateTime,
+        crl_issuer: String,
+    },
+}
+
 /// One CRL and what was read from it.
 #[derive(Debug)]
 pub struct CrlEntry {
@@ -112,6 +230,8 @@ pub struct CrlEntry {
     pub revoked: usize,
     pub sha256: String,
     pub(crate) idp: Option<Vec<u8>>,
+    /// What the issuingDistributionPoint limits the CRL to (`None`: no such extension).
+    scope: Option<IdpScope>,
     pub(crate) issuer_raw: Vec<u8>,
     pub(crate) list: CertRevocationList<'static>,
     /// What the signature covers, and the signature, for [`CrlEntry::signed_by`].
@@ -134,6 +254,25 @@ impl CrlEntry {
                 new > old || (new == old && self.this_update > held.this_update)
             }
             _ => true,
+        }
+    }
+
+    /// Whether this CRL speaks for the CA certificate `ca`: it has the same issuer, its
+    /// partition holds CA certificates, and, when both name distribution points, they share a
+    /// URI (webpki's rule for the certificates it checks itself).
+    fn covers_ca(&self, ca: &PathCa) -> bool {
+        if self.issuer_raw != ca.issuer {
+            return false;
+        }
+        let Some(scope) = &self.scope else {
+            return true;
+        };
+        if scope.user_certs_only {
+            return false;
+        }
+        match ca.distribution_points() {
+            None => true,
+            Some(points) => points.iter().any(|p| scope.uris.contains(p)),
         }
     }
 
@@ -208,6 +347,10 @@ impl CrlStore {
             revoked: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
             sha256: sha256_hex(&der),
             idp: list.issuing_distribution_point().map(<[u8]>::to_vec),
+            scope: list
+                .issuing_distribution_point()
+                .map(IdpScope::from_der)
+                .transpose()?,
             issuer_raw: list.issuer().to_vec(),
             list,
         };
@@ -246,6 +389,50 @@ impl CrlStore {
 
     pub(crate) fn lists(&self) -> Vec<&CertRevocationList<'static>> {
         self.entries.iter().map(|e| &e.list).collect()
+    }
+
+    /// What the CRLs in force say about `ca`, a CA certificate of a built path whose issuer has
+    /// the key `issuer_spki`. Only CRLs that verify with that key count: one with the issuer's
+    /// name and another key neither revokes nor covers anything. A CRL past its nextUpdate still
+    /// revokes what it lists.
+    pub(crate) fn ca_status(
+        &self,
+        ca: &PathCa,
+        issuer_spki: &[u8],
+        now: OffsetDateTime,
+    ) -> CaStatus {
+        let mut stale: Option<(OffsetDateTime, &str)> = None;
+        let mut current = false;
+        for e in self.entries.iter().filter(|e| e.covers_ca(ca)) {
+            if !e.signed_by(issuer_spki) {
+                continue;
+            }
+            if let Ok(Some(found)) = e.list.find_serial(&ca.serial) {
+                let at =
+                    OffsetDateTime::from_unix_timestamp(found.revocation_date.as_secs() as i64)
+                        .unwrap_or(e.this_update);
+                return CaStatus::Revoked {
+                    at,
+                    crl_issuer: e.issuer.clone(),
+                };
+            }
+            match e.next_update {
+                Some(next) if now >= next => {
+                    if stale.is_none_or(|(latest, _)| next > latest) {
+                        stale = Some((next, &e.issuer));
+                    }
+                }
+                _ => current = true,
+            }
+        }
+        match stale {
+            _ if current => CaStatus::Good,
+            Some((next_update, issuer)) => CaStatus::Stale {
+                next_update,
+                crl_issuer: issuer.to_string(),
+            },
+            None => CaStatus::NotCovered,
+        }
     }
 
     /// The earliest `nextUpdate` of all CRLs: cached results are not trusted past it.
