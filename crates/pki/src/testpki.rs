@@ -581,17 +581,75 @@ pub fn try_crl(
     crl_number: u64,
     idp_url: Option<&str>,
 ) -> Result<Vec<u8>> {
-    let params = CertificateRevocationListParams {
-        this_update,
-        next_update,
-        crl_number: SerialNumber::from(crl_number),
-        issuing_distribution_point: idp_url.map(|u| CrlIssuingDistributionPoint {
-            distribution_point: CrlDistributionPoint {
-                uris: vec![u.to_string()],
-            },
+    let mut spec = CrlSpec::new(this_update, next_update);
+    spec.revoked = revoked.to_vec();
+    spec.number = crl_number.to_be_bytes().to_vec();
+    spec.idp_url = idp_url.map(str::to_string);
+    try_crl_from(issuer, &spec)
+}
+
+/// Whose certificates a partitioned CRL lists (issuingDistributionPoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrlScope {
+    /// onlyContainsUserCerts: end-entity certificates only.
+    UserCertsOnly,
+    /// onlyContainsCACerts: CA certificates only (an ARL).
+    CaCertsOnly,
+}
+
+/// Everything about one CRL to build, for variants [`crl`] does not take. Start from
+/// [`CrlSpec::new`] and change fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSpec {
+    /// Serial bytes (as [`Issued::serial`] gives them) and revocation time.
+    pub revoked: Vec<(Vec<u8>, OffsetDateTime)>,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    /// The cRLNumber: big-endian bytes of a non-negative integer (leading zero bytes are
+    /// dropped and a `00` sign byte added when needed).
+    pub number: Vec<u8>,
+    /// Adds an issuingDistributionPoint with this fullName: a partitioned CRL.
+    pub idp_url: Option<String>,
+    /// With `idp_url`: the partition holds only end-entity or only CA certificates.
+    pub scope: Option<CrlScope>,
+}
+
+impl CrlSpec {
+    /// A full CRL numbered 1 that lists nothing.
+    pub fn new(this_update: OffsetDateTime, next_update: OffsetDateTime) -> Self {
+        Self {
+            revoked: Vec::new(),
+            this_update,
+            next_update,
+            number: vec![1],
+            idp_url: None,
             scope: None,
+        }
+    }
+}
+
+/// A DER CRL of `spec` signed by `issuer`.
+pub fn try_crl_from(issuer: &Issued, spec: &CrlSpec) -> Result<Vec<u8>> {
+    if spec.scope.is_some() && spec.idp_url.is_none() {
+        return Err(build_err(
+            "a CRL scope needs an issuing distribution point URL",
+        ));
+    }
+    let params = CertificateRevocationListParams {
+        this_update: spec.this_update,
+        next_update: spec.next_update,
+        crl_number: SerialNumber::from_slice(&spec.number),
+        issuing_distribution_point: spec.idp_url.as_ref().map(|u| CrlIssuingDistributionPoint {
+            distribution_point: CrlDistributionPoint {
+                uris: vec![u.clone()],
+            },
+            scope: spec.scope.map(|s| match s {
+                CrlScope::UserCertsOnly => rcgen::CrlScope::UserCertsOnly,
+                CrlScope::CaCertsOnly => rcgen::CrlScope::CaCertsOnly,
+            }),
         }),
-        revoked_certs: revoked
+        revoked_certs: spec
+            .revoked
             .iter()
             .map(|(serial, at)| RevokedCertParams {
                 serial_number: SerialNumber::from_slice(serial),
@@ -606,6 +664,15 @@ pub fn try_crl(
         .signed_by(&issuer.issuer(SigHash::Sha256)?)
         .map_err(|e| build_err(format!("signing CRL: {e}")))?;
     Ok(crl.der().to_vec())
+}
+
+/// A DER CRL of `spec` signed by `issuer`.
+///
+/// # Panics
+/// Like [`crl`], and when `scope` is set without `idp_url`; [`try_crl_from`] returns the error
+/// instead.
+pub fn crl_from(issuer: &Issued, spec: &CrlSpec) -> Vec<u8> {
+    try_crl_from(issuer, spec).unwrap_or_else(|e| panic!("testpki::crl_from: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 use crate::anchors::{Anchor, Role, TrustStore};
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::{CertFacts, ParsedCert};
-use crate::revocation::{CrlStore, StalePolicy};
+use crate::revocation::{CaStatus, CrlStore, PathCa, StalePolicy};
 use crate::sig::SigAlg;
 use pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 use serde::Serialize;
@@ -62,7 +62,8 @@ pub enum CrlMode {
 pub struct ValidationOptions {
     pub crl: CrlMode,
     pub stale_crl: StalePolicy,
-    /// Check the revocation of intermediates too (needs the CRL of every level).
+    /// Demand a CRL for every level of the path. Without it, an intermediate is still judged by
+    /// the CRLs of its issuer (an ARL) that are loaded, and accepted when none is.
     pub crl_whole_chain: bool,
 }
 
@@ -300,14 +301,14 @@ impl Validator {
         check_profile(&facts, role)?;
 
         let issuer = match chain.first() {
-            Some(der) => ParsedCert::from_der(der.clone())?,
+            Some(ca) => ParsedCert::from_der(ca.der.clone())?,
             None => anchor.cert.clone(),
         };
         let mut fingerprints = vec![facts.sha256.clone()];
         let mut valid_from = facts.not_before;
         let mut valid_until = facts.not_after;
-        for der in &chain {
-            let c = ParsedCert::from_der(der.clone())?;
+        for ca in &chain {
+            let c = ParsedCert::from_der(ca.der.clone())?;
             valid_from = valid_from.max(c.facts.not_before);
             valid_until = valid_until.min(c.facts.not_after);
             fingerprints.push(c.facts.sha256);
@@ -386,9 +387,14 @@ impl Validator {
                 None,
             )
             .map(|p| {
-                let chain: Vec<Vec<u8>> = p
+                let chain: Vec<PathCa> = p
                     .intermediate_certificates()
-                    .map(|c| c.der().to_vec())
+                    .map(|c| PathCa {
+                        der: c.der().to_vec(),
+                        issuer: c.issuer().to_vec(),
+                        serial: c.serial().to_vec(),
+                        spki: c.subject_public_key_info().as_ref().to_vec(),
+                    })
                     .collect();
                 let ta = p.anchor();
                 let idx = tas
@@ -413,6 +419,9 @@ impl Validator {
             }
             other => other?,
         };
+        if self.options.crl == CrlMode::Required && !self.options.crl_whole_chain {
+            self.check_path_cas(&chain, anchors[idx], now, crls, warnings)?;
+        }
         let revocation = match self.options.crl {
             CrlMode::Off => {
                 warnings.push("revocation not checked: no CRL check configured".to_string());
@@ -426,12 +435,70 @@ impl Validator {
             revocation,
         })
     }
+
+    /// The revocation of the intermediates of a path built with end-entity CRL checks: each is
+    /// judged by the CRLs of its issuer (an ARL of the root, for instance) that verify with the
+    /// issuer's key, where such CRLs are loaded; an intermediate whose issuer has none loaded is
+    /// accepted, since deployments do not load the CRL of every level.
+    fn check_path_cas(
+        &self,
+        chain: &[PathCa],
+        anchor: &Anchor,
+        now: OffsetDateTime,
+        crls: &CrlStore,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        for (i, ca) in chain.iter().enumerate() {
+            let issuer_spki = match chain.get(i + 1) {
+                Some(up) => up.spki.clone(),
+                None => anchor.cert.spki_der()?,
+            };
+            let name = || {
+                ParsedCert::from_der(ca.der.clone()).map_or_else(
+                    |_| crate::facts::sha256_hex(&ca.der),
+                    |c| format!("{} (serial {})", c.facts.subject, c.facts.serial.as_str()),
+                )
+            };
+            match crls.ca_status(ca, &issuer_spki, now) {
+                CaStatus::Revoked { at, crl_issuer } => {
+                    return Err(PkiError::new(
+                        ErrorCode::CertRevoked,
+                        format!(
+                            "the CA certificate {} in the path is listed on the CRL of {crl_issuer}, revoked at {}",
+                            name(),
+                            fmt_time(at)
+                        ),
+                    ));
+                }
+                CaStatus::Stale {
+                    next_update,
+                    crl_issuer,
+                } => {
+                    let detail = format!(
+                        "the CRL of {crl_issuer} covering the CA certificate {} is past its nextUpdate {}",
+                        name(),
+                        fmt_time(next_update)
+                    );
+                    match self.options.stale_crl {
+                        StalePolicy::Reject => {
+                            return Err(PkiError::new(ErrorCode::RevocationStale, detail));
+                        }
+                        StalePolicy::Warn => {
+                            warnings.push(format!("accepted with a stale CRL: {detail}"));
+                        }
+                    }
+                }
+                CaStatus::Good | CaStatus::NotCovered => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 struct BuiltPath<'a> {
     anchor: &'a Anchor,
     /// Intermediates between the certificate and the anchor, nearest first.
-    chain: Vec<Vec<u8>>,
+    chain: Vec<PathCa>,
     revocation: &'static str,
 }
 
@@ -501,6 +568,11 @@ pub fn check_profile(facts: &CertFacts, role: Role) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn fmt_unix(t: UnixTime) -> String {

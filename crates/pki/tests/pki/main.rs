@@ -1,8 +1,10 @@
-//! Integration tests of the pki crate: certificate facts, the validation matrix, card proofs,
-//! interoperability with the OpenSSL CLI, the real GPKI CA certificates, and parser robustness.
+//! Integration tests of the pki crate: certificate facts, the validation matrix, revoked
+//! intermediates, card proofs, interoperability with the OpenSSL CLI, the real GPKI CA
+//! certificates, and parser robustness.
 
 mod helpers;
 
+mod arl;
 mod differential;
 mod facts;
 mod forgery;

@@ -384,6 +384,130 @@ fn newer_crl_replaces_older_and_older_does_not_replace_newer() {
     );
 }
 
+/// A MOICA CRL issued at `NOW + hours` with cRLNumber `number`, listing nothing.
+fn moica_crl_numbered(hours: i64, number: &[u8]) -> Vec<u8> {
+    let mut spec = testpki::CrlSpec::new(
+        NOW + Duration::hours(hours),
+        NOW + Duration::days(1) + Duration::hours(hours),
+    );
+    spec.number = number.to_vec();
+    testpki::crl_from(pki().ca(CaKind::Moica), &spec)
+}
+
+#[test]
+fn crl_number_is_read_as_an_unsigned_integer() {
+    let n = |bytes: &[u8]| {
+        CrlStore::new()
+            .add(&moica_crl_numbered(0, bytes))
+            .unwrap()
+            .number
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(n(&[0, 0, 0x2A]).as_bytes(), [0x2A]);
+    assert_eq!(n(&[0]).as_bytes(), [0]);
+    // A high first byte gets a sign byte in DER, which the number does not keep.
+    assert_eq!(n(&[0xC8, 0x01]).as_bytes(), [0xC8, 0x01]);
+    assert_eq!(n(&[0xC8, 0x01]).to_string(), "C801");
+    // Numbers compare by value, past 64 bits and whatever their first bytes.
+    assert!(n(&[0x01, 0, 0, 0, 0, 0, 0, 0, 0]) > n(&[0xFF; 8]));
+    assert!(n(&[0x02]) > n(&[0x01]));
+    assert!(n(&[0xFF; 20]) > n(&[0x7F; 20]));
+    // The CRLs of the standard test PKI carry their thisUpdate as number.
+    let mut crls = CrlStore::new();
+    let entry = crls
+        .add(&pki().crl_for(CaKind::Gca, NOW, NOW + Duration::days(1)))
+        .unwrap();
+    let want = (NOW.unix_timestamp() as u64).to_be_bytes();
+    let start = want.iter().position(|b| *b != 0).unwrap();
+    assert_eq!(entry.number.as_ref().unwrap().as_bytes(), &want[start..]);
+}
+
+#[test]
+fn crl_with_a_lower_number_never_replaces_the_held_one() {
+    let mut crls = CrlStore::new();
+    let held = crls
+        .add(&moica_crl_numbered(0, &[0x10]))
+        .unwrap()
+        .sha256
+        .clone();
+    let g = crls.generation();
+    // Issued later, but numbered lower: an old CRL re-dated, or a rollback.
+    let kept = crls.add(&moica_crl_numbered(2, &[0x0F])).unwrap();
+    assert_eq!(kept.sha256, held);
+    assert_eq!(kept.this_update, NOW);
+    assert_eq!(crls.generation(), g);
+    assert_eq!(crls.entries().len(), 1);
+    // Issued at the same time with a lower or the same number: kept too.
+    crls.add(&moica_crl_numbered(0, &[0x0F])).unwrap();
+    crls.add(&moica_crl_numbered(0, &[0x00, 0x10])).unwrap();
+    assert_eq!(crls.entries()[0].sha256, held);
+    assert_eq!(crls.generation(), g);
+    // Issued earlier with a higher number: still older by thisUpdate.
+    crls.add(&moica_crl_numbered(-1, &[0x11])).unwrap();
+    assert_eq!(crls.entries()[0].sha256, held);
+    assert_eq!(crls.generation(), g);
+    // The same CRL again changes nothing.
+    crls.add(&moica_crl_numbered(0, &[0x10])).unwrap();
+    assert_eq!(crls.generation(), g);
+}
+
+#[test]
+fn crl_with_a_higher_number_replaces_the_held_one() {
+    let mut crls = CrlStore::new();
+    crls.add(&moica_crl_numbered(0, &[0x10])).unwrap();
+    let g = crls.generation();
+    // Same thisUpdate, higher number.
+    let new = crls.add(&moica_crl_numbered(0, &[0x11])).unwrap();
+    assert_eq!(new.number.as_ref().unwrap().as_bytes(), [0x11]);
+    assert!(crls.generation() > g);
+    // Later and higher, a number past 64 bits.
+    let big = [0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+    let new = crls.add(&moica_crl_numbered(1, &big)).unwrap();
+    assert_eq!(new.number.as_ref().unwrap().as_bytes(), big);
+    assert_eq!(new.this_update, NOW + Duration::hours(1));
+    // Later with the same number is a newer issue of the same CRL.
+    let g = crls.generation();
+    let new = crls.add(&moica_crl_numbered(2, &big)).unwrap();
+    assert_eq!(new.this_update, NOW + Duration::hours(2));
+    assert!(crls.generation() > g);
+    assert_eq!(crls.entries().len(), 1);
+}
+
+/// `der` with the content of its cRLNumber INTEGER replaced by `content` of the same length
+/// (the signature no longer verifies; the store reads a CRL before anything checks it).
+fn with_crl_number(der: &[u8], content: &[u8]) -> Vec<u8> {
+    // extnID 2.5.29.20, then the OCTET STRING holding the INTEGER.
+    let oid = [0x06, 0x03, 0x55, 0x1D, 0x14];
+    let at = der.windows(oid.len()).position(|w| w == oid).unwrap() + oid.len();
+    assert_eq!((der[at], der[at + 2]), (0x04, 0x02));
+    assert_eq!(usize::from(der[at + 3]), content.len());
+    let mut out = der.to_vec();
+    out[at + 4..at + 4 + content.len()].copy_from_slice(content);
+    out
+}
+
+#[test]
+fn malformed_crl_numbers_are_refused() {
+    // The largest number RFC 5280 allows: 20 octets, 21 with the sign byte.
+    let good = moica_crl_numbered(0, &[0xFF; 20]);
+    let entry = CrlStore::new().add(&good).unwrap().number.clone().unwrap();
+    assert_eq!(entry.as_bytes(), [0xFF; 20]);
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("negative", [[0x80].as_slice(), &[0; 20]].concat()),
+        ("minus one", vec![0xFF; 21]),
+        ("21 octets", [[0x01].as_slice(), &[0; 20]].concat()),
+        ("not minimal", [[0x00, 0x01].as_slice(), &[0; 19]].concat()),
+    ];
+    for (what, content) in cases {
+        let e = CrlStore::new()
+            .add(&with_crl_number(&good, &content))
+            .expect_err(what);
+        assert_eq!(e.code, ErrorCode::RevocationInvalid, "{what}: {e}");
+        assert!(e.detail.contains("cRLNumber"), "{what}: {e}");
+    }
+}
+
 #[test]
 fn garbage_crl_is_refused() {
     let mut crls = CrlStore::new();
@@ -689,7 +813,7 @@ fn cache_serves_repeats_and_is_dropped_when_crls_change() {
         &[(serial, NOW)],
         NOW,
         NOW + Duration::days(7),
-        99,
+        NOW.unix_timestamp() as u64,
         None,
     ))
     .unwrap();
