@@ -154,7 +154,8 @@ const plan = [
     const otherSeen = context.waitForEvent('page');
     await page.evaluate((s) => { window.__other = window.open(`${s}/hipki.html`, 'otherWindow'); }, SITE);
     const other = await otherSeen;
-    await other.waitForFunction(() => document.getElementById('status').textContent === 'ready');
+    // The new window is about:blank until the site's page has loaded: no #status yet.
+    await other.waitForFunction(() => document.getElementById('status')?.textContent === 'ready');
     await page.evaluate(() => { window.__other.__agentPopup = window.__agentPopup; });
     const answered = await other.evaluate(([a, data]) => new Promise((resolve) => {
       const w = window.__agentPopup;
