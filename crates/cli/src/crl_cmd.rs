@@ -5,7 +5,7 @@ use crate::store_cmd::DatabaseArgs;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use pki::anchors::TrustStore;
-use pki::revocation::CrlStore;
+use pki::revocation::{CrlEntry, CrlStore};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,23 +39,36 @@ pub async fn load_crls(
 ) -> Result<CrlStore> {
     let mut store = CrlStore::new();
     for source in sources {
-        let fetched = fetch(source).await.and_then(|bytes| {
-            let this_update = checked_this_update(&bytes, trust, now)?;
-            Ok((bytes, this_update))
-        });
+        let fetched = fetch(source)
+            .await
+            .and_then(|bytes| Ok((checked(&bytes, trust, now)?, bytes)));
         let previous = last_good.get(source);
-        let kept_update = previous.and_then(|old| checked_this_update(old, trust, now).ok());
+        let kept = previous.and_then(|old| checked(old, trust, now).ok());
         let bytes = match (fetched, previous) {
-            (Ok((bytes, fresh)), _) if kept_update.is_none_or(|kept| fresh >= kept) => bytes,
-            (Ok((_, fresh)), Some(old)) => {
-                tracing::warn!(source, this_update = %rfc3339(fresh), kept = ?kept_update, "CRL older than the one in force; keeping the last good copy");
+            // A refresh never goes back: not to an earlier thisUpdate, not to a lower number.
+            (Ok((fresh, bytes)), _)
+                if kept.as_ref().is_none_or(|kept| {
+                    previous.is_some_and(|old| *old == bytes) || fresh.supersedes(kept)
+                }) =>
+            {
+                bytes
+            }
+            (Ok((fresh, _)), Some(old)) => {
+                tracing::warn!(
+                    source,
+                    this_update = %rfc3339(fresh.this_update),
+                    number = ?fresh.number,
+                    kept_this_update = ?kept.as_ref().map(|k| rfc3339(k.this_update)),
+                    kept_number = ?kept.as_ref().and_then(|k| k.number.clone()),
+                    "CRL older than the one in force; keeping the last good copy"
+                );
                 old.clone()
             }
             (Err(e), Some(old)) => {
                 tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
                 old.clone()
             }
-            (Ok((bytes, _)), None) => bytes,
+            (Ok((_, bytes)), None) => bytes,
             (Err(e), None) => return Err(e),
         };
         let entry = store
@@ -68,15 +81,15 @@ pub async fn load_crls(
     Ok(store)
 }
 
-/// The thisUpdate of a CRL signed by a CA of `trust` named as its issuer and not dated ahead
-/// of `now`, or why the bytes are not such a CRL.
-fn checked_this_update(
-    bytes: &[u8],
-    trust: &TrustStore,
-    now: time::OffsetDateTime,
-) -> Result<time::OffsetDateTime> {
+/// The CRL of `bytes` if it is signed by a CA of `trust` named as its issuer and not dated
+/// ahead of `now`, or why the bytes are not such a CRL.
+fn checked(bytes: &[u8], trust: &TrustStore, now: time::OffsetDateTime) -> Result<CrlEntry> {
     let mut one = CrlStore::new();
-    let entry = one.add(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    one.add(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let entry = one
+        .into_entries()
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no CRL"))?;
     if !trust
         .keys_named(&entry.issuer)
         .iter()
@@ -94,7 +107,7 @@ fn checked_this_update(
             rfc3339(entry.this_update)
         );
     }
-    Ok(entry.this_update)
+    Ok(entry)
 }
 
 /// One source's bytes: a file read or an `http://` download.
@@ -206,6 +219,27 @@ mod tests {
         let store = load_crls(std::slice::from_ref(&source), &mut last_good, &trust, now)
             .await
             .unwrap();
+        assert_eq!(store.entries()[0].this_update, now);
+        assert_eq!(last_good[&source], newer);
+
+        // Nor does a later one numbered lower (a CA's number never goes back: this is a
+        // replay with a forged date, or a misissued list).
+        let renumbered = pki::testpki::crl_from(
+            pki.ca(CaKind::Gca),
+            &pki::testpki::CrlSpec {
+                number: vec![1],
+                ..pki::testpki::CrlSpec::new(now + time::Duration::minutes(10), now + day)
+            },
+        );
+        std::fs::write(&path, &renumbered).unwrap();
+        let store = load_crls(
+            std::slice::from_ref(&source),
+            &mut last_good,
+            &trust,
+            now + day,
+        )
+        .await
+        .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
         assert_eq!(last_good[&source], newer);
 

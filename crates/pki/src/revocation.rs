@@ -378,6 +378,10 @@ impl CrlStore {
         &self.entries
     }
 
+    pub fn into_entries(self) -> Vec<CrlEntry> {
+        self.entries
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
