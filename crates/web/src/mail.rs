@@ -202,7 +202,9 @@ fn key(f: &Flag) -> String {
 
 /// Sends each agency's administrator one notice of its flagged certificates not yet notified
 /// today (claimed in the database first); returns how many mails went out. A failed mail is
-/// logged, its claims are given back, and it is tried again next time.
+/// logged, its claims are given back, and it is tried again next time. One agency's failure
+/// (a row that cannot be read, a claim the database refused) is logged and the walk goes on
+/// to the next agency.
 pub async fn notify_once(
     db: &store::Db,
     validator: &Validator,
@@ -215,47 +217,65 @@ pub async fn notify_once(
     let today = now.to_offset(domain::clock::TAIPEI).date();
     let mut mails = 0;
     for code in db.registered_codes().await? {
-        let Some(registration) = db.registration(&code).await? else {
-            continue;
-        };
-        let operators = db.operators(&code).await?;
-        let flags: Vec<Flag> = expiry_report(
-            now,
-            validator,
-            std::slice::from_ref(&registration),
-            &operators,
-        );
-        if flags.is_empty() {
-            continue;
-        }
-        let keys: Vec<String> = flags.iter().map(key).collect();
-        let claimed = db.notice_claim(today, &keys).await?;
-        let (flags, keys): (Vec<Flag>, Vec<String>) = flags
-            .into_iter()
-            .zip(keys)
-            .zip(claimed)
-            .filter_map(|(pair, mine)| mine.then_some(pair))
-            .unzip();
-        if flags.is_empty() {
-            continue;
-        }
-        let notice = notice_zh(&registration, &flags, now);
-        match mailer.send(&notice).await {
-            Ok(()) => {
-                mails += 1;
-                tracing::info!(
-                    code = code.as_str(),
-                    certificates = flags.len(),
-                    "expiry notice sent"
-                );
-            }
+        match notify_agency(db, validator, now, today, mailer, &code).await {
+            Ok(sent) => mails += usize::from(sent),
             Err(e) => {
-                tracing::warn!(code = code.as_str(), error = %e, "expiry notice not sent");
-                db.notice_release(today, &keys).await?;
+                tracing::error!(code = code.as_str(), error = %e, "expiry notice skipped");
             }
         }
     }
     Ok(mails)
+}
+
+/// One agency's notice; whether a mail went out.
+async fn notify_agency(
+    db: &store::Db,
+    validator: &Validator,
+    now: OffsetDateTime,
+    today: time::Date,
+    mailer: &Mailer,
+    code: &domain::types::InstitutionCode,
+) -> domain::Result<bool> {
+    let Some(registration) = db.registration(code).await? else {
+        return Ok(false);
+    };
+    let operators = db.operators(code).await?;
+    let flags: Vec<Flag> = expiry_report(
+        now,
+        validator,
+        std::slice::from_ref(&registration),
+        &operators,
+    );
+    if flags.is_empty() {
+        return Ok(false);
+    }
+    let keys: Vec<String> = flags.iter().map(key).collect();
+    let claimed = db.notice_claim(today, &keys).await?;
+    let (flags, keys): (Vec<Flag>, Vec<String>) = flags
+        .into_iter()
+        .zip(keys)
+        .zip(claimed)
+        .filter_map(|(pair, mine)| mine.then_some(pair))
+        .unzip();
+    if flags.is_empty() {
+        return Ok(false);
+    }
+    let notice = notice_zh(&registration, &flags, now);
+    match mailer.send(&notice).await {
+        Ok(()) => {
+            tracing::info!(
+                code = code.as_str(),
+                certificates = flags.len(),
+                "expiry notice sent"
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(code = code.as_str(), error = %e, "expiry notice not sent");
+            db.notice_release(today, &keys).await?;
+            Ok(false)
+        }
+    }
 }
 
 #[cfg(test)]

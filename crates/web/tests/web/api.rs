@@ -2195,6 +2195,67 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
     }
 }
 
+/// SQL run on the app's database outside the store, one connection, statement by statement.
+async fn run_sql(app: &TestApp, statements: &[&'static str]) {
+    use sqlx::Connection as _;
+    match app.db.backend() {
+        store::Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+            for sql in statements {
+                sqlx::raw_sql(*sql).execute(&mut c).await.unwrap();
+            }
+        }
+        store::Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+            for sql in statements {
+                sqlx::raw_sql(*sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_agency_that_cannot_be_read_does_not_stop_the_notices_of_the_others() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let code = InstitutionCode::parse(TAIPEI).unwrap();
+        let registration = api.app.db.registration(&code).await.unwrap().unwrap();
+        // An agency walked first whose stored administrator ID no longer decrypts.
+        run_sql(
+            &api.app,
+            &[
+                "INSERT INTO agencies (code, name, county) VALUES ('A0000', '測試機關', '臺北市')",
+                "CREATE TEMPORARY TABLE broken AS SELECT * FROM registrations WHERE code = 'A0001'",
+                "UPDATE broken SET code = 'A0000', admin_id_enc = 'not a ciphertext'",
+                "INSERT INTO registrations SELECT * FROM broken",
+            ],
+        )
+        .await;
+        assert!(
+            api.app
+                .db
+                .registration(&InstitutionCode::parse("A0000").unwrap())
+                .await
+                .is_err()
+        );
+        let (port, sink) = smtp_sink().await;
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            from: "certreg@example.gov.tw".into(),
+        });
+        let later = registration.admin_card.cert.not_after - time::Duration::days(30);
+        let n = web::mail::notify_once(&api.app.db, &api.app.validator, later, &mailer)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let (rcpt, data) = sink.await.unwrap();
+        assert_eq!(rcpt, "admin@example.gov.tw");
+        assert!(decode_mail(&data).0.contains(TAIPEI));
+    }
+}
+
 /// A loopback port with nothing listening.
 async fn closed_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
