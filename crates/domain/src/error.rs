@@ -87,6 +87,10 @@ pub enum DomainError {
     /// The session holds as many flows as it may.
     #[error("too many flows in this session")]
     TooManyFlows,
+    /// The database could not take the write now (a deadlock, a lock held past the lock
+    /// timeout, a serialization failure) and retrying did not help: nothing was written.
+    #[error("the database is busy; nothing was written")]
+    Busy,
     #[error("storage failure: {0}")]
     Storage(String),
 }
@@ -139,6 +143,7 @@ impl DomainError {
             Self::ChallengeExpired => "challenge_expired",
             Self::Forbidden => "forbidden",
             Self::TooManyFlows => "too_many_flows",
+            Self::Busy => "busy",
             Self::Storage(_) => "internal",
         }
     }
@@ -184,6 +189,7 @@ impl DomainError {
             Self::TooManyFlows => {
                 "同時進行中的作業過多，請先完成已開始的作業，或等候 15 分鐘後再試".into()
             }
+            Self::Busy => "系統忙碌中，本次作業未生效，請稍後再試".into(),
             Self::Storage(_) => "系統忙碌中，請稍後再試".into(),
         }
     }

@@ -916,6 +916,13 @@ impl<S: Store, C: Clock> Services<S, C> {
             .agency(&code)
             .await?
             .ok_or(DomainError::UnknownAgency)?;
+        // Re-checked now, not taken from the card step: another flow of the same card may have
+        // filed meanwhile (the store's one-pending-per-card index catches the last instant).
+        match self.check_identifier(&agency, &org).await {
+            Err(DomainError::OrgIdMismatch) => {}
+            Err(e) => return Err(e),
+            Ok(()) => return Err(DomainError::Conflict),
+        }
         let now = self.clock.now();
         let application = ReviewApplication {
             id: 0,
@@ -1325,6 +1332,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 review: Some(ReviewWrite::Decide {
                     id,
                     state: state.clone(),
+                    reviewer_id: reviewer.id,
                 }),
                 audit: vec![audit],
                 ..Default::default()

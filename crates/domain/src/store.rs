@@ -75,8 +75,13 @@ pub enum OperatorWrite {
 pub enum ReviewWrite {
     /// The id is assigned by the store.
     Insert(Box<ReviewApplication>),
-    /// Only a pending application can be decided (`Conflict` otherwise).
-    Decide { id: i64, state: ReviewState },
+    /// Only a pending application can be decided (`Conflict` otherwise), and only by a
+    /// reviewer still active when the decision is written (`NotReviewer` otherwise).
+    Decide {
+        id: i64,
+        state: ReviewState,
+        reviewer_id: i64,
+    },
 }
 
 /// One state change, applied atomically.

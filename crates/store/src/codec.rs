@@ -44,6 +44,19 @@ pub(crate) fn encrypt(s: &Secrets, purpose: &str, plain: &[u8]) -> Result<String
     s.encrypt(purpose, plain).map_err(DomainError::from)
 }
 
+/// The associated data of a value: its column (`purpose`) and its row, so a ciphertext moved
+/// to another column or another row (another agency's administrator, another operator) does
+/// not decrypt there.
+pub(crate) fn row_aad(purpose: &str, row: &str) -> String {
+    format!("{purpose}|{row}")
+}
+
+/// The row an operator's national ID is bound to: its agency and its card serial, unique
+/// together (the id is assigned only by the insert).
+pub(crate) fn operator_aad(code: &str, serial: &str) -> String {
+    row_aad(ENC_OPERATOR_ID, &format!("{code}|{serial}"))
+}
+
 pub(crate) fn decrypt_id(s: &Secrets, purpose: &str, stored: &str) -> Result<NationalId> {
     let plain = s.decrypt(purpose, stored).map_err(DomainError::from)?;
     let text = String::from_utf8(plain).map_err(|e| corrupt(purpose, e))?;
@@ -181,7 +194,11 @@ impl RegistrationRow {
             admin: CertCols::new(&r.admin_card.cert),
             admin_holder_name: r.admin_card.holder_name.clone(),
             admin_id_last4: r.admin_card.id_last4.clone(),
-            admin_id_enc: encrypt(s, ENC_ADMIN_ID, r.admin_id.as_str().as_bytes())?,
+            admin_id_enc: encrypt(
+                s,
+                &row_aad(ENC_ADMIN_ID, r.code.as_str()),
+                r.admin_id.as_str().as_bytes(),
+            )?,
             admin_id_hash: s.id_hash(&r.admin_id),
             contact_name: r.admin.name.as_str().to_string(),
             contact_email: r.admin.email.as_str().to_string(),
@@ -221,7 +238,11 @@ impl OperatorRow {
             code: code.as_str().to_string(),
             serial: i.serial.as_str().to_string(),
             name: i.name.as_str().to_string(),
-            national_id_enc: encrypt(s, ENC_OPERATOR_ID, i.national_id.as_str().as_bytes())?,
+            national_id_enc: encrypt(
+                s,
+                &operator_aad(code.as_str(), i.serial.as_str()),
+                i.national_id.as_str().as_bytes(),
+            )?,
             national_id_hash: s.id_hash(&i.national_id),
             functions: functions_json(&i.functions),
             updated_at: ts(at),
@@ -345,7 +366,7 @@ impl FlowRow {
             kind: f.kind.as_str(),
             session: f.session.clone(),
             step: f.step.as_str(),
-            data_enc: encrypt(s, ENC_FLOW_DATA, &json)?,
+            data_enc: encrypt(s, &row_aad(ENC_FLOW_DATA, &f.id), &json)?,
             created_at: ts(f.created_at),
             touched_at: ts(f.touched_at),
             version: f.version,
@@ -353,9 +374,9 @@ impl FlowRow {
     }
 }
 
-pub(crate) fn flow_data(s: &Secrets, stored: &str) -> Result<FlowData> {
+pub(crate) fn flow_data(s: &Secrets, id: &str, stored: &str) -> Result<FlowData> {
     let plain = s
-        .decrypt(ENC_FLOW_DATA, stored)
+        .decrypt(&row_aad(ENC_FLOW_DATA, id), stored)
         .map_err(DomainError::from)?;
     serde_json::from_slice(&plain).map_err(|e| corrupt("flow data", e))
 }

@@ -61,6 +61,8 @@ const CONSTRAINTS: &[(&str, MakeError)] = &[
     ("flows_pkey", || DomainError::Conflict),
     ("challenges_pkey", || DomainError::Conflict),
     ("challenges_flow_id_fkey", || DomainError::FlowNotFound),
+    ("reviews_pending_card_key", || DomainError::ReviewPending),
+    ("signing_keys_one_current_idx", || DomainError::Conflict),
     ("reviewers_cert_serial_key", || {
         DomainError::invalid(
             "cert_serial",
@@ -81,6 +83,10 @@ const SQLITE_UNIQUE_COLUMNS: &[(&str, &str)] = &[
     ("flows.id", "flows_pkey"),
     ("challenges.id", "challenges_pkey"),
     ("reviewers.cert_serial", "reviewers_cert_serial_key"),
+    (
+        "reviews.org_issuer, reviews.org_serial",
+        "reviews_pending_card_key",
+    ),
 ];
 
 /// The name of the violated constraint. PostgreSQL reports it; SQLite reports the columns of a
@@ -97,6 +103,10 @@ pub(crate) fn constraint_name(
         sqlx::error::ErrorKind::ForeignKeyViolation => fk.map(str::to_string),
         sqlx::error::ErrorKind::UniqueViolation => {
             let columns = e.message().split_once("constraint failed: ")?.1.trim();
+            // An index on an expression is named rather than listed by columns.
+            if let Some(index) = columns.strip_prefix("index '") {
+                return index.strip_suffix('\'').map(str::to_string);
+            }
             SQLITE_UNIQUE_COLUMNS
                 .iter()
                 .find(|(cols, _)| *cols == columns)
@@ -110,6 +120,12 @@ pub(crate) fn constraint_name(
 /// anything else is a storage failure.
 pub(crate) fn map_db_error(e: sqlx::Error, fk: Option<&'static str>) -> DomainError {
     if let sqlx::Error::Database(db) = &e
+        && is_busy(db.as_ref())
+    {
+        tracing::warn!(error = %e, "database busy");
+        return DomainError::Busy;
+    }
+    if let sqlx::Error::Database(db) = &e
         && let Some(name) = constraint_name(db.as_ref(), fk)
         && let Some((_, make)) = CONSTRAINTS.iter().find(|(n, _)| *n == name)
     {
@@ -117,6 +133,24 @@ pub(crate) fn map_db_error(e: sqlx::Error, fk: Option<&'static str>) -> DomainEr
     }
     tracing::error!(error = %e, "database error");
     DomainError::Storage(e.to_string())
+}
+
+/// A failure that says nothing about the request, only that the database could not take it
+/// now, after rolling it back: PostgreSQL's serialization failure, deadlock and lock timeout;
+/// SQLite's busy and locked (another process's writer outlasted the busy timeout).
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = e.code();
+    if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        matches!(code.as_deref(), Some("40001" | "40P01" | "55P03"))
+    } else if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Extended result codes carry the primary code in their low byte.
+        code.and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    } else {
+        false
+    }
 }
 
 /// The constraint names the mapping knows, for the test that checks both migrations name them.

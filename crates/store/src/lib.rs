@@ -67,6 +67,41 @@ macro_rules! dispatch {
     };
 }
 
+/// How many times a write that met [`domain::DomainError::Busy`] on PostgreSQL is tried again
+/// (a deadlock victim or a lock timeout rolled back, so running it again is safe). SQLite's
+/// busy comes only after its 30-second busy timeout and is not retried.
+const BUSY_RETRIES: u32 = 3;
+
+/// A short, growing, jittered pause before a retry, so that two deadlocked writers do not meet
+/// again at once.
+async fn busy_backoff(attempt: u32) {
+    let mut jitter = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jitter);
+    let ms = (20u64 << attempt.min(4)) + u64::from(jitter[0] % 20);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+/// [`dispatch!`] for a write: on PostgreSQL a `Busy` outcome is run again, up to
+/// [`BUSY_RETRIES`] times. The body must be safe to run again (it re-reads what it checks).
+macro_rules! write_dispatch {
+    ($db:expr, $($rest:tt)*) => {{
+        let retries = match &$db.pool {
+            crate::Pool::Pg(_) => crate::BUSY_RETRIES,
+            crate::Pool::Sqlite(_) => 0,
+        };
+        let mut attempt = 0u32;
+        loop {
+            match dispatch!($db, $($rest)*) {
+                Err(domain::DomainError::Busy) if attempt < retries => {
+                    attempt += 1;
+                    crate::busy_backoff(attempt).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 mod notices;
 mod signing;
 pub use signing::SigningKeyRecord;
@@ -185,9 +220,20 @@ impl Db {
 
     /// Connects without migrating (`certreg migrate` reports what it applies itself).
     pub async fn connect_only(url: &str, secrets: &Secrets) -> std::result::Result<Db, StoreError> {
+        Self::connect_tuned(url, secrets, pg::LOCK_TIMEOUT).await
+    }
+
+    /// As [`Db::connect_only`], with PostgreSQL's lock timeout set: how long a write waits for
+    /// a row another transaction holds before it is rolled back and retried (SQLite writers
+    /// queue instead).
+    pub async fn connect_tuned(
+        url: &str,
+        secrets: &Secrets,
+        lock_timeout: std::time::Duration,
+    ) -> std::result::Result<Db, StoreError> {
         let pool = match backend_of(url)? {
             Backend::Sqlite => Pool::Sqlite(sqlite::connect(url).await?),
-            Backend::Postgres => Pool::Pg(pg::connect(url).await?),
+            Backend::Postgres => Pool::Pg(pg::connect(url, lock_timeout).await?),
         };
         Ok(Db {
             pool,
@@ -197,17 +243,42 @@ impl Db {
 
     /// Applies the migrations not yet applied; returns how many there were.
     pub async fn migrate(&self) -> std::result::Result<usize, StoreError> {
-        let before = self.applied_migrations().await?;
         match &self.pool {
             Pool::Sqlite(p) => {
                 // Migrations write too: a live `Db`'s queued writers must not meet them at the
                 // busy timeout.
-                let _turn = sqlite::write_turn(p).await;
-                migrations::migrator(Flavor::Sqlite).run(&**p).await?
+                let turn = sqlite::write_turn(p).await;
+                // sqlx locks migrations on PostgreSQL only; counted under the lock, so a
+                // process that waited reports none applied.
+                let _file = sqlite::migration_lock(p)
+                    .await
+                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+                let before = self.applied_migrations().await?;
+                migrations::migrator(Flavor::Sqlite).run(&**p).await?;
+                // The data step queues for its own turn, still under the file lock.
+                drop(turn);
+                self.rebind_row_values().await?;
+                Ok(self.applied_migrations().await? - before)
             }
-            Pool::Pg(p) => migrations::migrator(Flavor::Postgres).run(&**p).await?,
+            Pool::Pg(p) => {
+                let before = self.applied_migrations().await?;
+                migrations::migrator(Flavor::Postgres).run(&**p).await?;
+                self.rebind_row_values().await?;
+                Ok(self.applied_migrations().await?.saturating_sub(before))
+            }
         }
-        Ok(self.applied_migrations().await? - before)
+    }
+
+    /// The data step of the migration that bound encrypted values to their rows.
+    async fn rebind_row_values(&self) -> std::result::Result<(), StoreError> {
+        let done = dispatch!(self, ops, p => ops::rebind_row_values(p, &self.secrets).await)
+            .map_err(|e| {
+                StoreError::Corrupt(format!("binding encrypted values to their rows: {e}"))
+            })?;
+        if let Some(n) = done {
+            tracing::info!(values = n, "encrypted values bound to their rows");
+        }
+        Ok(())
     }
 
     async fn applied_migrations(&self) -> std::result::Result<usize, StoreError> {
@@ -238,13 +309,13 @@ impl Db {
     /// Stores a new session at `record.version` (1 for a new one); a storage error if the key
     /// is taken.
     pub async fn session_insert(&self, record: &SessionRecord) -> Result<()> {
-        dispatch!(self, ops, p => ops::session_insert(p, &self.secrets, record).await)
+        write_dispatch!(self, ops, p => ops::session_insert(p, &self.secrets, record).await)
     }
 
     /// Writes `record`'s data if the stored session is still at `record.version`; never
     /// brings back a session that is no longer on file.
     pub async fn session_update(&self, record: &SessionRecord) -> Result<SessionSaved> {
-        dispatch!(self, ops, p => ops::session_update(p, &self.secrets, record).await)
+        write_dispatch!(self, ops, p => ops::session_update(p, &self.secrets, record).await)
     }
 
     /// A request that changed nothing: only the idle deadline moves (the data is neither
@@ -255,7 +326,7 @@ impl Db {
         touched_at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<bool> {
-        dispatch!(self, ops, p => ops::session_touch(p, id, touched_at, expires_at).await)
+        write_dispatch!(self, ops, p => ops::session_touch(p, id, touched_at, expires_at).await)
     }
 
     /// The session, unless it does not exist or has expired at `now`.
@@ -268,7 +339,7 @@ impl Db {
     }
 
     pub async fn session_delete(&self, id: &str) -> Result<()> {
-        dispatch!(self, ops, p => ops::session_delete(p, id).await)
+        write_dispatch!(self, ops, p => ops::session_delete(p, id).await)
     }
 
     /// Seals an audit chain that ends in rows written before it was keyed with a keyed row
@@ -370,11 +441,11 @@ impl Store for Db {
     }
 
     async fn upsert_agencies(&self, agencies: &[Agency]) -> Result<u64> {
-        dispatch!(self, ops, p => ops::upsert_agencies(p, agencies).await)
+        write_dispatch!(self, ops, p => ops::upsert_agencies(p, agencies).await)
     }
 
     async fn insert_flow(&self, flow: &Flow) -> Result<()> {
-        dispatch!(self, ops, p => ops::insert_flow(p, &self.secrets, flow).await)
+        write_dispatch!(self, ops, p => ops::insert_flow(p, &self.secrets, flow).await)
     }
 
     async fn flow(&self, id: &str) -> Result<Option<Flow>> {
@@ -390,19 +461,19 @@ impl Store for Db {
     }
 
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {
-        dispatch!(self, ops, p => ops::insert_challenge(p, challenge).await)
+        write_dispatch!(self, ops, p => ops::insert_challenge(p, challenge).await)
     }
 
     async fn consume_challenge(&self, id: &str, now: OffsetDateTime) -> Result<StoredChallenge> {
-        dispatch!(self, ops, p => ops::consume_challenge(p, id, now).await)
+        write_dispatch!(self, ops, p => ops::consume_challenge(p, id, now).await)
     }
 
     async fn commit(&self, commit: Commit) -> Result<Committed> {
-        dispatch!(self, ops, p => ops::commit(p, &self.secrets, commit).await)
+        write_dispatch!(self, ops, p => ops::commit(p, &self.secrets, commit.clone()).await)
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
-        dispatch!(self, ops, p => ops::append_audit(p, &self.secrets, event).await)
+        write_dispatch!(self, ops, p => ops::append_audit(p, &self.secrets, event).await)
     }
 
     async fn registration(&self, code: &InstitutionCode) -> Result<Option<Registration>> {
@@ -446,7 +517,7 @@ impl Store for Db {
     }
 
     async fn add_reviewer(&self, name: &str, section: Section, serial: &CertSerial) -> Result<i64> {
-        dispatch!(self, ops, p => ops::add_reviewer(p, name, section, serial).await)
+        write_dispatch!(self, ops, p => ops::add_reviewer(p, name, section, serial).await)
     }
 
     async fn reviewers(&self) -> Result<Vec<Reviewer>> {
@@ -459,11 +530,11 @@ impl Store for Db {
         serial: &CertSerial,
         issuer: &str,
     ) -> Result<()> {
-        dispatch!(self, ops, p => ops::learn_reviewer_issuer(p, id, serial, issuer).await)
+        write_dispatch!(self, ops, p => ops::learn_reviewer_issuer(p, id, serial, issuer).await)
     }
 
     async fn set_reviewer_active(&self, id: i64, active: bool) -> Result<()> {
-        dispatch!(self, ops, p => ops::set_reviewer_active(p, id, active).await)
+        write_dispatch!(self, ops, p => ops::set_reviewer_active(p, id, active).await)
     }
 
     async fn calendar_days(&self) -> Result<Vec<CalendarDay>> {
@@ -471,7 +542,7 @@ impl Store for Db {
     }
 
     async fn import_calendar(&self, days: &[CalendarDay]) -> Result<()> {
-        dispatch!(self, ops, p => ops::import_calendar(p, days).await)
+        write_dispatch!(self, ops, p => ops::import_calendar(p, days).await)
     }
 
     async fn verify_audit(&self) -> Result<AuditReport> {

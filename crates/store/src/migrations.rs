@@ -66,6 +66,20 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0007_flows_session_idx.sql"),
         postgres: include_str!("../migrations/postgres/0007_flows_session_idx.sql"),
     },
+    MigrationPair {
+        version: 8,
+        file_name: "0008_reviews_pending_card.sql",
+        description: "reviews pending card",
+        sqlite: include_str!("../migrations/sqlite/0008_reviews_pending_card.sql"),
+        postgres: include_str!("../migrations/postgres/0008_reviews_pending_card.sql"),
+    },
+    MigrationPair {
+        version: 9,
+        file_name: "0009_row_bound_values.sql",
+        description: "row bound values",
+        sqlite: include_str!("../migrations/sqlite/0009_row_bound_values.sql"),
+        postgres: include_str!("../migrations/postgres/0009_row_bound_values.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! around a single statement): on SQLite a lone statement that skipped the queue would sleep in
 //! the busy handler behind the queued writers and hold up the next one in turn.
 
-use super::{DB, Handle, WriteTx, begin_read, begin_write, write_turn};
+use super::{DB, Handle, WriteTx, begin_read, begin_write, serialize, wait_for_locks, write_turn};
 use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
 use crate::codec::*;
 use crate::error::map_db_error;
@@ -102,6 +102,9 @@ pub(crate) async fn agency(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Op
 
 pub(crate) async fn upsert_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
     let mut tx = begin_write(pool).await.map_err(db)?;
+    // Imports take turns: two files naming the same agencies in different orders would
+    // otherwise lock each other's rows.
+    serialize(&mut tx, "agencies").await.map_err(db)?;
     for a in agencies {
         sqlx::query(
             "INSERT INTO agencies (code, name, county, org_identifier) VALUES ($1, $2, $3, $4) \
@@ -174,7 +177,7 @@ pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result
             kind: flow_kind(&s(&r, "kind")?)?,
             session: s(&r, "session")?,
             step: step(&s(&r, "step")?)?,
-            data: flow_data(secrets, &s(&r, "data_enc")?)?,
+            data: flow_data(secrets, &s(&r, "id")?, &s(&r, "data_enc")?)?,
             created_at: time_at(&r, "created_at")?,
             touched_at: time_at(&r, "touched_at")?,
             version: int(&r, "version")?,
@@ -606,9 +609,25 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
                 .map_err(fk("reviews_code_fkey"))?;
             done.review_id = Some(int(&row, "id")?);
         }
-        Some(ReviewWrite::Decide { id, state }) => {
+        Some(ReviewWrite::Decide {
+            id,
+            state,
+            reviewer_id,
+        }) => {
             if state == ReviewState::Pending {
                 return Err(DomainError::Conflict);
+            }
+            // The reviewer's row, locked until the commit: a reviewer disabled before this
+            // point records nothing, and one being disabled now waits for the decision.
+            let active =
+                sqlx::query("UPDATE reviewers SET active = active WHERE id = $1 AND active")
+                    .bind(reviewer_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+            if active != 1 {
+                return Err(DomainError::NotReviewer);
             }
             let d = DecisionCols::new(&state);
             let n = sqlx::query(
@@ -704,6 +723,111 @@ async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
     Ok(())
 }
 
+/// Re-encrypts the values written before ciphertexts were bound to their rows, once per
+/// database (the `pending_rebinds` row is claimed by deleting it), in one transaction; how
+/// many values, or `None` when there was nothing to do.
+pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Result<Option<u64>> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    wait_for_locks(&mut tx).await.map_err(db)?;
+    let claimed = sqlx::query("DELETE FROM pending_rebinds WHERE name = 'row_bound_values'")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    if claimed == 0 {
+        tx.rollback().await.map_err(db)?;
+        return Ok(None);
+    }
+    let mut n = 0;
+    for r in sqlx::query("SELECT code, admin_id_enc FROM registrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+    {
+        let code = s(&r, "code")?;
+        let value = rebind(
+            secrets,
+            ENC_ADMIN_ID,
+            &row_aad(ENC_ADMIN_ID, &code),
+            &s(&r, "admin_id_enc")?,
+        )?;
+        sqlx::query("UPDATE registrations SET admin_id_enc = $2 WHERE code = $1")
+            .bind(code)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        n += 1;
+    }
+    for r in sqlx::query("SELECT id, code, serial, national_id_enc FROM operators")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+    {
+        let value = rebind(
+            secrets,
+            ENC_OPERATOR_ID,
+            &operator_aad(&s(&r, "code")?, &s(&r, "serial")?),
+            &s(&r, "national_id_enc")?,
+        )?;
+        sqlx::query("UPDATE operators SET national_id_enc = $2 WHERE id = $1")
+            .bind(int(&r, "id")?)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        n += 1;
+    }
+    for r in sqlx::query("SELECT id, data_enc FROM flows")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+    {
+        let id = s(&r, "id")?;
+        let value = rebind(
+            secrets,
+            ENC_FLOW_DATA,
+            &row_aad(ENC_FLOW_DATA, &id),
+            &s(&r, "data_enc")?,
+        )?;
+        sqlx::query("UPDATE flows SET data_enc = $2 WHERE id = $1")
+            .bind(id)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        n += 1;
+    }
+    for r in sqlx::query("SELECT kid, private_enc FROM signing_keys")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+    {
+        let kid = s(&r, "kid")?;
+        let value = rebind(
+            secrets,
+            crate::signing::ENC_SIGNING_KEY,
+            &row_aad(crate::signing::ENC_SIGNING_KEY, &kid),
+            &s(&r, "private_enc")?,
+        )?;
+        sqlx::query("UPDATE signing_keys SET private_enc = $2 WHERE kid = $1")
+            .bind(kid)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        n += 1;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(Some(n))
+}
+
+/// A value sealed for its column only, sealed again for its row too.
+fn rebind(secrets: &Secrets, column: &str, row: &str, stored: &str) -> Result<String> {
+    let plain = secrets.decrypt(column, stored).map_err(DomainError::from)?;
+    encrypt(secrets, row, &plain)
+}
+
 pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEvent) -> Result<()> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     append(&mut tx, e, &ChainKey::new(secrets)).await?;
@@ -776,7 +900,11 @@ pub(crate) async fn registration(
                 holder_name: s(&r, "admin_holder_name")?,
                 id_last4: s(&r, "admin_id_last4")?,
             },
-            admin_id: decrypt_id(secrets, ENC_ADMIN_ID, &s(&r, "admin_id_enc")?)?,
+            admin_id: decrypt_id(
+                secrets,
+                &row_aad(ENC_ADMIN_ID, &s(&r, "code")?),
+                &s(&r, "admin_id_enc")?,
+            )?,
             admin: AdminContact {
                 name: person_name(s(&r, "contact_name")?)?,
                 email: email(s(&r, "contact_email")?)?,
@@ -825,7 +953,11 @@ fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
         code: crate::codec::code(s(r, "code")?)?,
         serial: serial(s(r, "serial")?)?,
         name: person_name(s(r, "name")?)?,
-        national_id: decrypt_id(secrets, ENC_OPERATOR_ID, &s(r, "national_id_enc")?)?,
+        national_id: decrypt_id(
+            secrets,
+            &operator_aad(&s(r, "code")?, &s(r, "serial")?),
+            &s(r, "national_id_enc")?,
+        )?,
         functions: functions(&s(r, "functions")?)?,
         cert: match (
             opt(r, "cert_issuer")?,
@@ -1169,6 +1301,9 @@ pub(crate) async fn import_calendar(pool: &Handle, days: &[CalendarDay]) -> Resu
         return Ok(());
     }
     let mut tx = begin_write(pool).await.map_err(db)?;
+    // Two imports of one year take turns: the second's DELETE sees the first's rows instead
+    // of inserting beside them into a unique-key violation.
+    serialize(&mut tx, "calendar").await.map_err(db)?;
     for year in &years {
         sqlx::query("DELETE FROM calendar_days WHERE year = $1")
             .bind(*year)

@@ -40,10 +40,33 @@ pub(crate) struct Turn;
 
 pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
 
-pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
+/// How long a statement waits for a row lock before the transaction gives up (and is retried
+/// as [`domain::DomainError::Busy`]); no request hangs behind a stuck transaction.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A transaction left open by a crashed or hung caller gives its locks back after this long.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+pub(crate) async fn connect(
+    url: &str,
+    lock_timeout: std::time::Duration,
+) -> Result<Handle, StoreError> {
+    let settings = format!(
+        "SET lock_timeout = '{}ms'; SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'",
+        lock_timeout.as_millis().max(1)
+    );
     Ok(Handle(
         PgPoolOptions::new()
             .max_connections(10)
+            .after_connect(move |conn, _| {
+                let settings = settings.clone();
+                Box::pin(async move {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?,
     ))
@@ -54,9 +77,35 @@ pub(crate) async fn write_turn(_: &Handle) -> Turn {
 }
 
 /// READ COMMITTED is enough for writes: every check that matters is either a constraint or a
-/// conditional UPDATE that re-reads the locked row.
+/// conditional UPDATE that re-reads the locked row. Named rather than left to the server's
+/// `default_transaction_isolation`, which a DBA may have set otherwise.
 pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
-    Ok(WriteTx::new(handle.0.begin().await?, Turn))
+    Ok(WriteTx::new(
+        handle
+            .0
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?,
+        Turn,
+    ))
+}
+
+/// Lifts the lock timeout for the rest of the transaction: for the one-time work of a
+/// migration, which another instance may be holding for longer.
+pub(crate) async fn wait_for_locks(tx: &mut WriteTx) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL lock_timeout = 0")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Makes writers of one kind (`what`: a calendar import, a key rotation) take turns for the
+/// rest of the transaction, across every instance on the database.
+pub(crate) async fn serialize(tx: &mut WriteTx, what: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("certreg:{what}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// One snapshot for a multi-statement read (audit verification pages through the log).

@@ -46,7 +46,7 @@ impl Db {
 
     /// Stores `key` as the current key unless there already is one; whether it was stored.
     pub async fn signing_key_add_first(&self, key: &SigningKeyRecord) -> Result<bool> {
-        dispatch!(self, signing_ops as ops, p => ops::signing_key_add_first(p, &self.secrets, key).await)
+        write_dispatch!(self, signing_ops as ops, p => ops::signing_key_add_first(p, &self.secrets, key).await)
     }
 
     /// Makes `key` the current key: the current one is retired at `key.created_at` and stays
@@ -56,13 +56,13 @@ impl Db {
         key: &SigningKeyRecord,
         publish_until: OffsetDateTime,
     ) -> Result<()> {
-        dispatch!(self, signing_ops as ops, p => ops::signing_key_rotate(p, &self.secrets, key, publish_until).await)
+        write_dispatch!(self, signing_ops as ops, p => ops::signing_key_rotate(p, &self.secrets, key, publish_until).await)
     }
 
     /// Records that the token handle `sid` names the session `session_id` (the record goes
     /// when the session is deleted).
     pub async fn token_session_put(&self, sid: &str, session_id: &str) -> Result<()> {
-        dispatch!(self, signing_ops as ops, p => ops::token_session_put(p, sid, session_id).await)
+        write_dispatch!(self, signing_ops as ops, p => ops::token_session_put(p, sid, session_id).await)
     }
 
     /// The session a token handle names, if that session is still on file.

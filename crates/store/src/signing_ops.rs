@@ -1,8 +1,8 @@
 //! The queries of the token signing keys and token session handles (`signing.rs`), compiled
 //! once per backend like `ops.rs`.
 
-use super::{DB, Handle, begin_write, write_turn};
-use crate::codec::{encrypt, from_ts, ts};
+use super::{DB, Handle, begin_write, serialize, write_turn};
+use crate::codec::{encrypt, from_ts, row_aad, ts};
 use crate::error::map_db_error;
 use crate::secrets::Secrets;
 use crate::signing::{ENC_SIGNING_KEY, SigningKeyRecord};
@@ -48,7 +48,10 @@ pub(crate) async fn signing_keys(
                     .decode(get("public_key")?)
                     .map_err(|_| bad("public key"))?,
                 private_pkcs8: secrets
-                    .decrypt(ENC_SIGNING_KEY, &get("private_enc")?)
+                    .decrypt(
+                        &row_aad(ENC_SIGNING_KEY, &get("kid")?),
+                        &get("private_enc")?,
+                    )
                     .map_err(DomainError::from)?,
                 created_at: from_ts(int("created_at")?.ok_or_else(|| bad("created_at"))?)?,
                 retired_at: at(int("retired_at")?)?,
@@ -66,7 +69,7 @@ pub(crate) async fn signing_key_add_first(
     secrets: &Secrets,
     k: &SigningKeyRecord,
 ) -> Result<bool> {
-    let private = encrypt(secrets, ENC_SIGNING_KEY, &k.private_pkcs8)?;
+    let private = encrypt(secrets, &row_aad(ENC_SIGNING_KEY, &k.kid), &k.private_pkcs8)?;
     let _turn = write_turn(pool).await;
     // The unique index on the current key makes a second instance starting at the same moment
     // insert nothing; it uses the first one's key.
@@ -90,8 +93,11 @@ pub(crate) async fn signing_key_rotate(
     k: &SigningKeyRecord,
     publish_until: OffsetDateTime,
 ) -> Result<()> {
-    let private = encrypt(secrets, ENC_SIGNING_KEY, &k.private_pkcs8)?;
+    let private = encrypt(secrets, &row_aad(ENC_SIGNING_KEY, &k.kid), &k.private_pkcs8)?;
     let mut tx = begin_write(pool).await.map_err(db)?;
+    // Two instances rotating at once take turns: the second retires the first one's new key
+    // rather than meeting the one-current-key index.
+    serialize(&mut tx, "signing_keys").await.map_err(db)?;
     sqlx::query(
         "UPDATE signing_keys SET retired_at = $1, publish_until = $2 WHERE retired_at IS NULL",
     )

@@ -40,6 +40,8 @@ pub(crate) struct Handle {
     // 100 ms a try) and wakes late or too early; a FIFO async lock hands the turn over the
     // moment the previous writer commits, so throughput holds up with many writers.
     writers: Arc<Mutex<()>>,
+    /// The database file (`None` in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 // Reads go to the pool as they are: WAL readers never wait for the writer.
@@ -58,8 +60,13 @@ pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
 
 pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
-    if !memory && let Some(path) = crate::sqlite_path(url) {
-        create_private(&path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+    let path = if memory {
+        None
+    } else {
+        crate::sqlite_path(url)
+    };
+    if let Some(path) = &path {
+        create_private(path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
     }
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
@@ -83,6 +90,7 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     Ok(Handle {
         pool,
         writers: Arc::new(Mutex::new(())),
+        path,
     })
 }
 
@@ -132,6 +140,32 @@ pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error>
     let turn = write_turn(handle).await;
     let tx = handle.pool.begin_with("BEGIN IMMEDIATE").await?;
     Ok(WriteTx::new(tx, turn))
+}
+
+/// Writers already take turns on SQLite (the queue, then `BEGIN IMMEDIATE` across processes).
+pub(crate) async fn serialize(_: &mut WriteTx, _: &str) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// SQLite has no lock timeout to lift (writers queue, then wait out the busy timeout).
+pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// Holds an exclusive lock on the database file while migrations run, so that two processes
+/// opening a new database at once do not both create its tables. The lock is `flock`, which
+/// does not meet SQLite's own `fcntl` locks on the same file. `None` for an in-memory database.
+pub(crate) async fn migration_lock(handle: &Handle) -> std::io::Result<Option<std::fs::File>> {
+    let Some(path) = handle.path.clone() else {
+        return Ok(None);
+    };
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        file.lock()?;
+        Ok(Some(file))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// A read transaction sees one snapshot (WAL) from its first read on.

@@ -36,6 +36,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | E::Forbidden => StatusCode::FORBIDDEN,
         E::FlowExpired | E::ChallengeUsed | E::ChallengeExpired => StatusCode::GONE,
         E::TooManyFlows => StatusCode::TOO_MANY_REQUESTS,
+        E::Busy => StatusCode::SERVICE_UNAVAILABLE,
         E::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -78,6 +78,26 @@ impl TestDb {
         }
     }
 
+    /// A statement run outside the store (an attacker's, or an older version's, write).
+    pub async fn exec(&self, sql: String) {
+        match self.backend() {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     /// Text of query results outside the store (every column cast to text on PostgreSQL).
     pub async fn texts(&self, sql: &str) -> Vec<String> {
         let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
@@ -141,6 +161,22 @@ async fn drop_postgres(base: &str, name: &str) {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+/// Runs `test` on a fresh PostgreSQL database of `TEST_DATABASE_URL` (which must be set),
+/// dropped even when the test panics.
+pub async fn each_postgres<F, Fut>(test: F)
+where
+    F: Fn(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let (t, name) = postgres_db(&base).await;
+    let outcome = tokio::spawn(test(t)).await;
+    drop_postgres(&base, &name).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// Runs `test` on SQLite, then on PostgreSQL if `TEST_DATABASE_URL` is set. The PostgreSQL

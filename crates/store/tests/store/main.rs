@@ -2,6 +2,7 @@
 //! `TEST_DATABASE_URL` is set, on a fresh PostgreSQL database too.
 
 mod helpers;
+mod pg_races;
 
 use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
@@ -41,6 +42,126 @@ fn add_operator(c: &str, s: &str, id: &domain::types::NationalId) -> Commit {
         audit: vec![event("operator.add")],
         ..Default::default()
     }
+}
+
+#[tokio::test]
+async fn an_encrypted_value_moved_to_another_row_does_not_decrypt() {
+    // Someone with write access to the database (not to the key file) swaps ciphertexts: the
+    // other row's value is not read as this row's.
+    each_db(|t| async move {
+        let db = &t.db;
+        register(db, "AB12", &nid("A12345678")).await;
+        register(db, "CD34", &nid("B22345678")).await;
+        db.commit(add_operator("AB12", "0B01", &nid("C12345678")))
+            .await
+            .unwrap();
+        let second = db
+            .commit(add_operator("AB12", "0B02", &nid("D12345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        for id in ["f1", "f2"] {
+            db.insert_flow(&flow(id, FlowKind::FirstRegistration))
+                .await
+                .unwrap();
+        }
+        t.exec(
+            "UPDATE registrations SET admin_id_enc = \
+             (SELECT admin_id_enc FROM registrations WHERE code = 'AB12') WHERE code = 'CD34'"
+                .into(),
+        )
+        .await;
+        t.exec(
+            "UPDATE operators SET national_id_enc = \
+             (SELECT national_id_enc FROM operators WHERE serial = '0B01') WHERE serial = '0B02'"
+                .into(),
+        )
+        .await;
+        t.exec(
+            "UPDATE flows SET data_enc = (SELECT data_enc FROM flows WHERE id = 'f1') \
+             WHERE id = 'f2'"
+                .into(),
+        )
+        .await;
+        assert!(db.registration(&code("CD34")).await.is_err());
+        assert!(db.operator(&code("AB12"), second).await.is_err());
+        assert!(db.flow("f2").await.is_err());
+        // The rows the values came from still read.
+        assert_eq!(
+            db.registration(&code("AB12"))
+                .await
+                .unwrap()
+                .unwrap()
+                .admin_id,
+            nid("A12345678")
+        );
+        assert!(db.flow("f1").await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn values_sealed_for_their_column_only_are_bound_to_their_rows_by_migrate() {
+    each_db(|t| async move {
+        let db = &t.db;
+        register(db, "AB12", &nid("A12345678")).await;
+        let op = db
+            .commit(add_operator("AB12", "0B01", &nid("C12345678")))
+            .await
+            .unwrap()
+            .operator_id
+            .unwrap();
+        let f = flow("f1", FlowKind::FirstRegistration);
+        db.insert_flow(&f).await.unwrap();
+        // As a version that bound values to their column only wrote them.
+        let seal = |purpose: &str, plain: &[u8]| t.secrets.encrypt(purpose, plain).unwrap();
+        let admin = seal(
+            "registrations.admin_id",
+            nid("A12345678").as_str().as_bytes(),
+        );
+        let operator = seal(
+            "operators.national_id",
+            nid("C12345678").as_str().as_bytes(),
+        );
+        let data = seal("flows.data", &serde_json::to_vec(&f.data).unwrap());
+        t.exec(format!("UPDATE registrations SET admin_id_enc = '{admin}'"))
+            .await;
+        t.exec(format!(
+            "UPDATE operators SET national_id_enc = '{operator}'"
+        ))
+        .await;
+        t.exec(format!("UPDATE flows SET data_enc = '{data}'"))
+            .await;
+        t.exec("INSERT INTO pending_rebinds (name) VALUES ('row_bound_values')".into())
+            .await;
+        assert!(db.registration(&code("AB12")).await.is_err());
+
+        assert_eq!(db.migrate().await.unwrap(), 0);
+        assert_eq!(
+            db.registration(&code("AB12"))
+                .await
+                .unwrap()
+                .unwrap()
+                .admin_id,
+            nid("A12345678")
+        );
+        assert_eq!(
+            db.operator(&code("AB12"), op)
+                .await
+                .unwrap()
+                .unwrap()
+                .national_id,
+            nid("C12345678")
+        );
+        assert_eq!(db.flow("f1").await.unwrap().unwrap().data, f.data);
+        assert_eq!(t.count("SELECT COUNT(*) FROM pending_rebinds").await, 0);
+        // Once: a later start finds nothing to do and changes nothing.
+        let before = db.registration(&code("AB12")).await.unwrap();
+        assert_eq!(db.migrate().await.unwrap(), 0);
+        assert_eq!(db.registration(&code("AB12")).await.unwrap(), before);
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -734,7 +855,12 @@ async fn a_failing_commit_leaves_nothing_written() {
         assert_eq!(db.commit(stale).await.unwrap_err(), DomainError::Conflict);
         // A decision on an application that does not exist, after everything else succeeded.
         let mut bad_review = good.clone();
+        let reviewer = db
+            .add_reviewer("審核員", Section::First, &serial("AA01"))
+            .await
+            .unwrap();
         bad_review.review = Some(ReviewWrite::Decide {
+            reviewer_id: reviewer,
             id: 12345,
             state: ReviewState::Rejected {
                 decided_at: T0,
@@ -775,8 +901,9 @@ async fn reviews_receipts_and_decisions() {
         db.upsert_agencies(&[agency("AB12"), agency("CD34")])
             .await
             .unwrap();
-        let file = |c: &str, at| {
+        let file_card = |c: &str, card: &str, at| {
             let mut r = review_app(c);
+            r.org = org_card(card);
             r.filed_at = at;
             Commit {
                 review: Some(ReviewWrite::Insert(Box::new(r))),
@@ -790,6 +917,7 @@ async fn reviews_receipts_and_decisions() {
                 ..Default::default()
             }
         };
+        let file = |c: &str, at| file_card(c, "0A77", at);
         let id1 = db
             .commit(file("AB12", T0))
             .await
@@ -797,13 +925,22 @@ async fn reviews_receipts_and_decisions() {
             .review_id
             .unwrap();
         let id2 = db
-            .commit(file("CD34", T0 + Duration::minutes(1)))
+            .commit(file_card("CD34", "0B01", T0 + Duration::minutes(1)))
             .await
             .unwrap()
             .review_id
             .unwrap();
+        // One pending application per card: the same card again is told one is pending, and
+        // nothing of that commit stays.
+        assert_eq!(
+            db.commit(file("AB12", T0 + Duration::minutes(2)))
+                .await
+                .unwrap_err(),
+            DomainError::ReviewPending
+        );
+        assert_eq!(db.receipts(&code("AB12")).await.unwrap().len(), 1);
         let id3 = db
-            .commit(file("AB12", T0 + Duration::minutes(2)))
+            .commit(file_card("AB12", "0A78", T0 + Duration::minutes(2)))
             .await
             .unwrap()
             .review_id
@@ -828,10 +965,24 @@ async fn reviews_receipts_and_decisions() {
             reviewer: "審核員".into(),
             note: "核准".into(),
         };
+        let reviewer = db
+            .add_reviewer("審核員", Section::First, &serial("AA01"))
+            .await
+            .unwrap();
+        let decide_by = |reviewer_id, id, state: &ReviewState| Commit {
+            review: Some(ReviewWrite::Decide {
+                id,
+                state: state.clone(),
+                reviewer_id,
+            }),
+            audit: vec![event("review.decide")],
+            ..Default::default()
+        };
         let decide = |id, state: &ReviewState| Commit {
             review: Some(ReviewWrite::Decide {
                 id,
                 state: state.clone(),
+                reviewer_id: reviewer,
             }),
             audit: vec![event("review.decide")],
             ..Default::default()
@@ -852,7 +1003,28 @@ async fn reviews_receipts_and_decisions() {
         assert_eq!(db.review(id2).await.unwrap().unwrap().state, rejected);
         assert_eq!(ids(db.pending_reviews().await.unwrap()), [id3]);
 
-        let unknown = file("ZZ99", T0);
+        // A decided card may be filed again.
+        let id4 = db
+            .commit(file("AB12", T0 + Duration::hours(3)))
+            .await
+            .unwrap()
+            .review_id
+            .unwrap();
+        // A disabled reviewer, or one not on file, records nothing.
+        db.set_reviewer_active(reviewer, false).await.unwrap();
+        assert_eq!(
+            db.commit(decide(id4, &rejected)).await.unwrap_err(),
+            DomainError::NotReviewer
+        );
+        assert_eq!(
+            db.commit(decide_by(9999, id4, &rejected))
+                .await
+                .unwrap_err(),
+            DomainError::NotReviewer
+        );
+        assert_eq!(ids(db.pending_reviews().await.unwrap()), [id3, id4]);
+
+        let unknown = file_card("ZZ99", "0C01", T0);
         assert_eq!(
             db.commit(unknown).await.unwrap_err(),
             DomainError::UnknownAgency
@@ -1631,9 +1803,13 @@ fn every_mapped_constraint_is_named_in_both_migrations() {
     let sqlite = all(|m| m.sqlite);
     let postgres = all(|m| m.postgres);
     for name in store::error::mapped_constraints() {
-        let named = format!("CONSTRAINT {name} ");
-        assert!(sqlite.contains(&named), "sqlite: {name}");
-        assert!(postgres.contains(&named), "postgres: {name}");
+        // A constraint, or a unique index (partial or on an expression).
+        let named = |sql: &str| {
+            sql.contains(&format!("CONSTRAINT {name} "))
+                || sql.contains(&format!("UNIQUE INDEX {name} "))
+        };
+        assert!(named(&sqlite), "sqlite: {name}");
+        assert!(named(&postgres), "postgres: {name}");
     }
 }
 
@@ -1653,6 +1829,36 @@ async fn concurrent_connects_share_one_schema() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_migrations_of_a_new_sqlite_file_take_turns() {
+    // Instances starting at once on a file that does not exist yet: one of them creates the
+    // schema, the others wait for it and find nothing left to apply.
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("new.db").display());
+        let secrets = Arc::new(Secrets::generate().unwrap());
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (url, secrets) = (url.clone(), secrets.clone());
+                tokio::spawn(async move {
+                    let db = Db::connect_only(&url, &secrets).await?;
+                    let applied = db.migrate().await;
+                    db.close().await;
+                    applied
+                })
+            })
+            .collect();
+        let mut applied = Vec::new();
+        for task in tasks {
+            applied.push(task.await.unwrap().unwrap());
+        }
+        applied.sort();
+        let mut expected = vec![0; 5];
+        expected.push(store::migrations::MIGRATIONS.len());
+        assert_eq!(applied, expected, "round {round}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ Stable codes: \
 API: `unauthorized` 401, `forbidden` 403, `csrf` 403, `not_found` 404, `method_not_allowed` 405, \
 `payload_too_large` 413, `bad_request` 400 (malformed JSON, query or path), `rate_limited` 429, \
 `too_many_flows` 429, `wrong_host` 421 (the request did not name the public origin's host), \
-`audience_not_allowed` 422, `internal` 500. \
+`audience_not_allowed` 422, `busy` 503 (the database could not take the write now; nothing \
+was written, try again), `internal` 500. \
 Domain: `invalid_input` 422, `unknown_agency` 404, `already_registered` 409, `not_registered` 409, \
 `oid_mismatch` 422, `review_pending` 409, `review_not_yet_effective` 409, `org_card_changed` 409, \
 `admin_card_changed` 409, `not_administrator` 403, `id_mismatch` 422, `same_certificate` 422, \

@@ -689,9 +689,19 @@ async fn r4_1_receipts_by_code_newest_first_without_personal_data() {
         .await
         .unwrap()
         .remove(0);
+    let reviewer = app
+        .db
+        .add_reviewer(
+            "李建國",
+            domain::model::Section::First,
+            &domain::types::CertSerial::parse("7A01").unwrap(),
+        )
+        .await
+        .unwrap();
     app.db
         .commit(Commit {
             review: Some(ReviewWrite::Decide {
+                reviewer_id: reviewer,
                 id: review.id,
                 state: ReviewState::Approved {
                     decided_at: NOW,

@@ -1,0 +1,184 @@
+//! PostgreSQL under contention: a held lock times out and the write is retried, concurrent
+//! calendar imports and key rotations take turns. Each race is lined up deterministically: a
+//! connection outside the store holds the rows every contender needs, the test waits until
+//! the server shows them all waiting, and only then lets go.
+
+use crate::helpers::*;
+use domain::DomainError;
+use domain::store::Store as _;
+use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+use store::{Db, SigningKeyRecord};
+
+/// Runs `test` on a fresh PostgreSQL database; says so and does nothing without
+/// `TEST_DATABASE_URL` (SQLite has no lock timeout, and its writers queue).
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: Fn(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if std::env::var("TEST_DATABASE_URL").is_err() {
+        eprintln!("not run: TEST_DATABASE_URL is not set");
+        return;
+    }
+    each_postgres(test).await;
+}
+
+/// A transaction outside the store, holding row locks until it is dropped or committed.
+async fn hold(t: &TestDb, lock_sql: &'static str) -> PgConnection {
+    let mut c = PgConnection::connect(&t.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut c).await.unwrap();
+    sqlx::raw_sql(lock_sql).execute(&mut c).await.unwrap();
+    c
+}
+
+async fn release(mut c: PgConnection) {
+    sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+}
+
+/// Waits until `n` lock requests on this database are waiting (polling the server, not
+/// guessing a delay).
+async fn until_waiting(t: &TestDb, n: i64) {
+    for _ in 0..2000 {
+        let waiting = t
+            .count(
+                // A row lock is waited for as the holder's transaction id, which names no
+                // database: the waiters are found by their sessions.
+                "SELECT COUNT(DISTINCT l.pid) FROM pg_locks l \
+                 JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+            )
+            .await;
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{n} lock requests never queued");
+}
+
+#[tokio::test]
+async fn a_write_behind_a_held_lock_is_retried_after_the_lock_timeout() {
+    on_postgres(|t| async move {
+        let db = Db::connect_tuned(&t.url, &t.secrets, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
+        let write = tokio::spawn({
+            let db = db.clone();
+            async move { db.append_audit(&event("retried")).await }
+        });
+        until_waiting(&t, 1).await;
+        // Held past the first attempt's 300 ms (every attempt waits that long), released
+        // well inside the four attempts' 1.2 s.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        release(holder).await;
+        write.await.unwrap().unwrap();
+        assert_eq!(t.count("SELECT COUNT(*) FROM audit_log").await, 1);
+        assert_eq!(db.verify_audit().await.unwrap().first_broken, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lock_held_past_every_retry_answers_busy_and_writes_nothing() {
+    on_postgres(|t| async move {
+        let db = Db::connect_tuned(&t.url, &t.secrets, Duration::from_millis(100))
+            .await
+            .unwrap();
+        db.upsert_agencies(&[agency("AB12")]).await.unwrap();
+        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
+        // A whole registration: flow, registration, receipt, audit. The audit append is last
+        // and meets the lock; nothing before it may stay.
+        let outcome = db
+            .commit(domain::store::Commit {
+                registration: Some(domain::store::RegistrationWrite::Insert(registration(
+                    "AB12",
+                    &nid("A12345678"),
+                ))),
+                audit: vec![event("registration.first_registration")],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(outcome.unwrap_err(), DomainError::Busy);
+        release(holder).await;
+        assert_eq!(t.count("SELECT COUNT(*) FROM registrations").await, 0);
+        assert_eq!(t.count("SELECT COUNT(*) FROM audit_log").await, 0);
+        assert_eq!(DomainError::Busy.code(), "busy");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_imports_of_one_calendar_year_take_turns() {
+    on_postgres(|t| async move {
+        let year = super::plain_year(2027);
+        t.db.import_calendar(&year).await.unwrap();
+        // Every import deletes the year's rows first: holding them lines the imports up.
+        let holder = hold(
+            &t,
+            "SELECT day FROM calendar_days WHERE year = 2027 FOR UPDATE",
+        )
+        .await;
+        let imports: Vec<_> = (0..3)
+            .map(|_| {
+                let (db, year) = (t.db.clone(), year.clone());
+                tokio::spawn(async move { db.import_calendar(&year).await })
+            })
+            .collect();
+        until_waiting(&t, 3).await;
+        release(holder).await;
+        for import in imports {
+            import.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM calendar_days WHERE year = 2027")
+                .await,
+            365
+        );
+    })
+    .await;
+}
+
+fn key(kid: &str, at: time::OffsetDateTime) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        public_key: vec![4; 65],
+        private_pkcs8: kid.as_bytes().to_vec(),
+        created_at: at,
+        retired_at: None,
+        publish_until: None,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_key_rotations_leave_one_current_key() {
+    on_postgres(|t| async move {
+        assert!(t.db.signing_key_add_first(&key("k0", T0)).await.unwrap());
+        let holder = hold(
+            &t,
+            "SELECT kid FROM signing_keys WHERE retired_at IS NULL FOR UPDATE",
+        )
+        .await;
+        let at = T0 + time::Duration::days(30);
+        let rotations: Vec<_> = ["k1", "k2", "k3"]
+            .into_iter()
+            .map(|kid| {
+                let db = t.db.clone();
+                tokio::spawn(async move {
+                    db.signing_key_rotate(&key(kid, at), at + time::Duration::hours(1))
+                        .await
+                })
+            })
+            .collect();
+        until_waiting(&t, 3).await;
+        release(holder).await;
+        for rotation in rotations {
+            rotation.await.unwrap().unwrap();
+        }
+        let keys = t.db.signing_keys(at).await.unwrap();
+        assert_eq!(keys.iter().filter(|k| k.retired_at.is_none()).count(), 1);
+        assert_eq!(keys.len(), 4);
+    })
+    .await;
+}
