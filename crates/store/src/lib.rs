@@ -126,6 +126,9 @@ pub struct SessionRecord {
     pub version: i64,
 }
 
+/// The kind of a session's tombstone (see [`Db::session_supersede`]).
+pub const SUPERSEDED: &str = "superseded";
+
 /// What became of a session update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionSaved {
@@ -336,6 +339,13 @@ impl Db {
         now: OffsetDateTime,
     ) -> Result<Option<SessionRecord>> {
         dispatch!(self, ops, p => ops::session_get(p, &self.secrets, id, now).await)
+    }
+
+    /// Replaces the session by a tombstone of kind [`SUPERSEDED`] that holds nothing, until
+    /// `until`: a request still carrying the id (sent before a login rotated it) is known for
+    /// what it is and may neither act nor set a cookie. Token handles naming it go.
+    pub async fn session_supersede(&self, id: &str, until: OffsetDateTime) -> Result<()> {
+        write_dispatch!(self, ops, p => ops::session_supersede(p, &self.secrets, id, until).await)
     }
 
     pub async fn session_delete(&self, id: &str) -> Result<()> {

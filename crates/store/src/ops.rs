@@ -1564,7 +1564,7 @@ pub(crate) async fn session_update(
     let _turn = write_turn(pool).await;
     let done = sqlx::query(
         "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
-         expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2",
+         expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2 AND kind <> $8",
     )
     .bind(&r.id)
     .bind(r.version)
@@ -1573,6 +1573,7 @@ pub(crate) async fn session_update(
     .bind(data)
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
+    .bind(crate::SUPERSEDED)
     .execute(&**pool)
     .await
     .map_err(db)?
@@ -1580,11 +1581,14 @@ pub(crate) async fn session_update(
     if done == 1 {
         return Ok(SessionSaved::Saved(r.version + 1));
     }
-    let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
-        .bind(&r.id)
-        .fetch_optional(&**pool)
-        .await
-        .map_err(db)?;
+    // A tombstone left by a login is as ended as a deleted row: never written to again.
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
+            .bind(&r.id)
+            .bind(crate::SUPERSEDED)
+            .fetch_optional(&**pool)
+            .await
+            .map_err(db)?;
     Ok(match exists {
         Some(_) => SessionSaved::Changed,
         None => SessionSaved::Gone,
@@ -1598,14 +1602,17 @@ pub(crate) async fn session_touch(
     expires_at: OffsetDateTime,
 ) -> Result<bool> {
     let _turn = write_turn(pool).await;
-    let done = sqlx::query("UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1")
-        .bind(id)
-        .bind(ts(touched_at))
-        .bind(ts(expires_at))
-        .execute(&**pool)
-        .await
-        .map_err(db)?
-        .rows_affected();
+    let done = sqlx::query(
+        "UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1 AND kind <> $4",
+    )
+    .bind(id)
+    .bind(ts(touched_at))
+    .bind(ts(expires_at))
+    .bind(crate::SUPERSEDED)
+    .execute(&**pool)
+    .await
+    .map_err(db)?
+    .rows_affected();
     Ok(done == 1)
 }
 
@@ -1659,6 +1666,33 @@ pub(crate) async fn sessions_live(
     .await
     .map_err(db)?;
     rows.iter().map(|r| session_of_row(secrets, r)).collect()
+}
+
+pub(crate) async fn session_supersede(
+    pool: &Handle,
+    secrets: &Secrets,
+    id: &str,
+    until: OffsetDateTime,
+) -> Result<()> {
+    let empty = encrypt(secrets, &session_aad(id), b"{}")?;
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    sqlx::query("DELETE FROM token_sessions WHERE session_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "UPDATE sessions SET kind = $2, code = NULL, data_enc = $3, expires_at = $4, \
+         version = version + 1 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(crate::SUPERSEDED)
+    .bind(empty)
+    .bind(ts(until))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
 }
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {

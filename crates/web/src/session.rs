@@ -63,6 +63,10 @@ pub struct Session {
     ended: bool,
     /// The request dropped the administrator grant itself (see [`Session::drop_admin`]).
     admin_dropped: bool,
+    /// The request named a session a login has since replaced: it is served as a visitor
+    /// that stores nothing, sets no cookie (the browser holds the login's) and holds no CSRF
+    /// token, so a form it posts is refused.
+    superseded: bool,
     /// The data and version as loaded: a save names the version, and on a concurrent change
     /// re-applies only the fields this request changed.
     loaded: Option<(SessionData, i64)>,
@@ -228,9 +232,11 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let from_bearer = token.is_some();
     let presented = token.or_else(|| read_cookie(req.headers(), name));
     let mut loaded = None;
+    let mut superseded = false;
     if let Some(token) = &presented {
         let key = store::session_key(token);
         match state.db().session_get(&key, now).await {
+            Ok(Some(rec)) if rec.kind == store::SUPERSEDED => superseded = true,
             Ok(Some(rec)) if now - rec.created_at <= ABSOLUTE => {
                 if let Ok(data) = serde_json::from_str::<SessionData>(&rec.data) {
                     loaded = Some(Session {
@@ -244,6 +250,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         new: false,
                         ended: false,
                         admin_dropped: false,
+                        superseded: false,
                         loaded: Some((data, rec.version)),
                     });
                 }
@@ -264,9 +271,13 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             id: store::session_key(&token),
             token,
             data: SessionData {
-                csrf: csrf_cookie
-                    .clone()
-                    .unwrap_or_else(crate::security::random_token),
+                csrf: if superseded {
+                    String::new()
+                } else {
+                    csrf_cookie
+                        .clone()
+                        .unwrap_or_else(crate::security::random_token)
+                },
                 ..Default::default()
             },
             created_at: now,
@@ -276,6 +287,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             new: true,
             ended: false,
             admin_dropped: false,
+            superseded,
             loaded: None,
         }
     });
@@ -322,6 +334,9 @@ enum Saved {
     Ended,
 }
 
+/// How long a rotated id is remembered as replaced.
+const SUPERSEDED_FOR: time::Duration = time::Duration::minutes(5);
+
 /// Re-tries of a save that met a concurrent change of the same session.
 const SAVE_TRIES: usize = 8;
 
@@ -337,6 +352,9 @@ async fn save(
     now: OffsetDateTime,
 ) -> domain::Result<Saved> {
     let db = state.db();
+    if session.superseded {
+        return Ok(Saved::Quiet);
+    }
     if session.ended {
         if session.loaded.is_none() {
             // Never stored: nothing to delete, and the cookie the request came with (if any)
@@ -364,8 +382,10 @@ async fn save(
         }
     };
     if session.new {
-        if session.id != old_id {
-            db.session_delete(old_id).await?;
+        if session.id != old_id && session.loaded.is_some() {
+            // Rotated by a login: the old id becomes a tombstone for as long as a request
+            // sent with it can still be in flight or queued in a browser.
+            db.session_supersede(old_id, now + SUPERSEDED_FOR).await?;
         }
         // A request that stored nothing writes no row and sets no session cookie (reading
         // pages costs no row; and a request that named a session no longer on file may have

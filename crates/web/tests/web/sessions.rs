@@ -69,6 +69,15 @@ async fn stored(session: SessionHandle) -> StatusCode {
     StatusCode::OK
 }
 
+/// `GET /rotate`: what a login does to the session: a fresh id, and something stored.
+async fn rotate(session: SessionHandle) -> StatusCode {
+    session.update(|s| {
+        s.rotate();
+        s.data_mut().flash = Some("logged in".into());
+    });
+    StatusCode::OK
+}
+
 /// The session cookie a response sets, as `name=value`.
 fn session_cookie(res: &axum::http::Response<Body>) -> Option<String> {
     res.headers()
@@ -84,6 +93,7 @@ fn with_held_route(api: &Api, gate: &Gate) -> axum::Router {
     let held = axum::Router::new()
         .route("/held", get(held))
         .route("/stored", get(stored))
+        .route("/rotate", get(rotate))
         .with_state(gate.clone())
         .layer(axum::middleware::from_fn_with_state(
             api.app.state.clone(),
@@ -307,5 +317,105 @@ async fn a_request_holding_the_pre_login_id_cannot_erase_the_login_cookie() {
             .await
             .unwrap();
         assert_eq!(session_cookie(&res), None);
+    }
+}
+
+/// A request sent with the id a login has replaced, arriving after the login (a form posted
+/// from another tab, a page that was slow to load): it stores nothing, sets no cookie, and a
+/// form it posts is refused — the login's cookie and session stay as they are.
+#[tokio::test]
+async fn a_request_arriving_after_the_login_with_the_old_id_can_neither_act_nor_set_a_cookie() {
+    for b in backends() {
+        let api = Api::on(b).await;
+        let gate = Gate {
+            arrived: Arc::new(Barrier::new(2)),
+            release: Arc::new(Barrier::new(2)),
+        };
+        let router = with_held_route(&api, &gate);
+        let send = |path: &str, cookie: &str| {
+            router.clone().oneshot(
+                Request::get(path)
+                    .header(header::COOKIE, cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+        };
+        let res = router
+            .clone()
+            .oneshot(Request::get("/stored").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let before = session_cookie(&res).expect("a session cookie");
+        let res = send("/rotate", &before).await.unwrap();
+        let after = session_cookie(&res).expect("the login's cookie");
+        assert_ne!(before, after);
+        let old_key = store::session_key(before.split_once('=').unwrap().1);
+        let new_key = store::session_key(after.split_once('=').unwrap().1);
+
+        // A late request that stores something: no row, no cookie.
+        let res = send("/stored", &before).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(session_cookie(&res), None, "{:?}", res.headers());
+        let old = api
+            .app
+            .db
+            .session_get(&old_key, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (old.kind.as_str(), old.data.as_str()),
+            (store::SUPERSEDED, "{}")
+        );
+
+        // A form posted with the old id and the visitor's CSRF cookie: refused.
+        let csrf = "c".repeat(64);
+        let res = router
+            .clone()
+            .oneshot(
+                Request::post("/flows/new/query_org_oid")
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(header::ORIGIN, ORIGIN)
+                    .header(header::COOKIE, format!("{before}; certreg_csrf={csrf}"))
+                    .body(Body::from(format!("_csrf={csrf}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(session_cookie(&res), None);
+        // The same form from a visitor whose cookie names nothing at all starts the flow (so
+        // the refusal above is the old id's, not the form's).
+        let res = router
+            .clone()
+            .oneshot(
+                Request::post("/flows/new/query_org_oid")
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(header::ORIGIN, ORIGIN)
+                    .header(header::COOKIE, format!("certreg_csrf={csrf}"))
+                    .body(Body::from(format!("_csrf={csrf}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+
+        // The login's session is untouched and still live.
+        let new = api
+            .app
+            .db
+            .session_get(&new_key, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(new.data.contains("logged in"), "{}", new.data);
+        let old = api
+            .app
+            .db
+            .session_get(&old_key, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.data, "{}");
     }
 }
