@@ -85,10 +85,12 @@ pub fn agencies() -> Vec<Agency> {
     ]
 }
 
-pub type Svc = Services<store::Db, Arc<FixedClock>>;
+/// The services over the real store, behind a gate a race test can arm (see `paused.rs`).
+pub type Svc = Services<crate::paused::Paused<store::Db>, Arc<FixedClock>>;
 
 pub struct Env {
-    pub svc: Svc,
+    /// Shared, so a race test can run a request on a task of its own.
+    pub svc: Arc<Svc>,
     pub clock: Arc<FixedClock>,
     _guard: crate::db::Guard,
 }
@@ -106,14 +108,14 @@ pub async fn envs_with(make: impl Fn() -> Arc<Validator>) -> Vec<Env> {
         db.upsert_agencies(&agencies()).await.unwrap();
         let clock = Arc::new(FixedClock::new(NOW));
         let svc = Services::new(
-            db,
+            crate::paused::Paused::new(db),
             clock.clone(),
             make(),
             BusinessCalendar::shipped(),
             ServiceConfig::default(),
         );
         out.push(Env {
-            svc,
+            svc: Arc::new(svc),
             clock,
             _guard: guard,
         });

@@ -4,6 +4,8 @@
 
 mod db;
 mod helpers;
+mod paused;
+mod races;
 
 use domain::DomainError;
 use domain::flow::{FlowKind, Step};
@@ -216,7 +218,7 @@ async fn spec_4_2_services_use_the_years_imported_into_the_store() {
         assert_eq!(svc.reload_calendar().await.unwrap(), vec![2025, 2026, 2027]);
         // One agency per service: each files and gets a decision of its own.
         for (svc, card, code) in [
-            (svc, "moeaca-company", COMPANY),
+            (&**svc, "moeaca-company", COMPANY),
             (&started, "gca-agency-mismatch", MISMATCH),
         ] {
             let flow = svc
