@@ -13,6 +13,13 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 /// 32 random bytes as hex: session ids, CSRF tokens, flow ids.
+/// Whether `s` has the form [`random_token`] gives: 64 lowercase hex digits. A token a
+/// client brings back (the CSRF cookie) is taken only in that form, so a planted short or
+/// guessable value is never a page's token.
+pub fn is_token(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 pub fn random_token() -> String {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 32];

@@ -264,7 +264,8 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     // A session that is not stored yet takes its CSRF token from a cookie of its own, so the
     // pages an anonymous visitor reads cost no row and their forms still carry a token.
-    let csrf_cookie = read_cookie(req.headers(), csrf_cookie_name(&state));
+    let csrf_cookie = read_cookie(req.headers(), csrf_cookie_name(&state))
+        .filter(|c| crate::security::is_token(c));
     let session = loaded.unwrap_or_else(|| {
         let token = crate::security::random_token();
         Session {

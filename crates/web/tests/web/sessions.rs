@@ -419,3 +419,70 @@ async fn a_request_arriving_after_the_login_with_the_old_id_can_neither_act_nor_
         assert_eq!(old.data, "{}");
     }
 }
+
+/// A CSRF cookie planted by someone else (a sibling host over http, a script on another
+/// site's subdomain) is taken only in the form the service itself gives: a short or
+/// guessable value is never a page's token.
+#[tokio::test]
+async fn a_planted_csrf_cookie_of_the_wrong_form_is_never_a_token() {
+    for b in backends() {
+        let api = Api::on(b).await;
+        for planted in ["a", "", &"A".repeat(64), &"0".repeat(63), &"g".repeat(64)] {
+            let res = api
+                .app
+                .router
+                .clone()
+                .oneshot(
+                    Request::post("/flows/new/query_org_oid")
+                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .header(header::ORIGIN, ORIGIN)
+                        .header(header::COOKIE, format!("certreg_csrf={planted}"))
+                        .body(Body::from(format!("_csrf={planted}")))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{planted:?}");
+            // A page read with it gets a token of its own in a fresh cookie.
+            let res = api
+                .app
+                .router
+                .clone()
+                .oneshot(
+                    Request::get("/")
+                        .header(header::COOKIE, format!("certreg_csrf={planted}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let set: Vec<_> = res
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.strip_prefix("certreg_csrf="))
+                .map(|v| v.split(';').next().unwrap().to_string())
+                .collect();
+            assert_eq!(set.len(), 1, "{planted:?}");
+            assert!(web::security::is_token(&set[0]));
+        }
+        // The service's own form of token is taken (the refusals above are the form's).
+        let token = "5".repeat(64);
+        let res = api
+            .app
+            .router
+            .clone()
+            .oneshot(
+                Request::post("/flows/new/query_org_oid")
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(header::ORIGIN, ORIGIN)
+                    .header(header::COOKIE, format!("certreg_csrf={token}"))
+                    .body(Body::from(format!("_csrf={token}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    }
+}
