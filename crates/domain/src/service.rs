@@ -312,11 +312,12 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// within the idle limit; expired ones wait for the sweep but no longer count); else
     /// [`DomainError::TooManyFlows`].
     pub async fn start_flow_capped(&self, kind: FlowKind, session: &str, max: u32) -> Result<Flow> {
-        let live_since = self.clock.now() - crate::flow::FLOW_IDLE_LIMIT;
-        if self.store.session_flow_count(session, live_since).await? >= u64::from(max) {
-            return Err(DomainError::TooManyFlows);
-        }
-        self.start_flow(kind, session).await
+        let now = self.clock.now();
+        let flow = Flow::new(random_id(), kind, session, now);
+        self.store
+            .insert_flow_capped(&flow, u64::from(max), now - crate::flow::FLOW_IDLE_LIMIT)
+            .await?;
+        Ok(flow)
     }
 
     async fn load_flow(&self, id: &str, session: &str, step: Step) -> Result<Flow> {

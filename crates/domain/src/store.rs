@@ -134,13 +134,15 @@ pub trait Store: Send + Sync {
     // flows and challenges
     fn insert_flow(&self, flow: &Flow) -> impl Future<Output = Result<()>> + Send;
     fn flow(&self, id: &str) -> impl Future<Output = Result<Option<Flow>>> + Send;
-    /// How many of the session's flows were touched after `touched_after` (the live ones, when
-    /// it is the idle limit ago).
-    fn session_flow_count(
+    /// Inserts `flow` unless its session already holds `max` flows touched after `live_since`
+    /// (`TooManyFlows`): counted and inserted as one step, so concurrent starts of one session
+    /// never pass the cap together.
+    fn insert_flow_capped(
         &self,
-        session: &str,
-        touched_after: OffsetDateTime,
-    ) -> impl Future<Output = Result<u64>> + Send;
+        flow: &Flow,
+        max: u64,
+        live_since: OffsetDateTime,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn insert_challenge(
         &self,
         challenge: &StoredChallenge,

@@ -462,12 +462,13 @@ impl Store for Db {
         dispatch!(self, ops, p => ops::flow(p, &self.secrets, id).await)
     }
 
-    async fn session_flow_count(
+    async fn insert_flow_capped(
         &self,
-        session: &str,
-        touched_after: OffsetDateTime,
-    ) -> Result<u64> {
-        dispatch!(self, ops, p => ops::session_flow_count(p, session, touched_after).await)
+        flow: &Flow,
+        max: u64,
+        live_since: OffsetDateTime,
+    ) -> Result<()> {
+        write_dispatch!(self, ops, p => ops::insert_flow_capped(p, &self.secrets, flow, max, live_since).await)
     }
 
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {

@@ -147,19 +147,46 @@ pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -
     Ok(())
 }
 
-pub(crate) async fn session_flow_count(
-    pool: &Pool<DB>,
-    session: &str,
-    touched_after: OffsetDateTime,
-) -> Result<u64> {
+pub(crate) async fn insert_flow_capped(
+    pool: &Handle,
+    secrets: &Secrets,
+    flow: &Flow,
+    max: u64,
+    live_since: OffsetDateTime,
+) -> Result<()> {
+    let f = FlowRow::new(flow, secrets)?;
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    // The starts of one session take turns, so the count each checks is the one it adds to.
+    serialize(&mut tx, &format!("flows:{}", f.session))
+        .await
+        .map_err(db)?;
     let n: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
-            .bind(session)
-            .bind(ts(touched_after))
-            .fetch_one(pool)
+            .bind(&f.session)
+            .bind(ts(live_since))
+            .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    if u64::try_from(n).unwrap_or(0) >= max {
+        tx.rollback().await.map_err(db)?;
+        return Err(DomainError::TooManyFlows);
+    }
+    sqlx::query(
+        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(f.id)
+    .bind(f.kind)
+    .bind(f.session)
+    .bind(f.step)
+    .bind(f.data_enc)
+    .bind(f.created_at)
+    .bind(f.touched_at)
+    .bind(f.version)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
 }
 
 pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {

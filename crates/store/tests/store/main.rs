@@ -237,21 +237,52 @@ async fn flows_and_challenges_round_trip() {
 
 // The per-session cap counts the flows touched within the idle limit, not expired ones.
 #[tokio::test]
-async fn a_sessions_flow_count_is_of_flows_touched_since_the_cut_off() {
+async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
     each_db(|t| async move {
         let db = &t.db;
-        for (id, at) in [("f-1", T0), ("f-2", T0 + Duration::minutes(10))] {
-            db.insert_flow(&Flow::new(id.into(), FlowKind::QueryOrgOid, "s-1", at))
-                .await
-                .unwrap();
-        }
-        db.insert_flow(&Flow::new("f-3".into(), FlowKind::QueryOrgOid, "s-2", T0))
+        let start = |id: String, session: &str, at| {
+            let (db, flow) = (
+                db.clone(),
+                Flow::new(id, FlowKind::QueryOrgOid, session, at),
+            );
+            async move { db.insert_flow_capped(&flow, 2, T0).await }
+        };
+        // Only flows touched after the cut-off count (it is exclusive).
+        start("old".into(), "s-1", T0).await.unwrap();
+        start("f-1".into(), "s-1", T0 + Duration::minutes(1))
             .await
             .unwrap();
-        let count = |after| db.session_flow_count("s-1", after);
-        assert_eq!(count(T0 - Duration::seconds(1)).await.unwrap(), 2);
-        assert_eq!(count(T0).await.unwrap(), 1, "the cut-off is exclusive");
-        assert_eq!(count(T0 + Duration::minutes(10)).await.unwrap(), 0);
+        // Twelve starts of one session at once: one more fits, the rest are refused.
+        let go = Arc::new(tokio::sync::Barrier::new(12));
+        let racing: Vec<_> = (0..12)
+            .map(|i| {
+                let (go, start) = (
+                    go.clone(),
+                    start(format!("r-{i}"), "s-1", T0 + Duration::minutes(2)),
+                );
+                tokio::spawn(async move {
+                    go.wait().await;
+                    start.await
+                })
+            })
+            .collect();
+        let mut started = 0;
+        for r in racing {
+            match r.await.unwrap() {
+                Ok(()) => started += 1,
+                Err(e) => assert_eq!(e, DomainError::TooManyFlows),
+            }
+        }
+        assert_eq!(started, 1);
+        // Another session is not held back.
+        start("g-1".into(), "s-2", T0 + Duration::minutes(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM flows WHERE session = 's-1'")
+                .await,
+            3
+        );
     })
     .await;
 }
