@@ -1,6 +1,7 @@
 //! The `certreg pki` commands as operators and acceptance checks call them: the real binary, a
 //! generated test PKI on disk, JSON on stdout and the exit codes.
 
+mod instances;
 mod serve;
 
 use base64::Engine as _;

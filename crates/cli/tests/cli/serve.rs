@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use testkit::KillOnDrop;
 
-fn command() -> Command {
+pub(crate) fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_certreg"));
     for (k, _) in std::env::vars() {
         if k.starts_with("CERTREG_") {
@@ -23,7 +23,7 @@ fn command() -> Command {
 /// Starts `cmd` and waits (up to `wait`) for a stdout line containing `marker`; returns the
 /// child and that line. Later stdout is drained so the child never blocks on a full pipe. The
 /// child is killed when the returned guard goes, so a failing test leaves no server running.
-fn start(mut cmd: Command, marker: &str, wait: Duration) -> (KillOnDrop, String) {
+pub(crate) fn start(mut cmd: Command, marker: &str, wait: Duration) -> (KillOnDrop, String) {
     let mut child = KillOnDrop::new(
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -80,7 +80,7 @@ fn http(base: &str, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn dechunk(mut s: &str) -> String {
+pub(crate) fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
@@ -115,7 +115,7 @@ fn terminate(mut child: KillOnDrop) {
     panic!("still running 30 s after SIGTERM");
 }
 
-fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
+pub(crate) fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .skip_while(|w| *w != key)
         .nth(1)
