@@ -45,10 +45,12 @@ pub async fn load_crls(
         let previous = last_good.get(source);
         let kept = previous.and_then(|old| checked(old, trust, now).ok());
         let bytes = match (fetched, previous) {
-            // A refresh never goes back: not to an earlier thisUpdate, not to a lower number.
+            // A refresh never goes back (not to an earlier thisUpdate, not to a lower number)
+            // and never turns a source into another CA's list or partition.
             (Ok((fresh, bytes)), _)
                 if kept.as_ref().is_none_or(|kept| {
-                    previous.is_some_and(|old| *old == bytes) || fresh.supersedes(kept)
+                    previous.is_some_and(|old| *old == bytes)
+                        || (fresh.same_scope(kept) && fresh.supersedes(kept))
                 }) =>
             {
                 bytes
@@ -60,7 +62,9 @@ pub async fn load_crls(
                     number = ?fresh.number,
                     kept_this_update = ?kept.as_ref().map(|k| rfc3339(k.this_update)),
                     kept_number = ?kept.as_ref().and_then(|k| k.number.clone()),
-                    "CRL older than the one in force; keeping the last good copy"
+                    issuer = %fresh.issuer,
+                    kept_issuer = ?kept.as_ref().map(|k| k.issuer.clone()),
+                    "CRL older than the one in force, or of another issuer or partition; keeping the last good copy"
                 );
                 old.clone()
             }
@@ -195,6 +199,11 @@ mod tests {
     use pki::testpki::{CaKind, TestPki, TestPkiOptions};
     use time::macros::datetime;
 
+    fn last_issuer(crl: &[u8]) -> String {
+        let mut one = CrlStore::new();
+        one.add(crl).unwrap().issuer.clone()
+    }
+
     #[tokio::test]
     async fn a_refresh_keeps_the_newer_crl_against_an_older_or_garbage_download() {
         let now = datetime!(2026-06-01 02:00 UTC);
@@ -241,6 +250,21 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
+        assert_eq!(last_good[&source], newer);
+
+        // Nor does another CA's genuine CRL served at this source, however new: the source
+        // keeps speaking for its own CA.
+        let other = pki.crl_for(CaKind::Moica, now + day, now + day * 2);
+        std::fs::write(&path, &other).unwrap();
+        let store = load_crls(
+            std::slice::from_ref(&source),
+            &mut last_good,
+            &trust,
+            now + day,
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.entries()[0].issuer, last_issuer(&newer));
         assert_eq!(last_good[&source], newer);
 
         // Garbage, or a failed read, keeps it too.

@@ -245,6 +245,12 @@ impl CrlEntry {
     /// issued earlier (thisUpdate), nor by one with a lower cRLNumber, nor, issued at the same
     /// time, by one whose number is not higher. A refresh that brings the held CRL again
     /// changes nothing.
+    /// Whether `other` is a CRL of the same issuer (by its encoded name) and partition
+    /// (issuingDistributionPoint): the only CRL this one may replace or be replaced by.
+    pub fn same_scope(&self, other: &CrlEntry) -> bool {
+        self.issuer_raw == other.issuer_raw && self.idp == other.idp
+    }
+
     pub fn supersedes(&self, held: &CrlEntry) -> bool {
         if self.sha256 == held.sha256 || self.this_update < held.this_update {
             return false;
