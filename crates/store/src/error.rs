@@ -137,7 +137,8 @@ pub(crate) fn map_db_error(e: sqlx::Error, fk: Option<&'static str>) -> DomainEr
 
 /// A failure that says nothing about the request, only that the database could not take it
 /// now, after rolling it back: PostgreSQL's serialization failure, deadlock and lock timeout;
-/// SQLite's busy and locked (another process's writer outlasted the busy timeout).
+/// SQLite's busy (another process's writer outlasted the busy timeout). SQLite's "locked" is
+/// a conflict inside one connection: a bug, reported as such.
 fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
     let code = e.code();
     if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
@@ -147,7 +148,7 @@ fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
     } else if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // Extended result codes carry the primary code in their low byte.
         code.and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            .is_some_and(|c| c & 0xff == 5)
     } else {
         false
     }

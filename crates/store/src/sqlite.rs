@@ -152,15 +152,22 @@ pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Holds an exclusive lock on the database file while migrations run, so that two processes
-/// opening a new database at once do not both create its tables. The lock is `flock`, which
-/// does not meet SQLite's own `fcntl` locks on the same file. `None` for an in-memory database.
+/// Holds an exclusive lock on `<database>.migrate-lock` while migrations run, so that two
+/// processes opening a new database at once do not both create its tables. Never on the
+/// database file itself: closing any handle of a file drops every POSIX lock the process
+/// holds on it, SQLite's own included. `None` for an in-memory database.
 pub(crate) async fn migration_lock(handle: &Handle) -> std::io::Result<Option<std::fs::File>> {
     let Some(path) = handle.path.clone() else {
         return Ok(None);
     };
+    let mut name = path.into_os_string();
+    name.push(".migrate-lock");
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
+        let mut open = std::fs::OpenOptions::new();
+        open.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let file = open.open(&name)?;
         file.lock()?;
         Ok(Some(file))
     })
