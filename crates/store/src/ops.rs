@@ -772,12 +772,15 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
         .map_err(db)?
     {
         let code = s(&r, "code")?;
-        let value = rebind(
+        let Some(value) = rebind(
             secrets,
             ENC_ADMIN_ID,
             &row_aad(ENC_ADMIN_ID, &code),
             &s(&r, "admin_id_enc")?,
-        )?;
+        )?
+        else {
+            continue;
+        };
         sqlx::query("UPDATE registrations SET admin_id_enc = $2 WHERE code = $1")
             .bind(code)
             .bind(value)
@@ -791,12 +794,15 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
         .await
         .map_err(db)?
     {
-        let value = rebind(
+        let Some(value) = rebind(
             secrets,
             ENC_OPERATOR_ID,
             &operator_aad(&s(&r, "code")?, &s(&r, "serial")?),
             &s(&r, "national_id_enc")?,
-        )?;
+        )?
+        else {
+            continue;
+        };
         sqlx::query("UPDATE operators SET national_id_enc = $2 WHERE id = $1")
             .bind(int(&r, "id")?)
             .bind(value)
@@ -811,12 +817,15 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
         .map_err(db)?
     {
         let id = s(&r, "id")?;
-        let value = rebind(
+        let Some(value) = rebind(
             secrets,
             ENC_FLOW_DATA,
             &row_aad(ENC_FLOW_DATA, &id),
             &s(&r, "data_enc")?,
-        )?;
+        )?
+        else {
+            continue;
+        };
         sqlx::query("UPDATE flows SET data_enc = $2 WHERE id = $1")
             .bind(id)
             .bind(value)
@@ -831,12 +840,15 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
         .map_err(db)?
     {
         let kid = s(&r, "kid")?;
-        let value = rebind(
+        let Some(value) = rebind(
             secrets,
             crate::signing::ENC_SIGNING_KEY,
             &row_aad(crate::signing::ENC_SIGNING_KEY, &kid),
             &s(&r, "private_enc")?,
-        )?;
+        )?
+        else {
+            continue;
+        };
         sqlx::query("UPDATE signing_keys SET private_enc = $2 WHERE kid = $1")
             .bind(kid)
             .bind(value)
@@ -849,10 +861,21 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
     Ok(Some(n))
 }
 
-/// A value sealed for its column only, sealed again for its row too.
-fn rebind(secrets: &Secrets, column: &str, row: &str, stored: &str) -> Result<String> {
-    let plain = secrets.decrypt(column, stored).map_err(DomainError::from)?;
-    encrypt(secrets, row, &plain)
+/// A value sealed for its column only, sealed again for its row too; `None` for a value
+/// already bound to its row (written since), and for one that opens under neither (left as
+/// it is and logged: it was unreadable before and stays so, and one bad row must not keep
+/// every instance from starting).
+fn rebind(secrets: &Secrets, column: &str, row: &str, stored: &str) -> Result<Option<String>> {
+    if secrets.decrypt(row, stored).is_ok() {
+        return Ok(None);
+    }
+    match secrets.decrypt(column, stored) {
+        Ok(plain) => encrypt(secrets, row, &plain).map(Some),
+        Err(e) => {
+            tracing::error!(row, error = %e, "a stored value opens under no binding; left as it is");
+            Ok(None)
+        }
+    }
 }
 
 pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEvent) -> Result<()> {

@@ -114,6 +114,11 @@ async fn values_sealed_for_their_column_only_are_bound_to_their_rows_by_migrate(
             .unwrap();
         let f = flow("f1", FlowKind::FirstRegistration);
         db.insert_flow(&f).await.unwrap();
+        // Written since, already bound to its row; and one that opens under no binding.
+        register(db, "CD34", &nid("B22345678")).await;
+        db.insert_flow(&flow("f2", FlowKind::FirstRegistration))
+            .await
+            .unwrap();
         // As a version that bound values to their column only wrote them.
         let seal = |purpose: &str, plain: &[u8]| t.secrets.encrypt(purpose, plain).unwrap();
         let admin = seal(
@@ -125,13 +130,19 @@ async fn values_sealed_for_their_column_only_are_bound_to_their_rows_by_migrate(
             nid("C12345678").as_str().as_bytes(),
         );
         let data = seal("flows.data", &serde_json::to_vec(&f.data).unwrap());
-        t.exec(format!("UPDATE registrations SET admin_id_enc = '{admin}'"))
-            .await;
+        t.exec(format!(
+            "UPDATE registrations SET admin_id_enc = '{admin}' WHERE code = 'AB12'"
+        ))
+        .await;
         t.exec(format!(
             "UPDATE operators SET national_id_enc = '{operator}'"
         ))
         .await;
-        t.exec(format!("UPDATE flows SET data_enc = '{data}'"))
+        t.exec(format!(
+            "UPDATE flows SET data_enc = '{data}' WHERE id = 'f1'"
+        ))
+        .await;
+        t.exec("UPDATE flows SET data_enc = 'v1:AAAA' WHERE id = 'f2'".into())
             .await;
         t.exec("INSERT INTO pending_rebinds (name) VALUES ('row_bound_values')".into())
             .await;
@@ -155,6 +166,18 @@ async fn values_sealed_for_their_column_only_are_bound_to_their_rows_by_migrate(
             nid("C12345678")
         );
         assert_eq!(db.flow("f1").await.unwrap().unwrap().data, f.data);
+        assert_eq!(
+            db.registration(&code("CD34"))
+                .await
+                .unwrap()
+                .unwrap()
+                .admin_id,
+            nid("B22345678")
+        );
+        assert!(
+            db.flow("f2").await.is_err(),
+            "unreadable before, unreadable after"
+        );
         assert_eq!(t.count("SELECT COUNT(*) FROM pending_rebinds").await, 0);
         // Once: a later start finds nothing to do and changes nothing.
         let before = db.registration(&code("AB12")).await.unwrap();
@@ -1060,6 +1083,60 @@ async fn reviews_receipts_and_decisions() {
             db.commit(unknown).await.unwrap_err(),
             DomainError::UnknownAgency
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_one_pending_review_migration_closes_duplicates_filed_before_it() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.upsert_agencies(&[agency("AB12"), agency("CD34")])
+            .await
+            .unwrap();
+        // As a database before the rule: the index is not there, one card filed three times.
+        t.exec("DROP INDEX reviews_pending_card_key".into()).await;
+        let mut ids = Vec::new();
+        for (c, minutes) in [("AB12", 0), ("CD34", 1), ("AB12", 2)] {
+            let mut r = review_app(c);
+            r.filed_at = T0 + Duration::minutes(minutes);
+            let done = db
+                .commit(Commit {
+                    review: Some(ReviewWrite::Insert(Box::new(r))),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            ids.push(done.review_id.unwrap());
+        }
+        let migration = store::migrations::MIGRATIONS
+            .iter()
+            .find(|m| m.file_name == "0008_reviews_pending_card.sql")
+            .unwrap();
+        let sql = match db.backend() {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        t.exec(sql.to_string()).await;
+        let pending: Vec<i64> = db
+            .pending_reviews()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(pending, [ids[0]]);
+        for id in &ids[1..] {
+            match db.review(*id).await.unwrap().unwrap().state {
+                ReviewState::Rejected {
+                    decided_at, note, ..
+                } => {
+                    assert!(decided_at > T0);
+                    assert!(note.contains("重複"), "{note}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     })
     .await;
 }
