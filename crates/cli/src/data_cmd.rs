@@ -101,11 +101,36 @@ pub struct StaffAdd {
     /// The section the reviewer belongs to (承保第一科 / 承保第二科).
     #[arg(long, value_enum)]
     section: SectionArg,
-    /// 憑證序號 of the reviewer's citizen card (hex; spaces and colons allowed).
+    /// 憑證序號 of the reviewer's citizen card (hex; spaces and colons allowed). The account
+    /// then learns the card's issuer at its first login; `--cert` records it now.
+    #[arg(long, required_unless_present = "cert", conflicts_with = "cert")]
+    serial: Option<String>,
+    /// The reviewer's citizen card certificate (DER, PEM or base64): serial and issuer are
+    /// both taken from it, so only that CA's card with that serial ever logs in.
     #[arg(long)]
-    serial: String,
+    cert: Option<PathBuf>,
     #[command(flatten)]
     db: DatabaseArgs,
+}
+
+/// The serial and issuer of a reviewer's citizen card certificate file.
+fn reviewer_card(path: &std::path::Path) -> domain::Result<pki::facts::CertFacts> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        DomainError::invalid(
+            "cert",
+            format!("{}: {e}", path.display()),
+            "無法讀取憑證檔案",
+        )
+    })?;
+    let cert = pki::facts::ParsedCert::from_input(&bytes)?;
+    if !cert.facts.is_citizen() {
+        return Err(DomainError::invalid(
+            "cert",
+            "not a citizen card certificate",
+            "此憑證非自然人憑證",
+        ));
+    }
+    Ok(cert.facts)
 }
 
 fn print(v: Value) {
@@ -278,6 +303,8 @@ fn reviewer_json(r: &Reviewer) -> Value {
         "section": section_name(r.section),
         "section_label": r.section.label_zh(),
         "serial": r.cert_serial.as_str(),
+        // Known from `--cert`, or learned at the reviewer's first login.
+        "issuer": r.cert_issuer,
         "active": r.active,
     })
 }
@@ -285,16 +312,38 @@ fn reviewer_json(r: &Reviewer) -> Value {
 pub fn staff(command: StaffCommand) -> Result<ExitCode> {
     match command {
         StaffCommand::Add(add) => {
-            let checked = PersonName::parse("name", &add.name)
-                .and_then(|n| Ok((n, cert_serial("serial", &add.serial)?)));
+            let card = match add.cert.as_deref().map(reviewer_card).transpose() {
+                Ok(card) => card,
+                Err(e) => return refused(e),
+            };
+            let checked = PersonName::parse("name", &add.name).and_then(|n| {
+                let serial = match (&card, &add.serial) {
+                    (Some(c), _) => c.serial.clone(),
+                    (None, Some(s)) => cert_serial("serial", s)?,
+                    (None, None) => {
+                        return Err(DomainError::invalid(
+                            "serial",
+                            "no serial",
+                            "請輸入憑證序號",
+                        ));
+                    }
+                };
+                Ok((n, serial))
+            });
             let (name, serial) = match checked {
                 Ok(v) => v,
                 Err(e) => return refused(e),
             };
+            let issuer = card.map(|c| c.issuer);
             let section = Section::from(add.section);
             runtime()?.block_on(async {
                 let db = open(&add.db).await?;
-                let result = db.add_reviewer(name.as_str(), section, &serial).await;
+                let mut result = db.add_reviewer(name.as_str(), section, &serial).await;
+                if let (Ok(id), Some(issuer)) = (&result, &issuer)
+                    && let Err(e) = db.learn_reviewer_issuer(*id, &serial, issuer).await
+                {
+                    result = Err(e);
+                }
                 db.close().await;
                 match result {
                     Ok(id) => {
@@ -303,7 +352,7 @@ pub fn staff(command: StaffCommand) -> Result<ExitCode> {
                             name: name.as_str().to_string(),
                             section,
                             cert_serial: serial,
-                            cert_issuer: None,
+                            cert_issuer: issuer,
                             active: true,
                         });
                         if let Some(o) = v.as_object_mut() {

@@ -856,6 +856,58 @@ fn r6_1_staff_add_list_disable_enable() {
 }
 
 #[test]
+fn r6_1_staff_add_from_the_card_certificate_records_serial_and_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db_url(dir.path());
+    let add = |name: &str, cert: &str| {
+        certreg(&[
+            "staff",
+            "add",
+            "--name",
+            name,
+            "--section",
+            "first",
+            "--cert",
+            cert,
+            "--database",
+            &url,
+        ])
+    };
+    let (code, lines, err) = add("審核員甲", &p("cards/moica-admin.pem"));
+    assert_eq!(code, 0, "{err}");
+    let (_, facts, _) = certreg(&["pki", "inspect", &p("cards/moica-admin.pem")]);
+    assert_eq!(lines[0]["serial"], facts[0]["serial"]);
+    assert_eq!(lines[0]["issuer"], facts[0]["issuer"], "{lines:?}");
+    let (_, listed, _) = certreg(&["staff", "list", "--database", &url]);
+    assert_eq!(listed[0]["issuer"], facts[0]["issuer"]);
+    // An organization card is not a reviewer's card; a file that is no certificate is refused.
+    let (code, lines, err) = add("審核員乙", &p("cards/gca-agency.pem"));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(lines[0]["code"], "invalid_input");
+    assert!(err.contains("此憑證非自然人憑證"), "{err}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let (code, _, _) = add("審核員乙", junk.to_str().unwrap());
+    assert_eq!(code, 1);
+    // --serial and --cert name the card twice: a usage error.
+    let (code, _, _) = certreg(&[
+        "staff",
+        "add",
+        "--name",
+        "丙",
+        "--section",
+        "first",
+        "--serial",
+        "0A",
+        "--cert",
+        &p("cards/moica-admin.pem"),
+        "--database",
+        &url,
+    ]);
+    assert_eq!(code, 2);
+}
+
+#[test]
 fn settings_from_a_toml_file_and_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.db");
