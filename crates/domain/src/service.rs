@@ -1088,6 +1088,20 @@ impl<S: Store, C: Clock> Services<S, C> {
         if registration.version != grant.registration_version {
             return Err(DomainError::Forbidden);
         }
+        // Checked on every use, not only by the sweep after a CRL refresh: a login that was
+        // in flight while the sweep ran holds no revoked card past its next request.
+        for cert in [&registration.org.cert, &registration.admin_card.cert] {
+            if self
+                .validator
+                .revoked_at(Some(&cert.issuer), &cert.serial)
+                .is_some()
+            {
+                return Err(DomainError::Pki(pki::PkiError::new(
+                    pki::ErrorCode::CertRevoked,
+                    format!("certificate {} is revoked", cert.serial.as_str()),
+                )));
+            }
+        }
         Ok(registration)
     }
 

@@ -324,7 +324,16 @@ async fn current_operator(
         .store()
         .operator(&grant.code, grant.operator_id)
         .await?
-        .filter(|o| o.serial == grant.serial))
+        .filter(|o| o.serial == grant.serial)
+        // Revoked on a CRL in force: out now, whether or not the sweep has reached this
+        // session (a login in flight while it ran is saved after it).
+        .filter(|_| {
+            state
+                .svc()
+                .validator()
+                .revoked_at(grant.issuer.as_deref(), &grant.serial)
+                .is_none()
+        }))
 }
 
 /// `POST /api/v1/token`: a token for the caller's operator session.

@@ -38,8 +38,14 @@ async fn home(State(state): State<AppState>, session: SessionHandle) -> Response
         Ok(o) => o,
         Err(e) => return error::domain_page(&state, &e),
     };
-    // Deleted, or re-bound to another card, since the login: the login no longer stands.
-    let Some(op) = current.filter(|o| o.serial == grant.serial) else {
+    // Deleted, re-bound to another card, or its card revoked on a CRL in force since the
+    // login: the login no longer stands.
+    let revoked = state
+        .svc()
+        .validator()
+        .revoked_at(grant.issuer.as_deref(), &grant.serial)
+        .is_some();
+    let Some(op) = current.filter(|o| o.serial == grant.serial && !revoked) else {
         session.update(|s| s.data_mut().operator = None);
         return Redirect::to(LOGIN).into_response();
     };

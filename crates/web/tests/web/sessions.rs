@@ -486,3 +486,34 @@ async fn a_planted_csrf_cookie_of_the_wrong_form_is_never_a_token() {
         assert_eq!(res.status(), StatusCode::SEE_OTHER);
     }
 }
+
+/// A session the sweep has not reached (a login that was in flight while it ran, saved after
+/// it) holds no revoked card past its next request: every use checks the CRLs in force.
+#[tokio::test]
+async fn a_revoked_card_is_refused_on_its_next_use_before_any_sweep() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+        api.add_operator(&admin, "moica-operator-1", &["enroll"])
+            .await;
+        let (operator, s, v) = api.operator_login(TAIPEI, "moica-operator-1").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = api.post(&operator, "/api/v1/token", json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // The operator's card is revoked; no sweep runs.
+        revoke(&api, CaKind::Moica, &["moica-operator-1"]);
+        let (s, v) = api.post(&operator, "/api/v1/token", json!({})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        // The administrator's cards are not: the administrator carries on.
+        let (s, v) = api.get(&admin, "/api/v1/operators").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        // The organization card is revoked; still no sweep.
+        revoke(&api, CaKind::Gca, &["gca-agency"]);
+        let (s, v) = api.get(&admin, "/api/v1/operators").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["code"], "cert_revoked");
+    }
+}
