@@ -265,7 +265,15 @@ impl Db {
             }
             Pool::Pg(p) => {
                 let before = self.applied_migrations().await?;
-                migrations::migrator(Flavor::Postgres).run(&**p).await?;
+                // On a connection of its own, without the pool's lock timeout: an instance
+                // starting while another migrates waits for it however long it takes.
+                let own = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with((*p.connect_options()).clone())
+                    .await?;
+                let done = migrations::migrator(Flavor::Postgres).run(&own).await;
+                own.close().await;
+                done?;
                 self.rebind_row_values().await?;
                 Ok(self.applied_migrations().await?.saturating_sub(before))
             }

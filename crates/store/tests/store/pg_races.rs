@@ -182,3 +182,45 @@ async fn concurrent_key_rotations_leave_one_current_key() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn instances_starting_together_wait_for_each_others_migrations_past_the_lock_timeout() {
+    on_postgres(|t| async move {
+        // Fresh databases, four instances each, with a lock timeout far shorter than a
+        // migration run: the later ones wait for the first instead of failing to start.
+        let base = std::env::var("TEST_DATABASE_URL").unwrap();
+        for round in 0..3 {
+            let name = format!("{}_m{round}", t.url.rsplit('/').next().unwrap());
+            let mut admin = PgConnection::connect(&base).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let url = testkit::with_database(&base, &name);
+            let go = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, secrets, go) = (url.clone(), t.secrets.clone(), go.clone());
+                    tokio::spawn(async move {
+                        go.wait().await;
+                        let db =
+                            Db::connect_tuned(&url, &secrets, Duration::from_millis(1)).await?;
+                        let applied = db.migrate().await;
+                        db.close().await;
+                        applied
+                    })
+                })
+                .collect();
+            for start in starts {
+                start.await.unwrap().unwrap();
+            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}
