@@ -653,6 +653,8 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
                 receipt_queries_per_client: u32::MAX,
                 introspections_per_client: u32::MAX,
                 sessions_per_client: u32::MAX,
+                // Every client keeps its one session, and no flow of the fixed clock ever idles out.
+                flows_per_session: u32::MAX,
                 ..Limits::default()
             },
             ..WebConfig::default()
