@@ -750,6 +750,43 @@ async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
     Ok(())
 }
 
+/// One encrypted column to bind to its rows: `select` yields `key` (what `update` names the
+/// row by, as `$1`), `bound` (the row part of the associated data) and `value`.
+struct SealedColumn {
+    column: &'static str,
+    select: &'static str,
+    update: &'static str,
+    int_key: bool,
+}
+
+const SEALED_COLUMNS: [SealedColumn; 4] = [
+    SealedColumn {
+        column: ENC_ADMIN_ID,
+        select: "SELECT code AS key, code AS bound, admin_id_enc AS value FROM registrations",
+        update: "UPDATE registrations SET admin_id_enc = $2 WHERE code = $1",
+        int_key: false,
+    },
+    SealedColumn {
+        column: ENC_OPERATOR_ID,
+        select: "SELECT id AS key, code || '|' || serial AS bound, national_id_enc AS value \
+                 FROM operators",
+        update: "UPDATE operators SET national_id_enc = $2 WHERE id = $1",
+        int_key: true,
+    },
+    SealedColumn {
+        column: ENC_FLOW_DATA,
+        select: "SELECT id AS key, id AS bound, data_enc AS value FROM flows",
+        update: "UPDATE flows SET data_enc = $2 WHERE id = $1",
+        int_key: false,
+    },
+    SealedColumn {
+        column: crate::signing::ENC_SIGNING_KEY,
+        select: "SELECT kid AS key, kid AS bound, private_enc AS value FROM signing_keys",
+        update: "UPDATE signing_keys SET private_enc = $2 WHERE kid = $1",
+        int_key: false,
+    },
+];
+
 /// Re-encrypts the values written before ciphertexts were bound to their rows, once per
 /// database (the `pending_rebinds` row is claimed by deleting it), in one transaction; how
 /// many values, or `None` when there was nothing to do.
@@ -766,96 +803,25 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
         return Ok(None);
     }
     let mut n = 0;
-    for r in sqlx::query("SELECT code, admin_id_enc FROM registrations")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-    {
-        let code = s(&r, "code")?;
-        let Some(value) = rebind(
-            secrets,
-            ENC_ADMIN_ID,
-            &row_aad(ENC_ADMIN_ID, &code),
-            &s(&r, "admin_id_enc")?,
-        )?
-        else {
-            continue;
-        };
-        sqlx::query("UPDATE registrations SET admin_id_enc = $2 WHERE code = $1")
-            .bind(code)
-            .bind(value)
-            .execute(&mut *tx)
+    for sealed in &SEALED_COLUMNS {
+        for r in sqlx::query(sealed.select)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db)?;
-        n += 1;
-    }
-    for r in sqlx::query("SELECT id, code, serial, national_id_enc FROM operators")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-    {
-        let Some(value) = rebind(
-            secrets,
-            ENC_OPERATOR_ID,
-            &operator_aad(&s(&r, "code")?, &s(&r, "serial")?),
-            &s(&r, "national_id_enc")?,
-        )?
-        else {
-            continue;
-        };
-        sqlx::query("UPDATE operators SET national_id_enc = $2 WHERE id = $1")
-            .bind(int(&r, "id")?)
-            .bind(value)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        n += 1;
-    }
-    for r in sqlx::query("SELECT id, data_enc FROM flows")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-    {
-        let id = s(&r, "id")?;
-        let Some(value) = rebind(
-            secrets,
-            ENC_FLOW_DATA,
-            &row_aad(ENC_FLOW_DATA, &id),
-            &s(&r, "data_enc")?,
-        )?
-        else {
-            continue;
-        };
-        sqlx::query("UPDATE flows SET data_enc = $2 WHERE id = $1")
-            .bind(id)
-            .bind(value)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        n += 1;
-    }
-    for r in sqlx::query("SELECT kid, private_enc FROM signing_keys")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-    {
-        let kid = s(&r, "kid")?;
-        let Some(value) = rebind(
-            secrets,
-            crate::signing::ENC_SIGNING_KEY,
-            &row_aad(crate::signing::ENC_SIGNING_KEY, &kid),
-            &s(&r, "private_enc")?,
-        )?
-        else {
-            continue;
-        };
-        sqlx::query("UPDATE signing_keys SET private_enc = $2 WHERE kid = $1")
-            .bind(kid)
-            .bind(value)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        n += 1;
+            .map_err(db)?
+        {
+            let row = row_aad(sealed.column, &s(&r, "bound")?);
+            let Some(value) = rebind(secrets, sealed.column, &row, &s(&r, "value")?)? else {
+                continue;
+            };
+            let update = sqlx::query(sealed.update);
+            let update = if sealed.int_key {
+                update.bind(int(&r, "key")?)
+            } else {
+                update.bind(s(&r, "key")?)
+            };
+            update.bind(value).execute(&mut *tx).await.map_err(db)?;
+            n += 1;
+        }
     }
     tx.commit().await.map_err(db)?;
     Ok(Some(n))

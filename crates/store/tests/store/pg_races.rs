@@ -42,8 +42,8 @@ async fn until_waiting(t: &TestDb, n: i64) {
     for _ in 0..2000 {
         let waiting = t
             .count(
-                // A row lock is waited for as the holder's transaction id, which names no
-                // database: the waiters are found by their sessions.
+                // A wait for a row lock is a wait for the holder's transaction id, whose
+                // pg_locks row names no database; pg_stat_activity gives the waiter's.
                 "SELECT COUNT(DISTINCT l.pid) FROM pg_locks l \
                  JOIN pg_stat_activity a ON a.pid = l.pid \
                  WHERE NOT l.granted AND a.datname = current_database()",
