@@ -60,6 +60,10 @@ pub enum DomainError {
     /// The operator's card was renewed: the administrator must update the serial.
     #[error("operator certificate serial changed")]
     OperatorSerialChanged,
+    /// No such review application, or one of another section's agencies: the back office
+    /// answers both alike.
+    #[error("review application not found")]
+    ReviewNotFound,
     /// The citizen card is not an active back-office reviewer's (R6.1).
     #[error("not a back-office reviewer")]
     NotReviewer,
@@ -79,8 +83,6 @@ pub enum DomainError {
     /// The challenge was already used, or never issued for this session/flow/step.
     #[error("the challenge was already used or is unknown")]
     ChallengeUsed,
-    #[error("the challenge has expired")]
-    ChallengeExpired,
     /// The session may not act for this agency (or is not an administrator session).
     #[error("not allowed")]
     Forbidden,
@@ -133,6 +135,7 @@ impl DomainError {
             Self::Conflict => "conflict",
             Self::NotOperator => "not_operator",
             Self::OperatorSerialChanged => "operator_serial_changed",
+            Self::ReviewNotFound => "review_not_found",
             Self::NotReviewer => "not_reviewer",
             Self::FlowExpired => "flow_expired",
             Self::FlowNotFound => "flow_not_found",
@@ -140,7 +143,6 @@ impl DomainError {
             Self::AlreadyConfirmed => "already_confirmed",
             Self::RegistrationChanged => "registration_changed",
             Self::ChallengeUsed => "challenge_used",
-            Self::ChallengeExpired => "challenge_expired",
             Self::Forbidden => "forbidden",
             Self::TooManyFlows => "too_many_flows",
             Self::Busy => "busy",
@@ -176,6 +178,7 @@ impl DomainError {
             Self::Conflict => "資料已被其他使用者修改，請重新讀取後再操作".into(),
             Self::NotOperator => "您未被授權為本機關之經辦人；如您的自然人憑證已更換或展期，請洽授權管理者修改憑證序號".into(),
             Self::OperatorSerialChanged => "憑證序號已變更，請洽授權管理者修改".into(),
+            Self::ReviewNotFound => "查無此申請案件".into(),
             Self::NotReviewer => "此自然人憑證未建立本部審核人員帳號".into(),
             Self::FlowExpired => "作業已逾時（閒置超過 15 分鐘），請重新操作".into(),
             Self::FlowNotFound | Self::WrongStep => "作業步驟錯誤，請由首頁重新操作".into(),
@@ -184,7 +187,6 @@ impl DomainError {
                 "貴機關的註冊資料已於作業期間變更（例如已完成更換憑證），本次作業未生效，請重新辦理".into()
             }
             Self::ChallengeUsed => "此簽章已使用過，請重新操作".into(),
-            Self::ChallengeExpired => "簽章已逾時，請重新操作".into(),
             Self::Forbidden => "您沒有執行此功能的權限".into(),
             Self::TooManyFlows => {
                 "同時進行中的作業過多，請先完成已開始的作業，或等候 15 分鐘後再試".into()

@@ -232,7 +232,8 @@ impl Flow {
         Ok(())
     }
 
-    /// Moves to the next step and records progress.
+    /// Moves to the next step and records progress as a new version: saving it names the
+    /// version read, so of two saves of the same step only one takes effect.
     pub fn advance(&mut self, now: OffsetDateTime) {
         let steps = self.kind.steps();
         let next = steps
@@ -240,7 +241,19 @@ impl Flow {
             .position(|s| *s == self.step)
             .and_then(|i| steps.get(i + 1));
         self.step = next.copied().unwrap_or(Step::Done);
+        self.touch(now);
+    }
+
+    /// Records progress that stays on the current step (what it collected changed).
+    pub fn touch(&mut self, now: OffsetDateTime) {
         self.touched_at = now;
+        self.version += 1;
+    }
+
+    /// Ends the flow where it is (a review application filed instead of going on).
+    pub fn finish(&mut self, now: OffsetDateTime) {
+        self.step = Step::Done;
+        self.touch(now);
     }
 }
 

@@ -10,6 +10,25 @@ use crate::types::{CertSerial, InstitutionCode};
 use std::future::Future;
 use time::OffsetDateTime;
 
+/// The most audit events one back-office search returns.
+pub const AUDIT_SEARCH_MAX: i64 = 200;
+
+/// What the back office searches the audit log by (R6.3); every part optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub code: Option<InstitutionCode>,
+    /// The certificate serial (any issuer).
+    pub serial: Option<CertSerial>,
+    /// From this instant (inclusive).
+    pub from: Option<OffsetDateTime>,
+    /// Up to this instant (exclusive).
+    pub to: Option<OffsetDateTime>,
+    /// `ok` or an error code.
+    pub outcome: Option<String>,
+    /// At most [`AUDIT_SEARCH_MAX`].
+    pub limit: i64,
+}
+
 /// A challenge as stored: single use, bound to a session, a flow and a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChallenge {
@@ -194,6 +213,16 @@ pub trait Store: Send + Sync {
     fn review(&self, id: i64) -> impl Future<Output = Result<Option<ReviewApplication>>> + Send;
     /// Oldest first.
     fn pending_reviews(&self) -> impl Future<Output = Result<Vec<ReviewApplication>>> + Send;
+    /// At most `limit` decided applications, the latest decision first.
+    fn decided_reviews(
+        &self,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ReviewApplication>>> + Send;
+    /// The agencies whose registration holds a certificate with this serial.
+    fn codes_by_serial(
+        &self,
+        serial: &CertSerial,
+    ) -> impl Future<Output = Result<Vec<InstitutionCode>>> + Send;
 
     // reviewers
     fn add_reviewer(
@@ -224,4 +253,10 @@ pub trait Store: Send + Sync {
 
     // audit
     fn verify_audit(&self) -> impl Future<Output = Result<AuditReport>> + Send;
+    /// Audit events matching `filter`, newest first, with their sequence numbers; at most
+    /// [`AUDIT_SEARCH_MAX`] rows.
+    fn audit_search(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
 }

@@ -153,24 +153,7 @@ pub fn session_key(id: &str) -> String {
     secrets::hex(ring::digest::digest(&ring::digest::SHA256, id.as_bytes()).as_ref())
 }
 
-/// The most rows an audit search returns.
-pub const AUDIT_SEARCH_MAX: i64 = 200;
-
-/// What the back office searches the audit log by (R6.3); every part optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    pub code: Option<InstitutionCode>,
-    /// The certificate serial (any issuer).
-    pub serial: Option<CertSerial>,
-    /// From this instant (inclusive).
-    pub from: Option<OffsetDateTime>,
-    /// Up to this instant (exclusive).
-    pub to: Option<OffsetDateTime>,
-    /// `ok` or an error code.
-    pub outcome: Option<String>,
-    /// At most [`AUDIT_SEARCH_MAX`].
-    pub limit: i64,
-}
+pub use domain::store::{AUDIT_SEARCH_MAX, AuditFilter};
 
 /// How a person (found by national ID) is bound to an agency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,22 +387,6 @@ impl Db {
         dispatch!(self, ops, p => ops::agencies_of_person(p, &hash).await)
     }
 
-    /// Decided review applications, latest decision first (the back office's decided list).
-    pub async fn decided_reviews(&self, limit: i64) -> Result<Vec<ReviewApplication>> {
-        dispatch!(self, ops, p => ops::decided_reviews(p, limit).await)
-    }
-
-    /// The agencies whose registration holds a certificate with this serial.
-    pub async fn codes_by_serial(&self, serial: &CertSerial) -> Result<Vec<InstitutionCode>> {
-        dispatch!(self, ops, p => ops::codes_by_serial(p, serial).await)
-    }
-
-    /// Audit events matching `filter`, newest first, with their sequence numbers; at most
-    /// [`AUDIT_SEARCH_MAX`] rows.
-    pub async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
-        dispatch!(self, ops, p => ops::audit_search(p, filter).await)
-    }
-
     // Bulk loading. For benchmarks and one-off loads of large data sets only: rows go in with
     // multi-row INSERTs committed every 50 000 rows, so a failure part-way leaves the batches
     // before it in place (not all or nothing), and nothing is audited and no receipt is
@@ -566,6 +533,18 @@ impl Store for Db {
 
     async fn verify_audit(&self) -> Result<AuditReport> {
         dispatch!(self, ops, p => ops::verify_audit(p, &self.secrets).await)
+    }
+
+    async fn decided_reviews(&self, limit: i64) -> Result<Vec<ReviewApplication>> {
+        dispatch!(self, ops, p => ops::decided_reviews(p, limit).await)
+    }
+
+    async fn codes_by_serial(&self, serial: &CertSerial) -> Result<Vec<InstitutionCode>> {
+        dispatch!(self, ops, p => ops::codes_by_serial(p, serial).await)
+    }
+
+    async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
+        dispatch!(self, ops, p => ops::audit_search(p, filter).await)
     }
 }
 

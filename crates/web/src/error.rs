@@ -18,7 +18,9 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         E::Invalid { .. } | E::Pki(_) | E::IdMismatch | E::SameCertificate | E::OrgIdMismatch => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        E::UnknownAgency | E::FlowNotFound | E::OperatorNotFound => StatusCode::NOT_FOUND,
+        E::UnknownAgency | E::FlowNotFound | E::OperatorNotFound | E::ReviewNotFound => {
+            StatusCode::NOT_FOUND
+        }
         E::AlreadyRegistered
         | E::DuplicateOperator
         | E::Conflict
@@ -34,7 +36,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | E::OperatorSerialChanged
         | E::NotReviewer
         | E::Forbidden => StatusCode::FORBIDDEN,
-        E::FlowExpired | E::ChallengeUsed | E::ChallengeExpired => StatusCode::GONE,
+        E::FlowExpired | E::ChallengeUsed => StatusCode::GONE,
         E::TooManyFlows => StatusCode::TOO_MANY_REQUESTS,
         E::Busy => StatusCode::SERVICE_UNAVAILABLE,
         E::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -25,7 +25,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
 use domain::DomainError;
-use domain::store::Store as _;
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
@@ -316,24 +315,10 @@ async fn current_operator(
     state: &AppState,
     data: &SessionData,
 ) -> Result<Option<domain::model::Operator>, DomainError> {
-    let Some(grant) = &data.operator else {
-        return Ok(None);
-    };
-    Ok(state
-        .svc()
-        .store()
-        .operator(&grant.code, grant.operator_id)
-        .await?
-        .filter(|o| o.serial == grant.serial)
-        // Revoked on a CRL in force: out now, whether or not the sweep has reached this
-        // session (a login in flight while it ran is saved after it).
-        .filter(|_| {
-            state
-                .svc()
-                .validator()
-                .revoked_at(grant.issuer.as_deref(), &grant.serial)
-                .is_none()
-        }))
+    match &data.operator {
+        Some(grant) => state.svc().current_operator(grant).await,
+        None => Ok(None),
+    }
 }
 
 /// `POST /api/v1/token`: a token for the caller's operator session.

@@ -229,14 +229,11 @@ async fn spec_4_2_services_use_the_years_imported_into_the_store() {
             card_step(svc, &flow.id, card, Some(code), None)
                 .await
                 .unwrap();
-            let (application, _) = svc
+            let (application, section) = svc
                 .file_review(&flow.id, SESSION, "陳先生", "04-2222-3333", None)
                 .await
                 .unwrap();
-            let reviewer = match svc.store().reviewers().await.unwrap().pop() {
-                Some(r) => r,
-                None => reviewer(svc).await,
-            };
+            let reviewer = reviewer_of(svc, section.unwrap().section).await;
             // Thursday 2025-10-09: the imported year makes Friday 10-10 a business day.
             let state = svc
                 .decide_review(&reviewer, application.id, true, "")
@@ -251,11 +248,30 @@ async fn spec_4_2_services_use_the_years_imported_into_the_store() {
 }
 
 async fn reviewer(svc: &Svc) -> domain::model::Reviewer {
-    let serial =
-        pki::serial::CertSerial::parse(&pki().card("moica-reviewer").issued.serial_hex()).unwrap();
+    reviewer_of(svc, domain::model::Section::First).await
+}
+
+/// An active reviewer of `section`: the one on file, else a new account (承保第一科 with the
+/// test PKI's reviewer card, 承保第二科 with a serial of its own).
+async fn reviewer_of<S: domain::store::Store, C: domain::clock::Clock>(
+    svc: &domain::service::Services<S, C>,
+    section: domain::model::Section,
+) -> domain::model::Reviewer {
+    let on_file = svc.store().reviewers().await.unwrap();
+    if let Some(r) = on_file
+        .into_iter()
+        .find(|r| r.section == section && r.active)
+    {
+        return r;
+    }
+    let serial = match section {
+        domain::model::Section::First => pki().card("moica-reviewer").issued.serial_hex(),
+        domain::model::Section::Second => "5EC0D2".to_string(),
+    };
+    let serial = pki::serial::CertSerial::parse(&serial).unwrap();
     let id = svc
         .store()
-        .add_reviewer("審核員甲", domain::model::Section::First, &serial)
+        .add_reviewer("審核員甲", section, &serial)
         .await
         .unwrap();
     svc.store()
@@ -284,7 +300,29 @@ async fn r1_3_rejected_application_lets_the_agency_apply_again() {
             .await
             .unwrap();
         assert_eq!(section.unwrap().extension, "5353", "臺中 is 承保第二科");
-        let reviewer = reviewer(svc).await;
+        // 承保第一科 neither sees nor decides it: the same answer as an id nobody has.
+        let first = reviewer(svc).await;
+        for id in [application.id, application.id + 1000] {
+            assert_eq!(
+                code_of(svc.review_case(&first, id).await),
+                "review_not_found"
+            );
+            assert_eq!(
+                code_of(svc.decide_review(&first, id, true, "").await),
+                "review_not_found"
+            );
+        }
+        let listed = svc
+            .review_list(&first, domain::service::ReviewList::Pending, None)
+            .await
+            .unwrap();
+        assert!(listed.iter().all(|c| c.application.id != application.id));
+        let reviewer = reviewer_of(svc, domain::model::Section::Second).await;
+        let listed = svc
+            .review_list(&reviewer, domain::service::ReviewList::Pending, None)
+            .await
+            .unwrap();
+        assert!(listed.iter().any(|c| c.application.id == application.id));
         svc.decide_review(&reviewer, application.id, false, "資料不符")
             .await
             .unwrap();

@@ -169,4 +169,13 @@ impl<S: Store + Clone + 'static> Store for Paused<S> {
     async fn verify_audit(&self) -> Result<AuditReport> {
         self.inner.verify_audit().await
     }
+    async fn decided_reviews(&self, limit: i64) -> Result<Vec<ReviewApplication>> {
+        self.inner.decided_reviews(limit).await
+    }
+    async fn codes_by_serial(&self, serial: &CertSerial) -> Result<Vec<InstitutionCode>> {
+        self.inner.codes_by_serial(serial).await
+    }
+    async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
+        self.inner.audit_search(filter).await
+    }
 }

@@ -224,7 +224,6 @@ async fn flows_and_challenges_round_trip() {
         f.data.terms_version = Some("2026-01".into());
         f.data.mismatch = true;
         f.advance(T0 + Duration::minutes(1));
-        f.version += 1;
         db.commit(Commit {
             flow: Some(f.clone()),
             ..Default::default()

@@ -15,7 +15,6 @@ use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
 use domain::model::{AdminContact, CertRef, Registration};
 use domain::service::{CardStepInput, ContactInput, StepOutcome};
-use domain::store::Store as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -316,11 +315,11 @@ fn registration_view(kind: FlowKind, r: &Registration) -> RegistrationView {
 
 /// The flow, if it is this session's; another session's flow does not exist for this one.
 async fn owned_flow(state: &AppState, id: &str, session: &str) -> Result<Flow, Response> {
-    match state.svc().store().flow(id).await {
-        Ok(Some(f)) if f.session == session => Ok(f),
-        Ok(_) => Err(api(&DomainError::FlowNotFound)),
-        Err(e) => Err(api(&e)),
-    }
+    state
+        .svc()
+        .session_flow(id, session)
+        .await
+        .map_err(|e| api(&e))
 }
 
 #[utoipa::path(

@@ -11,7 +11,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use domain::store::Store as _;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -146,15 +145,10 @@ pub(super) async fn current(State(state): State<AppState>, caller: Caller) -> Re
         })
         .into_response();
     };
-    // Other systems act on this answer, so it is today's grant: an operator deleted or re-bound
-    // to another card since login is no longer one.
-    let current = match state
-        .svc()
-        .store()
-        .operator(&grant.code, grant.operator_id)
-        .await
-    {
-        Ok(op) => op.filter(|o| o.serial == grant.serial),
+    // Other systems act on this answer, so it is today's grant: an operator deleted, re-bound
+    // to another card or whose card was revoked since login is no longer one.
+    let current = match state.svc().current_operator(grant).await {
+        Ok(op) => op,
         Err(e) => return api(&e),
     };
     match current {

@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use domain::DomainError;
 use domain::flow::FlowKind;
-use domain::model::{AuditEvent, ReviewApplication, ReviewState, Reviewer, Section};
-use domain::store::Store as _;
+use domain::model::{ReviewState, Reviewer};
+use domain::service::{AgencyRecord, ReviewCase, ReviewList, SearchCriteria};
+use domain::store::AUDIT_SEARCH_MAX;
 use serde::Deserialize;
 
 pub(crate) const LOGIN: &str = "/backoffice/login";
@@ -97,13 +98,9 @@ async fn reviewer(
     let Some(r) = s.data.reviewer.clone() else {
         return Err(Redirect::to(LOGIN).into_response());
     };
-    let found = match state.svc().store().reviewers().await {
-        Ok(all) => all.into_iter().find(|x| x.id == r.id && x.active),
-        Err(e) => return Err(error::domain_page(state, &e)),
-    };
-    match found {
-        Some(x) => Ok((s, x)),
-        None => {
+    match state.svc().reviewer(r.id).await {
+        Ok(x) => Ok((s, x)),
+        Err(DomainError::NotReviewer) => {
             session.update(|s| s.end());
             Err(denied(
                 Layout {
@@ -114,6 +111,7 @@ async fn reviewer(
                 true,
             ))
         }
+        Err(e) => Err(error::domain_page(state, &e)),
     }
 }
 
@@ -164,32 +162,11 @@ struct Row {
     note: String,
 }
 
-/// Whether `reviewer` may see and decide the application, with its agency's name and county
-/// (as shown). An agency whose county no section is in charge of (none in the contact
-/// directory) is left to nobody: its applications are in every section's queue, marked so.
-async fn section_of(
-    state: &AppState,
-    a: &ReviewApplication,
-    reviewer: Section,
-) -> Result<(bool, String, String), DomainError> {
-    let agency = state.svc().store().agency(&a.code).await?;
-    let (name, county) = agency.map(|g| (g.name, g.county)).unwrap_or_default();
-    let section = state
-        .svc()
-        .config()
-        .contacts
-        .section_for(&county)
-        .map(|c| c.section);
-    Ok(match section {
-        Some(s) => (s == reviewer, name, county),
-        None => (true, name, format!("{county}{NO_SECTION}")),
-    })
-}
-
 /// Beside the county of an agency no section is in charge of.
 const NO_SECTION: &str = "（未屬任一科，各科皆可審核）";
 
-fn row(a: &ReviewApplication, agency_name: String, county: String) -> Row {
+fn row(c: &ReviewCase) -> Row {
+    let a = &c.application;
     let (decided, decided_by, note) = match &a.state {
         ReviewState::Pending => Default::default(),
         ReviewState::Approved {
@@ -211,8 +188,12 @@ fn row(a: &ReviewApplication, agency_name: String, county: String) -> Row {
     Row {
         id: a.id,
         code: a.code.as_str().to_string(),
-        agency_name,
-        county,
+        agency_name: c.agency_name.clone(),
+        county: if c.unassigned {
+            format!("{}{NO_SECTION}", c.county)
+        } else {
+            c.county.clone()
+        },
         on_file: a
             .on_file
             .as_ref()
@@ -236,23 +217,6 @@ fn row(a: &ReviewApplication, agency_name: String, county: String) -> Row {
         decided_by,
         note,
     }
-}
-
-async fn audit(
-    state: &AppState,
-    r: &Reviewer,
-    client: Option<String>,
-    detail: serde_json::Value,
-) -> Result<(), DomainError> {
-    let event = AuditEvent::new(
-        state.now(),
-        format!("reviewer:{}", r.id),
-        "backoffice.search",
-        "ok",
-    )
-    .client(client.as_deref())
-    .detail(detail);
-    state.svc().store().append_audit(&event).await
 }
 
 /// GET /backoffice/login: 本部審核人員登入 starts at its flow's door like every flow (its card
@@ -300,9 +264,6 @@ struct QueueQuery {
     state: Option<String>,
 }
 
-/// The most decided applications listed.
-const DECIDED_LIMIT: i64 = 200;
-
 /// GET /backoffice/reviews (pending, oldest first) and ?state=decided (latest decision first):
 /// the applications of the reviewer's section.
 async fn queue(
@@ -316,31 +277,16 @@ async fn queue(
         Err(resp) => return resp,
     };
     let decided = q.state.as_deref() == Some("decided");
-    let apps = if decided {
-        state.db().decided_reviews(DECIDED_LIMIT).await
+    let list = if decided {
+        ReviewList::Decided
     } else {
-        state.svc().store().pending_reviews().await
+        ReviewList::Pending
     };
-    let apps = match apps {
-        Ok(a) => a,
+    let client = addr.map(|a| a.to_string());
+    let rows = match state.svc().review_list(&r, list, client.as_deref()).await {
+        Ok(cases) => cases.iter().map(row).collect(),
         Err(e) => return error::domain_page(&state, &e),
     };
-    let mut rows = Vec::new();
-    for a in &apps {
-        match section_of(&state, a, r.section).await {
-            Ok((true, name, county)) => rows.push(row(a, name, county)),
-            Ok(_) => {}
-            Err(e) => return error::domain_page(&state, &e),
-        }
-    }
-    let detail = serde_json::json!({
-        "view": if decided { "decided" } else { "queue" },
-        "section": r.section,
-        "rows": rows.len(),
-    });
-    if let Err(e) = audit(&state, &r, addr.map(|a| a.to_string()), detail).await {
-        return error::domain_page(&state, &e);
-    }
     render(&QueuePage {
         layout: state.layout_for(&s),
         decided,
@@ -359,24 +305,20 @@ struct DetailPage {
     note_value: String,
 }
 
-/// The application if it exists and belongs to the reviewer's section.
+/// The application if it exists and belongs to the reviewer's section; another section's
+/// answers 404 like an id nobody has.
 async fn own_application(
     state: &AppState,
     s: &Session,
     r: &Reviewer,
     raw: &str,
-) -> Result<(ReviewApplication, String, String), Response> {
+) -> Result<ReviewCase, Response> {
     let Some(id) = raw.parse::<i64>().ok().filter(|id| *id > 0) else {
         return Err(not_found(state, s));
     };
-    let a = match state.svc().store().review(id).await {
-        Ok(Some(a)) => a,
-        Ok(None) => return Err(not_found(state, s)),
-        Err(e) => return Err(error::domain_page(state, &e)),
-    };
-    match section_of(state, &a, r.section).await {
-        Ok((true, name, county)) => Ok((a, name, county)),
-        Ok(_) => Err(not_found(state, s)),
+    match state.svc().review_case(r, id).await {
+        Ok(c) => Ok(c),
+        Err(DomainError::ReviewNotFound) => Err(not_found(state, s)),
         Err(e) => Err(error::domain_page(state, &e)),
     }
 }
@@ -391,7 +333,7 @@ async fn detail(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let (a, name, county) = match own_application(&state, &s, &r, &id).await {
+    let case = match own_application(&state, &s, &r, &id).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -404,7 +346,7 @@ async fn detail(
     });
     render(&DetailPage {
         layout: state.layout_for(&s),
-        row: row(&a, name, county),
+        row: row(&case),
         flash,
         error: None,
         note_value: String::new(),
@@ -437,7 +379,7 @@ async fn decide(
     if let Err(resp) = check_form(&state, &s, &method, &headers, &form._csrf) {
         return resp;
     }
-    let (a, name, county) = match own_application(&state, &s, &r, &id).await {
+    let case = match own_application(&state, &s, &r, &id).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -447,7 +389,7 @@ async fn decide(
         _ => {
             let page = DetailPage {
                 layout: state.layout_for(&s),
-                row: row(&a, name, county),
+                row: row(&case),
                 flash: None,
                 error: Some("請選擇核准或駁回".into()),
                 note_value: form.note,
@@ -457,7 +399,7 @@ async fn decide(
     };
     match state
         .svc()
-        .decide_review(&r, a.id, approve, &form.note)
+        .decide_review(&r, case.application.id, approve, &form.note)
         .await
     {
         Ok(decided) => {
@@ -468,7 +410,7 @@ async fn decide(
                 _ => "已駁回".to_string(),
             };
             session.update(|s| s.data_mut().flash = Some(message));
-            Redirect::to(&format!("{QUEUE}/{}", a.id)).into_response()
+            Redirect::to(&format!("{QUEUE}/{}", case.application.id)).into_response()
         }
         Err(e @ (DomainError::Invalid { .. } | DomainError::Conflict)) => {
             let message = if e == DomainError::Conflict {
@@ -478,7 +420,7 @@ async fn decide(
             };
             let page = DetailPage {
                 layout: state.layout_for(&s),
-                row: row(&a, name, county),
+                row: row(&case),
                 flash: None,
                 error: Some(message),
                 note_value: form.note,
@@ -543,7 +485,7 @@ struct Line {
 struct AgencyHit {
     code: String,
     lines: Vec<Line>,
-    /// Expiry and revocation flags (issue 6, point 3): (whose certificate, serial, badge).
+    /// Expiry and revocation flags: (whose certificate, serial, badge).
     flags: Vec<(&'static str, String, String)>,
     receipts: Vec<(String, &'static str, String)>,
 }
@@ -586,17 +528,9 @@ fn start_of(d: time::Date) -> time::OffsetDateTime {
     d.midnight().assume_offset(domain::clock::TAIPEI)
 }
 
-/// The master data, registration and receipts of one agency (nothing of the national ID).
-async fn agency_hit(
-    state: &AppState,
-    code: &domain::types::InstitutionCode,
-    from: Option<time::OffsetDateTime>,
-    to: Option<time::OffsetDateTime>,
-) -> Result<Option<AgencyHit>, DomainError> {
-    let store = state.svc().store();
-    let Some(agency) = store.agency(code).await? else {
-        return Ok(None);
-    };
+/// One agency found, as shown (nothing of the national ID).
+fn agency_hit(now: time::OffsetDateTime, record: &AgencyRecord) -> AgencyHit {
+    let agency = &record.agency;
     let line = |label, value| Line { label, value };
     let mut lines = vec![
         line("機關名稱", agency.name.clone()),
@@ -610,26 +544,7 @@ async fn agency_hit(
                 .unwrap_or_else(|| "（無）".into()),
         ),
     ];
-    let registration = store.registration(code).await?;
-    // The registration's two certificates and the agency's operators, against the CRLs in force.
-    let operators = store.operators(code).await?;
-    let now = state.svc().now();
-    let flags = domain::expiry::expiry_report(
-        now,
-        state.svc().validator(),
-        registration.as_slice(),
-        &operators,
-    )
-    .into_iter()
-    .map(|f| {
-        (
-            f.holder.label_zh(),
-            f.serial.as_str().to_string(),
-            f.badge_zh(now),
-        )
-    })
-    .collect();
-    match registration {
+    match &record.registration {
         Some(r) => lines.extend([
             line("註冊狀態", "已註冊".into()),
             line("機關憑證序號", r.org.cert.serial.as_str().to_string()),
@@ -651,27 +566,32 @@ async fn agency_hit(
         ]),
         None => lines.push(line("註冊狀態", "未註冊".into())),
     }
-    let reviews = store.reviews(code).await?;
-    let receipts = store
-        .receipts(code)
-        .await?
-        .into_iter()
-        .filter(|r| from.is_none_or(|f| r.at >= f) && to.is_none_or(|t| r.at < t))
-        .map(|r| {
-            let review = r
-                .review_id
-                .and_then(|id| reviews.iter().find(|a| a.id == id))
-                .map(|a| state_label(&a.state))
-                .unwrap_or_default();
-            (super::admin::taipei_time(r.at), r.kind.label_zh(), review)
-        })
-        .collect();
-    Ok(Some(AgencyHit {
-        code: code.as_str().to_string(),
+    AgencyHit {
+        code: agency.code.as_str().to_string(),
         lines,
-        flags,
-        receipts,
-    }))
+        flags: record
+            .flags
+            .iter()
+            .map(|f| {
+                (
+                    f.holder.label_zh(),
+                    f.serial.as_str().to_string(),
+                    f.badge_zh(now),
+                )
+            })
+            .collect(),
+        receipts: record
+            .receipts
+            .iter()
+            .map(|(r, review)| {
+                (
+                    super::admin::taipei_time(r.at),
+                    r.kind.label_zh(),
+                    review.as_ref().map(state_label).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// GET /backoffice/search: agencies, registrations, receipts and the audit log by 機關代號,
@@ -739,7 +659,7 @@ async fn search(
         searched: false,
         agencies: vec![],
         audit: vec![],
-        limit: store::AUDIT_SEARCH_MAX,
+        limit: AUDIT_SEARCH_MAX,
     };
     if errors.any() {
         page.errors = errors;
@@ -749,40 +669,26 @@ async fn search(
     if !searched {
         return render(&page);
     }
-    let mut codes: Vec<domain::types::InstitutionCode> = code.iter().cloned().collect();
-    if let Some(serial) = &serial {
-        match state.db().codes_by_serial(serial).await {
-            Ok(found) => {
-                for c in found {
-                    // With a code too, both must hold.
-                    if code.is_none() && !codes.contains(&c) {
-                        codes.push(c);
-                    }
-                }
-            }
-            Err(e) => return error::domain_page(&state, &e),
-        }
-    }
-    for c in &codes {
-        match agency_hit(&state, c, from, to).await {
-            Ok(Some(hit)) => page.agencies.push(hit),
-            Ok(None) => {}
-            Err(e) => return error::domain_page(&state, &e),
-        }
-    }
-    let filter = store::AuditFilter {
-        code: code.clone(),
-        serial: serial.clone(),
+    let criteria = SearchCriteria {
+        code,
+        serial,
         from,
         to,
         outcome: (!outcome_s.is_empty()).then(|| outcome_s.to_string()),
-        limit: store::AUDIT_SEARCH_MAX,
     };
-    let events = match state.db().audit_search(&filter).await {
-        Ok(e) => e,
+    let client = addr.map(|a| a.to_string());
+    let found = match state
+        .svc()
+        .backoffice_search(&r, &criteria, client.as_deref())
+        .await
+    {
+        Ok(f) => f,
         Err(e) => return error::domain_page(&state, &e),
     };
-    page.audit = events
+    let now = state.now();
+    page.agencies = found.agencies.iter().map(|a| agency_hit(now, a)).collect();
+    page.audit = found
+        .audit
         .into_iter()
         .map(|(seq, e)| AuditHit {
             seq,
@@ -794,16 +700,6 @@ async fn search(
             outcome: e.outcome,
         })
         .collect();
-    let detail = serde_json::json!({
-        "view": "search",
-        "code": code.as_ref().map(|c| c.as_str().to_string()),
-        "serial": serial.as_ref().map(|c| c.as_str().to_string()),
-        "from": from_s, "to": to_s, "outcome": outcome_s,
-        "agencies": page.agencies.len(), "audit": page.audit.len(),
-    });
-    if let Err(e) = audit(&state, &r, addr.map(|a| a.to_string()), detail).await {
-        return error::domain_page(&state, &e);
-    }
     page.q = q;
     page.searched = true;
     render(&page)

@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
 use domain::service::{CardStepInput, ContactInput, StepOutcome};
-use domain::store::Store as _;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -249,11 +248,11 @@ fn fmt_date(t: time::OffsetDateTime) -> String {
 }
 
 async fn owned_flow(state: &AppState, id: &str, session_id: &str) -> Result<Flow, Response> {
-    match state.svc().store().flow(id).await {
-        Ok(Some(f)) if f.session == session_id => Ok(f),
-        Ok(_) => Err(error::domain_page(state, &DomainError::FlowNotFound)),
-        Err(e) => Err(error::domain_page(state, &e)),
-    }
+    state
+        .svc()
+        .session_flow(id, session_id)
+        .await
+        .map_err(|e| error::domain_page(state, &e))
 }
 
 /// A state change on one of the session's flows: CSRF and Origin first, then ownership.

@@ -13,7 +13,6 @@ use axum::extract::{Form, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use domain::store::Store as _;
 
 const LOGIN: &str = "/flows/new/operator_login";
 
@@ -33,23 +32,17 @@ async fn home(State(state): State<AppState>, session: SessionHandle) -> Response
     let Some(grant) = s.data.operator.clone() else {
         return Redirect::to(LOGIN).into_response();
     };
-    let store = state.svc().store();
-    let current = match store.operator(&grant.code, grant.operator_id).await {
-        Ok(o) => o,
+    // Deleted, re-bound to another card, or its card revoked since the login: the login no
+    // longer stands.
+    let op = match state.svc().current_operator(&grant).await {
+        Ok(Some(op)) => op,
+        Ok(None) => {
+            session.update(|s| s.data_mut().operator = None);
+            return Redirect::to(LOGIN).into_response();
+        }
         Err(e) => return error::domain_page(&state, &e),
     };
-    // Deleted, re-bound to another card, or its card revoked on a CRL in force since the
-    // login: the login no longer stands.
-    let revoked = state
-        .svc()
-        .validator()
-        .revoked_at(grant.issuer.as_deref(), &grant.serial)
-        .is_some();
-    let Some(op) = current.filter(|o| o.serial == grant.serial && !revoked) else {
-        session.update(|s| s.data_mut().operator = None);
-        return Redirect::to(LOGIN).into_response();
-    };
-    let agency_name = match store.agency(&grant.code).await {
+    let agency_name = match state.svc().agency(&grant.code).await {
         Ok(a) => a.map(|a| a.name).unwrap_or_default(),
         Err(e) => return error::domain_page(&state, &e),
     };

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
+use domain::store::Store as _;
 use pki::testpki::CaKind;
 use serde_json::json;
 use std::sync::Arc;

@@ -1,0 +1,109 @@
+//! Starting a flow, agreeing to the terms, and the challenge of a card step.
+
+use super::{Services, random_id};
+use crate::clock::Clock;
+use crate::error::{DomainError, Result};
+use crate::flow::{Flow, FlowKind, Step};
+use crate::store::*;
+use pki::challenge::Challenge;
+use time::OffsetDateTime;
+
+/// A challenge handed to the page: the id to send back and the text the card signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedChallenge {
+    pub id: String,
+    pub tbs: String,
+    pub expires_at: OffsetDateTime,
+}
+
+impl<S: Store, C: Clock> Services<S, C> {
+    pub async fn start_flow(&self, kind: FlowKind, session: &str) -> Result<Flow> {
+        let flow = Flow::new(random_id(), kind, session, self.clock.now());
+        self.store.insert_flow(&flow).await?;
+        Ok(flow)
+    }
+
+    /// [`Services::start_flow`] for a session holding fewer than `max` live flows (touched
+    /// within the idle limit; expired ones wait for the sweep but no longer count); else
+    /// [`DomainError::TooManyFlows`].
+    pub async fn start_flow_capped(&self, kind: FlowKind, session: &str, max: u32) -> Result<Flow> {
+        let now = self.clock.now();
+        let flow = Flow::new(random_id(), kind, session, now);
+        self.store
+            .insert_flow_capped(&flow, u64::from(max), now - crate::flow::FLOW_IDLE_LIMIT)
+            .await?;
+        Ok(flow)
+    }
+
+    pub(super) async fn load_flow(&self, id: &str, session: &str, step: Step) -> Result<Flow> {
+        let flow = self
+            .store
+            .flow(id)
+            .await?
+            .ok_or(DomainError::FlowNotFound)?;
+        flow.expect(session, step, self.clock.now())?;
+        Ok(flow)
+    }
+
+    /// The session's flow as stored, whatever its step; another session's flow does not exist
+    /// for this one (`FlowNotFound`).
+    pub async fn session_flow(&self, id: &str, session: &str) -> Result<Flow> {
+        self.store
+            .flow(id)
+            .await?
+            .filter(|f| f.session == session)
+            .ok_or(DomainError::FlowNotFound)
+    }
+
+    /// R1.1: the terms must be agreed before anything else; the version is recorded.
+    pub async fn agree_terms(&self, flow_id: &str, session: &str) -> Result<Flow> {
+        let mut flow = self.load_flow(flow_id, session, Step::Terms).await?;
+        flow.data.terms_version = Some(self.config.terms_version.clone());
+        flow.advance(self.clock.now());
+        self.store
+            .commit(Commit {
+                flow: Some(flow.clone()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(flow)
+    }
+
+    /// Issues the challenge for the flow's current card step (SPEC §2.2).
+    pub async fn issue_challenge(&self, flow_id: &str, session: &str) -> Result<IssuedChallenge> {
+        let flow = self
+            .store
+            .flow(flow_id)
+            .await?
+            .ok_or(DomainError::FlowNotFound)?;
+        flow.expect(session, flow.step, self.clock.now())?;
+        if !flow.step.is_card_step() {
+            return Err(DomainError::WrongStep);
+        }
+        let now = self.clock.now();
+        let challenge = Challenge::new(
+            flow.kind.as_str(),
+            &self.config.origin,
+            &flow.id,
+            flow.step.as_str(),
+            now,
+        )?;
+        let stored = StoredChallenge {
+            id: random_id(),
+            flow_id: flow.id.clone(),
+            session: session.to_string(),
+            step: flow.step,
+            purpose: challenge.purpose.clone(),
+            origin: challenge.origin.clone(),
+            nonce: challenge.nonce.clone(),
+            issued_at: challenge.issued_at,
+            expires_at: challenge.expires_at(),
+        };
+        self.store.insert_challenge(&stored).await?;
+        Ok(IssuedChallenge {
+            id: stored.id,
+            tbs: challenge.tbs(),
+            expires_at: stored.expires_at,
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! The services pages and the API call, one file per use case: flows (start, terms,
+//! challenge), the card step and the rule of each step, review applications, the back office,
+//! the final confirmation, the administrator's operators, the receipts query. Each applies
+//! the rule of its step and persists through one [`Commit`].
+
+mod backoffice;
+mod card;
+mod confirm;
+mod flows;
+mod operators;
+mod queries;
+mod reviews;
+mod steps;
+
+pub use backoffice::{
+    AgencyRecord, DECIDED_LIMIT, ReviewCase, ReviewList, SearchCriteria, SearchResult,
+};
+pub use card::{CardAttempt, CardStepInput, StepOutcome};
+pub use confirm::ContactInput;
+pub use flows::IssuedChallenge;
+pub use operators::{AdminGrant, OperatorForm, OperatorGrant};
+
+use crate::calendar::BusinessCalendar;
+use crate::clock::Clock;
+use crate::error::{DomainError, Result};
+use crate::model::*;
+use crate::store::*;
+use pki::validate::Validator;
+use ring::rand::SecureRandom as _;
+use std::sync::{Arc, RwLock};
+use time::OffsetDateTime;
+
+/// Service configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The public origin card proofs are bound to, e.g. `https://certreg.example.gov.tw`.
+    pub origin: String,
+    /// The version of 用戶約定條款 users agree to (recorded with each flow).
+    pub terms_version: String,
+    pub functions: FunctionCatalogue,
+    pub contacts: ContactDirectory,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            origin: "http://127.0.0.1:8080".into(),
+            terms_version: "2026-01".into(),
+            functions: FunctionCatalogue::default(),
+            contacts: ContactDirectory::default(),
+        }
+    }
+}
+
+pub struct Services<S, C> {
+    store: S,
+    clock: C,
+    validator: Arc<Validator>,
+    calendar: RwLock<BusinessCalendar>,
+    config: ServiceConfig,
+}
+
+/// Runs certificate checks (signatures, path building, and OCSP, which waits on the network) on
+/// a thread where blocking is allowed, so a slow responder never holds up the async workers
+/// that serve every other request.
+async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DomainError::Storage(format!("certificate check did not finish: {e}")))
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SystemRandom only fails when the OS has no randomness at all; ids would then collide.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    pki::serial::hex_upper(&bytes).to_ascii_lowercase()
+}
+
+/// The shipped calendar with the store's imported years over it.
+pub async fn stored_calendar<S: Store>(store: &S) -> Result<BusinessCalendar> {
+    let days = store.calendar_days().await?;
+    // The store only ever accepted whole years, so a refusal here means damaged data.
+    BusinessCalendar::with_imported(days)
+        .map_err(|e| DomainError::Storage(format!("stored office calendar: {e}")))
+}
+
+impl<S: Store, C: Clock> Services<S, C> {
+    pub fn new(
+        store: S,
+        clock: C,
+        validator: Arc<Validator>,
+        calendar: BusinessCalendar,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            validator,
+            calendar: RwLock::new(calendar),
+            config,
+        }
+    }
+
+    /// Services whose business calendar is the shipped years plus the years imported into the
+    /// store (`certreg calendar import`): how a server starts.
+    pub async fn with_stored_calendar(
+        store: S,
+        clock: C,
+        validator: Arc<Validator>,
+        config: ServiceConfig,
+    ) -> Result<Self> {
+        let calendar = stored_calendar(&store).await?;
+        Ok(Self::new(store, clock, validator, calendar, config))
+    }
+
+    /// Re-reads the imported years (another process may have imported since); returns the
+    /// years now loaded.
+    pub async fn reload_calendar(&self) -> Result<Vec<i32>> {
+        let calendar = stored_calendar(&self.store).await?;
+        let years = calendar.years();
+        self.set_calendar(calendar);
+        Ok(years)
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Replaces the business calendar (after `certreg calendar import`), keeping the record of
+    /// years the fallback answered so the health check goes on showing those still missing.
+    pub fn set_calendar(&self, calendar: BusinessCalendar) {
+        if let Ok(mut c) = self.calendar.write() {
+            *c = calendar.remembering_fallbacks_of(&c);
+        }
+    }
+
+    /// The years the office calendar holds (shipped and imported), sorted.
+    pub fn calendar_years(&self) -> Vec<i32> {
+        self.calendar.read().map(|c| c.years()).unwrap_or_default()
+    }
+
+    pub fn calendar_warnings(&self) -> Vec<String> {
+        self.calendar
+            .read()
+            .map(|c| c.warnings_for(self.clock.today()))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,253 @@
+//! The administrator's operators (F2): the grant checked on every use, the list, 新增, 修改,
+//! 刪除.
+
+use super::{Services, off_the_workers};
+use crate::clock::Clock;
+use crate::error::{DomainError, Result};
+use crate::model::*;
+use crate::store::*;
+use crate::types::*;
+use time::OffsetDateTime;
+
+/// An administrator's right to manage one agency's operators (F2, after both cards).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AdminGrant {
+    pub code: InstitutionCode,
+    /// The registration version when the grant was made: a replacement ends the grant.
+    pub registration_version: i64,
+}
+
+/// An operator's login (R5.1).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorGrant {
+    pub code: InstitutionCode,
+    pub operator_id: i64,
+    pub serial: CertSerial,
+    /// The issuer of the card presented at login (a DN as the certificate facts write it):
+    /// with the serial, the certificate's identity.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub name: String,
+    pub functions: Vec<FunctionId>,
+}
+
+/// What an administrator types to add or modify an operator (圖3-15, 3-18).
+#[derive(Debug, Clone, Default)]
+pub struct OperatorForm {
+    /// Certificate read from the operator's card through the agent (no PIN), if it was read.
+    pub read_certificate: Option<Vec<u8>>,
+    /// 憑證序號 typed or pasted (ignored when a certificate was read).
+    pub serial: String,
+    /// 姓名 (ignored when a certificate was read).
+    pub name: String,
+    pub national_id: String,
+    pub functions: Vec<String>,
+}
+
+impl<S: Store, C: Clock> Services<S, C> {
+    /// The grant still holds: same agency, registration not replaced since.
+    async fn check_admin(&self, grant: &AdminGrant) -> Result<Registration> {
+        let registration = self
+            .store
+            .registration(&grant.code)
+            .await?
+            .ok_or(DomainError::Forbidden)?;
+        if registration.version != grant.registration_version {
+            return Err(DomainError::Forbidden);
+        }
+        // Checked on every use, not only by the sweep after a CRL refresh: a login that was
+        // in flight while the sweep ran holds no revoked card past its next request.
+        for cert in [&registration.org.cert, &registration.admin_card.cert] {
+            if self
+                .validator
+                .revoked_at(Some(&cert.issuer), &cert.serial)
+                .is_some()
+            {
+                return Err(DomainError::Pki(pki::PkiError::new(
+                    pki::ErrorCode::CertRevoked,
+                    format!("certificate {} is revoked", cert.serial.as_str()),
+                )));
+            }
+        }
+        Ok(registration)
+    }
+
+    /// The operator grant of a login as it stands now: the operator re-read (deleted, or
+    /// re-bound to another card, is no longer one) and its card not revoked on a CRL in force
+    /// (checked on every use, whether or not the sweep after a refresh has reached the
+    /// session). `None` when the grant no longer holds.
+    pub async fn current_operator(&self, grant: &OperatorGrant) -> Result<Option<Operator>> {
+        if self
+            .validator
+            .revoked_at(grant.issuer.as_deref(), &grant.serial)
+            .is_some()
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .operator(&grant.code, grant.operator_id)
+            .await?
+            .filter(|o| o.serial == grant.serial))
+    }
+
+    /// R2.3
+    pub async fn operators(&self, grant: &AdminGrant) -> Result<Vec<Operator>> {
+        self.check_admin(grant).await?;
+        self.store.operators(&grant.code).await
+    }
+
+    pub async fn operator(&self, grant: &AdminGrant, id: i64) -> Result<Operator> {
+        self.check_admin(grant).await?;
+        self.store
+            .operator(&grant.code, id)
+            .await?
+            .ok_or(DomainError::OperatorNotFound)
+    }
+
+    async fn operator_input(&self, form: &OperatorForm) -> Result<OperatorInput> {
+        let national_id = national_id("national_id", &form.national_id)?;
+        let (serial, name, read) = match &form.read_certificate {
+            Some(der) => {
+                // A certificate read from the card must be a valid citizen card of a trusted
+                // CA: otherwise a crafted one could name any serial and holder.
+                let (validator, der, now) = (self.validator.clone(), der.clone(), self.clock.now());
+                let cert = off_the_workers(move || {
+                    let parsed = pki::facts::ParsedCert::from_input(&der)?;
+                    validator.validate(&parsed, &[], pki::anchors::Role::Citizen, now)
+                })
+                .await??;
+                let last4 = cert.facts.id_last4.clone().unwrap_or_default();
+                if !last4.eq_ignore_ascii_case(national_id.last4()) {
+                    return Err(DomainError::IdMismatch);
+                }
+                let name = cert.facts.cn.clone().unwrap_or_default();
+                let read = crate::model::OperatorCert {
+                    issuer: cert.facts.issuer.clone(),
+                    not_after: cert.facts.not_after,
+                };
+                (
+                    cert.facts.serial.clone(),
+                    PersonName::parse("name", &name)?,
+                    Some(read),
+                )
+            }
+            None => (
+                cert_serial("serial", &form.serial)?,
+                PersonName::parse("name", &form.name)?,
+                None,
+            ),
+        };
+        let functions = self.config.functions.validate(&form.functions)?;
+        Ok(OperatorInput {
+            serial,
+            name,
+            national_id,
+            functions,
+            cert: read,
+        })
+    }
+
+    /// R2.4: 新增.
+    pub async fn add_operator(
+        &self,
+        grant: &AdminGrant,
+        form: &OperatorForm,
+        client: Option<&str>,
+    ) -> Result<i64> {
+        self.check_admin(grant).await?;
+        let input = self.operator_input(form).await?;
+        let now = self.clock.now();
+        let detail =
+            serde_json::json!({"serial": input.serial.as_str(), "functions": input.functions});
+        let write = OperatorWrite::Insert {
+            code: grant.code.clone(),
+            input,
+            at: now,
+        };
+        let committed = self
+            .commit_operator(grant, "operator.add", detail, write, client, now)
+            .await?;
+        committed
+            .operator_id
+            .ok_or_else(|| DomainError::Storage("no operator id".into()))
+    }
+
+    /// R2.5: 修改, refusing to overwrite a change made since `expected_version` was read.
+    pub async fn modify_operator(
+        &self,
+        grant: &AdminGrant,
+        id: i64,
+        expected_version: i64,
+        form: &OperatorForm,
+        client: Option<&str>,
+    ) -> Result<()> {
+        self.check_admin(grant).await?;
+        let input = self.operator_input(form).await?;
+        let now = self.clock.now();
+        let detail = serde_json::json!({"id": id, "serial": input.serial.as_str(), "functions": input.functions});
+        let write = OperatorWrite::Update {
+            code: grant.code.clone(),
+            id,
+            input,
+            expected_version,
+            at: now,
+        };
+        self.commit_operator(grant, "operator.modify", detail, write, client, now)
+            .await
+            .map(|_| ())
+    }
+
+    /// R2.6: 刪除 (after the confirmation page).
+    pub async fn delete_operator(
+        &self,
+        grant: &AdminGrant,
+        id: i64,
+        expected_version: i64,
+        client: Option<&str>,
+    ) -> Result<()> {
+        self.check_admin(grant).await?;
+        let write = OperatorWrite::Delete {
+            code: grant.code.clone(),
+            id,
+            expected_version,
+        };
+        let detail = serde_json::json!({"id": id});
+        self.commit_operator(
+            grant,
+            "operator.delete",
+            detail,
+            write,
+            client,
+            self.clock.now(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One administrator's operator change and its audit event, in one commit.
+    async fn commit_operator(
+        &self,
+        grant: &AdminGrant,
+        action: &str,
+        detail: serde_json::Value,
+        write: OperatorWrite,
+        client: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Committed> {
+        let audit = AuditEvent::new(now, format!("admin:{}", grant.code), action, "ok")
+            .agency(&grant.code)
+            .client(client)
+            .detail(detail);
+        self.store
+            .commit(Commit {
+                operator: Some(write),
+                audit: vec![audit],
+                // The registration the administrator's login checked, re-checked inside the
+                // transaction: a replacement committed since refuses the change.
+                registration_guard: Some((grant.code.clone(), grant.registration_version)),
+                ..Default::default()
+            })
+            .await
+    }
+}
