@@ -8,6 +8,7 @@
 
 pub mod api;
 mod assets;
+mod card_step;
 pub mod error;
 pub mod mail;
 pub mod ops;

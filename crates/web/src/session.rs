@@ -24,8 +24,8 @@ pub struct SessionData {
     pub csrf: String,
     pub admin: Option<AdminGrant>,
     pub operator: Option<OperatorGrant>,
-    /// The outcome of the last finished flow, shown once on its result page.
-    pub result: Option<serde_json::Value>,
+    /// The outcome of the last finished flow, shown on its result page.
+    pub result: Option<FlowResult>,
     /// A message for the next page after a redirect (「新增成功」), shown once.
     pub flash: Option<String>,
     /// A back-office reviewer after 本部審核人員登入 (R6.1).
@@ -34,6 +34,53 @@ pub struct SessionData {
     /// The random handle the operator's tokens name this session by (`sid`; see `token.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sid: Option<String>,
+}
+
+/// What a finished flow did, kept for its result page (post/redirect/get), which shows it only
+/// for its own flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FlowResult {
+    /// 首次註冊 or a replacement confirmed.
+    Registration {
+        flow_id: String,
+        code: String,
+        org_name: String,
+        admin_name: String,
+    },
+    /// A review application filed (圖3-7), with the numbers to call.
+    Review {
+        flow_id: String,
+        application: i64,
+        switchboard: String,
+        section: Option<String>,
+        extension: Option<String>,
+    },
+    /// 查詢機關憑證 OID (R4.2).
+    OrgOid {
+        flow_id: String,
+        agency_name: String,
+        org_name: String,
+        org_identifier: String,
+        matches: bool,
+    },
+    /// 查詢自然人憑證序號 (R4.3).
+    CitizenSerial {
+        flow_id: String,
+        name: String,
+        serial: String,
+    },
+}
+
+impl FlowResult {
+    pub fn flow_id(&self) -> &str {
+        match self {
+            Self::Registration { flow_id, .. }
+            | Self::Review { flow_id, .. }
+            | Self::OrgOid { flow_id, .. }
+            | Self::CitizenSerial { flow_id, .. } => flow_id,
+        }
+    }
 }
 
 /// Who the back-office reviewer is (R6.1): checked against the store on every back-office page.

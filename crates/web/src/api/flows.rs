@@ -4,9 +4,10 @@
 
 use super::{ApiJson, ApiPath, Caller, rate_limited, rfc3339};
 use crate::AppState;
+use crate::card_step::{self, CardDone, CardFailure, CardRequest, Door};
 use crate::error::{ApiError, api};
 use crate::security::{Bucket, ClientAddr, LimitKey};
-use crate::session::Role;
+use crate::session::FlowResult;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
 use domain::model::{AdminContact, CertRef, Registration};
-use domain::service::{CardStepInput, ContactInput, StepOutcome};
+use domain::service::ContactInput;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -484,104 +485,54 @@ pub(super) async fn card(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CardProof>,
 ) -> Response {
-    // Junk (another session's flow, none at all) ends here and is never counted against an
-    // agency.
-    let flow = match owned_flow(&state, &id, caller.id()).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let per_code = state.config().limits.card_steps_per_code;
-    let code_key = crate::security::step_code(&flow, body.institution_code.as_deref())
-        .map(|c| LimitKey::code(Bucket::CardRefusal, &c, addr));
-    if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, state.now())) {
-        return rate_limited();
-    }
-    let certificate = body
-        .certificate
-        .as_deref()
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(|c| c.as_bytes().to_vec());
-    let input = CardStepInput {
+    let req = CardRequest {
         flow_id: id,
-        session: caller.id().to_string(),
         challenge_id: body.challenge_id,
-        signature: body.signature.trim().as_bytes().to_vec(),
-        certificate,
+        signature: body.signature,
+        certificate: body.certificate,
         institution_code: body.institution_code,
         national_id: body.national_id,
-        client: addr.map(|a| a.to_string()),
     };
-    let attempt = state.svc().attempt_card(input).await;
-    if let Some(code) = &attempt.refused_code {
-        state.limiter().hit(
-            LimitKey::code(Bucket::CardRefusal, code, addr),
-            per_code,
-            state.now(),
-        );
-    }
-    let outcome = match attempt.result {
-        Ok(o) => o,
-        Err(e) => return api(&e),
-    };
-    let view = match outcome {
-        StepOutcome::Advanced(flow) => CardOutcome::Advanced {
+    let view = match card_step::submit(&state, &caller.handle, addr, Door::Api, req).await {
+        Ok(CardDone::Advanced(flow)) => CardOutcome::Advanced {
             step: flow.step.as_str().into(),
         },
-        StepOutcome::ReviewNeeded(flow) => CardOutcome::ReviewNeeded {
+        Ok(CardDone::ReviewNeeded(flow)) => CardOutcome::ReviewNeeded {
             message: DomainError::OrgIdMismatch.message_zh(),
             org: match flow.data.org.as_ref() {
                 Some(o) => org_view(o),
                 None => return api(&DomainError::WrongStep),
             },
         },
-        StepOutcome::Admin(grant) => {
-            let code = grant.code.as_str().to_string();
-            caller.handle.update(|s| {
-                // A cookie session gets a fresh id at login like the pages; a bearer client
-                // keeps the token it holds. Either way the session holds this role only.
-                if s.bearer {
-                    s.login_in_place(Role::Admin(grant));
-                } else {
-                    s.login(Role::Admin(grant));
-                }
-            });
-            CardOutcome::Admin { code }
-        }
-        StepOutcome::Operator(grant) => {
-            let view = CardOutcome::Operator {
-                code: grant.code.as_str().into(),
-                serial: grant.serial.as_str().into(),
-                name: grant.name.clone(),
-                functions: functions_view(&state, &grant.functions),
-            };
-            caller.handle.update(|s| {
-                if s.bearer {
-                    s.login_in_place(Role::Operator(grant));
-                } else {
-                    s.login(Role::Operator(grant));
-                }
-            });
-            view
-        }
-        StepOutcome::OrgOid {
+        Ok(CardDone::Admin(grant)) => CardOutcome::Admin {
+            code: grant.code.as_str().into(),
+        },
+        Ok(CardDone::Operator(grant)) => CardOutcome::Operator {
+            code: grant.code.as_str().into(),
+            serial: grant.serial.as_str().into(),
+            name: grant.name.clone(),
+            functions: functions_view(&state, &grant.functions),
+        },
+        Ok(CardDone::Answered(FlowResult::OrgOid {
             agency_name,
             org_name,
             org_identifier,
             matches,
             ..
-        } => CardOutcome::OrgOid {
+        })) => CardOutcome::OrgOid {
             agency_name,
             org_name,
-            org_identifier: org_identifier.as_str().into(),
+            org_identifier,
             matches,
         },
-        StepOutcome::CitizenSerial { name, serial } => CardOutcome::CitizenSerial {
-            name,
-            serial: serial.as_str().into(),
-        },
-        // The back office is pages only (/backoffice): no reviewer grant through the API.
-        StepOutcome::Reviewer(_) => return api(&DomainError::Forbidden),
+        Ok(CardDone::Answered(FlowResult::CitizenSerial { name, serial, .. })) => {
+            CardOutcome::CitizenSerial { name, serial }
+        }
+        // Neither comes out of the API's door: reviewer logins are refused there, and the
+        // other results come from the review and confirm steps.
+        Ok(CardDone::Reviewer | CardDone::Answered(_)) => return api(&DomainError::Forbidden),
+        Err(CardFailure::NoFlow(e) | CardFailure::Refused(_, e)) => return api(&e),
+        Err(CardFailure::RateLimited) => return rate_limited(),
     };
     Json(view).into_response()
 }

@@ -5,10 +5,11 @@
 
 use super::{CsrfForm, check_form, too_many};
 use crate::AppState;
+use crate::card_step::{self, CardDone, CardFailure, CardRequest, Door};
 use crate::error;
 use crate::render::{Layout, render};
 use crate::security::{Bucket, ClientAddr, LimitKey};
-use crate::session::{Role, SessionHandle};
+use crate::session::{FlowResult, SessionHandle};
 use askama::Template;
 use axum::Json;
 use axum::Router;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
-use domain::service::{CardStepInput, ContactInput, StepOutcome};
+use domain::service::ContactInput;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -577,7 +578,7 @@ struct CardForm {
     national_id: String,
 }
 
-/// POST /flows/{id}/card: the proof and the fields typed beside it.
+/// POST /flows/{id}/card: the proof and the fields typed beside it (`card_step.rs`).
 async fn card(
     State(state): State<AppState>,
     session: SessionHandle,
@@ -588,119 +589,59 @@ async fn card(
     Form(form): Form<CardForm>,
 ) -> Response {
     let s = session.get();
-    let flow = match posted_flow(&state, &s, &method, &headers, &form._csrf, &id).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let now = state.now();
-    let client = addr.map(|a| a.to_string());
-    let per_code = state.config().limits.card_steps_per_code;
-    let code_key = crate::security::step_code(&flow, Some(&form.institution_code))
-        .map(|c| LimitKey::code(Bucket::CardRefusal, &c, addr));
-    if code_key.is_some_and(|k| state.limiter().exhausted(k, per_code, now)) {
-        state
-            .metrics()
-            .card_step(flow.kind.as_str(), flow.step.as_str(), "rate_limited");
-        return too_many(&state);
+    if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
+        return r;
     }
-    let input = CardStepInput {
+    let req = CardRequest {
         flow_id: id.clone(),
-        session: s.id.clone(),
-        challenge_id: form.challenge_id.clone(),
-        signature: form.signature.trim().as_bytes().to_vec(),
-        certificate: (!form.certificate.trim().is_empty())
-            .then(|| form.certificate.trim().as_bytes().to_vec()),
+        challenge_id: form.challenge_id,
+        signature: form.signature,
+        certificate: Some(form.certificate),
         institution_code: Some(form.institution_code.clone()),
         national_id: Some(form.national_id.clone()),
-        client: client.clone(),
     };
-    let attempt = state.svc().attempt_card(input).await;
-    if let Some(code) = &attempt.refused_code {
-        state.limiter().hit(
-            LimitKey::code(Bucket::CardRefusal, code, addr),
-            per_code,
-            now,
-        );
-    }
-    let result = attempt.result;
-    let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
-    let (kind, step) = (flow.kind.as_str(), flow.step.as_str());
-    state.metrics().card_step(kind, step, outcome);
-    match result {
-        Ok(StepOutcome::Advanced(_)) | Ok(StepOutcome::ReviewNeeded(_)) => {
-            Redirect::to(&format!("/flows/{id}")).into_response()
+    let (flow, e) = match card_step::submit(&state, &session, addr, Door::Pages, req).await {
+        Ok(CardDone::Advanced(_) | CardDone::ReviewNeeded(_)) => {
+            return Redirect::to(&format!("/flows/{id}")).into_response();
         }
-        Ok(StepOutcome::Admin(grant)) => {
-            session.update(|s| s.login(Role::Admin(grant)));
-            Redirect::to("/admin/operators").into_response()
+        Ok(CardDone::Admin(_)) => return Redirect::to("/admin/operators").into_response(),
+        Ok(CardDone::Operator(_)) => return Redirect::to("/operator").into_response(),
+        Ok(CardDone::Reviewer) => return Redirect::to("/backoffice/reviews").into_response(),
+        Ok(CardDone::Answered(_)) => {
+            return Redirect::to(&format!("/flows/{id}/result")).into_response();
         }
-        Ok(StepOutcome::Operator(grant)) => {
-            session.update(|s| s.login(Role::Operator(grant)));
-            Redirect::to("/operator").into_response()
+        Err(CardFailure::NoFlow(e)) => return error::domain_page(&state, &e),
+        Err(CardFailure::RateLimited) => return too_many(&state),
+        Err(CardFailure::Refused(_, e @ DomainError::Storage(_))) => {
+            return error::domain_page(&state, &e);
         }
-        Ok(StepOutcome::Reviewer(r)) => {
-            session.update(|s| {
-                s.login(Role::Reviewer(crate::session::ReviewerSession {
-                    id: r.id,
-                    name: r.name,
-                    section: r.section,
-                }))
-            });
-            Redirect::to("/backoffice/reviews").into_response()
-        }
-        Ok(StepOutcome::OrgOid {
-            agency_name,
-            org_name,
-            org_identifier,
-            matches,
+        Err(CardFailure::Refused(flow, e)) => (flow, e),
+    };
+    let (mut code_error, mut id_error, mut general) = (None, None, None);
+    match &e {
+        DomainError::Invalid {
+            field: "institution_code",
             ..
-        }) => {
-            session.update(|s| {
-                s.data_mut().result = Some(json!({"flow_id": id,
-                    "kind": "org_oid", "agency_name": agency_name, "org_name": org_name,
-                    "org_identifier": org_identifier.as_str(), "matches": matches,
-                }))
-            });
-            Redirect::to(&format!("/flows/{id}/result")).into_response()
         }
-        Ok(StepOutcome::CitizenSerial { name, serial }) => {
-            session.update(|s| {
-                s.data_mut().result =
-                    Some(json!({"flow_id": id, "kind": "citizen_serial", "name": name, "serial": serial.as_str()}))
-            });
-            Redirect::to(&format!("/flows/{id}/result")).into_response()
+        | DomainError::UnknownAgency => code_error = Some(e.message_zh()),
+        DomainError::Invalid {
+            field: "national_id",
+            ..
         }
-        Err(e) => {
-            if matches!(e, DomainError::Storage(_)) {
-                return error::domain_page(&state, &e);
-            }
-            let (mut code_error, mut id_error, mut general) = (None, None, None);
-            match &e {
-                DomainError::Invalid {
-                    field: "institution_code",
-                    ..
-                }
-                | DomainError::UnknownAgency => code_error = Some(e.message_zh()),
-                DomainError::Invalid {
-                    field: "national_id",
-                    ..
-                }
-                | DomainError::IdMismatch => id_error = Some(e.message_zh()),
-                _ => general = Some(e.message_zh()),
-            }
-            let page = CardStepPage {
-                layout: flow_layout(&state, &s, flow.kind),
-                flow_id: id.clone(),
-                view: step_view(flow.kind, flow.step),
-                error: general,
-                code_error,
-                id_error,
-                code_value: form.institution_code.clone(),
-                id_value: form.national_id.clone(),
-            };
-            (error::status_of(&e), render(&page)).into_response()
-        }
+        | DomainError::IdMismatch => id_error = Some(e.message_zh()),
+        _ => general = Some(e.message_zh()),
     }
+    let page = CardStepPage {
+        layout: flow_layout(&state, &session.get(), flow.kind),
+        flow_id: id,
+        view: step_view(flow.kind, flow.step),
+        error: general,
+        code_error,
+        id_error,
+        code_value: form.institution_code,
+        id_value: form.national_id,
+    };
+    (error::status_of(&e), render(&page)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -735,15 +676,14 @@ async fn review(
         .await
     {
         Ok((application, section)) => {
-            let contacts = &state.svc().config().contacts;
-            session.update(|s| {
-                s.data_mut().result = Some(json!({"flow_id": id,
-                    "kind": "review", "flow": flow.kind.as_str(), "application": application.id,
-                    "switchboard": contacts.switchboard,
-                    "section": section.as_ref().map(|c| c.section.label_zh()),
-                    "extension": section.as_ref().map(|c| c.extension.clone()),
-                }))
-            });
+            let result = FlowResult::Review {
+                flow_id: id.clone(),
+                application: application.id,
+                switchboard: state.svc().config().contacts.switchboard.clone(),
+                section: section.as_ref().map(|c| c.section.label_zh().to_string()),
+                extension: section.map(|c| c.extension),
+            };
+            session.update(|s| s.data_mut().result = Some(result));
             Redirect::to(&format!("/flows/{id}/result")).into_response()
         }
         Err(DomainError::Invalid {
@@ -820,10 +760,12 @@ async fn confirm(
                 {
                     s.drop_admin();
                 }
-                s.data_mut().result = Some(json!({"flow_id": id,
-                    "kind": "registration", "flow": flow.kind.as_str(), "code": reg.code.as_str(),
-                    "org_name": reg.org.org_name, "admin_name": reg.admin.name.as_str(),
-                }))
+                s.data_mut().result = Some(FlowResult::Registration {
+                    flow_id: id.clone(),
+                    code: reg.code.as_str().to_string(),
+                    org_name: reg.org.org_name.clone(),
+                    admin_name: reg.admin.name.as_str().to_string(),
+                })
             });
             Redirect::to(&format!("/flows/{id}/result")).into_response()
         }
@@ -885,58 +827,65 @@ async fn result(
         Err(r) => return r,
     };
     // The result kept in the session is shown only on its own flow's page.
-    let Some(r) = s
-        .data
-        .result
-        .clone()
-        .filter(|r| r.get("flow_id").and_then(|f| f.as_str()) == Some(id.as_str()))
-    else {
+    let Some(r) = s.data.result.clone().filter(|r| r.flow_id() == id) else {
         return Redirect::to(&format!("/flows/{id}")).into_response();
     };
-    let text = |k: &str| {
-        r.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
+    let line = |label: &'static str, value: &str| CertLine {
+        label,
+        value: value.to_string(),
     };
-    let line = |label: &'static str, value: String| CertLine { label, value };
     let layout = state.layout_for(&s);
-    let page = match r.get("kind").and_then(|k| k.as_str()) {
-        Some("registration") if flow.kind == FlowKind::FirstRegistration => ResultPage {
-            layout,
-            figure: "圖3-10",
-            title: "首次註冊".into(),
-            ok: true,
-            message: "首次註冊成功。請點選左方功能列【授權指派】，設定經辦人及其系統權限。".into(),
-            lines: vec![
-                line("機關代號", text("code")),
-                line("機關名稱", text("org_name")),
-                line("授權管理者", text("admin_name")),
-            ],
-            next: Some(("/flows/new/admin_login", "授權指派")),
-        },
-        Some("registration") => ResultPage {
-            layout,
-            figure: match flow.kind {
-                FlowKind::ReplaceOrg => "圖3-27",
-                FlowKind::ReplaceAdmin => "圖3-32",
-                _ => "圖3-37",
-            },
-            title: kind_title(flow.kind).into(),
-            ok: true,
-            message: format!("{}成功。", kind_title(flow.kind)),
-            lines: vec![
-                line("機關代號", text("code")),
-                line("機關名稱", text("org_name")),
-                line("授權管理者", text("admin_name")),
-            ],
-            next: Some(("/flows/new/admin_login", "授權指派")),
-        },
-        Some("review") => {
+    let page = match &r {
+        FlowResult::Registration {
+            code,
+            org_name,
+            admin_name,
+            ..
+        } => {
+            let lines = vec![
+                line("機關代號", code),
+                line("機關名稱", org_name),
+                line("授權管理者", admin_name),
+            ];
+            let next = Some(("/flows/new/admin_login", "授權指派"));
+            if flow.kind == FlowKind::FirstRegistration {
+                ResultPage {
+                    layout,
+                    figure: "圖3-10",
+                    title: "首次註冊".into(),
+                    ok: true,
+                    message: "首次註冊成功。請點選左方功能列【授權指派】，設定經辦人及其系統權限。"
+                        .into(),
+                    lines,
+                    next,
+                }
+            } else {
+                ResultPage {
+                    layout,
+                    figure: match flow.kind {
+                        FlowKind::ReplaceOrg => "圖3-27",
+                        FlowKind::ReplaceAdmin => "圖3-32",
+                        _ => "圖3-37",
+                    },
+                    title: kind_title(flow.kind).into(),
+                    ok: true,
+                    message: format!("{}成功。", kind_title(flow.kind)),
+                    lines,
+                    next,
+                }
+            }
+        }
+        FlowResult::Review {
+            switchboard,
+            section,
+            extension,
+            ..
+        } => {
             let mut msg = "已送出憑證註冊審核申請。送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人。".to_string();
-            msg.push_str(&format!(" 連絡電話：總機 {}", text("switchboard")));
-            if !text("section").is_empty() {
-                msg.push_str(&format!("，{} 分機 {}", text("section"), text("extension")));
+            msg.push_str(&format!(" 連絡電話：總機 {switchboard}"));
+            if let Some(section) = section.as_deref().filter(|s| !s.is_empty()) {
+                let extension = extension.as_deref().unwrap_or_default();
+                msg.push_str(&format!("，{section} 分機 {extension}"));
             }
             ResultPage {
                 layout,
@@ -948,39 +897,38 @@ async fn result(
                 next: None,
             }
         }
-        Some("org_oid") => {
-            let matches = r.get("matches").and_then(|m| m.as_bool()).unwrap_or(false);
-            ResultPage {
-                layout,
-                figure: "圖3-41",
-                title: "查詢機關憑證 OID－查詢結果".into(),
-                ok: true,
-                message: if matches {
-                    "此機關憑證 OID 與本部資料相符。".into()
-                } else {
-                    "此機關憑證 OID 與本部資料不符，辦理註冊時將需審核。".into()
-                },
-                lines: vec![
-                    line("機關名稱", text("agency_name")),
-                    line("憑證機關名稱", text("org_name")),
-                    line("機關憑證 OID", text("org_identifier")),
-                ],
-                next: None,
-            }
-        }
-        Some("citizen_serial") => ResultPage {
+        FlowResult::OrgOid {
+            agency_name,
+            org_name,
+            org_identifier,
+            matches,
+            ..
+        } => ResultPage {
+            layout,
+            figure: "圖3-41",
+            title: "查詢機關憑證 OID－查詢結果".into(),
+            ok: true,
+            message: if *matches {
+                "此機關憑證 OID 與本部資料相符。".into()
+            } else {
+                "此機關憑證 OID 與本部資料不符，辦理註冊時將需審核。".into()
+            },
+            lines: vec![
+                line("機關名稱", agency_name),
+                line("憑證機關名稱", org_name),
+                line("機關憑證 OID", org_identifier),
+            ],
+            next: None,
+        },
+        FlowResult::CitizenSerial { name, serial, .. } => ResultPage {
             layout,
             figure: "圖3-43",
             title: "查詢自然人憑證序號－查詢結果".into(),
             ok: true,
             message: "請複製下列憑證序號，提供授權管理者設定經辦人使用。".into(),
-            lines: vec![
-                line("姓名", text("name")),
-                line("自然人憑證序號", text("serial")),
-            ],
+            lines: vec![line("姓名", name), line("自然人憑證序號", serial)],
             next: None,
         },
-        _ => return Redirect::to("/").into_response(),
     };
     render(&page)
 }

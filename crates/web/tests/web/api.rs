@@ -338,6 +338,31 @@ async fn r1_2_organization_card_and_its_refusals() {
     }
 }
 
+/// The API's card steps are the pages' card steps: the same use case, so the same series in
+/// `certreg_card_steps_total` (as the pages' count in `ops.rs`).
+#[tokio::test]
+async fn api_card_steps_are_counted_like_the_pages() {
+    for b in backends() {
+        let mut api = Api::on(b).await;
+        let t = api.session().await;
+        let flow = api.start_past_terms(&t, "first_registration").await;
+        refused(
+            api.org_step(&t, &flow, "gca-agency", "Z9999").await,
+            StatusCode::NOT_FOUND,
+            "unknown_agency",
+        );
+        let (s, v) = api.org_step(&t, &flow, "gca-agency", TAIPEI).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (_, _, text) = api.app.get("/metrics").await;
+        for outcome in ["unknown_agency", "ok"] {
+            let series = format!(
+                "certreg_card_steps_total{{flow=\"first_registration\",step=\"org_card\",outcome=\"{outcome}\"}} 1"
+            );
+            assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn r1_3_mismatch_review_filed_then_pending() {
     for b in backends() {
