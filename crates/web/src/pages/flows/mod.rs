@@ -3,14 +3,15 @@
 //! the PIN never reaches certreg), the mismatch review form, the confirmation page and the
 //! result pages. Every POST redirects (post/redirect/get), so back and refresh repeat nothing.
 
+mod views;
+
 use super::{CsrfForm, check_form, too_many};
 use crate::AppState;
 use crate::card_step::{self, CardDone, CardFailure, CardRequest, Door};
 use crate::error;
-use crate::render::{Layout, render};
+use crate::render::render;
 use crate::security::{Bucket, ClientAddr, LimitKey};
 use crate::session::{FlowResult, SessionHandle};
-use askama::Template;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -22,231 +23,7 @@ use domain::flow::{Flow, FlowKind, Step};
 use domain::service::ContactInput;
 use serde::Deserialize;
 use serde_json::json;
-
-/// What a step's page says, from the manual's figures.
-pub(crate) struct StepView {
-    pub figure: &'static str,
-    pub title: &'static str,
-    pub instructions: &'static str,
-    pub ask_code: bool,
-    pub ask_id: bool,
-    /// `organization` or `citizen`: which card to insert.
-    pub card: &'static str,
-}
-
-pub(crate) fn kind_title(kind: FlowKind) -> &'static str {
-    match kind {
-        FlowKind::FirstRegistration => "首次註冊",
-        FlowKind::AdminLogin => "授權指派",
-        FlowKind::ReplaceOrg => "更換機關憑證",
-        FlowKind::ReplaceAdmin => "更換授權管理者自然人憑證",
-        FlowKind::ReplaceBoth => "更換機關憑證和更換授權管理者自然人憑證",
-        FlowKind::QueryOrgOid => "查詢機關憑證 OID",
-        FlowKind::QueryCitizenSerial => "查詢自然人憑證序號",
-        FlowKind::OperatorLogin => "經辦人登入",
-        FlowKind::ReviewerLogin => "本部審核人員登入",
-    }
-}
-
-const ORG_INSTR: &str = "請插入機關憑證，並輸入機關代號與機關憑證密碼(PIN 碼)，點選確認按鈕。";
-const NEW_ORG_INSTR: &str =
-    "請插入更換後機關憑證，並輸入機關代號與更換後機關憑證密碼(PIN 碼)，點選確認按鈕。";
-const ADMIN_INSTR: &str = "請插入授權管理者自然人憑證，並輸入授權管理者身分證統一編號與自然人憑證密碼(PIN 碼)，點選確認按鈕。";
-const NEW_ADMIN_INSTR: &str = "請插入更換後授權管理者自然人憑證，並輸入授權管理者身分證統一編號與自然人憑證密碼(PIN 碼)，點選確認按鈕。";
-
-pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
-    use FlowKind as K;
-    use Step as S;
-    let org = |figure, title, instructions| StepView {
-        figure,
-        title,
-        instructions,
-        ask_code: true,
-        ask_id: false,
-        card: "organization",
-    };
-    let citizen = |figure, title, instructions| StepView {
-        figure,
-        title,
-        instructions,
-        ask_code: false,
-        ask_id: true,
-        card: "citizen",
-    };
-    match (kind, step) {
-        (K::FirstRegistration, S::OrgCard) => org("圖3-5", "首次註冊－機關憑證確認", ORG_INSTR),
-        (K::FirstRegistration, _) => citizen("圖3-8", "首次註冊－自然人憑證確認", ADMIN_INSTR),
-        (K::AdminLogin, S::OrgCard) => org("圖3-12", "授權指派－機關憑證確認", ORG_INSTR),
-        (K::AdminLogin, _) => citizen("圖3-13", "授權指派－自然人憑證確認", ADMIN_INSTR),
-        (K::ReplaceOrg, S::NewOrgCard) => {
-            org("圖3-24", "更換機關憑證－機關憑證確認", NEW_ORG_INSTR)
-        }
-        (K::ReplaceOrg, _) => citizen("圖3-25", "更換機關憑證－自然人憑證確認", ADMIN_INSTR),
-        (K::ReplaceAdmin, S::OrgCard) => org(
-            "圖3-29",
-            "更換授權管理者自然人憑證－機關憑證確認",
-            ORG_INSTR,
-        ),
-        (K::ReplaceAdmin, _) => citizen(
-            "圖3-30",
-            "更換授權管理者自然人憑證－自然人憑證確認",
-            NEW_ADMIN_INSTR,
-        ),
-        (K::ReplaceBoth, S::NewOrgCard) => org(
-            "圖3-34",
-            "更換機關憑證和更換授權管理者自然人憑證－機關憑證確認",
-            NEW_ORG_INSTR,
-        ),
-        (K::ReplaceBoth, _) => citizen(
-            "圖3-35",
-            "更換機關憑證和更換授權管理者自然人憑證－自然人憑證確認",
-            NEW_ADMIN_INSTR,
-        ),
-        (K::QueryOrgOid, _) => org("圖3-40", "查詢機關憑證 OID－機關憑證確認", ORG_INSTR),
-        (K::QueryCitizenSerial, _) => citizen(
-            "圖3-42",
-            "查詢自然人憑證序號－自然人憑證確認",
-            "請插入自然人憑證，並輸入身分證統一編號與自然人憑證 IC 卡密碼(PIN 碼)，點選確認按鈕。",
-        ),
-        (K::OperatorLogin, _) => StepView {
-            figure: "",
-            title: "經辦人登入",
-            instructions: "請插入經辦人自然人憑證，並輸入機關代號、身分證統一編號與自然人憑證密碼(PIN 碼)，點選確認按鈕。",
-            ask_code: true,
-            ask_id: true,
-            card: "citizen",
-        },
-        (K::ReviewerLogin, _) => StepView {
-            figure: "",
-            title: "本部審核人員登入",
-            instructions: "請插入審核人員自然人憑證，並輸入自然人憑證密碼(PIN 碼)，點選確認按鈕。",
-            ask_code: false,
-            ask_id: false,
-            card: "citizen",
-        },
-    }
-}
-
-/// The layout of a flow's page: the reviewer login has the back office's (no agency menu).
-fn flow_layout(state: &AppState, s: &crate::session::Session, kind: FlowKind) -> Layout {
-    let mut layout = state.layout_for(s);
-    layout.backoffice |= kind == FlowKind::ReviewerLogin;
-    layout
-}
-
-fn terms_figure(kind: FlowKind) -> &'static str {
-    match kind {
-        FlowKind::ReplaceOrg => "圖3-23",
-        FlowKind::ReplaceAdmin => "圖3-28",
-        FlowKind::ReplaceBoth => "圖3-33",
-        _ => "圖3-4",
-    }
-}
-
-fn confirm_figure(kind: FlowKind) -> (&'static str, &'static str) {
-    match kind {
-        FlowKind::ReplaceOrg => ("圖3-26", "更換機關憑證"),
-        FlowKind::ReplaceAdmin => ("圖3-31", "更換授權管理者自然人憑證"),
-        FlowKind::ReplaceBoth => ("圖3-36", "更換機關憑證和更換授權管理者自然人憑證"),
-        _ => ("圖3-9", "首次註冊"),
-    }
-}
-
-#[derive(Template)]
-#[template(path = "terms.html")]
-struct TermsPage {
-    layout: Layout,
-    flow_id: String,
-    figure: &'static str,
-    title: String,
-    terms_version: String,
-}
-
-#[derive(Template)]
-#[template(path = "card_step.html")]
-struct CardStepPage {
-    layout: Layout,
-    flow_id: String,
-    view: StepView,
-    error: Option<String>,
-    code_error: Option<String>,
-    id_error: Option<String>,
-    code_value: String,
-    id_value: String,
-}
-
-#[derive(Template)]
-#[template(path = "review.html")]
-struct ReviewPage {
-    layout: Layout,
-    flow_id: String,
-    title: String,
-    org_name: String,
-    org_identifier: String,
-    name_error: Option<String>,
-    phone_error: Option<String>,
-    name_value: String,
-    phone_value: String,
-}
-
-/// Certificate lines shown on the confirmation page.
-struct CertLine {
-    label: &'static str,
-    value: String,
-}
-
-#[derive(Template)]
-#[template(path = "confirm.html")]
-struct ConfirmPage {
-    layout: Layout,
-    flow_id: String,
-    figure: &'static str,
-    title: &'static str,
-    org_lines: Vec<CertLine>,
-    admin_lines: Vec<CertLine>,
-    values: ContactValues,
-    errors: ContactErrors,
-}
-
-#[derive(Default)]
-struct ContactValues {
-    name: String,
-    email: String,
-    phone: String,
-    phone_ext: String,
-    mobile: String,
-    unit: String,
-    title: String,
-}
-
-#[derive(Default)]
-struct ContactErrors {
-    name: Option<String>,
-    email: Option<String>,
-    phone: Option<String>,
-    phone_ext: Option<String>,
-    mobile: Option<String>,
-    unit: Option<String>,
-    title: Option<String>,
-    general: Option<String>,
-}
-
-#[derive(Template)]
-#[template(path = "result.html")]
-struct ResultPage {
-    layout: Layout,
-    figure: &'static str,
-    title: String,
-    ok: bool,
-    message: String,
-    lines: Vec<CertLine>,
-    next: Option<(&'static str, &'static str)>,
-}
-
-fn fmt_date(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(domain::clock::TAIPEI);
-    format!("{:04}/{:02}/{:02}", t.year(), u8::from(t.month()), t.day())
-}
+use views::*;
 
 async fn owned_flow(state: &AppState, id: &str, session_id: &str) -> Result<Flow, Response> {
     state
@@ -276,14 +53,6 @@ fn no_such_function(state: &AppState) -> Response {
         "查無此功能",
         "查無此功能".into(),
     )
-}
-
-#[derive(Template)]
-#[template(path = "flow_start.html")]
-struct StartPage {
-    layout: Layout,
-    kind: &'static str,
-    title: &'static str,
 }
 
 /// GET /flows/new/{kind}: the flow's door; reading it stores nothing.
@@ -370,7 +139,7 @@ async fn show(
             title: format!("{}－用戶約定條款", kind_title(flow.kind)),
             terms_version: state.svc().config().terms_version.clone(),
         }),
-        Step::Confirm => render(&confirm_page(&state, layout, &flow, None, None)),
+        Step::Confirm => render(&confirm_page(layout, &flow, None, None)),
         Step::OrgCard | Step::NewOrgCard if flow.data.mismatch => {
             render(&review_page(layout, &flow, None, None, "", ""))
         }
@@ -389,121 +158,6 @@ async fn show(
                 .unwrap_or_default(),
             id_value: String::new(),
         }),
-    }
-}
-
-fn review_page(
-    layout: Layout,
-    flow: &Flow,
-    name_error: Option<String>,
-    phone_error: Option<String>,
-    name: &str,
-    phone: &str,
-) -> ReviewPage {
-    let org = flow.data.org.as_ref();
-    ReviewPage {
-        layout,
-        flow_id: flow.id.clone(),
-        title: format!("{}－機關憑證比對不符", kind_title(flow.kind)),
-        org_name: org.map(|o| o.org_name.clone()).unwrap_or_default(),
-        org_identifier: org
-            .map(|o| o.org_identifier.as_str().to_string())
-            .unwrap_or_default(),
-        name_error,
-        phone_error,
-        name_value: name.to_string(),
-        phone_value: phone.to_string(),
-    }
-}
-
-fn confirm_page(
-    state: &AppState,
-    layout: Layout,
-    flow: &Flow,
-    values: Option<ContactValues>,
-    errors: Option<ContactErrors>,
-) -> ConfirmPage {
-    let (figure, title) = confirm_figure(flow.kind);
-    let mut org_lines = Vec::new();
-    let mut admin_lines = Vec::new();
-    // Replacements that keep a certificate show the registered one.
-    let org = flow.data.org.clone();
-    if let Some(o) = &org {
-        org_lines = vec![
-            CertLine {
-                label: "機關名稱",
-                value: o.org_name.clone(),
-            },
-            CertLine {
-                label: "機關憑證 OID",
-                value: o.org_identifier.as_str().to_string(),
-            },
-            CertLine {
-                label: "憑證序號",
-                value: o.cert.serial.as_str().to_string(),
-            },
-            CertLine {
-                label: "有效期限",
-                value: format!(
-                    "{} ～ {}",
-                    fmt_date(o.cert.not_before),
-                    fmt_date(o.cert.not_after)
-                ),
-            },
-            CertLine {
-                label: "簽發單位",
-                value: o.cert.issuer.clone(),
-            },
-        ];
-    }
-    if let Some(a) = &flow.data.admin_card {
-        admin_lines = vec![
-            CertLine {
-                label: "姓名",
-                value: a.holder_name.clone(),
-            },
-            CertLine {
-                label: "憑證序號",
-                value: a.cert.serial.as_str().to_string(),
-            },
-            CertLine {
-                label: "有效期限",
-                value: format!(
-                    "{} ～ {}",
-                    fmt_date(a.cert.not_before),
-                    fmt_date(a.cert.not_after)
-                ),
-            },
-        ];
-    }
-    let _ = state;
-    // 更換機關憑證 keeps the administrator: the data on file is offered for editing. The other
-    // replacements ask for it anew (R3.2, R3.3).
-    let values = values.unwrap_or_else(|| match (&flow.data.admin_contact, flow.kind) {
-        (Some(c), FlowKind::ReplaceOrg) => ContactValues {
-            name: c.name.as_str().to_string(),
-            email: c.email.as_str().to_string(),
-            phone: c.phone.as_str().to_string(),
-            phone_ext: c.phone_ext.clone().unwrap_or_default(),
-            mobile: c
-                .mobile
-                .as_ref()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
-            unit: c.unit.clone().unwrap_or_default(),
-            title: c.title.clone().unwrap_or_default(),
-        },
-        _ => ContactValues::default(),
-    });
-    ConfirmPage {
-        layout,
-        flow_id: flow.id.clone(),
-        figure,
-        title,
-        org_lines,
-        admin_lines,
-        values,
-        errors: errors.unwrap_or_default(),
     }
 }
 
@@ -803,13 +457,7 @@ async fn confirm(
                 unit: form.unit,
                 title: form.title,
             };
-            let page = confirm_page(
-                &state,
-                state.layout_for(&s),
-                &flow,
-                Some(values),
-                Some(errors),
-            );
+            let page = confirm_page(state.layout_for(&s), &flow, Some(values), Some(errors));
             (error::status_of(&e), render(&page)).into_response()
         }
     }
@@ -830,107 +478,7 @@ async fn result(
     let Some(r) = s.data.result.clone().filter(|r| r.flow_id() == id) else {
         return Redirect::to(&format!("/flows/{id}")).into_response();
     };
-    let line = |label: &'static str, value: &str| CertLine {
-        label,
-        value: value.to_string(),
-    };
-    let layout = state.layout_for(&s);
-    let page = match &r {
-        FlowResult::Registration {
-            code,
-            org_name,
-            admin_name,
-            ..
-        } => {
-            let lines = vec![
-                line("機關代號", code),
-                line("機關名稱", org_name),
-                line("授權管理者", admin_name),
-            ];
-            let next = Some(("/flows/new/admin_login", "授權指派"));
-            if flow.kind == FlowKind::FirstRegistration {
-                ResultPage {
-                    layout,
-                    figure: "圖3-10",
-                    title: "首次註冊".into(),
-                    ok: true,
-                    message: "首次註冊成功。請點選左方功能列【授權指派】，設定經辦人及其系統權限。"
-                        .into(),
-                    lines,
-                    next,
-                }
-            } else {
-                ResultPage {
-                    layout,
-                    figure: match flow.kind {
-                        FlowKind::ReplaceOrg => "圖3-27",
-                        FlowKind::ReplaceAdmin => "圖3-32",
-                        _ => "圖3-37",
-                    },
-                    title: kind_title(flow.kind).into(),
-                    ok: true,
-                    message: format!("{}成功。", kind_title(flow.kind)),
-                    lines,
-                    next,
-                }
-            }
-        }
-        FlowResult::Review {
-            switchboard,
-            section,
-            extension,
-            ..
-        } => {
-            let mut msg = "已送出憑證註冊審核申請。送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人。".to_string();
-            msg.push_str(&format!(" 連絡電話：總機 {switchboard}"));
-            if let Some(section) = section.as_deref().filter(|s| !s.is_empty()) {
-                let extension = extension.as_deref().unwrap_or_default();
-                msg.push_str(&format!("，{section} 分機 {extension}"));
-            }
-            ResultPage {
-                layout,
-                figure: "圖3-7",
-                title: format!("{}－機關憑證比對不符", kind_title(flow.kind)),
-                ok: true,
-                message: msg,
-                lines: vec![],
-                next: None,
-            }
-        }
-        FlowResult::OrgOid {
-            agency_name,
-            org_name,
-            org_identifier,
-            matches,
-            ..
-        } => ResultPage {
-            layout,
-            figure: "圖3-41",
-            title: "查詢機關憑證 OID－查詢結果".into(),
-            ok: true,
-            message: if *matches {
-                "此機關憑證 OID 與本部資料相符。".into()
-            } else {
-                "此機關憑證 OID 與本部資料不符，辦理註冊時將需審核。".into()
-            },
-            lines: vec![
-                line("機關名稱", agency_name),
-                line("憑證機關名稱", org_name),
-                line("機關憑證 OID", org_identifier),
-            ],
-            next: None,
-        },
-        FlowResult::CitizenSerial { name, serial, .. } => ResultPage {
-            layout,
-            figure: "圖3-43",
-            title: "查詢自然人憑證序號－查詢結果".into(),
-            ok: true,
-            message: "請複製下列憑證序號，提供授權管理者設定經辦人使用。".into(),
-            lines: vec![line("姓名", name), line("自然人憑證序號", serial)],
-            next: None,
-        },
-    };
-    render(&page)
+    render(&views::result_page(state.layout_for(&s), flow.kind, &r))
 }
 
 pub fn router() -> Router<AppState> {
