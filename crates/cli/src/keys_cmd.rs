@@ -41,7 +41,7 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             .await
             .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
         let now = OffsetDateTime::now_utc();
-        let ring = web::token::KeyRing::new(db.clone());
+        let ring = web::token::KeyRing::new(std::sync::Arc::new(db.clone()));
         let result = async {
             let rotated = if rotate {
                 Some(ring.rotate(now).await?)

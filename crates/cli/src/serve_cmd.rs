@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use domain::clock::{Clock, SystemClock};
 use domain::service::{ServiceConfig, Services};
+use domain::store::Backend;
 use pki::anchors::TrustStore;
 use pki::revocation::StalePolicy;
 use pki::validate::{ValidationOptions, Validator};
@@ -91,7 +92,8 @@ pub async fn refresh_crls(
 
 async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Mailer) {
     let now = time::OffsetDateTime::now_utc();
-    match web::session::end_revoked_sessions(db, validator, now).await {
+    let backend: domain::store::Backend = Arc::new(db.clone());
+    match web::session::end_revoked_sessions(&backend, validator, now).await {
         Ok(n) if n > 0 => {
             tracing::info!(ended = n, "operator sessions of revoked certificates ended")
         }
@@ -269,10 +271,15 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         terms_version: settings.terms_version.clone(),
         ..ServiceConfig::default()
     };
-    let svc = Services::with_stored_calendar(db.clone(), clock, validator.clone(), svc_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("loading the office calendar")?;
+    let svc = Services::with_stored_calendar(
+        Arc::new(db.clone()) as Backend,
+        clock,
+        validator.clone(),
+        svc_config,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("loading the office calendar")?;
     for w in svc.calendar_warnings() {
         tracing::warn!("{w}");
     }
@@ -284,7 +291,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         token_audiences: settings.token_audiences.clone(),
         ..WebConfig::default()
     };
-    let state = AppState::new(svc, db.clone(), web_config);
+    let state = AppState::new(svc, web_config);
     Ok(Service {
         state,
         db,

@@ -1,6 +1,9 @@
-//! What the domain needs from storage. Reads are plain queries; every state change is one
-//! [`Commit`], which the store applies in one transaction — all of it or none of it — mapping
-//! its constraints to domain errors (already registered, duplicate operator, conflict).
+//! What the services need from storage ([`Store`]), and what the web layer keeps there of its
+//! own: sessions and token signing keys ([`SessionStore`]). Reads are plain queries; every
+//! state change of the services is one [`Commit`], which the store applies in one transaction
+//! — all of it or none of it — mapping its constraints to domain errors (already registered,
+//! duplicate operator, conflict). The `store` crate implements both for SQLite and PostgreSQL;
+//! [`Backend`] is either, behind one pointer, for callers that must not name the store.
 
 use crate::calendar::CalendarDay;
 use crate::error::Result;
@@ -259,4 +262,246 @@ pub trait Store: Send + Sync {
         &self,
         filter: &AuditFilter,
     ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>>> + Send;
+}
+
+/// A web session as the web layer keeps it. `data` is opaque to the store and encrypted at
+/// rest, bound to the row's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session's key: a hash of the id its holder presents (cookie value or bearer
+    /// token). The id itself is never stored.
+    pub id: String,
+    /// `admin`, `operator`, `reviewer`, `anonymous` …: administrator sessions of an agency end
+    /// when its registration is replaced.
+    pub kind: String,
+    pub code: Option<String>,
+    pub data: String,
+    pub created_at: OffsetDateTime,
+    pub touched_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    /// Bumped by every change of `data` (1 for a new session). An update names the version it
+    /// read.
+    pub version: i64,
+}
+
+/// The key a session is stored under: hex SHA-256 of its id (the cookie value or the bearer
+/// token), so a copy of the table holds nothing a client could present.
+///
+/// ```
+/// let key = domain::store::session_key("abc");
+/// assert_eq!(key.len(), 64);
+/// assert_ne!(key, "abc");
+/// ```
+pub fn session_key(id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    pki::serial::hex_upper(digest.as_ref()).to_ascii_lowercase()
+}
+
+/// The kind of a session's tombstone (see [`SessionStore::session_supersede`]).
+pub const SUPERSEDED: &str = "superseded";
+
+/// What became of a session update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSaved {
+    /// Written; the session's version now.
+    Saved(i64),
+    /// The session is no longer on file (logged out, ended by a replacement or a revocation,
+    /// expired and swept): it stays ended.
+    Gone,
+    /// Another request changed the session since the version named: re-read and apply again.
+    Changed,
+}
+
+/// One token signing key as stored (the private key decrypted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// The uncompressed P-256 point (0x04 ‖ x ‖ y).
+    pub public_key: Vec<u8>,
+    pub private_pkcs8: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    /// When a newer key replaced it; `None` for the current key.
+    pub retired_at: Option<OffsetDateTime>,
+    /// Published (and trusted) until then: the last token it signed has expired.
+    pub publish_until: Option<OffsetDateTime>,
+}
+
+// Private keys never reach a log.
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .field("publish_until", &self.publish_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The web layer's own storage: sessions, the handles operator tokens name them by, and the
+/// keys tokens are signed with.
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session at `record.version` (1 for a new one); a storage error if the key
+    /// is taken.
+    fn session_insert(&self, record: &SessionRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Writes `record`'s data if the stored session is still at `record.version`; never
+    /// brings back a session that is no longer on file.
+    fn session_update(
+        &self,
+        record: &SessionRecord,
+    ) -> impl Future<Output = Result<SessionSaved>> + Send;
+    /// A request that changed nothing: only the idle deadline moves. `false` when the session
+    /// is no longer on file.
+    fn session_touch(
+        &self,
+        id: &str,
+        touched_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// The session, unless it does not exist or has expired at `now`.
+    fn session_get(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<SessionRecord>>> + Send;
+    /// Replaces the session by a tombstone of kind [`SUPERSEDED`] that holds nothing, until
+    /// `until`; token handles naming it go.
+    fn session_supersede(
+        &self,
+        id: &str,
+        until: OffsetDateTime,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn session_delete(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Every live session, oldest first.
+    fn sessions_live(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<SessionRecord>>> + Send;
+    /// Records that the token handle `sid` names the session `session_id`.
+    fn token_session_put(
+        &self,
+        sid: &str,
+        session_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The session a token handle names, if that session is still on file.
+    fn token_session(&self, sid: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// The signing keys still published at `now`, newest first (the current one first).
+    fn signing_keys(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<SigningKeyRecord>>> + Send;
+    /// Stores `key` as the current key unless there already is one; whether it was stored.
+    fn signing_key_add_first(
+        &self,
+        key: &SigningKeyRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Makes `key` the current key: the current one is retired and stays published until
+    /// `publish_until`; keys past their `publish_until` are deleted.
+    fn signing_key_rotate(
+        &self,
+        key: &SigningKeyRecord,
+        publish_until: OffsetDateTime,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The dyn-compatible form of [`Store`] + [`SessionStore`]: every method boxes its future.
+/// Generated with the forwarding impls from one list, so the three never drift apart.
+macro_rules! erased_backend {
+    ($( $trait:ident { $( fn $name:ident( $( $mode:ident $arg:ident : $ty:ty ),* ) -> $ret:ty; )* } )*) => {
+        /// The trait object behind [`Backend`], in a module of its own so that a glob import
+        /// of this one does not put two methods of each name in scope.
+        pub mod erased {
+            use super::*;
+
+            /// [`Store`] and [`SessionStore`] as one trait object (see [`Backend`]).
+            pub trait DynBackend: Send + Sync {
+                $( $(
+                    fn $name<'a>(&'a self $(, $arg: erased_backend!(@ty 'a $mode $ty))*)
+                        -> BoxFuture<'a, Result<$ret>>;
+                )* )*
+            }
+
+            impl<T: $($trait +)* Send + Sync> DynBackend for T {
+                $( $(
+                    fn $name<'a>(&'a self $(, $arg: erased_backend!(@ty 'a $mode $ty))*)
+                        -> BoxFuture<'a, Result<$ret>> {
+                        Box::pin($trait::$name(self $(, $arg)*))
+                    }
+                )* )*
+            }
+        }
+
+        $(
+            // For every lifetime of the object, not only 'static: the futures' Send checks in
+            // the web handlers ask for it in that general form.
+            impl<'d> $trait for std::sync::Arc<dyn erased::DynBackend + 'd> {
+                $(
+                    fn $name(&self $(, $arg: erased_backend!(@ty $mode $ty))*)
+                        -> impl Future<Output = Result<$ret>> + Send {
+                        // An async block names each borrowed argument's lifetime on its own
+                        // (the boxed future alone would name only their intersection).
+                        async move { erased::DynBackend::$name(&**self $(, $arg)*).await }
+                    }
+                )*
+            }
+        )*
+    };
+    (@ty $l:lifetime ref $ty:ty) => { &$l $ty };
+    (@ty $l:lifetime val $ty:ty) => { $ty };
+    (@ty ref $ty:ty) => { &$ty };
+    (@ty val $ty:ty) => { $ty };
+}
+
+/// A store of either database behind one pointer: what the web layer holds, so that it never
+/// names the store crate. Each call boxes its future (one allocation, nothing measurable
+/// beside a query).
+pub type Backend = std::sync::Arc<dyn erased::DynBackend>;
+
+erased_backend! {
+    Store {
+        fn agency(ref code: InstitutionCode) -> Option<Agency>;
+        fn upsert_agencies(ref agencies: [Agency]) -> u64;
+        fn insert_flow(ref flow: Flow) -> ();
+        fn flow(ref id: str) -> Option<Flow>;
+        fn insert_flow_capped(ref flow: Flow, val max: u64, val live_since: OffsetDateTime) -> ();
+        fn insert_challenge(ref challenge: StoredChallenge) -> ();
+        fn consume_challenge(ref id: str, val now: OffsetDateTime) -> StoredChallenge;
+        fn commit(val commit: Commit) -> Committed;
+        fn append_audit(ref event: AuditEvent) -> ();
+        fn registration(ref code: InstitutionCode) -> Option<Registration>;
+        fn cert_history(ref code: InstitutionCode) -> Vec<ReplacedCert>;
+        fn operators(ref code: InstitutionCode) -> Vec<Operator>;
+        fn operator(ref code: InstitutionCode, val id: i64) -> Option<Operator>;
+        fn operator_by_serial(ref code: InstitutionCode, ref serial: CertSerial) -> Option<Operator>;
+        fn receipts(ref code: InstitutionCode) -> Vec<Receipt>;
+        fn reviews(ref code: InstitutionCode) -> Vec<ReviewApplication>;
+        fn review(val id: i64) -> Option<ReviewApplication>;
+        fn pending_reviews() -> Vec<ReviewApplication>;
+        fn decided_reviews(val limit: i64) -> Vec<ReviewApplication>;
+        fn codes_by_serial(ref serial: CertSerial) -> Vec<InstitutionCode>;
+        fn add_reviewer(ref name: str, val section: Section, ref serial: CertSerial) -> i64;
+        fn reviewers() -> Vec<Reviewer>;
+        fn learn_reviewer_issuer(val id: i64, ref serial: CertSerial, ref issuer: str) -> ();
+        fn set_reviewer_active(val id: i64, val active: bool) -> ();
+        fn calendar_days() -> Vec<CalendarDay>;
+        fn import_calendar(ref days: [CalendarDay]) -> ();
+        fn verify_audit() -> AuditReport;
+        fn audit_search(ref filter: AuditFilter) -> Vec<(i64, AuditEvent)>;
+    }
+    SessionStore {
+        fn session_insert(ref record: SessionRecord) -> ();
+        fn session_update(ref record: SessionRecord) -> SessionSaved;
+        fn session_touch(ref id: str, val touched_at: OffsetDateTime, val expires_at: OffsetDateTime) -> bool;
+        fn session_get(ref id: str, val now: OffsetDateTime) -> Option<SessionRecord>;
+        fn session_supersede(ref id: str, val until: OffsetDateTime) -> ();
+        fn session_delete(ref id: str) -> ();
+        fn sessions_live(val now: OffsetDateTime) -> Vec<SessionRecord>;
+        fn token_session_put(ref sid: str, ref session_id: str) -> ();
+        fn token_session(ref sid: str) -> Option<String>;
+        fn signing_keys(val now: OffsetDateTime) -> Vec<SigningKeyRecord>;
+        fn signing_key_add_first(ref key: SigningKeyRecord) -> bool;
+        fn signing_key_rotate(ref key: SigningKeyRecord, val publish_until: OffsetDateTime) -> ();
+    }
 }

@@ -104,54 +104,9 @@ macro_rules! write_dispatch {
 
 mod notices;
 mod signing;
-pub use signing::SigningKeyRecord;
+pub use domain::store::SigningKeyRecord;
 
-/// A web session as the web crate's session store keeps it. `data` is opaque to the store and
-/// encrypted at rest, bound to the row's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// The session's key: [`session_key`] of the id its holder presents (cookie value or
-    /// bearer token). The id itself is never stored.
-    pub id: String,
-    /// `admin`, `operator`, `reviewer`, `anonymous` …: administrator sessions of an agency end
-    /// when its registration is replaced.
-    pub kind: String,
-    pub code: Option<String>,
-    pub data: String,
-    pub created_at: OffsetDateTime,
-    pub touched_at: OffsetDateTime,
-    pub expires_at: OffsetDateTime,
-    /// Bumped by every change of `data` (1 for a new session). An update names the version it
-    /// read.
-    pub version: i64,
-}
-
-/// The kind of a session's tombstone (see [`Db::session_supersede`]).
-pub const SUPERSEDED: &str = "superseded";
-
-/// What became of a session update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionSaved {
-    /// Written; the session's version now.
-    Saved(i64),
-    /// The session is no longer on file (logged out, ended by a replacement or a revocation,
-    /// expired and swept): it stays ended.
-    Gone,
-    /// Another request changed the session since the version named: re-read and apply again.
-    Changed,
-}
-
-/// The key a session is stored under: hex SHA-256 of its id (the cookie value or the bearer
-/// token), so a copy of the table holds nothing a client could present.
-///
-/// ```
-/// let key = store::session_key("abc");
-/// assert_eq!(key.len(), 64);
-/// assert_ne!(key, "abc");
-/// ```
-pub fn session_key(id: &str) -> String {
-    secrets::hex(ring::digest::digest(&ring::digest::SHA256, id.as_bytes()).as_ref())
-}
+pub use domain::store::{SUPERSEDED, SessionRecord, SessionSaved, session_key};
 
 pub use domain::store::{AUDIT_SEARCH_MAX, AuditFilter};
 
@@ -545,6 +500,55 @@ impl Store for Db {
 
     async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
         dispatch!(self, ops, p => ops::audit_search(p, filter).await)
+    }
+}
+
+/// The web layer's storage, as the inherent methods above and in `signing.rs` do it.
+impl domain::store::SessionStore for Db {
+    async fn session_insert(&self, record: &SessionRecord) -> Result<()> {
+        Db::session_insert(self, record).await
+    }
+    async fn session_update(&self, record: &SessionRecord) -> Result<SessionSaved> {
+        Db::session_update(self, record).await
+    }
+    async fn session_touch(
+        &self,
+        id: &str,
+        touched_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        Db::session_touch(self, id, touched_at, expires_at).await
+    }
+    async fn session_get(&self, id: &str, now: OffsetDateTime) -> Result<Option<SessionRecord>> {
+        Db::session_get(self, id, now).await
+    }
+    async fn session_supersede(&self, id: &str, until: OffsetDateTime) -> Result<()> {
+        Db::session_supersede(self, id, until).await
+    }
+    async fn session_delete(&self, id: &str) -> Result<()> {
+        Db::session_delete(self, id).await
+    }
+    async fn sessions_live(&self, now: OffsetDateTime) -> Result<Vec<SessionRecord>> {
+        Db::sessions_live(self, now).await
+    }
+    async fn token_session_put(&self, sid: &str, session_id: &str) -> Result<()> {
+        Db::token_session_put(self, sid, session_id).await
+    }
+    async fn token_session(&self, sid: &str) -> Result<Option<String>> {
+        Db::token_session(self, sid).await
+    }
+    async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRecord>> {
+        Db::signing_keys(self, now).await
+    }
+    async fn signing_key_add_first(&self, key: &SigningKeyRecord) -> Result<bool> {
+        Db::signing_key_add_first(self, key).await
+    }
+    async fn signing_key_rotate(
+        &self,
+        key: &SigningKeyRecord,
+        publish_until: OffsetDateTime,
+    ) -> Result<()> {
+        Db::signing_key_rotate(self, key, publish_until).await
     }
 }
 

@@ -12,31 +12,7 @@ use time::OffsetDateTime;
 
 pub(crate) const ENC_SIGNING_KEY: &str = "signing_keys.private";
 
-/// One signing key as stored (the private key decrypted).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKeyRecord {
-    pub kid: String,
-    /// The uncompressed P-256 point (0x04 ‖ x ‖ y).
-    pub public_key: Vec<u8>,
-    pub private_pkcs8: Vec<u8>,
-    pub created_at: OffsetDateTime,
-    /// When a newer key replaced it; `None` for the current key.
-    pub retired_at: Option<OffsetDateTime>,
-    /// Published (and trusted) until then: the last token it signed has expired.
-    pub publish_until: Option<OffsetDateTime>,
-}
-
-// Private keys never reach a log.
-impl std::fmt::Debug for SigningKeyRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyRecord")
-            .field("kid", &self.kid)
-            .field("created_at", &self.created_at)
-            .field("retired_at", &self.retired_at)
-            .field("publish_until", &self.publish_until)
-            .finish_non_exhaustive()
-    }
-}
+pub use domain::store::SigningKeyRecord;
 
 impl Db {
     /// The keys still published at `now`, newest first (the current one, if any, first).

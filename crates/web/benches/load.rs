@@ -631,7 +631,7 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
     let origin = format!("http://{addr}");
     let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(NOW));
     let svc = Services::with_stored_calendar(
-        db.clone(),
+        std::sync::Arc::new(db.clone()) as domain::store::Backend,
         clock,
         validator(pki),
         ServiceConfig {
@@ -643,7 +643,6 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
     .expect("services");
     let state = AppState::new(
         svc,
-        db.clone(),
         WebConfig {
             public_origin: origin,
             // The fixed clock never leaves its minute, so any finite limit would end the run.

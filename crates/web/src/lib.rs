@@ -22,6 +22,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use domain::clock::Clock;
 use domain::service::Services;
+use domain::store::Backend;
 use render::Layout;
 use security::{Limits, RateLimiter};
 use std::net::IpAddr;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// The services the web layer calls.
-pub type Svc = Services<store::Db, Arc<dyn Clock>>;
+pub type Svc = Services<Backend, Arc<dyn Clock>>;
 
 /// The audience of operator tokens when none is configured: the insurer's other systems.
 pub const DEFAULT_AUDIENCE: &str = "certreg-downstream";
@@ -76,7 +77,6 @@ impl WebConfig {
 
 struct Inner {
     svc: Svc,
-    db: store::Db,
     config: WebConfig,
     limiter: RateLimiter,
     metrics: ops::Metrics,
@@ -88,12 +88,12 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(svc: Svc, db: store::Db, config: WebConfig) -> Self {
-        let keys = token::KeyRing::new(db.clone());
+    /// The state over `svc`; sessions and signing keys are kept in the same store.
+    pub fn new(svc: Svc, config: WebConfig) -> Self {
+        let keys = token::KeyRing::new(svc.store().clone());
         let limiter = RateLimiter::new(config.limits.limiter_entries);
         Self(Arc::new(Inner {
             svc,
-            db,
             config,
             limiter,
             metrics: ops::Metrics::default(),
@@ -105,8 +105,9 @@ impl AppState {
         &self.0.svc
     }
 
-    pub fn db(&self) -> &store::Db {
-        &self.0.db
+    /// The store, for what the web layer keeps of its own (sessions, signing keys).
+    pub fn db(&self) -> &Backend {
+        self.0.svc.store()
     }
 
     pub fn config(&self) -> &WebConfig {

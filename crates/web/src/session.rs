@@ -11,6 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use domain::model::Section;
 use domain::service::{AdminGrant, OperatorGrant};
+use domain::store::{
+    Backend, SUPERSEDED, SessionRecord, SessionSaved, SessionStore as _, session_key,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use time::{Duration, OffsetDateTime};
@@ -94,7 +97,7 @@ pub struct ReviewerSession {
 /// The session of the current request.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// The key the store, flows and challenges know this session by (`store::session_key` of
+    /// The key the store, flows and challenges know this session by (`session_key` of
     /// the token); the token itself is only ever in the cookie or the bearer header.
     pub id: String,
     token: String,
@@ -155,7 +158,7 @@ impl Session {
     /// A fresh id after a privilege change (login), so a planted id is worth nothing.
     pub fn rotate(&mut self) {
         self.token = crate::security::random_token();
-        self.id = store::session_key(&self.token);
+        self.id = session_key(&self.token);
         self.new = true;
         self.dirty = true;
     }
@@ -281,9 +284,9 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let mut loaded = None;
     let mut superseded = false;
     if let Some(token) = &presented {
-        let key = store::session_key(token);
+        let key = session_key(token);
         match state.db().session_get(&key, now).await {
-            Ok(Some(rec)) if rec.kind == store::SUPERSEDED => superseded = true,
+            Ok(Some(rec)) if rec.kind == SUPERSEDED => superseded = true,
             Ok(Some(rec)) if now - rec.created_at <= ABSOLUTE => {
                 if let Ok(data) = serde_json::from_str::<SessionData>(&rec.data) {
                     loaded = Some(Session {
@@ -316,7 +319,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let session = loaded.unwrap_or_else(|| {
         let token = crate::security::random_token();
         Session {
-            id: store::session_key(&token),
+            id: session_key(&token),
             token,
             data: SessionData {
                 csrf: if superseded {
@@ -418,7 +421,7 @@ async fn save(
     let expires_at = (now + IDLE).min(session.created_at + ABSOLUTE);
     let record = |data: &SessionData, version: i64| {
         let (kind, code) = kind_of(data);
-        store::SessionRecord {
+        SessionRecord {
             id: session.id.clone(),
             kind: kind.to_string(),
             code,
@@ -454,8 +457,8 @@ async fn save(
     let mut data = session.data.clone();
     for _ in 0..SAVE_TRIES {
         match db.session_update(&record(&data, version)).await? {
-            store::SessionSaved::Saved(_) => return Ok(Saved::Quiet),
-            store::SessionSaved::Gone => {
+            SessionSaved::Saved(_) => return Ok(Saved::Quiet),
+            SessionSaved::Gone => {
                 // Ended while this request ran: it stays ended, unless this request ended it
                 // itself with a replacement and goes on without any grant to show its result.
                 if session.admin_dropped && !holds_a_role(&data) {
@@ -464,7 +467,7 @@ async fn save(
                 }
                 return Ok(Saved::Quiet);
             }
-            store::SessionSaved::Changed => {
+            SessionSaved::Changed => {
                 let Some(current) = db.session_get(&session.id, now).await? else {
                     return Ok(Saved::Quiet);
                 };
@@ -543,7 +546,7 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
 /// administrator the agency's registered organization card and administrator card.
 /// `certreg serve` calls it after each CRL refresh.
 pub async fn end_revoked_sessions(
-    db: &store::Db,
+    db: &Backend,
     validator: &pki::validate::Validator,
     now: OffsetDateTime,
 ) -> domain::Result<u64> {

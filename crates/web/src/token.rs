@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
 use domain::DomainError;
+use domain::store::{Backend, SessionStore as _, SigningKeyRecord};
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
@@ -74,7 +75,7 @@ struct Key {
 
 /// The signing keys: the current one and the previous ones still published.
 pub struct KeyRing {
-    db: store::Db,
+    db: Backend,
     // Parsed key pairs by kid: parsing PKCS#8 checks the key, which costs a scalar
     // multiplication; the rows themselves are re-read every time, so a rotation by another
     // instance is seen at once.
@@ -102,14 +103,14 @@ fn xy(public: &[u8]) -> (String, String) {
     (B64U.encode(x), B64U.encode(y))
 }
 
-fn new_record(now: OffsetDateTime) -> Result<store::SigningKeyRecord, DomainError> {
+fn new_record(now: OffsetDateTime) -> Result<SigningKeyRecord, DomainError> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
         .map_err(|_| storage("generating a signing key failed"))?;
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
         .map_err(|_| storage("a generated signing key does not parse"))?;
     let public = pair.public_key().as_ref().to_vec();
-    Ok(store::SigningKeyRecord {
+    Ok(SigningKeyRecord {
         kid: thumbprint(&public),
         public_key: public,
         private_pkcs8: pkcs8.as_ref().to_vec(),
@@ -120,7 +121,7 @@ fn new_record(now: OffsetDateTime) -> Result<store::SigningKeyRecord, DomainErro
 }
 
 impl KeyRing {
-    pub fn new(db: store::Db) -> Self {
+    pub fn new(db: Backend) -> Self {
         Self {
             db,
             parsed: Mutex::new(HashMap::new()),

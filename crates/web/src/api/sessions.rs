@@ -80,8 +80,8 @@ pub(super) async fn create(
             ..Default::default()
         };
         let token = crate::security::random_token();
-        let record = store::SessionRecord {
-            id: store::session_key(&token),
+        let record = domain::store::SessionRecord {
+            id: domain::store::session_key(&token),
             kind: "anonymous".into(),
             code: None,
             data: serde_json::to_string(&data).unwrap_or_default(),

@@ -203,7 +203,7 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     });
     let clock: Arc<dyn Clock> = shifted.clone();
     let svc = Services::with_stored_calendar(
-        db.clone(),
+        std::sync::Arc::new(db.clone()) as domain::store::Backend,
         clock,
         validator,
         ServiceConfig {
@@ -215,7 +215,6 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     .expect("services");
     let state = AppState::new(
         svc,
-        db.clone(),
         WebConfig {
             public_origin: origin.clone(),
             agent_url: agent_url.clone(),

@@ -72,7 +72,7 @@ impl TestApp {
     /// The revocation sweep `certreg serve` runs after each CRL refresh, at [`NOW`]; returns the
     /// number of sessions it ended.
     pub async fn end_revoked_sessions(&self) -> u64 {
-        web::session::end_revoked_sessions(&self.db, &self.validator, NOW)
+        web::session::end_revoked_sessions(&backend(&self.db), &self.validator, NOW)
             .await
             .unwrap()
     }
@@ -112,13 +112,16 @@ impl TestApp {
             origin: ORIGIN.into(),
             ..ServiceConfig::default()
         };
-        let svc =
-            Services::with_stored_calendar(db.clone(), dyn_clock, validator.clone(), svc_config)
-                .await
-                .unwrap();
+        let svc = Services::with_stored_calendar(
+            self::backend(&db),
+            dyn_clock,
+            validator.clone(),
+            svc_config,
+        )
+        .await
+        .unwrap();
         let state = AppState::new(
             svc,
-            db.clone(),
             WebConfig {
                 public_origin: ORIGIN.into(),
                 ..config
@@ -302,4 +305,9 @@ pub fn backends() -> Vec<Backend> {
         out.push(Backend::Postgres);
     }
     out
+}
+
+/// The store as the web layer holds it.
+pub fn backend(db: &store::Db) -> domain::store::Backend {
+    std::sync::Arc::new(db.clone())
 }
