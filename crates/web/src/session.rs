@@ -541,10 +541,8 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
 
 /// Ends every live session whose grant rests on a certificate revoked on a CRL in force of
 /// `validator` (only CRLs signed by a trusted CA count), each with an audit event; returns how
-/// many ended. Sessions are judged by the grant their data holds: an operator's card (issuer
-/// and serial; any issuer for a grant made before its issuer was known), and for an
-/// administrator the agency's registered organization card and administrator card.
-/// `certreg serve` calls it after each CRL refresh.
+/// many ended. The domain judges each session by the grants its data holds
+/// ([`domain::service::revocation_ending`]). `certreg serve` calls it after each CRL refresh.
 pub async fn end_revoked_sessions(
     db: &Backend,
     validator: &pki::validate::Validator,
@@ -556,50 +554,19 @@ pub async fn end_revoked_sessions(
         let Ok(data) = serde_json::from_str::<SessionData>(&record.data) else {
             continue;
         };
-        let mut revoked = Vec::new();
-        if let Some(grant) = &data.operator
-            && let Some(at) = validator.revoked_at(grant.issuer.as_deref(), &grant.serial)
-        {
-            revoked.push((
-                grant.code.clone(),
-                serde_json::json!({
-                    "reason": "certificate_revoked",
-                    "operator_id": grant.operator_id,
-                    "serial": grant.serial.as_str(),
-                    "revoked_at": at.unix_timestamp(),
-                }),
-            ));
-        }
-        if let Some(grant) = &data.admin
-            && let Some(reg) = db.registration(&grant.code).await?
-        {
-            for (role, cert) in [
-                ("organization", &reg.org.cert),
-                ("administrator", &reg.admin_card.cert),
-            ] {
-                if let Some(at) = validator.revoked_at(Some(&cert.issuer), &cert.serial) {
-                    revoked.push((
-                        grant.code.clone(),
-                        serde_json::json!({
-                            "reason": "certificate_revoked",
-                            "role": "admin",
-                            "certificate": role,
-                            "serial": cert.serial.as_str(),
-                            "revoked_at": at.unix_timestamp(),
-                        }),
-                    ));
-                    break;
-                }
-            }
-        }
-        let Some((code, detail)) = revoked.into_iter().next() else {
+        let ending = domain::service::revocation_ending(
+            db,
+            validator,
+            now,
+            data.admin.as_ref(),
+            data.operator.as_ref(),
+        )
+        .await?;
+        let Some(event) = ending else {
             continue;
         };
         db.session_delete(&record.id).await?;
         ended += 1;
-        let event = domain::model::AuditEvent::new(now, "system", "session.end", "ok")
-            .agency(&code)
-            .detail(detail);
         db.append_audit(&event).await?;
     }
     Ok(ended)

@@ -18,7 +18,7 @@ pub use backoffice::{
 pub use card::{CardAttempt, CardStepInput, StepOutcome};
 pub use confirm::ContactInput;
 pub use flows::IssuedChallenge;
-pub use operators::{AdminGrant, OperatorForm, OperatorGrant};
+pub use operators::{AdminGrant, OperatorForm, OperatorGrant, revocation_ending};
 
 use crate::calendar::BusinessCalendar;
 use crate::clock::Clock;

@@ -31,6 +31,72 @@ pub struct OperatorGrant {
     pub functions: Vec<FunctionId>,
 }
 
+/// The first of a registration's two cards revoked on a CRL in force: which it is
+/// (`organization`, `administrator`), the certificate and when it was revoked.
+fn revoked_card<'r>(
+    validator: &pki::validate::Validator,
+    registration: &'r Registration,
+) -> Option<(&'static str, &'r CertRef, OffsetDateTime)> {
+    [
+        ("organization", &registration.org.cert),
+        ("administrator", &registration.admin_card.cert),
+    ]
+    .into_iter()
+    .find_map(|(role, cert)| {
+        validator
+            .revoked_at(Some(&cert.issuer), &cert.serial)
+            .map(|at| (role, cert, at))
+    })
+}
+
+/// Whether a session holding these grants must end because a card they rest on was revoked
+/// on a CRL in force: the audit event that records its end, or `None` while they hold. An
+/// operator's card is judged by issuer and serial (any issuer for a grant made before its
+/// issuer was known); an administrator's by the agency's registered organization card and
+/// administrator card. The CRL-refresh sweep of live sessions asks this for each.
+pub async fn revocation_ending<S: Store>(
+    store: &S,
+    validator: &pki::validate::Validator,
+    now: OffsetDateTime,
+    admin: Option<&AdminGrant>,
+    operator: Option<&OperatorGrant>,
+) -> Result<Option<AuditEvent>> {
+    let ending = |code: &InstitutionCode, detail: serde_json::Value| {
+        AuditEvent::new(now, "system", "session.end", "ok")
+            .agency(code)
+            .detail(detail)
+    };
+    if let Some(grant) = operator
+        && let Some(at) = validator.revoked_at(grant.issuer.as_deref(), &grant.serial)
+    {
+        return Ok(Some(ending(
+            &grant.code,
+            serde_json::json!({
+                "reason": "certificate_revoked",
+                "operator_id": grant.operator_id,
+                "serial": grant.serial.as_str(),
+                "revoked_at": at.unix_timestamp(),
+            }),
+        )));
+    }
+    if let Some(grant) = admin
+        && let Some(registration) = store.registration(&grant.code).await?
+        && let Some((role, cert, at)) = revoked_card(validator, &registration)
+    {
+        return Ok(Some(ending(
+            &grant.code,
+            serde_json::json!({
+                "reason": "certificate_revoked",
+                "role": "admin",
+                "certificate": role,
+                "serial": cert.serial.as_str(),
+                "revoked_at": at.unix_timestamp(),
+            }),
+        )));
+    }
+    Ok(None)
+}
+
 /// What an administrator types to add or modify an operator (圖3-15, 3-18).
 #[derive(Debug, Clone, Default)]
 pub struct OperatorForm {
@@ -57,17 +123,11 @@ impl<S: Store, C: Clock> Services<S, C> {
         }
         // Checked on every use, not only by the sweep after a CRL refresh: a login that was
         // in flight while the sweep ran holds no revoked card past its next request.
-        for cert in [&registration.org.cert, &registration.admin_card.cert] {
-            if self
-                .validator
-                .revoked_at(Some(&cert.issuer), &cert.serial)
-                .is_some()
-            {
-                return Err(DomainError::Pki(pki::PkiError::new(
-                    pki::ErrorCode::CertRevoked,
-                    format!("certificate {} is revoked", cert.serial.as_str()),
-                )));
-            }
+        if let Some((_, cert, _)) = revoked_card(&self.validator, &registration) {
+            return Err(DomainError::Pki(pki::PkiError::new(
+                pki::ErrorCode::CertRevoked,
+                format!("certificate {} is revoked", cert.serial.as_str()),
+            )));
         }
         Ok(registration)
     }
