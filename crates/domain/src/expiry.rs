@@ -1,4 +1,4 @@
-//! Expiry and revocation awareness (issue 6, point 3): which certificates of registrations and
+//! Expiry and revocation awareness: which certificates of registrations and
 //! operators are revoked on the CRLs in force or expire within [`WARN_DAYS`].
 //!
 //! Registrations keep the whole certificate reference (issuer, serial, notAfter), so both checks

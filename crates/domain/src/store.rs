@@ -145,7 +145,8 @@ pub struct AuditReport {
 }
 
 /// Storage of everything the domain keeps. Implemented by the `store` crate for SQLite and
-/// PostgreSQL, and by an in-memory store in the domain's tests.
+/// PostgreSQL; the rule tests (`crates/store/tests/rules`) run the services over it, and wrap
+/// it to hold a chosen commit at a barrier.
 pub trait Store: Send + Sync {
     // master data
     fn agency(&self, code: &InstitutionCode)

@@ -1,4 +1,4 @@
-//! Expiry and revocation notices by mail (issue 6, point 3): a minimal SMTP client (plain SMTP
+//! Expiry and revocation notices by mail: a minimal SMTP client (plain SMTP
 //! over TCP: EHLO, MAIL FROM, RCPT TO, DATA, QUIT; the subject as an RFC 2047 encoded word, the
 //! body base64), what to do with a notice ([`Mailer`]: nothing, print it, or send it), and the
 //! walk over all registrations that sends each certificate's notice once per day.

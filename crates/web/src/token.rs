@@ -1,4 +1,4 @@
-//! The operator's token for other systems (issue 6, deliverable 2): after 經辦人登入 an operator
+//! The operator's token for other systems: after 經辦人登入 an operator
 //! session may ask for a short-lived ES256 JWT that names the agency, the operator's certificate
 //! serial and the functions granted today. Downstream services verify it with the keys published
 //! at `/.well-known/jwks.json` and may ask `/api/v1/introspect` whether it is still active.
@@ -327,7 +327,7 @@ async fn current_operator(
     post, path = "/api/v1/token", operation_id = "issue_token", tag = "sessions",
     request_body(content = Option<TokenRequest>, description = "Optional: the audience the token is for"),
     responses(
-        (status = 200, description = "An ES256 JWT for other systems (issue 6): agency code, operator certificate serial, today's functions, a session handle; at most 15 minutes and never past the session. Verify with /.well-known/jwks.json", body = IssuedToken),
+        (status = 200, description = "An ES256 JWT for other systems: agency code, operator certificate serial, today's functions, a session handle; at most 15 minutes and never past the session. Verify with /.well-known/jwks.json", body = IssuedToken),
         (status = 401, description = "unauthorized", body = ApiError),
         (status = 403, description = "forbidden: not an operator session (or the operator is no longer granted); csrf (cookie requests only)", body = ApiError),
         (status = 422, description = "audience_not_allowed: the audience asked for is not configured", body = ApiError),

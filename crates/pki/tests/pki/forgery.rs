@@ -95,7 +95,7 @@ fn our_keyid_proofs_verify_here_and_with_openssl() {
 /// (contentType, messageDigest of each new challenge) after digestAlgorithm. A reader that took
 /// the first `[0]` of the SignerInfo (the sid) as the signed attributes verified this signature
 /// over those 22 bytes and checked the digest in attributes nothing signs: it accepted every
-/// such proof. Now the signature is verified over the signed attributes, fails, and the
+/// such proof. certreg verifies the signature over the signed attributes: it fails, and the
 /// refusal names the forgery.
 #[test]
 fn proof_forged_from_one_signature_over_the_key_id_is_refused() {

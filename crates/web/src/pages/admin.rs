@@ -103,7 +103,7 @@ struct Row {
     national_id: String,
     functions: String,
     updated: String,
-    /// 「憑證已廢止」 / 「憑證將於 YYYY/MM/DD 到期」 (issue 6, point 3).
+    /// 「憑證已廢止」 / 「憑證將於 YYYY/MM/DD 到期」.
     badge: Option<String>,
 }
 

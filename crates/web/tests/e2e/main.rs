@@ -6,7 +6,7 @@
 //! like a person while the agent signs. Its JSON report is asserted here, and the database is
 //! checked for what the walk should have left behind.
 //!
-//! The walk ends with issue 6's review across two days: the mismatch application of step 1 is
+//! The walk ends with a review across two days: the mismatch application of step 1 is
 //! approved by a reviewer (`moica-reviewer`, seeded for the section of the agency's county) in a
 //! browser of its own; the same day 首次註冊 is still refused; then the walk writes
 //! `advance.json` (the effective date it was shown) into `CERTREG_E2E_SYNC`, this test moves the

@@ -1886,7 +1886,7 @@ mod sessions;
 #[path = "abuse.rs"]
 mod abuse;
 
-// ---- issue 6: revocation awareness ------------------------------------------------------------
+// ---- revocation awareness ---------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it() {

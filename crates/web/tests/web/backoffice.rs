@@ -565,7 +565,7 @@ async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
 }
 
 /// The reviewer's search flags a registration's certificates: 「憑證將於 YYYY/MM/DD 到期」 within
-/// 60 days of notAfter, 「憑證已廢止」 when a CRL in force lists it (issue 6, point 3).
+/// 60 days of notAfter, 「憑證已廢止」 when a CRL in force lists it.
 #[tokio::test]
 async fn the_search_flags_expiring_and_revoked_registration_certificates() {
     let mut app = TestApp::default().await;

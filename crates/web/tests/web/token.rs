@@ -1,4 +1,4 @@
-//! The operator's token for other systems (issue 6, deliverable 2): verified against the
+//! The operator's token for other systems: verified against the
 //! published JWKS with an independent JWT library (`jsonwebtoken`, RustCrypto backend — none of
 //! certreg's own signing code), its claims, introspection ending with logout, a grant change and
 //! the operator's deletion, and key rotation on the injected clock.
