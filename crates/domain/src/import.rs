@@ -24,7 +24,8 @@ const HEADERS: [[&str; 4]; 2] = [
     ["code", "name", "county", "org_identifier"],
 ];
 
-/// Parses the whole file; `Err` lists every bad line (at most 100).
+/// Parses the whole file; `Err` lists every bad line (at most 100). Fields are RFC 4180 CSV:
+/// a name holding a comma or a quote is quoted, its quotes doubled.
 pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
     let err = |line, m: &str| LineError {
         line,
@@ -32,22 +33,38 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
     };
     let text = crate::text::decode_utf8_or_big5(bytes)
         .map_err(|line| vec![err(line, "檔案編碼錯誤，須為 UTF-8 或 Big5")])?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, header)) = lines.next() else {
-        return Err(vec![err(1, "檔案是空的")]);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    // Blank lines (the reader skips empty ones; these are the ones holding only spaces) are
+    // not records.
+    let mut records = reader
+        .records()
+        .map(|r| {
+            let line = |p: Option<&csv::Position>| p.map_or(1, |p| p.line() as usize);
+            match r {
+                Ok(record) => (line(record.position()), Ok(record)),
+                Err(e) => (line(e.position()), Err(e)),
+            }
+        })
+        .filter(|(_, r)| {
+            r.as_ref()
+                .map_or(true, |rec| rec.iter().any(|f| !f.is_empty()))
+        });
+    let header = match records.next() {
+        None => return Err(vec![err(1, "檔案是空的")]),
+        Some((_, Err(_))) => None,
+        Some((_, Ok(h))) => Some(h),
     };
-    let header: Vec<String> = header
-        .split(',')
-        .map(|h| h.trim().replace(' ', ""))
-        .collect();
-    if !HEADERS
-        .iter()
-        .any(|h| header.iter().map(String::as_str).eq(h.iter().copied()))
-    {
+    let header_ok = header.is_some_and(|h| {
+        let h: Vec<String> = h.iter().map(|f| f.replace(' ', "")).collect();
+        HEADERS
+            .iter()
+            .any(|expected| h.iter().map(String::as_str).eq(expected.iter().copied()))
+    });
+    if !header_ok {
         return Err(vec![err(
             1,
             "標題列應為：機關代號,機關名稱,縣市,機關憑證OID",
@@ -56,8 +73,23 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
     let mut agencies = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
-    for (n, raw) in lines {
-        let fields: Vec<&str> = raw.split(',').map(str::trim).collect();
+    for (n, record) in records {
+        if errors.len() >= 100 {
+            break;
+        }
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(err(n, &format!("CSV 格式錯誤：{e}")));
+                continue;
+            }
+        };
+        // A quote left open swallows the lines after it into one field.
+        if record.iter().any(|f| f.contains(['\n', '\r'])) {
+            errors.push(err(n, "引號未成對（欄位不可跨行）"));
+            continue;
+        }
+        let fields: Vec<&str> = record.iter().collect();
         if fields.len() != 4 {
             errors.push(err(n, &format!("應有 4 個欄位，實有 {} 個", fields.len())));
             continue;
@@ -98,9 +130,6 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
             county: fields[2].to_string(),
             org_identifier,
         });
-        if errors.len() >= 100 {
-            break;
-        }
     }
     if errors.is_empty() {
         Ok(agencies)
@@ -137,5 +166,34 @@ mod tests {
         assert_eq!(parse_agencies_csv(b"").unwrap_err()[0].line, 1);
         assert_eq!(parse_agencies_csv(b"a,b\n").unwrap_err()[0].line, 1);
         assert!(parse_agencies_csv(&[0xff, 0xfe, 0x00]).is_err());
+    }
+
+    #[test]
+    fn quoted_names_keep_their_commas_and_quotes_in_utf8_and_big5() {
+        let csv = "機關代號,機關名稱,縣市,機關憑證OID\n\
+                   A0001,\"臺北市政府人事處,第一科\",臺北市,\n\
+                   A0002,\"「測試」\"\"學校\"\"\",新竹縣,2.16.886.101.20003.20065.1\n   \n";
+        let a = parse_agencies_csv(csv.as_bytes()).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].name, "臺北市政府人事處,第一科");
+        assert_eq!(a[0].county, "臺北市");
+        assert_eq!(a[1].name, "「測試」\"學校\"");
+        let (big5, _, unmappable) = encoding_rs::BIG5.encode(csv);
+        assert!(!unmappable);
+        assert_eq!(parse_agencies_csv(&big5).unwrap(), a);
+    }
+
+    #[test]
+    fn an_open_quote_is_refused_at_its_line() {
+        let csv = "code,name,county,org_identifier\nA0001,甲,臺北市,\nA0002,\"乙,臺北市,\nA0003,丙,臺北市,\n";
+        let errors = parse_agencies_csv(csv.as_bytes()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, 3);
+        assert!(errors[0].message_zh.contains("引號"), "{errors:?}");
+        // A quote inside an unquoted field is a character of it (RFC 4180 readers agree), and
+        // the lines after it are their own records.
+        let csv = "code,name,county,org_identifier\nA0001,甲\"乙,臺北市,\nA0002,丙,臺北市,\n";
+        let a = parse_agencies_csv(csv.as_bytes()).unwrap();
+        assert_eq!((a[0].name.as_str(), a.len()), ("甲\"乙", 2));
     }
 }
