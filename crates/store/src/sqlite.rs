@@ -15,7 +15,7 @@ pub(crate) type DB = sqlx::Sqlite;
 
 // Deliberately included by both backends: the same queries, compiled for each driver.
 #[allow(clippy::duplicate_mod)]
-#[path = "ops.rs"]
+#[path = "ops/mod.rs"]
 pub(crate) mod ops;
 
 #[allow(clippy::duplicate_mod)]

@@ -1,0 +1,132 @@
+//! The audit log: appends, the keyed chain's seal and head, its verification, and the back office's search.
+
+use super::*;
+
+pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEvent) -> Result<()> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    append(&mut tx, e, &ChainKey::new(secrets)).await?;
+    tx.commit().await.map_err(db)
+}
+
+/// Seals a chain that ends in unkeyed (version 1) rows with a keyed row naming its head;
+/// whether it did.
+pub(crate) async fn seal_audit_chain(
+    pool: &Handle,
+    secrets: &Secrets,
+    at: OffsetDateTime,
+) -> Result<bool> {
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    // Taking the head's row lock first: two instances starting together seal once.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let (seq, hash) = (int(&head, "seq")?, s(&head, "hash")?);
+    if seq == 0 || is_keyed(&hash) {
+        tx.rollback().await.map_err(db)?;
+        return Ok(false);
+    }
+    append(&mut tx, &seal_row(at, seq, &hash), &ChainKey::new(secrets)).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(true)
+}
+
+/// The chain head: the last row's sequence number and hash (0 and the genesis before any).
+pub(crate) async fn audit_head(pool: &Pool<DB>) -> Result<(i64, String)> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+    Ok((int(&head, "seq")?, s(&head, "hash")?))
+}
+
+/// Audit events matching the filter, newest first, at most `filter.limit` (≤ 200).
+pub(crate) async fn audit_search(
+    pool: &Pool<DB>,
+    f: &crate::AuditFilter,
+) -> Result<Vec<(i64, AuditEvent)>> {
+    let mut q = sqlx::QueryBuilder::<DB>::new(
+        "SELECT seq, at, actor, code, cert, client, action, outcome, detail FROM audit_log \
+         WHERE 1 = 1",
+    );
+    if let Some(code) = &f.code {
+        q.push(" AND code = ").push_bind(code.as_str().to_string());
+    }
+    if let Some(serial) = &f.serial {
+        // `issuer|serial`; serials are upper-case hex, so no LIKE wildcard can hide in one.
+        q.push(" AND cert LIKE ")
+            .push_bind(format!("%|{}", serial.as_str()));
+    }
+    if let Some(from) = f.from {
+        q.push(" AND at >= ").push_bind(ts(from));
+    }
+    if let Some(to) = f.to {
+        q.push(" AND at < ").push_bind(ts(to));
+    }
+    if let Some(outcome) = &f.outcome {
+        q.push(" AND outcome = ").push_bind(outcome.clone());
+    }
+    q.push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(f.limit.clamp(1, crate::AUDIT_SEARCH_MAX));
+    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let detail = s(r, "detail")?;
+            Ok((
+                int(r, "seq")?,
+                AuditEvent {
+                    at: time_at(r, "at")?,
+                    actor: s(r, "actor")?,
+                    code: opt(r, "code")?.map(crate::codec::code).transpose()?,
+                    cert: opt(r, "cert")?,
+                    client: opt(r, "client")?,
+                    action: s(r, "action")?,
+                    outcome: s(r, "outcome")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                },
+            ))
+        })
+        .collect()
+}
+
+pub(crate) async fn verify_audit(pool: &Pool<DB>, secrets: &Secrets) -> Result<AuditReport> {
+    // One read transaction: the head and the rows come from the same snapshot even while
+    // appends go on.
+    let mut tx = begin_read(pool).await.map_err(db)?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut check = ChainCheck::new(ChainKey::new(secrets));
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, code, cert, client, action, outcome, detail, prev_hash, hash \
+             FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(last) = rows.last() else { break };
+        after = int(last, "seq")?;
+        for r in &rows {
+            check.push(&AuditRow {
+                seq: int(r, "seq")?,
+                at: int(r, "at")?,
+                actor: s(r, "actor")?,
+                code: opt(r, "code")?,
+                cert: opt(r, "cert")?,
+                client: opt(r, "client")?,
+                action: s(r, "action")?,
+                outcome: s(r, "outcome")?,
+                detail: s(r, "detail")?,
+                prev_hash: s(r, "prev_hash")?,
+                hash: s(r, "hash")?,
+            });
+        }
+    }
+    let report = check.finish(int(&head, "seq")?, &s(&head, "hash")?);
+    tx.rollback().await.map_err(db)?;
+    Ok(report)
+}

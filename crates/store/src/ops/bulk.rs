@@ -1,0 +1,150 @@
+//! Bulk loading (benchmarks and large imports; see `Db::bulk_load_*`).
+
+use super::*;
+
+/// Rows per transaction of a bulk load: big enough that commits are not the cost, small enough
+/// that one transaction does not hold the SQLite write lock for long.
+pub(crate) const BULK_ROWS_PER_TX: usize = 50_000;
+
+pub(crate) async fn bulk_load_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
+    // 4 binds per row.
+    bulk(pool, agencies, 5_000, |q, rows| {
+        q.push("INSERT INTO agencies (code, name, county, org_identifier) ");
+        q.push_values(rows, |mut b, a| {
+            b.push_bind(a.code.as_str().to_string())
+                .push_bind(a.name.clone())
+                .push_bind(a.county.clone())
+                .push_bind(a.org_identifier.as_ref().map(|o| o.as_str().to_string()));
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_registrations(
+    pool: &Handle,
+    secrets: &Secrets,
+    registrations: &[Registration],
+) -> Result<u64> {
+    // 29 binds per row.
+    bulk(pool, registrations, 1_000, |q, rows| {
+        let rows = rows
+            .iter()
+            .map(|r| RegistrationRow::new(r, secrets))
+            .collect::<Result<Vec<_>>>()?;
+        q.push(
+            INSERT_REGISTRATION
+                .split_once(" VALUES")
+                .map(|(head, _)| head)
+                .unwrap_or(INSERT_REGISTRATION),
+        )
+        .push(" ");
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.code);
+            push_cert(&mut b, r.org);
+            b.push_bind(r.org_identifier).push_bind(r.org_name);
+            push_cert(&mut b, r.admin);
+            b.push_bind(r.admin_holder_name)
+                .push_bind(r.admin_id_last4)
+                .push_bind(r.admin_id_enc)
+                .push_bind(r.admin_id_hash)
+                .push_bind(r.contact_name)
+                .push_bind(r.contact_email)
+                .push_bind(r.contact_phone)
+                .push_bind(r.contact_phone_ext)
+                .push_bind(r.contact_mobile)
+                .push_bind(r.contact_unit)
+                .push_bind(r.contact_title)
+                .push_bind(r.registered_at)
+                .push_bind(r.updated_at)
+                .push_bind(r.version);
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_operators(
+    pool: &Handle,
+    secrets: &Secrets,
+    operators: &[(InstitutionCode, OperatorInput)],
+    at: OffsetDateTime,
+) -> Result<u64> {
+    // 9 binds per row.
+    bulk(pool, operators, 3_000, |q, rows| {
+        let rows = rows
+            .iter()
+            .map(|(code, input)| OperatorRow::new(code, input, at, secrets))
+            .collect::<Result<Vec<_>>>()?;
+        q.push(
+            "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
+             functions, updated_at, cert_issuer, cert_not_after, version) ",
+        );
+        q.push_values(rows, |mut b, o| {
+            b.push_bind(o.code)
+                .push_bind(o.serial)
+                .push_bind(o.name)
+                .push_bind(o.national_id_enc)
+                .push_bind(o.national_id_hash)
+                .push_bind(o.functions)
+                .push_bind(o.updated_at)
+                .push_bind(o.cert_issuer)
+                .push_bind(o.cert_not_after)
+                .push_unseparated(", 1");
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> Result<u64> {
+    // 4 binds per row.
+    bulk(pool, receipts, 5_000, |q, rows| {
+        q.push("INSERT INTO receipts (code, kind, at, review_id) ");
+        q.push_values(rows, |mut b, r| {
+            b.push_bind(r.code.as_str().to_string())
+                .push_bind(r.kind.as_str())
+                .push_bind(ts(r.at))
+                .push_bind(r.review_id);
+        });
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
+
+pub(crate) fn push_cert(b: &mut Separated<'_>, c: CertCols) {
+    b.push_bind(c.issuer)
+        .push_bind(c.serial)
+        .push_bind(c.subject)
+        .push_bind(c.sha256)
+        .push_bind(c.not_before)
+        .push_bind(c.not_after);
+}
+
+/// Inserts `items` with multi-row INSERTs of `per_insert` rows that `build` writes, committing
+/// every [`BULK_ROWS_PER_TX`] rows. Constraint violations map as everywhere else.
+pub(crate) async fn bulk<T>(
+    pool: &Handle,
+    items: &[T],
+    per_insert: usize,
+    build: impl Fn(&mut sqlx::QueryBuilder<DB>, &[T]) -> Result<()>,
+) -> Result<u64> {
+    let mut done = 0u64;
+    for batch in items.chunks(BULK_ROWS_PER_TX) {
+        let mut tx = begin_write(pool).await.map_err(db)?;
+        for rows in batch.chunks(per_insert) {
+            let mut q = sqlx::QueryBuilder::<DB>::new("");
+            build(&mut q, rows)?;
+            done += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(done)
+}

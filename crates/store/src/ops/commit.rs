@@ -1,0 +1,485 @@
+//! The transaction of a commit: everything one state change of the services writes, all of it or none.
+
+use super::*;
+
+pub(crate) const INSERT_REGISTRATION: &str = "INSERT INTO registrations (code, \
+    org_issuer, org_serial, org_subject, org_sha256, org_not_before, org_not_after, \
+    org_identifier, org_name, \
+    admin_issuer, admin_serial, admin_subject, admin_sha256, admin_not_before, admin_not_after, \
+    admin_holder_name, admin_id_last4, admin_id_enc, admin_id_hash, \
+    contact_name, contact_email, contact_phone, contact_phone_ext, contact_mobile, contact_unit, \
+    contact_title, registered_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+    $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
+    $27, $28, $29)";
+
+// Same placeholders as the INSERT; $30 is the version the caller read.
+pub(crate) const REPLACE_REGISTRATION: &str = "UPDATE registrations SET \
+    org_issuer = $2, org_serial = $3, org_subject = $4, org_sha256 = $5, org_not_before = $6, \
+    org_not_after = $7, org_identifier = $8, org_name = $9, \
+    admin_issuer = $10, admin_serial = $11, admin_subject = $12, admin_sha256 = $13, \
+    admin_not_before = $14, admin_not_after = $15, admin_holder_name = $16, \
+    admin_id_last4 = $17, admin_id_enc = $18, admin_id_hash = $19, \
+    contact_name = $20, contact_email = $21, contact_phone = $22, contact_phone_ext = $23, \
+    contact_mobile = $24, contact_unit = $25, contact_title = $26, registered_at = $27, \
+    updated_at = $28, version = $29 WHERE code = $1 AND version = $30";
+
+pub(crate) fn bind_registration(q: Query<'_>, r: RegistrationRow) -> Query<'_> {
+    let q = bind_cert(q.bind(r.code), r.org)
+        .bind(r.org_identifier)
+        .bind(r.org_name);
+    bind_cert(q, r.admin)
+        .bind(r.admin_holder_name)
+        .bind(r.admin_id_last4)
+        .bind(r.admin_id_enc)
+        .bind(r.admin_id_hash)
+        .bind(r.contact_name)
+        .bind(r.contact_email)
+        .bind(r.contact_phone)
+        .bind(r.contact_phone_ext)
+        .bind(r.contact_mobile)
+        .bind(r.contact_unit)
+        .bind(r.contact_title)
+        .bind(r.registered_at)
+        .bind(r.updated_at)
+        .bind(r.version)
+}
+
+/// A commit with everything encrypted and converted before the transaction starts, so the
+/// write lock is held only for the statements.
+pub(crate) struct Prepared {
+    flow: Option<FlowRow>,
+    registration: Option<(RegistrationRow, Option<i64>)>,
+    history: Vec<ReplacedCert>,
+    operator: Option<PreparedOperator>,
+    review: Option<ReviewWrite>,
+    receipt: Option<Receipt>,
+    audit: Vec<AuditEvent>,
+    end_admin_sessions: Option<InstitutionCode>,
+    registration_guard: Option<(InstitutionCode, i64)>,
+}
+
+pub(crate) enum PreparedOperator {
+    Insert(OperatorRow),
+    Update {
+        id: i64,
+        row: OperatorRow,
+        expected_version: i64,
+    },
+    LearnCert {
+        code: String,
+        id: i64,
+        serial: String,
+        issuer: String,
+        not_after: i64,
+    },
+    Delete {
+        code: String,
+        id: i64,
+        expected_version: i64,
+    },
+}
+
+impl Prepared {
+    fn new(c: Commit, secrets: &Secrets) -> Result<Self> {
+        let registration = match &c.registration {
+            None => None,
+            Some(RegistrationWrite::Insert(r)) => Some((RegistrationRow::new(r, secrets)?, None)),
+            Some(RegistrationWrite::Replace {
+                registration,
+                expected_version,
+            }) => {
+                let mut row = RegistrationRow::new(registration, secrets)?;
+                // The trait's contract: the stored row gets expected_version + 1.
+                row.version = expected_version + 1;
+                Some((row, Some(*expected_version)))
+            }
+        };
+        let operator = match &c.operator {
+            None => None,
+            Some(OperatorWrite::Insert { code, input, at }) => Some(PreparedOperator::Insert(
+                OperatorRow::new(code, input, *at, secrets)?,
+            )),
+            Some(OperatorWrite::Update {
+                code,
+                id,
+                input,
+                expected_version,
+                at,
+            }) => Some(PreparedOperator::Update {
+                id: *id,
+                row: OperatorRow::new(code, input, *at, secrets)?,
+                expected_version: *expected_version,
+            }),
+            Some(OperatorWrite::LearnCert {
+                code,
+                id,
+                serial,
+                cert,
+            }) => Some(PreparedOperator::LearnCert {
+                code: code.as_str().to_string(),
+                id: *id,
+                serial: serial.as_str().to_string(),
+                issuer: cert.issuer.clone(),
+                not_after: ts(cert.not_after),
+            }),
+            Some(OperatorWrite::Delete {
+                code,
+                id,
+                expected_version,
+            }) => Some(PreparedOperator::Delete {
+                code: code.as_str().to_string(),
+                id: *id,
+                expected_version: *expected_version,
+            }),
+        };
+        Ok(Self {
+            flow: c
+                .flow
+                .as_ref()
+                .map(|f| FlowRow::new(f, secrets))
+                .transpose()?,
+            registration,
+            history: c.history,
+            operator,
+            review: c.review,
+            receipt: c.receipt,
+            audit: c.audit,
+            end_admin_sessions: c.end_admin_sessions,
+            registration_guard: c.registration_guard,
+        })
+    }
+}
+
+pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Result<Committed> {
+    let p = Prepared::new(c, secrets)?;
+    let key = ChainKey::new(secrets);
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    match apply(&mut tx, p, &key).await {
+        Ok(done) => {
+            tx.commit().await.map_err(db)?;
+            Ok(done)
+        }
+        Err(e) => {
+            // Dropping the transaction would roll back too; this returns the connection clean.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+pub(crate) async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
+    let mut done = Committed::default();
+
+    // The flow first: a double submit of one step stops here, before touching anything else.
+    if let Some(f) = p.flow {
+        let n = sqlx::query(
+            "UPDATE flows SET step = $2, data_enc = $3, touched_at = $4, version = $5 \
+             WHERE id = $1 AND version = $6",
+        )
+        .bind(f.id)
+        .bind(f.step)
+        .bind(f.data_enc)
+        .bind(f.touched_at)
+        .bind(f.version)
+        .bind(f.version - 1)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n != 1 {
+            return Err(DomainError::Conflict);
+        }
+    }
+
+    // The version the change was checked against, re-checked under the row's lock.
+    if let Some((code, version)) = p.registration_guard {
+        let n = sqlx::query(
+            "UPDATE registrations SET version = version WHERE code = $1 AND version = $2",
+        )
+        .bind(code.as_str().to_string())
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n != 1 {
+            return Err(DomainError::RegistrationChanged);
+        }
+    }
+
+    match p.registration {
+        None => {}
+        Some((row, None)) => {
+            bind_registration(sqlx::query(INSERT_REGISTRATION), row)
+                .execute(&mut **tx)
+                .await
+                .map_err(fk("registrations_code_fkey"))?;
+        }
+        Some((row, Some(expected))) => {
+            let n = bind_registration(sqlx::query(REPLACE_REGISTRATION), row)
+                .bind(expected)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+            if n != 1 {
+                return Err(DomainError::RegistrationChanged);
+            }
+        }
+    }
+
+    for h in p.history {
+        let q = sqlx::query(
+            "INSERT INTO cert_history (code, kind, cert_issuer, cert_serial, cert_subject, \
+             cert_sha256, cert_not_before, cert_not_after, replaced_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(h.code.as_str().to_string())
+        .bind(cert_kind_str(h.kind));
+        bind_cert(q, CertCols::new(&h.cert))
+            .bind(ts(h.replaced_at))
+            .execute(&mut **tx)
+            .await
+            .map_err(fk("cert_history_code_fkey"))?;
+    }
+
+    match p.operator {
+        None => {}
+        Some(PreparedOperator::Insert(o)) => {
+            let row = sqlx::query(
+                "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
+                 functions, updated_at, version, cert_issuer, cert_not_after) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) RETURNING id",
+            )
+            .bind(o.code)
+            .bind(o.serial)
+            .bind(o.name)
+            .bind(o.national_id_enc)
+            .bind(o.national_id_hash)
+            .bind(o.functions)
+            .bind(o.updated_at)
+            .bind(o.cert_issuer)
+            .bind(o.cert_not_after)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(fk("operators_code_fkey"))?;
+            done.operator_id = Some(int(&row, "id")?);
+        }
+        Some(PreparedOperator::Update {
+            id,
+            row: o,
+            expected_version,
+        }) => {
+            let code = o.code.clone();
+            // A read certificate replaces what is on file; a typed serial keeps it only while
+            // the serial stays the same (another card's issuer and notAfter are unknown).
+            let n = sqlx::query(
+                "UPDATE operators SET \
+                 cert_issuer = CASE WHEN $10 THEN $11 WHEN serial = $3 THEN cert_issuer END, \
+                 cert_not_after = CASE WHEN $10 THEN $12 WHEN serial = $3 THEN cert_not_after END, \
+                 serial = $3, name = $4, national_id_enc = $5, \
+                 national_id_hash = $6, functions = $7, updated_at = $8, version = version + 1 \
+                 WHERE id = $1 AND code = $2 AND version = $9",
+            )
+            .bind(id)
+            .bind(o.code)
+            .bind(o.serial)
+            .bind(o.name)
+            .bind(o.national_id_enc)
+            .bind(o.national_id_hash)
+            .bind(o.functions)
+            .bind(o.updated_at)
+            .bind(expected_version)
+            .bind(o.cert_issuer.is_some())
+            .bind(o.cert_issuer)
+            .bind(o.cert_not_after)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n != 1 {
+                return Err(missing_or_conflict(tx, id, &code).await);
+            }
+        }
+        Some(PreparedOperator::LearnCert {
+            code,
+            id,
+            serial,
+            issuer,
+            not_after,
+        }) => {
+            sqlx::query(
+                "UPDATE operators SET cert_issuer = $1, cert_not_after = $2 \
+                 WHERE id = $3 AND code = $4 AND serial = $5 AND cert_issuer IS NULL",
+            )
+            .bind(issuer)
+            .bind(not_after)
+            .bind(id)
+            .bind(code)
+            .bind(serial)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        Some(PreparedOperator::Delete {
+            code,
+            id,
+            expected_version,
+        }) => {
+            let n =
+                sqlx::query("DELETE FROM operators WHERE id = $1 AND code = $2 AND version = $3")
+                    .bind(id)
+                    .bind(&code)
+                    .bind(expected_version)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+            if n != 1 {
+                return Err(missing_or_conflict(tx, id, &code).await);
+            }
+        }
+    }
+
+    match p.review {
+        None => {}
+        Some(ReviewWrite::Insert(r)) => {
+            let d = DecisionCols::new(&r.state);
+            let q = sqlx::query(
+                "INSERT INTO reviews (code, org_issuer, org_serial, org_subject, org_sha256, \
+                 org_not_before, org_not_after, org_identifier, org_name, on_file, \
+                 applicant_name, applicant_phone, filed_at, state, decided_at, effective, \
+                 reviewer, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17, $18) RETURNING id",
+            )
+            .bind(r.code.as_str().to_string());
+            let row = bind_cert(q, CertCols::new(&r.org.cert))
+                .bind(r.org.org_identifier.as_str().to_string())
+                .bind(r.org.org_name.clone())
+                .bind(r.on_file.as_ref().map(|o| o.as_str().to_string()))
+                .bind(r.applicant_name.as_str().to_string())
+                .bind(r.applicant_phone.as_str().to_string())
+                .bind(ts(r.filed_at))
+                .bind(d.state)
+                .bind(d.decided_at)
+                .bind(d.effective)
+                .bind(d.reviewer)
+                .bind(d.note)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(fk("reviews_code_fkey"))?;
+            done.review_id = Some(int(&row, "id")?);
+        }
+        Some(ReviewWrite::Decide {
+            id,
+            state,
+            reviewer_id,
+        }) => {
+            if state == ReviewState::Pending {
+                return Err(DomainError::Conflict);
+            }
+            // The reviewer's row, locked until the commit: a reviewer disabled before this
+            // point records nothing, and one being disabled now waits for the decision.
+            let active =
+                sqlx::query("UPDATE reviewers SET active = active WHERE id = $1 AND active")
+                    .bind(reviewer_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected();
+            if active != 1 {
+                return Err(DomainError::NotReviewer);
+            }
+            let d = DecisionCols::new(&state);
+            let n = sqlx::query(
+                "UPDATE reviews SET state = $2, decided_at = $3, effective = $4, reviewer = $5, \
+                 note = $6 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(d.state)
+            .bind(d.decided_at)
+            .bind(d.effective)
+            .bind(d.reviewer)
+            .bind(d.note)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            if n != 1 {
+                return Err(DomainError::Conflict);
+            }
+        }
+    }
+
+    if let Some(r) = p.receipt {
+        sqlx::query("INSERT INTO receipts (code, kind, at, review_id) VALUES ($1, $2, $3, $4)")
+            .bind(r.code.as_str().to_string())
+            .bind(r.kind.as_str())
+            .bind(ts(r.at))
+            .bind(done.review_id.or(r.review_id))
+            .execute(&mut **tx)
+            .await
+            .map_err(fk("receipts_code_fkey"))?;
+    }
+
+    if let Some(code) = p.end_admin_sessions {
+        sqlx::query("DELETE FROM sessions WHERE kind = 'admin' AND code = $1")
+            .bind(code.as_str().to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+
+    // Last: appenders wait on the chain head's row lock, and holding it last means a
+    // transaction that holds it never waits for anything else (no deadlock).
+    for e in &p.audit {
+        append(tx, e, key).await?;
+    }
+    Ok(done)
+}
+
+pub(crate) async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
+    let found = sqlx::query("SELECT id FROM operators WHERE id = $1 AND code = $2")
+        .bind(id)
+        .bind(code)
+        .fetch_optional(&mut **tx)
+        .await;
+    match found {
+        Ok(Some(_)) => DomainError::Conflict,
+        Ok(None) => DomainError::OperatorNotFound,
+        Err(e) => db(e),
+    }
+}
+
+pub(crate) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
+    // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(row.seq)
+    .bind(row.at)
+    .bind(row.actor)
+    .bind(row.code)
+    .bind(row.cert)
+    .bind(row.client)
+    .bind(row.action)
+    .bind(row.outcome)
+    .bind(row.detail)
+    .bind(row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(row.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Flows and their challenges.
+
+use super::*;
+
+pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -> Result<()> {
+    let f = FlowRow::new(flow, secrets)?;
+    let _turn = write_turn(pool).await;
+    sqlx::query(
+        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(f.id)
+    .bind(f.kind)
+    .bind(f.session)
+    .bind(f.step)
+    .bind(f.data_enc)
+    .bind(f.created_at)
+    .bind(f.touched_at)
+    .bind(f.version)
+    .execute(&**pool)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn insert_flow_capped(
+    pool: &Handle,
+    secrets: &Secrets,
+    flow: &Flow,
+    max: u64,
+    live_since: OffsetDateTime,
+) -> Result<()> {
+    let f = FlowRow::new(flow, secrets)?;
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    // The starts of one session take turns, so the count each checks is the one it adds to.
+    serialize(&mut tx, &format!("flows:{}", f.session))
+        .await
+        .map_err(db)?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
+            .bind(&f.session)
+            .bind(ts(live_since))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+    if u64::try_from(n).unwrap_or(0) >= max {
+        tx.rollback().await.map_err(db)?;
+        return Err(DomainError::TooManyFlows);
+    }
+    sqlx::query(
+        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(f.id)
+    .bind(f.kind)
+    .bind(f.session)
+    .bind(f.step)
+    .bind(f.data_enc)
+    .bind(f.created_at)
+    .bind(f.touched_at)
+    .bind(f.version)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
+    let row = sqlx::query(
+        "SELECT id, kind, session, step, data_enc, created_at, touched_at, version \
+         FROM flows WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        Ok(Flow {
+            id: s(&r, "id")?,
+            kind: flow_kind(&s(&r, "kind")?)?,
+            session: s(&r, "session")?,
+            step: step(&s(&r, "step")?)?,
+            data: flow_data(secrets, &s(&r, "id")?, &s(&r, "data_enc")?)?,
+            created_at: time_at(&r, "created_at")?,
+            touched_at: time_at(&r, "touched_at")?,
+            version: int(&r, "version")?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Result<()> {
+    let _turn = write_turn(pool).await;
+    sqlx::query(
+        "INSERT INTO challenges \
+         (id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&c.id)
+    .bind(&c.flow_id)
+    .bind(&c.session)
+    .bind(c.step.as_str())
+    .bind(&c.purpose)
+    .bind(&c.origin)
+    .bind(&c.nonce)
+    .bind(ts(c.issued_at))
+    .bind(ts(c.expires_at))
+    .execute(&**pool)
+    .await
+    .map_err(fk("challenges_flow_id_fkey"))?;
+    Ok(())
+}
+
+pub(crate) async fn consume_challenge(
+    pool: &Handle,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<StoredChallenge> {
+    let _turn = write_turn(pool).await;
+    // One statement: the database decides which of two racing requests marks it used.
+    let row = sqlx::query(
+        "UPDATE challenges SET used_at = $2 WHERE id = $1 AND used_at IS NULL \
+         RETURNING id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at",
+    )
+    .bind(id)
+    .bind(ts(now))
+    .fetch_optional(&**pool)
+    .await
+    .map_err(db)?
+    .ok_or(DomainError::ChallengeUsed)?;
+    Ok(StoredChallenge {
+        id: s(&row, "id")?,
+        flow_id: s(&row, "flow_id")?,
+        session: s(&row, "session")?,
+        step: step(&s(&row, "step")?)?,
+        purpose: s(&row, "purpose")?,
+        origin: s(&row, "origin")?,
+        nonce: col(&row, "nonce")?,
+        issued_at: time_at(&row, "issued_at")?,
+        expires_at: time_at(&row, "expires_at")?,
+    })
+}
+
+pub(crate) async fn flow_delete_idle(pool: &Handle, before: OffsetDateTime) -> Result<u64> {
+    let _turn = write_turn(pool).await;
+    Ok(sqlx::query("DELETE FROM flows WHERE touched_at < $1")
+        .bind(ts(before))
+        .execute(&**pool)
+        .await
+        .map_err(db)?
+        .rows_affected())
+}

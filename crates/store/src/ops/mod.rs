@@ -1,0 +1,108 @@
+//! Every query and the transaction of a commit, one file per table, written once and compiled
+//! once per backend: `sqlite.rs` and `pg.rs` both include this directory as their `ops`
+//! module, and it runs against their `DB`. One SQL text with `$n` placeholders serves both; the code stays concrete (no
+//! `sqlx::Any`, no generic bounds).
+//!
+//! Every write waits for its backend's turn first (`begin_write` for a transaction, `write_turn`
+//! around a single statement): on SQLite a lone statement that skipped the queue would sleep in
+//! the busy handler behind the queued writers and hold up the next one in turn.
+
+use super::{DB, Handle, WriteTx, begin_read, begin_write, serialize, wait_for_locks, write_turn};
+use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
+use crate::codec::*;
+use crate::error::map_db_error;
+use crate::secrets::Secrets;
+use crate::{PersonRole, SessionRecord, SessionSaved};
+use domain::calendar::{CalendarDay, check_days};
+use domain::flow::Flow;
+use domain::model::*;
+use domain::store::*;
+use domain::types::*;
+use domain::{DomainError, Result};
+use sqlx::{Pool, Row};
+use time::OffsetDateTime;
+
+type Tx = WriteTx;
+type DbRow = <DB as sqlx::Database>::Row;
+type Query<'q> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+
+fn db(e: sqlx::Error) -> DomainError {
+    map_db_error(e, None)
+}
+
+/// For a statement that can violate exactly one foreign key (SQLite does not name it).
+fn fk(name: &'static str) -> impl FnOnce(sqlx::Error) -> DomainError {
+    move |e| map_db_error(e, Some(name))
+}
+
+fn col<'r, T>(row: &'r DbRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    row.try_get(name)
+        .map_err(|e| DomainError::Storage(format!("column {name}: {e}")))
+}
+
+fn s(row: &DbRow, name: &str) -> Result<String> {
+    col(row, name)
+}
+
+fn opt(row: &DbRow, name: &str) -> Result<Option<String>> {
+    col(row, name)
+}
+
+fn int(row: &DbRow, name: &str) -> Result<i64> {
+    col(row, name)
+}
+
+fn time_at(row: &DbRow, name: &str) -> Result<OffsetDateTime> {
+    from_ts(int(row, name)?)
+}
+
+fn cert(row: &DbRow, p: &str) -> Result<CertRef> {
+    Ok(CertRef {
+        issuer: s(row, &format!("{p}_issuer"))?,
+        serial: serial(s(row, &format!("{p}_serial"))?)?,
+        subject: s(row, &format!("{p}_subject"))?,
+        sha256: s(row, &format!("{p}_sha256"))?,
+        not_before: time_at(row, &format!("{p}_not_before"))?,
+        not_after: time_at(row, &format!("{p}_not_after"))?,
+    })
+}
+
+fn bind_cert(q: Query<'_>, c: CertCols) -> Query<'_> {
+    q.bind(c.issuer)
+        .bind(c.serial)
+        .bind(c.subject)
+        .bind(c.sha256)
+        .bind(c.not_before)
+        .bind(c.not_after)
+}
+
+mod agencies;
+mod audit;
+mod bulk;
+mod calendar;
+mod commit;
+mod flows;
+mod operators;
+mod rebind;
+mod receipts;
+mod registrations;
+mod reviewers;
+mod reviews;
+mod sessions;
+
+pub(crate) use agencies::*;
+pub(crate) use audit::*;
+pub(crate) use bulk::*;
+pub(crate) use calendar::*;
+pub(crate) use commit::*;
+pub(crate) use flows::*;
+pub(crate) use operators::*;
+pub(crate) use rebind::*;
+pub(crate) use receipts::*;
+pub(crate) use registrations::*;
+pub(crate) use reviewers::*;
+pub(crate) use reviews::*;
+pub(crate) use sessions::*;

@@ -1,0 +1,197 @@
+//! Web sessions (the web layer's own storage).
+
+use super::*;
+
+pub(crate) fn session_aad(id: &str) -> String {
+    format!("{ENC_SESSION_DATA}|{id}")
+}
+
+pub(crate) async fn session_insert(
+    pool: &Handle,
+    secrets: &Secrets,
+    r: &SessionRecord,
+) -> Result<()> {
+    let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
+    let _turn = write_turn(pool).await;
+    sqlx::query(
+        "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at, \
+         version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&r.id)
+    .bind(&r.kind)
+    .bind(r.code.as_deref())
+    .bind(data)
+    .bind(ts(r.created_at))
+    .bind(ts(r.touched_at))
+    .bind(ts(r.expires_at))
+    .bind(r.version)
+    .execute(&**pool)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// An UPDATE guarded by the version read: a deleted session stays deleted, and a change made
+/// meanwhile is reported rather than overwritten.
+pub(crate) async fn session_update(
+    pool: &Handle,
+    secrets: &Secrets,
+    r: &SessionRecord,
+) -> Result<SessionSaved> {
+    let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
+    let _turn = write_turn(pool).await;
+    let done = sqlx::query(
+        "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
+         expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2 AND kind <> $8",
+    )
+    .bind(&r.id)
+    .bind(r.version)
+    .bind(&r.kind)
+    .bind(r.code.as_deref())
+    .bind(data)
+    .bind(ts(r.touched_at))
+    .bind(ts(r.expires_at))
+    .bind(crate::SUPERSEDED)
+    .execute(&**pool)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if done == 1 {
+        return Ok(SessionSaved::Saved(r.version + 1));
+    }
+    // A tombstone left by a login is as ended as a deleted row: never written to again.
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
+            .bind(&r.id)
+            .bind(crate::SUPERSEDED)
+            .fetch_optional(&**pool)
+            .await
+            .map_err(db)?;
+    Ok(match exists {
+        Some(_) => SessionSaved::Changed,
+        None => SessionSaved::Gone,
+    })
+}
+
+pub(crate) async fn session_touch(
+    pool: &Handle,
+    id: &str,
+    touched_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Result<bool> {
+    let _turn = write_turn(pool).await;
+    let done = sqlx::query(
+        "UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1 AND kind <> $4",
+    )
+    .bind(id)
+    .bind(ts(touched_at))
+    .bind(ts(expires_at))
+    .bind(crate::SUPERSEDED)
+    .execute(&**pool)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+pub(crate) async fn session_get(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<Option<SessionRecord>> {
+    let row = sqlx::query(
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
+         FROM sessions WHERE id = $1 AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(ts(now))
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    row.map(|r| session_of_row(secrets, &r)).transpose()
+}
+
+pub(crate) fn session_of_row(
+    secrets: &Secrets,
+    r: &<DB as sqlx::Database>::Row,
+) -> Result<SessionRecord> {
+    let id = s(r, "id")?;
+    let plain = secrets
+        .decrypt(&session_aad(&id), &s(r, "data_enc")?)
+        .map_err(DomainError::from)?;
+    Ok(SessionRecord {
+        id,
+        kind: s(r, "kind")?,
+        code: opt(r, "code")?,
+        data: String::from_utf8(plain).map_err(|e| corrupt("session", e))?,
+        created_at: time_at(r, "created_at")?,
+        touched_at: time_at(r, "touched_at")?,
+        expires_at: time_at(r, "expires_at")?,
+        version: int(r, "version")?,
+    })
+}
+
+/// Every live session, oldest first.
+pub(crate) async fn sessions_live(
+    pool: &Pool<DB>,
+    secrets: &Secrets,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
+         FROM sessions WHERE expires_at > $1 ORDER BY created_at, id",
+    )
+    .bind(ts(now))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter().map(|r| session_of_row(secrets, r)).collect()
+}
+
+pub(crate) async fn session_supersede(
+    pool: &Handle,
+    secrets: &Secrets,
+    id: &str,
+    until: OffsetDateTime,
+) -> Result<()> {
+    let empty = encrypt(secrets, &session_aad(id), b"{}")?;
+    let mut tx = begin_write(pool).await.map_err(db)?;
+    sqlx::query("DELETE FROM token_sessions WHERE session_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "UPDATE sessions SET kind = $2, code = NULL, data_enc = $3, expires_at = $4, \
+         version = version + 1 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(crate::SUPERSEDED)
+    .bind(empty)
+    .bind(ts(until))
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
+    let _turn = write_turn(pool).await;
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(id)
+        .execute(&**pool)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -> Result<u64> {
+    let _turn = write_turn(pool).await;
+    Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+        .bind(ts(now))
+        .execute(&**pool)
+        .await
+        .map_err(db)?
+        .rows_affected())
+}
