@@ -82,6 +82,17 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
             .connect_with(options)
             .await?
     } else {
+        // The first connection switches a new file to WAL, which takes SQLite's exclusive lock
+        // without waiting in the busy handler: processes opening one new file at once take
+        // turns for it (the lock is only held while the pool opens its first connection).
+        let _opening = match &path {
+            Some(p) => Some(
+                lock_beside(p.clone())
+                    .await
+                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?,
+            ),
+            None => None,
+        };
         SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.journal_mode(SqliteJournalMode::Wal))
@@ -157,9 +168,14 @@ pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), sqlx::Error> {
 /// database file itself: closing any handle of a file drops every POSIX lock the process
 /// holds on it, SQLite's own included. `None` for an in-memory database.
 pub(crate) async fn migration_lock(handle: &Handle) -> std::io::Result<Option<std::fs::File>> {
-    let Some(path) = handle.path.clone() else {
-        return Ok(None);
-    };
+    match handle.path.clone() {
+        Some(path) => lock_beside(path).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The exclusive lock on `<database>.migrate-lock`, waited for on a blocking thread.
+async fn lock_beside(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
     let mut name = path.into_os_string();
     name.push(".migrate-lock");
     tokio::task::spawn_blocking(move || {
@@ -169,7 +185,7 @@ pub(crate) async fn migration_lock(handle: &Handle) -> std::io::Result<Option<st
         std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
         let file = open.open(&name)?;
         file.lock()?;
-        Ok(Some(file))
+        Ok(file)
     })
     .await
     .map_err(std::io::Error::other)?
