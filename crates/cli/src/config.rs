@@ -30,6 +30,9 @@ pub struct Settings {
     /// The audiences (`aud`) downstream systems may ask operator tokens for; the first is the
     /// default.
     pub token_audiences: Vec<String>,
+    /// Show operators the page 「取得其他系統用權杖」 (off: agencies whose other systems do not
+    /// take certreg's tokens never see a raw token).
+    pub operator_token_page: bool,
     /// The anchors directory (`manifest.toml` + CA certificates).
     pub anchors_dir: PathBuf,
     /// CRL files or URLs, refreshed every `crl_refresh_minutes`.
@@ -72,6 +75,7 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             internal_listen: None,
             token_audiences: vec![web::DEFAULT_AUDIENCE.to_string()],
+            operator_token_page: false,
             anchors_dir: PathBuf::from("certreg-data/pki/anchors"),
             crls: Vec::new(),
             crl_refresh_minutes: 60,
@@ -134,6 +138,9 @@ impl Settings {
         }
         if let Some(v) = env("CERTREG_ALLOW_HTTP_ORIGIN") {
             s.allow_http_origin = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = env("CERTREG_OPERATOR_TOKEN_PAGE") {
+            s.operator_token_page = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = env("CERTREG_TOKEN_AUDIENCES") {
             s.token_audiences = list(&v).map(String::from).collect();

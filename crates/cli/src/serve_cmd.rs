@@ -289,6 +289,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         trusted_proxies: settings.trusted_proxies.clone(),
         internal_ops: settings.internal_listen.is_some(),
         token_audiences: settings.token_audiences.clone(),
+        operator_token_page: settings.operator_token_page,
         ..WebConfig::default()
     };
     let state = AppState::new(svc, web_config);

@@ -163,9 +163,13 @@ impl DomainError {
             Self::OrgIdMismatch => {
                 "貴機關申請憑證註冊，因申請資料比對不符，需進行審核，請填聯絡資料".into()
             }
-            Self::ReviewPending | Self::ReviewNotYetEffective { .. } => {
+            Self::ReviewPending => {
                 "送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人".into()
             }
+            Self::ReviewNotYetEffective { effective } => format!(
+                "貴機關之憑證註冊審核申請已通過，請於 {} 起重新辦理註冊",
+                effective.replace('-', "/")
+            ),
             Self::OrgCardChanged => "機關憑證已更換或展期，請先辦理更換機關憑證".into(),
             Self::AdminCardChanged => {
                 "授權管理者自然人憑證已更換或展期，請先辦理更換授權管理者自然人憑證".into()

@@ -73,6 +73,12 @@ pub fn taipei_date(t: OffsetDateTime) -> String {
 }
 
 impl Flag {
+    /// A certificate that will expire is a notice (a warning); one revoked or already expired
+    /// is an error.
+    pub fn is_notice(&self, now: OffsetDateTime) -> bool {
+        matches!(self.kind, FlagKind::Expiring { not_after } if not_after > now)
+    }
+
     /// The badge: 「憑證已廢止」, 「憑證將於 YYYY/MM/DD 到期」 or 「憑證已於 YYYY/MM/DD 到期」.
     pub fn badge_zh(&self, now: OffsetDateTime) -> String {
         match self.kind {

@@ -439,3 +439,60 @@ impl ContactDirectory {
             .find(|s| s.counties.iter().any(|c| county.starts_with(c.as_str())))
     }
 }
+
+/// Where an organization card stands against the identifier on file for its 機關代號
+/// (R1.3, R4.2): what 查詢機關憑證 OID tells, and what a registration with it would meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OidVerdict {
+    /// The card's identifier is the one on file.
+    OnFile,
+    /// It differs, but an approval of a review application for this card is in effect.
+    Approved,
+    /// It differs, and an application for this card waits for a decision.
+    Pending,
+    /// It differs; an application was approved and takes effect on this date.
+    ApprovedFrom { effective: time::Date },
+    /// It differs and no application stands (none filed, or the last was rejected):
+    /// registering will ask for one.
+    Mismatch,
+}
+
+impl OidVerdict {
+    /// Whether a registration with the card may go on now.
+    pub fn accepted(self) -> bool {
+        matches!(self, Self::OnFile | Self::Approved)
+    }
+
+    /// The stable code (API).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::OnFile => "on_file",
+            Self::Approved => "approved",
+            Self::Pending => "review_pending",
+            Self::ApprovedFrom { .. } => "approved_from",
+            Self::Mismatch => "mismatch",
+        }
+    }
+
+    /// What 查詢機關憑證 OID says of it.
+    pub fn message_zh(self) -> String {
+        match self {
+            Self::OnFile => "此機關憑證 OID 與本部資料相符。".into(),
+            Self::Approved => {
+                "此機關憑證 OID 與本部資料不符，惟審核申請已核准並生效，可辦理註冊。".into()
+            }
+            Self::Pending => {
+                "此機關憑證 OID 與本部資料不符，審核申請審核中；審核通過後，於生效日起可辦理註冊。"
+                    .into()
+            }
+            Self::ApprovedFrom { effective } => format!(
+                "此機關憑證 OID 與本部資料不符，審核申請已核准，請於 {:04}/{:02}/{:02} 起辦理註冊。",
+                effective.year(),
+                u8::from(effective.month()),
+                effective.day()
+            ),
+            Self::Mismatch => "此機關憑證 OID 與本部資料不符，辦理註冊時將需審核。".into(),
+        }
+    }
+}

@@ -147,7 +147,7 @@ pub(crate) async fn submit(
             agency_name,
             org_name,
             org_identifier,
-            matches,
+            verdict,
             ..
         } => answered(
             session,
@@ -157,7 +157,7 @@ pub(crate) async fn submit(
                 agency_name,
                 org_name,
                 org_identifier: org_identifier.as_str().to_string(),
-                matches,
+                verdict,
             },
         ),
         StepOutcome::CitizenSerial { name, serial } => answered(

@@ -52,6 +52,9 @@ pub struct WebConfig {
     /// The audiences (`aud`) a downstream system may ask operator tokens for; a request naming
     /// none gets the first.
     pub token_audiences: Vec<String>,
+    /// The operator's page 「取得其他系統用權杖」, which shows a raw token: only for agencies
+    /// whose other systems take it (the API's `/api/v1/token` is there either way).
+    pub operator_token_page: bool,
 }
 
 impl Default for WebConfig {
@@ -64,6 +67,7 @@ impl Default for WebConfig {
             max_body: 256 * 1024,
             internal_ops: false,
             token_audiences: vec![DEFAULT_AUDIENCE.to_string()],
+            operator_token_page: false,
         }
     }
 }

@@ -55,9 +55,9 @@ pub enum FlowResult {
     Review {
         flow_id: String,
         application: i64,
-        switchboard: String,
-        section: Option<String>,
-        extension: Option<String>,
+        /// The section in charge of the agency's county; `None`: both are named.
+        #[serde(default)]
+        in_charge: Option<domain::model::Section>,
     },
     /// 查詢機關憑證 OID (R4.2).
     OrgOid {
@@ -65,7 +65,7 @@ pub enum FlowResult {
         agency_name: String,
         org_name: String,
         org_identifier: String,
-        matches: bool,
+        verdict: domain::model::OidVerdict,
     },
     /// 查詢自然人憑證序號 (R4.3).
     CitizenSerial {

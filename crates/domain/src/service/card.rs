@@ -50,7 +50,7 @@ pub enum StepOutcome {
         org_name: String,
         org_identifier: OrgIdentifier,
         on_file: Option<OrgIdentifier>,
-        matches: bool,
+        verdict: OidVerdict,
     },
     /// R4.3
     CitizenSerial { name: String, serial: CertSerial },

@@ -55,24 +55,36 @@ impl<S: Store, C: Clock> Services<S, C> {
             .ok_or(DomainError::NotRegistered)
     }
 
-    /// R1.3: the identifier on file for the code, counting approved reviews of this card from
-    /// their effective date; or the reason the card must wait.
-    pub(super) async fn check_identifier(&self, agency: &Agency, card: &OrgCard) -> Result<()> {
+    /// R1.3: where the card stands against the identifier on file for the code, counting the
+    /// latest review application of this card (an approval from its effective date).
+    pub(super) async fn oid_verdict(&self, agency: &Agency, card: &OrgCard) -> Result<OidVerdict> {
         if agency.org_identifier.as_ref() == Some(&card.org_identifier) {
-            return Ok(());
+            return Ok(OidVerdict::OnFile);
         }
         let today = self.clock.today();
         let reviews = self.store.reviews(&agency.code).await?;
         let latest = reviews.iter().find(|r| r.org.cert.same_as(&card.cert));
-        match latest.map(|r| &r.state) {
-            Some(ReviewState::Pending) => Err(DomainError::ReviewPending),
-            Some(ReviewState::Approved { effective, .. }) if *effective <= today => Ok(()),
-            Some(ReviewState::Approved { effective, .. }) => {
-                Err(DomainError::ReviewNotYetEffective {
-                    effective: effective.to_string(),
-                })
+        Ok(match latest.map(|r| &r.state) {
+            Some(ReviewState::Pending) => OidVerdict::Pending,
+            Some(ReviewState::Approved { effective, .. }) if *effective <= today => {
+                OidVerdict::Approved
             }
-            Some(ReviewState::Rejected { .. }) | None => Err(DomainError::OrgIdMismatch),
+            Some(ReviewState::Approved { effective, .. }) => OidVerdict::ApprovedFrom {
+                effective: *effective,
+            },
+            Some(ReviewState::Rejected { .. }) | None => OidVerdict::Mismatch,
+        })
+    }
+
+    /// [`Services::oid_verdict`] as a step's rule: accepted, or the reason the card must wait.
+    pub(super) async fn check_identifier(&self, agency: &Agency, card: &OrgCard) -> Result<()> {
+        match self.oid_verdict(agency, card).await? {
+            OidVerdict::OnFile | OidVerdict::Approved => Ok(()),
+            OidVerdict::Pending => Err(DomainError::ReviewPending),
+            OidVerdict::ApprovedFrom { effective } => Err(DomainError::ReviewNotYetEffective {
+                effective: effective.to_string(),
+            }),
+            OidVerdict::Mismatch => Err(DomainError::OrgIdMismatch),
         }
     }
 
@@ -261,7 +273,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             .await?
             .ok_or(DomainError::UnknownAgency)?;
         let card = org_card(v)?;
-        let matches = self.check_identifier(&agency, &card).await.is_ok();
+        let verdict = self.oid_verdict(&agency, &card).await?;
         let now = self.clock.now();
         flow.advance(now);
         let audit = AuditEvent::new(now, "anonymous", "query.org_oid", "ok")
@@ -273,7 +285,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             org_name: card.org_name,
             org_identifier: card.org_identifier,
             on_file: agency.org_identifier,
-            matches,
+            verdict,
         })
     }
 

@@ -889,44 +889,79 @@ async fn r4_1_receipts_newest_first_with_review_state() {
     }
 }
 
+/// 查詢機關憑證 OID of `card` for `code`: where it stands.
+async fn oid_query(svc: &Svc, card: &str, code: &str) -> domain::model::OidVerdict {
+    let flow = svc
+        .start_flow(FlowKind::QueryOrgOid, SESSION)
+        .await
+        .unwrap();
+    match card_step(svc, &flow.id, card, Some(code), None)
+        .await
+        .unwrap()
+    {
+        StepOutcome::OrgOid {
+            org_identifier,
+            verdict,
+            on_file,
+            ..
+        } => {
+            assert_eq!(
+                org_identifier.as_str(),
+                pki().card(card).org_identifier.as_deref().unwrap()
+            );
+            assert!(on_file.is_some() || verdict != domain::model::OidVerdict::OnFile);
+            verdict
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn r4_2_query_org_oid_says_whether_it_matches() {
+async fn r4_2_query_org_oid_says_where_the_card_stands_in_every_state() {
+    use domain::model::OidVerdict as V;
     for env in envs().await {
         let svc = &env.svc;
+        assert_eq!(oid_query(svc, "gca-agency", TAIPEI).await, V::OnFile);
+        // Nothing filed: registering will ask for a review application.
+        assert_eq!(
+            oid_query(svc, "gca-agency-mismatch", MISMATCH).await,
+            V::Mismatch
+        );
+        assert!(V::Mismatch.message_zh().contains("將需審核"));
+        // Filed: pending, and the query no longer says a review will be needed.
         let flow = svc
-            .start_flow(FlowKind::QueryOrgOid, SESSION)
+            .start_flow(FlowKind::FirstRegistration, SESSION)
             .await
             .unwrap();
-        match card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None)
-            .await
-            .unwrap()
-        {
-            StepOutcome::OrgOid {
-                org_identifier,
-                matches,
-                ..
-            } => {
-                assert_eq!(org_identifier.as_str(), pki::testpki::GCA_AGENCY_OID);
-                assert!(matches);
-            }
-            other => panic!("{other:?}"),
-        }
-        let flow = svc
-            .start_flow(FlowKind::QueryOrgOid, SESSION)
+        svc.agree_terms(&flow.id, SESSION).await.unwrap();
+        card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
             .await
             .unwrap();
-        match card_step(svc, &flow.id, "gca-agency-mismatch", Some(MISMATCH), None)
+        let (application, _) = svc
+            .file_review(&flow.id, SESSION, "陳先生", "02-2222-3333", None)
             .await
-            .unwrap()
-        {
-            StepOutcome::OrgOid {
-                matches, on_file, ..
-            } => {
-                assert!(!matches);
-                assert!(on_file.is_some());
+            .unwrap();
+        let pending = oid_query(svc, "gca-agency-mismatch", MISMATCH).await;
+        assert_eq!(pending, V::Pending);
+        assert!(!pending.message_zh().contains("將需審核"));
+        // Approved on Thursday 2025-10-09: in effect from Monday 10-13 (Friday is 國慶日).
+        let reviewer = reviewer(svc).await;
+        svc.decide_review(&reviewer, application.id, true, "")
+            .await
+            .unwrap();
+        let from = oid_query(svc, "gca-agency-mismatch", MISMATCH).await;
+        assert_eq!(
+            from,
+            V::ApprovedFrom {
+                effective: date!(2025 - 10 - 13)
             }
-            other => panic!("{other:?}"),
-        }
+        );
+        assert!(from.message_zh().contains("2025/10/13"));
+        assert!(!from.accepted());
+        env.clock.advance(Duration::days(4));
+        let approved = oid_query(svc, "gca-agency-mismatch", MISMATCH).await;
+        assert_eq!(approved, V::Approved);
+        assert!(approved.accepted());
     }
 }
 

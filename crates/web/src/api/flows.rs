@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::DomainError;
 use domain::flow::{Flow, FlowKind, Step};
-use domain::model::{AdminContact, CertRef, Registration};
+use domain::model::{AdminContact, CertRef, OidVerdict, Registration};
 use domain::service::ContactInput;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -208,9 +208,17 @@ pub enum CardOutcome {
         agency_name: String,
         org_name: String,
         org_identifier: String,
-        /// Whether the card's identifier is the one on file for the code (the identifier on
-        /// file itself is not told).
+        /// Whether a registration with the card may go on now: its identifier is the one on
+        /// file for the code, or an approved review application of it is in effect (the
+        /// identifier on file itself is not told).
         matches: bool,
+        /// `on_file`, `approved`, `review_pending`, `approved_from` (see `effective`) or
+        /// `mismatch` (registering will ask for a review application).
+        verdict: String,
+        /// For `approved_from`: the date (YYYY-MM-DD) registration may be made from.
+        effective: Option<String>,
+        /// What the pages say of it.
+        message: String,
     },
     /// R4.3
     CitizenSerial { name: String, serial: String },
@@ -517,13 +525,19 @@ pub(super) async fn card(
             agency_name,
             org_name,
             org_identifier,
-            matches,
+            verdict,
             ..
         })) => CardOutcome::OrgOid {
             agency_name,
             org_name,
             org_identifier,
-            matches,
+            matches: verdict.accepted(),
+            verdict: verdict.code().into(),
+            effective: match verdict {
+                OidVerdict::ApprovedFrom { effective } => Some(effective.to_string()),
+                _ => None,
+            },
+            message: verdict.message_zh(),
         },
         Ok(CardDone::Answered(FlowResult::CitizenSerial { name, serial, .. })) => {
             CardOutcome::CitizenSerial { name, serial }

@@ -104,7 +104,22 @@ struct Row {
     functions: String,
     updated: String,
     /// 「憑證已廢止」 / 「憑證將於 YYYY/MM/DD 到期」.
-    badge: Option<String>,
+    badge: Option<Badge>,
+}
+
+/// A certificate's flag as shown: a notice (will expire) is a warning, the rest are errors.
+struct Badge {
+    text: String,
+    notice: bool,
+}
+
+impl Badge {
+    fn of(f: &domain::expiry::Flag, now: time::OffsetDateTime) -> Self {
+        Self {
+            text: f.badge_zh(now),
+            notice: f.is_notice(now),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -115,7 +130,9 @@ struct ListPage {
     flash: Option<String>,
     rows: Vec<Row>,
     /// The registration's own certificates that are flagged: (which, badge).
-    cert_flags: Vec<(&'static str, String)>,
+    cert_flags: Vec<(&'static str, Badge)>,
+    /// 圖3-14, or the figure of the change just made (3-16 新增, 3-19 修改, 3-22 刪除).
+    figure: &'static str,
 }
 
 /// GET /admin/operators: 授權經辦人清單 (圖3-14, 3-16, 3-19, 3-22).
@@ -143,12 +160,12 @@ async fn list(State(state): State<AppState>, session: SessionHandle) -> Response
         flags
             .iter()
             .find(|f| f.holder == FlagHolder::Operator { id })
-            .map(|f| f.badge_zh(now))
+            .map(|f| Badge::of(f, now))
     };
     let cert_flags = flags
         .iter()
         .filter(|f| !matches!(f.holder, FlagHolder::Operator { .. }))
-        .map(|f| (f.holder.label_zh(), f.badge_zh(now)))
+        .map(|f| (f.holder.label_zh(), Badge::of(f, now)))
         .collect();
     let rows = operators
         .iter()
@@ -162,9 +179,16 @@ async fn list(State(state): State<AppState>, session: SessionHandle) -> Response
             updated: taipei_time(o.updated_at),
         })
         .collect();
+    let figure = match flash.as_deref() {
+        Some("新增成功") => "圖3-16",
+        Some("修改成功") => "圖3-19",
+        Some("刪除成功") => "圖3-22",
+        _ => "圖3-14",
+    };
     render(&ListPage {
         layout: state.layout_for(&session.get()),
         code: g.code.as_str().to_string(),
+        figure,
         flash,
         rows,
         cert_flags,

@@ -24,6 +24,8 @@ struct OperatorHome {
     code: String,
     agency_name: String,
     functions: Vec<String>,
+    /// 「取得其他系統用權杖」 is offered (a setting; off by default).
+    token_page: bool,
 }
 
 /// GET /operator
@@ -58,6 +60,7 @@ async fn home(State(state): State<AppState>, session: SessionHandle) -> Response
         code: grant.code.as_str().to_string(),
         agency_name,
         functions,
+        token_page: state.config().operator_token_page,
     })
 }
 
@@ -77,6 +80,14 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<super::CsrfForm>,
 ) -> Response {
+    if !state.config().operator_token_page {
+        return error::page(
+            &state,
+            axum::http::StatusCode::NOT_FOUND,
+            "查無此功能",
+            "查無此功能".into(),
+        );
+    }
     let s = session.get();
     if let Err(r) = check_form(&state, &s, &method, &headers, &form._csrf) {
         return r;

@@ -74,7 +74,7 @@ async function onPage(page, title, figure) {
   const got = (await h1(page).textContent()).trim();
   expect(got === title, `expected the page ${title}, got ${got}`);
   if (figure) {
-    const fig = (await page.locator('main .fig').first().textContent()).trim();
+    const fig = (await h1(page).getAttribute('data-figure')) ?? '';
     expect(fig === figure, `${title}: figure ${fig}, expected ${figure}`);
   }
 }
@@ -189,9 +189,45 @@ async function listRow(page, name) {
   return page.locator('table.list tbody tr', { hasText: name });
 }
 
+/**
+ * 功能選單 (圖3-15, 3-18) as laid out in the browser, at `width` px: every box directly beside
+ * its label, the boxes in columns that line up, nothing wider than the window, and the label
+ * clickable (a click on its text checks the box). A screenshot of the fieldset is kept.
+ */
+async function checkFunctionLayout(page, width) {
+  mkdirSync(SHOTS, { recursive: true });
+  const before = page.viewportSize();
+  await page.setViewportSize({ width, height: 900 });
+  try {
+    const boxes = await page.locator('fieldset.functions label.check').evaluateAll((labels) => labels.map((l) => {
+      const input = l.querySelector('input').getBoundingClientRect();
+      const text = l.querySelector('span').getBoundingClientRect();
+      return { gap: text.left - input.right, dy: Math.abs((text.top + text.bottom) / 2 - (input.top + input.bottom) / 2), left: input.left };
+    }));
+    expect(boxes.length > 1, `功能選單 has ${boxes.length} boxes`);
+    for (const b of boxes) {
+      expect(b.gap >= 0 && b.gap <= 12, `at ${width}px a box sits ${b.gap.toFixed(1)}px from its label`);
+      expect(b.dy <= 6, `at ${width}px a box is ${b.dy.toFixed(1)}px off its label's line`);
+    }
+    const columns = [...new Set(boxes.map((b) => Math.round(b.left)))];
+    expect(columns.length <= Math.max(1, Math.ceil(boxes.length / 2)), `at ${width}px the boxes start at ${columns.join(', ')} (columns do not line up)`);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    expect(overflow <= 0, `at ${width}px the page is ${overflow}px wider than the window`);
+    await page.locator('fieldset.functions').screenshot({ path: path.join(SHOTS, `functions-${width}.png`) });
+    const first = page.locator('fieldset.functions label.check').first();
+    const wasChecked = await first.locator('input').isChecked();
+    await first.locator('span').click();
+    expect((await first.locator('input').isChecked()) !== wasChecked, 'a click on the label text does not toggle its box');
+    await first.locator('span').click();
+  } finally {
+    if (before) await page.setViewportSize(before);
+  }
+}
+
 async function addOperator(page, functions) {
   await page.getByRole('button', { name: '新增', exact: true }).click();
   await onPage(page, '授權指派－新增授權經辦人', '圖3-15');
+  for (const width of [1280, 360]) await checkFunctionLayout(page, width);
   await page.getByRole('button', { name: '讀取憑證' }).click();
   const choice = page.locator('#read-choice');
   // Several citizen cards in the readers: the page asks which one is the operator's.
@@ -254,16 +290,16 @@ const PLAN = [
     await menu(page, '首次註冊');
     await agree(page, '首次註冊－用戶約定條款', '圖3-4');
     await cardStep(page, {
-      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], next: '首次註冊－機關憑證比對不符',
+      title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], next: '首次註冊－機關憑證註冊申請人確認',
     });
     const warn = await text(page, 'main .warning');
     expect(warn.includes('貴機關申請憑證註冊，因申請資料比對不符，需進行審核，請填聯絡資料'), `圖3-6 says ${warn}`);
-    expect((await page.locator('main .fig').textContent()).trim() === '圖3-6', 'not 圖3-6');
+    expect((await h1(page).getAttribute('data-figure')) === '圖3-6', 'not 圖3-6');
     await type(page, '姓名', '林小華');
     await type(page, '電話', '(02)2960-3456');
     await page.getByRole('button', { name: '確認', exact: true }).click();
     await onPage(page, '首次註冊－機關憑證比對不符', '圖3-7');
-    const msg = await text(page, 'main [role="status"]');
+    const msg = await text(page, 'main');
     for (const want of ['次一營業日', '(02)27013411', '承保第一科', '5312']) expect(msg.includes(want), `圖3-7 lacks ${want}: ${msg}`);
     return msg;
   }],
@@ -388,7 +424,7 @@ const PLAN = [
     const field = await type(page, '機關代號', A);
     await field.press('Enter');
     await page.locator('table.list').waitFor({ timeout: TIMEOUT });
-    expect((await page.locator('main .fig').textContent()).trim() === '圖3-39', 'not 圖3-39');
+    expect((await h1(page).getAttribute('data-figure')) === '圖3-39', 'not 圖3-39');
     const items = await page.locator('table.list tbody tr td:nth-child(2)').allTextContents();
     const want = ['更換機關憑證和更換授權管理者自然人憑證', '更換授權管理者自然人憑證', '更換機關憑證', '首次註冊'];
     expect(JSON.stringify(items.map((s) => s.trim())) === JSON.stringify(want), `A0001 receipts ${JSON.stringify(items)}`);
@@ -511,7 +547,9 @@ const PLAN = [
     const msg = await cardStep(page, {
       title: '首次註冊－機關憑證確認', figure: '圖3-5', code: M, card: C['gca-agency-mismatch'], refused: true,
     });
-    expect(msg.includes('送出申請後請於次一營業日再重新註冊'), `the refusal says ${msg}`);
+    expect(msg.includes(`審核申請已通過，請於 ${effective} 起重新辦理註冊`), `the refusal says ${msg}`);
+    const numbers = await text(page, 'main .contacts');
+    for (const want of ['(02)27013411', '承保第一科', '5312']) expect(numbers.includes(want), `the numbers to call lack ${want}: ${numbers}`);
     return msg;
     // The refused card step comes back as 409, which Chromium logs for the document.
   }, { allow: /status of 409 / }],

@@ -328,9 +328,14 @@ async fn r2_5_modify_and_a_stale_version_is_refused() {
         html.contains("修改授權經辦人") && html.contains("圖3-18"),
         "{html}"
     );
-    for label in ["憑證序號", "姓名", "功能選單"] {
-        assert!(html.contains(&format!("{label} <span class=\"req\">(必填)</span>")));
+    // 圖3-18's own labels.
+    for label in ["憑證序號(SN)", "授權經辦人姓名", "功能選單"] {
+        assert!(
+            html.contains(&format!("{label} <span class=\"req\">(必填)</span>")),
+            "{label}: {html}"
+        );
     }
+    assert!(html.contains("請修改憑證序號(SN)、授權經辦人姓名、身分證統一編號及功能選單項目後"));
     // The national ID on file is shown masked as the list shows it, never in full; an empty
     // field keeps it.
     let on_file = id_of("moica-operator-1");

@@ -1060,6 +1060,7 @@ async fn r4_2_organization_oid_query() {
         assert_eq!(v["outcome"], "org_oid");
         assert_eq!(v["org_identifier"], pki::testpki::GCA_AGENCY_OID);
         assert_eq!(v["matches"], true);
+        assert_eq!(v["verdict"], "on_file");
         assert_eq!(v["agency_name"], "臺北市政府人事處");
 
         let flow = api.start(&t, "query_org_oid").await;
@@ -1067,6 +1068,8 @@ async fn r4_2_organization_oid_query() {
             .org_step(&t, &flow, "gca-agency-mismatch", MISMATCH)
             .await;
         assert_eq!(v["matches"], false);
+        assert_eq!(v["verdict"], "mismatch");
+        assert!(v["message"].as_str().unwrap().contains("將需審核"), "{v}");
         // Whether it matches, as the page shows; never the identifier on file.
         assert!(v.get("on_file").is_none(), "{v}");
         assert!(

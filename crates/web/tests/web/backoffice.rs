@@ -291,7 +291,8 @@ async fn r6_2_approval_takes_effect_on_the_next_business_day() {
     app.forget_cookies();
     let (_, status, html) = org_step(&mut app, "gca-agency", MISMATCH).await;
     assert_eq!(status, StatusCode::CONFLICT, "{html}");
-    assert!(html.contains("次一營業日"), "{html}");
+    assert!(html.contains("請於 2026/06/02 起重新辦理註冊"), "{html}");
+    assert!(html.contains("(02)27013411"), "{html}");
     // On the effective date: the card is accepted and the flow goes on.
     app.clock.set(datetime!(2026-06-02 01:00 UTC));
     app.forget_cookies();

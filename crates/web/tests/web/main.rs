@@ -179,6 +179,137 @@ async fn r1_3_mismatch_review_through_the_pages() {
     );
 }
 
+/// The page's text as a person reads it: tags (and the attributes in them) left out.
+fn visible_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Manual figure numbers are for tests (a data attribute), never printed on the page.
+#[tokio::test]
+async fn figure_numbers_are_never_on_the_visible_page() {
+    let mut app = TestApp::default().await;
+    let (_, _, home) = app.get("/").await;
+    let (_, _, door) = app.get("/flows/new/first_registration").await;
+    let flow = app.start("first_registration").await;
+    let (_, _, terms) = app.get(&format!("/flows/{flow}")).await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    let (_, _, org) = app.get(&format!("/flows/{flow}")).await;
+    for (page, figure) in [
+        (&home, "圖3-2"),
+        (&door, "圖3-3"),
+        (&terms, "圖3-4"),
+        (&org, "圖3-5"),
+    ] {
+        assert!(
+            page.contains(&format!("data-figure=\"{figure}\"")),
+            "{figure}: {page}"
+        );
+        assert!(!visible_text(page).contains("圖3-"), "{page}");
+    }
+    // 圖3-5's own words: 公保機關代號.
+    assert!(
+        org.contains("公保機關代號 <span class=\"req\">(必填)</span>"),
+        "{org}"
+    );
+    // 授權指派's home page is 圖3-11.
+    let (_, _, door) = app.get("/flows/new/admin_login").await;
+    assert!(door.contains("data-figure=\"圖3-11\""), "{door}");
+}
+
+/// Each card step's PIN field is labelled as its figure labels it.
+#[tokio::test]
+async fn pin_labels_follow_the_manual() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("query_citizen_serial").await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("自然人憑證 IC 卡密碼(PIN 碼) <span class=\"req\">"),
+        "圖3-42: {html}"
+    );
+    let flow = app.start("query_org_oid").await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains(">機關憑證密碼(PIN 碼) <span"),
+        "圖3-40: {html}"
+    );
+}
+
+/// While an application waits, the card gets the 圖3-7 message again with the numbers to call:
+/// the section in charge of the agency's county, or both sections with their counties when
+/// the county is unknown.
+#[tokio::test]
+async fn a_pending_review_is_answered_with_the_numbers_to_call() {
+    let mut app = TestApp::default().await;
+    let unknown = domain::model::Agency {
+        code: domain::types::InstitutionCode::parse("Z0001").unwrap(),
+        name: "海外測試機關".into(),
+        county: "海外".into(),
+        org_identifier: Some(
+            domain::types::OrgIdentifier::parse("2.16.886.101.20003.20065.99999").unwrap(),
+        ),
+    };
+    domain::store::Store::upsert_agencies(&app.db, &[unknown])
+        .await
+        .unwrap();
+    // One pending application per card: each agency files with a card of its own.
+    for (code, card, want, not) in [
+        (
+            MISMATCH,
+            "gca-agency-mismatch",
+            vec!["承保第二科", "5353", "臺中"],
+            Some("承保第一科"),
+        ),
+        (
+            "Z0001",
+            "moeaca-company",
+            vec!["承保第一科", "5312", "承保第二科", "5353", "宜蘭", "臺東"],
+            None,
+        ),
+    ] {
+        app.forget_cookies();
+        for attempt in 0..2 {
+            let flow = app.start("first_registration").await;
+            app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+            let (status, _, html) = app
+                .card_step(&flow, card, &[("institution_code", code)])
+                .await;
+            if attempt == 0 {
+                assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+                let (status, _, html) = app
+                    .post_form(
+                        &format!("/flows/{flow}/review"),
+                        &[("name", "林小華"), ("phone", "0223456789")],
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::SEE_OTHER, "{code}: {html}");
+                continue;
+            }
+            assert_eq!(status, StatusCode::CONFLICT, "{code}: {html}");
+            let text = visible_text(&html);
+            assert!(
+                text.contains("次一營業日") && text.contains("(02)27013411"),
+                "{text}"
+            );
+            for w in &want {
+                assert!(text.contains(w), "{code}: {w} missing: {text}");
+            }
+            if let Some(n) = not {
+                assert!(!text.contains(n), "{code}: {n} shown: {text}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn spec_4_7_csrf_and_origin_are_checked() {
     let mut app = TestApp::default().await;

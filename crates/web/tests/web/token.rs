@@ -287,9 +287,43 @@ async fn rotation_keeps_the_previous_key_until_its_tokens_expire() {
     }
 }
 
+/// The page with a raw token is for agencies whose other systems take it: off unless set.
+#[tokio::test]
+async fn the_operator_token_page_is_off_unless_set() {
+    let mut api = Api::on(Backend::Sqlite).await;
+    api.register(TAIPEI, "gca-agency", "moica-admin").await;
+    let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+    api.add_operator(&admin, "moica-operator-1", &["query"])
+        .await;
+    let app = &mut api.app;
+    let flow = app.start("operator_login").await;
+    let id = id_of("moica-operator-1");
+    let (status, _, body) = app
+        .card_step(
+            &flow,
+            "moica-operator-1",
+            &[("institution_code", TAIPEI), ("national_id", &id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (_, _, html) = app.get("/operator").await;
+    assert!(html.contains("經辦人作業"), "{html}");
+    assert!(!html.contains("/operator/token"), "{html}");
+    let (status, _, html) = app.post_form("/operator/token", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(!html.contains("eyJ"), "{html}");
+}
+
 #[tokio::test]
 async fn the_operator_home_gives_a_token_too() {
-    let mut api = Api::on(Backend::Sqlite).await;
+    let mut api = Api::with(
+        Backend::Sqlite,
+        web::WebConfig {
+            operator_token_page: true,
+            ..web::WebConfig::default()
+        },
+    )
+    .await;
     api.register(TAIPEI, "gca-agency", "moica-admin").await;
     let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
     api.add_operator(&admin, "moica-operator-1", &["query"])

@@ -64,10 +64,19 @@ async fn start_page(
     let Some(kind) = FlowKind::parse(&kind) else {
         return no_such_function(&state);
     };
+    let s = session.get();
+    // An administrator already signed in for an agency goes back to its 授權經辦人清單 rather
+    // than presenting both cards again.
+    if kind == FlowKind::AdminLogin && s.data.admin.is_some() {
+        return Redirect::to("/admin/operators").into_response();
+    }
+    let (figure, intro) = start_intro(kind);
     render(&StartPage {
-        layout: flow_layout(&state, &session.get(), kind),
+        layout: flow_layout(&state, &s, kind),
         kind: kind.as_str(),
         title: kind_title(kind),
+        figure,
+        intro,
     })
 }
 
@@ -148,6 +157,7 @@ async fn show(
             flow_id: flow.id.clone(),
             view: step_view(flow.kind, flow.step),
             error: None,
+            contacts: None,
             code_error: None,
             id_error: None,
             code_value: flow
@@ -285,17 +295,46 @@ async fn card(
         | DomainError::IdMismatch => id_error = Some(e.message_zh()),
         _ => general = Some(e.message_zh()),
     }
+    // While an application waits (or its approval has not yet taken effect) the card gets the
+    // 圖3-7 message again, with the numbers to call.
+    let contacts = match &e {
+        DomainError::ReviewPending | DomainError::ReviewNotYetEffective { .. } => {
+            Some(review_contacts(&state, &form.institution_code).await)
+        }
+        _ => None,
+    };
     let page = CardStepPage {
         layout: flow_layout(&state, &session.get(), flow.kind),
         flow_id: id,
         view: step_view(flow.kind, flow.step),
         error: general,
+        contacts,
         code_error,
         id_error,
         code_value: form.institution_code,
         id_value: form.national_id,
     };
     (error::status_of(&e), render(&page)).into_response()
+}
+
+/// The numbers to call for the agency of `code`: its section, or every section when its
+/// county is unknown (or the agency cannot be read now).
+async fn review_contacts(state: &AppState, code: &str) -> ContactsView {
+    let directory = &state.svc().config().contacts;
+    let county = match domain::types::InstitutionCode::parse(code) {
+        Ok(code) => state
+            .svc()
+            .agency(&code)
+            .await
+            .ok()
+            .flatten()
+            .map(|a| a.county),
+        Err(_) => None,
+    };
+    let in_charge = county
+        .and_then(|c| directory.section_for(&c))
+        .map(|s| s.section);
+    contacts_view(directory, in_charge)
 }
 
 #[derive(Deserialize)]
@@ -333,9 +372,7 @@ async fn review(
             let result = FlowResult::Review {
                 flow_id: id.clone(),
                 application: application.id,
-                switchboard: state.svc().config().contacts.switchboard.clone(),
-                section: section.as_ref().map(|c| c.section.label_zh().to_string()),
-                extension: section.map(|c| c.extension),
+                in_charge: section.map(|c| c.section),
             };
             session.update(|s| s.data_mut().result = Some(result));
             Redirect::to(&format!("/flows/{id}/result")).into_response()
@@ -478,7 +515,13 @@ async fn result(
     let Some(r) = s.data.result.clone().filter(|r| r.flow_id() == id) else {
         return Redirect::to(&format!("/flows/{id}")).into_response();
     };
-    render(&views::result_page(state.layout_for(&s), flow.kind, &r))
+    let contacts = &state.svc().config().contacts;
+    render(&views::result_page(
+        state.layout_for(&s),
+        flow.kind,
+        &r,
+        contacts,
+    ))
 }
 
 pub fn router() -> Router<AppState> {

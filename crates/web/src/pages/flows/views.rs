@@ -16,6 +16,10 @@ pub(crate) struct StepView {
     pub ask_id: bool,
     /// `organization` or `citizen`: which card to insert.
     pub card: &'static str,
+    /// The label of the 機關代號 field (圖3-5 says 公保機關代號).
+    pub code_label: &'static str,
+    /// The label of the PIN field, as the step's figure writes it.
+    pub pin_label: &'static str,
 }
 
 pub(crate) fn kind_title(kind: FlowKind) -> &'static str {
@@ -34,6 +38,9 @@ pub(crate) fn kind_title(kind: FlowKind) -> &'static str {
 
 pub(super) const ORG_INSTR: &str =
     "請插入機關憑證，並輸入機關代號與機關憑證密碼(PIN 碼)，點選確認按鈕。";
+/// 圖3-5 names the code 公保機關代號.
+pub(super) const FIRST_ORG_INSTR: &str =
+    "請插入機關憑證，並輸入公保機關代號與機關憑證密碼(PIN 碼)，點選確認按鈕。";
 pub(super) const NEW_ORG_INSTR: &str =
     "請插入更換後機關憑證，並輸入機關代號與更換後機關憑證密碼(PIN 碼)，點選確認按鈕。";
 pub(super) const ADMIN_INSTR: &str = "請插入授權管理者自然人憑證，並輸入授權管理者身分證統一編號與自然人憑證密碼(PIN 碼)，點選確認按鈕。";
@@ -49,6 +56,12 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
         ask_code: true,
         ask_id: false,
         card: "organization",
+        code_label: "機關代號",
+        pin_label: if step == S::NewOrgCard {
+            "更換後機關憑證密碼(PIN 碼)"
+        } else {
+            "機關憑證密碼(PIN 碼)"
+        },
     };
     let citizen = |figure, title, instructions| StepView {
         figure,
@@ -57,9 +70,14 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
         ask_code: false,
         ask_id: true,
         card: "citizen",
+        code_label: "機關代號",
+        pin_label: "自然人憑證密碼(PIN 碼)",
     };
     match (kind, step) {
-        (K::FirstRegistration, S::OrgCard) => org("圖3-5", "首次註冊－機關憑證確認", ORG_INSTR),
+        (K::FirstRegistration, S::OrgCard) => StepView {
+            code_label: "公保機關代號",
+            ..org("圖3-5", "首次註冊－機關憑證確認", FIRST_ORG_INSTR)
+        },
         (K::FirstRegistration, _) => citizen("圖3-8", "首次註冊－自然人憑證確認", ADMIN_INSTR),
         (K::AdminLogin, S::OrgCard) => org("圖3-12", "授權指派－機關憑證確認", ORG_INSTR),
         (K::AdminLogin, _) => citizen("圖3-13", "授權指派－自然人憑證確認", ADMIN_INSTR),
@@ -88,11 +106,14 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
             NEW_ADMIN_INSTR,
         ),
         (K::QueryOrgOid, _) => org("圖3-40", "查詢機關憑證 OID－機關憑證確認", ORG_INSTR),
-        (K::QueryCitizenSerial, _) => citizen(
-            "圖3-42",
-            "查詢自然人憑證序號－自然人憑證確認",
-            "請插入自然人憑證，並輸入身分證統一編號與自然人憑證 IC 卡密碼(PIN 碼)，點選確認按鈕。",
-        ),
+        (K::QueryCitizenSerial, _) => StepView {
+            pin_label: "自然人憑證 IC 卡密碼(PIN 碼)",
+            ..citizen(
+                "圖3-42",
+                "查詢自然人憑證序號－自然人憑證確認",
+                "請插入自然人憑證，並輸入身分證統一編號與自然人憑證 IC 卡密碼(PIN 碼)，點選確認按鈕。",
+            )
+        },
         (K::OperatorLogin, _) => StepView {
             figure: "",
             title: "經辦人登入",
@@ -100,6 +121,8 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
             ask_code: true,
             ask_id: true,
             card: "citizen",
+            code_label: "機關代號",
+            pin_label: "自然人憑證密碼(PIN 碼)",
         },
         (K::ReviewerLogin, _) => StepView {
             figure: "",
@@ -108,6 +131,8 @@ pub(crate) fn step_view(kind: FlowKind, step: Step) -> StepView {
             ask_code: false,
             ask_id: false,
             card: "citizen",
+            code_label: "機關代號",
+            pin_label: "自然人憑證密碼(PIN 碼)",
         },
     }
 }
@@ -154,6 +179,8 @@ pub(super) struct CardStepPage {
     pub(super) flow_id: String,
     pub(super) view: StepView,
     pub(super) error: Option<String>,
+    /// The numbers to call, beside a refusal for a review application that waits.
+    pub(super) contacts: Option<ContactsView>,
     pub(super) code_error: Option<String>,
     pub(super) id_error: Option<String>,
     pub(super) code_value: String,
@@ -220,6 +247,8 @@ pub(super) struct ContactErrors {
 #[template(path = "result.html")]
 pub(super) struct ResultPage {
     pub(super) layout: Layout,
+    /// The numbers to call about a review application.
+    pub(super) contacts: Option<ContactsView>,
     pub(super) figure: &'static str,
     pub(super) title: String,
     pub(super) ok: bool,
@@ -239,6 +268,32 @@ pub(super) struct StartPage {
     pub(super) layout: Layout,
     pub(super) kind: &'static str,
     pub(super) title: &'static str,
+    /// The function's home page in the manual (圖3-3 首次註冊, 圖3-11 授權指派), if it has one.
+    pub(super) figure: &'static str,
+    /// What the function does and what to have at hand.
+    pub(super) intro: &'static str,
+}
+
+/// The function's home page: its figure and what it asks the user to have ready.
+pub(super) fn start_intro(kind: FlowKind) -> (&'static str, &'static str) {
+    match kind {
+        FlowKind::FirstRegistration => (
+            "圖3-3",
+            "第一次使用本 e 系統之要保機關需先以機關憑證及自然人憑證進行註冊。請備妥機關憑證及授權管理者自然人憑證。",
+        ),
+        FlowKind::AdminLogin => (
+            "圖3-11",
+            "請備妥機關憑證及授權管理者自然人憑證。已辦理憑證註冊之要保機關由授權管理者授權經辦人及設定系統權限（授權管理者 1 人，經辦人不限定人數）。",
+        ),
+        FlowKind::ReplaceOrg | FlowKind::ReplaceBoth => {
+            ("", "請備妥更換後機關憑證及授權管理者自然人憑證。")
+        }
+        FlowKind::ReplaceAdmin => ("", "請備妥機關憑證及更換後授權管理者自然人憑證。"),
+        FlowKind::QueryOrgOid => ("", "請備妥機關憑證。"),
+        FlowKind::QueryCitizenSerial | FlowKind::OperatorLogin | FlowKind::ReviewerLogin => {
+            ("", "請備妥自然人憑證。")
+        }
+    }
 }
 
 pub(super) fn review_page(
@@ -253,7 +308,7 @@ pub(super) fn review_page(
     ReviewPage {
         layout,
         flow_id: flow.id.clone(),
-        title: format!("{}－機關憑證比對不符", kind_title(flow.kind)),
+        title: format!("{}－機關憑證註冊申請人確認", kind_title(flow.kind)),
         org_name: org.map(|o| o.org_name.clone()).unwrap_or_default(),
         org_identifier: org
             .map(|o| o.org_identifier.as_str().to_string())
@@ -354,8 +409,48 @@ pub(super) fn confirm_page(
     }
 }
 
+/// One section's line of the numbers to call (圖3-7).
+pub(super) struct SectionLine {
+    pub(super) label: &'static str,
+    pub(super) extension: String,
+    /// 「宜蘭、基隆、…等地要保機關」.
+    pub(super) counties: String,
+}
+
+/// Who to call about a review application (圖3-7): the switchboard and the section in charge
+/// of the agency's county, or every section with its counties when the county is unknown.
+pub(super) struct ContactsView {
+    pub(super) switchboard: String,
+    pub(super) sections: Vec<SectionLine>,
+}
+
+pub(super) fn contacts_view(
+    directory: &domain::model::ContactDirectory,
+    in_charge: Option<domain::model::Section>,
+) -> ContactsView {
+    let sections = directory
+        .sections
+        .iter()
+        .filter(|s| in_charge.is_none_or(|c| c == s.section))
+        .map(|s| SectionLine {
+            label: s.section.label_zh(),
+            extension: s.extension.clone(),
+            counties: format!("{}等地要保機關", s.counties.join("、")),
+        })
+        .collect();
+    ContactsView {
+        switchboard: directory.switchboard.clone(),
+        sections,
+    }
+}
+
 /// The result page of a finished flow of `kind`.
-pub(super) fn result_page(layout: Layout, kind: FlowKind, r: &FlowResult) -> ResultPage {
+pub(super) fn result_page(
+    layout: Layout,
+    kind: FlowKind,
+    r: &FlowResult,
+    directory: &domain::model::ContactDirectory,
+) -> ResultPage {
     let line = |label: &'static str, value: &str| CertLine {
         label,
         value: value.to_string(),
@@ -376,6 +471,7 @@ pub(super) fn result_page(layout: Layout, kind: FlowKind, r: &FlowResult) -> Res
             if kind == FlowKind::FirstRegistration {
                 ResultPage {
                     layout,
+                    contacts: None,
                     figure: "圖3-10",
                     title: "首次註冊".into(),
                     ok: true,
@@ -387,6 +483,7 @@ pub(super) fn result_page(layout: Layout, kind: FlowKind, r: &FlowResult) -> Res
             } else {
                 ResultPage {
                     layout,
+                    contacts: None,
                     figure: match kind {
                         FlowKind::ReplaceOrg => "圖3-27",
                         FlowKind::ReplaceAdmin => "圖3-32",
@@ -400,19 +497,10 @@ pub(super) fn result_page(layout: Layout, kind: FlowKind, r: &FlowResult) -> Res
                 }
             }
         }
-        FlowResult::Review {
-            switchboard,
-            section,
-            extension,
-            ..
-        } => {
-            let mut msg = "已送出憑證註冊審核申請。送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人。".to_string();
-            msg.push_str(&format!(" 連絡電話：總機 {switchboard}"));
-            if let Some(section) = section.as_deref().filter(|s| !s.is_empty()) {
-                let extension = extension.as_deref().unwrap_or_default();
-                msg.push_str(&format!("，{section} 分機 {extension}"));
-            }
+        FlowResult::Review { in_charge, .. } => {
+            let msg = "已送出憑證註冊審核申請。送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人。".to_string();
             ResultPage {
+                contacts: Some(contacts_view(directory, *in_charge)),
                 layout,
                 figure: "圖3-7",
                 title: format!("{}－機關憑證比對不符", kind_title(kind)),
@@ -422,31 +510,28 @@ pub(super) fn result_page(layout: Layout, kind: FlowKind, r: &FlowResult) -> Res
                 next: None,
             }
         }
+        // 圖3-41: the card's 機關名稱 and 機關憑證 OID, then where it stands.
         FlowResult::OrgOid {
-            agency_name,
             org_name,
             org_identifier,
-            matches,
+            verdict,
             ..
         } => ResultPage {
             layout,
+            contacts: None,
             figure: "圖3-41",
             title: "查詢機關憑證 OID－查詢結果".into(),
             ok: true,
-            message: if *matches {
-                "此機關憑證 OID 與本部資料相符。".into()
-            } else {
-                "此機關憑證 OID 與本部資料不符，辦理註冊時將需審核。".into()
-            },
+            message: verdict.message_zh(),
             lines: vec![
-                line("機關名稱", agency_name),
-                line("憑證機關名稱", org_name),
+                line("機關名稱", org_name),
                 line("機關憑證 OID", org_identifier),
             ],
             next: None,
         },
         FlowResult::CitizenSerial { name, serial, .. } => ResultPage {
             layout,
+            contacts: None,
             figure: "圖3-43",
             title: "查詢自然人憑證序號－查詢結果".into(),
             ok: true,
