@@ -831,3 +831,17 @@ async fn r5_1_operator_home_shows_only_the_granted_functions() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location(&headers), "/flows/new/operator_login");
 }
+
+/// While the administrator is signed in, 授權指派 leads back to 授權經辦人清單 without both
+/// cards again; signed out, it is the flow's home page (圖3-11).
+#[tokio::test]
+async fn admin_login_while_signed_in_goes_back_to_the_list() {
+    let mut app = signed_in().await;
+    let (status, headers, _) = app.get("/flows/new/admin_login").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/admin/operators");
+    app.forget_cookies();
+    let (status, _, html) = app.get("/flows/new/admin_login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("data-figure=\"圖3-11\""), "{html}");
+}
