@@ -226,6 +226,44 @@ async fn figure_numbers_are_never_on_the_visible_page() {
     assert!(door.contains("data-figure=\"圖3-11\""), "{door}");
 }
 
+/// 憑證申請說明 (the manual's sections 二 and 三) is in the menu, and a refusal that means
+/// "another card is needed" links to it; other refusals do not.
+#[tokio::test]
+async fn card_refusals_that_need_another_card_link_the_application_guide() {
+    let mut app = TestApp::default().await;
+    let (status, _, help) = app.get("/help/certificates").await;
+    assert_eq!(status, StatusCode::OK);
+    for want in [
+        "(GCA)",
+        "(XCA)",
+        "(MOEACA)",
+        "(HCA)",
+        "(MOICA)",
+        "0800-080-117",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+    let (_, _, home) = app.get("/").await;
+    assert!(home.contains("href=\"/help/certificates\""), "{home}");
+    let flow = app.start("first_registration").await;
+    app.post_form(&format!("/flows/{flow}/terms"), &[]).await;
+    // A citizen card on the organization card step.
+    let (status, _, html) = app
+        .card_step(&flow, "moica-admin", &[("institution_code", TAIPEI)])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(
+        html.contains("請參閱<a href=\"/help/certificates\">"),
+        "{html}"
+    );
+    // A typo in the code is not a card problem.
+    let (status, _, html) = app
+        .card_step(&flow, "gca-agency", &[("institution_code", "Z9999")])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(!html.contains("請參閱<a href"), "{html}");
+}
+
 /// Each card step's PIN field is labelled as its figure labels it.
 #[tokio::test]
 async fn pin_labels_follow_the_manual() {

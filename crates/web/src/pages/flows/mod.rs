@@ -158,6 +158,7 @@ async fn show(
             view: step_view(flow.kind, flow.step),
             error: None,
             contacts: None,
+            another_card: false,
             code_error: None,
             id_error: None,
             code_value: flow
@@ -309,12 +310,27 @@ async fn card(
         view: step_view(flow.kind, flow.step),
         error: general,
         contacts,
+        another_card: needs_another_card(&e),
         code_error,
         id_error,
         code_value: form.institution_code,
         id_value: form.national_id,
     };
     (error::status_of(&e), render(&page)).into_response()
+}
+
+/// A refusal of the card itself (of the wrong kind, expired or revoked): the user needs
+/// another card, and 憑證申請說明 says where to apply.
+fn needs_another_card(e: &DomainError) -> bool {
+    use pki::ErrorCode as C;
+    matches!(
+        e,
+        DomainError::Pki(p) if matches!(
+            p.code,
+            C::WrongRole | C::CertExpired | C::CertRevoked | C::CertNotYetValid | C::KeyUsage
+                | C::MissingAttribute
+        )
+    )
 }
 
 /// The numbers to call for the agency of `code`: its section, or every section when its

@@ -181,6 +181,8 @@ pub(super) struct CardStepPage {
     pub(super) error: Option<String>,
     /// The numbers to call, beside a refusal for a review application that waits.
     pub(super) contacts: Option<ContactsView>,
+    /// The refusal means the user needs another card: link 憑證申請說明.
+    pub(super) another_card: bool,
     pub(super) code_error: Option<String>,
     pub(super) id_error: Option<String>,
     pub(super) code_value: String,
