@@ -42,6 +42,9 @@ pub struct Settings {
     pub accept_stale_crl: bool,
     /// The version of 用戶約定條款 users agree to.
     pub terms_version: String,
+    /// The insurer's 用戶約定條款 (UTF-8 text, one clause per paragraph); unset: the shipped
+    /// sample, marked 範例 on every terms page.
+    pub terms_file: Option<PathBuf>,
     /// Where the pages' card client finds the local card agent.
     pub agent_url: String,
     /// Reverse proxies (IP addresses) whose X-Forwarded-For names the client.
@@ -81,6 +84,7 @@ impl Default for Settings {
             crl_refresh_minutes: 60,
             accept_stale_crl: false,
             terms_version: "2026-01".into(),
+            terms_file: None,
             agent_url: "http://127.0.0.1:61161".into(),
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Compact,
@@ -97,6 +101,17 @@ fn list(v: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Settings {
+    /// 用戶約定條款: the file the settings name, else the sample (marked 範例).
+    pub fn terms(&self) -> Result<web::Terms> {
+        let Some(path) = &self.terms_file else {
+            return Ok(web::Terms::sample());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the terms file {}", path.display()))?;
+        web::Terms::parse(&text)
+            .with_context(|| format!("the terms file {} holds no clause", path.display()))
+    }
+
     /// Defaults → `file` (if given) → the environment (`CERTREG_DATABASE_URL`, …).
     pub fn load(file: Option<&Path>) -> Result<Self> {
         Self::load_from(file, |k| std::env::var(k).ok())
@@ -120,6 +135,9 @@ impl Settings {
         string("PUBLIC_ORIGIN", &mut s.public_origin);
         string("LISTEN", &mut s.listen);
         string("TERMS_VERSION", &mut s.terms_version);
+        if let Some(v) = env("CERTREG_TERMS_FILE") {
+            s.terms_file = Some(v).filter(|p| !p.trim().is_empty()).map(PathBuf::from);
+        }
         string("AGENT_URL", &mut s.agent_url);
         if let Some(v) = env("CERTREG_TRUSTED_PROXIES") {
             s.trusted_proxies = list(&v)
@@ -276,6 +294,28 @@ impl Settings {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn terms_come_from_the_file_the_settings_name_else_the_sample() {
+        assert!(Settings::default().terms().unwrap().sample);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("terms.txt");
+        std::fs::write(&file, "\u{feff}第一條　甲。\r\n\r\n第二條　乙。\r\n").unwrap();
+        let s = Settings::load_from(None, |k| {
+            (k == "CERTREG_TERMS_FILE").then(|| file.display().to_string())
+        })
+        .unwrap();
+        let terms = s.terms().unwrap();
+        assert_eq!(terms.clauses, ["第一條　甲。", "第二條　乙。"]);
+        assert!(!terms.sample);
+        std::fs::write(&file, "\n\n").unwrap();
+        assert!(format!("{:#}", s.terms().unwrap_err()).contains("no clause"));
+        let missing = Settings {
+            terms_file: Some(dir.path().join("none.txt")),
+            ..Settings::default()
+        };
+        assert!(missing.terms().is_err());
+    }
 
     #[test]
     fn defaults_then_file_then_environment() {

@@ -290,6 +290,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         internal_ops: settings.internal_listen.is_some(),
         token_audiences: settings.token_audiences.clone(),
         operator_token_page: settings.operator_token_page,
+        terms: settings.terms()?,
         ..WebConfig::default()
     };
     let state = AppState::new(svc, web_config);

@@ -52,6 +52,8 @@ pub struct WebConfig {
     /// The audiences (`aud`) a downstream system may ask operator tokens for; a request naming
     /// none gets the first.
     pub token_audiences: Vec<String>,
+    /// The text of 用戶約定條款 the terms pages show (its version is the services').
+    pub terms: Terms,
     /// The operator's page 「取得其他系統用權杖」, which shows a raw token: only for agencies
     /// whose other systems take it (the API's `/api/v1/token` is there either way).
     pub operator_token_page: bool,
@@ -68,6 +70,48 @@ impl Default for WebConfig {
             internal_ops: false,
             token_audiences: vec![DEFAULT_AUDIENCE.to_string()],
             operator_token_page: false,
+            terms: Terms::sample(),
+        }
+    }
+}
+
+/// 用戶約定條款 as the insurer words it: read from the file the settings name; without one,
+/// a sample that every terms page marks 範例.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// One clause per paragraph.
+    pub clauses: Vec<String>,
+    /// The shipped sample, not the insurer's text.
+    pub sample: bool,
+}
+
+impl Terms {
+    /// Clauses are the text's paragraphs (separated by blank lines; a paragraph's lines are
+    /// joined). `None` for a text without any.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text
+            .strip_prefix('\u{feff}')
+            .unwrap_or(text)
+            .replace("\r\n", "\n");
+        let clauses: Vec<String> = text
+            .split("\n\n")
+            .map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(""))
+            .filter(|p| !p.is_empty())
+            .collect();
+        (!clauses.is_empty()).then_some(Self {
+            clauses,
+            sample: false,
+        })
+    }
+
+    /// The sample shipped for the demo and tests, marked 範例 on the page.
+    pub fn sample() -> Self {
+        Self {
+            sample: true,
+            ..Self::parse(include_str!("terms-sample.txt")).unwrap_or(Self {
+                clauses: Vec::new(),
+                sample: true,
+            })
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum FlowResult {
         code: String,
         org_name: String,
         admin_name: String,
+        /// The version of 用戶約定條款 agreed to (首次註冊 and the replacements with terms).
+        #[serde(default)]
+        terms_version: Option<String>,
     },
     /// A review application filed (圖3-7), with the numbers to call.
     Review {

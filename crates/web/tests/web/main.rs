@@ -133,6 +133,10 @@ async fn r1_first_registration_walked_through_the_pages() {
         html.contains("首次註冊成功") && html.contains("圖3-10"),
         "{html}"
     );
+    assert!(
+        html.contains("同意之用戶約定條款版本</dt><dd><span class=\"copy\">2026-01"),
+        "{html}"
+    );
     // Refresh or back + resubmit: shown again, not registered twice.
     let (status, headers, _) = app.post_form(&format!("/flows/{flow}/confirm"), &ok).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -262,6 +266,30 @@ async fn card_refusals_that_need_another_card_link_the_application_guide() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
     assert!(!html.contains("請參閱<a href"), "{html}");
+}
+
+/// 用戶約定條款 are the insurer's text from the settings; the shipped sample says it is one.
+#[tokio::test]
+async fn the_terms_are_the_configured_text_and_the_sample_says_so() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(
+        html.contains("範例") && html.contains("非本部公告"),
+        "{html}"
+    );
+    let terms = web::Terms::parse("第一條　甲。\n\n第二條　乙，\n續行。\n").unwrap();
+    assert_eq!(terms.clauses, ["第一條　甲。", "第二條　乙，續行。"]);
+    let mut app = TestApp::new(web::WebConfig {
+        terms,
+        ..web::WebConfig::default()
+    })
+    .await;
+    let flow = app.start("first_registration").await;
+    let (_, _, html) = app.get(&format!("/flows/{flow}")).await;
+    assert!(html.contains("<li>第二條　乙，續行。</li>"), "{html}");
+    assert!(!html.contains("範例"), "{html}");
+    assert!(web::Terms::parse("\n \n").is_none());
 }
 
 /// Each card step's PIN field is labelled as its figure labels it.

@@ -147,6 +147,7 @@ async fn show(
             figure: terms_figure(flow.kind),
             title: format!("{}－用戶約定條款", kind_title(flow.kind)),
             terms_version: state.svc().config().terms_version.clone(),
+            terms: state.config().terms.clone(),
         }),
         Step::Confirm => render(&confirm_page(layout, &flow, None, None)),
         Step::OrgCard | Step::NewOrgCard if flow.data.mismatch => {
@@ -472,6 +473,7 @@ async fn confirm(
                     code: reg.code.as_str().to_string(),
                     org_name: reg.org.org_name.clone(),
                     admin_name: reg.admin.name.as_str().to_string(),
+                    terms_version: flow.data.terms_version.clone(),
                 })
             });
             Redirect::to(&format!("/flows/{id}/result")).into_response()

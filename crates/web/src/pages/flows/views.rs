@@ -170,6 +170,7 @@ pub(super) struct TermsPage {
     pub(super) figure: &'static str,
     pub(super) title: String,
     pub(super) terms_version: String,
+    pub(super) terms: crate::Terms,
 }
 
 #[derive(Template)]
@@ -462,13 +463,17 @@ pub(super) fn result_page(
             code,
             org_name,
             admin_name,
+            terms_version,
             ..
         } => {
-            let lines = vec![
+            let mut lines = vec![
                 line("機關代號", code),
                 line("機關名稱", org_name),
                 line("授權管理者", admin_name),
             ];
+            if let Some(v) = terms_version {
+                lines.push(line("同意之用戶約定條款版本", v));
+            }
             let next = Some(("/flows/new/admin_login", "授權指派"));
             if kind == FlowKind::FirstRegistration {
                 ResultPage {
