@@ -25,6 +25,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../static/operator-form.js"),
     ),
     (
+        "print.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/print.js"),
+    ),
+    (
         "card-client.js",
         "text/javascript; charset=utf-8",
         include_str!("../../agent/js/card-client.js"),

@@ -53,6 +53,14 @@ pub enum FlowResult {
         /// The version of 用戶約定條款 agreed to (首次註冊 and the replacements with terms).
         #[serde(default)]
         terms_version: Option<String>,
+        /// For the printable receipt: when it was received (unix seconds) and the serials of
+        /// the registered certificates.
+        #[serde(default)]
+        at: i64,
+        #[serde(default)]
+        org_serial: String,
+        #[serde(default)]
+        admin_serial: String,
     },
     /// A review application filed (圖3-7), with the numbers to call.
     Review {

@@ -137,6 +137,30 @@ async fn r1_first_registration_walked_through_the_pages() {
         html.contains("同意之用戶約定條款版本</dt><dd><span class=\"copy\">2026-01"),
         "{html}"
     );
+    // The printable receipt, for the agency's files.
+    assert!(
+        html.contains(&format!("href=\"/flows/{flow}/receipt\"")),
+        "{html}"
+    );
+    let (status, _, receipt) = app.get(&format!("/flows/{flow}/receipt")).await;
+    assert_eq!(status, StatusCode::OK);
+    let org_serial = pki().card("gca-agency").issued.serial_hex();
+    for want in [
+        "首次註冊收據",
+        "收件時間",
+        "2026/06/01 10:00",
+        TAIPEI,
+        "臺北市政府人事處",
+    ] {
+        assert!(receipt.contains(want), "{want}: {receipt}");
+    }
+    assert!(
+        receipt
+            .to_ascii_uppercase()
+            .contains(&org_serial.to_ascii_uppercase()),
+        "{org_serial}: {receipt}"
+    );
+    assert!(receipt.contains("/static/print.js"), "{receipt}");
     // Refresh or back + resubmit: shown again, not registered twice.
     let (status, headers, _) = app.post_form(&format!("/flows/{flow}/confirm"), &ok).await;
     assert_eq!(status, StatusCode::SEE_OTHER);

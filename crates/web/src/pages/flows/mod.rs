@@ -474,6 +474,9 @@ async fn confirm(
                     org_name: reg.org.org_name.clone(),
                     admin_name: reg.admin.name.as_str().to_string(),
                     terms_version: flow.data.terms_version.clone(),
+                    at: reg.updated_at.unix_timestamp(),
+                    org_serial: reg.org.cert.serial.as_str().to_string(),
+                    admin_serial: reg.admin_card.cert.serial.as_str().to_string(),
                 })
             });
             Redirect::to(&format!("/flows/{id}/result")).into_response()
@@ -542,8 +545,46 @@ async fn result(
     ))
 }
 
+/// GET /flows/{id}/receipt: the printable receipt of 首次註冊 or a replacement.
+async fn print_receipt(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    Path(id): Path<String>,
+) -> Response {
+    let s = session.get();
+    let flow = match owned_flow(&state, &id, &s.id).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match s.data.result.clone().filter(|r| r.flow_id() == id) {
+        Some(FlowResult::Registration {
+            code,
+            org_name,
+            terms_version,
+            at,
+            org_serial,
+            admin_serial,
+            ..
+        }) => render(&PrintReceipt {
+            layout: state.layout_for(&s),
+            flow_id: id,
+            title: kind_title(flow.kind),
+            at: time::OffsetDateTime::from_unix_timestamp(at)
+                .map(crate::pages::admin::taipei_time)
+                .unwrap_or_default(),
+            code,
+            org_name,
+            org_serial,
+            admin_serial,
+            terms_version,
+        }),
+        _ => Redirect::to(&format!("/flows/{id}")).into_response(),
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/flows/{id}/receipt", get(print_receipt))
         .route("/flows/new/{kind}", get(start_page).post(start))
         .route("/flows/{id}", get(show))
         .route("/flows/{id}/terms", post(agree))

@@ -252,6 +252,8 @@ pub(super) struct ResultPage {
     pub(super) layout: Layout,
     /// The numbers to call about a review application.
     pub(super) contacts: Option<ContactsView>,
+    /// The printable receipt of a registration or replacement.
+    pub(super) print: Option<String>,
     pub(super) figure: &'static str,
     pub(super) title: String,
     pub(super) ok: bool,
@@ -447,6 +449,20 @@ pub(super) fn contacts_view(
     }
 }
 
+#[derive(Template)]
+#[template(path = "print_receipt.html")]
+pub(super) struct PrintReceipt {
+    pub(super) layout: Layout,
+    pub(super) flow_id: String,
+    pub(super) title: &'static str,
+    pub(super) at: String,
+    pub(super) code: String,
+    pub(super) org_name: String,
+    pub(super) org_serial: String,
+    pub(super) admin_serial: String,
+    pub(super) terms_version: Option<String>,
+}
+
 /// The result page of a finished flow of `kind`.
 pub(super) fn result_page(
     layout: Layout,
@@ -460,12 +476,14 @@ pub(super) fn result_page(
     };
     match r {
         FlowResult::Registration {
+            flow_id,
             code,
             org_name,
             admin_name,
             terms_version,
             ..
         } => {
+            let print = Some(format!("/flows/{flow_id}/receipt"));
             let mut lines = vec![
                 line("機關代號", code),
                 line("機關名稱", org_name),
@@ -479,6 +497,7 @@ pub(super) fn result_page(
                 ResultPage {
                     layout,
                     contacts: None,
+                    print: print.clone(),
                     figure: "圖3-10",
                     title: "首次註冊".into(),
                     ok: true,
@@ -491,6 +510,7 @@ pub(super) fn result_page(
                 ResultPage {
                     layout,
                     contacts: None,
+                    print: print.clone(),
                     figure: match kind {
                         FlowKind::ReplaceOrg => "圖3-27",
                         FlowKind::ReplaceAdmin => "圖3-32",
@@ -508,6 +528,7 @@ pub(super) fn result_page(
             let msg = "已送出憑證註冊審核申請。送出申請後請於次一營業日再重新註冊，如審核不通過，本部會主動聯絡申請人。".to_string();
             ResultPage {
                 contacts: Some(contacts_view(directory, *in_charge)),
+                print: None,
                 layout,
                 figure: "圖3-7",
                 title: format!("{}－機關憑證比對不符", kind_title(kind)),
@@ -526,6 +547,7 @@ pub(super) fn result_page(
         } => ResultPage {
             layout,
             contacts: None,
+            print: None,
             figure: "圖3-41",
             title: "查詢機關憑證 OID－查詢結果".into(),
             ok: true,
@@ -539,6 +561,7 @@ pub(super) fn result_page(
         FlowResult::CitizenSerial { name, serial, .. } => ResultPage {
             layout,
             contacts: None,
+            print: None,
             figure: "圖3-43",
             title: "查詢自然人憑證序號－查詢結果".into(),
             ok: true,
