@@ -3,6 +3,7 @@
 //! the final confirmation, the administrator's operators, the receipts query. Each applies
 //! the rule of its step and persists through one [`Commit`].
 
+mod activity;
 mod backoffice;
 mod card;
 mod confirm;
@@ -12,6 +13,7 @@ mod queries;
 mod reviews;
 mod steps;
 
+pub use activity::{ACTIVITY_ACTIONS, ActivityFilter};
 pub use backoffice::{
     AgencyRecord, DECIDED_LIMIT, ReviewCase, ReviewList, SearchCriteria, SearchResult,
 };

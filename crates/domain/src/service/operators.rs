@@ -112,7 +112,7 @@ pub struct OperatorForm {
 
 impl<S: Store, C: Clock> Services<S, C> {
     /// The grant still holds: same agency, registration not replaced since.
-    async fn check_admin(&self, grant: &AdminGrant) -> Result<Registration> {
+    pub(super) async fn check_admin(&self, grant: &AdminGrant) -> Result<Registration> {
         let registration = self
             .store
             .registration(&grant.code)

@@ -573,8 +573,154 @@ async fn delete(
     }
 }
 
+#[derive(Template)]
+#[template(path = "admin_activity.html")]
+struct ActivityPage {
+    layout: Layout,
+    code: String,
+    from_value: String,
+    to_value: String,
+    from_error: Option<String>,
+    to_error: Option<String>,
+    /// (actor, label, selected)
+    people: Vec<(String, String, bool)>,
+    rows: Vec<ActivityRow>,
+}
+
+struct ActivityRow {
+    at: String,
+    who: String,
+    action: &'static str,
+    serial: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ActivityQuery {
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    who: String,
+}
+
+fn action_zh(action: &str) -> &'static str {
+    match action {
+        "admin.login" => "授權管理者登入",
+        "operator.login" => "經辦人登入",
+        "operator.add" => "新增授權經辦人",
+        "operator.modify" => "修改授權經辦人",
+        "operator.delete" => "刪除授權經辦人",
+        "registration.first_registration" => "首次註冊",
+        "registration.replace_org" => "更換機關憑證",
+        "registration.replace_admin" => "更換授權管理者自然人憑證",
+        "registration.replace_both" => "更換機關憑證和更換授權管理者自然人憑證",
+        _ => "其他",
+    }
+}
+
+/// GET /admin/activity: 登入與異動紀錄 of the agency, by date and person (national IDs masked).
+async fn activity(
+    State(state): State<AppState>,
+    session: SessionHandle,
+    axum::extract::Query(q): axum::extract::Query<ActivityQuery>,
+) -> Response {
+    let (s, g) = match grant(&state, &session) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let operators = match state.svc().operators(&g).await {
+        Ok(o) => o,
+        Err(e) => return refused(&state, &session, &e),
+    };
+    let admin_actor = format!("admin:{}", g.code);
+    let mut people = vec![(admin_actor.clone(), "授權管理者".to_string())];
+    people.extend(operators.iter().map(|o| {
+        (
+            format!("operator:{}", o.serial),
+            format!("經辦人 {}（{}）", o.name.as_str(), o.national_id.masked()),
+        )
+    }));
+    let mut from_error = None;
+    let mut to_error = None;
+    let day = |v: &str, slot: &mut Option<String>| {
+        if v.trim().is_empty() {
+            return None;
+        }
+        let d = super::parse_day(v);
+        if d.is_none() {
+            *slot = Some("日期格式錯誤，請輸入 YYYY-MM-DD".into());
+        }
+        d
+    };
+    let from = day(&q.from, &mut from_error).map(super::start_of);
+    let to = day(&q.to, &mut to_error)
+        .and_then(|d| d.next_day())
+        .map(super::start_of);
+    let actor = people
+        .iter()
+        .find(|(a, _)| *a == q.who)
+        .map(|(a, _)| a.clone());
+    let events = if from_error.is_some() || to_error.is_some() {
+        Vec::new()
+    } else {
+        let filter = domain::service::ActivityFilter { from, to, actor };
+        match state.svc().agency_activity(&g, &filter).await {
+            Ok(e) => e,
+            Err(e) => return refused(&state, &session, &e),
+        }
+    };
+    let who = |actor: &str| {
+        people
+            .iter()
+            .find(|(a, _)| a == actor)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| match actor.strip_prefix("operator:") {
+                Some(serial) => format!("經辦人（憑證序號 {serial}）"),
+                None => "本機關".to_string(),
+            })
+    };
+    let rows = events
+        .iter()
+        .map(|e| ActivityRow {
+            at: taipei_time(e.at),
+            who: who(&e.actor),
+            action: action_zh(&e.action),
+            serial: e
+                .cert
+                .as_deref()
+                .and_then(|c| c.rsplit_once('|'))
+                .map(|(_, serial)| serial.to_string())
+                .or_else(|| e.detail["serial"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+        })
+        .collect();
+    let invalid = from_error.is_some() || to_error.is_some();
+    let page = ActivityPage {
+        layout: state.layout_for(&s),
+        code: g.code.as_str().to_string(),
+        from_value: q.from.clone(),
+        to_value: q.to.clone(),
+        from_error,
+        to_error,
+        people: people
+            .into_iter()
+            .map(|(a, l)| {
+                let selected = a == q.who;
+                (a, l, selected)
+            })
+            .collect(),
+        rows,
+    };
+    if invalid {
+        return (StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response();
+    }
+    render(&page)
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin/activity", get(activity))
         .route(LIST, get(list).post(create))
         .route("/admin/operators/new", get(new_form))
         .route("/admin/operators/{id}", post(modify))

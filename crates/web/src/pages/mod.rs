@@ -81,3 +81,20 @@ pub(crate) async fn logout(
     session.update(|s| s.end());
     axum::response::IntoResponse::into_response(axum::response::Redirect::to("/"))
 }
+
+/// A Taipei calendar date typed as YYYY-MM-DD or YYYY/MM/DD.
+pub(crate) fn parse_day(s: &str) -> Option<time::Date> {
+    let mut parts = s.trim().split(['-', '/']);
+    let y: i32 = parts.next()?.parse().ok()?;
+    let m: u8 = parts.next()?.parse().ok()?;
+    let d: u8 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()
+}
+
+/// The first instant of a Taipei calendar day.
+pub(crate) fn start_of(d: time::Date) -> time::OffsetDateTime {
+    d.midnight().assume_offset(domain::clock::TAIPEI)
+}

@@ -845,3 +845,66 @@ async fn admin_login_while_signed_in_goes_back_to_the_list() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("data-figure=\"圖3-11\""), "{html}");
 }
+
+/// 登入與異動紀錄: the agency's own logins and grant changes, newest first, by person and
+/// date, national IDs masked; another agency's events never appear.
+#[tokio::test]
+async fn the_administrator_sees_the_agencys_logins_and_changes() {
+    let mut app = signed_in().await;
+    add_typed(&mut app, "moica-operator-1", "林志明", &["enroll"]).await;
+    // The operator logs in on a browser of its own.
+    app.forget_cookies();
+    let flow = app.start("operator_login").await;
+    let id = id_of("moica-operator-1");
+    let (status, _, body) = app
+        .card_step(
+            &flow,
+            "moica-operator-1",
+            &[("institution_code", TAIPEI), ("national_id", &id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    app.forget_cookies();
+    admin_login(&mut app, "gca-agency", TAIPEI, "moica-admin").await;
+
+    let (status, _, html) = app.get("/admin/activity").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let actions: Vec<&str> = html
+        .split("<tr><td>")
+        .skip(1)
+        .filter_map(|row| row.split("</td><td>").nth(2))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "授權管理者登入",
+            "經辦人登入",
+            "新增授權經辦人",
+            "授權管理者登入",
+            "首次註冊"
+        ],
+        "newest first: {html}"
+    );
+    assert!(!html.contains(&id), "a full national ID: {html}");
+    assert!(html.contains("林志明（"), "{html}");
+    // One person only.
+    let serial = serial_of("moica-operator-1");
+    let (_, _, html) = app
+        .get(&format!("/admin/activity?who=operator:{serial}"))
+        .await;
+    let body = html.split("<tbody>").nth(1).unwrap_or_default();
+    assert!(
+        body.contains("經辦人登入") && !body.contains("授權管理者登入"),
+        "{html}"
+    );
+    // A day with nothing, and a date that is not one.
+    let (_, _, html) = app.get("/admin/activity?from=2030-01-01").await;
+    assert!(html.contains("查無紀錄"), "{html}");
+    let (status, _, html) = app.get("/admin/activity?to=2026-13-40").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("to-error"), "{html}");
+    // Signed out: not shown.
+    app.forget_cookies();
+    let (status, _, _) = app.get("/admin/activity").await;
+    assert_ne!(status, StatusCode::OK);
+}

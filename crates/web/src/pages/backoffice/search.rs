@@ -5,6 +5,7 @@
 use super::{reviewer, state_label, taipei_date};
 use crate::AppState;
 use crate::error;
+use crate::pages::{parse_day, start_of};
 use crate::render::{Layout, render};
 use crate::security::ClientAddr;
 use crate::session::SessionHandle;
@@ -88,22 +89,6 @@ struct SearchPage {
     agencies: Vec<AgencyHit>,
     audit: Vec<AuditHit>,
     limit: i64,
-}
-
-/// A Taipei calendar date typed as YYYY-MM-DD or YYYY/MM/DD.
-fn parse_day(s: &str) -> Option<time::Date> {
-    let mut parts = s.trim().split(['-', '/']);
-    let y: i32 = parts.next()?.parse().ok()?;
-    let m: u8 = parts.next()?.parse().ok()?;
-    let d: u8 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()
-}
-
-fn start_of(d: time::Date) -> time::OffsetDateTime {
-    d.midnight().assume_offset(domain::clock::TAIPEI)
 }
 
 /// One agency found, as shown (nothing of the national ID).
