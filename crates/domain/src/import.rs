@@ -33,32 +33,18 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
     };
     let text = crate::text::decode_utf8_or_big5(bytes)
         .map_err(|line| vec![err(line, "檔案編碼錯誤，須為 UTF-8 或 Big5")])?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    // Blank lines (the reader skips empty ones; these are the ones holding only spaces) are
-    // not records.
-    let mut records = reader
-        .records()
-        .map(|r| {
-            let line = |p: Option<&csv::Position>| p.map_or(1, |p| p.line() as usize);
-            match r {
-                Ok(record) => (line(record.position()), Ok(record)),
-                Err(e) => (line(e.position()), Err(e)),
-            }
-        })
-        .filter(|(_, r)| {
-            r.as_ref()
-                .map_or(true, |rec| rec.iter().any(|f| !f.is_empty()))
-        });
-    let header = match records.next() {
-        None => return Err(vec![err(1, "檔案是空的")]),
-        Some((_, Err(_))) => None,
-        Some((_, Ok(h))) => Some(h),
+    // Lines are numbered as in a text editor; blank ones hold no record. A record is one line
+    // (a field may not span lines), so a quote left open is refused at its own line and the
+    // lines after it are still read.
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        return Err(vec![err(1, "檔案是空的")]);
     };
-    let header_ok = header.is_some_and(|h| {
+    let header_ok = read_record(header).is_ok_and(|h| {
         let h: Vec<String> = h.iter().map(|f| f.replace(' ', "")).collect();
         HEADERS
             .iter()
@@ -73,23 +59,18 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
     let mut agencies = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
-    for (n, record) in records {
+    for (n, line) in lines {
         if errors.len() >= 100 {
             break;
         }
-        let record = match record {
+        let record = match read_record(line) {
             Ok(r) => r,
-            Err(e) => {
-                errors.push(err(n, &format!("CSV 格式錯誤：{e}")));
+            Err(m) => {
+                errors.push(err(n, &m));
                 continue;
             }
         };
-        // A quote left open swallows the lines after it into one field.
-        if record.iter().any(|f| f.contains(['\n', '\r'])) {
-            errors.push(err(n, "引號未成對（欄位不可跨行）"));
-            continue;
-        }
-        let fields: Vec<&str> = record.iter().collect();
+        let fields: Vec<&str> = record.iter().map(String::as_str).collect();
         if fields.len() != 4 {
             errors.push(err(n, &format!("應有 4 個欄位，實有 {} 個", fields.len())));
             continue;
@@ -135,6 +116,26 @@ pub fn parse_agencies_csv(bytes: &[u8]) -> Result<Vec<Agency>, Vec<LineError>> {
         Ok(agencies)
     } else {
         Err(errors)
+    }
+}
+
+/// The fields of one line, RFC 4180 quoting undone and each field trimmed.
+fn read_record(line: &str) -> Result<Vec<String>, String> {
+    // `lines()` took the line's own terminator off; the one added here is the only one the
+    // reader sees, so a lone '\r' inside the line stays a character of its field as it is.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_reader(std::io::Read::chain(line.as_bytes(), &b"\n"[..]));
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        // An open quote runs to the end of the input and takes the terminator into its field.
+        Ok(_) if record.iter().any(|f| f.contains('\n')) => {
+            Err("引號未成對（欄位不可跨行）".to_string())
+        }
+        Ok(_) => Ok(record.iter().map(|f| f.trim().to_string()).collect()),
+        Err(e) => Err(format!("CSV 格式錯誤：{e}")),
     }
 }
 
@@ -195,5 +196,55 @@ mod tests {
         let csv = "code,name,county,org_identifier\nA0001,甲\"乙,臺北市,\nA0002,丙,臺北市,\n";
         let a = parse_agencies_csv(csv.as_bytes()).unwrap();
         assert_eq!((a[0].name.as_str(), a.len()), ("甲\"乙", 2));
+    }
+
+    #[test]
+    fn big5_quoted_field_with_a_backslash_trail_byte() {
+        // 許 is 0xB3 0x5C in Big5: its trail byte is '\\', which must stay a part of the name.
+        let csv = "code,name,county,org_identifier\r\nA0001,\"許厝國小,分校\",雲林縣,\r\n";
+        let (big5, _, unmappable) = encoding_rs::BIG5.encode(csv);
+        assert!(!unmappable);
+        assert!(big5.windows(2).any(|w| w == [0xB3, 0x5C]));
+        let a = parse_agencies_csv(&big5).unwrap();
+        assert_eq!(
+            (a[0].name.as_str(), a[0].county.as_str()),
+            ("許厝國小,分校", "雲林縣")
+        );
+    }
+
+    #[test]
+    fn error_lines_count_blank_lines_and_crlf() {
+        for nl in ["\n", "\r\n"] {
+            let csv = [
+                "",
+                "code,name,county,org_identifier",
+                "A0001,甲,臺北市,",
+                "",
+                "   ",
+                "A0002,\"乙,臺北市,",
+                "",
+                ",,,",
+                "\"\"",
+                "A0003,丙,臺北市,",
+                "bad!,丁,臺北市,",
+                "",
+            ]
+            .join(nl);
+            let errors = parse_agencies_csv(csv.as_bytes()).unwrap_err();
+            let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+            assert_eq!(lines, vec![6, 8, 9, 11], "{nl:?} {errors:?}");
+            assert!(errors[0].message_zh.contains("引號"), "{errors:?}");
+            assert!(errors[2].message_zh.contains("實有 1 個"), "{errors:?}");
+        }
+    }
+
+    #[test]
+    fn at_most_100_errors() {
+        let mut csv = String::from("code,name,county,org_identifier\n");
+        for _ in 0..150 {
+            csv.push_str("bad!,甲,臺北市,\n");
+        }
+        let errors = parse_agencies_csv(csv.as_bytes()).unwrap_err();
+        assert_eq!((errors.len(), errors[99].line), (100, 101));
     }
 }

@@ -50,17 +50,13 @@ pub enum Backend {
 /// compiled once per backend against concrete types.
 macro_rules! dispatch {
     ($db:expr, $ops:ident, $pool:ident => $body:expr) => {
-        dispatch!($db, ops as $ops, $pool => $body)
-    };
-    // Another module of queries compiled per backend (`signing_ops`, `notices_ops`).
-    ($db:expr, $module:ident as $ops:ident, $pool:ident => $body:expr) => {
         match &$db.pool {
             crate::Pool::Sqlite($pool) => {
-                use crate::sqlite::$module as $ops;
+                use crate::sqlite::ops as $ops;
                 $body
             }
             crate::Pool::Pg($pool) => {
-                use crate::pg::$module as $ops;
+                use crate::pg::ops as $ops;
                 $body
             }
         }

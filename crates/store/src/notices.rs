@@ -12,12 +12,12 @@ impl Db {
     /// deleted.
     pub async fn notice_claim(&self, day: Date, keys: &[String]) -> Result<Vec<bool>> {
         let day = day.to_string();
-        dispatch!(self, notices_ops as ops, p => ops::notice_claim(p, &day, keys).await)
+        dispatch!(self, ops, p => ops::notice_claim(p, &day, keys).await)
     }
 
     /// Gives back claims whose mail could not be sent, so that the next walk tries again.
     pub async fn notice_release(&self, day: Date, keys: &[String]) -> Result<()> {
         let day = day.to_string();
-        dispatch!(self, notices_ops as ops, p => ops::notice_release(p, &day, keys).await)
+        dispatch!(self, ops, p => ops::notice_release(p, &day, keys).await)
     }
 }

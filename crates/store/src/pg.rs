@@ -14,14 +14,6 @@ pub(crate) type DB = sqlx::Postgres;
 #[path = "ops/mod.rs"]
 pub(crate) mod ops;
 
-#[allow(clippy::duplicate_mod)]
-#[path = "signing_ops.rs"]
-pub(crate) mod signing_ops;
-
-#[allow(clippy::duplicate_mod)]
-#[path = "notices_ops.rs"]
-pub(crate) mod notices_ops;
-
 /// Just the pool: the shared queries take a handle on both backends, and only SQLite's carries
 /// a writer queue.
 #[derive(Clone)]

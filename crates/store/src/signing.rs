@@ -17,12 +17,12 @@ pub use domain::store::SigningKeyRecord;
 impl Db {
     /// The keys still published at `now`, newest first (the current one, if any, first).
     pub async fn signing_keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRecord>> {
-        dispatch!(self, signing_ops as ops, p => ops::signing_keys(p, &self.secrets, now).await)
+        dispatch!(self, ops, p => ops::signing_keys(p, &self.secrets, now).await)
     }
 
     /// Stores `key` as the current key unless there already is one; whether it was stored.
     pub async fn signing_key_add_first(&self, key: &SigningKeyRecord) -> Result<bool> {
-        write_dispatch!(self, signing_ops as ops, p => ops::signing_key_add_first(p, &self.secrets, key).await)
+        write_dispatch!(self, ops, p => ops::signing_key_add_first(p, &self.secrets, key).await)
     }
 
     /// Makes `key` the current key: the current one is retired at `key.created_at` and stays
@@ -32,17 +32,17 @@ impl Db {
         key: &SigningKeyRecord,
         publish_until: OffsetDateTime,
     ) -> Result<()> {
-        write_dispatch!(self, signing_ops as ops, p => ops::signing_key_rotate(p, &self.secrets, key, publish_until).await)
+        write_dispatch!(self, ops, p => ops::signing_key_rotate(p, &self.secrets, key, publish_until).await)
     }
 
     /// Records that the token handle `sid` names the session `session_id` (the record goes
     /// when the session is deleted).
     pub async fn token_session_put(&self, sid: &str, session_id: &str) -> Result<()> {
-        write_dispatch!(self, signing_ops as ops, p => ops::token_session_put(p, sid, session_id).await)
+        write_dispatch!(self, ops, p => ops::token_session_put(p, sid, session_id).await)
     }
 
     /// The session a token handle names, if that session is still on file.
     pub async fn token_session(&self, sid: &str) -> Result<Option<String>> {
-        dispatch!(self, signing_ops as ops, p => ops::token_session(p, sid).await)
+        dispatch!(self, ops, p => ops::token_session(p, sid).await)
     }
 }

@@ -18,14 +18,6 @@ pub(crate) type DB = sqlx::Sqlite;
 #[path = "ops/mod.rs"]
 pub(crate) mod ops;
 
-#[allow(clippy::duplicate_mod)]
-#[path = "signing_ops.rs"]
-pub(crate) mod signing_ops;
-
-#[allow(clippy::duplicate_mod)]
-#[path = "notices_ops.rs"]
-pub(crate) mod notices_ops;
-
 /// How long a writer waits for another process's write transaction before giving up. Writers
 /// of this process never get here: they wait in [`Handle`]'s queue instead.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);

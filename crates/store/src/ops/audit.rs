@@ -1,4 +1,5 @@
-//! The audit log: appends, the keyed chain's seal and head, its verification, and the back office's search.
+//! The audit log: appends, the keyed chain's seal and head, its verification, and the back
+//! office's search.
 
 use super::*;
 
@@ -6,6 +7,40 @@ pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEven
     let mut tx = begin_write(pool).await.map_err(db)?;
     append(&mut tx, e, &ChainKey::new(secrets)).await?;
     tx.commit().await.map_err(db)
+}
+
+/// Appends `e` to the log inside `tx`, chained to the head and keyed with `key`.
+pub(super) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
+    // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(row.seq)
+    .bind(row.at)
+    .bind(row.actor)
+    .bind(row.code)
+    .bind(row.cert)
+    .bind(row.client)
+    .bind(row.action)
+    .bind(row.outcome)
+    .bind(row.detail)
+    .bind(row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(row.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 /// Seals a chain that ends in unkeyed (version 1) rows with a keyed row naming its head;

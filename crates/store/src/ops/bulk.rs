@@ -4,7 +4,7 @@ use super::*;
 
 /// Rows per transaction of a bulk load: big enough that commits are not the cost, small enough
 /// that one transaction does not hold the SQLite write lock for long.
-pub(crate) const BULK_ROWS_PER_TX: usize = 50_000;
+const BULK_ROWS_PER_TX: usize = 50_000;
 
 pub(crate) async fn bulk_load_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
     // 4 binds per row.
@@ -112,9 +112,9 @@ pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> R
     .await
 }
 
-pub(crate) type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
+type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
 
-pub(crate) fn push_cert(b: &mut Separated<'_>, c: CertCols) {
+fn push_cert(b: &mut Separated<'_>, c: CertCols) {
     b.push_bind(c.issuer)
         .push_bind(c.serial)
         .push_bind(c.subject)
@@ -125,7 +125,7 @@ pub(crate) fn push_cert(b: &mut Separated<'_>, c: CertCols) {
 
 /// Inserts `items` with multi-row INSERTs of `per_insert` rows that `build` writes, committing
 /// every [`BULK_ROWS_PER_TX`] rows. Constraint violations map as everywhere else.
-pub(crate) async fn bulk<T>(
+async fn bulk<T>(
     pool: &Handle,
     items: &[T],
     per_insert: usize,

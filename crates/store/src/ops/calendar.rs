@@ -19,7 +19,7 @@ pub(crate) async fn calendar_days(pool: &Pool<DB>) -> Result<Vec<CalendarDay>> {
 }
 
 /// Rows per multi-row INSERT: well under SQLite's 32766 bound variables for every table here.
-pub(crate) const CALENDAR_ROWS_PER_INSERT: usize = 1000;
+const CALENDAR_ROWS_PER_INSERT: usize = 1000;
 
 pub(crate) async fn import_calendar(pool: &Handle, days: &[CalendarDay]) -> Result<()> {
     let years = check_days(days)

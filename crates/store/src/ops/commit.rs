@@ -1,8 +1,9 @@
-//! The transaction of a commit: everything one state change of the services writes, all of it or none.
+//! The transaction of a commit: everything one state change of the services writes, all of it
+//! or none.
 
 use super::*;
 
-pub(crate) const INSERT_REGISTRATION: &str = "INSERT INTO registrations (code, \
+pub(super) const INSERT_REGISTRATION: &str = "INSERT INTO registrations (code, \
     org_issuer, org_serial, org_subject, org_sha256, org_not_before, org_not_after, \
     org_identifier, org_name, \
     admin_issuer, admin_serial, admin_subject, admin_sha256, admin_not_before, admin_not_after, \
@@ -13,7 +14,7 @@ pub(crate) const INSERT_REGISTRATION: &str = "INSERT INTO registrations (code, \
     $27, $28, $29)";
 
 // Same placeholders as the INSERT; $30 is the version the caller read.
-pub(crate) const REPLACE_REGISTRATION: &str = "UPDATE registrations SET \
+const REPLACE_REGISTRATION: &str = "UPDATE registrations SET \
     org_issuer = $2, org_serial = $3, org_subject = $4, org_sha256 = $5, org_not_before = $6, \
     org_not_after = $7, org_identifier = $8, org_name = $9, \
     admin_issuer = $10, admin_serial = $11, admin_subject = $12, admin_sha256 = $13, \
@@ -23,7 +24,7 @@ pub(crate) const REPLACE_REGISTRATION: &str = "UPDATE registrations SET \
     contact_mobile = $24, contact_unit = $25, contact_title = $26, registered_at = $27, \
     updated_at = $28, version = $29 WHERE code = $1 AND version = $30";
 
-pub(crate) fn bind_registration(q: Query<'_>, r: RegistrationRow) -> Query<'_> {
+fn bind_registration(q: Query<'_>, r: RegistrationRow) -> Query<'_> {
     let q = bind_cert(q.bind(r.code), r.org)
         .bind(r.org_identifier)
         .bind(r.org_name);
@@ -46,7 +47,7 @@ pub(crate) fn bind_registration(q: Query<'_>, r: RegistrationRow) -> Query<'_> {
 
 /// A commit with everything encrypted and converted before the transaction starts, so the
 /// write lock is held only for the statements.
-pub(crate) struct Prepared {
+struct Prepared {
     flow: Option<FlowRow>,
     registration: Option<(RegistrationRow, Option<i64>)>,
     history: Vec<ReplacedCert>,
@@ -58,7 +59,7 @@ pub(crate) struct Prepared {
     registration_guard: Option<(InstitutionCode, i64)>,
 }
 
-pub(crate) enum PreparedOperator {
+enum PreparedOperator {
     Insert(OperatorRow),
     Update {
         id: i64,
@@ -167,7 +168,7 @@ pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Resul
     }
 }
 
-pub(crate) async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
+async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     let mut done = Committed::default();
 
     // The flow first: a double submit of one step stops here, before touching anything else.
@@ -438,7 +439,7 @@ pub(crate) async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Co
     Ok(done)
 }
 
-pub(crate) async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
+async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
     let found = sqlx::query("SELECT id FROM operators WHERE id = $1 AND code = $2")
         .bind(id)
         .bind(code)
@@ -449,37 +450,4 @@ pub(crate) async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> Dom
         Ok(None) => DomainError::OperatorNotFound,
         Err(e) => db(e),
     }
-}
-
-pub(crate) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
-    // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db)?;
-    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
-         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(row.seq)
-    .bind(row.at)
-    .bind(row.actor)
-    .bind(row.code)
-    .bind(row.cert)
-    .bind(row.client)
-    .bind(row.action)
-    .bind(row.outcome)
-    .bind(row.detail)
-    .bind(row.prev_hash)
-    .bind(&row.hash)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(row.hash)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Every query and the transaction of a commit, one file per table, written once and compiled
 //! once per backend: `sqlite.rs` and `pg.rs` both include this directory as their `ops`
-//! module, and it runs against their `DB`. One SQL text with `$n` placeholders serves both; the code stays concrete (no
-//! `sqlx::Any`, no generic bounds).
+//! module, and it runs against their `DB`. One SQL text with `$n` placeholders serves both;
+//! the code stays concrete (no `sqlx::Any`, no generic bounds).
 //!
 //! Every write waits for its backend's turn first (`begin_write` for a transaction, `write_turn`
 //! around a single statement): on SQLite a lone statement that skipped the queue would sleep in
@@ -85,6 +85,7 @@ mod bulk;
 mod calendar;
 mod commit;
 mod flows;
+mod notices;
 mod operators;
 mod rebind;
 mod receipts;
@@ -92,6 +93,7 @@ mod registrations;
 mod reviewers;
 mod reviews;
 mod sessions;
+mod signing;
 
 pub(crate) use agencies::*;
 pub(crate) use audit::*;
@@ -99,6 +101,7 @@ pub(crate) use bulk::*;
 pub(crate) use calendar::*;
 pub(crate) use commit::*;
 pub(crate) use flows::*;
+pub(crate) use notices::*;
 pub(crate) use operators::*;
 pub(crate) use rebind::*;
 pub(crate) use receipts::*;
@@ -106,3 +109,4 @@ pub(crate) use registrations::*;
 pub(crate) use reviewers::*;
 pub(crate) use reviews::*;
 pub(crate) use sessions::*;
+pub(crate) use signing::*;

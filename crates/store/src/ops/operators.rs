@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(crate) fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
+fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
     Ok(Operator {
         id: int(r, "id")?,
         code: crate::codec::code(s(r, "code")?)?,
@@ -29,7 +29,7 @@ pub(crate) fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
     })
 }
 
-pub(crate) const OPERATOR_COLUMNS: &str = "id, code, serial, name, national_id_enc, functions, updated_at, version, cert_issuer, \
+const OPERATOR_COLUMNS: &str = "id, code, serial, name, national_id_enc, functions, updated_at, version, cert_issuer, \
      cert_not_after";
 
 pub(crate) async fn operators(

@@ -1,17 +1,18 @@
-//! Encrypted values bound to their rows: the one-time re-encryption of values sealed for their column only.
+//! Encrypted values bound to their rows: the one-time re-encryption of values sealed for their
+//! column only.
 
 use super::*;
 
 /// One encrypted column to bind to its rows: `select` yields `key` (what `update` names the
 /// row by, as `$1`), `bound` (the row part of the associated data) and `value`.
-pub(crate) struct SealedColumn {
+struct SealedColumn {
     column: &'static str,
     select: &'static str,
     update: &'static str,
     int_key: bool,
 }
 
-pub(crate) const SEALED_COLUMNS: [SealedColumn; 4] = [
+const SEALED_COLUMNS: [SealedColumn; 4] = [
     SealedColumn {
         column: ENC_ADMIN_ID,
         select: "SELECT code AS key, code AS bound, admin_id_enc AS value FROM registrations",
@@ -83,12 +84,7 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
 /// already bound to its row (written since), and for one that opens under neither (left as
 /// it is and logged: it was unreadable before and stays so, and one bad row must not keep
 /// every instance from starting).
-pub(crate) fn rebind(
-    secrets: &Secrets,
-    column: &str,
-    row: &str,
-    stored: &str,
-) -> Result<Option<String>> {
+fn rebind(secrets: &Secrets, column: &str, row: &str, stored: &str) -> Result<Option<String>> {
     if secrets.decrypt(row, stored).is_ok() {
         return Ok(None);
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(crate) const REGISTRATION_COLUMNS: &str = "code, \
+const REGISTRATION_COLUMNS: &str = "code, \
     org_issuer, org_serial, org_subject, org_sha256, org_not_before, org_not_after, \
     org_identifier, org_name, \
     admin_issuer, admin_serial, admin_subject, admin_sha256, admin_not_before, admin_not_after, \

@@ -2,11 +2,11 @@
 
 use super::*;
 
-pub(crate) const REVIEW_COLUMNS: &str = "id, code, org_issuer, org_serial, org_subject, org_sha256, \
+const REVIEW_COLUMNS: &str = "id, code, org_issuer, org_serial, org_subject, org_sha256, \
     org_not_before, org_not_after, org_identifier, org_name, on_file, applicant_name, \
     applicant_phone, filed_at, state, decided_at, effective, reviewer, note";
 
-pub(crate) fn review_row(r: &DbRow) -> Result<ReviewApplication> {
+fn review_row(r: &DbRow) -> Result<ReviewApplication> {
     let state = DecisionCols {
         state: review_state_name(&s(r, "state")?)?,
         decided_at: col(r, "decided_at")?,
@@ -32,7 +32,7 @@ pub(crate) fn review_row(r: &DbRow) -> Result<ReviewApplication> {
 }
 
 /// `filter` adds the WHERE and ORDER BY clauses; the builder numbers their binds.
-pub(crate) async fn select_reviews(
+async fn select_reviews(
     pool: &Pool<DB>,
     filter: impl FnOnce(&mut sqlx::QueryBuilder<DB>),
 ) -> Result<Vec<ReviewApplication>> {

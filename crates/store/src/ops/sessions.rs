@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(crate) fn session_aad(id: &str) -> String {
+fn session_aad(id: &str) -> String {
     format!("{ENC_SESSION_DATA}|{id}")
 }
 
@@ -112,10 +112,7 @@ pub(crate) async fn session_get(
     row.map(|r| session_of_row(secrets, &r)).transpose()
 }
 
-pub(crate) fn session_of_row(
-    secrets: &Secrets,
-    r: &<DB as sqlx::Database>::Row,
-) -> Result<SessionRecord> {
+fn session_of_row(secrets: &Secrets, r: &<DB as sqlx::Database>::Row) -> Result<SessionRecord> {
     let id = s(r, "id")?;
     let plain = secrets
         .decrypt(&session_aad(&id), &s(r, "data_enc")?)

@@ -1,20 +1,9 @@
-//! The queries of the token signing keys and token session handles (`signing.rs`), compiled
-//! once per backend like `ops.rs`.
+//! The token signing keys and the token session handles (`crate::signing`).
 
-use super::{DB, Handle, begin_write, serialize, write_turn};
-use crate::codec::{encrypt, from_ts, row_aad, ts};
-use crate::error::map_db_error;
-use crate::secrets::Secrets;
+use super::*;
 use crate::signing::{ENC_SIGNING_KEY, SigningKeyRecord};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
-use domain::{DomainError, Result};
-use sqlx::{Pool, Row};
-use time::OffsetDateTime;
-
-fn db(e: sqlx::Error) -> DomainError {
-    map_db_error(e, None)
-}
 
 fn bad(what: &str) -> DomainError {
     DomainError::Storage(format!("stored signing key is unreadable: {what}"))

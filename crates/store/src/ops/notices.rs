@@ -1,13 +1,6 @@
-//! The queries of the once-a-day notice claims (`notices.rs`), compiled once per backend like
-//! `ops.rs`.
+//! The once-a-day notice claims (`crate::notices`).
 
-use super::{Handle, begin_write};
-use crate::error::map_db_error;
-use domain::{DomainError, Result};
-
-fn db(e: sqlx::Error) -> DomainError {
-    map_db_error(e, None)
-}
+use super::*;
 
 pub(crate) async fn notice_claim(pool: &Handle, day: &str, keys: &[String]) -> Result<Vec<bool>> {
     let mut tx = begin_write(pool).await.map_err(db)?;
