@@ -64,6 +64,12 @@ pub enum DomainError {
     /// answers both alike.
     #[error("review application not found")]
     ReviewNotFound,
+    /// The operator's grant ended on its validity period's last day.
+    #[error("the operator's grant ended on {until}")]
+    GrantExpired { until: String },
+    /// The operator's grant starts on a later day.
+    #[error("the operator's grant starts on {from}")]
+    GrantNotYetValid { from: String },
     /// The citizen card is not an active back-office reviewer's (R6.1).
     #[error("not a back-office reviewer")]
     NotReviewer,
@@ -136,6 +142,8 @@ impl DomainError {
             Self::NotOperator => "not_operator",
             Self::OperatorSerialChanged => "operator_serial_changed",
             Self::ReviewNotFound => "review_not_found",
+            Self::GrantExpired { .. } => "grant_expired",
+            Self::GrantNotYetValid { .. } => "grant_not_yet_valid",
             Self::NotReviewer => "not_reviewer",
             Self::FlowExpired => "flow_expired",
             Self::FlowNotFound => "flow_not_found",
@@ -183,6 +191,14 @@ impl DomainError {
             Self::NotOperator => "您未被授權為本機關之經辦人；如您的自然人憑證已更換或展期，請洽授權管理者修改憑證序號".into(),
             Self::OperatorSerialChanged => "憑證序號已變更，請洽授權管理者修改".into(),
             Self::ReviewNotFound => "查無此申請案件".into(),
+            Self::GrantExpired { until } => format!(
+                "您的經辦人授權期間已於 {} 屆滿，請洽授權管理者",
+                until.replace('-', "/")
+            ),
+            Self::GrantNotYetValid { from } => format!(
+                "您的經辦人授權自 {} 起生效，請於生效日後再登入",
+                from.replace('-', "/")
+            ),
             Self::NotReviewer => "此自然人憑證未建立本部審核人員帳號".into(),
             Self::FlowExpired => "作業已逾時（閒置超過 15 分鐘），請重新操作".into(),
             Self::FlowNotFound | Self::WrongStep => "作業步驟錯誤，請由首頁重新操作".into(),

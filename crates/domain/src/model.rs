@@ -127,6 +127,9 @@ pub struct Operator {
     /// The certificate's issuer and notAfter, known only when it was read from the card (not
     /// when its serial was typed).
     pub cert: Option<OperatorCert>,
+    /// The grant's validity period, if the administrator set one.
+    #[serde(default)]
+    pub validity: Validity,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// Optimistic concurrency: an update names the version it read.
@@ -151,6 +154,31 @@ pub struct OperatorInput {
     /// Set when the certificate was read; `None` for a typed serial (an update with the same
     /// serial then keeps what is on file).
     pub cert: Option<OperatorCert>,
+    pub validity: Validity,
+}
+
+/// A grant's validity period (從/至): Taipei calendar dates, both inclusive; either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    pub from: Option<time::Date>,
+    pub until: Option<time::Date>,
+}
+
+impl Validity {
+    /// Whether the grant holds on `today` (Taipei): `Ok`, or the refusal that says why not.
+    pub fn check(&self, today: time::Date) -> crate::error::Result<()> {
+        if let Some(from) = self.from.filter(|f| today < *f) {
+            return Err(crate::error::DomainError::GrantNotYetValid {
+                from: from.to_string(),
+            });
+        }
+        if let Some(until) = self.until.filter(|u| today > *u) {
+            return Err(crate::error::DomainError::GrantExpired {
+                until: until.to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// State of a review application (憑證註冊審核申請).

@@ -215,6 +215,31 @@ pub fn cert_serial(field: Field, s: &str) -> Result<CertSerial> {
     CertSerial::parse(s).map_err(|e| DomainError::invalid(field, e.to_string(), e.message_zh()))
 }
 
+/// A calendar date typed as YYYY-MM-DD or YYYY/MM/DD; empty: `None`.
+pub fn optional_date(field: Field, label_zh: &str, s: &str) -> Result<Option<time::Date>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let parsed = (|| {
+        let mut parts = s.split(['-', '/']);
+        let y: i32 = parts.next()?.parse().ok()?;
+        let m: u8 = parts.next()?.parse().ok()?;
+        let d: u8 = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !(1900..=9999).contains(&y) {
+            return None;
+        }
+        time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()
+    })();
+    parsed.map(Some).ok_or_else(|| {
+        DomainError::invalid(
+            field,
+            format!("not a date: {s:?}"),
+            format!("{label_zh}格式錯誤，請輸入 YYYY-MM-DD"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,6 +140,7 @@ fn operator(agency: usize, j: usize) -> (InstitutionCode, OperatorInput) {
             national_id: national_id('B', n),
             functions: vec!["enroll".into(), "query".into()],
             cert: None,
+            validity: Default::default(),
         },
     )
 }

@@ -225,6 +225,8 @@ pub(crate) struct OperatorRow {
     pub updated_at: i64,
     pub cert_issuer: Option<String>,
     pub cert_not_after: Option<i64>,
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
 }
 
 impl OperatorRow {
@@ -248,6 +250,8 @@ impl OperatorRow {
             updated_at: ts(at),
             cert_issuer: i.cert.as_ref().map(|c| c.issuer.clone()),
             cert_not_after: i.cert.as_ref().map(|c| ts(c.not_after)),
+            valid_from: i.validity.from.map(date_text),
+            valid_until: i.validity.until.map(date_text),
         })
     }
 }

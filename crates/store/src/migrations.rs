@@ -80,6 +80,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0009_row_bound_values.sql"),
         postgres: include_str!("../migrations/postgres/0009_row_bound_values.sql"),
     },
+    MigrationPair {
+        version: 10,
+        file_name: "0010_operator_validity.sql",
+        description: "operator validity",
+        sqlite: include_str!("../migrations/sqlite/0010_operator_validity.sql"),
+        postgres: include_str!("../migrations/postgres/0010_operator_validity.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -604,6 +604,7 @@ async fn seed(db: &store::Db, pki: &TestPki) {
                     .expect("ID"),
                 functions: vec!["query".into()],
                 cert: None,
+                validity: Default::default(),
             },
         )],
         NOW - Duration::days(1),

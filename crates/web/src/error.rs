@@ -35,6 +35,8 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | E::NotOperator
         | E::OperatorSerialChanged
         | E::NotReviewer
+        | E::GrantExpired { .. }
+        | E::GrantNotYetValid { .. }
         | E::Forbidden => StatusCode::FORBIDDEN,
         E::FlowExpired | E::ChallengeUsed => StatusCode::GONE,
         E::TooManyFlows => StatusCode::TOO_MANY_REQUESTS,

@@ -108,6 +108,27 @@ pub struct OperatorForm {
     pub name: String,
     pub national_id: String,
     pub functions: Vec<String>,
+    /// 授權期間 從 / 至 (YYYY-MM-DD or YYYY/MM/DD; empty: open).
+    pub valid_from: String,
+    pub valid_until: String,
+}
+
+impl OperatorForm {
+    /// The validity period typed, both ends optional; 至 not before 從.
+    pub fn validity(&self) -> Result<Validity> {
+        let from = optional_date("valid_from", "授權期間起日", &self.valid_from)?;
+        let until = optional_date("valid_until", "授權期間迄日", &self.valid_until)?;
+        if let (Some(f), Some(u)) = (from, until)
+            && u < f
+        {
+            return Err(DomainError::invalid(
+                "valid_until",
+                "until before from",
+                "授權期間迄日不可早於起日",
+            ));
+        }
+        Ok(Validity { from, until })
+    }
 }
 
 impl<S: Store, C: Clock> Services<S, C> {
@@ -144,11 +165,12 @@ impl<S: Store, C: Clock> Services<S, C> {
         {
             return Ok(None);
         }
+        let today = self.clock.today();
         Ok(self
             .store
             .operator(&grant.code, grant.operator_id)
             .await?
-            .filter(|o| o.serial == grant.serial))
+            .filter(|o| o.serial == grant.serial && o.validity.check(today).is_ok()))
     }
 
     /// R2.3
@@ -205,6 +227,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             national_id,
             functions,
             cert: read,
+            validity: form.validity()?,
         })
     }
 

@@ -360,6 +360,8 @@ impl<S: Store, C: Clock> Services<S, C> {
                 });
             }
         };
+        // A grant with a validity period logs in only within it.
+        op.validity.check(self.clock.today())?;
         let now = self.clock.now();
         flow.advance(now);
         let audit = AuditEvent::new(

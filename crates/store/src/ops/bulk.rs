@@ -70,7 +70,7 @@ pub(crate) async fn bulk_load_operators(
     operators: &[(InstitutionCode, OperatorInput)],
     at: OffsetDateTime,
 ) -> Result<u64> {
-    // 9 binds per row.
+    // 11 binds per row.
     bulk(pool, operators, 3_000, |q, rows| {
         let rows = rows
             .iter()
@@ -78,7 +78,8 @@ pub(crate) async fn bulk_load_operators(
             .collect::<Result<Vec<_>>>()?;
         q.push(
             "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
-             functions, updated_at, cert_issuer, cert_not_after, version) ",
+             functions, updated_at, cert_issuer, cert_not_after, valid_from, valid_until, \
+             version) ",
         );
         q.push_values(rows, |mut b, o| {
             b.push_bind(o.code)
@@ -90,6 +91,8 @@ pub(crate) async fn bulk_load_operators(
                 .push_bind(o.updated_at)
                 .push_bind(o.cert_issuer)
                 .push_bind(o.cert_not_after)
+                .push_bind(o.valid_from)
+                .push_bind(o.valid_until)
                 .push_unseparated(", 1");
         });
         Ok(())

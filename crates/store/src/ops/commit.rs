@@ -249,8 +249,9 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
         Some(PreparedOperator::Insert(o)) => {
             let row = sqlx::query(
                 "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
-                 functions, updated_at, version, cert_issuer, cert_not_after) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) RETURNING id",
+                 functions, updated_at, version, cert_issuer, cert_not_after, valid_from, \
+                 valid_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11) RETURNING id",
             )
             .bind(o.code)
             .bind(o.serial)
@@ -261,6 +262,8 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             .bind(o.updated_at)
             .bind(o.cert_issuer)
             .bind(o.cert_not_after)
+            .bind(o.valid_from)
+            .bind(o.valid_until)
             .fetch_one(&mut **tx)
             .await
             .map_err(fk("operators_code_fkey"))?;
@@ -279,7 +282,8 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
                  cert_issuer = CASE WHEN $10 THEN $11 WHEN serial = $3 THEN cert_issuer END, \
                  cert_not_after = CASE WHEN $10 THEN $12 WHEN serial = $3 THEN cert_not_after END, \
                  serial = $3, name = $4, national_id_enc = $5, \
-                 national_id_hash = $6, functions = $7, updated_at = $8, version = version + 1 \
+                 national_id_hash = $6, functions = $7, updated_at = $8, valid_from = $13, \
+                 valid_until = $14, version = version + 1 \
                  WHERE id = $1 AND code = $2 AND version = $9",
             )
             .bind(id)
@@ -294,6 +298,8 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             .bind(o.cert_issuer.is_some())
             .bind(o.cert_issuer)
             .bind(o.cert_not_after)
+            .bind(o.valid_from)
+            .bind(o.valid_until)
             .execute(&mut **tx)
             .await
             .map_err(db)?

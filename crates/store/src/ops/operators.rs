@@ -24,13 +24,17 @@ fn operator_row(r: &DbRow, secrets: &Secrets) -> Result<Operator> {
             }),
             _ => None,
         },
+        validity: Validity {
+            from: opt(r, "valid_from")?.map(|d| parse_date(&d)).transpose()?,
+            until: opt(r, "valid_until")?.map(|d| parse_date(&d)).transpose()?,
+        },
         updated_at: time_at(r, "updated_at")?,
         version: int(r, "version")?,
     })
 }
 
 const OPERATOR_COLUMNS: &str = "id, code, serial, name, national_id_enc, functions, updated_at, version, cert_issuer, \
-     cert_not_after";
+     cert_not_after, valid_from, valid_until";
 
 pub(crate) async fn operators(
     pool: &Pool<DB>,

@@ -526,6 +526,7 @@ fn operator_form(card: &str, functions: &[&str]) -> OperatorForm {
         name: pki().card(card).holder.clone(),
         national_id: id_of(card),
         functions: functions.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     }
 }
 
@@ -992,6 +993,90 @@ async fn r4_3_query_citizen_serial() {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// A grant with a validity period (從/至) logs in only within it, ends a login that outlives
+/// it, and a period that ends before it starts is refused.
+#[tokio::test]
+async fn an_operator_grant_holds_only_within_its_validity_period() {
+    for env in envs().await {
+        let svc = &env.svc;
+        register(svc, TAIPEI, "gca-agency", "moica-admin").await;
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        let backwards = OperatorForm {
+            valid_from: "2025-10-20".into(),
+            valid_until: "2025-10-10".into(),
+            ..operator_form("moica-operator-1", &["query"])
+        };
+        let e = svc
+            .add_operator(&grant, &backwards, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DomainError::Invalid {
+                    field: "valid_until",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let bad = OperatorForm {
+            valid_from: "2025-02-30".into(),
+            ..operator_form("moica-operator-1", &["query"])
+        };
+        let e = svc.add_operator(&grant, &bad, None).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DomainError::Invalid {
+                    field: "valid_from",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // Today is Thursday 2025-10-09 (Taipei): from Friday to Saturday.
+        let form = OperatorForm {
+            valid_from: "2025/10/10".into(),
+            valid_until: "2025-10-11".into(),
+            ..operator_form("moica-operator-1", &["query"])
+        };
+        let id = svc.add_operator(&grant, &form, None).await.unwrap();
+        let on_file = svc.operator(&grant, id).await.unwrap();
+        assert_eq!(
+            on_file.validity,
+            domain::model::Validity {
+                from: Some(date!(2025 - 10 - 10)),
+                until: Some(date!(2025 - 10 - 11)),
+            }
+        );
+        let login = || async {
+            let flow = svc
+                .start_flow(FlowKind::OperatorLogin, SESSION)
+                .await
+                .unwrap();
+            let id = id_of("moica-operator-1");
+            card_step(svc, &flow.id, "moica-operator-1", Some(TAIPEI), Some(&id)).await
+        };
+        let e = login().await.unwrap_err();
+        assert_eq!(e.code(), "grant_not_yet_valid");
+        assert!(e.message_zh().contains("2025/10/10"), "{}", e.message_zh());
+        env.clock.advance(Duration::days(1));
+        let StepOutcome::Operator(op_grant) = login().await.unwrap() else {
+            panic!("not an operator login");
+        };
+        assert!(svc.current_operator(&op_grant).await.unwrap().is_some());
+        // Past the last day: the login in hand ends, and a new one is refused.
+        env.clock.advance(Duration::days(2));
+        assert!(svc.current_operator(&op_grant).await.unwrap().is_none());
+        let e = login().await.unwrap_err();
+        assert_eq!(e.code(), "grant_expired");
+        assert!(e.message_zh().contains("2025/10/11"), "{}", e.message_zh());
     }
 }
 

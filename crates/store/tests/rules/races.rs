@@ -15,6 +15,7 @@ fn operator_form(card: &str) -> OperatorForm {
         name: pki().card(card).holder.clone(),
         national_id: id_of(card),
         functions: vec!["enroll".into()],
+        ..Default::default()
     }
 }
 

@@ -283,6 +283,7 @@ pub fn operator_input(s: &str, id: &NationalId) -> OperatorInput {
         national_id: id.clone(),
         functions: vec!["enroll".into(), "query".into()],
         cert: None,
+        validity: Default::default(),
     }
 }
 

@@ -32,6 +32,9 @@ pub struct OperatorView {
     pub updated_at: String,
     /// Send it back with PUT and DELETE.
     pub version: i64,
+    /// 授權期間: the first and last day (YYYY-MM-DD, Taipei) the grant holds; `null`: open.
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,6 +59,12 @@ pub struct OperatorInput {
     /// Function ids of the catalogue (at least one): enroll, withdraw, change, parental_leave,
     /// cash_benefit, premium, query.
     pub functions: Vec<String>,
+    /// 授權期間 (optional, YYYY-MM-DD, both days included): outside it the operator's card
+    /// logs in no more (`grant_expired`, `grant_not_yet_valid`).
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    #[serde(default)]
+    pub valid_until: Option<String>,
 }
 
 /// A modification names the version it read.
@@ -85,6 +94,8 @@ fn form(input: OperatorInput) -> OperatorForm {
         name: input.name.unwrap_or_default(),
         national_id: input.national_id,
         functions: input.functions,
+        valid_from: input.valid_from.unwrap_or_default(),
+        valid_until: input.valid_until.unwrap_or_default(),
     }
 }
 
@@ -97,6 +108,8 @@ fn view(state: &AppState, o: &Operator) -> OperatorView {
         functions: functions_view(state, &o.functions),
         updated_at: rfc3339(o.updated_at),
         version: o.version,
+        valid_from: o.validity.from.map(|d| d.to_string()),
+        valid_until: o.validity.until.map(|d| d.to_string()),
     }
 }
 

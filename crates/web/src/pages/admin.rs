@@ -103,8 +103,25 @@ struct Row {
     national_id: String,
     functions: String,
     updated: String,
+    /// 授權期間 as 「YYYY/MM/DD ～ YYYY/MM/DD」 (an open end left blank); empty when unset.
+    validity: String,
+    /// Outside its validity period today.
+    lapsed: bool,
     /// 「憑證已廢止」 / 「憑證將於 YYYY/MM/DD 到期」.
     badge: Option<Badge>,
+}
+
+/// A grant's validity period as the list shows it.
+fn validity_text(v: &domain::model::Validity) -> String {
+    let day = |d: time::Date| format!("{:04}/{:02}/{:02}", d.year(), u8::from(d.month()), d.day());
+    match (v.from, v.until) {
+        (None, None) => String::new(),
+        (f, u) => format!(
+            "{} ～ {}",
+            f.map(day).unwrap_or_default(),
+            u.map(day).unwrap_or_default()
+        ),
+    }
 }
 
 /// A certificate's flag as shown: a notice (will expire) is a warning, the rest are errors.
@@ -177,6 +194,11 @@ async fn list(State(state): State<AppState>, session: SessionHandle) -> Response
             national_id: o.national_id.masked(),
             functions: labels(&state, &o.functions).join("、"),
             updated: taipei_time(o.updated_at),
+            validity: validity_text(&o.validity),
+            lapsed: o
+                .validity
+                .check(now.to_offset(domain::clock::TAIPEI).date())
+                .is_err(),
         })
         .collect();
     let figure = match flash.as_deref() {
@@ -209,6 +231,8 @@ struct FormValues {
     national_id: String,
     certificate: String,
     functions: Vec<String>,
+    valid_from: String,
+    valid_until: String,
     version: String,
     csrf: String,
     /// 修改: the national ID on file, masked as the list shows it; the field itself starts
@@ -228,6 +252,8 @@ impl FormValues {
                 "certificate" => v.certificate = val,
                 "version" => v.version = val,
                 "functions" => v.functions.push(val),
+                "valid_from" => v.valid_from = val,
+                "valid_until" => v.valid_until = val,
                 _ => {}
             }
         }
@@ -240,6 +266,8 @@ impl FormValues {
             name: o.name.as_str().to_string(),
             national_id_on_file: Some(o.national_id.masked()),
             functions: o.functions.clone(),
+            valid_from: o.validity.from.map(|d| d.to_string()).unwrap_or_default(),
+            valid_until: o.validity.until.map(|d| d.to_string()).unwrap_or_default(),
             version: o.version.to_string(),
             ..Default::default()
         }
@@ -253,6 +281,8 @@ impl FormValues {
             name: self.name.clone(),
             national_id: self.national_id.clone(),
             functions: self.functions.clone(),
+            valid_from: self.valid_from.clone(),
+            valid_until: self.valid_until.clone(),
         }
     }
 }
@@ -263,6 +293,8 @@ struct FormErrors {
     name: Option<String>,
     national_id: Option<String>,
     functions: Option<String>,
+    valid_from: Option<String>,
+    valid_until: Option<String>,
     general: Option<String>,
 }
 
@@ -334,6 +366,8 @@ fn form_refused(
                 "name" => &mut errors.name,
                 "national_id" => &mut errors.national_id,
                 "functions" => &mut errors.functions,
+                "valid_from" => &mut errors.valid_from,
+                "valid_until" => &mut errors.valid_until,
                 _ => &mut errors.general,
             };
             *slot = Some(message_zh.clone());

@@ -908,3 +908,43 @@ async fn the_administrator_sees_the_agencys_logins_and_changes() {
     let (status, _, _) = app.get("/admin/activity").await;
     assert_ne!(status, StatusCode::OK);
 }
+
+/// 授權期間 on 新增授權經辦人: shown in the list, refused beside its field when it is not a
+/// date or ends before it starts.
+#[tokio::test]
+async fn a_grant_may_have_a_validity_period() {
+    let mut app = signed_in().await;
+    let serial = serial_of("moica-operator-1");
+    let id = id_of("moica-operator-1");
+    let post = |from: &'static str, until: &'static str| {
+        vec![
+            ("serial", serial.clone()),
+            ("name", "林志明".to_string()),
+            ("national_id", id.clone()),
+            ("certificate", String::new()),
+            ("functions", "enroll".to_string()),
+            ("valid_from", from.to_string()),
+            ("valid_until", until.to_string()),
+        ]
+    };
+    for (from, until, field) in [
+        ("2026-02-30", "", "valid_from"),
+        ("2026-06-30", "2026-06-01", "valid_until"),
+    ] {
+        let fields = post(from, until);
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, html) = app.post_form("/admin/operators", &pairs).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+        assert!(
+            html.contains(&format!("id=\"{field}-error\"")),
+            "{field}: {html}"
+        );
+    }
+    let fields = post("2026-06-01", "2026-06-30");
+    let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, html) = app.post_form("/admin/operators", &pairs).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let (_, _, html) = app.get("/admin/operators").await;
+    assert!(html.contains("2026/06/01 ～ 2026/06/30"), "{html}");
+    assert!(!html.contains("不在授權期間"), "{html}");
+}
