@@ -1,13 +1,13 @@
-//! The plain-HTTP transport of OCSP requests and CRL downloads.
+//! The plain-HTTP transport of OCSP requests and CRL downloads, on `ureq` built without TLS.
 
 use super::OcspTransport;
 use crate::error::{ErrorCode, PkiError, Result};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Minimal HTTP/1.1 client over `std::net`, for `http://` URLs only: OCSP responses are signed,
-/// and GPKI serves them over plain HTTP.
+/// HTTP/1.1 client for `http://` URLs only: OCSP responses are signed, and GPKI serves them over
+/// plain HTTP. The whole exchange (name resolution, connecting, sending, the answer's headers and
+/// body) shares one timeout; no proxy is used, redirects are not followed, and only a `200`
+/// answer is taken.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpTransport;
 
@@ -26,9 +26,7 @@ impl OcspTransport for HttpTransport {
             HttpCall {
                 what: "OCSP",
                 code: ErrorCode::OcspUnavailable,
-                method: "POST",
-                headers: "Content-Type: application/ocsp-request\r\nAccept: application/ocsp-response\r\n",
-                body: request_der,
+                ocsp_request: Some(request_der),
             },
             url,
             timeout,
@@ -45,9 +43,7 @@ pub fn http_get(url: &str, timeout: Duration, max_len: usize) -> Result<Vec<u8>,
         HttpCall {
             what: "GET",
             code: ErrorCode::RevocationUnknown,
-            method: "GET",
-            headers: "",
-            body: &[],
+            ocsp_request: None,
         },
         url,
         timeout,
@@ -58,11 +54,10 @@ pub fn http_get(url: &str, timeout: Duration, max_len: usize) -> Result<Vec<u8>,
 /// One request of [`exchange`]: what it is for (in messages) and what it sends.
 struct HttpCall<'a> {
     what: &'static str,
+    /// The code of every failure but an oversized body.
     code: ErrorCode,
-    method: &'static str,
-    /// Extra header lines, each ending in CRLF.
-    headers: &'static str,
-    body: &'a [u8],
+    /// A DER OCSPRequest to POST; `None` for a GET.
+    ocsp_request: Option<&'a [u8]>,
 }
 
 fn exchange(
@@ -71,137 +66,83 @@ fn exchange(
     timeout: Duration,
     max_len: usize,
 ) -> Result<Vec<u8>, PkiError> {
-    let request_der = call.body;
     let (host, port, path) = parse_http_url(url, call.code, call.what)?;
-    let deadline = Instant::now() + timeout;
     let what = call.what;
     let unavailable = |detail: String| PkiError::new(call.code, format!("{what} {url}: {detail}"));
-    let map_io = |e: std::io::Error| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            unavailable(format!("no answer within {timeout:?}"))
-        } else {
-            unavailable(e.to_string())
-        }
-    };
-    // Name resolution has no timeout in std; GPKI URLs resolve through the local resolver.
-    let addrs: Vec<_> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| unavailable(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    let mut stream = None;
-    let mut last_err = unavailable(format!("{host} resolves to no address"));
-    for addr in addrs {
-        let Some(left) = remaining(deadline) else {
-            return Err(unavailable(format!("no answer within {timeout:?}")));
-        };
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = map_io(e),
-        }
-    }
-    let mut stream = stream.ok_or(last_err)?;
-
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    let host_header = if port == 80 {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
-    };
-    let body_headers = if call.method == "GET" {
-        String::new()
-    } else {
-        format!("Content-Length: {}\r\n", request_der.len())
-    };
-    let mut msg = format!(
-        "{} {path} HTTP/1.1\r\nHost: {host_header}\r\n{}{body_headers}Connection: close\r\n\r\n",
-        call.method, call.headers,
-    )
-    .into_bytes();
-    msg.extend_from_slice(request_der);
-    let left =
-        remaining(deadline).ok_or_else(|| unavailable(format!("no answer within {timeout:?}")))?;
-    stream.set_write_timeout(Some(left)).map_err(map_io)?;
-    stream.write_all(&msg).map_err(map_io)?;
-
-    let mut conn = Conn {
-        stream,
-        deadline,
-        buf: Vec::new(),
-    };
-    let head = conn
-        .read_head()
-        .map_err(|e| e.into_pki(&unavailable, &map_io))?;
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let (proto, code) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    if !proto.starts_with("HTTP/1.") {
-        return Err(unavailable(format!(
-            "not an HTTP response: {status_line:?}"
-        )));
-    }
-    if code != "200" {
-        return Err(unavailable(format!("HTTP status {}", status_line.trim())));
-    }
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| unavailable(format!("bad Content-Length {value:?}")))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    let too_large = |n: usize| {
+    let too_large = |size: String| {
         PkiError::new(
             ErrorCode::InputTooLarge,
             format!(
-                "{what} {url}: response body of {n} bytes or more exceeds the limit of {max_len} bytes"
+                "{what} {url}: response body of {size} bytes exceeds the limit of {max_len} bytes"
             ),
         )
     };
-    let body = if chunked {
-        conn.read_chunked(max_len)
-    } else if let Some(n) = content_length {
-        if n > max_len {
-            return Err(too_large(n));
+    let limit = u64::try_from(max_len).unwrap_or(u64::MAX);
+    let map_err = |e: ureq::Error| match e {
+        ureq::Error::Timeout(_) => unavailable(format!("no answer within {timeout:?}")),
+        ureq::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            unavailable(format!("no answer within {timeout:?}"))
         }
-        conn.read_exact_body(n)
-    } else {
-        conn.read_to_close(max_len)
+        ureq::Error::HostNotFound => unavailable(format!("cannot resolve {host}")),
+        ureq::Error::LargeResponseHeader(..) => unavailable("response headers too long".into()),
+        ureq::Error::BodyExceedsLimit(_) => too_large(format!("more than {max_len}")),
+        e => unavailable(e.to_string()),
     };
-    body.map_err(|e| match e {
-        HttpErr::TooLarge(n) => too_large(n),
-        e => e.into_pki(&unavailable, &map_io),
-    })
-}
 
-fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
+    let authority = match (host.contains(':'), port) {
+        (false, 80) => host.clone(),
+        (false, _) => format!("{host}:{port}"),
+        (true, 80) => format!("[{host}]"),
+        (true, _) => format!("[{host}]:{port}"),
+    };
+    let target = format!("http://{authority}{path}");
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .proxy(None)
+            .user_agent("")
+            .accept("")
+            .max_response_header_size(MAX_HEAD)
+            .max_idle_connections(0)
+            .build(),
+    );
+    let sent = match call.ocsp_request {
+        Some(body) => agent
+            .post(&target)
+            .header("Content-Type", "application/ocsp-request")
+            .header("Accept", "application/ocsp-response")
+            .header("Connection", "close")
+            .send(body),
+        None => agent.get(&target).header("Connection", "close").call(),
+    };
+    let mut response = sent.map_err(&map_err)?;
+    let status = response.status();
+    if status != ureq::http::StatusCode::OK {
+        return Err(unavailable(format!(
+            "HTTP status {} {}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or_default()
+        )));
+    }
+    // A declared length over the cap is refused before any of the body is read.
+    if let Some(n) = response.body().content_length()
+        && n > limit
+    {
+        return Err(too_large(n.to_string()));
+    }
+    response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(&map_err)
 }
 
 fn parse_http_url(url: &str, code: ErrorCode, what: &str) -> Result<(String, u16, String)> {
@@ -240,148 +181,13 @@ fn parse_http_url(url: &str, code: ErrorCode, what: &str) -> Result<(String, u16
     Ok((host.to_string(), port, path))
 }
 
-enum HttpErr {
-    Io(std::io::Error),
-    Protocol(String),
-    TooLarge(usize),
-    Timeout,
-}
-
-impl HttpErr {
-    fn into_pki(
-        self,
-        unavailable: &dyn Fn(String) -> PkiError,
-        map_io: &dyn Fn(std::io::Error) -> PkiError,
-    ) -> PkiError {
-        match self {
-            Self::Io(e) => map_io(e),
-            Self::Protocol(s) => unavailable(s),
-            Self::TooLarge(n) => unavailable(format!("{n} bytes is too large")),
-            Self::Timeout => map_io(std::io::ErrorKind::TimedOut.into()),
-        }
-    }
-}
-
-/// A response being read: `buf` holds bytes received but not yet consumed.
-struct Conn {
-    stream: TcpStream,
-    deadline: Instant,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Reads more bytes into `buf`; `Ok(0)` at end of stream.
-    fn fill(&mut self) -> Result<usize, HttpErr> {
-        let left = remaining(self.deadline).ok_or(HttpErr::Timeout)?;
-        self.stream
-            .set_read_timeout(Some(left))
-            .map_err(HttpErr::Io)?;
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HttpErr::Io(e)),
-            }
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Vec<u8> {
-        self.buf.drain(..n).collect()
-    }
-
-    /// Status line and headers, without the blank line.
-    fn read_head(&mut self) -> Result<Vec<u8>, HttpErr> {
-        loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = self.take(i);
-                self.take(4);
-                return Ok(head);
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(HttpErr::Protocol("response headers too long".into()));
-            }
-            if self.fill()? == 0 {
-                return Err(HttpErr::Protocol(
-                    "connection closed before the end of the headers".into(),
-                ));
-            }
-        }
-    }
-
-    fn read_line(&mut self) -> Result<Vec<u8>, HttpErr> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.take(i);
-                self.take(2);
-                return Ok(line);
-            }
-            if self.buf.len() > 1024 {
-                return Err(HttpErr::Protocol("chunk header too long".into()));
-            }
-            if self.fill()? == 0 {
-                return Err(HttpErr::Protocol(
-                    "connection closed inside a chunk header".into(),
-                ));
-            }
-        }
-    }
-
-    fn read_exact_body(&mut self, n: usize) -> Result<Vec<u8>, HttpErr> {
-        while self.buf.len() < n {
-            if self.fill()? == 0 {
-                return Err(HttpErr::Protocol(format!(
-                    "connection closed after {} of {n} body bytes",
-                    self.buf.len()
-                )));
-            }
-        }
-        Ok(self.take(n))
-    }
-
-    fn read_to_close(&mut self, max_len: usize) -> Result<Vec<u8>, HttpErr> {
-        while self.fill()? > 0 {
-            if self.buf.len() > max_len {
-                return Err(HttpErr::TooLarge(self.buf.len()));
-            }
-        }
-        if self.buf.len() > max_len {
-            return Err(HttpErr::TooLarge(self.buf.len()));
-        }
-        Ok(std::mem::take(&mut self.buf))
-    }
-
-    fn read_chunked(&mut self, max_len: usize) -> Result<Vec<u8>, HttpErr> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line()?;
-            let line = String::from_utf8_lossy(&line);
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| HttpErr::Protocol(format!("bad chunk size {size:?}")))?;
-            if size == 0 {
-                // Trailers are ignored; the body is complete.
-                return Ok(body);
-            }
-            let total = body.len().saturating_add(size);
-            if total > max_len {
-                return Err(HttpErr::TooLarge(total));
-            }
-            body.extend(self.read_exact_body(size)?);
-            if !self.read_line()?.is_empty() {
-                return Err(HttpErr::Protocol("chunk not followed by CRLF".into()));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::Instant;
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
@@ -391,22 +197,53 @@ mod tests {
             .port()
     }
 
-    /// Serves one connection with `reply` after reading the request; returns the URL.
-    fn fake_server(reply: Vec<u8>, delay: Duration) -> String {
+    /// Reads one request from `s`: the headers and a body of the declared Content-Length.
+    fn read_request(s: &mut TcpStream) -> String {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                let body_len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + body_len {
+                    break;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&request).into_owned()
+    }
+
+    /// Serves one connection: reads the request, waits `delay`, writes `reply`, and keeps the
+    /// connection open for `hold` before closing it. Returns the URL and the request received.
+    fn serve(reply: Vec<u8>, delay: Duration, hold: Duration) -> (String, mpsc::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
             "http://127.0.0.1:{}/ocsp",
             listener.local_addr().unwrap().port()
         );
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let _ = s.read(&mut buf);
+            let _ = tx.send(read_request(&mut s));
             std::thread::sleep(delay);
             let _ = s.write_all(&reply);
+            std::thread::sleep(hold);
         });
-        url
+        (url, rx)
+    }
+
+    /// Serves one connection with `reply` after reading the request; returns the URL.
+    fn fake_server(reply: Vec<u8>, delay: Duration) -> String {
+        serve(reply, delay, Duration::ZERO).0
     }
 
     #[test]
@@ -541,9 +378,181 @@ mod tests {
             "{}",
             requests[0]
         );
-        assert!(!requests[0].contains("Content-Length"));
+        assert!(!requests[0].to_ascii_lowercase().contains("content-length"));
         let e = super::http_get("ftp://x/", Duration::from_secs(1), 10).unwrap_err();
         assert_eq!(e.code, ErrorCode::RevocationUnknown);
+    }
+
+    #[test]
+    fn the_request_is_a_plain_http_1_1_post() {
+        let (url, request) = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let body = HttpTransport
+            .post(&url, b"\x30\x00", Duration::from_secs(5), 1024)
+            .unwrap();
+        assert_eq!(body, b"ok");
+        let request = request.recv().unwrap();
+        assert!(request.starts_with("POST /ocsp HTTP/1.1\r\n"), "{request}");
+        let lower = request.to_ascii_lowercase();
+        for header in [
+            "content-type: application/ocsp-request\r\n",
+            "accept: application/ocsp-response\r\n",
+            "content-length: 2\r\n",
+            "connection: close\r\n",
+        ] {
+            assert!(lower.contains(header), "{header:?} in {request}");
+        }
+        assert!(request.ends_with("\r\n\r\n\x30\x00"), "{request:?}");
+    }
+
+    #[test]
+    fn a_declared_length_over_the_cap_is_refused_before_the_body() {
+        // The body never comes: only a refusal on the Content-Length header answers in time.
+        for get in [false, true] {
+            let (url, _) = serve(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\nAAAA".to_vec(),
+                Duration::ZERO,
+                Duration::from_secs(5),
+            );
+            let started = Instant::now();
+            let e = if get {
+                http_get(&url, Duration::from_secs(3), 64 * 1024)
+            } else {
+                HttpTransport.post(&url, b"x", Duration::from_secs(3), 64 * 1024)
+            }
+            .unwrap_err();
+            assert_eq!(e.code, ErrorCode::InputTooLarge, "{e}");
+            assert!(e.detail.contains("1000000000"), "{e}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_over_the_cap_is_refused_once_the_cap_is_passed() {
+        // Bodies without a length: the server sends a little more than the cap and then keeps
+        // the connection open. The client stops at the cap instead of reading on to the end.
+        let cap = 64 * 1024;
+        let over = vec![0x41u8; cap + 100];
+        let mut to_close = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+        to_close.extend_from_slice(&over);
+        let mut chunked = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            10 * cap
+        )
+        .into_bytes();
+        chunked.extend_from_slice(&over);
+        for reply in [to_close, chunked] {
+            for get in [false, true] {
+                let (url, _) = serve(reply.clone(), Duration::ZERO, Duration::from_secs(5));
+                let started = Instant::now();
+                let e = if get {
+                    http_get(&url, Duration::from_secs(3), cap)
+                } else {
+                    HttpTransport.post(&url, b"x", Duration::from_secs(3), cap)
+                }
+                .unwrap_err();
+                assert_eq!(e.code, ErrorCode::InputTooLarge, "{e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{:?}",
+                    started.elapsed()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_silent_server_hits_the_timeout_of_a_get() {
+        let url = fake_server(Vec::new(), Duration::from_secs(5));
+        let started = Instant::now();
+        let e = http_get(&url, Duration::from_millis(400), 1024).unwrap_err();
+        assert_eq!(e.code, ErrorCode::RevocationUnknown, "{e}");
+        assert!(e.detail.contains("no answer within 400ms"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_timeout_covers_the_body_too() {
+        // The headers come at once, then ten of the hundred body bytes, then nothing.
+        let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec();
+        reply.extend_from_slice(&[0x41; 10]);
+        let (url, _) = serve(reply, Duration::ZERO, Duration::from_secs(5));
+        let started = Instant::now();
+        let e = HttpTransport
+            .post(&url, b"x", Duration::from_millis(400), 1024)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::OcspUnavailable, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn redirects_are_not_followed() {
+        let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let location = format!("http://{}/moved", elsewhere.local_addr().unwrap());
+        for status in [
+            "301 Moved Permanently",
+            "302 Found",
+            "307 Temporary Redirect",
+        ] {
+            for get in [false, true] {
+                let url = fake_server(
+                    format!(
+                        "HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    .into_bytes(),
+                    Duration::ZERO,
+                );
+                let (e, code) = if get {
+                    (
+                        http_get(&url, Duration::from_secs(5), 1024).unwrap_err(),
+                        ErrorCode::RevocationUnknown,
+                    )
+                } else {
+                    (
+                        HttpTransport
+                            .post(&url, b"x", Duration::from_secs(5), 1024)
+                            .unwrap_err(),
+                        ErrorCode::OcspUnavailable,
+                    )
+                };
+                assert_eq!(e.code, code, "{e}");
+                assert!(e.detail.contains(&status[..3]), "{e}");
+            }
+        }
+        assert_eq!(
+            elsewhere.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn oversized_headers_are_refused() {
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Length: 1\r\n\r\nA",
+            "a".repeat(MAX_HEAD)
+        );
+        let url = fake_server(reply.into_bytes(), Duration::ZERO);
+        let e = HttpTransport
+            .post(&url, b"x", Duration::from_secs(5), 1024)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::OcspUnavailable, "{e}");
+        assert!(e.detail.contains("headers too long"), "{e}");
     }
 
     #[test]
