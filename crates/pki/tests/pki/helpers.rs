@@ -1,7 +1,5 @@
 //! Shared test fixtures: one standard test PKI per test binary, trust stores and validators.
 
-#![allow(dead_code)]
-
 use pki::anchors::TrustStore;
 use pki::facts::ParsedCert;
 use pki::revocation::CrlStore;
