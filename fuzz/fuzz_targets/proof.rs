@@ -17,7 +17,7 @@ use pki::facts::{OrgIdAttr, ParsedCert};
 use pki::proof::{ProofFormat, VerifiedProof};
 use pki::revocation::CrlStore;
 use pki::sig::{self, SigAlg};
-use pki::testpki::{CaKind, KeyAlg, TestPki, TestPkiOptions};
+use testpki::{CaKind, KeyAlg, TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use std::sync::OnceLock;
 use time::macros::datetime;

@@ -196,7 +196,7 @@ pub fn run(command: CrlCommand) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pki::testpki::{CaKind, TestPki, TestPkiOptions};
+    use testpki::{CaKind, TestPki, TestPkiOptions};
     use time::macros::datetime;
 
     fn last_issuer(crl: &[u8]) -> String {
@@ -233,11 +233,11 @@ mod tests {
 
         // Nor does a later one numbered lower (a CA's number never goes back: this is a
         // replay with a forged date, or a misissued list).
-        let renumbered = pki::testpki::crl_from(
+        let renumbered = testpki::crl_from(
             pki.ca(CaKind::Gca),
-            &pki::testpki::CrlSpec {
+            &testpki::CrlSpec {
                 number: vec![1],
-                ..pki::testpki::CrlSpec::new(now + time::Duration::minutes(10), now + day)
+                ..testpki::CrlSpec::new(now + time::Duration::minutes(10), now + day)
             },
         );
         std::fs::write(&path, &renumbered).unwrap();

@@ -9,11 +9,11 @@ use clap::Args;
 use domain::model::{Agency, Section};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier, cert_serial};
-use pki::testpki::{self, TestPki, TestPkiOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use testpki::{TestPki, TestPkiOptions};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Args)]

@@ -227,7 +227,7 @@ fn inspect(files: &[PathBuf]) -> ExitCode {
 }
 
 fn generate(out: &Path, p256: bool, at: Option<OffsetDateTime>) -> Result<ExitCode> {
-    use pki::testpki::{KeyAlg, TestPki, TestPkiOptions};
+    use testpki::{KeyAlg, TestPki, TestPkiOptions};
     let opts = TestPkiOptions {
         key_alg: if p256 { KeyAlg::P256 } else { KeyAlg::Rsa2048 },
         ..TestPkiOptions::new(at.unwrap_or_else(OffsetDateTime::now_utc))

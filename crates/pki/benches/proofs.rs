@@ -9,10 +9,10 @@ use pki::facts::ParsedCert;
 use pki::proof::verify_proof;
 use pki::revocation::CrlStore;
 use pki::sig::{SigAlg, sign_pkcs8};
-use pki::testpki::{CaKind, Issued, KeyAlg, TestPki, TestPkiOptions, crl};
 use pki::validate::{ValidationOptions, Validator};
 use std::hint::black_box;
 use std::time::{Duration as StdDuration, Instant};
+use testpki::{CaKind, Issued, KeyAlg, TestPki, TestPkiOptions, crl};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -56,7 +56,7 @@ fn big_moica_crl(pki: &TestPki, extra: usize) -> Vec<u8> {
     let mut revoked: Vec<(Vec<u8>, OffsetDateTime)> = pki
         .cards
         .iter()
-        .filter(|c| c.ca == CaKind::Moica && c.variant == pki::testpki::Variant::Revoked)
+        .filter(|c| c.ca == CaKind::Moica && c.variant == testpki::Variant::Revoked)
         .map(|c| (c.issued.serial().to_vec(), at))
         .collect();
     for i in 0..extra {

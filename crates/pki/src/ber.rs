@@ -409,15 +409,59 @@ pub(crate) fn to_ber(der: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A self-signed P-256 certificate and its PKCS#8 key, made by the openssl CLI.
+    fn openssl_cert() -> (Vec<u8>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("certreg-ber-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl CLI");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-outform",
+            "DER",
+            "-out",
+            "cert.der",
+            "-subj",
+            "/CN=ber test",
+            "-days",
+            "2",
+        ]);
+        openssl(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-outform", "DER", "-out", "key.der",
+        ]);
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        let material = (read("cert.der"), read("key.der"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        material
+    }
+
     #[test]
     fn ber_written_from_der_reads_back_to_the_same_der() {
-        let p = crate::testpki::TestPki::generate(crate::testpki::TestPkiOptions::new(
-            time::OffsetDateTime::now_utc(),
-        ))
+        let (cert, key) = openssl_cert();
+        // Attached content over 64 bytes, so its OCTET STRING is written in chunks.
+        let cms = crate::cms::build_signed_data(&[b'x'; 300], &cert, &Default::default(), |m| {
+            crate::sig::sign_pkcs8(&key, m)
+        })
         .unwrap();
-        let card = p.card("gca-agency");
-        let cms = card.sign_cms(&[b'x'; 300], &Default::default()).unwrap();
-        for der in [cms, card.issued.cert_der.clone()] {
+        for der in [cms, cert] {
             let ber = to_ber(&der);
             assert_ne!(ber, der);
             assert_eq!(to_der(&ber).unwrap().as_ref(), der.as_slice());

@@ -545,11 +545,6 @@ impl Signer {
 }
 
 impl CmsParts {
-    /// The first value of a signed attribute.
-    pub fn signed_attr(&self, kind: ObjectIdentifier) -> Option<AnyRef<'_>> {
-        self.signer.signed_attrs.as_ref()?.get(kind)
-    }
-
     /// The certificate the SignerIdentifier names, among `candidates` (DER).
     pub fn find_signer<'c>(&self, candidates: &'c [Vec<u8>]) -> Option<&'c Vec<u8>> {
         candidates.iter().find(|der| self.signer.names(der))

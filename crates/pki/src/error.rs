@@ -147,10 +147,4 @@ impl PkiError {
     }
 }
 
-/// Shorthand for building a [`PkiError`].
-#[allow(dead_code)]
-pub(crate) fn err(code: ErrorCode, detail: impl Into<String>) -> PkiError {
-    PkiError::new(code, detail)
-}
-
 pub type Result<T, E = PkiError> = std::result::Result<T, E>;

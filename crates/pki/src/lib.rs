@@ -17,8 +17,6 @@ pub mod proof;
 pub mod revocation;
 pub mod serial;
 pub mod sig;
-#[cfg(feature = "testpki")]
-pub mod testpki;
 pub mod validate;
 
 pub use error::{ErrorCode, PkiError};

@@ -175,8 +175,8 @@ pub fn write_pkcs12(
     ))
 }
 
-/// A DER TLV with a definite length (used by the test PKI's extension encoders too).
-pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+/// A DER TLV with a definite length.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let len = content.len();
     let mut out = Vec::with_capacity(len + 6);
     out.push(tag);

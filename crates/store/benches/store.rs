@@ -12,12 +12,12 @@ use domain::model::*;
 use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
 use domain::store::Store as _;
 use domain::types::*;
-use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 use store::{Db, Secrets};
+use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -85,7 +85,7 @@ fn agency(code: InstitutionCode, i: usize) -> Agency {
         }
         .into(),
         // The test PKI's agency card carries this identifier: spare agencies register with it.
-        org_identifier: Some(OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid")),
+        org_identifier: Some(OrgIdentifier::parse(testpki::GCA_AGENCY_OID).expect("oid")),
     }
 }
 
@@ -106,7 +106,7 @@ fn registration(i: usize) -> Registration {
         code: registered_code(i),
         org: OrgCard {
             cert: cert("CN=GCA", &format!("{:08X}", i + 1)),
-            org_identifier: OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid"),
+            org_identifier: OrgIdentifier::parse(testpki::GCA_AGENCY_OID).expect("oid"),
             org_name: format!("測試機關{i}"),
         },
         admin_card: CitizenCard {

@@ -14,7 +14,6 @@ use domain::types::*;
 use pki::anchors::Role;
 use pki::challenge::Challenge;
 use pki::proof::verify_proof;
-use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use pki::{ErrorCode, PkiError};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
@@ -23,6 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
+use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -547,13 +547,13 @@ async fn seed(db: &store::Db, pki: &TestPki) {
         code: code.clone(),
         name: "臺北市政府人事處".into(),
         county: "臺北市".into(),
-        org_identifier: Some(OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid")),
+        org_identifier: Some(OrgIdentifier::parse(testpki::GCA_AGENCY_OID).expect("oid")),
     }])
     .await
     .expect("agency");
     let org = pki.card("gca-agency");
     let admin = pki.card("moica-admin");
-    let cert = |c: &pki::testpki::Card| CertRef {
+    let cert = |c: &testpki::Card| CertRef {
         issuer: "CN=test CA".into(),
         serial: CertSerial::parse(&c.issued.serial_hex()).expect("serial"),
         subject: format!("CN={}", c.holder),
@@ -569,7 +569,7 @@ async fn seed(db: &store::Db, pki: &TestPki) {
         code: code.clone(),
         org: OrgCard {
             cert: cert(org),
-            org_identifier: OrgIdentifier::parse(pki::testpki::GCA_AGENCY_OID).expect("oid"),
+            org_identifier: OrgIdentifier::parse(testpki::GCA_AGENCY_OID).expect("oid"),
             org_name: org.holder.clone(),
         },
         admin_card: CitizenCard {

@@ -6,11 +6,11 @@ use crate::helpers::*;
 use agent::protocol::ret;
 use agent::server::AgentConfig;
 use agent::softcard::SoftCards;
-use pki::testpki::KeyAlg;
 use serde_json::{Value, json};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use testpki::KeyAlg;
 
 fn ret_of(v: &Value) -> u64 {
     v["ret_code"].as_u64().expect("ret_code")

@@ -7,7 +7,6 @@ use agent::backend::CardBackend;
 use agent::server::{AgentConfig, serve_on};
 use agent::softcard::SoftCards;
 use pki::challenge::Challenge;
-use pki::testpki::{KeyAlg, TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use serde_json::Value;
 use std::io::{Read as _, Write as _};
@@ -15,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use testpki::{KeyAlg, TestPki, TestPkiOptions};
 use time::OffsetDateTime;
 
 /// The site the tests' agents trust.

@@ -6,8 +6,8 @@
 use crate::helpers::*;
 use agent::protocol::ret;
 use pki::facts::ParsedCert;
-use pki::testpki::KeyAlg;
 use serde_json::{Value, json};
+use testpki::KeyAlg;
 
 /// JavaScript's `encodeURIComponent`.
 fn encode_uri_component(s: &str) -> String {
@@ -193,7 +193,7 @@ fn an_encryption_only_certificate_lists_its_usages() {
     let Some(card) = pki()
         .cards
         .iter()
-        .find(|c| c.variant == pki::testpki::Variant::WrongKeyUsage)
+        .find(|c| c.variant == testpki::Variant::WrongKeyUsage)
     else {
         panic!("the test PKI has a card with the wrong key usage");
     };

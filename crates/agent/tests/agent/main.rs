@@ -11,12 +11,12 @@ use agent::backend::{CardBackend, CardCert, CardError, SlotInfo};
 use agent::protocol::{last_error, ret};
 use agent::softcard::SoftCards;
 use helpers::*;
-use pki::testpki::{CaKind, KeyAlg, TestPki};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use testkit::openssl;
+use testpki::{CaKind, KeyAlg, TestPki};
 
 fn code(v: &Value) -> (u64, u64) {
     (

@@ -7,9 +7,9 @@ use agent::protocol::ret;
 use agent::server::{AgentConfig, AgentState};
 use agent::softcard::SoftCards;
 use pki::challenge::Challenge;
-use pki::testpki::KeyAlg;
 use serde_json::Value;
 use std::sync::Arc;
+use testpki::KeyAlg;
 
 /// The second trusted site of a usual HiPKI install.
 const OTHER: &str = "https://other.example.gov.tw";

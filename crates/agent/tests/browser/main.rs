@@ -14,7 +14,6 @@ mod helpers;
 use agent::server::AgentConfig;
 use helpers::*;
 use pki::challenge::Challenge;
-use pki::testpki::KeyAlg;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -22,6 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testpki::KeyAlg;
 
 /// run.mjs gives up by itself after 120 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(180);

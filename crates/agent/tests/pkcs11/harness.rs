@@ -14,12 +14,12 @@ use agent::backend::{CardCert, SlotInfo};
 use agent::pkcs11::Pkcs11Backend;
 use pki::anchors::TrustStore;
 use pki::revocation::CrlStore;
-use pki::testpki::{KeyAlg, TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+use testpki::{KeyAlg, TestPki, TestPkiOptions};
 use time::OffsetDateTime;
 use time::macros::datetime;
 

@@ -331,11 +331,11 @@ fn two_instances_share_flows_and_a_kill_9_leaves_no_half_registration() {
              {},臺北市立測試國民小學,臺北市,{}\n\
              {},臺中市立測試醫院,臺中市,{}\n",
             FIRST.0,
-            pki::testpki::GCA_AGENCY_OID,
+            testpki::GCA_AGENCY_OID,
             KILLED_AT_CONFIRM.0,
-            pki::testpki::XCA_SCHOOL_OID,
+            testpki::XCA_SCHOOL_OID,
             KILLED_BETWEEN_CARDS.0,
-            pki::testpki::HCA_HOSPITAL_OID,
+            testpki::HCA_HOSPITAL_OID,
         ),
     )
     .unwrap();

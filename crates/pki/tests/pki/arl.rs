@@ -7,11 +7,9 @@ use pki::ErrorCode;
 use pki::anchors::{Role, TrustStore};
 use pki::facts::{OrgIdAttr, ParsedCert};
 use pki::revocation::{CrlStore, StalePolicy};
-use pki::testpki::{
-    self, CertSpec, CrlScope, CrlSpec, Issued, KeyAlg, KeyUsage, NameAttr, SdaValue, StrKind,
-};
 use pki::validate::{Validated, ValidationOptions, Validator};
 use std::sync::OnceLock;
+use testpki::{CertSpec, CrlScope, CrlSpec, Issued, KeyAlg, KeyUsage, NameAttr, SdaValue, StrKind};
 use time::Duration;
 
 /// Where the intermediate says its issuer's ARL is published.

@@ -18,9 +18,9 @@ use pki::cms::{CmsSignOptions, SignerIdForm};
 use pki::facts::ParsedCert;
 use pki::proof::{ProofFormat, verify_proof};
 use pki::revocation::CrlStore;
-use pki::testpki::{CaKind, TestPki};
 use pki::validate::Validator;
 use std::path::PathBuf;
+use testpki::{CaKind, TestPki};
 
 /// Cases per test when `CERTREG_DIFF_CASES` is not set.
 pub const DEFAULT_CASES: usize = 3000;
@@ -561,7 +561,7 @@ fn mutated_raw_signatures_certreg_accepts_only_what_openssl_accepts() {
     };
     let rsa_validator = validator();
     let ec_validator = validator_of(pki_p256());
-    let seeds: [(&str, &pki::testpki::Card, &Validator, Vec<u8>, bool); 3] = [
+    let seeds: [(&str, &testpki::Card, &Validator, Vec<u8>, bool); 3] = [
         ("PKCS#1", rsa, &rsa_validator, rsa_sig, false),
         ("ECDSA DER", ec, &ec_validator, ec_der.clone(), false),
         ("ECDSA r‖s", ec, &ec_validator, ec_raw, true),
@@ -599,7 +599,7 @@ fn mutated_raw_signatures_certreg_accepts_only_what_openssl_accepts() {
         oracle_runs += 1;
         // What certreg reads a raw ECDSA signature as: DER when it starts as a SEQUENCE and is
         // not 64 bytes long, r‖s otherwise.
-        let der = if card.issued.key.alg == pki::testpki::KeyAlg::P256
+        let der = if card.issued.key.alg == testpki::KeyAlg::P256
             && !(bytes[0] == 0x30 && bytes.len() != 64)
         {
             raw_to_der(&bytes)

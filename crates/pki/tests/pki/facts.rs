@@ -209,11 +209,7 @@ fn malformed_inputs_have_precise_codes() {
         ),
         (
             "a CRL, not a certificate",
-            pki().crl_for(
-                pki::testpki::CaKind::Gca,
-                NOW,
-                NOW + time::Duration::days(1),
-            ),
+            pki().crl_for(testpki::CaKind::Gca, NOW, NOW + time::Duration::days(1)),
             ErrorCode::CertMalformed,
         ),
     ];

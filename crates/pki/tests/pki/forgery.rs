@@ -9,7 +9,7 @@ use pki::anchors::Role;
 use pki::cms::{CmsSignOptions, SignerId, SignerIdForm};
 use pki::proof::{ProofFormat, verify_proof};
 use pki::sig::sign_pkcs8;
-use pki::testpki::TestPki;
+use testpki::TestPki;
 
 /// The cards tried, on the RSA and the P-256 test PKI.
 fn cases() -> [(&'static TestPki, &'static str, Role); 4] {

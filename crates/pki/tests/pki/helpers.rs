@@ -1,14 +1,12 @@
 //! Shared test fixtures: one standard test PKI per test binary, trust stores and validators.
 
-#![allow(dead_code)]
-
 use pki::anchors::TrustStore;
 use pki::facts::ParsedCert;
 use pki::revocation::CrlStore;
-use pki::testpki::{Issued, KeyAlg, TestPki, TestPkiOptions};
 use pki::validate::{CrlMode, ValidationOptions, Validator};
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use testpki::{Issued, KeyAlg, TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -94,7 +92,7 @@ pub fn validator_of(p: &TestPki) -> Validator {
 /// `openssl cms -sign -binary -md sha256 -outform DER` over `content` with the key and
 /// certificate of `card`, plus `extra` arguments (`-nodetach`, `-keyid`, `-noattr`, `-stream`;
 /// an `-md` there replaces SHA-256).
-pub fn openssl_cms_sign(card: &pki::testpki::Card, content: &[u8], extra: &[&str]) -> Vec<u8> {
+pub fn openssl_cms_sign(card: &testpki::Card, content: &[u8], extra: &[&str]) -> Vec<u8> {
     let dir = TempDir::new("osign");
     let input = dir.write("tbs.txt", content);
     let cert = dir.write("card.pem", card.issued.cert_pem());

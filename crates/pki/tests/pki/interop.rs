@@ -6,7 +6,7 @@ use pki::ErrorCode;
 use pki::anchors::Role;
 use pki::cms::CmsSignOptions;
 use pki::proof::{ProofFormat, verify_proof};
-use pki::testpki::CaKind;
+use testpki::CaKind;
 
 fn openssl_sign(card: &str, content: &[u8], extra: &[&str]) -> Vec<u8> {
     openssl_cms_sign(pki().card(card), content, extra)

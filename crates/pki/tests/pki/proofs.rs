@@ -8,7 +8,7 @@ use pki::challenge::Challenge;
 use pki::cms::CmsSignOptions;
 use pki::proof::{ProofFormat, verify_proof};
 use pki::sig::sign_pkcs8;
-use pki::testpki::TestPki;
+use testpki::TestPki;
 use time::Duration;
 
 const ORIGIN: &str = "https://certreg.example.gov.tw";

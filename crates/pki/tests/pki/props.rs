@@ -77,7 +77,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_crls_never_panic(bytes in mutated(crate::helpers::pki().crl_for(pki::testpki::CaKind::Moica, crate::helpers::NOW, crate::helpers::NOW + time::Duration::days(1)))) {
+    fn mutated_crls_never_panic(bytes in mutated(crate::helpers::pki().crl_for(testpki::CaKind::Moica, crate::helpers::NOW, crate::helpers::NOW + time::Duration::days(1)))) {
         let mut crls = CrlStore::new();
         if crls.add(&bytes).is_ok() {
             let v = crate::helpers::validator_with(crls, Default::default());

@@ -128,14 +128,14 @@ file = "GRCA-G3.cer"
     // A card that claims MOICA G3 as issuer but was signed by another key is refused.
     let mut spec = pki().card("moica-admin").issued.spec.clone();
     spec.serial = vec![0x31, 0x41];
-    let mut issuer_spec = pki().ca(pki::testpki::CaKind::Moica).spec.clone();
+    let mut issuer_spec = pki().ca(testpki::CaKind::Moica).spec.clone();
     issuer_spec.subject = vec![
-        pki::testpki::NameAttr::printable("2.5.4.6", "TW"),
-        pki::testpki::NameAttr::utf8("2.5.4.10", "行政院"),
-        pki::testpki::NameAttr::utf8("2.5.4.11", "內政部憑證管理中心"),
+        testpki::NameAttr::printable("2.5.4.6", "TW"),
+        testpki::NameAttr::utf8("2.5.4.10", "行政院"),
+        testpki::NameAttr::utf8("2.5.4.11", "內政部憑證管理中心"),
     ];
-    let fake_moica = pki::testpki::self_signed(&issuer_spec);
-    let forged = parsed(&pki::testpki::issue(&spec, &fake_moica));
+    let fake_moica = testpki::self_signed(&issuer_spec);
+    let forged = parsed(&testpki::issue(&spec, &fake_moica));
     assert_eq!(forged.facts.issuer, "C=TW, O=行政院, OU=內政部憑證管理中心");
     let v = pki::validate::Validator::new(
         store,

@@ -5,8 +5,8 @@ use pki::ErrorCode;
 use pki::anchors::{Role, TrustStore};
 use pki::facts::{OrgIdAttr, ParsedCert};
 use pki::revocation::{CrlStore, StalePolicy};
-use pki::testpki::{self, CaKind, CertSpec, KeyAlg, KeyUsage, NameAttr, SdaValue, StrKind};
 use pki::validate::{CrlMode, ValidationOptions, Validator};
+use testpki::{CaKind, CertSpec, KeyAlg, KeyUsage, NameAttr, SdaValue, StrKind};
 use time::Duration;
 
 fn expect(name: &str, role: Role, code: Option<ErrorCode>) {

@@ -11,9 +11,9 @@ use domain::flow::{Flow, FlowKind};
 use domain::model::Agency;
 use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
 use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use std::sync::{Arc, OnceLock};
+use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -61,7 +61,7 @@ pub fn agencies() -> Vec<Agency> {
             TAIPEI,
             "臺北市政府人事處",
             "臺北市",
-            Some(pki::testpki::GCA_AGENCY_OID),
+            Some(testpki::GCA_AGENCY_OID),
         ),
         a(
             MISMATCH,
@@ -73,7 +73,7 @@ pub fn agencies() -> Vec<Agency> {
             SCHOOL,
             "測試國民小學",
             "新竹縣",
-            Some(pki::testpki::XCA_SCHOOL_OID),
+            Some(testpki::XCA_SCHOOL_OID),
         ),
         a(COMPANY, "測試股份有限公司", "臺中市", None),
         a(

@@ -1406,8 +1406,8 @@ async fn r2_4_a_read_certificate_must_be_a_valid_citizen_card() {
         // A certificate from another hierarchy that claims to be a citizen card.
         let mut spec = pki().card("moica-operator-1").issued.spec.clone();
         spec.serial = vec![0x42, 0x42];
-        let fake_ca = pki::testpki::self_signed(&pki().ca(pki::testpki::CaKind::Moica).spec);
-        let forged = pki::testpki::issue(&spec, &fake_ca);
+        let fake_ca = testpki::self_signed(&pki().ca(testpki::CaKind::Moica).spec);
+        let forged = testpki::issue(&spec, &fake_ca);
         let mut form = operator_form("moica-operator-1", &["enroll"]);
         form.read_certificate = Some(forged.cert_der.clone());
         let e = code_of(svc.add_operator(&grant, &form, None).await);

@@ -23,13 +23,13 @@ use domain::model::{Agency, ContactDirectory, ReviewState};
 use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::testpki::{self, TestPki, TestPkiOptions, Variant};
 use pki::validate::{ValidationOptions, Validator};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testpki::{TestPki, TestPkiOptions, Variant};
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 use web::{AppState, WebConfig};
 

@@ -461,7 +461,7 @@ async fn spec_4_7_another_agencys_operator_ids_answer_404() {
             code: InstitutionCode::parse(OTHER).unwrap(),
             name: "新北市政府主計處".into(),
             county: "新北市".into(),
-            org_identifier: Some(OrgIdentifier::parse(pki::testpki::GCA_MISMATCH_OID).unwrap()),
+            org_identifier: Some(OrgIdentifier::parse(testpki::GCA_MISMATCH_OID).unwrap()),
         }])
         .await
         .unwrap();

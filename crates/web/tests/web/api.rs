@@ -32,7 +32,7 @@ impl Api {
                 code: InstitutionCode::parse(SCHOOL).unwrap(),
                 name: "臺北市立測試國民小學".into(),
                 county: "臺北市".into(),
-                org_identifier: Some(OrgIdentifier::parse(pki::testpki::XCA_SCHOOL_OID).unwrap()),
+                org_identifier: Some(OrgIdentifier::parse(testpki::XCA_SCHOOL_OID).unwrap()),
             }])
             .await
             .unwrap();
@@ -374,7 +374,7 @@ async fn r1_3_mismatch_review_filed_then_pending() {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["outcome"], "review_needed");
-        assert_eq!(v["org"]["org_identifier"], pki::testpki::GCA_MISMATCH_OID);
+        assert_eq!(v["org"]["org_identifier"], testpki::GCA_MISMATCH_OID);
         assert!(v["message"].as_str().unwrap().contains("比對不符"));
         let (_, v) = api.get(&t, &format!("/api/v1/flows/{flow}")).await;
         assert_eq!(v["data"]["mismatch"], true);
@@ -494,10 +494,7 @@ async fn r1_5_r1_6_confirmation_takes_effect_once() {
         assert_eq!(v["step"], "confirm");
         let org = &pki().card("gca-agency").issued;
         assert_eq!(v["data"]["org"]["serial"], org.serial_hex());
-        assert_eq!(
-            v["data"]["org"]["org_identifier"],
-            pki::testpki::GCA_AGENCY_OID
-        );
+        assert_eq!(v["data"]["org"]["org_identifier"], testpki::GCA_AGENCY_OID);
         assert_eq!(v["data"]["admin"]["name"], "王大明");
         assert!(
             !v.to_string().contains(&id_of("moica-admin")),
@@ -1058,7 +1055,7 @@ async fn r4_2_organization_oid_query() {
         let (s, v) = api.org_step(&t, &flow, "gca-agency", TAIPEI).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["outcome"], "org_oid");
-        assert_eq!(v["org_identifier"], pki::testpki::GCA_AGENCY_OID);
+        assert_eq!(v["org_identifier"], testpki::GCA_AGENCY_OID);
         assert_eq!(v["matches"], true);
         assert_eq!(v["verdict"], "on_file");
         assert_eq!(v["agency_name"], "臺北市政府人事處");
@@ -1076,7 +1073,7 @@ async fn r4_2_organization_oid_query() {
             !v.to_string().contains("2.16.886.101.20003.20065.11111"),
             "{v}"
         );
-        assert_eq!(v["org_identifier"], pki::testpki::GCA_MISMATCH_OID);
+        assert_eq!(v["org_identifier"], testpki::GCA_MISMATCH_OID);
     }
 }
 
@@ -1920,8 +1917,8 @@ async fn a_crl_revoking_an_operators_certificate_ends_its_session_and_flags_it()
             )
             .unwrap();
         let this_update = NOW - time::Duration::minutes(30);
-        crls.add(&pki::testpki::crl(
-            p.ca(pki::testpki::CaKind::Moica),
+        crls.add(&testpki::crl(
+            p.ca(testpki::CaKind::Moica),
             &[(
                 p.card("moica-operator-1").issued.serial().to_vec(),
                 NOW - time::Duration::minutes(40),

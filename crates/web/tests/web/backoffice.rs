@@ -174,7 +174,7 @@ async fn r6_2_the_queue_shows_only_the_reviewers_section() {
             && html.contains("臺北市政府人事處")
             && html.contains("林小華")
             && html.contains("0223456789")
-            && html.contains(pki::testpki::GCA_AGENCY_OID),
+            && html.contains(testpki::GCA_AGENCY_OID),
         "{html}"
     );
     assert!(!html.contains(MISMATCH), "{html}");
@@ -598,8 +598,8 @@ async fn the_search_flags_expiring_and_revoked_registration_certificates() {
         )
         .unwrap();
     let this_update = later - time::Duration::minutes(30);
-    crls.add(&pki::testpki::crl(
-        p.ca(pki::testpki::CaKind::Moica),
+    crls.add(&testpki::crl(
+        p.ca(testpki::CaKind::Moica),
         &[(
             p.card("moica-admin").issued.serial().to_vec(),
             later - time::Duration::minutes(40),

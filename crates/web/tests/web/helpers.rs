@@ -11,9 +11,9 @@ use domain::model::Agency;
 use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::testpki::{TestPki, TestPkiOptions};
 use pki::validate::{ValidationOptions, Validator};
 use std::sync::{Arc, OnceLock};
+use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt as _;
@@ -57,7 +57,7 @@ pub fn agencies() -> Vec<Agency> {
             TAIPEI,
             "臺北市政府人事處",
             "臺北市",
-            Some(pki::testpki::GCA_AGENCY_OID),
+            Some(testpki::GCA_AGENCY_OID),
         ),
         a(
             MISMATCH,

@@ -12,9 +12,9 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use domain::store::Store as _;
-use pki::testpki::CaKind;
 use serde_json::json;
 use std::sync::Arc;
+use testpki::CaKind;
 use time::Duration;
 use tokio::sync::Barrier;
 use tower::ServiceExt as _;
@@ -36,7 +36,7 @@ fn revoke(api: &Api, ca: CaKind, cards: &[&str]) {
             )
         })
         .collect();
-    crls.add(&pki::testpki::crl(
+    crls.add(&testpki::crl(
         p.ca(ca),
         &revoked,
         this_update,

@@ -380,8 +380,8 @@ async fn a_token_is_refused_after_the_operators_certificate_is_revoked() {
             .crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
             .unwrap();
         let this_update = NOW - Duration::minutes(30);
-        crls.add(&pki::testpki::crl(
-            p.ca(pki::testpki::CaKind::Moica),
+        crls.add(&testpki::crl(
+            p.ca(testpki::CaKind::Moica),
             &[(
                 p.card("moica-operator-1").issued.serial().to_vec(),
                 NOW - Duration::minutes(40),

@@ -5,9 +5,8 @@
 //! Two layers: a builder ([`CertSpec`], [`self_signed`], [`issue`], [`crl`]) for arbitrary
 //! variants, and [`TestPki::generate`], the standard hierarchy with named cards.
 
-use crate::error::{ErrorCode, PkiError, Result};
-use crate::oid;
-use crate::pkcs12::tlv;
+use pki::error::{ErrorCode, PkiError, Result};
+use pki::oid;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     CrlIssuingDistributionPoint, CustomExtension, DistinguishedName, DnType, DnValue,
@@ -184,7 +183,7 @@ pub enum StrKind {
 /// One attribute of a subject name, in certificate order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameAttr {
-    /// Dotted attribute type, e.g. `2.5.4.3` (see the `AT_*` constants in [`crate::oid`]).
+    /// Dotted attribute type, e.g. `2.5.4.3` (see the `AT_*` constants in [`pki::oid`]).
     pub oid: String,
     pub value: String,
     pub kind: StrKind,
@@ -348,6 +347,23 @@ impl Issued {
             self.key.key_pair(hash)?,
         ))
     }
+}
+
+/// A DER TLV with a definite length.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = (len as u64).to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (8 - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 fn oid_arcs(dotted: &str) -> Result<Vec<u64>> {
@@ -767,7 +783,7 @@ impl CaKind {
 }
 
 /// Which kind of card a test card is: the trust store's role.
-pub use crate::anchors::Role;
+pub use pki::anchors::Role;
 
 /// What is wrong with a card, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -818,9 +834,9 @@ pub struct Card {
 impl Card {
     /// A card proof as certreg's agent makes it: CMS SignedData over `content` (attached unless
     /// `opts` says otherwise) with the card's key and certificate.
-    pub fn sign_cms(&self, content: &[u8], opts: &crate::cms::CmsSignOptions) -> Result<Vec<u8>> {
-        crate::cms::build_signed_data(content, &self.issued.cert_der, opts, |m| {
-            crate::sig::sign_pkcs8(&self.issued.key.pkcs8_der, m)
+    pub fn sign_cms(&self, content: &[u8], opts: &pki::cms::CmsSignOptions) -> Result<Vec<u8>> {
+        pki::cms::build_signed_data(content, &self.issued.cert_der, opts, |m| {
+            pki::sig::sign_pkcs8(&self.issued.key.pkcs8_der, m)
         })
     }
 }
@@ -1313,9 +1329,9 @@ impl TestPki {
     }
 
     /// The issuing CAs as a trust store, as `write_dir` writes its anchors manifest.
-    pub fn trust_store(&self) -> Result<crate::anchors::TrustStore> {
-        use crate::facts::{OrgIdAttr, ParsedCert};
-        let mut store = crate::anchors::TrustStore::new();
+    pub fn trust_store(&self) -> Result<pki::anchors::TrustStore> {
+        use pki::facts::{OrgIdAttr, ParsedCert};
+        let mut store = pki::anchors::TrustStore::new();
         for kind in CaKind::ISSUING {
             let attr = match kind.org_id_attr() {
                 Some("uniform_number") => OrgIdAttr::UniformNumber,
@@ -1332,8 +1348,8 @@ impl TestPki {
         &self,
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
-    ) -> Result<crate::revocation::CrlStore> {
-        let mut crls = crate::revocation::CrlStore::new();
+    ) -> Result<pki::revocation::CrlStore> {
+        let mut crls = pki::revocation::CrlStore::new();
         for kind in CaKind::ISSUING {
             crls.add(&self.crl_for(kind, this_update, next_update))?;
         }
@@ -1444,7 +1460,7 @@ impl TestPki {
                 self.ca(card.ca).cert_der.clone(),
                 self.root.cert_der.clone(),
             ];
-            let p12 = crate::pkcs12::write_pkcs12(
+            let p12 = pki::pkcs12::write_pkcs12(
                 &card.issued.cert_der,
                 &chain,
                 &card.issued.key.pkcs8_der,
@@ -1513,8 +1529,7 @@ impl TestPki {
 
     /// `anchors/manifest.toml`: one `[[anchor]]` per issuing CA, file names relative to it.
     pub fn anchor_manifest(&self) -> String {
-        let mut s =
-            String::from("# Test trust anchors written by pki::testpki. NOT for production.\n");
+        let mut s = String::from("# Test trust anchors written by testpki. NOT for production.\n");
         for (kind, _) in &self.cas {
             s.push_str(&format!(
                 "\n[[anchor]]\nname = \"{}\"\nfile = \"{}.pem\"\nrole = \"{}\"\n",
@@ -2169,8 +2184,8 @@ mod tests {
 
     #[test]
     fn fresh_crls_are_signed_again_from_the_written_ca_keys() {
-        use crate::facts::ParsedCert;
-        use crate::validate::{ValidationOptions, Validator};
+        use pki::facts::ParsedCert;
+        use pki::validate::{ValidationOptions, Validator};
         let pki = pki();
         let dir = temp_dir("fresh-crls");
         pki.write_dir(&dir).unwrap();
@@ -2179,7 +2194,7 @@ mod tests {
         let later = pki.opts.now + Duration::days(30);
         let crls = fresh_crls(&dir, later, later + Duration::days(1)).unwrap();
         assert_eq!(crls.len(), CaKind::ISSUING.len());
-        let mut store = crate::revocation::CrlStore::new();
+        let mut store = pki::revocation::CrlStore::new();
         for (_, der) in &crls {
             store.add(der).unwrap();
         }
@@ -2277,7 +2292,7 @@ mod tests {
 
         // The soft card opens with its PIN, in our reader and in OpenSSL.
         let p12 = std::fs::read(dir.join("cards/moica-admin.p12")).unwrap();
-        let contents = crate::pkcs12::read_pkcs12(&p12, pin).unwrap();
+        let contents = pki::pkcs12::read_pkcs12(&p12, pin).unwrap();
         assert_eq!(contents.cert_der, pki.card("moica-admin").issued.cert_der);
         assert_eq!(contents.chain_der.len(), 2);
         let out = openssl(
