@@ -1,16 +1,10 @@
-//! Expiry and revocation notices by mail: a minimal SMTP client (plain SMTP
-//! over TCP: EHLO, MAIL FROM, RCPT TO, DATA, QUIT; the subject as an RFC 2047 encoded word, the
-//! body base64), what to do with a notice ([`Mailer`]: nothing, print it, or send it), and the
-//! walk over all registrations that sends each certificate's notice once per day.
-//!
-//! The once-per-day memory is the database's (`notices_sent`): a notice is claimed there before
-//! it is mailed, so neither a restart nor a second instance on the same PostgreSQL database
-//! sends it twice in one day.
+//! How expiry and revocation notices travel: a minimal SMTP client (plain SMTP over TCP: EHLO,
+//! MAIL FROM, RCPT TO, DATA, QUIT; the subject as an RFC 2047 encoded word, the body base64), and
+//! what to do with a notice ([`Mailer`]: nothing, print it, or send it). Who is told what, once a
+//! day, is the domain's ([`domain::notices::notify_once`]); the [`Mailer`] is its sender.
 
 use base64::Engine as _;
-use domain::expiry::{Flag, Notice, expiry_report, notice_zh};
-use domain::store::Store as _;
-use pki::validate::Validator;
+use domain::notices::{Notice, NoticeSender, SendError};
 use std::io;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -190,91 +184,13 @@ impl Mailer {
     }
 }
 
-fn key(f: &Flag) -> String {
-    format!(
-        "{}|{:?}|{}|{}",
-        f.code.as_str(),
-        f.holder,
-        f.issuer.as_deref().unwrap_or(""),
-        f.serial.as_str()
-    )
-}
+impl NoticeSender for Mailer {
+    fn is_enabled(&self) -> bool {
+        Mailer::is_enabled(self)
+    }
 
-/// Sends each agency's administrator one notice of its flagged certificates not yet notified
-/// today (claimed in the database first); returns how many mails went out. A failed mail is
-/// logged, its claims are given back, and it is tried again next time. One agency's failure
-/// (a row that cannot be read, a claim the database refused) is logged and the walk goes on
-/// to the next agency.
-pub async fn notify_once(
-    db: &store::Db,
-    validator: &Validator,
-    now: OffsetDateTime,
-    mailer: &Mailer,
-) -> domain::Result<usize> {
-    if !mailer.is_enabled() {
-        return Ok(0);
-    }
-    let today = now.to_offset(domain::clock::TAIPEI).date();
-    let mut mails = 0;
-    for code in db.registered_codes().await? {
-        match notify_agency(db, validator, now, today, mailer, &code).await {
-            Ok(sent) => mails += usize::from(sent),
-            Err(e) => {
-                tracing::error!(code = code.as_str(), error = %e, "expiry notice skipped");
-            }
-        }
-    }
-    Ok(mails)
-}
-
-/// One agency's notice; whether a mail went out.
-async fn notify_agency(
-    db: &store::Db,
-    validator: &Validator,
-    now: OffsetDateTime,
-    today: time::Date,
-    mailer: &Mailer,
-    code: &domain::types::InstitutionCode,
-) -> domain::Result<bool> {
-    let Some(registration) = db.registration(code).await? else {
-        return Ok(false);
-    };
-    let operators = db.operators(code).await?;
-    let flags: Vec<Flag> = expiry_report(
-        now,
-        validator,
-        std::slice::from_ref(&registration),
-        &operators,
-    );
-    if flags.is_empty() {
-        return Ok(false);
-    }
-    let keys: Vec<String> = flags.iter().map(key).collect();
-    let claimed = db.notice_claim(today, &keys).await?;
-    let (flags, keys): (Vec<Flag>, Vec<String>) = flags
-        .into_iter()
-        .zip(keys)
-        .zip(claimed)
-        .filter_map(|(pair, mine)| mine.then_some(pair))
-        .unzip();
-    if flags.is_empty() {
-        return Ok(false);
-    }
-    let notice = notice_zh(&registration, &flags, now);
-    match mailer.send(&notice).await {
-        Ok(()) => {
-            tracing::info!(
-                code = code.as_str(),
-                certificates = flags.len(),
-                "expiry notice sent"
-            );
-            Ok(true)
-        }
-        Err(e) => {
-            tracing::warn!(code = code.as_str(), error = %e, "expiry notice not sent");
-            db.notice_release(today, &keys).await?;
-            Ok(false)
-        }
+    async fn send(&self, notice: &Notice) -> Result<(), SendError> {
+        Ok(Mailer::send(self, notice).await?)
     }
 }
 

@@ -2150,7 +2150,7 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         let validator = api.app.validator.clone();
 
         // Two years of validity left: nothing to say.
-        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, NOW, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -2164,11 +2164,11 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
             port: closed_port().await,
             from: "certreg@example.gov.tw".into(),
         });
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &down)
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &down)
             .await
             .unwrap();
         assert_eq!(n, 0);
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2195,11 +2195,11 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         let other = store::Db::connect(&api.app.db_url, &api.app.secrets)
             .await
             .unwrap();
-        let n = web::mail::notify_once(&other, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&other, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -2211,7 +2211,7 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
             from: "certreg@example.gov.tw".into(),
         });
         let next_day = later + time::Duration::days(1);
-        let n = web::mail::notify_once(&other, &validator, next_day, &mailer)
+        let n = domain::notices::notify_once(&other, &validator, next_day, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2271,7 +2271,7 @@ async fn one_agency_that_cannot_be_read_does_not_stop_the_notices_of_the_others(
             from: "certreg@example.gov.tw".into(),
         });
         let later = registration.admin_card.cert.not_after - time::Duration::days(30);
-        let n = web::mail::notify_once(&api.app.db, &api.app.validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &api.app.validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
