@@ -297,7 +297,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         db,
         validator,
         crl_copies,
-        mailer: settings.mailer(),
+        mailer: settings.mailer()?,
     })
 }
 
