@@ -531,51 +531,38 @@ impl fmt::Debug for SignRequest {
     }
 }
 
-/// Decodes `%XX` escapes (exactly two ASCII hex digits each) and, when `plus_is_space`, `+` as a
-/// space; `None` for a stray or short `%`, a non-hex digit (a sign included: `%+A` is no escape)
-/// or bytes that are not UTF-8. The one decoder of form bodies and of percent-encoded values.
-fn decode_escapes(s: &str, plus_is_space: bool) -> Option<String> {
-    fn hex_digit(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = hex_digit(*bytes.get(i + 1)?)?;
-                let lo = hex_digit(*bytes.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
-fn url_decode(s: &str) -> Option<String> {
-    decode_escapes(s, true)
+/// Whether every `%` in `s` starts an escape of exactly two ASCII hex digits (a sign is no
+/// digit: `%+A` is no escape).
+fn escapes_are_whole(s: &str) -> bool {
+    s.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Decodes `%XX` escapes the way JavaScript's `decodeURIComponent` does (`+` stays `+`); `None`
-/// for a stray `%` or bytes that are not UTF-8.
+/// for a stray or short `%`, a non-hex digit, or bytes that are not UTF-8. The one decoder of
+/// percent-encoded values and (through [`url_decode`]) of form bodies: `percent-encoding` decodes,
+/// after the escapes are checked here, since on its own it passes a stray `%` through, and its
+/// strict UTF-8 reading refuses what would otherwise become U+FFFD.
 pub fn percent_decode(s: &str) -> Option<String> {
-    decode_escapes(s, false)
+    if !escapes_are_whole(s) {
+        return None;
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte), as strictly
+/// as [`percent_decode`]. Not `form_urlencoded::parse`: it reads bytes that are not UTF-8 as
+/// U+FFFD and passes a stray `%` through, with no way to tell, and an agent refuses both.
+fn url_decode(s: &str) -> Option<String> {
+    // A `+` is never part of an escape, so spaces can come first.
+    percent_decode(&s.replace('+', " "))
 }
 
 /// JSON text with raw control characters inside its strings written as `\u00XX` escapes. A

@@ -51,12 +51,34 @@ pub struct Settings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `compact` (human) or `json` (one object per line, for log collectors).
     pub log_format: LogFormat,
-    /// The SMTP relay for expiry/revocation notices (plain SMTP, no authentication); unset:
-    /// no mail is sent.
+    /// The SMTP relay for expiry/revocation notices; unset: no mail is sent.
     pub smtp_host: Option<String>,
     pub smtp_port: u16,
+    /// STARTTLS: `none` (plain SMTP, the default), `opportunistic` (when the relay offers it) or
+    /// `required` (no mail to a relay without it or with an untrusted certificate).
+    pub smtp_starttls: web::mail::StartTls,
+    /// CA certificates (PEM) trusted for the relay's certificate besides the system's.
+    pub smtp_ca_file: Option<PathBuf>,
+    /// The SMTP user, if the relay wants authentication; the password comes from
+    /// `smtp_password_file` or `CERTREG_SMTP_PASSWORD`.
+    pub smtp_user: Option<String>,
+    /// Reads the SMTP password from this file.
+    pub smtp_password_file: Option<PathBuf>,
+    /// Never in the settings file: from `smtp_password_file` or `CERTREG_SMTP_PASSWORD`.
+    #[serde(skip)]
+    pub smtp_password: Option<Secret>,
     /// The sender of notices.
     pub mail_from: String,
+}
+
+/// A secret setting: kept out of `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -90,6 +112,11 @@ impl Default for Settings {
             log_format: LogFormat::Compact,
             smtp_host: None,
             smtp_port: 25,
+            smtp_starttls: web::mail::StartTls::None,
+            smtp_ca_file: None,
+            smtp_user: None,
+            smtp_password_file: None,
+            smtp_password: None,
             mail_from: "certreg@localhost".into(),
         }
     }
@@ -192,6 +219,26 @@ impl Settings {
                 .parse()
                 .context("CERTREG_SMTP_PORT must be a port number")?;
         }
+        if let Some(v) = env("CERTREG_SMTP_STARTTLS") {
+            s.smtp_starttls = v.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(v) = env("CERTREG_SMTP_CA_FILE") {
+            s.smtp_ca_file = Some(v.into());
+        }
+        if let Some(v) = env("CERTREG_SMTP_USER") {
+            s.smtp_user = Some(v).filter(|u| !u.is_empty());
+        }
+        if let Some(v) = env("CERTREG_SMTP_PASSWORD_FILE") {
+            s.smtp_password_file = Some(v.into());
+        }
+        if let Some(v) = env("CERTREG_SMTP_PASSWORD") {
+            s.smtp_password = Some(Secret(v));
+        }
+        if let Some(path) = &s.smtp_password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            s.smtp_password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
         if let Some(path) = &s.database_url_file {
             s.database_url = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?
@@ -202,16 +249,40 @@ impl Settings {
         Ok(s)
     }
 
-    /// Where expiry/revocation notices go: SMTP when `smtp_host` is set, else nowhere.
-    pub fn mailer(&self) -> web::mail::Mailer {
-        match &self.smtp_host {
-            Some(host) => web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-                host: host.clone(),
-                port: self.smtp_port,
-                from: self.mail_from.clone(),
+    /// Where expiry/revocation notices go: SMTP when `smtp_host` is set, else nowhere. Refused
+    /// when the CA file cannot be read or parsed, or credentials would travel unencrypted to a
+    /// relay on another machine.
+    pub fn mailer(&self) -> Result<web::mail::Mailer> {
+        let Some(host) = &self.smtp_host else {
+            return Ok(web::mail::Mailer::Disabled);
+        };
+        let ca_pem = match &self.smtp_ca_file {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        };
+        let auth = match (&self.smtp_user, &self.smtp_password) {
+            (Some(user), Some(password)) => Some(web::mail::SmtpAuth {
+                user: user.clone(),
+                password: password.0.clone(),
             }),
-            None => web::mail::Mailer::Disabled,
-        }
+            (None, None) => None,
+            (Some(_), None) => {
+                bail!("smtp_user needs a password: smtp_password_file or CERTREG_SMTP_PASSWORD")
+            }
+            (None, Some(_)) => bail!("an SMTP password is set but no smtp_user"),
+        };
+        let config = web::mail::SmtpConfig {
+            starttls: self.smtp_starttls,
+            auth,
+            ca_pem,
+            ..web::mail::SmtpConfig::new(host.clone(), self.smtp_port, self.mail_from.clone())
+        };
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("SMTP settings: {e}"))?;
+        Ok(web::mail::Mailer::Smtp(config))
     }
 
     /// The key file: the one configured, else `certreg.key` beside the SQLite database (so the
@@ -349,14 +420,17 @@ mod tests {
         assert_eq!(s.database_url, "postgres://certreg:secret@db/certreg");
         assert_eq!(s.listen, Settings::default().listen);
         assert_eq!(
-            s.mailer(),
-            web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-                host: "mail.example.gov.tw".into(),
-                port: 2525,
-                from: "certreg@localhost".into(),
-            })
+            s.mailer().unwrap(),
+            web::mail::Mailer::Smtp(web::mail::SmtpConfig::new(
+                "mail.example.gov.tw",
+                2525,
+                "certreg@localhost"
+            ))
         );
-        assert_eq!(Settings::default().mailer(), web::mail::Mailer::Disabled);
+        assert_eq!(
+            Settings::default().mailer().unwrap(),
+            web::mail::Mailer::Disabled
+        );
         assert!(
             s.key_path().is_err(),
             "PostgreSQL needs a configured key file"
@@ -386,6 +460,79 @@ mod tests {
             Settings::default().token_audiences,
             vec![web::DEFAULT_AUDIENCE]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn smtp_starttls_and_credentials_from_file_or_environment() {
+        let dir = std::env::temp_dir().join(format!("certreg-mail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("certreg.toml");
+        let password = dir.join("smtp-password");
+        std::fs::write(&password, "from-file\n").unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "smtp_host = \"mail.example.gov.tw\"\nsmtp_port = 587\n\
+                 smtp_starttls = \"required\"\nsmtp_user = \"certreg\"\n\
+                 smtp_password_file = {:?}\nmail_from = \"certreg@example.gov.tw\"\n",
+                password.display().to_string()
+            ),
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), |_| None).unwrap();
+        assert!(!format!("{s:?}").contains("from-file"));
+        let mut expected = web::mail::SmtpConfig {
+            starttls: web::mail::StartTls::Required,
+            auth: Some(web::mail::SmtpAuth {
+                user: "certreg".into(),
+                password: "from-file".into(),
+            }),
+            ..web::mail::SmtpConfig::new("mail.example.gov.tw", 587, "certreg@example.gov.tw")
+        };
+        assert_eq!(
+            s.mailer().unwrap(),
+            web::mail::Mailer::Smtp(expected.clone())
+        );
+
+        // The password from the environment, STARTTLS from the environment.
+        let env: HashMap<&str, String> = [
+            ("CERTREG_SMTP_HOST", "mail.example.gov.tw".to_string()),
+            ("CERTREG_SMTP_STARTTLS", "opportunistic".to_string()),
+            ("CERTREG_SMTP_USER", "certreg".to_string()),
+            ("CERTREG_SMTP_PASSWORD", "from-env".to_string()),
+        ]
+        .into();
+        let s = Settings::load_from(None, |k| env.get(k).cloned()).unwrap();
+        assert_eq!(s.smtp_starttls, web::mail::StartTls::Opportunistic);
+        assert_eq!(s.smtp_password, Some(Secret("from-env".into())));
+        // Credentials to another machine go only with STARTTLS required.
+        let e = s.mailer().unwrap_err().to_string();
+        assert!(e.contains("STARTTLS required"), "{e}");
+        let s = Settings {
+            smtp_host: Some("127.0.0.1".into()),
+            smtp_port: 25,
+            smtp_starttls: web::mail::StartTls::None,
+            ..s
+        };
+        expected.host = "127.0.0.1".into();
+        expected.port = 25;
+        expected.from = "certreg@localhost".into();
+        expected.starttls = web::mail::StartTls::None;
+        expected.auth.as_mut().unwrap().password = "from-env".into();
+        assert_eq!(s.mailer().unwrap(), web::mail::Mailer::Smtp(expected));
+
+        let refused = |pairs: &[(&'static str, &str)]| {
+            let env: HashMap<&str, String> =
+                pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            Settings::load_from(None, |k| env.get(k).cloned()).and_then(|s| s.mailer())
+        };
+        assert!(refused(&[("CERTREG_SMTP_STARTTLS", "always")]).is_err());
+        let host = ("CERTREG_SMTP_HOST", "127.0.0.1");
+        assert!(refused(&[host, ("CERTREG_SMTP_USER", "certreg")]).is_err());
+        assert!(refused(&[host, ("CERTREG_SMTP_PASSWORD", "x")]).is_err());
+        let missing = dir.join("no-such-ca.pem").display().to_string();
+        assert!(refused(&[host, ("CERTREG_SMTP_CA_FILE", &missing)]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -100,7 +100,7 @@ async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Maile
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
     }
-    if let Err(e) = web::mail::notify_once(db, validator, now, mailer).await {
+    if let Err(e) = domain::notices::notify_once(db, validator, now, mailer).await {
         tracing::warn!(error = %e, "expiry notices");
     }
 }
@@ -299,7 +299,7 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         db,
         validator,
         crl_copies,
-        mailer: settings.mailer(),
+        mailer: settings.mailer()?,
     })
 }
 

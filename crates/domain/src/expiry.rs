@@ -169,48 +169,6 @@ pub fn expiry_report(
     flags
 }
 
-/// A mail to an agency's administrator (電子信箱 of the registration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub code: InstitutionCode,
-    pub to: String,
-    pub subject: String,
-    pub body: String,
-}
-
-/// The zh-TW expiry/revocation notice of `flags` (all of `registration`'s agency) at `now`.
-pub fn notice_zh(registration: &Registration, flags: &[Flag], now: OffsetDateTime) -> Notice {
-    let mut body = format!(
-        "{} 您好：\n\n貴機關（機關代號 {}，{}）在「公教人員保險 要保機關憑證註冊與授權指派服務」\
-         登錄的下列憑證需要處理：\n\n",
-        registration.admin.name.as_str(),
-        registration.code.as_str(),
-        registration.org.org_name,
-    );
-    for f in flags {
-        body.push_str(&format!(
-            "・{}（憑證序號 {}）：{}\n",
-            f.holder.label_zh(),
-            f.serial.as_str(),
-            f.badge_zh(now)
-        ));
-    }
-    body.push_str(
-        "\n已廢止或過期的憑證無法登入。機關憑證或授權管理者自然人憑證請於到期前辦理更換；\
-         經辦人憑證已廢止或換發者，請由授權管理者修改該經辦人的憑證序號。\n\n\
-         本信件由系統自動寄送，請勿直接回覆。\n",
-    );
-    Notice {
-        code: registration.code.clone(),
-        to: registration.admin.email.as_str().to_string(),
-        subject: format!(
-            "憑證到期／廢止通知（機關代號 {}）",
-            registration.code.as_str()
-        ),
-        body,
-    }
-}
-
 impl<S: crate::store::Store, C: crate::clock::Clock> crate::service::Services<S, C> {
     /// The flags of the administrator's agency now: its registration's two certificates and
     /// its operators, against the CRLs in force.

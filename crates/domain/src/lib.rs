@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod flow;
 pub mod import;
 pub mod model;
+pub mod notices;
 pub mod service;
 pub mod store;
 mod text;

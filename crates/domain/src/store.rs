@@ -11,7 +11,7 @@ use crate::flow::{Flow, Step};
 use crate::model::*;
 use crate::types::{CertSerial, InstitutionCode};
 use std::future::Future;
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 /// The most audit events one back-office search returns.
 pub const AUDIT_SEARCH_MAX: i64 = 200;
@@ -227,6 +227,21 @@ pub trait Store: Send + Sync {
         &self,
         serial: &CertSerial,
     ) -> impl Future<Output = Result<Vec<InstitutionCode>>> + Send;
+    /// The codes of every agency with a registration, in order.
+    fn registered_codes(&self) -> impl Future<Output = Result<Vec<InstitutionCode>>> + Send;
+
+    // expiry and revocation notices (`crate::notices`)
+    /// Claims the notices `keys` for `day` (a Taipei date): for each key, whether this call
+    /// claimed it (false: already sent or being sent that day, by this process or another on the
+    /// same database). Claims of earlier days are deleted.
+    fn notice_claim(
+        &self,
+        day: Date,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
+    /// Gives back claims whose notice could not be sent, so that the next walk tries again.
+    fn notice_release(&self, day: Date, keys: &[String])
+    -> impl Future<Output = Result<()>> + Send;
 
     // reviewers
     fn add_reviewer(
@@ -482,6 +497,9 @@ erased_backend! {
         fn pending_reviews() -> Vec<ReviewApplication>;
         fn decided_reviews(val limit: i64) -> Vec<ReviewApplication>;
         fn codes_by_serial(ref serial: CertSerial) -> Vec<InstitutionCode>;
+        fn registered_codes() -> Vec<InstitutionCode>;
+        fn notice_claim(val day: Date, ref keys: [String]) -> Vec<bool>;
+        fn notice_release(val day: Date, ref keys: [String]) -> ();
         fn add_reviewer(ref name: str, val section: Section, ref serial: CertSerial) -> i64;
         fn reviewers() -> Vec<Reviewer>;
         fn learn_reviewer_issuer(val id: i64, ref serial: CertSerial, ref issuer: str) -> ();

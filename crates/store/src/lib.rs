@@ -497,6 +497,19 @@ impl Store for Db {
     async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
         dispatch!(self, ops, p => ops::audit_search(p, filter).await)
     }
+
+    async fn registered_codes(&self) -> Result<Vec<InstitutionCode>> {
+        Db::registered_codes(self).await
+    }
+
+    // The notice claims, as the inherent methods in `notices.rs` do them.
+    async fn notice_claim(&self, day: time::Date, keys: &[String]) -> Result<Vec<bool>> {
+        Db::notice_claim(self, day, keys).await
+    }
+
+    async fn notice_release(&self, day: time::Date, keys: &[String]) -> Result<()> {
+        Db::notice_release(self, day, keys).await
+    }
 }
 
 /// The web layer's storage, as the inherent methods above and in `signing.rs` do it.

@@ -1,6 +1,7 @@
 //! Which expiry and revocation notices went out today (table `notices_sent`, migration 0005):
-//! the web crate's mailer claims a notice before it mails it, so each certificate's notice goes
-//! out once a day, across restarts and across the instances sharing a PostgreSQL database.
+//! the domain's notice walk (`domain::notices`) claims a notice before it sends it, so each
+//! certificate's notice goes out once a day, across restarts and across the instances sharing a
+//! PostgreSQL database. [`domain::store::Store`]'s `notice_claim` and `notice_release` are these.
 
 use crate::Db;
 use domain::Result;

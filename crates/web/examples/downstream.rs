@@ -1,5 +1,5 @@
 //! What a downstream service (加保, 退保 …) does with an operator's token from certreg: fetch
-//! certreg's published keys, verify the token with an independent JWT library (`jsonwebtoken`),
+//! certreg's published keys, verify the token with them (here with the `jsonwebtoken` crate),
 //! check issuer and expiry, and ask certreg whether the session behind it is still active.
 //!
 //! ```text

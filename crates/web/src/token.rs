@@ -3,11 +3,11 @@
 //! serial and the functions granted today. Downstream services verify it with the keys published
 //! at `/.well-known/jwks.json` and may ask `/api/v1/introspect` whether it is still active.
 //!
-//! Signing is `ring`'s P-256 ECDSA with the fixed-length (JOSE `r ‖ s`) signature; the JWS compact
-//! form is written here by hand. The keys are kept in the database (`signing_keys`, encrypted
-//! with the store's secrets, see `store::signing`), so every instance on one PostgreSQL database
-//! signs with and publishes the same keys. [`KeyRing::rotate`] makes a new current key and keeps
-//! the previous one published until the last token it signed has expired.
+//! Keys are P-256 pairs made with `ring`; tokens are signed and verified with `jsonwebtoken`
+//! (ES256 only, RustCrypto backend). The keys are kept in the database (`signing_keys`,
+//! encrypted with the store's secrets, through `domain::store::SessionStore`), so every
+//! instance on one PostgreSQL database signs with and publishes the same keys. [`KeyRing::rotate`] makes a new current key
+//! and keeps the previous one published until the last token it signed has expired.
 //!
 //! A token's `sid` is a random handle of its session, never the session id (a bearer
 //! credential): the table `token_sessions` maps it to the session and goes with it.
@@ -26,14 +26,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
 use domain::DomainError;
 use domain::store::{Backend, SessionStore as _, SigningKeyRecord};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SystemRandom;
-use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
-    UnparsedPublicKey,
-};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use time::{Duration, OffsetDateTime};
 
 /// A token lives at most this long (and never past its session's absolute limit); a client asks
@@ -66,20 +62,10 @@ pub struct Claims {
     pub jti: String,
 }
 
-struct Key {
-    kid: String,
-    public: Vec<u8>,
-    pair: Arc<EcdsaKeyPair>,
-    retired: bool,
-}
-
-/// The signing keys: the current one and the previous ones still published.
+/// The signing keys: the current one and the previous ones still published. The rows are
+/// re-read every time, so a rotation by another instance is seen at once.
 pub struct KeyRing {
     db: Backend,
-    // Parsed key pairs by kid: parsing PKCS#8 checks the key, which costs a scalar
-    // multiplication; the rows themselves are re-read every time, so a rotation by another
-    // instance is seen at once.
-    parsed: Mutex<HashMap<String, Arc<EcdsaKeyPair>>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> DomainError {
@@ -122,47 +108,19 @@ fn new_record(now: OffsetDateTime) -> Result<SigningKeyRecord, DomainError> {
 
 impl KeyRing {
     pub fn new(db: Backend) -> Self {
-        Self {
-            db,
-            parsed: Mutex::new(HashMap::new()),
-        }
+        Self { db }
     }
 
     /// The published keys at `now`, the current one first; the first key is made on first use.
-    async fn keys(&self, now: OffsetDateTime) -> Result<Vec<Key>, DomainError> {
+    async fn keys(&self, now: OffsetDateTime) -> Result<Vec<SigningKeyRecord>, DomainError> {
         let mut records = self.db.signing_keys(now).await?;
         if !records.iter().any(|r| r.retired_at.is_none()) {
             self.db.signing_key_add_first(&new_record(now)?).await?;
             records = self.db.signing_keys(now).await?;
         }
-        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
-        parsed.retain(|kid, _| records.iter().any(|r| &r.kid == kid));
-        let mut keys = Vec::with_capacity(records.len());
-        for r in records {
-            let pair = match parsed.get(&r.kid) {
-                Some(p) => p.clone(),
-                None => {
-                    let pair = EcdsaKeyPair::from_pkcs8(
-                        &ECDSA_P256_SHA256_FIXED_SIGNING,
-                        &r.private_pkcs8,
-                        &SystemRandom::new(),
-                    )
-                    .map_err(|_| storage(format!("stored signing key {} is unusable", r.kid)))?;
-                    let pair = Arc::new(pair);
-                    parsed.insert(r.kid.clone(), pair.clone());
-                    pair
-                }
-            };
-            keys.push(Key {
-                kid: r.kid,
-                public: r.public_key,
-                pair,
-                retired: r.retired_at.is_some(),
-            });
-        }
         // The current key first.
-        keys.sort_by_key(|k| k.retired);
-        Ok(keys)
+        records.sort_by_key(|r| r.retired_at.is_some());
+        Ok(records)
     }
 
     /// The kid new tokens are signed with.
@@ -192,7 +150,7 @@ impl KeyRing {
         let keys: Vec<_> = keys
             .iter()
             .map(|k| {
-                let (x, y) = xy(&k.public);
+                let (x, y) = xy(&k.public_key);
                 serde_json::json!({
                     "kty": "EC", "crv": "P-256", "x": x, "y": y,
                     "kid": k.kid, "alg": "ES256", "use": "sig",
@@ -202,76 +160,55 @@ impl KeyRing {
         Ok(serde_json::json!({ "keys": keys }))
     }
 
-    /// The JWS compact form of `claims`, signed with the current key.
+    /// The JWS compact form of `claims`, signed with the current key (header `alg` ES256,
+    /// `typ` JWT, `kid`).
     pub async fn sign(&self, claims: &Claims, now: OffsetDateTime) -> Result<String, DomainError> {
         let keys = self.keys(now).await?;
         let key = keys.first().ok_or_else(|| storage("no signing key"))?;
-        let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": key.kid });
-        let mut out = B64U.encode(header.to_string());
-        out.push('.');
-        out.push_str(&B64U.encode(serde_json::to_vec(claims).map_err(storage)?));
-        let sig = key
-            .pair
-            .sign(&SystemRandom::new(), out.as_bytes())
-            .map_err(|_| storage("signing failed"))?;
-        out.push('.');
-        out.push_str(&B64U.encode(sig.as_ref()));
-        Ok(out)
+        let header = Header {
+            typ: Some("JWT".into()),
+            kid: Some(key.kid.clone()),
+            ..Header::new(Algorithm::ES256)
+        };
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_ec_der(&key.private_pkcs8),
+        )
+        .map_err(|e| storage(format!("signing with key {} failed: {e}", key.kid)))
     }
 
-    /// The claims of `token` if it is an ES256 JWT signed by a published key, issued by `iss`
-    /// and not expired at `now`.
+    /// The claims of `token` if it is an ES256 JWT signed by a published key (named by its
+    /// `kid`), issued by `iss` and not expired at `now`.
     pub async fn verify(
         &self,
         token: &str,
         iss: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Claims>, DomainError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(None);
-        };
-        #[derive(Deserialize)]
-        struct Header {
-            alg: String,
-            kid: Option<String>,
-        }
-        let Some(header) = B64U
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Header>(&b).ok())
-        else {
-            return Ok(None);
-        };
-        if header.alg != "ES256" {
-            return Ok(None);
-        }
-        let Some(kid) = header.kid else {
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
             return Ok(None);
         };
         let keys = self.keys(now).await?;
         let Some(key) = keys.iter().find(|k| k.kid == kid) else {
             return Ok(None);
         };
-        let Ok(sig) = B64U.decode(s) else {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[iss]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        // The audience is the introspecting system's business (`introspect`). Time is the
+        // service's injected clock, not the system clock the library reads: checked below.
+        validation.validate_aud = false;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let Ok(data) = jsonwebtoken::decode::<Claims>(
+            token,
+            &DecodingKey::from_ec_der(&key.public_key),
+            &validation,
+        ) else {
             return Ok(None);
         };
-        let signed = &token[..h.len() + 1 + c.len()];
-        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public)
-            .verify(signed.as_bytes(), &sig)
-            .is_err()
-        {
-            return Ok(None);
-        }
-        let Some(claims) = B64U
-            .decode(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Claims>(&b).ok())
-        else {
-            return Ok(None);
-        };
+        let claims = data.claims;
         let t = now.unix_timestamp();
         if claims.iss != iss || claims.exp <= t || claims.iat > t + CLOCK_SKEW.whole_seconds() {
             return Ok(None);
@@ -541,4 +478,170 @@ async fn active_claims(state: &AppState, token: &str) -> Result<Option<Claims>, 
         && claims.sub == format!("operator:{}", claims.serial)
         && granted == named;
     Ok(same.then_some(claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-03-02 02:00 UTC);
+    const ISS: &str = "https://certreg.example.gov.tw";
+
+    async fn ring_on_a_fresh_database() -> (KeyRing, Backend, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
+            .await
+            .unwrap();
+        let backend: Backend = Arc::new(db);
+        (KeyRing::new(backend.clone()), backend, dir)
+    }
+
+    fn claims(iat: OffsetDateTime, exp: OffsetDateTime) -> Claims {
+        Claims {
+            iss: ISS.into(),
+            aud: "certreg-downstream".into(),
+            sub: "operator:0A".into(),
+            code: "A0001".into(),
+            serial: "0A".into(),
+            functions: vec!["enroll".into()],
+            sid: "handle".into(),
+            iat: iat.unix_timestamp(),
+            exp: exp.unix_timestamp(),
+            jti: "jti".into(),
+        }
+    }
+
+    /// A JWS with this header and payload, signed by ring with the stored current key (or
+    /// `sig` as the signature).
+    async fn forge(db: &Backend, header: &str, payload: &str, sig: Option<&[u8]>) -> String {
+        let key = db.signing_keys(NOW).await.unwrap().remove(0);
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.private_pkcs8,
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let signed = format!("{}.{}", B64U.encode(header), B64U.encode(payload));
+        let sig = match sig {
+            Some(s) => s.to_vec(),
+            None => pair
+                .sign(&SystemRandom::new(), signed.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+        };
+        format!("{signed}.{}", B64U.encode(sig))
+    }
+
+    #[tokio::test]
+    async fn a_signed_token_verifies_until_it_expires() {
+        let (ring, _db, _dir) = ring_on_a_fresh_database().await;
+        let c = claims(NOW, NOW + TOKEN_TTL);
+        let token = ring.sign(&c, NOW).await.unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64U.decode(token.split('.').next().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["kid"], ring.current_kid(NOW).await.unwrap());
+        assert_eq!(
+            ring.verify(&token, ISS, NOW).await.unwrap(),
+            Some(c.clone())
+        );
+        let last = NOW + TOKEN_TTL - Duration::seconds(1);
+        assert_eq!(ring.verify(&token, ISS, last).await.unwrap(), Some(c));
+        // No leeway past exp: the injected clock decides, not the system's.
+        assert_eq!(
+            ring.verify(&token, ISS, NOW + TOKEN_TTL).await.unwrap(),
+            None
+        );
+        // Another issuer's.
+        assert_eq!(
+            ring.verify(&token, "https://other.example", NOW)
+                .await
+                .unwrap(),
+            None
+        );
+        // Issued more than the clock skew ahead of now.
+        let early = ring
+            .sign(&claims(NOW + Duration::seconds(61), NOW + TOKEN_TTL), NOW)
+            .await
+            .unwrap();
+        assert_eq!(ring.verify(&early, ISS, NOW).await.unwrap(), None);
+        let skewed = ring
+            .sign(&claims(NOW + Duration::seconds(60), NOW + TOKEN_TTL), NOW)
+            .await
+            .unwrap();
+        assert!(ring.verify(&skewed, ISS, NOW).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn only_es256_with_a_published_kid_and_a_valid_signature_verifies() {
+        let (ring, db, _dir) = ring_on_a_fresh_database().await;
+        let kid = ring.current_kid(NOW).await.unwrap();
+        let payload = serde_json::to_string(&claims(NOW, NOW + TOKEN_TTL)).unwrap();
+        let header = |alg: &str, kid: Option<&str>| {
+            let mut h = serde_json::json!({ "alg": alg, "typ": "JWT" });
+            if let Some(k) = kid {
+                h["kid"] = k.into();
+            }
+            h.to_string()
+        };
+        let good = forge(&db, &header("ES256", Some(&kid)), &payload, None).await;
+        assert!(ring.verify(&good, ISS, NOW).await.unwrap().is_some());
+        for refused in [
+            forge(&db, &header("ES256", None), &payload, None).await,
+            forge(&db, &header("ES256", Some("other")), &payload, None).await,
+            forge(&db, &header("ES384", Some(&kid)), &payload, None).await,
+            forge(&db, &header("HS256", Some(&kid)), &payload, None).await,
+            forge(&db, &header("none", Some(&kid)), &payload, Some(b"")).await,
+            forge(
+                &db,
+                &header("ES256", Some(&kid)),
+                &payload,
+                Some(&[0u8; 64]),
+            )
+            .await,
+            forge(&db, &header("ES256", Some(&kid)), "{\"iss\":1}", None).await,
+            format!("{good}.x"),
+            good.replace('.', ".."),
+            "not.a.token".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(
+                ring.verify(&refused, ISS, NOW).await.unwrap(),
+                None,
+                "{refused}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_jwks_publishes_the_current_and_retired_keys() {
+        let (ring, _db, _dir) = ring_on_a_fresh_database().await;
+        let old = ring.sign(&claims(NOW, NOW + TOKEN_TTL), NOW).await.unwrap();
+        let old_kid = ring.current_kid(NOW).await.unwrap();
+        let new_kid = ring.rotate(NOW).await.unwrap();
+        let jwks = ring.jwks(NOW).await.unwrap();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["kid"], new_kid.as_str());
+        assert_eq!(keys[1]["kid"], old_kid.as_str());
+        for k in keys {
+            let fields: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(fields, ["alg", "crv", "kid", "kty", "use", "x", "y"]);
+            assert_eq!(k["alg"], "ES256");
+            assert_eq!(k["use"], "sig");
+        }
+        // A token of the retired key verifies until the key is no longer published.
+        assert!(ring.verify(&old, ISS, NOW).await.unwrap().is_some());
+        let new = ring.sign(&claims(NOW, NOW + TOKEN_TTL), NOW).await.unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64U.decode(new.split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!(header["kid"], new_kid.as_str());
+        assert!(ring.verify(&new, ISS, NOW).await.unwrap().is_some());
+    }
 }

@@ -4,6 +4,7 @@
 
 mod db;
 mod helpers;
+mod notices;
 mod paused;
 mod races;
 

@@ -178,4 +178,13 @@ impl<S: Store + Clone + 'static> Store for Paused<S> {
     async fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEvent)>> {
         self.inner.audit_search(filter).await
     }
+    async fn registered_codes(&self) -> Result<Vec<InstitutionCode>> {
+        self.inner.registered_codes().await
+    }
+    async fn notice_claim(&self, day: time::Date, keys: &[String]) -> Result<Vec<bool>> {
+        self.inner.notice_claim(day, keys).await
+    }
+    async fn notice_release(&self, day: time::Date, keys: &[String]) -> Result<()> {
+        self.inner.notice_release(day, keys).await
+    }
 }

@@ -2121,9 +2121,11 @@ fn decode_mail(data: &str) -> (String, String) {
         .unwrap();
     let mut subject = Vec::new();
     for word in subject_line.split(' ') {
+        // RFC 2047: the charset and the encoding are case-insensitive.
         let inner = word
-            .strip_prefix("=?UTF-8?B?")
-            .and_then(|w| w.strip_suffix("?="))
+            .get(..10)
+            .filter(|p| p.eq_ignore_ascii_case("=?UTF-8?B?"))
+            .and_then(|_| word[10..].strip_suffix("?="))
             .unwrap();
         subject.extend(b64.decode(inner).unwrap());
     }
@@ -2142,15 +2144,15 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         let code = InstitutionCode::parse(TAIPEI).unwrap();
         let registration = api.app.db.registration(&code).await.unwrap().unwrap();
         let (port, sink) = smtp_sink().await;
-        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-            host: "127.0.0.1".into(),
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig::new(
+            "127.0.0.1",
             port,
-            from: "certreg@example.gov.tw".into(),
-        });
+            "certreg@example.gov.tw",
+        ));
         let validator = api.app.validator.clone();
 
         // Two years of validity left: nothing to say.
-        let n = web::mail::notify_once(&api.app.db, &validator, NOW, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, NOW, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -2159,16 +2161,16 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         // first: the notice is not marked sent, and goes out on the next walk.
         let not_after = registration.admin_card.cert.not_after;
         let later = not_after - time::Duration::days(30);
-        let down = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-            host: "127.0.0.1".into(),
-            port: closed_port().await,
-            from: "certreg@example.gov.tw".into(),
-        });
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &down)
+        let down = web::mail::Mailer::Smtp(web::mail::SmtpConfig::new(
+            "127.0.0.1",
+            closed_port().await,
+            "certreg@example.gov.tw",
+        ));
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &down)
             .await
             .unwrap();
         assert_eq!(n, 0);
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2195,23 +2197,23 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
         let other = store::Db::connect(&api.app.db_url, &api.app.secrets)
             .await
             .unwrap();
-        let n = web::mail::notify_once(&other, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&other, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
-        let n = web::mail::notify_once(&api.app.db, &validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 0);
         // The next day it is said again.
         let (port, sink) = smtp_sink().await;
-        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-            host: "127.0.0.1".into(),
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig::new(
+            "127.0.0.1",
             port,
-            from: "certreg@example.gov.tw".into(),
-        });
+            "certreg@example.gov.tw",
+        ));
         let next_day = later + time::Duration::days(1);
-        let n = web::mail::notify_once(&other, &validator, next_day, &mailer)
+        let n = domain::notices::notify_once(&other, &validator, next_day, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -2265,13 +2267,13 @@ async fn one_agency_that_cannot_be_read_does_not_stop_the_notices_of_the_others(
                 .is_err()
         );
         let (port, sink) = smtp_sink().await;
-        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig {
-            host: "127.0.0.1".into(),
+        let mailer = web::mail::Mailer::Smtp(web::mail::SmtpConfig::new(
+            "127.0.0.1",
             port,
-            from: "certreg@example.gov.tw".into(),
-        });
+            "certreg@example.gov.tw",
+        ));
         let later = registration.admin_card.cert.not_after - time::Duration::days(30);
-        let n = web::mail::notify_once(&api.app.db, &api.app.validator, later, &mailer)
+        let n = domain::notices::notify_once(&api.app.db, &api.app.validator, later, &mailer)
             .await
             .unwrap();
         assert_eq!(n, 1);

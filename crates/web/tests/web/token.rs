@@ -1,7 +1,7 @@
-//! The operator's token for other systems: verified against the
-//! published JWKS with an independent JWT library (`jsonwebtoken`, RustCrypto backend — none of
-//! certreg's own signing code), its claims, introspection ending with logout, a grant change and
-//! the operator's deletion, and key rotation on the injected clock.
+//! The operator's token for other systems: verified as a downstream service does, from the
+//! published JWKS alone (`jsonwebtoken` with the JWK Set, not certreg's key ring), its claims,
+//! introspection ending with logout, a grant change and the operator's deletion, and key
+//! rotation on the injected clock.
 //!
 //! A child of `api` so that it drives the service with the same API client.
 
