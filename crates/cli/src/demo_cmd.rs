@@ -172,10 +172,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 .collect(),
             ..Settings::default()
         };
-        let mut service = serve_cmd::build(&settings).await?;
+        let mut serving = serve_cmd::build(&settings).await?;
         // The demo has no mail relay: notices are printed instead.
-        service.mailer = web::mail::Mailer::Stdout;
-        seed(&service.db, &index).await?;
+        serving.service.mailer = web::mail::Mailer::Stdout;
+        seed(&serving.service.db, &index).await?;
 
         let soft = Arc::new(
             agent::softcard::SoftCards::open(pki_dir.join("cards"))
@@ -212,7 +212,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         ));
 
         print_table(&origin, &agent_url, &dir, &cards);
-        let web = serve_cmd::run(web_listener, service, &settings, until_stopped(stopped)).await;
+        let web = serve_cmd::run(web_listener, serving, &settings, until_stopped(stopped)).await;
         let agent = agent_task.await.context("card agent task")?;
         web?;
         agent.context("card agent")?;

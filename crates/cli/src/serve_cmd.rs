@@ -1,14 +1,13 @@
 //! `certreg serve`: the web service from the settings (defaults → TOML file → `CERTREG_*`):
 //! database, trust anchors, CRLs loaded at start and refreshed on an interval, structured logs,
-//! graceful shutdown on Ctrl-C or SIGTERM. `certreg demo` builds on the same pieces.
+//! graceful shutdown on Ctrl-C or SIGTERM. The service itself is built by [`server::build`];
+//! `certreg demo` builds on the same pieces.
 
 use crate::config::{LogFormat, Settings};
 use crate::store_cmd::{DatabaseArgs, redact};
 use anyhow::{Context, Result};
 use clap::Args;
 use domain::clock::{Clock, SystemClock};
-use domain::service::{ServiceConfig, Services};
-use domain::store::Backend;
 use pki::anchors::TrustStore;
 use pki::revocation::StalePolicy;
 use pki::validate::{ValidationOptions, Validator};
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::{Db, Secrets};
 use tokio::net::TcpListener;
-use web::{AppState, WebConfig};
+use web::WebConfig;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -31,9 +30,6 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 }
-
-/// How long start-up waits for the database before giving up with a message.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Logs on stderr in the configured format; `RUST_LOG` chooses what (default `default_filter`).
 pub fn init_logging(format: LogFormat, default_filter: &str) {
@@ -168,8 +164,8 @@ async fn reload_calendar(state: web::AppState) {
 /// page still says 「作業已逾時」 rather than that the flow does not exist.
 const FLOW_KEPT: time::Duration = time::Duration::days(1);
 
-/// Opens the database (migrating it) with its key; the message says which database failed.
-pub async fn connect(settings: &Settings) -> Result<Db> {
+/// The key file of the settings, created (with the data directories) on a first start.
+fn secrets(settings: &Settings) -> Result<Secrets> {
     store::backend_of(&settings.database_url)?;
     // Personal data is encrypted at rest: the service never runs without its key.
     let key = settings.key_path()?;
@@ -191,49 +187,20 @@ pub async fn connect(settings: &Settings) -> Result<Db> {
                 .with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let secrets =
-        Secrets::load_or_create(&key).with_context(|| format!("key file {}", key.display()))?;
-    let url = redact(&settings.database_url);
-    let db = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Db::connect(&settings.database_url, &secrets),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("cannot open the database {url}"))?;
-    // Rows not keyed under the key file at the chain's head are either a chain written before
-    // the log was keyed or a rewrite: the service does not take them in by itself. Sealing is
-    // the operator's step (`certreg migrate`, after `certreg audit verify` and a look at them).
-    let (seq, hash) = db
-        .audit_head()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the audit chain head: {e}"))?;
-    if seq > 0 && !store::audit::is_keyed(&hash) {
-        db.close().await;
-        anyhow::bail!(
-            "the audit chain (up to row {seq}) ends in rows not keyed under the key file: \
-             check them with `certreg audit verify`, then seal them with `certreg migrate` \
-             (see README)"
-        );
-    }
-    Ok(db)
+    Secrets::load_or_create(&key).with_context(|| format!("key file {}", key.display()))
 }
 
-/// Everything the web service needs, built from the settings.
-pub struct Service {
-    pub state: AppState,
-    pub db: Db,
-    pub validator: Arc<Validator>,
-    /// The CRLs as loaded, for the refresh task to fall back on.
+/// The service built from the settings, and the CRLs as loaded for the refresh task to fall
+/// back on.
+pub struct Serving {
+    pub service: server::Service,
     pub crl_copies: HashMap<String, Vec<u8>>,
-    /// Where expiry/revocation notices go (the demo prints them).
-    pub mailer: web::mail::Mailer,
 }
 
-/// Builds the service: trust anchors, CRLs, database, calendar. `public_origin` and
-/// `agent_url` of `settings` are used as they are (the demo sets them after binding).
-pub async fn build(settings: &Settings) -> Result<Service> {
+/// Builds the service from the settings: trust anchors and CRLs, the key file, then
+/// [`server::build`] on the system clock. `public_origin` and `agent_url` of `settings` are
+/// used as they are (the demo sets them after binding); notices go where `smtp_host` says.
+pub async fn build(settings: &Settings) -> Result<Serving> {
     let trust = TrustStore::load_dir(&settings.anchors_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| {
@@ -264,67 +231,58 @@ pub async fn build(settings: &Settings) -> Result<Service> {
         ..ValidationOptions::default()
     };
     let validator = Arc::new(Validator::new(trust, crls, options).with_cache());
-    let db = connect(settings).await?;
+    let secrets = secrets(settings)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let svc_config = ServiceConfig {
-        origin: settings.public_origin.trim_end_matches('/').to_string(),
+    let service = server::build(server::Settings {
+        web: WebConfig {
+            public_origin: settings.public_origin.clone(),
+            agent_url: settings.agent_url.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            internal_ops: settings.internal_listen.is_some(),
+            token_audiences: settings.token_audiences.clone(),
+            operator_token_page: settings.operator_token_page,
+            terms: settings.terms()?,
+            ..WebConfig::default()
+        },
         terms_version: settings.terms_version.clone(),
-        ..ServiceConfig::default()
-    };
-    let svc = Services::with_stored_calendar(
-        Arc::new(db.clone()) as Backend,
-        clock,
-        validator.clone(),
-        svc_config,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .context("loading the office calendar")?;
-    for w in svc.calendar_warnings() {
-        tracing::warn!("{w}");
-    }
-    let web_config = WebConfig {
-        public_origin: settings.public_origin.trim_end_matches('/').to_string(),
-        agent_url: settings.agent_url.trim_end_matches('/').to_string(),
-        trusted_proxies: settings.trusted_proxies.clone(),
-        internal_ops: settings.internal_listen.is_some(),
-        token_audiences: settings.token_audiences.clone(),
-        operator_token_page: settings.operator_token_page,
-        terms: settings.terms()?,
-        ..WebConfig::default()
-    };
-    let state = AppState::new(svc, web_config);
-    Ok(Service {
-        state,
-        db,
-        validator,
-        crl_copies,
         mailer: settings.mailer()?,
+        ..server::Settings::new(settings.database_url.clone(), secrets, validator, clock)
+    })
+    .await?;
+    Ok(Serving {
+        service,
+        crl_copies,
     })
 }
 
-/// Serves `service` on `listener` until `shutdown`, with the CRL refresh and session sweep
-/// running beside it; closes the database after the last request.
+/// Serves the built service on `listener` until `shutdown`, with the CRL refresh, the
+/// session sweep and the calendar reload running beside it; closes the database after the last
+/// request.
 pub async fn run(
     listener: TcpListener,
-    service: Service,
+    serving: Serving,
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let Serving {
+        service,
+        crl_copies,
+    } = serving;
     let refresh = tokio::spawn(refresh_crls(
         service.validator.clone(),
         service.db.clone(),
         service.mailer.clone(),
         settings.crls.clone(),
-        service.crl_copies,
+        crl_copies,
         Duration::from_secs(settings.crl_refresh_minutes * 60),
     ));
     let sweep = tokio::spawn(sweep_sessions(service.db.clone()));
     let calendar = tokio::spawn(reload_calendar(service.state.clone()));
-    let app = web::app(service.state);
     let served = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        service
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
@@ -347,7 +305,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     settings.check_serving_origin()?;
     runtime.block_on(async {
-        let service = build(&settings).await?;
+        let serving = build(&settings).await?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -356,7 +314,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {internal} (internal_listen)"))?;
             let addr = internal_listener.local_addr()?;
-            let app = web::ops::internal_app(service.state.clone());
+            let app = serving.service.internal_router();
             // Lives as long as the process: the public server's end ends it.
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(internal_listener, app).await {
@@ -371,7 +329,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         println!("certreg listening on http://{addr}");
         run(
             listener,
-            service,
+            serving,
             &settings,
             crate::agent_cmd::shutdown_signal(),
         )

@@ -1,15 +1,15 @@
 //! Store throughput over a generated data set (`cargo bench -p store --bench store`; with
 //! `TEST_DATABASE_URL` set, PostgreSQL too, in a fresh database dropped afterwards): operator
-//! list, receipt query, a proof-consuming card step and a whole first registration, each with one
-//! client and with 8 concurrent tasks. No criterion: plain timed loops.
+//! list, receipt query, a proof-consuming card step and a whole first registration, through the
+//! services as `certreg serve` builds them (`server::build`), each with one client and with 8
+//! concurrent tasks. No criterion: plain timed loops.
 //!
 //! `CERTREG_BENCH_SCALE=quick` loads a tenth of the data set (10k agencies, 100k operators).
 
-use domain::calendar::BusinessCalendar;
 use domain::clock::FixedClock;
 use domain::flow::FlowKind;
 use domain::model::*;
-use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
+use domain::service::{CardStepInput, ContactInput, StepOutcome};
 use domain::store::Store as _;
 use domain::types::*;
 use pki::validate::{ValidationOptions, Validator};
@@ -20,6 +20,7 @@ use store::{Db, Secrets};
 use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
+use web::AppState;
 
 /// The test PKI's reference time, as in the rule tests (certificates valid, CRLs current).
 const NOW: OffsetDateTime = datetime!(2025-10-09 02:00 UTC);
@@ -34,8 +35,6 @@ const MEASURE: StdDuration = StdDuration::from_secs(2);
 /// Flows per round of the card cases (spread over the clients).
 const ROUND: usize = 64;
 const CLIENTS: [usize; 2] = [1, 8];
-
-type Svc = Services<Db, Arc<FixedClock>>;
 
 struct Scale {
     name: &'static str,
@@ -360,7 +359,7 @@ where
 /// R4.3 in rounds of [`ROUND`] flows: the flows are started untimed, then timed: every client
 /// asks for its challenges; untimed: the card signs them; timed: every client submits its
 /// proofs (verification, challenge consumed, flow advanced and audited in one commit).
-async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measured {
+async fn proof_step(svc: &AppState, card: &Arc<Card>, clients: usize) -> Measured {
     let mut m = Measured {
         ops: 0,
         elapsed: StdDuration::ZERO,
@@ -370,6 +369,7 @@ async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measure
         let mut flows = Vec::with_capacity(ROUND);
         for _ in 0..ROUND {
             let f = svc
+                .svc()
                 .start_flow(FlowKind::QueryCitizenSerial, SESSION)
                 .await
                 .expect("flow");
@@ -379,7 +379,11 @@ async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measure
         let (challenges, t1) = phase(clients, flows.clone(), move |id: String| {
             let s = s.clone();
             async move {
-                let ch = s.issue_challenge(&id, SESSION).await.expect("challenge");
+                let ch = s
+                    .svc()
+                    .issue_challenge(&id, SESSION)
+                    .await
+                    .expect("challenge");
                 (id, ch)
             }
         })
@@ -396,7 +400,7 @@ async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measure
         let (_, t2) = phase(clients, inputs, move |i: CardStepInput| {
             let s = s.clone();
             async move {
-                match s.submit_card(i).await.expect("proof accepted") {
+                match s.svc().submit_card(i).await.expect("proof accepted") {
                     StepOutcome::CitizenSerial { .. } => {}
                     other => panic!("unexpected {other:?}"),
                 }
@@ -417,7 +421,7 @@ async fn proof_step(svc: &Arc<Svc>, card: &Arc<Card>, clients: usize) -> Measure
 /// terms and the organization challenge; the organization proof and the administrator
 /// challenge; the administrator proof and the confirmation); the cards sign between phases.
 async fn registration_commit(
-    svc: &Arc<Svc>,
+    svc: &AppState,
     org: &Arc<Card>,
     admin: &Arc<Card>,
     clients: usize,
@@ -442,11 +446,16 @@ async fn registration_commit(
             let s = s.clone();
             async move {
                 let f = s
+                    .svc()
                     .start_flow(FlowKind::FirstRegistration, SESSION)
                     .await
                     .expect("flow");
-                s.agree_terms(&f.id, SESSION).await.expect("terms");
-                let ch = s.issue_challenge(&f.id, SESSION).await.expect("challenge");
+                s.svc().agree_terms(&f.id, SESSION).await.expect("terms");
+                let ch = s
+                    .svc()
+                    .issue_challenge(&f.id, SESSION)
+                    .await
+                    .expect("challenge");
                 (code, f.id, ch)
             }
         })
@@ -464,11 +473,15 @@ async fn registration_commit(
             let s = s.clone();
             async move {
                 let id = i.flow_id.clone();
-                match s.submit_card(i).await.expect("organization card") {
+                match s.svc().submit_card(i).await.expect("organization card") {
                     StepOutcome::Advanced(_) => {}
                     other => panic!("unexpected {other:?}"),
                 }
-                let ch = s.issue_challenge(&id, SESSION).await.expect("challenge");
+                let ch = s
+                    .svc()
+                    .issue_challenge(&id, SESSION)
+                    .await
+                    .expect("challenge");
                 (id, ch)
             }
         })
@@ -486,11 +499,12 @@ async fn registration_commit(
             let s = s.clone();
             async move {
                 let id = i.flow_id.clone();
-                match s.submit_card(i).await.expect("administrator card") {
+                match s.svc().submit_card(i).await.expect("administrator card") {
                     StepOutcome::Advanced(_) => {}
                     other => panic!("unexpected {other:?}"),
                 }
-                s.confirm(&id, SESSION, &contact(), Some("127.0.0.1"))
+                s.svc()
+                    .confirm(&id, SESSION, &contact(), Some("127.0.0.1"))
                     .await
                     .expect("confirmed");
             }
@@ -520,19 +534,21 @@ async fn run_backend(
     out: &mut Vec<String>,
 ) -> usize {
     eprintln!("{label}: loading the data set...");
-    let secrets = Secrets::generate().expect("keys");
-    let db = Db::connect(url, &secrets).await.expect("connect");
+    // The service as `certreg serve` builds it, on the clock the test PKI is current at.
+    let service = server::build(server::Settings::new(
+        url,
+        Secrets::generate().expect("keys"),
+        validator(pki),
+        Arc::new(FixedClock::new(NOW)),
+    ))
+    .await
+    .expect("the service");
+    let db = service.db.clone();
     let start = Instant::now();
     let parts = load(&db, scale).await;
     let generation = start.elapsed();
 
-    let svc = Arc::new(Services::new(
-        db.clone(),
-        Arc::new(FixedClock::new(NOW)),
-        validator(pki),
-        BusinessCalendar::shipped(),
-        ServiceConfig::default(),
-    ));
+    let svc = service.state.clone();
     let citizen = Arc::new(Card::of(pki, "moica-admin"));
     let org = Arc::new(Card::of(pki, "gca-agency"));
     let agencies = Arc::new((0..scale.agencies).map(registered_code).collect::<Vec<_>>());
@@ -545,7 +561,7 @@ async fn run_backend(
             let (s, a) = (s.clone(), a.clone());
             async move {
                 let code = &a[pick(i, a.len())];
-                let list = s.store().operators(code).await.expect("operators");
+                let list = s.svc().store().operators(code).await.expect("operators");
                 assert_eq!(list.len(), OPERATORS_PER_AGENCY);
             }
         })
@@ -560,7 +576,7 @@ async fn run_backend(
             let (s, a) = (s.clone(), a.clone());
             async move {
                 let code = a[pick(i, a.len())].as_str().to_string();
-                let (_, receipts) = s.receipts(&code).await.expect("receipts");
+                let (_, receipts) = s.svc().receipts(&code).await.expect("receipts");
                 assert_eq!(receipts.len(), 1);
             }
         })

@@ -6,9 +6,8 @@
 //! No criterion: plain timed loops.
 
 use base64::Engine as _;
-use domain::clock::{Clock, FixedClock};
+use domain::clock::FixedClock;
 use domain::model::*;
-use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::*;
 use pki::anchors::Role;
@@ -27,8 +26,8 @@ use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use web::WebConfig;
 use web::security::Limits;
-use web::{AppState, WebConfig};
 
 /// The test PKI's reference time (as in the web tests): certificates valid, CRLs current.
 const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
@@ -623,29 +622,11 @@ struct Server {
 /// The service as `certreg serve` runs it, but with limits that never throttle and the fixed
 /// clock the test PKI's certificates and CRLs are current at. Runs on the caller's runtime.
 async fn start_server(url: &str, pki: &TestPki) -> Server {
-    let db = store::Db::connect(url, &store::Secrets::generate().expect("keys"))
-        .await
-        .expect("connect");
-    seed(&db, pki).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    let origin = format!("http://{addr}");
-    let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(NOW));
-    let svc = Services::with_stored_calendar(
-        std::sync::Arc::new(db.clone()) as domain::store::Backend,
-        clock,
-        validator(pki),
-        ServiceConfig {
-            origin: origin.clone(),
-            ..ServiceConfig::default()
-        },
-    )
-    .await
-    .expect("services");
-    let state = AppState::new(
-        svc,
-        WebConfig {
-            public_origin: origin,
+    let service = server::build(server::Settings {
+        web: WebConfig {
+            public_origin: format!("http://{addr}"),
             // The fixed clock never leaves its minute, so any finite limit would end the run.
             limits: Limits {
                 card_steps_per_client: u32::MAX,
@@ -659,12 +640,22 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
             },
             ..WebConfig::default()
         },
-    );
+        ..server::Settings::new(
+            url,
+            store::Secrets::generate().expect("keys"),
+            validator(pki),
+            Arc::new(FixedClock::new(NOW)),
+        )
+    })
+    .await
+    .expect("the service");
+    seed(&service.db, pki).await;
+    let app = service.router();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(async move {
         axum::serve(
             listener,
-            web::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = stopped.await;
@@ -673,7 +664,7 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
     });
     Server {
         addr,
-        db,
+        db: service.db,
         stop,
         served,
     }

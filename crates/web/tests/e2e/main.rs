@@ -20,7 +20,6 @@
 
 use domain::clock::{Clock, TAIPEI};
 use domain::model::{Agency, ContactDirectory, ReviewState};
-use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier};
 use pki::validate::{ValidationOptions, Validator};
@@ -31,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testpki::{TestPki, TestPkiOptions, Variant};
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
-use web::{AppState, WebConfig};
+use web::WebConfig;
 
 /// walk.mjs gives up by itself after 150 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(200);
@@ -159,28 +158,6 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     let agent_port = agent_listener.local_addr().unwrap().port();
     let agent_url = format!("http://127.0.0.1:{agent_port}");
 
-    // The web service over a fresh SQLite file: the test PKI's anchors and fresh CRLs.
-    let url = format!("sqlite://{}", dir.join("certreg.db").display());
-    let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
-        .await
-        .expect("SQLite database");
-    db.upsert_agencies(&agencies())
-        .await
-        .expect("seed agencies");
-    // The reviewer of the section in charge of the mismatch agency's county (新北市: 承保第一科).
-    let county = &agencies()[1].county;
-    let section = ContactDirectory::default()
-        .section_for(county)
-        .expect("a section for the county")
-        .section;
-    let reviewer = pki.card("moica-reviewer");
-    db.add_reviewer(
-        &reviewer.holder,
-        section,
-        &domain::types::cert_serial("serial", &reviewer.issued.serial_hex()).unwrap(),
-    )
-    .await
-    .expect("seed the reviewer");
     let validator = Arc::new(Validator::new(
         pki.trust_store().expect("trust store"),
         pki.crl_store(
@@ -201,27 +178,44 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     } else {
         ten + time::Duration::days(1)
     });
-    let clock: Arc<dyn Clock> = shifted.clone();
-    let svc = Services::with_stored_calendar(
-        std::sync::Arc::new(db.clone()) as domain::store::Backend,
-        clock,
-        validator,
-        ServiceConfig {
-            origin: origin.clone(),
-            ..ServiceConfig::default()
-        },
-    )
-    .await
-    .expect("services");
-    let state = AppState::new(
-        svc,
-        WebConfig {
+    // The web service over a fresh SQLite file: the test PKI's anchors and fresh CRLs.
+    let url = format!("sqlite://{}", dir.join("certreg.db").display());
+    let service = server::build(server::Settings {
+        web: WebConfig {
             public_origin: origin.clone(),
             agent_url: agent_url.clone(),
             ..WebConfig::default()
         },
-    );
-    let app = web::app(state).into_make_service_with_connect_info::<SocketAddr>();
+        ..server::Settings::new(
+            url,
+            store::Secrets::generate().unwrap(),
+            validator,
+            shifted.clone(),
+        )
+    })
+    .await
+    .expect("the web service");
+    let db = service.db.clone();
+    db.upsert_agencies(&agencies())
+        .await
+        .expect("seed agencies");
+    // The reviewer of the section in charge of the mismatch agency's county (新北市: 承保第一科).
+    let county = &agencies()[1].county;
+    let section = ContactDirectory::default()
+        .section_for(county)
+        .expect("a section for the county")
+        .section;
+    let reviewer = pki.card("moica-reviewer");
+    db.add_reviewer(
+        &reviewer.holder,
+        section,
+        &domain::types::cert_serial("serial", &reviewer.issued.serial_hex()).unwrap(),
+    )
+    .await
+    .expect("seed the reviewer");
+    let app = service
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         axum::serve(web_listener, app).await.expect("web service");
     });

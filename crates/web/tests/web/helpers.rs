@@ -6,9 +6,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
-use domain::clock::{Clock, FixedClock};
+use domain::clock::FixedClock;
 use domain::model::Agency;
-use domain::service::{ServiceConfig, Services};
 use domain::store::Store as _;
 use domain::types::{InstitutionCode, OrgIdentifier};
 use pki::validate::{ValidationOptions, Validator};
@@ -96,9 +95,6 @@ impl TestApp {
             }
         };
         let secrets = store::Secrets::generate().unwrap();
-        let db = store::Db::connect(&url, &secrets).await.unwrap();
-        assert_eq!(db.backend(), backend);
-        db.upsert_agencies(&agencies()).await.unwrap();
         let p = pki();
         let validator = Arc::new(Validator::new(
             p.trust_store().unwrap(),
@@ -107,34 +103,25 @@ impl TestApp {
             ValidationOptions::default(),
         ));
         let clock = Arc::new(FixedClock::new(NOW));
-        let dyn_clock: Arc<dyn Clock> = clock.clone();
-        let svc_config = ServiceConfig {
-            origin: ORIGIN.into(),
-            ..ServiceConfig::default()
-        };
-        let svc = Services::with_stored_calendar(
-            self::backend(&db),
-            dyn_clock,
-            validator.clone(),
-            svc_config,
-        )
-        .await
-        .unwrap();
-        let state = AppState::new(
-            svc,
-            WebConfig {
+        let service = server::build(server::Settings {
+            web: WebConfig {
                 public_origin: ORIGIN.into(),
                 ..config
             },
-        );
+            ..server::Settings::new(url.clone(), secrets.clone(), validator, clock.clone())
+        })
+        .await
+        .unwrap();
+        assert_eq!(service.db.backend(), backend);
+        service.db.upsert_agencies(&agencies()).await.unwrap();
         Self {
-            router: web::app(state.clone()),
-            state,
+            router: service.router(),
+            state: service.state,
             clock,
-            db,
+            db: service.db,
             db_url: url,
             secrets,
-            validator,
+            validator: service.validator,
             cookies: Vec::new(),
             _dir: dir,
             _pg: pg,
