@@ -471,8 +471,7 @@ macro_rules! erased_backend {
 }
 
 /// A store of either database behind one pointer: what the web layer holds, so that it never
-/// names the store crate. Each call boxes its future (one allocation, nothing measurable
-/// beside a query).
+/// names the store crate. Each call boxes its future (one allocation per query).
 pub type Backend = std::sync::Arc<dyn erased::DynBackend>;
 
 erased_backend! {

@@ -244,6 +244,13 @@ async fn figure_numbers_are_never_on_the_visible_page() {
         );
         assert!(!visible_text(page).contains("圖3-"), "{page}");
     }
+    // 圖3-2: 【首次註冊】 in the page itself, not only in the menu.
+    assert!(
+        home.contains(
+            "<a class=\"button primary\" href=\"/flows/new/first_registration\">首次註冊</a>"
+        ),
+        "{home}"
+    );
     // 圖3-5's own words: 公保機關代號.
     assert!(
         org.contains("公保機關代號 <span class=\"req\">(必填)</span>"),
