@@ -1,7 +1,7 @@
 //! The services pages and the API call, one file per use case: flows (start, terms,
 //! challenge), the card step and the rule of each step, review applications, the back office,
-//! the final confirmation, the administrator's operators, the receipts query. Each applies
-//! the rule of its step and persists through one [`Commit`].
+//! the final confirmation, the administrator's operators and their activity, the receipts
+//! query. Each applies the rule of its step and persists through one [`Commit`].
 
 mod activity;
 mod backoffice;

@@ -33,7 +33,8 @@ Domain: `invalid_input` 422, `unknown_agency` 404, `already_registered` 409, `no
 `oid_mismatch` 422, `review_pending` 409, `review_not_yet_effective` 409, `org_card_changed` 409, \
 `admin_card_changed` 409, `not_administrator` 403, `id_mismatch` 422, `same_certificate` 422, \
 `duplicate_operator` 409, `operator_not_found` 404, `conflict` 409, `not_operator` 403, \
-`flow_expired` 410, `flow_not_found` 404, `wrong_step` 409, \
+`grant_expired` 403 and `grant_not_yet_valid` 403 (outside the operator grant's validity \
+period), `review_not_found` 404, `flow_expired` 410, `flow_not_found` 404, `wrong_step` 409, \
 `already_confirmed` 409, `registration_changed` 409 (the registration changed after the card \
 steps were checked; start again), `challenge_used` 410, `challenge_expired` 410. \
 Certificate and proof checks (422): `cert_malformed`, `input_too_large`, `cert_untrusted`, \
