@@ -12,11 +12,12 @@ use domain::model::*;
 use domain::service::{CardStepInput, ContactInput, StepOutcome};
 use domain::store::Store as _;
 use domain::types::*;
-use pki::validate::{ValidationOptions, Validator};
+use pki::validate::Validator;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
-use store::{Db, Secrets};
+use store::{Backend, Db};
+use testkit::db::FreshDb;
 use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -210,12 +211,7 @@ fn test_pki() -> TestPki {
 
 /// As the rule tests build it: the test PKI's anchors and current CRLs.
 fn validator(pki: &TestPki) -> Arc<Validator> {
-    Arc::new(Validator::new(
-        pki.trust_store().expect("anchors"),
-        pki.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
-            .expect("CRLs"),
-        ValidationOptions::default(),
-    ))
+    Arc::new(testkit::validator(pki, NOW))
 }
 
 /// The card's side of a step, made the way our agent makes it (attached CMS over the TBS). It
@@ -528,7 +524,7 @@ struct Row {
 
 async fn run_backend(
     label: &str,
-    url: &str,
+    fresh: &FreshDb,
     scale: &Scale,
     pki: &TestPki,
     out: &mut Vec<String>,
@@ -536,8 +532,8 @@ async fn run_backend(
     eprintln!("{label}: loading the data set...");
     // The service as `certreg serve` builds it, on the clock the test PKI is current at.
     let service = server::build(server::Settings::new(
-        url,
-        Secrets::generate().expect("keys"),
+        fresh.url.clone(),
+        fresh.secrets.clone(),
         validator(pki),
         Arc::new(FixedClock::new(NOW)),
     ))
@@ -648,18 +644,17 @@ fn main() {
     out.push(String::new());
     let mut cases = 0;
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        cases += run_backend("SQLite (temp file)", &url, &scale, &pki, &mut out).await;
-        drop(dir);
-        match std::env::var("TEST_DATABASE_URL") {
-            Ok(base) => {
-                let pg = testkit::PgDatabase::create(&base, "certreg_bench").await;
-                let url = pg.url.clone();
-                cases += run_backend("PostgreSQL", &url, &scale, &pki, &mut out).await;
-                drop(pg);
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            if !testkit::db::backends().contains(&backend) {
+                out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into());
+                continue;
             }
-            Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
+            let label = match backend {
+                Backend::Sqlite => "SQLite (temp file)",
+                Backend::Postgres => "PostgreSQL",
+            };
+            let fresh = FreshDb::on(backend, "certreg_bench").await;
+            cases += run_backend(label, &fresh, &scale, &pki, &mut out).await;
         }
     });
     println!();

@@ -1,11 +1,34 @@
 //! Test support shared by certreg's crates, never shipped: the harness that runs a Playwright
 //! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service,
 //! fresh PostgreSQL databases for tests and benchmarks, scratch directories and the OpenSSL CLI.
+//! With the `fixtures` feature, what the service's suites share: the seeded agencies
+//! ([`seed`]), fresh store databases on SQLite and PostgreSQL ([`db`]) and the validator of the
+//! test PKI ([`validator`]).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "fixtures")]
+pub mod db;
+#[cfg(feature = "fixtures")]
+pub mod seed;
+
+/// The validator of the test PKI at `now`: its trust anchors, and CRLs issued an hour before
+/// `now` and next updated 30 days after; default options, no path cache.
+#[cfg(feature = "fixtures")]
+pub fn validator(pki: &testpki::TestPki, now: time::OffsetDateTime) -> pki::validate::Validator {
+    pki::validate::Validator::new(
+        pki.trust_store().expect("the test PKI's anchors"),
+        pki.crl_store(
+            now - time::Duration::hours(1),
+            now + time::Duration::days(30),
+        )
+        .expect("the test PKI's CRLs"),
+        pki::validate::ValidationOptions::default(),
+    )
+}
 
 /// Where Debian puts Chromium; `CERTREG_CHROMIUM` overrides it.
 pub const CHROMIUM: &str = "/usr/bin/chromium";

@@ -13,7 +13,7 @@ use domain::types::*;
 use pki::anchors::Role;
 use pki::challenge::Challenge;
 use pki::proof::verify_proof;
-use pki::validate::{ValidationOptions, Validator};
+use pki::validate::Validator;
 use pki::{ErrorCode, PkiError};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Value, json};
@@ -21,6 +21,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
+use store::Backend;
+use testkit::db::FreshDb;
+use testkit::seed::TAIPEI;
 use testpki::{TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -31,7 +34,6 @@ use web::security::Limits;
 
 /// The test PKI's reference time (as in the web tests): certificates valid, CRLs current.
 const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
-const TAIPEI: &str = "A0001";
 const CLIENTS: [usize; 3] = [1, 16, 64];
 const WARM_UP: StdDuration = StdDuration::from_secs(1);
 const MEASURE: StdDuration = StdDuration::from_secs(5);
@@ -50,12 +52,7 @@ fn test_pki() -> TestPki {
 /// No path cache: the benchmark repeats one card, which would always hit it, while real traffic
 /// brings many distinct cards.
 fn validator(pki: &TestPki) -> Arc<Validator> {
-    Arc::new(Validator::new(
-        pki.trust_store().expect("anchors"),
-        pki.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
-            .expect("CRLs"),
-        ValidationOptions::default(),
-    ))
+    Arc::new(testkit::validator(pki, NOW))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,17 +536,13 @@ async fn run_case(addr: SocketAddr, case: Case, card: Arc<Card>, clients: usize)
     }
 }
 
-/// What the R5.1 case needs on file: the agency registered, the card's holder its operator.
+/// What the R5.1 case needs on file: the seeded agencies, `TAIPEI` registered, the card's
+/// holder its operator.
 async fn seed(db: &store::Db, pki: &TestPki) {
     let code = InstitutionCode::parse(TAIPEI).expect("code");
-    db.upsert_agencies(&[Agency {
-        code: code.clone(),
-        name: "臺北市政府人事處".into(),
-        county: "臺北市".into(),
-        org_identifier: Some(OrgIdentifier::parse(testpki::GCA_AGENCY_OID).expect("oid")),
-    }])
-    .await
-    .expect("agency");
+    db.upsert_agencies(&testkit::seed::agencies())
+        .await
+        .expect("agencies");
     let org = pki.card("gca-agency");
     let admin = pki.card("moica-admin");
     let cert = |c: &testpki::Card| CertRef {
@@ -621,7 +614,7 @@ struct Server {
 
 /// The service as `certreg serve` runs it, but with limits that never throttle and the fixed
 /// clock the test PKI's certificates and CRLs are current at. Runs on the caller's runtime.
-async fn start_server(url: &str, pki: &TestPki) -> Server {
+async fn start_server(fresh: &FreshDb, pki: &TestPki) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let service = server::build(server::Settings {
@@ -641,8 +634,8 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
             ..WebConfig::default()
         },
         ..server::Settings::new(
-            url,
-            store::Secrets::generate().expect("keys"),
+            fresh.url.clone(),
+            fresh.secrets.clone(),
             validator(pki),
             Arc::new(FixedClock::new(NOW)),
         )
@@ -672,13 +665,13 @@ async fn start_server(url: &str, pki: &TestPki) -> Server {
 
 fn run_backend(
     label: &str,
-    url: &str,
+    fresh: &FreshDb,
     pki: &TestPki,
     server_rt: &tokio::runtime::Runtime,
     client_rt: &tokio::runtime::Runtime,
     out: &mut Vec<String>,
 ) -> (usize, usize) {
-    let server = server_rt.block_on(start_server(url, pki));
+    let server = server_rt.block_on(start_server(fresh, pki));
     let mut rows = Vec::new();
     for case in [Case::CitizenSerial, Case::OperatorLogin] {
         let card = Arc::new(Card::of(pki, case.card()));
@@ -782,34 +775,18 @@ fn main() {
     let mut out = Vec::new();
     let mut errors = 0usize;
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let (n, e) = run_backend(
-        "SQLite (temp file)",
-        &url,
-        &pki,
-        &server_rt,
-        &client_rt,
-        &mut out,
-    );
-    (cases, errors) = (cases + n, errors + e);
-    drop(dir);
-    match std::env::var("TEST_DATABASE_URL") {
-        Ok(base) => {
-            let pg = server_rt.block_on(testkit::PgDatabase::create(&base, "certreg_loadbench"));
-            let url = pg.url.clone();
-            let (n, e) = run_backend(
-                "PostgreSQL (same host)",
-                &url,
-                &pki,
-                &server_rt,
-                &client_rt,
-                &mut out,
-            );
-            (cases, errors) = (cases + n, errors + e);
-            drop(pg);
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        if !testkit::db::backends().contains(&backend) {
+            out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into());
+            continue;
         }
-        Err(_) => out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into()),
+        let label = match backend {
+            Backend::Sqlite => "SQLite (temp file)",
+            Backend::Postgres => "PostgreSQL (same host)",
+        };
+        let fresh = server_rt.block_on(FreshDb::on(backend, "certreg_loadbench"));
+        let (n, e) = run_backend(label, &fresh, &pki, &server_rt, &client_rt, &mut out);
+        (cases, errors) = (cases + n, errors + e);
     }
     drop((server_rt, client_rt));
 

@@ -12,6 +12,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::KillOnDrop;
+use testkit::seed;
 
 /// The public origin of the balancer in front of both instances: card proofs are bound to it,
 /// and every request names its host, as one passed on by the balancer does.
@@ -23,10 +24,11 @@ const HOST: &str = "127.0.0.1:8080";
 const NAME_A: &str = "certreg_instance_a";
 const NAME_B: &str = "certreg_instance_b";
 
-/// (agency code, organization card, administrator card) of the three first registrations.
-const FIRST: (&str, &str, &str) = ("A0001", "gca-agency", "moica-admin");
-const KILLED_AT_CONFIRM: (&str, &str, &str) = ("A0003", "xca-school", "moica-admin2");
-const KILLED_BETWEEN_CARDS: (&str, &str, &str) = ("A0005", "hca-hospital", "moica-admin");
+/// (agency code, organization card, administrator card) of the three first registrations, of
+/// testkit's seeded agencies.
+const FIRST: (&str, &str, &str) = (seed::TAIPEI, "gca-agency", "moica-admin");
+const KILLED_AT_CONFIRM: (&str, &str, &str) = (seed::SCHOOL, "xca-school", "moica-admin2");
+const KILLED_BETWEEN_CARDS: (&str, &str, &str) = (seed::HOSPITAL, "hca-hospital", "moica-admin");
 
 /// How long any observable state is waited for before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -323,25 +325,26 @@ fn two_instances_share_flows_and_a_kill_9_leaves_no_half_registration() {
     // Master data, written by another process before the instances start (it also creates
     // the key file both instances read the other's encrypted rows with).
     let csv = dir.path().join("agencies.csv");
-    std::fs::write(
-        &csv,
-        format!(
-            "機關代號,機關名稱,縣市,機關憑證OID\n\
-             {},臺北市政府人事處,臺北市,{}\n\
-             {},臺北市立測試國民小學,臺北市,{}\n\
-             {},臺中市立測試醫院,臺中市,{}\n",
-            FIRST.0,
-            testpki::GCA_AGENCY_OID,
-            KILLED_AT_CONFIRM.0,
-            testpki::XCA_SCHOOL_OID,
-            KILLED_BETWEEN_CARDS.0,
-            testpki::HCA_HOSPITAL_OID,
-        ),
-    )
-    .unwrap();
+    let rows: String = seed::agencies()
+        .iter()
+        .map(|a| {
+            format!(
+                "{},{},{},{}\n",
+                a.code.as_str(),
+                a.name,
+                a.county,
+                a.org_identifier.as_ref().map_or("", |o| o.as_str())
+            )
+        })
+        .collect();
+    std::fs::write(&csv, format!("機關代號,機關名稱,縣市,機關憑證OID\n{rows}")).unwrap();
     let (code, lines, err) =
         crate::certreg_env(&["agencies", "import", csv.to_str().unwrap()], &env);
-    assert_eq!((code, &lines[0]["imported"]), (0, &json!(3)), "{err}");
+    assert_eq!(
+        (code, &lines[0]["imported"]),
+        (0, &json!(seed::agencies().len())),
+        "{err}"
+    );
 
     let (mut a, base_a) = serve(&named(&pg.url, NAME_A), &key);
     let (_b, base_b) = serve(&named(&pg.url, NAME_B), &key);

@@ -1,6 +1,7 @@
-//! Fixtures for the rule tests: the test PKI, a fixed clock, master data, the services over a
-//! real database (SQLite file, and PostgreSQL when `TEST_DATABASE_URL` is set), and card steps
-//! made the way the agent makes them (CMS over the challenge's TBS with the card's key).
+//! Fixtures for the rule tests: the test PKI, a fixed clock, testkit's seeded agencies and test
+//! validator, the services over a fresh database (SQLite file, and PostgreSQL when
+//! `TEST_DATABASE_URL` is set), and card steps made the way the agent makes them (CMS over the
+//! challenge's TBS with the card's key).
 
 #![allow(dead_code)]
 
@@ -8,14 +9,12 @@ use domain::Result;
 use domain::calendar::BusinessCalendar;
 use domain::clock::FixedClock;
 use domain::flow::{Flow, FlowKind};
-use domain::model::Agency;
 use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
-use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::validate::{ValidationOptions, Validator};
+use pki::validate::Validator;
 use std::sync::{Arc, OnceLock};
 use testpki::{TestPki, TestPkiOptions};
+use time::OffsetDateTime;
 use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
 
 /// Thursday 2025-10-09 10:00 in Taipei: Friday 10-10 is 國慶日, so the next business day is
 /// Monday 2025-10-13.
@@ -33,57 +32,11 @@ pub fn validator() -> Arc<Validator> {
 
 /// The test PKI's anchors and CRLs in force at `NOW`, before it is shared (to add an online check).
 pub fn plain_validator() -> Validator {
-    let p = pki();
-    Validator::new(
-        p.trust_store().unwrap(),
-        p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
-            .unwrap(),
-        ValidationOptions::default(),
-    )
+    testkit::validator(pki(), NOW)
 }
 
-/// Agency codes of the master data the tests seed.
-pub const TAIPEI: &str = "A0001"; // its identifier on file is gca-agency's
-pub const MISMATCH: &str = "A0002"; // gca-agency-mismatch's card will not match
-pub const SCHOOL: &str = "B0001"; // xca-school, on file
-pub const COMPANY: &str = "C0001"; // moeaca-company, no identifier on file
-pub const TAICHUNG: &str = "D0001"; // another agency, 第二科
-
-pub fn agencies() -> Vec<Agency> {
-    let a = |code: &str, name: &str, county: &str, oid: Option<&str>| Agency {
-        code: InstitutionCode::parse(code).unwrap(),
-        name: name.into(),
-        county: county.into(),
-        org_identifier: oid.map(|o| OrgIdentifier::parse(o).unwrap()),
-    };
-    vec![
-        a(
-            TAIPEI,
-            "臺北市政府人事處",
-            "臺北市",
-            Some(testpki::GCA_AGENCY_OID),
-        ),
-        a(
-            MISMATCH,
-            "測試市政府",
-            "臺北市",
-            Some("2.16.886.101.20003.20065.11111"),
-        ),
-        a(
-            SCHOOL,
-            "測試國民小學",
-            "新竹縣",
-            Some(testpki::XCA_SCHOOL_OID),
-        ),
-        a(COMPANY, "測試股份有限公司", "臺中市", None),
-        a(
-            TAICHUNG,
-            "臺中市政府人事處",
-            "臺中市",
-            Some("2.16.886.101.20003.20066.1"),
-        ),
-    ]
-}
+/// The seeded agencies (testkit's, the same in every suite).
+pub use testkit::seed::{COMPANY, MISMATCH, SCHOOL, TAIPEI, agencies};
 
 /// The services over the real store, behind a gate a race test can arm (see `paused.rs`).
 pub type Svc = Services<crate::paused::Paused<store::Db>, Arc<FixedClock>>;
@@ -92,7 +45,7 @@ pub struct Env {
     /// Shared, so a race test can run a request on a task of its own.
     pub svc: Arc<Svc>,
     pub clock: Arc<FixedClock>,
-    _guard: crate::db::Guard,
+    _db: testkit::db::FreshDb,
 }
 
 /// Services over each available database, with the master data seeded.
@@ -103,8 +56,9 @@ pub async fn envs() -> Vec<Env> {
 /// As `envs`, with the validator `make` builds for each database.
 pub async fn envs_with(make: impl Fn() -> Arc<Validator>) -> Vec<Env> {
     let mut out = Vec::new();
-    for (db, guard) in crate::db::fresh_all().await {
+    for fresh in testkit::db::FreshDb::all("certreg_rules").await {
         use domain::store::Store as _;
+        let db = fresh.connect().await;
         db.upsert_agencies(&agencies()).await.unwrap();
         let clock = Arc::new(FixedClock::new(NOW));
         let svc = Services::new(
@@ -117,7 +71,7 @@ pub async fn envs_with(make: impl Fn() -> Arc<Validator>) -> Vec<Env> {
         out.push(Env {
             svc: Arc::new(svc),
             clock,
-            _guard: guard,
+            _db: fresh,
         });
     }
     out

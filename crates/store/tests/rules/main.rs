@@ -2,7 +2,6 @@
 //! and PostgreSQL when `TEST_DATABASE_URL` is set), with a fixed clock and test-PKI cards.
 //! Test names carry the requirement ids.
 
-mod db;
 mod helpers;
 mod notices;
 mod paused;
@@ -881,7 +880,7 @@ async fn r4_1_receipts_newest_first_with_review_state() {
         env.clock.advance(Duration::minutes(1));
         register(svc, TAIPEI, "gca-agency", "moica-admin").await;
         let (agency, receipts) = svc.receipts(MISMATCH).await.unwrap();
-        assert_eq!(agency.name, "測試市政府");
+        assert_eq!(agency.name, "新北市政府主計處");
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].0.kind, ReceiptKind::ReviewApplication);
         assert_eq!(receipts[0].1, Some(ReviewState::Pending));

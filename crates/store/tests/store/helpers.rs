@@ -1,15 +1,15 @@
 //! Test databases and fixtures: every test runs on a fresh SQLite file, and on a fresh
-//! PostgreSQL database when `TEST_DATABASE_URL` is set.
+//! PostgreSQL database when `TEST_DATABASE_URL` is set (testkit's `FreshDb`).
 
 use domain::flow::{Flow, FlowKind, Step};
 use domain::model::*;
 use domain::store::StoredChallenge;
 use domain::types::*;
-use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::{AssertSqlSafe, Connection};
 use std::future::Future;
 use std::path::PathBuf;
 use store::{Backend, Db, Secrets};
+use testkit::db::FreshDb;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -22,6 +22,16 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// The store opened on a fresh database (which lives as long as `fresh`).
+    async fn open(fresh: &FreshDb) -> Self {
+        Self {
+            db: fresh.connect().await,
+            url: fresh.url.clone(),
+            secrets: fresh.secrets.clone(),
+            file: fresh.file.clone(),
+        }
+    }
+
     /// A handle on a database made outside `each_db`.
     pub fn for_url(db: Db, url: &str, secrets: &Secrets) -> Self {
         Self {
@@ -108,61 +118,6 @@ impl TestDb {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    SystemRandom::new().fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The directory is returned apart: a test's async block captures only the fields it uses,
-/// and the file must outlive the whole test.
-async fn sqlite_db() -> (TestDb, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("certreg.db");
-    let url = format!("sqlite://{}", file.display());
-    let secrets = Secrets::generate().unwrap();
-    let db = Db::connect(&url, &secrets).await.unwrap();
-    let t = TestDb {
-        db,
-        url,
-        secrets,
-        file: Some(file),
-    };
-    (t, dir)
-}
-
-async fn postgres_db(base: &str) -> (TestDb, String) {
-    let name = format!("certreg_test_{}", random_hex(8));
-    let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let url = testkit::with_database(base, &name);
-    let secrets = Secrets::generate().unwrap();
-    let db = Db::connect(&url, &secrets).await.unwrap();
-    (
-        TestDb {
-            db,
-            url,
-            secrets,
-            file: None,
-        },
-        name,
-    )
-}
-
-async fn drop_postgres(base: &str, name: &str) {
-    let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-}
-
 /// Runs `test` on a fresh PostgreSQL database of `TEST_DATABASE_URL` (which must be set),
 /// dropped even when the test panics.
 pub async fn each_postgres<F, Fut>(test: F)
@@ -170,10 +125,9 @@ where
     F: Fn(TestDb) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-    let (t, name) = postgres_db(&base).await;
-    let outcome = tokio::spawn(test(t)).await;
-    drop_postgres(&base, &name).await;
+    let fresh = FreshDb::postgres("certreg_test").await;
+    let outcome = tokio::spawn(test(TestDb::open(&fresh).await)).await;
+    drop(fresh);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -186,19 +140,18 @@ where
     F: Fn(TestDb) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (t, dir) = sqlite_db().await;
-    let outcome = tokio::spawn(test(t)).await;
-    drop(dir);
-    if let Err(e) = outcome {
-        eprintln!("failed on SQLite");
-        std::panic::resume_unwind(e.into_panic());
-    }
-    if let Ok(base) = std::env::var("TEST_DATABASE_URL") {
-        let (t, name) = postgres_db(&base).await;
-        let outcome = tokio::spawn(test(t)).await;
-        drop_postgres(&base, &name).await;
+    for backend in testkit::db::backends() {
+        let fresh = FreshDb::on(backend, "certreg_test").await;
+        let outcome = tokio::spawn(test(TestDb::open(&fresh).await)).await;
+        drop(fresh);
         if let Err(e) = outcome {
-            eprintln!("failed on PostgreSQL");
+            eprintln!(
+                "failed on {}",
+                match backend {
+                    Backend::Sqlite => "SQLite",
+                    Backend::Postgres => "PostgreSQL",
+                }
+            );
             std::panic::resume_unwind(e.into_panic());
         }
     }

@@ -1,6 +1,6 @@
 //! The manual's chapter 3 walked end to end in real headless Chromium: this test starts, in
 //! process on 127.0.0.1 port 0, the web service over a fresh SQLite file (the test PKI's anchors,
-//! fresh CRLs, agencies seeded like `certreg demo`) and the real card agent on soft cards (every
+//! fresh CRLs, testkit's seeded agencies) and the real card agent on soft cards (every
 //! valid card in a reader, the service's origin allowed), then runs `walk.mjs` (playwright-core
 //! driving Debian's `/usr/bin/chromium`), which types into the pages and presses their buttons
 //! like a person while the agent signs. Its JSON report is asserted here, and the database is
@@ -19,10 +19,9 @@
 //! of the step in `target/browser-screenshots/e2e-<step>.png`.
 
 use domain::clock::{Clock, TAIPEI};
-use domain::model::{Agency, ContactDirectory, ReviewState};
+use domain::model::{ContactDirectory, ReviewState};
 use domain::store::Store as _;
-use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::validate::{ValidationOptions, Validator};
+use domain::types::InstitutionCode;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,10 +34,9 @@ use web::WebConfig;
 /// walk.mjs gives up by itself after 150 s; this is the backstop if node itself hangs.
 const NODE_DEADLINE: Duration = Duration::from_secs(200);
 
-/// The agency whose identifier on file is `gca-agency`'s (and its renewal's).
-const MATCHING: &str = "A0001";
-/// The agency whose identifier on file is not what `gca-agency-mismatch` carries.
-const MISMATCH: &str = "A0002";
+// The seeded agencies the walk registers: `gca-agency`'s, and the one whose identifier on file
+// is not what `gca-agency-mismatch` carries.
+use testkit::seed::{MISMATCH, TAIPEI as MATCHING};
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,30 +48,6 @@ fn e2e_dir() -> PathBuf {
 
 fn require_tools() -> PathBuf {
     testkit::require_tools(&e2e_dir(), "the end-to-end test")
-}
-
-fn agencies() -> Vec<Agency> {
-    let a = |code: &str, name: &str, county: &str, oid: &str| Agency {
-        code: InstitutionCode::parse(code).unwrap(),
-        name: name.into(),
-        county: county.into(),
-        org_identifier: Some(OrgIdentifier::parse(oid).unwrap()),
-    };
-    vec![
-        a(
-            MATCHING,
-            "臺北市政府人事處",
-            "臺北市",
-            testpki::GCA_AGENCY_OID,
-        ),
-        // 新北市: 承保第一科, 分機 5312 on 圖3-7.
-        a(
-            MISMATCH,
-            "新北市政府主計處",
-            "新北市",
-            "2.16.886.101.20003.20065.20099",
-        ),
-    ]
 }
 
 /// The service's clock: the real time (so it ticks: receipts are ordered by it) shifted by what
@@ -130,6 +104,8 @@ struct Servers {
     db: store::Db,
     cards: Arc<agent::softcard::SoftCards>,
     clock: Arc<ShiftedClock>,
+    /// The database file, removed with the servers.
+    _db: testkit::db::FreshDb,
 }
 
 /// A test PKI written to `dir` and the web service and agent started over it on a runtime of
@@ -158,15 +134,8 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     let agent_port = agent_listener.local_addr().unwrap().port();
     let agent_url = format!("http://127.0.0.1:{agent_port}");
 
-    let validator = Arc::new(Validator::new(
-        pki.trust_store().expect("trust store"),
-        pki.crl_store(
-            now - time::Duration::hours(1),
-            now + time::Duration::days(30),
-        )
-        .expect("fresh CRLs"),
-        ValidationOptions::default(),
-    ));
+    // The test PKI's anchors and fresh CRLs.
+    let validator = Arc::new(testkit::validator(pki, now));
     // The walk's first day starts at 10:00 Taipei (the next such time from now), so the
     // reviewer's 核准 and the same day's refused 首次註冊 never straddle midnight.
     let shifted = Arc::new(ShiftedClock::default());
@@ -178,8 +147,8 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     } else {
         ten + time::Duration::days(1)
     });
-    // The web service over a fresh SQLite file: the test PKI's anchors and fresh CRLs.
-    let url = format!("sqlite://{}", dir.join("certreg.db").display());
+    // The web service over a fresh SQLite file, the seeded agencies on file.
+    let fresh = testkit::db::FreshDb::sqlite();
     let service = server::build(server::Settings {
         web: WebConfig {
             public_origin: origin.clone(),
@@ -187,8 +156,8 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
             ..WebConfig::default()
         },
         ..server::Settings::new(
-            url,
-            store::Secrets::generate().unwrap(),
+            fresh.url.clone(),
+            fresh.secrets.clone(),
             validator,
             shifted.clone(),
         )
@@ -196,11 +165,11 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
     .await
     .expect("the web service");
     let db = service.db.clone();
-    db.upsert_agencies(&agencies())
+    db.upsert_agencies(&testkit::seed::agencies())
         .await
         .expect("seed agencies");
     // The reviewer of the section in charge of the mismatch agency's county (新北市: 承保第一科).
-    let county = &agencies()[1].county;
+    let county = &testkit::seed::agency(MISMATCH).county;
     let section = ContactDirectory::default()
         .section_for(county)
         .expect("a section for the county")
@@ -250,6 +219,7 @@ async fn start_servers(pki: &TestPki, dir: &Path, now: OffsetDateTime) -> Server
         db,
         cards,
         clock: shifted,
+        _db: fresh,
     }
 }
 
@@ -305,7 +275,7 @@ fn the_manual_walked_in_headless_chromium() {
         .iter()
         .map(|n| (n.to_string(), card_json(&pki, n)))
         .collect();
-    let agencies: Vec<Value> = agencies()
+    let agencies: Vec<Value> = testkit::seed::agencies()
         .iter()
         .map(|a| json!({"code": a.code.as_str(), "name": a.name}))
         .collect();

@@ -5,12 +5,11 @@
 use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use domain::model::{Agency, ReviewState};
+use domain::model::ReviewState;
 use domain::store::{Commit, ReviewWrite, Store as _};
-use domain::types::{InstitutionCode, OrgIdentifier};
+use domain::types::InstitutionCode;
 
 const ENDED: &str = "授權管理者作業階段已結束，請重新辦理授權指派";
-const OTHER: &str = "B0001";
 
 const CONTACT: [(&str, &str); 7] = [
     ("name", "王大明"),
@@ -456,17 +455,8 @@ async fn spec_4_7_another_agencys_operator_ids_answer_404() {
 
     // Agency B, registered and signed in from another browser.
     app.forget_cookies();
-    app.db
-        .upsert_agencies(&[Agency {
-            code: InstitutionCode::parse(OTHER).unwrap(),
-            name: "新北市政府主計處".into(),
-            county: "新北市".into(),
-            org_identifier: Some(OrgIdentifier::parse(testpki::GCA_MISMATCH_OID).unwrap()),
-        }])
-        .await
-        .unwrap();
-    register(&mut app, "gca-agency-mismatch", OTHER, "moica-admin2").await;
-    admin_login(&mut app, "gca-agency-mismatch", OTHER, "moica-admin2").await;
+    register(&mut app, "xca-school", SCHOOL, "moica-admin2").await;
+    admin_login(&mut app, "xca-school", SCHOOL, "moica-admin2").await;
     let (_, _, html) = app.get("/admin/operators").await;
     assert!(!html.contains("林志明"), "B's list has only B's operators");
 
@@ -679,7 +669,7 @@ async fn r4_1_receipts_by_code_newest_first_without_personal_data() {
     assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains("圖3-39")
-            && html.contains("測試市政府")
+            && html.contains("新北市政府主計處")
             && html.contains("憑證註冊審核申請")
             && html.contains("審核中")
             && html.contains("2026/06/01 10:00"),

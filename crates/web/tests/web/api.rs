@@ -7,13 +7,9 @@ use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use domain::model::Agency;
 use domain::store::Store as _;
-use domain::types::{InstitutionCode, OrgIdentifier};
+use domain::types::InstitutionCode;
 use serde_json::{Value, json};
-
-/// A third agency, registered with the XCA school card (for IDOR and foreign-card tests).
-const SCHOOL: &str = "B0001";
 
 /// An API client over a test app: bearer tokens, JSON in and out.
 struct Api {
@@ -25,17 +21,9 @@ impl Api {
         Self::with(backend, web::WebConfig::default()).await
     }
 
+    /// `SCHOOL`, registered with the XCA school card, serves the IDOR and foreign-card tests.
     async fn with(backend: Backend, config: web::WebConfig) -> Self {
         let app = TestApp::on(backend, config).await;
-        app.db
-            .upsert_agencies(&[Agency {
-                code: InstitutionCode::parse(SCHOOL).unwrap(),
-                name: "臺北市立測試國民小學".into(),
-                county: "臺北市".into(),
-                org_identifier: Some(OrgIdentifier::parse(testpki::XCA_SCHOOL_OID).unwrap()),
-            }])
-            .await
-            .unwrap();
         Self { app }
     }
 
@@ -401,8 +389,9 @@ async fn r1_3_mismatch_review_filed_then_pending() {
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert_eq!(v["state"], "pending");
         assert_eq!(v["switchboard"], "(02)27013411");
-        assert_eq!(v["section"], "承保第二科");
-        assert_eq!(v["extension"], "5353");
+        // 新北市: 承保第一科.
+        assert_eq!(v["section"], "承保第一科");
+        assert_eq!(v["extension"], "5312");
         assert!(v["message"].as_str().unwrap().contains("次一營業日"));
         // The flow is over.
         refused(

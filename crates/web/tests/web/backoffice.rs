@@ -19,6 +19,9 @@ const CONTACT: [(&str, &str); 7] = [
     ("title", ""),
 ];
 
+/// A central agency's code, not one of the seeded agencies.
+const CENTRAL: &str = "A0009";
+
 fn serial_of(card: &str) -> domain::types::CertSerial {
     cert_serial("serial", &pki().card(card).issued.serial_hex()).unwrap()
 }
@@ -162,9 +165,9 @@ async fn r6_2_the_queue_shows_only_the_reviewers_section() {
     let mut app = TestApp::default().await;
     // 臺北市 → 承保第一科; 臺中市 → 承保第二科.
     file_review(&mut app, "gca-agency-mismatch", TAIPEI).await;
-    file_review(&mut app, "gca-agency", MISMATCH).await;
+    file_review(&mut app, "gca-agency", HOSPITAL).await;
     let taipei = review_ids(&app, TAIPEI).await[0];
-    let taichung = review_ids(&app, MISMATCH).await[0];
+    let taichung = review_ids(&app, HOSPITAL).await[0];
 
     let id = add_reviewer(&app, Section::First).await;
     reviewer_login(&mut app, "moica-reviewer").await;
@@ -177,7 +180,7 @@ async fn r6_2_the_queue_shows_only_the_reviewers_section() {
             && html.contains(testpki::GCA_AGENCY_OID),
         "{html}"
     );
-    assert!(!html.contains(MISMATCH), "{html}");
+    assert!(!html.contains(HOSPITAL), "{html}");
     let (status, _, html) = app.get(&format!("/backoffice/reviews/{taipei}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("核准") && html.contains("駁回") && html.contains("備註"));
@@ -205,7 +208,7 @@ async fn r6_2_the_queue_shows_only_the_reviewers_section() {
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     let (_, _, html) = app.get("/backoffice/reviews").await;
     assert!(
-        html.contains(MISMATCH) && html.contains("承保第二科") && !html.contains(TAIPEI),
+        html.contains(HOSPITAL) && html.contains("承保第二科") && !html.contains(TAIPEI),
         "{html}"
     );
 }
@@ -215,20 +218,20 @@ async fn r6_2_an_agency_no_section_is_in_charge_of_is_in_every_queue() {
     let mut app = TestApp::default().await;
     // A central agency: its county names no region of the contact directory.
     let central = domain::model::Agency {
-        code: domain::types::InstitutionCode::parse("A0003").unwrap(),
+        code: domain::types::InstitutionCode::parse(CENTRAL).unwrap(),
         name: "中央測試署".into(),
         county: "中央".into(),
         org_identifier: None,
     };
     app.db.upsert_agencies(&[central]).await.unwrap();
-    file_review(&mut app, "gca-agency", "A0003").await;
-    let id = review_ids(&app, "A0003").await[0];
+    file_review(&mut app, "gca-agency", CENTRAL).await;
+    let id = review_ids(&app, CENTRAL).await[0];
 
     let first = add_reviewer(&app, Section::First).await;
     reviewer_login(&mut app, "moica-reviewer").await;
     let (_, _, html) = app.get("/backoffice/reviews").await;
     assert!(
-        html.contains("A0003") && html.contains("中央（未屬任一科，各科皆可審核）"),
+        html.contains(CENTRAL) && html.contains("中央（未屬任一科，各科皆可審核）"),
         "{html}"
     );
     app.db.set_reviewer_active(first, false).await.unwrap();
@@ -239,7 +242,7 @@ async fn r6_2_an_agency_no_section_is_in_charge_of_is_in_every_queue() {
         .unwrap();
     reviewer_login(&mut app, "moica-admin2").await;
     let (_, _, html) = app.get("/backoffice/reviews").await;
-    assert!(html.contains("A0003"), "{html}");
+    assert!(html.contains(CENTRAL), "{html}");
     let (status, headers, _) = app
         .post_form(
             &format!("/backoffice/reviews/{id}"),
@@ -256,7 +259,8 @@ async fn r6_2_approval_takes_effect_on_the_next_business_day() {
     let mut app = TestApp::default().await;
     file_review(&mut app, "gca-agency", MISMATCH).await;
     let id = review_ids(&app, MISMATCH).await[0];
-    add_reviewer(&app, Section::Second).await;
+    // The section in charge of 新北市.
+    add_reviewer(&app, Section::First).await;
     reviewer_login(&mut app, "moica-reviewer").await;
     let (status, headers, _) = app
         .post_form(
@@ -318,7 +322,8 @@ async fn r6_2_after_a_rejection_the_agency_may_apply_again() {
     let mut app = TestApp::default().await;
     file_review(&mut app, "gca-agency", MISMATCH).await;
     let id = review_ids(&app, MISMATCH).await[0];
-    add_reviewer(&app, Section::Second).await;
+    // The section in charge of 新北市.
+    add_reviewer(&app, Section::First).await;
     reviewer_login(&mut app, "moica-reviewer").await;
     let (_, headers, _) = app
         .post_form(
@@ -435,7 +440,7 @@ async fn r6_3_search_by_code_serial_date_and_outcome_is_audited() {
         .await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(
-        html.contains("測試市政府")
+        html.contains("新北市政府主計處")
             && html.contains("未註冊")
             && html.contains("憑證註冊審核申請")
             && html.contains("審核中")

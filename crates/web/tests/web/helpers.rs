@@ -1,27 +1,27 @@
-//! A test instance of the web service over a real SQLite file (and PostgreSQL when
-//! `TEST_DATABASE_URL` is set), driven request by request with a cookie jar, the way a browser
-//! would, plus card proofs made with the test PKI's cards.
+//! A test instance of the web service, built as `certreg serve` builds it, over a fresh SQLite
+//! file (and PostgreSQL when `TEST_DATABASE_URL` is set) with testkit's seeded agencies, driven
+//! request by request with a cookie jar, the way a browser would, plus card proofs made with
+//! the test PKI's cards.
 
 #![allow(dead_code)]
 
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use domain::clock::FixedClock;
-use domain::model::Agency;
 use domain::store::Store as _;
-use domain::types::{InstitutionCode, OrgIdentifier};
-use pki::validate::{ValidationOptions, Validator};
+use pki::validate::Validator;
 use std::sync::{Arc, OnceLock};
 use testpki::{TestPki, TestPkiOptions};
+use time::OffsetDateTime;
 use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
 use tower::ServiceExt as _;
 use web::{AppState, WebConfig};
 
 pub const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
 pub const ORIGIN: &str = "http://certreg.test";
-pub const TAIPEI: &str = "A0001";
-pub const MISMATCH: &str = "A0002";
+/// The agencies every test app has on file, and the databases a test runs on.
+pub use testkit::db::backends;
+pub use testkit::seed::{self, HOSPITAL, MISMATCH, SCHOOL, TAIPEI};
 
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
@@ -40,31 +40,7 @@ pub struct TestApp {
     /// The service's validator: tests put new CRLs in force with `replace_crls`.
     pub validator: Arc<Validator>,
     cookies: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-    _pg: Option<testkit::PgDatabase>,
-}
-
-pub fn agencies() -> Vec<Agency> {
-    let a = |code: &str, name: &str, county: &str, oid: Option<&str>| Agency {
-        code: InstitutionCode::parse(code).unwrap(),
-        name: name.into(),
-        county: county.into(),
-        org_identifier: oid.map(|o| OrgIdentifier::parse(o).unwrap()),
-    };
-    vec![
-        a(
-            TAIPEI,
-            "臺北市政府人事處",
-            "臺北市",
-            Some(testpki::GCA_AGENCY_OID),
-        ),
-        a(
-            MISMATCH,
-            "測試市政府",
-            "臺中市",
-            Some("2.16.886.101.20003.20065.11111"),
-        ),
-    ]
+    _fresh: testkit::db::FreshDb,
 }
 
 impl TestApp {
@@ -80,51 +56,37 @@ impl TestApp {
         Self::on(Backend::Sqlite, config).await
     }
 
-    /// A test app on a fresh database of `backend` (a PostgreSQL one is dropped with the app).
+    /// A test app on a fresh database of `backend` (a PostgreSQL one is dropped with the app),
+    /// the seeded agencies on file.
     pub async fn on(backend: Backend, config: WebConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (url, pg) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("web.db").display()),
-                None,
-            ),
-            Backend::Postgres => {
-                let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-                let pg = testkit::PgDatabase::create(&admin, "certreg_web").await;
-                (pg.url.clone(), Some(pg))
-            }
-        };
-        let secrets = store::Secrets::generate().unwrap();
-        let p = pki();
-        let validator = Arc::new(Validator::new(
-            p.trust_store().unwrap(),
-            p.crl_store(NOW - Duration::hours(1), NOW + Duration::days(30))
-                .unwrap(),
-            ValidationOptions::default(),
-        ));
+        let fresh = testkit::db::FreshDb::on(backend, "certreg_web").await;
         let clock = Arc::new(FixedClock::new(NOW));
         let service = server::build(server::Settings {
             web: WebConfig {
                 public_origin: ORIGIN.into(),
                 ..config
             },
-            ..server::Settings::new(url.clone(), secrets.clone(), validator, clock.clone())
+            ..server::Settings::new(
+                fresh.url.clone(),
+                fresh.secrets.clone(),
+                Arc::new(testkit::validator(pki(), NOW)),
+                clock.clone(),
+            )
         })
         .await
         .unwrap();
         assert_eq!(service.db.backend(), backend);
-        service.db.upsert_agencies(&agencies()).await.unwrap();
+        service.db.upsert_agencies(&seed::agencies()).await.unwrap();
         Self {
             router: service.router(),
             state: service.state,
             clock,
             db: service.db,
-            db_url: url,
-            secrets,
+            db_url: fresh.url.clone(),
+            secrets: fresh.secrets.clone(),
             validator: service.validator,
             cookies: Vec::new(),
-            _dir: dir,
-            _pg: pg,
+            _fresh: fresh,
         }
     }
 
@@ -284,15 +246,6 @@ pub fn location(h: &axum::http::HeaderMap) -> String {
 
 /// Which database a test app runs on.
 pub use store::Backend;
-
-/// SQLite always; PostgreSQL too when `TEST_DATABASE_URL` is set (CI sets it).
-pub fn backends() -> Vec<Backend> {
-    let mut out = vec![Backend::Sqlite];
-    if std::env::var("TEST_DATABASE_URL").is_ok() {
-        out.push(Backend::Postgres);
-    }
-    out
-}
 
 /// The store as the web layer holds it.
 pub fn backend(db: &store::Db) -> domain::store::Backend {

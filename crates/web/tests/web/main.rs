@@ -201,8 +201,8 @@ async fn r1_3_mismatch_review_through_the_pages() {
     assert!(
         html.contains("次一營業日")
             && html.contains("(02)27013411")
-            && html.contains("承保第二科")
-            && html.contains("5353"),
+            && html.contains("承保第一科")
+            && html.contains("5312"),
         "{html}"
     );
 }
@@ -361,7 +361,7 @@ async fn a_pending_review_is_answered_with_the_numbers_to_call() {
     // One pending application per card: each agency files with a card of its own.
     for (code, card, want, not) in [
         (
-            MISMATCH,
+            HOSPITAL,
             "gca-agency-mismatch",
             vec!["承保第二科", "5353", "臺中"],
             Some("承保第一科"),
