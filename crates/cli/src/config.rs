@@ -321,6 +321,12 @@ impl Settings {
         {
             bail!("mail_from must be a plain mail address");
         }
+        if self.terms_version.trim().is_empty()
+            || self.terms_version.chars().count() > 32
+            || self.terms_version.chars().any(char::is_control)
+        {
+            bail!("terms_version must be 1 to 32 printable characters");
+        }
         if self.crl_refresh_minutes == 0 {
             bail!("crl_refresh_minutes must be at least 1");
         }
@@ -573,5 +579,18 @@ mod tests {
                 .check_serving_origin()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_terms_version_is_short_printable_text() {
+        let with = |v: &str| Settings {
+            terms_version: v.into(),
+            ..Settings::default()
+        };
+        assert!(with("2026-01").check().is_ok());
+        for bad in ["", "  ", "2026\n01", &"9".repeat(33)] {
+            let err = with(bad).check().unwrap_err().to_string();
+            assert!(err.contains("terms_version"), "{bad:?}: {err}");
+        }
     }
 }

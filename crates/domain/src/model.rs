@@ -270,6 +270,9 @@ pub struct Receipt {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub review_id: Option<i64>,
+    /// The version of the terms accepted with a registration or a replacement.
+    #[serde(default)]
+    pub terms_version: Option<String>,
 }
 
 /// An audit event (SPEC §4.5). The store chains them by hash.

@@ -182,6 +182,7 @@ async fn load(db: &Db, scale: &Scale) -> Vec<(&'static str, usize, StdDuration)>
                 kind: ReceiptKind::FirstRegistration,
                 at: NOW - Duration::days(30),
                 review_id: None,
+                terms_version: None,
             })
             .collect();
         db.bulk_load_receipts(&chunk).await.expect("receipts");

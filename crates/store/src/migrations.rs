@@ -87,6 +87,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0010_operator_validity.sql"),
         postgres: include_str!("../migrations/postgres/0010_operator_validity.sql"),
     },
+    MigrationPair {
+        version: 11,
+        file_name: "0011_receipt_terms.sql",
+        description: "receipt terms",
+        sqlite: include_str!("../migrations/sqlite/0011_receipt_terms.sql"),
+        postgres: include_str!("../migrations/postgres/0011_receipt_terms.sql"),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             .cert(&registration.org.cert)
             .client(client)
             .detail(serde_json::json!({"admin_cert": format!("{}|{}", registration.admin_card.cert.issuer, registration.admin_card.cert.serial), "terms_version": flow.data.terms_version}));
+        let terms_version = flow.data.terms_version.clone();
         self.store
             .commit(Commit {
                 flow: Some(flow),
@@ -136,6 +137,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                     kind: receipt_kind,
                     at: now,
                     review_id: None,
+                    terms_version,
                 }),
                 audit: vec![audit],
                 end_admin_sessions: (kind != FlowKind::FirstRegistration).then(|| code.clone()),

@@ -63,7 +63,7 @@ impl<S: Store, C: Clock> Services<S, C> {
             .commit(Commit {
                 flow: Some(done),
                 review: Some(ReviewWrite::Insert(Box::new(application.clone()))),
-                receipt: Some(Receipt { code: code.clone(), kind: ReceiptKind::ReviewApplication, at: now, review_id: None }),
+                receipt: Some(Receipt { code: code.clone(), kind: ReceiptKind::ReviewApplication, at: now, review_id: None, terms_version: None }),
                 audit: vec![AuditEvent::new(now, format!("agency:{code}"), "review.file", "ok")
                     .agency(&code)
                     .cert(&org.cert)

@@ -101,14 +101,15 @@ pub(crate) async fn bulk_load_operators(
 }
 
 pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> Result<u64> {
-    // 4 binds per row.
+    // 5 binds per row.
     bulk(pool, receipts, 5_000, |q, rows| {
-        q.push("INSERT INTO receipts (code, kind, at, review_id) ");
+        q.push("INSERT INTO receipts (code, kind, at, review_id, terms_version) ");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.code.as_str().to_string())
                 .push_bind(r.kind.as_str())
                 .push_bind(ts(r.at))
-                .push_bind(r.review_id);
+                .push_bind(r.review_id)
+                .push_bind(r.terms_version.clone());
         });
         Ok(())
     })

@@ -419,14 +419,18 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     }
 
     if let Some(r) = p.receipt {
-        sqlx::query("INSERT INTO receipts (code, kind, at, review_id) VALUES ($1, $2, $3, $4)")
-            .bind(r.code.as_str().to_string())
-            .bind(r.kind.as_str())
-            .bind(ts(r.at))
-            .bind(done.review_id.or(r.review_id))
-            .execute(&mut **tx)
-            .await
-            .map_err(fk("receipts_code_fkey"))?;
+        sqlx::query(
+            "INSERT INTO receipts (code, kind, at, review_id, terms_version) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(r.code.as_str().to_string())
+        .bind(r.kind.as_str())
+        .bind(ts(r.at))
+        .bind(done.review_id.or(r.review_id))
+        .bind(r.terms_version)
+        .execute(&mut **tx)
+        .await
+        .map_err(fk("receipts_code_fkey"))?;
     }
 
     if let Some(code) = p.end_admin_sessions {

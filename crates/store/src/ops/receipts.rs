@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) async fn receipts(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Vec<Receipt>> {
     let rows = sqlx::query(
-        "SELECT code, kind, at, review_id FROM receipts WHERE code = $1 \
+        "SELECT code, kind, at, review_id, terms_version FROM receipts WHERE code = $1 \
          ORDER BY at DESC, id DESC",
     )
     .bind(code.as_str())
@@ -18,6 +18,7 @@ pub(crate) async fn receipts(pool: &Pool<DB>, code: &InstitutionCode) -> Result<
                 kind: receipt_kind(&s(r, "kind")?)?,
                 at: time_at(r, "at")?,
                 review_id: col(r, "review_id")?,
+                terms_version: col(r, "terms_version")?,
             })
         })
         .collect()

@@ -24,6 +24,7 @@ async fn register(db: &Db, c: &str, admin: &domain::types::NationalId) {
             kind: ReceiptKind::FirstRegistration,
             at: T0,
             review_id: None,
+            terms_version: None,
         }),
         audit: vec![event("registration.first_registration").agency(&code(c))],
         ..Default::default()
@@ -428,6 +429,7 @@ async fn registration_replacement_history_and_receipts_round_trip() {
                 kind: ReceiptKind::ReplaceOrg,
                 at: T0 + Duration::days(1),
                 review_id: None,
+                terms_version: Some("2026-02".into()),
             }),
             audit: vec![event("registration.replace_org")],
             end_admin_sessions: Some(code("AB12")),
@@ -466,11 +468,15 @@ async fn registration_replacement_history_and_receipts_round_trip() {
             .await
             .unwrap()
             .into_iter()
-            .map(|r| r.kind)
+            .map(|r| (r.kind, r.terms_version))
             .collect();
         assert_eq!(
             kinds,
-            [ReceiptKind::ReplaceOrg, ReceiptKind::FirstRegistration]
+            [
+                (ReceiptKind::ReplaceOrg, Some("2026-02".into())),
+                (ReceiptKind::FirstRegistration, None)
+            ],
+            "each receipt keeps the terms version accepted with it"
         );
         let report = db.verify_audit().await.unwrap();
         assert_eq!((report.events, report.first_broken), (2, None));
@@ -536,6 +542,7 @@ async fn concurrent_first_registrations_exactly_one_wins() {
                         kind: ReceiptKind::FirstRegistration,
                         at: T0,
                         review_id: None,
+                        terms_version: None,
                     }),
                     audit: vec![event("registration.first_registration")],
                     ..Default::default()
@@ -890,6 +897,7 @@ async fn a_failing_commit_leaves_nothing_written() {
                 kind: ReceiptKind::FirstRegistration,
                 at: T0,
                 review_id: None,
+                terms_version: None,
             }),
             audit: vec![event("registration.first_registration")],
             ..Default::default()
@@ -965,6 +973,7 @@ async fn reviews_receipts_and_decisions() {
                     kind: ReceiptKind::ReviewApplication,
                     at,
                     review_id: None,
+                    terms_version: None,
                 }),
                 audit: vec![event("review.file")],
                 ..Default::default()
@@ -2204,6 +2213,7 @@ async fn bulk_loads_read_back_like_committed_rows() {
             kind: ReceiptKind::FirstRegistration,
             at: T0,
             review_id: None,
+            terms_version: Some("2026-01".into()),
         };
         assert_eq!(
             db.bulk_load_receipts(std::slice::from_ref(&receipt))

@@ -23,6 +23,9 @@ pub struct ReceiptView {
     /// A review application's state: pending, approved or rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review_state: Option<String>,
+    /// The version of 用戶約定條款 accepted with a registration or a replacement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms_version: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,6 +80,7 @@ pub(super) async fn receipts(
                         }
                         .to_string()
                     }),
+                    terms_version: r.terms_version,
                 })
                 .collect(),
         })

@@ -418,6 +418,11 @@ async fn r1_3_mismatch_review_filed_then_pending() {
             .await;
         assert_eq!(v["receipts"][0]["kind"], "review_application");
         assert_eq!(v["receipts"][0]["review_state"], "pending");
+        assert_eq!(
+            v["receipts"][0].get("terms_version"),
+            None,
+            "nothing accepted yet"
+        );
     }
 }
 
@@ -532,6 +537,7 @@ async fn r1_5_r1_6_confirmation_takes_effect_once() {
         assert_eq!(v["receipts"].as_array().unwrap().len(), 1);
         assert_eq!(v["receipts"][0]["kind"], "first_registration");
         assert_eq!(v["receipts"][0]["label"], "首次註冊");
+        assert_eq!(v["receipts"][0]["terms_version"], "2026-01");
     }
 }
 

@@ -585,6 +585,11 @@ async fn the_search_flags_expiring_and_revoked_registration_certificates() {
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("機關代號 A0001"), "{html}");
     assert!(
+        html.contains("<th scope=\"col\">約定條款版本</th>")
+            && html.contains("<td>首次註冊</td><td></td><td>2026-01</td>"),
+        "the receipt names the accepted terms version: {html}"
+    );
+    assert!(
         !html.contains("到期") && !html.contains("憑證已廢止"),
         "{html}"
     );

@@ -66,7 +66,8 @@ struct AgencyHit {
     lines: Vec<Line>,
     /// Expiry and revocation flags: (whose certificate, serial, badge).
     flags: Vec<(&'static str, String, String)>,
-    receipts: Vec<(String, &'static str, String)>,
+    /// (收件時間, 註冊項目, 審核狀態, accepted terms version).
+    receipts: Vec<(String, &'static str, String, String)>,
 }
 
 struct AuditHit {
@@ -157,6 +158,7 @@ fn agency_hit(now: time::OffsetDateTime, record: &AgencyRecord) -> AgencyHit {
                     crate::pages::admin::taipei_time(r.at),
                     r.kind.label_zh(),
                     review.as_ref().map(state_label).unwrap_or_default(),
+                    r.terms_version.clone().unwrap_or_default(),
                 )
             })
             .collect(),
