@@ -33,7 +33,8 @@ pub fn validator(pki: &testpki::TestPki, now: time::OffsetDateTime) -> pki::vali
 /// Where Debian puts Chromium; `CERTREG_CHROMIUM` overrides it.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Checks node and Chromium and runs `npm ci` in `dir` when its node_modules is missing.
+/// Checks node and Chromium and runs `npm ci` in `dir` when its node_modules is missing or older
+/// than its package-lock.json.
 /// Fails with the Debian package names instead of skipping: a silently skipped browser test is
 /// a browser test that never runs in CI. `what` names the test in the messages.
 pub fn require_tools(dir: &Path, what: &str) -> PathBuf {
@@ -52,10 +53,9 @@ pub fn require_tools(dir: &Path, what: &str) -> PathBuf {
          (apt-get install chromium), or set CERTREG_CHROMIUM",
         chromium.display()
     );
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(dir.join("node_modules/.package-lock.json"));
+    if installed.is_none() || installed < modified(dir.join("package-lock.json")) {
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(dir)

@@ -15,7 +15,6 @@ if (form) {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const agent = document.querySelector('meta[name="card-agent"]').content;
   const pin = form.querySelector('#pin');
-  const pinError = form.querySelector('#pin-error');
   const progress = form.querySelector('#card-progress');
   const button = form.querySelector('button[type="submit"]');
   const role = form.dataset.card;
@@ -80,22 +79,40 @@ if (form) {
   };
 
   const say = (text) => { progress.hidden = !text; progress.textContent = text || ''; };
-  const pinSays = (text) => {
-    pinError.hidden = !text;
-    pinError.textContent = text || '';
-    pin.setAttribute('aria-invalid', text ? 'true' : 'false');
-    if (text) pin.focus();
+  // A field's own message, tied to it for screen readers (aria-describedby) and focused.
+  const fieldSays = (input, text) => {
+    let box = form.querySelector(`#${input.id}-error`);
+    if (!box && text) {
+      box = document.createElement('p');
+      box.className = 'field-error';
+      box.id = `${input.id}-error`;
+      input.after(box);
+    }
+    if (box) {
+      box.hidden = !text;
+      box.textContent = text || '';
+    }
+    if (text) {
+      input.setAttribute('aria-invalid', 'true');
+      input.setAttribute('aria-describedby', box.id);
+      input.focus();
+    } else {
+      input.removeAttribute('aria-invalid');
+      input.removeAttribute('aria-describedby');
+    }
   };
+  const pinSays = (text) => fieldSays(pin, text);
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (busy) return;
-    pinSays('');
-    for (const input of form.querySelectorAll('input[required]')) {
+    const required = [...form.querySelectorAll('input[required]')];
+    for (const input of required) fieldSays(input, '');
+    for (const input of required) {
       if (!input.value.trim()) {
         const label = form.querySelector(`label[for="${input.id}"]`);
         const name = label ? label.textContent.replace('(必填)', '').trim() : '此欄位';
-        if (input === pin) { pinSays(`請輸入${name}`); } else { input.focus(); say(`請輸入${name}`); }
+        fieldSays(input, `請輸入${name}`);
         return;
       }
     }

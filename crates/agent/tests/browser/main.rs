@@ -5,7 +5,7 @@
 //! the signatures the browser got with `pki::proof::verify_proof`.
 //!
 //! Needs `node`/`npm` and `chromium` (Debian packages `nodejs`, `npm`, `chromium`); it fails,
-//! never skips, without them. `npm ci` runs here when `node_modules` is missing, so
+//! never skips, without them. `npm ci` runs here when `node_modules` is missing or stale, so
 //! `cargo test --workspace` stays the one test command.
 
 #[path = "../agent/helpers.rs"]

@@ -14,7 +14,7 @@
 //! 首次註冊 with the mismatch card completes.
 //!
 //! Needs `node`/`npm` and `chromium` (Debian packages `nodejs`, `npm`, `chromium`); it fails,
-//! never skips, without them. `npm ci` runs here when `node_modules` is missing, so
+//! never skips, without them. `npm ci` runs here when `node_modules` is missing or stale, so
 //! `cargo test --workspace` stays the one test command. On failure the walk saves a screenshot
 //! of the step in `target/browser-screenshots/e2e-<step>.png`.
 
@@ -330,8 +330,8 @@ fn the_manual_walked_in_headless_chromium() {
         failed.join("\n")
     );
     // Every step of walk.mjs ran (a step that silently disappeared would pass otherwise).
-    assert_eq!(report["expected"], 21, "walk.mjs plans 21 steps");
-    assert_eq!(steps.len(), 21, "steps: {steps:#?}");
+    assert_eq!(report["expected"], 25, "walk.mjs plans 25 steps");
+    assert_eq!(steps.len(), 25, "steps: {steps:#?}");
     let effective = effective.expect("the walk asked for the clock to move");
 
     // What the browser did is what the database holds.
@@ -388,8 +388,16 @@ fn the_manual_walked_in_headless_chromium() {
     let state = servers.cards.cards().unwrap();
     assert!(state.iter().all(|c| !c.locked), "{state:?}");
     drop(runtime);
+    // axe checked every page the walk arrived at (each once plain, once with a message).
+    let axe_pages = report["axePages"].as_u64().unwrap_or(0);
+    assert!(
+        axe_pages >= 30,
+        "axe checked only {axe_pages} pages: {}",
+        report["axeChecked"]
+    );
+    eprintln!("e2e: axe checked {}", report["axeChecked"]);
     eprintln!(
-        "e2e: {} steps in {} ms (walk {} ms)",
+        "e2e: {} steps in {} ms (walk {} ms, {axe_pages} pages checked by axe)",
         steps.len(),
         started.elapsed().as_millis(),
         report["elapsedMs"]

@@ -12,7 +12,13 @@
 
 import { chromium } from 'playwright-core';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+
+// axe-core, the accessibility rules engine, evaluated into each page through the DevTools
+// protocol (the pages' CSP allows no injected script, and none is needed).
+const AXE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+const WCAG21AA = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
 
 const env = (name) => {
   const v = process.env[name];
@@ -68,7 +74,7 @@ function watch(page, problems) {
 
 const h1 = (page) => page.locator('main h1');
 
-/** Waits until the page's title (h1) is exactly `title`. */
+/** Waits until the page's title (h1) is exactly `title`, then checks the page with axe. */
 async function onPage(page, title, figure) {
   await page.locator('main h1', { hasText: title }).first().waitFor({ timeout: TIMEOUT });
   const got = (await h1(page).textContent()).trim();
@@ -77,6 +83,31 @@ async function onPage(page, title, figure) {
     const fig = (await h1(page).getAttribute('data-figure')) ?? '';
     expect(fig === figure, `${title}: figure ${fig}, expected ${figure}`);
   }
+  await accessible(page, title);
+}
+
+/** Pages checked by axe: their title, and whether they showed a message. */
+const axeChecked = new Set();
+
+/**
+ * axe-core's WCAG 2.1 A and AA rules on the page as it stands: any violation fails the step,
+ * naming the rule and the elements. Each page is checked once plain and once with a message
+ * (error or notice) shown.
+ */
+async function accessible(page, title) {
+  await page.waitForLoadState('load');
+  const where = new URL(page.url());
+  const route = `${where.pathname.replace(/\/(?:[0-9a-f-]{16,}|\d+)(?=\/|$)/gi, '/:id')}${where.search ? '?…' : ''}`;
+  const said = await page.locator('main .error, main .notice, main .success, main .field-error:not([hidden])').count() > 0;
+  const key = `${title} ${route}${said ? ' (with a message)' : ''}`;
+  if (axeChecked.has(key)) return;
+  axeChecked.add(key);
+  if (!(await page.evaluate('typeof window.axe === "object"'))) await page.evaluate(AXE);
+  const violations = await page.evaluate(async (tags) => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: tags }, resultTypes: ['violations'] });
+    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  }, WCAG21AA);
+  expect(violations.length === 0, `axe, WCAG 2.1 AA, on ${title}: ${violations.join('; ')}`);
 }
 
 /** Chooses a function from the left menu (功能列), as the manual says. */
@@ -90,6 +121,7 @@ async function menu(page, item) {
 async function start(page) {
   await page.waitForLoadState('load');
   if (/\/flows\/new\//.test(new URL(page.url()).pathname)) {
+    await accessible(page, (await h1(page).textContent()).trim());
     await page.getByRole('button', { name: '開始', exact: true }).click();
     await page.waitForLoadState('load');
   }
@@ -139,6 +171,7 @@ async function cardStep(page, { title, figure, code, card, pin, next, stay, refu
   if (refused) {
     // The service refuses the card: the step comes back with its message.
     expect(now === title, `${title}: expected the step back with a message, got ${now}`);
+    await accessible(page, title);
     return (await text(page, '#step-error')).trim();
   }
   if (now === title) {
@@ -260,6 +293,31 @@ async function addOperator(page, functions) {
  * A person at another computer: `body(page)` in a browser context of its own, with the same
  * console/CSP watch as the clerk's (and its screenshot on failure).
  */
+/**
+ * Presses Tab until the focus is on the control named `name` (a link's or button's text, a
+ * field's label); every stop on the way must show a visible focus ring.
+ */
+async function tabTo(page, name, max = 80) {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press('Tab');
+    const f = await page.evaluate(() => {
+      const e = document.activeElement;
+      if (!e || e === document.body) return null;
+      const cs = getComputedStyle(e);
+      return {
+        tag: e.tagName,
+        text: (e.innerText || e.value || '').trim(),
+        label: e.labels && e.labels[0] ? e.labels[0].innerText.trim() : '',
+        ring: cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) >= 2,
+      };
+    });
+    if (!f) continue;
+    expect(f.ring, `no visible focus on ${f.tag} ${f.text || f.label}`);
+    if (f.text === name || f.label.startsWith(name)) return;
+  }
+  throw new StepFailed(`Tab never reached ${name}`);
+}
+
 async function elsewhere(name, body, allow) {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -283,6 +341,19 @@ let effective; // the date the reviewer's 核准 was shown, YYYY/MM/DD
 const reviewNote = '已電話確認識別碼';
 
 const PLAN = [
+  ['0 axe finds what it should: an unlabelled field, low contrast, no lang', async () => {
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      await page.setContent('<html><body><main><h1 style="color:#bbb;background:#fff">標題</h1><input id="x"></main></body></html>');
+      await page.evaluate(AXE);
+      const ids = await page.evaluate(async (tags) => (await window.axe.run(document, { runOnly: { type: 'tag', values: tags } })).violations.map((v) => v.id), WCAG21AA);
+      for (const rule of ['label', 'color-contrast', 'html-has-lang']) expect(ids.includes(rule), `axe missed ${rule}: ${ids.join(', ')}`);
+      return ids.join(', ');
+    } finally {
+      await context.close();
+    }
+  }],
   ['1 首次註冊 mismatch agency: terms, 機關代號 + PIN, 圖3-6, contact, 圖3-7', async () => {
     const page = clerk;
     await page.goto(`${WEB}/`);
@@ -325,6 +396,7 @@ const PLAN = [
     expect(/電子信箱/.test(err), `the message beside 電子信箱: ${err}`);
     expect((await page.locator('#email').getAttribute('aria-describedby')) === 'email-error', 'the field is not described by its error');
     expect((await page.locator('#name').inputValue()) === admin.name, 'the typed name was lost');
+    await accessible(page, '首次註冊');
     return err;
     // The form comes back with its errors as 422, which Chromium logs for the document.
   }, { allow: /status of 422 .*\/confirm\)$/ }],
@@ -375,6 +447,28 @@ const PLAN = [
   ['3 授權指派 新增 again (for 經辦人登入)', async () => {
     await addOperator(clerk, granted);
   }],
+  ['3 授權指派 登入與異動紀錄: the logins and the grants, newest first', async () => {
+    const page = clerk;
+    await page.getByRole('link', { name: '登入與異動紀錄' }).click();
+    await onPage(page, '授權指派－登入與異動紀錄');
+    const t = await text(page, 'main table');
+    expect(t.includes('新增授權經辦人') && bare(t).includes(bare(operator.serial)), `the activity: ${t}`);
+    await type(page, '起日', '2026-13-01');
+    await page.keyboard.press('Enter');
+    await page.locator('#from-error').waitFor({ timeout: TIMEOUT });
+    await accessible(page, '授權指派－登入與異動紀錄');
+    await page.goBack();
+    await page.goBack();
+    await onPage(page, '授權指派－授權經辦人清單');
+  }, { allow: /status of 422/ }],
+  ['3 憑證申請說明 from the menu', async () => {
+    const page = clerk;
+    await page.getByRole('navigation', { name: '功能列' }).getByRole('link', { name: '憑證申請說明', exact: true }).click();
+    await onPage(page, '憑證申請說明');
+    const t = await text(page);
+    expect(t.includes('MOICA') && t.includes('GCA'), `the help page: ${t.slice(0, 200)}`);
+    await page.goBack();
+  }],
   ['4 更換機關憑證 (gca-agency-renewed) → 圖3-27', async () => {
     const page = clerk;
     await menu(page, '更換機關憑證');
@@ -416,6 +510,14 @@ const PLAN = [
     await onPage(page, both, '圖3-37');
     const msg = await text(page, 'main [role="status"]');
     expect(msg.includes(`${both}成功`), msg);
+    // The printable receipt: the serials and the terms version accepted.
+    await page.getByRole('link', { name: '列印收據' }).click();
+    await onPage(page, `${both}收據`);
+    const receipt = await text(page, 'main dl.receipt');
+    expect(receipt.includes(A) && bare(receipt).includes(bare(C['gca-agency'].serial)) && receipt.includes('同意之用戶約定條款版本'),
+      `the printable receipt: ${receipt}`);
+    await page.getByRole('link', { name: '返回' }).click();
+    await onPage(page, both, '圖3-37');
   }],
   ['5 查詢憑證註冊收件紀錄: newest first; the review 審核中', async () => {
     const page = clerk;
@@ -425,6 +527,7 @@ const PLAN = [
     await field.press('Enter');
     await page.locator('table.list').waitFor({ timeout: TIMEOUT });
     expect((await h1(page).getAttribute('data-figure')) === '圖3-39', 'not 圖3-39');
+    await accessible(page, '查詢作業－查詢憑證註冊收件紀錄');
     const items = await page.locator('table.list tbody tr td:nth-child(2)').allTextContents();
     const want = ['更換機關憑證和更換授權管理者自然人憑證', '更換授權管理者自然人憑證', '更換機關憑證', '首次註冊'];
     expect(JSON.stringify(items.map((s) => s.trim())) === JSON.stringify(want), `A0001 receipts ${JSON.stringify(items)}`);
@@ -490,6 +593,8 @@ const PLAN = [
     const msg = (await err.textContent()).trim();
     expect(msg.includes('PIN 碼錯誤') && msg.includes('尚可再試 2 次'), `PIN message: ${msg}`);
     expect((await page.locator('#pin').getAttribute('aria-invalid')) === 'true', 'the PIN field is not marked invalid');
+    expect((await page.locator('#pin').getAttribute('aria-describedby')) === 'pin-error', 'the PIN message is not tied to its field');
+    await accessible(page, title);
     expect((await h1(page).textContent()).trim() === title, 'the page moved on');
     // The agent takes no PIN for this card for a moment after a wrong one: a retry at once is
     // refused without touching the card, and the page says to wait.
@@ -538,8 +643,17 @@ const PLAN = [
     expect((await page.locator('button[name="decision"]').count()) === 0, 'the decision buttons are still there');
     const t = await text(page);
     expect(t.includes(reviewNote), `the note is not shown: ${t}`);
+    await accessible(page, `憑證註冊審核申請（機關代號 ${M}）`);
+    // The search: the agency's receipts and audit; a wrong date is refused beside its field.
+    const search = '查詢機關、註冊、收件紀錄及稽核紀錄';
+    await page.goto(`${WEB}/backoffice/search?code=${M}`);
+    await onPage(page, search);
+    expect((await text(page)).includes('憑證註冊審核申請'), 'the search lacks the review application');
+    await page.goto(`${WEB}/backoffice/search?from=2026-13-01`);
+    await page.locator('#from-error').waitFor({ timeout: TIMEOUT });
+    await accessible(page, search);
     return flash;
-  })],
+  }, /status of 422/)],
   ['8 the same day: 首次註冊 with the mismatch card → the 圖3-7 message again', async () => {
     const page = clerk;
     await menu(page, '首次註冊');
@@ -583,6 +697,44 @@ const PLAN = [
     const msg = await text(page, 'main [role="status"]');
     expect(msg.includes('首次註冊成功'), msg);
     return msg;
+  })],
+  ['10 by keyboard alone: 查詢機關憑證 OID from the menu to 圖3-41 (Tab, typing, arrows, Enter)', async () => elsewhere('10 keyboard', async (page) => {
+    const card = C['gca-agency'];
+    await page.goto(`${WEB}/`);
+    const enterAndGo = async () => {
+      const navigated = page.waitForEvent('framenavigated', { timeout: TIMEOUT });
+      await page.keyboard.press('Enter');
+      await navigated;
+      await page.waitForLoadState('load');
+    };
+    await tabTo(page, '查詢機關憑證 OID');
+    await enterAndGo();
+    await tabTo(page, '開始');
+    await enterAndGo();
+    const title = '查詢機關憑證 OID－機關憑證確認';
+    await onPage(page, title, '圖3-40');
+    await tabTo(page, '機關代號');
+    await page.keyboard.type(A);
+    if (await page.locator('#card-reader').count()) {
+      await page.waitForFunction(() => document.querySelector('#card-reader')?.dataset.state === 'ready', null, { timeout: TIMEOUT });
+      await tabTo(page, '使用的機關憑證');
+      // The reader list by arrow keys: Home, then down until the card is selected.
+      await page.keyboard.press('Home');
+      for (let i = 0; i < 12; i++) {
+        const chosen = await page.locator('#card-reader').evaluate((s) => s.selectedOptions[0]?.textContent || '');
+        if (bare(chosen).includes(bare(card.serial))) break;
+        await page.keyboard.press('ArrowDown');
+      }
+      const chosen = await page.locator('#card-reader').evaluate((s) => s.selectedOptions[0]?.textContent || '');
+      expect(bare(chosen).includes(bare(card.serial)), `the arrow keys did not reach ${card.serial}: ${chosen}`);
+    }
+    await tabTo(page, '機關憑證密碼');
+    await page.keyboard.type(card.pin);
+    await enterAndGo();
+    await onPage(page, '查詢機關憑證 OID－查詢結果', '圖3-41');
+    const t = await text(page);
+    expect(t.includes(card.orgIdentifier), `no OID: ${t}`);
+    return 'menu → 開始 → 機關代號 → card → PIN → Enter → 圖3-41';
   })],
 ];
 
@@ -642,6 +794,6 @@ try {
 }
 clearTimeout(guard);
 const elapsedMs = Date.now() - started;
-console.log(JSON.stringify({ steps, expected: PLAN.length, elapsedMs }));
+console.log(JSON.stringify({ steps, expected: PLAN.length, elapsedMs, axePages: axeChecked.size, axeChecked: [...axeChecked] }));
 if (failed) console.error(`walk.mjs: failed at step «${failed}»`);
 process.exit(failed ? 1 : 0);
