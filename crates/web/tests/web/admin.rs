@@ -836,6 +836,32 @@ async fn admin_login_while_signed_in_goes_back_to_the_list() {
     assert!(html.contains("data-figure=\"圖3-11\""), "{html}");
 }
 
+/// 圖3-15 ※ sends the administrator to 查詢自然人憑證序號 for an operator's serial: while signed
+/// in, its result leads back to 授權經辦人清單; signed out, it does not.
+#[tokio::test]
+async fn a_serial_looked_up_while_signed_in_leads_back_to_the_list() {
+    async fn lookup(app: &mut TestApp) -> String {
+        let flow = app.start("query_citizen_serial").await;
+        let id = id_of("moica-operator-1");
+        let (status, headers, body) = app
+            .card_step(&flow, "moica-operator-1", &[("national_id", &id)])
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        let (_, _, html) = app.get(&location(&headers)).await;
+        assert!(html.contains("請複製下列憑證序號"), "{html}");
+        html
+    }
+    let mut app = signed_in().await;
+    let html = lookup(&mut app).await;
+    assert!(
+        html.contains("<a class=\"button primary\" href=\"/admin/operators\">回授權經辦人清單</a>"),
+        "{html}"
+    );
+    app.forget_cookies();
+    let html = lookup(&mut app).await;
+    assert!(!html.contains("/admin/operators"), "{html}");
+}
+
 /// 登入與異動紀錄: the agency's own logins and grant changes, newest first, by person and
 /// date, national IDs masked; another agency's events never appear.
 #[tokio::test]

@@ -474,6 +474,12 @@ pub(super) fn result_page(
         label,
         value: value.to_string(),
     };
+    // A query made while the agency's administrator is signed in (圖3-15 ※ sends them to look
+    // up a serial) leads back to the list.
+    let back_to_list = layout
+        .admin_code
+        .as_ref()
+        .map(|_| ("/admin/operators", "回授權經辦人清單"));
     match r {
         FlowResult::Registration {
             flow_id,
@@ -556,7 +562,7 @@ pub(super) fn result_page(
                 line("機關名稱", org_name),
                 line("機關憑證 OID", org_identifier),
             ],
-            next: None,
+            next: back_to_list,
         },
         FlowResult::CitizenSerial { name, serial, .. } => ResultPage {
             layout,
@@ -567,7 +573,7 @@ pub(super) fn result_page(
             ok: true,
             message: "請複製下列憑證序號，提供授權管理者設定經辦人使用。".into(),
             lines: vec![line("姓名", name), line("自然人憑證序號", serial)],
-            next: None,
+            next: back_to_list,
         },
     }
 }
