@@ -2,9 +2,11 @@
 //! `TEST_DATABASE_URL` set, PostgreSQL too, in a fresh database dropped afterwards): operator
 //! list, receipt query, a proof-consuming card step and a whole first registration, through the
 //! services as `certreg serve` builds them (`server::build`), each with one client and with 8
-//! concurrent tasks. No criterion: plain timed loops.
+//! concurrent tasks, with the p50/p99 latency of the two queries and the process's resident
+//! memory while it serves (the service is in-process; PostgreSQL's own memory is not counted).
+//! No criterion: plain timed loops.
 //!
-//! `CERTREG_BENCH_SCALE=quick` loads a tenth of the data set (10k agencies, 100k operators).
+//! `CERTREG_BENCH_SCALE=quick` loads a tenth of the data set (10k agencies, 200k operators).
 
 use domain::clock::FixedClock;
 use domain::flow::FlowKind;
@@ -26,7 +28,7 @@ use web::AppState;
 /// The test PKI's reference time, as in the rule tests (certificates valid, CRLs current).
 const NOW: OffsetDateTime = datetime!(2025-10-09 02:00 UTC);
 const SESSION: &str = "bench-session";
-const OPERATORS_PER_AGENCY: usize = 10;
+const OPERATORS_PER_AGENCY: usize = 20;
 /// Agencies on file without a registration, consumed by the registration-commit case.
 const SPARE_AGENCIES: usize = 20_000;
 /// Rows generated and loaded at a time, so the data set never sits in memory whole.
@@ -266,9 +268,43 @@ fn contact() -> ContactInput {
 // ---------------------------------------------------------------------------------------------
 // Measuring
 
+#[derive(Default)]
 struct Measured {
     ops: usize,
     elapsed: StdDuration,
+    /// Each operation's time, sorted (the timed loops only).
+    latencies: Vec<StdDuration>,
+}
+
+impl Measured {
+    /// The `q` quantile of the operations' times, in µs.
+    fn quantile_micros(&self, q: f64) -> Option<f64> {
+        let n = self.latencies.len();
+        (n > 0).then(|| {
+            let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+            self.latencies[i].as_secs_f64() * 1e6
+        })
+    }
+}
+
+/// The process's resident set and its peak since the last [`reset_peak_rss`], in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Starts the peak (VmHWM) over from the current resident set (Linux: /proc/self/clear_refs).
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("  could not reset the peak RSS ({e}); the peak includes the load");
+    }
 }
 
 /// Spreads a pseudo-random pick over `n` (the same sequence on every backend).
@@ -283,33 +319,33 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let op = Arc::new(op);
-    let mut result = Measured {
-        ops: 0,
-        elapsed: StdDuration::ZERO,
-    };
+    let mut result = Measured::default();
     for (length, keep) in [(WARM_UP, false), (MEASURE, true)] {
         let start = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
                 let op = op.clone();
                 tokio::spawn(async move {
-                    let mut n = 0usize;
+                    let mut times = Vec::new();
                     while start.elapsed() < length {
-                        op(n * clients + c).await;
-                        n += 1;
+                        let t = Instant::now();
+                        op(times.len() * clients + c).await;
+                        times.push(t.elapsed());
                     }
-                    n
+                    times
                 })
             })
             .collect();
-        let mut ops = 0;
+        let mut latencies = Vec::new();
         for t in tasks {
-            ops += t.await.expect("client task");
+            latencies.extend(t.await.expect("client task"));
         }
         if keep {
+            latencies.sort_unstable();
             result = Measured {
-                ops,
+                ops: latencies.len(),
                 elapsed: start.elapsed(),
+                latencies,
             };
         }
     }
@@ -357,10 +393,7 @@ where
 /// asks for its challenges; untimed: the card signs them; timed: every client submits its
 /// proofs (verification, challenge consumed, flow advanced and audited in one commit).
 async fn proof_step(svc: &AppState, card: &Arc<Card>, clients: usize) -> Measured {
-    let mut m = Measured {
-        ops: 0,
-        elapsed: StdDuration::ZERO,
-    };
+    let mut m = Measured::default();
     let mut warm = true;
     while warm || m.elapsed < MEASURE {
         let mut flows = Vec::with_capacity(ROUND);
@@ -424,10 +457,7 @@ async fn registration_commit(
     clients: usize,
     next_spare: &mut usize,
 ) -> Measured {
-    let mut m = Measured {
-        ops: 0,
-        elapsed: StdDuration::ZERO,
-    };
+    let mut m = Measured::default();
     let mut warm = true;
     while warm || m.elapsed < MEASURE {
         if *next_spare + ROUND > SPARE_AGENCIES {
@@ -544,6 +574,8 @@ async fn run_backend(
     let start = Instant::now();
     let parts = load(&db, scale).await;
     let generation = start.elapsed();
+    let (loaded_rss, _) = rss_mib();
+    reset_peak_rss();
 
     let svc = service.state.clone();
     let citizen = Arc::new(Card::of(pki, "moica-admin"));
@@ -564,7 +596,7 @@ async fn run_backend(
         })
         .await;
         rows.push(Row {
-            case: "operator list (Store::operators, 10 rows)",
+            case: "operator list (Store::operators, 20 rows)",
             clients,
             m,
         });
@@ -594,6 +626,7 @@ async fn run_backend(
             m: registration_commit(&svc, &org, &citizen, clients, &mut next_spare).await,
         });
     }
+    let (serving_rss, serving_peak) = rss_mib();
     db.close().await;
 
     out.push(format!(
@@ -613,17 +646,28 @@ async fn run_backend(
             .join(", ")
     ));
     out.push(format!(
-        "{:<44} {:>7} {:>10} {:>10} {:>8}",
-        "case", "clients", "ops/s", "µs/op", "ops"
+        "{label}: process RSS {loaded_rss:.0} MiB after the load; while serving the cases \
+         {serving_rss:.0} MiB, peak {serving_peak:.0} MiB"
     ));
-    out.push("-".repeat(83));
+    out.push(format!(
+        "{:<44} {:>7} {:>10} {:>10} {:>9} {:>9} {:>8}",
+        "case", "clients", "ops/s", "µs/op", "p50 µs", "p99 µs", "ops"
+    ));
+    out.push("-".repeat(103));
+    let micros = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |m| format!("{m:.0}"));
     for r in &rows {
         let per_sec = r.m.ops as f64 / r.m.elapsed.as_secs_f64();
         // As a client sees it: with 8 clients each operation takes 8 × the throughput's inverse.
-        let micros = r.clients as f64 * 1e6 / per_sec;
+        let per_op = r.clients as f64 * 1e6 / per_sec;
         out.push(format!(
-            "{:<44} {:>7} {:>10.1} {:>10.1} {:>8}",
-            r.case, r.clients, per_sec, micros, r.m.ops
+            "{:<44} {:>7} {:>10.1} {:>10.1} {:>9} {:>9} {:>8}",
+            r.case,
+            r.clients,
+            per_sec,
+            per_op,
+            micros(r.m.quantile_micros(0.50)),
+            micros(r.m.quantile_micros(0.99)),
+            r.m.ops
         ));
     }
     out.push(String::new());

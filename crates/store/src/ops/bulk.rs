@@ -6,9 +6,12 @@ use super::*;
 /// that one transaction does not hold the SQLite write lock for long.
 const BULK_ROWS_PER_TX: usize = 50_000;
 
+/// Binds one statement may carry: SQLite's limit (SQLITE_MAX_VARIABLE_NUMBER, 32,766 since
+/// 3.32); PostgreSQL's is 65,535.
+const MAX_BINDS: usize = 32_766;
+
 pub(crate) async fn bulk_load_agencies(pool: &Handle, agencies: &[Agency]) -> Result<u64> {
-    // 4 binds per row.
-    bulk(pool, agencies, 5_000, |q, rows| {
+    bulk(pool, agencies, 4, |q, rows| {
         q.push("INSERT INTO agencies (code, name, county, org_identifier) ");
         q.push_values(rows, |mut b, a| {
             b.push_bind(a.code.as_str().to_string())
@@ -26,8 +29,7 @@ pub(crate) async fn bulk_load_registrations(
     secrets: &Secrets,
     registrations: &[Registration],
 ) -> Result<u64> {
-    // 29 binds per row.
-    bulk(pool, registrations, 1_000, |q, rows| {
+    bulk(pool, registrations, 29, |q, rows| {
         let rows = rows
             .iter()
             .map(|r| RegistrationRow::new(r, secrets))
@@ -70,8 +72,7 @@ pub(crate) async fn bulk_load_operators(
     operators: &[(InstitutionCode, OperatorInput)],
     at: OffsetDateTime,
 ) -> Result<u64> {
-    // 11 binds per row.
-    bulk(pool, operators, 3_000, |q, rows| {
+    bulk(pool, operators, 11, |q, rows| {
         let rows = rows
             .iter()
             .map(|(code, input)| OperatorRow::new(code, input, at, secrets))
@@ -101,8 +102,7 @@ pub(crate) async fn bulk_load_operators(
 }
 
 pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> Result<u64> {
-    // 5 binds per row.
-    bulk(pool, receipts, 5_000, |q, rows| {
+    bulk(pool, receipts, 5, |q, rows| {
         q.push("INSERT INTO receipts (code, kind, at, review_id, terms_version) ");
         q.push_values(rows, |mut b, r| {
             b.push_bind(r.code.as_str().to_string())
@@ -127,20 +127,31 @@ fn push_cert(b: &mut Separated<'_>, c: CertCols) {
         .push_bind(c.not_after);
 }
 
-/// Inserts `items` with multi-row INSERTs of `per_insert` rows that `build` writes, committing
-/// every [`BULK_ROWS_PER_TX`] rows. Constraint violations map as everywhere else.
+/// Inserts `items` with multi-row INSERTs that `build` writes, `binds_per_row` binds a row, as
+/// many rows a statement as [`MAX_BINDS`] allows, committing every [`BULK_ROWS_PER_TX`] rows.
+/// A statement whose binds are not `binds_per_row` a row is refused before it is sent.
+/// Constraint violations map as everywhere else.
 async fn bulk<T>(
     pool: &Handle,
     items: &[T],
-    per_insert: usize,
+    binds_per_row: usize,
     build: impl Fn(&mut sqlx::QueryBuilder<DB>, &[T]) -> Result<()>,
 ) -> Result<u64> {
+    let per_insert = MAX_BINDS / binds_per_row;
     let mut done = 0u64;
     for batch in items.chunks(BULK_ROWS_PER_TX) {
         let mut tx = begin_write(pool).await.map_err(db)?;
         for rows in batch.chunks(per_insert) {
             let mut q = sqlx::QueryBuilder::<DB>::new("");
             build(&mut q, rows)?;
+            // Placeholders are `?` (SQLite) or `$n` (PostgreSQL); the statements have no others.
+            let binds = q.sql().as_str().matches(['?', '$']).count();
+            if binds != rows.len() * binds_per_row {
+                return Err(DomainError::Storage(format!(
+                    "bulk insert: {binds} binds for {} rows of {binds_per_row}",
+                    rows.len()
+                )));
+            }
             done += q
                 .build()
                 .execute(&mut *tx)

@@ -2245,6 +2245,17 @@ async fn bulk_loads_read_back_like_committed_rows() {
             db.bulk_load_operators(&ops[..1], T0).await.unwrap_err(),
             DomainError::DuplicateOperator
         );
+        // More rows than one statement's binds allow on SQLite: split, none lost.
+        let many: Vec<_> = (0..7_000)
+            .map(|i| {
+                (
+                    code("BK001"),
+                    operator_input(&format!("F{i:06X}"), &nid(&format!("B1{i:07}"))),
+                )
+            })
+            .collect();
+        assert_eq!(db.bulk_load_operators(&many, T0).await.unwrap(), 7_000);
+        assert_eq!(db.operators(&code("BK001")).await.unwrap().len(), 7_002);
     })
     .await;
 }
