@@ -102,6 +102,10 @@ const AGENCIES: &[DemoAgency] = &[
     ),
 ];
 
+/// The demo reviewer's section: the one in charge of the agencies whose registration needs a
+/// review (A0002, A0004), so the reviewer sees them in the queue.
+const REVIEWER_SECTION: Section = Section::First;
+
 /// Hints for cards that are not an agency's own, beyond the note of `index.json`.
 fn hint(card: &str) -> Option<&'static str> {
     Some(match card {
@@ -113,7 +117,9 @@ fn hint(card: &str) -> Option<&'static str> {
             "授權指派→新增經辦人（讀取憑證）；之後經辦人登入：機關代號 A0001；\
              「取得其他系統用權杖」後以 cargo run -p web --example downstream -- <web> <權杖> 驗證"
         }
-        "moica-reviewer" => "已建立為本部審核人員（後台審核比對不符申請）",
+        "moica-reviewer" => {
+            "已建立為本部審核人員（承保第一科：後台審核 A0002、A0004 的比對不符申請）"
+        }
         _ => return None,
     })
 }
@@ -289,7 +295,7 @@ async fn seed(db: &store::Db, index: &Value) -> Result<()> {
     let existing = db.reviewers().await.map_err(storage)?;
     if !existing.iter().any(|r| r.cert_serial == serial) {
         let name = reviewer["holder"].as_str().unwrap_or("李建國");
-        db.add_reviewer(name, Section::Second, &serial)
+        db.add_reviewer(name, REVIEWER_SECTION, &serial)
             .await
             .map_err(storage)
             .context("seeding the reviewer")?;
@@ -336,4 +342,19 @@ fn print_table(origin: &str, agent_url: &str, dir: &Path, cards: &[Value]) {
     print!("{out}");
     // The line tests and scripts look for.
     println!("certreg demo: web {origin} agent {agent_url}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_reviewer_is_in_charge_of_the_agencies_that_need_a_review() {
+        let directory = domain::model::ContactDirectory::default();
+        for code in ["A0002", "A0004"] {
+            let a = AGENCIES.iter().find(|a| a.code == code).unwrap();
+            let section = directory.section_for(a.county).map(|s| s.section);
+            assert_eq!(section, Some(REVIEWER_SECTION), "{code} in {}", a.county);
+        }
+    }
 }
