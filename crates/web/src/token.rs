@@ -3,8 +3,10 @@
 //! serial and the functions granted today. Downstream services verify it with the keys published
 //! at `/.well-known/jwks.json` and may ask `/api/v1/introspect` whether it is still active.
 //!
-//! Keys are P-256 pairs made with `ring`; tokens are signed and verified with `jsonwebtoken`
-//! (ES256 only, RustCrypto backend). The keys are kept in the database (`signing_keys`,
+//! Keys are P-256 pairs made with `ring`; tokens are JWS compact serializations (RFC 7515)
+//! signed and verified with `ring` (ES256 only: any other `alg`, a `crit` header, a second
+//! base64 encoding of the same bytes or a signature of another length is refused). The tests
+//! check every token with `jsonwebtoken`, as a downstream service would. The keys are kept in the database (`signing_keys`,
 //! encrypted with the store's secrets, through `domain::store::SessionStore`), so every
 //! instance on one PostgreSQL database signs with and publishes the same keys. [`KeyRing::rotate`] makes a new current key
 //! and keeps the previous one published until the last token it signed has expired.
@@ -26,9 +28,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
 use domain::DomainError;
 use domain::store::{Backend, SessionStore as _, SigningKeyRecord};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
+    UnparsedPublicKey,
+};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -60,6 +64,57 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+}
+
+/// A token longer than this is not one of certreg's (they are well under 1 KiB).
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// A JWS header as certreg reads it: what it must name, and what it must not carry.
+#[derive(Deserialize)]
+struct JwsHeader {
+    alg: String,
+    kid: Option<String>,
+    /// Critical extensions (RFC 7515 §4.1.11): certreg understands none, so any is refused.
+    crit: Option<serde_json::Value>,
+}
+
+/// The JWS compact serialization of `claims`, signed ES256 with the PKCS#8 key `pkcs8`.
+fn jws_sign(kid: &str, claims: &Claims, pkcs8: &[u8]) -> Result<String, DomainError> {
+    let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
+    let signing_input = format!(
+        "{}.{}",
+        B64U.encode(serde_json::to_vec(&header).map_err(storage)?),
+        B64U.encode(serde_json::to_vec(claims).map_err(storage)?)
+    );
+    let rng = SystemRandom::new();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+        .map_err(|_| storage(format!("signing key {kid} does not parse")))?;
+    let signature = pair
+        .sign(&rng, signing_input.as_bytes())
+        .map_err(|_| storage(format!("signing with key {kid} failed")))?;
+    Ok(format!(
+        "{signing_input}.{}",
+        B64U.encode(signature.as_ref())
+    ))
+}
+
+/// The three parts of a compact JWS, decoded: its header, the signed bytes, the payload and the
+/// signature. `None` for anything that is not exactly that (base64url without padding, in its
+/// one canonical encoding).
+fn jws_parts(token: &str) -> Option<(JwsHeader, &str, Vec<u8>, Vec<u8>)> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (h, p, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: JwsHeader = serde_json::from_slice(&B64U.decode(h).ok()?).ok()?;
+    let payload = B64U.decode(p).ok()?;
+    let signature = B64U.decode(sig).ok()?;
+    let signed = &token[..h.len() + 1 + p.len()];
+    Some((header, signed, payload, signature))
 }
 
 /// The signing keys: the current one and the previous ones still published. The rows are
@@ -165,17 +220,7 @@ impl KeyRing {
     pub async fn sign(&self, claims: &Claims, now: OffsetDateTime) -> Result<String, DomainError> {
         let keys = self.keys(now).await?;
         let key = keys.first().ok_or_else(|| storage("no signing key"))?;
-        let header = Header {
-            typ: Some("JWT".into()),
-            kid: Some(key.kid.clone()),
-            ..Header::new(Algorithm::ES256)
-        };
-        jsonwebtoken::encode(
-            &header,
-            claims,
-            &EncodingKey::from_ec_der(&key.private_pkcs8),
-        )
-        .map_err(|e| storage(format!("signing with key {} failed: {e}", key.kid)))
+        jws_sign(&key.kid, claims, &key.private_pkcs8)
     }
 
     /// The claims of `token` if it is an ES256 JWT signed by a published key (named by its
@@ -186,29 +231,27 @@ impl KeyRing {
         iss: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Claims>, DomainError> {
-        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
+        let Some((header, signed, payload, signature)) = jws_parts(token) else {
+            return Ok(None);
+        };
+        let (Some(kid), "ES256", None) = (header.kid, header.alg.as_str(), header.crit) else {
             return Ok(None);
         };
         let keys = self.keys(now).await?;
         let Some(key) = keys.iter().find(|k| k.kid == kid) else {
             return Ok(None);
         };
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[iss]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
-        // The audience is the introspecting system's business (`introspect`). Time is the
-        // service's injected clock, not the system clock the library reads: checked below.
-        validation.validate_aud = false;
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        let Ok(data) = jsonwebtoken::decode::<Claims>(
-            token,
-            &DecodingKey::from_ec_der(&key.public_key),
-            &validation,
-        ) else {
+        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key)
+            .verify(signed.as_bytes(), &signature)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        // Only now are the claims read: every one is required (exp, iss, …). The audience is
+        // the introspecting system's business (`introspect`); time is the injected clock.
+        let Ok(claims) = serde_json::from_slice::<Claims>(&payload) else {
             return Ok(None);
         };
-        let claims = data.claims;
         let t = now.unix_timestamp();
         if claims.iss != iss || claims.exp <= t || claims.iat > t + CLOCK_SKEW.whole_seconds() {
             return Ok(None);
@@ -578,6 +621,70 @@ mod tests {
         assert!(ring.verify(&skewed, ISS, NOW).await.unwrap().is_some());
     }
 
+    /// The same r and s as `token`'s signature, DER-encoded (SEQUENCE of two INTEGERs).
+    fn der_signature(token: &str) -> Vec<u8> {
+        let sig = B64U.decode(token.rsplit('.').next().unwrap()).unwrap();
+        let int = |b: &[u8]| {
+            let b = &b[b.iter().take_while(|&&x| x == 0).count()..];
+            let mut v = vec![0x02];
+            if b[0] & 0x80 != 0 {
+                v.extend([b.len() as u8 + 1, 0]);
+            } else {
+                v.push(b.len() as u8);
+            }
+            v.extend(b);
+            v
+        };
+        let body = [int(&sig[..32]), int(&sig[32..])].concat();
+        [vec![0x30, body.len() as u8], body].concat()
+    }
+
+    /// `token` with its signature's last character changed so that only the unused low bits
+    /// differ: the same bytes to a lenient decoder.
+    fn second_encoding(token: &str) -> String {
+        let last = token.chars().last().unwrap();
+        const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let i = ALPHABET.find(last).unwrap();
+        // 64 bytes take 86 characters: the last carries 2 bits of data and 4 unused ones.
+        let other = ALPHABET.as_bytes()[(i & !0b1111) | 0b0101] as char;
+        format!("{}{other}", &token[..token.len() - 1])
+    }
+
+    /// Whatever certreg's verifier accepts, `jsonwebtoken` accepts too: one-character changes
+    /// of a good token everywhere, and the good token itself.
+    #[tokio::test]
+    async fn certreg_accepts_no_token_jsonwebtoken_refuses() {
+        let (ring, db, _dir) = ring_on_a_fresh_database().await;
+        let good = ring.sign(&claims(NOW, NOW + TOKEN_TTL), NOW).await.unwrap();
+        let key = db.signing_keys(NOW).await.unwrap().remove(0);
+        let decoding = jsonwebtoken::DecodingKey::from_ec_der(&key.public_key);
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let standard = |t: &str| jsonwebtoken::decode::<Claims>(t, &decoding, &validation).is_ok();
+        assert!(standard(&good) && ring.verify(&good, ISS, NOW).await.unwrap().is_some());
+        let mut accepted = 0;
+        for i in 0..good.len() {
+            for c in ['A', 'B', 'f', '-', '_', '.', '='] {
+                let mut t = good.clone().into_bytes();
+                if t[i] == c as u8 {
+                    continue;
+                }
+                t[i] = c as u8;
+                let t = String::from_utf8(t).unwrap();
+                if ring.verify(&t, ISS, NOW).await.unwrap().is_some() {
+                    accepted += 1;
+                    assert!(
+                        standard(&t),
+                        "certreg accepts what jsonwebtoken refuses: {t}"
+                    );
+                }
+            }
+        }
+        // Changing a character of a signed token leaves nothing certreg accepts.
+        assert_eq!(accepted, 0);
+    }
+
     #[tokio::test]
     async fn only_es256_with_a_published_kid_and_a_valid_signature_verifies() {
         let (ring, db, _dir) = ring_on_a_fresh_database().await;
@@ -610,6 +717,38 @@ mod tests {
             good.replace('.', ".."),
             "not.a.token".to_string(),
             String::new(),
+            // A critical extension certreg does not understand.
+            forge(
+                &db,
+                &format!(r#"{{"alg":"ES256","kid":"{kid}","crit":["exp"],"exp":1}}"#),
+                &payload,
+                None,
+            )
+            .await,
+            // The signature DER-encoded (ASN.1) rather than r‖s.
+            forge(
+                &db,
+                &header("ES256", Some(&kid)),
+                &payload,
+                Some(&der_signature(&good)),
+            )
+            .await,
+            // A claim missing (exp).
+            forge(
+                &db,
+                &header("ES256", Some(&kid)),
+                &payload.replace(",\"exp\":", ",\"xp\":"),
+                None,
+            )
+            .await,
+            // Padding, and a second encoding of the same signature bytes (trailing bits set).
+            format!("{good}=="),
+            second_encoding(&good),
+            // Whitespace around the parts.
+            format!(" {good}"),
+            good.replacen('.', ". ", 1),
+            // Longer than any token certreg signs.
+            format!("{good}{}", "A".repeat(MAX_TOKEN_LEN)),
         ] {
             assert_eq!(
                 ring.verify(&refused, ISS, NOW).await.unwrap(),
