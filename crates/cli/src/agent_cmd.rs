@@ -181,14 +181,17 @@ pub(crate) async fn shutdown_signal() {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(crate::serve_cmd::log_filter("info"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init();
+    }
     let (backend, soft_cards): (Arc<dyn CardBackend>, Option<Arc<SoftCards>>) =
         match (&args.soft_cards, args.pkcs11.is_empty()) {
             (Some(_), false) => bail!("choose --soft-cards or --pkcs11, not both"),

@@ -31,23 +31,39 @@ pub struct ServeArgs {
     listen: Option<String>,
 }
 
+/// What to log: `RUST_LOG` (`level`, `target=level`, comma-separated) or else `default`. A
+/// `RUST_LOG` that does not parse is named on stderr and the default applies.
+pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
+    log_filter_of(std::env::var("RUST_LOG").ok().as_deref(), default)
+}
+
+fn log_filter_of(rust_log: Option<&str>, default: &str) -> tracing_subscriber::filter::Targets {
+    let parse = |s: &str| s.parse::<tracing_subscriber::filter::Targets>();
+    match rust_log {
+        Some(v) if !v.trim().is_empty() => parse(v).unwrap_or_else(|e| {
+            eprintln!("certreg: RUST_LOG={v:?} does not parse ({e}); logging {default}");
+            parse(default).unwrap_or_default()
+        }),
+        _ => parse(default).unwrap_or_default(),
+    }
+}
+
 /// Logs on stderr in the configured format; `RUST_LOG` chooses what (default `default_filter`).
 pub fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    let registry = tracing_subscriber::registry().with(log_filter(default_filter));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // A second initialisation (never in the binary) is not worth failing over.
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(layer.json().with_current_span(true).with_span_list(false))
             .try_init(),
-        LogFormat::Compact => builder
-            .compact()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Compact => registry
+            .with(
+                layer
+                    .compact()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init(),
     };
 }
@@ -336,4 +352,25 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter_of;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_chooses_what_is_logged_and_junk_falls_back_to_the_default() {
+        let f = log_filter_of(Some("debug"), "warn");
+        assert!(f.would_enable("web", &Level::DEBUG));
+        let f = log_filter_of(Some("warn,web=trace"), "warn");
+        assert!(
+            f.would_enable("web::api", &Level::TRACE) && !f.would_enable("store", &Level::INFO)
+        );
+        for unset in [None, Some(""), Some("web=nonsense")] {
+            let f = log_filter_of(unset, "warn");
+            assert!(f.would_enable("web", &Level::WARN), "{unset:?}");
+            assert!(!f.would_enable("web", &Level::INFO), "{unset:?}");
+        }
+    }
 }
