@@ -330,8 +330,8 @@ fn the_manual_walked_in_headless_chromium() {
         failed.join("\n")
     );
     // Every step of walk.mjs ran (a step that silently disappeared would pass otherwise).
-    assert_eq!(report["expected"], 25, "walk.mjs plans 25 steps");
-    assert_eq!(steps.len(), 25, "steps: {steps:#?}");
+    assert_eq!(report["expected"], 26, "walk.mjs plans 26 steps");
+    assert_eq!(steps.len(), 26, "steps: {steps:#?}");
     let effective = effective.expect("the walk asked for the clock to move");
 
     // What the browser did is what the database holds.

@@ -736,6 +736,22 @@ const PLAN = [
     expect(t.includes(card.orgIdentifier), `no OID: ${t}`);
     return 'menu → 開始 → 機關代號 → card → PIN → Enter → 圖3-41';
   })],
+  ['11 the refusal pages: an unknown flow, 授權指派 signed out, an unknown 機關代號', async () => elsewhere('11 refusals', async (page) => {
+    const seen = [];
+    for (const [url, title] of [
+      ['/flows/00000000000000000000000000000000', null],
+      ['/admin/operators', '授權指派'],
+      ['/receipts?code=Z9999', '查詢作業－查詢憑證註冊收件紀錄'],
+    ]) {
+      await page.goto(`${WEB}${url}`);
+      const got = (await h1(page).textContent()).trim();
+      if (title) expect(got === title, `${url}: ${got}`);
+      expect(await page.locator('main .error, main [role="alert"], main p').count() > 0, `${url}: no message`);
+      await accessible(page, got);
+      seen.push(`${url} → ${got}`);
+    }
+    return seen.join('; ');
+  }, /status of 40[0-9]/)],
 ];
 
 // ---------------------------------------------------------------------------------------------
