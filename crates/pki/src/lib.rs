@@ -12,6 +12,7 @@ pub mod facts;
 pub mod ids;
 pub mod ocsp;
 pub mod oid;
+pub mod online;
 pub mod pkcs12;
 pub mod proof;
 pub mod revocation;
