@@ -64,7 +64,14 @@ struct Held {
     number: Option<CrlNumber>,
     sha256: String,
     size: usize,
+    /// What this CRL said about certificates (by SHA-256 and whether its nextUpdate was
+    /// enforced): the CRL does not change, so its signature is verified once per certificate,
+    /// not once per validation.
+    verdicts: Mutex<HashMap<(String, bool), Result<()>>>,
 }
+
+/// Upper bound of verdicts kept per CRL; they are dropped together when it is reached.
+const VERDICTS_KEPT: usize = 4096;
 
 /// How long a CRL without nextUpdate is used before it is fetched again.
 const NO_NEXT_UPDATE_KEPT: time::Duration = time::Duration::hours(1);
@@ -143,7 +150,35 @@ impl Held {
             number: entry.number.clone(),
             sha256: entry.sha256.clone(),
             size: der.len(),
+            verdicts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What this CRL says about `cert` (see [`super::crl_verdict`]), worked out once per
+    /// certificate and expiration policy. The validator has checked the certificate's validity
+    /// at `now` already, and a CRL is applied with its nextUpdate enforced only before it.
+    fn verdict(
+        &self,
+        cert: &ParsedCert,
+        issuer: &ParsedCert,
+        now: OffsetDateTime,
+        expiration: ExpirationPolicy,
+    ) -> Result<()> {
+        let key = (
+            cert.facts.sha256.clone(),
+            matches!(expiration, ExpirationPolicy::Enforce),
+        );
+        if let Some(v) = self.verdicts.lock().ok().and_then(|v| v.get(&key).cloned()) {
+            return v;
+        }
+        let v = super::crl_verdict(cert, issuer, &[&self.list], now, expiration);
+        if let Ok(mut kept) = self.verdicts.lock() {
+            if kept.len() >= VERDICTS_KEPT {
+                kept.clear();
+            }
+            kept.insert(key, v.clone());
+        }
+        v
     }
 }
 
@@ -319,9 +354,9 @@ impl CdpCache {
             let verdict =
                 self.crl(url, issuer, &issuer_spki, now, stale)
                     .and_then(|(held, expiration)| {
-                        super::crl_verdict(cert, issuer, &[&held.list], now, expiration).map_err(
-                            |e| PkiError::new(e.code, format!("{} (CRL from {url})", e.detail)),
-                        )
+                        held.verdict(cert, issuer, now, expiration).map_err(|e| {
+                            PkiError::new(e.code, format!("{} (CRL from {url})", e.detail))
+                        })
                     });
             match verdict {
                 Err(e) if e.code == ErrorCode::RevocationUnknown => last = e,

@@ -144,12 +144,8 @@ async fn a_stale_configured_crl_is_a_warning_where_ocsp_decides() {
         },
         pki::online::Transports::default(),
     );
-    let mut app = TestApp::with_validator(
-        store::Backend::Sqlite,
-        web::WebConfig::default(),
-        validator,
-    )
-    .await;
+    let mut app =
+        TestApp::with_validator(store::Backend::Sqlite, web::WebConfig::default(), validator).await;
     app.clock.advance(time::Duration::days(31));
     let (status, _, body) = app.get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
