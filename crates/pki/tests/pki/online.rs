@@ -736,3 +736,51 @@ fn crl_and_ocsp_needs_both() {
     );
     assert_eq!(code(validate(&v, &good, at)), ErrorCode::RevocationUnknown);
 }
+
+#[test]
+fn the_kept_answers_and_crls_are_bounded() {
+    let f = fixture();
+    let r = responder("ca.pem", "ca.key");
+    let net = Arc::new(Net::default());
+    let ocsp = pki::online::OcspCache::new(
+        OcspConfig::default(),
+        net.clone(),
+        Arc::new(pki::online::FetchLimit::new(4)),
+    )
+    .with_capacity(1);
+    let good = card("gca-agency", Some(&r.url), None);
+    let revoked = card("gca-agency-revoked", Some(&r.url), None);
+    let issuer = gca();
+    let at = now();
+    for cert in [&good, &good, &revoked, &revoked, &good] {
+        let _ = ocsp.status(cert, &issuer, at);
+        assert_eq!(ocsp.len(), 1);
+    }
+    // good, revoked (the good answer goes), good again.
+    assert_eq!(net.posts(), 3);
+
+    let hour = time::Duration::hours(1);
+    let server = CdpServer::start(Reply::Status(404));
+    let (a, b) = (server.url("gca-1.crl"), server.url("gca-2.crl"));
+    let mut s = settings(RevocationPolicy::Crl, CrlSource::DistributionPoint);
+    s.cdp.capacity = 1;
+    let v = validator(&s, CrlStore::new(), StalePolicy::Reject, &net);
+    let on_a = card("gca-agency", None, Some(&a));
+    let on_b = card("gca-agency", None, Some(&b));
+    let gca_ca = f.pki.ca(CaKind::Gca);
+    for (cert, url) in [(&on_a, &a), (&on_a, &a), (&on_b, &b), (&on_a, &a)] {
+        server.set(Reply::Crl(partition(gca_ca, url, f.at, f.at + hour)));
+        assert!(validate(&v, cert, f.at).is_ok());
+    }
+    assert_eq!(server.gets(), 3);
+    // By bytes: a budget smaller than two CRLs keeps one.
+    let small = partition(gca_ca, &a, f.at, f.at + hour).len();
+    let mut s = settings(RevocationPolicy::Crl, CrlSource::DistributionPoint);
+    s.cdp.max_total_bytes = small * 3 / 2;
+    let v = validator(&s, CrlStore::new(), StalePolicy::Reject, &net);
+    for (cert, url) in [(&on_a, &a), (&on_b, &b), (&on_b, &b), (&on_a, &a)] {
+        server.set(Reply::Crl(partition(gca_ca, url, f.at, f.at + hour)));
+        assert!(validate(&v, cert, f.at).is_ok());
+    }
+    assert_eq!(server.gets(), 6);
+}
