@@ -305,3 +305,31 @@ fn serve_with_ocsp_refuses_a_revoked_card_and_accepts_a_good_one() {
         next.body
     );
 }
+
+#[test]
+fn serve_refuses_revocation_settings_it_cannot_honour_with_exit_2() {
+    for (env, want) in [
+        (
+            vec![("CERTREG_REVOCATION", "ocsp-only")],
+            "CERTREG_REVOCATION must be one of crl, ocsp, crl_and_ocsp, crl_or_ocsp",
+        ),
+        (
+            vec![("CERTREG_CRL_SOURCE", "ldap")],
+            "CERTREG_CRL_SOURCE must be one of configured, distribution_point",
+        ),
+        (
+            vec![
+                ("CERTREG_REVOCATION", "ocsp"),
+                ("CERTREG_CRL_SOURCE", "distribution_point"),
+            ],
+            "of no use with revocation = \"ocsp\"",
+        ),
+        (
+            vec![("CERTREG_OCSP_TIMEOUT_SECONDS", "0")],
+            "ocsp_timeout_seconds must be 1 to 60, not 0",
+        ),
+    ] {
+        let err = crate::serve::serve_fails(&env);
+        assert!(err.contains(want), "{env:?}: {err}");
+    }
+}
