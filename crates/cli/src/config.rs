@@ -3,6 +3,7 @@
 //! stay out of the process environment and the config file.
 
 use anyhow::{Context, Result, bail};
+use pki::online::{CrlSource, RevocationPolicy};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -38,8 +39,22 @@ pub struct Settings {
     /// CRL files or URLs, refreshed every `crl_refresh_minutes`.
     pub crls: Vec<String>,
     pub crl_refresh_minutes: u64,
-    /// Accept a CRL past its nextUpdate (with a warning) instead of refusing cards.
+    /// Accept a CRL past its nextUpdate (with a warning) instead of refusing cards; with
+    /// `crl_source = "distribution_point"` also a CRL kept from its distribution point when
+    /// no newer one can be fetched.
     pub accept_stale_crl: bool,
+    /// Which revocation checks a card must pass: `crl` (the default: a CRL of its issuer),
+    /// `ocsp` (the responder of the card's Authority Information Access), `crl_and_ocsp`
+    /// (both), or `crl_or_ocsp` (OCSP, and a CRL when the responder gives no valid answer).
+    pub revocation: RevocationPolicy,
+    /// Where the CRLs that decide come from: `configured` (the default: `crls`) or
+    /// `distribution_point` (the CRL at the card's own `http://` CRL distribution point,
+    /// fetched when a card is checked and kept until its nextUpdate).
+    pub crl_source: CrlSource,
+    /// How long one OCSP exchange may take, in seconds (1–60).
+    pub ocsp_timeout_seconds: u64,
+    /// Send a nonce with each OCSP request and require the answer to echo it.
+    pub ocsp_nonce: bool,
     /// The version of 用戶約定條款 users agree to.
     pub terms_version: String,
     /// The insurer's 用戶約定條款 (UTF-8 text, one clause per paragraph); unset: the shipped
@@ -105,6 +120,10 @@ impl Default for Settings {
             crls: Vec::new(),
             crl_refresh_minutes: 60,
             accept_stale_crl: false,
+            revocation: RevocationPolicy::Crl,
+            crl_source: CrlSource::Configured,
+            ocsp_timeout_seconds: 5,
+            ocsp_nonce: true,
             terms_version: "2026-01".into(),
             terms_file: None,
             agent_url: "http://127.0.0.1:61161".into(),
@@ -209,6 +228,30 @@ impl Settings {
         }
         if let Some(v) = env("CERTREG_ACCEPT_STALE_CRL") {
             s.accept_stale_crl = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = env("CERTREG_REVOCATION") {
+            s.revocation = RevocationPolicy::parse(&v).with_context(|| {
+                format!(
+                    "CERTREG_REVOCATION must be one of {}, not {v:?}",
+                    RevocationPolicy::NAMES.join(", ")
+                )
+            })?;
+        }
+        if let Some(v) = env("CERTREG_CRL_SOURCE") {
+            s.crl_source = CrlSource::parse(&v).with_context(|| {
+                format!(
+                    "CERTREG_CRL_SOURCE must be one of {}, not {v:?}",
+                    CrlSource::NAMES.join(", ")
+                )
+            })?;
+        }
+        if let Some(v) = env("CERTREG_OCSP_TIMEOUT_SECONDS") {
+            s.ocsp_timeout_seconds = v
+                .parse()
+                .context("CERTREG_OCSP_TIMEOUT_SECONDS must be a number")?;
+        }
+        if let Some(v) = env("CERTREG_OCSP_NONCE") {
+            s.ocsp_nonce = matches!(v.as_str(), "1" | "true" | "yes");
         }
         string("MAIL_FROM", &mut s.mail_from);
         if let Some(v) = env("CERTREG_SMTP_HOST") {
@@ -330,6 +373,21 @@ impl Settings {
         if self.crl_refresh_minutes == 0 {
             bail!("crl_refresh_minutes must be at least 1");
         }
+        if !(1..=60).contains(&self.ocsp_timeout_seconds) {
+            bail!(
+                "ocsp_timeout_seconds must be 1 to 60, not {}",
+                self.ocsp_timeout_seconds
+            );
+        }
+        if self.revocation == RevocationPolicy::Ocsp
+            && self.crl_source == CrlSource::DistributionPoint
+        {
+            bail!(
+                "crl_source = \"distribution_point\" is of no use with revocation = \"ocsp\", \
+                 which consults no CRL: choose revocation = \"crl\", \"crl_and_ocsp\" or \
+                 \"crl_or_ocsp\", or leave crl_source out"
+            );
+        }
         if self.token_audiences.is_empty()
             || self
                 .token_audiences
@@ -339,6 +397,27 @@ impl Settings {
             bail!("token_audiences must name at least one audience, none of them empty");
         }
         Ok(())
+    }
+
+    /// How `certreg serve` establishes revocation: the policy and CRL source of the settings,
+    /// OCSP within `ocsp_timeout_seconds` (with a nonce unless `ocsp_nonce` is off), and
+    /// distribution points read like the configured CRL URLs (30 s, 32 MiB).
+    pub fn revocation_settings(&self) -> pki::online::RevocationSettings {
+        pki::online::RevocationSettings {
+            policy: self.revocation,
+            crl_source: self.crl_source,
+            ocsp: pki::ocsp::OcspConfig {
+                timeout: std::time::Duration::from_secs(self.ocsp_timeout_seconds),
+                require_nonce: self.ocsp_nonce,
+                ..pki::ocsp::OcspConfig::default()
+            },
+            cdp: pki::online::CdpConfig {
+                timeout: crate::crl_cmd::CRL_FETCH_TIMEOUT,
+                max_bytes: crate::crl_cmd::MAX_CRL_DOWNLOAD,
+                ..pki::online::CdpConfig::default()
+            },
+            ..pki::online::RevocationSettings::default()
+        }
     }
 
     /// What `certreg serve` asks of the public origin: https, unless it is a loopback address
@@ -467,6 +546,87 @@ mod tests {
             vec![web::DEFAULT_AUDIENCE]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn revocation_settings_default_to_configured_crls_and_are_checked() {
+        let d = Settings::default();
+        assert_eq!(d.revocation, RevocationPolicy::Crl);
+        assert_eq!(d.crl_source, CrlSource::Configured);
+        let r = d.revocation_settings();
+        assert_eq!(r.ocsp.timeout, std::time::Duration::from_secs(5));
+        assert!(r.ocsp.require_nonce);
+        assert!(pki::online::crl_in_path(&r));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("certreg.toml");
+        let load = |toml: &str, env: &[(&str, &str)]| {
+            std::fs::write(&file, toml).unwrap();
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::load_from(Some(&file), |k| env.get(k).cloned())
+        };
+        let s = load(
+            "revocation = \"crl_or_ocsp\"\ncrl_source = \"distribution_point\"\nocsp_timeout_seconds = 3\nocsp_nonce = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.revocation, RevocationPolicy::CrlOrOcsp);
+        assert_eq!(s.crl_source, CrlSource::DistributionPoint);
+        let r = s.revocation_settings();
+        assert_eq!(r.ocsp.timeout, std::time::Duration::from_secs(3));
+        assert!(!r.ocsp.require_nonce);
+        assert!(!pki::online::crl_in_path(&r));
+        // The environment wins.
+        let s = load(
+            "revocation = \"crl\"\n",
+            &[
+                ("CERTREG_REVOCATION", "crl_and_ocsp"),
+                ("CERTREG_CRL_SOURCE", "configured"),
+                ("CERTREG_OCSP_TIMEOUT_SECONDS", "10"),
+                ("CERTREG_OCSP_NONCE", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.revocation, RevocationPolicy::CrlAndOcsp);
+        assert_eq!(s.ocsp_timeout_seconds, 10);
+        assert!(!s.ocsp_nonce);
+
+        let refused =
+            |toml: &str, env: &[(&str, &str)]| format!("{:#}", load(toml, env).unwrap_err());
+        let e = refused("revocation = \"ocsp_only\"\n", &[]);
+        assert!(
+            e.contains("unknown variant `ocsp_only`") && e.contains("crl_or_ocsp"),
+            "{e}"
+        );
+        let e = refused("crl_source = \"cdp\"\n", &[]);
+        assert!(e.contains("distribution_point"), "{e}");
+        let e = refused("", &[("CERTREG_REVOCATION", "OCSP")]);
+        assert!(e.contains("CERTREG_REVOCATION must be one of crl, ocsp, crl_and_ocsp, crl_or_ocsp, not \"OCSP\""), "{e}");
+        let e = refused("", &[("CERTREG_CRL_SOURCE", "aia")]);
+        assert!(
+            e.contains("CERTREG_CRL_SOURCE must be one of configured, distribution_point"),
+            "{e}"
+        );
+        let e = refused(
+            "revocation = \"ocsp\"\ncrl_source = \"distribution_point\"\n",
+            &[],
+        );
+        assert!(e.contains("of no use with revocation = \"ocsp\""), "{e}");
+        for bad in ["0", "61"] {
+            let e = refused("", &[("CERTREG_OCSP_TIMEOUT_SECONDS", bad)]);
+            assert!(
+                e.contains(&format!("ocsp_timeout_seconds must be 1 to 60, not {bad}")),
+                "{e}"
+            );
+        }
+        let e = refused("", &[("CERTREG_OCSP_TIMEOUT_SECONDS", "five")]);
+        assert!(
+            e.contains("CERTREG_OCSP_TIMEOUT_SECONDS must be a number"),
+            "{e}"
+        );
     }
 
     #[test]

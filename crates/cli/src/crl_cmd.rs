@@ -12,8 +12,8 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 
 /// A CRL fetched over HTTP is at most this large (GPKI's largest full CRLs are a few MiB).
-const MAX_CRL_DOWNLOAD: usize = 32 * 1024 * 1024;
-const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_CRL_DOWNLOAD: usize = 32 * 1024 * 1024;
+pub(crate) const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Subcommand)]
 pub enum CrlCommand {

@@ -206,6 +206,32 @@ fn secrets(settings: &Settings) -> Result<Secrets> {
     Secrets::load_or_create(&key).with_context(|| format!("key file {}", key.display()))
 }
 
+/// The validator of `certreg serve`: `trust`, the configured CRLs in force, the stale policy
+/// of `accept_stale_crl`, and the revocation checks of `revocation` and `crl_source` over
+/// `transports` (see [`pki::online::wire`]), with the path cache.
+pub fn validator(
+    trust: TrustStore,
+    crls: pki::revocation::CrlStore,
+    settings: &Settings,
+    transports: pki::online::Transports,
+) -> Arc<Validator> {
+    let options = ValidationOptions {
+        stale_crl: if settings.accept_stale_crl {
+            StalePolicy::Warn
+        } else {
+            StalePolicy::Reject
+        },
+        ..ValidationOptions::default()
+    };
+    pki::online::wire(
+        trust,
+        crls,
+        options,
+        &settings.revocation_settings(),
+        transports,
+    )
+}
+
 /// The service built from the settings, and the CRLs as loaded for the refresh task to fall
 /// back on.
 pub struct Serving {
@@ -233,20 +259,18 @@ pub async fn build(settings: &Settings) -> Result<Serving> {
         time::OffsetDateTime::now_utc(),
     )
     .await?;
-    if crls.is_empty() {
+    let revocation = settings.revocation_settings();
+    if crls.is_empty() && pki::online::crl_in_path(&revocation) {
         tracing::warn!(
             "no CRLs configured (`crls`): every card will be refused as revocation_unknown"
         );
     }
-    let options = ValidationOptions {
-        stale_crl: if settings.accept_stale_crl {
-            StalePolicy::Warn
-        } else {
-            StalePolicy::Reject
-        },
-        ..ValidationOptions::default()
-    };
-    let validator = Arc::new(Validator::new(trust, crls, options).with_cache());
+    tracing::info!(
+        revocation = revocation.policy.as_str(),
+        crl_source = revocation.crl_source.as_str(),
+        "revocation checks"
+    );
+    let validator = validator(trust, crls, settings, pki::online::Transports::default());
     let secrets = secrets(settings)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let service = server::build(server::Settings {

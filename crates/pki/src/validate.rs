@@ -19,7 +19,7 @@ use webpki::{
 };
 
 /// Signature algorithms accepted in certificate paths and CRLs. SHA-1 is absent on purpose.
-static PATH_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+pub(crate) static PATH_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
     webpki::ring::RSA_PKCS1_2048_8192_SHA256,
     webpki::ring::RSA_PKCS1_2048_8192_SHA384,
     webpki::ring::RSA_PKCS1_2048_8192_SHA512,
@@ -46,6 +46,12 @@ impl webpki::ExtendedKeyUsageValidator for AnyEku {
 /// An online status check (OCSP) made after the path and CRL checks.
 pub trait OnlineStatus: Send + Sync {
     fn check(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()>;
+
+    /// What the check consults, for [`Validated::revocation`] (`ocsp`, `crl`, `crl+ocsp`,
+    /// `crl_or_ocsp`).
+    fn label(&self) -> &'static str {
+        "ocsp"
+    }
 }
 
 /// How revocation is checked.
@@ -84,7 +90,8 @@ pub struct Validated {
     pub anchor: String,
     /// SHA-256 fingerprints from the certificate up to the anchor.
     pub path: Vec<String>,
-    /// How revocation was established: `crl`, `ocsp`, `crl+ocsp`, or `not_checked`.
+    /// How revocation was established: `crl`, `ocsp`, `crl+ocsp`, `crl_or_ocsp` (one of
+    /// them answered), or `not_checked`.
     pub revocation: &'static str,
     pub warnings: Vec<String>,
     pub facts: CertFacts,
@@ -215,10 +222,9 @@ impl Validator {
             self.validate_uncached(cert, extra, role, now, &crls)?;
         if let Some(online) = &self.online {
             online.check(cert, &issuer, now)?;
-            result.revocation = if result.revocation == "crl" {
-                "crl+ocsp"
-            } else {
-                "ocsp"
+            result.revocation = match (result.revocation, online.label()) {
+                ("crl", "ocsp") => "crl+ocsp",
+                (_, label) => label,
             };
             result
                 .warnings
@@ -587,7 +593,7 @@ fn fmt_unix(t: UnixTime) -> String {
 
 /// webpki's reasons, in certreg's stable codes.
 #[allow(deprecated)] // webpki may still return the variants it deprecated
-fn map_webpki(e: webpki::Error) -> PkiError {
+pub(crate) fn map_webpki(e: webpki::Error) -> PkiError {
     use webpki::Error as E;
     let (code, detail) = match &e {
         E::CertExpired { not_after, .. } => (

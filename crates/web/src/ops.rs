@@ -229,7 +229,9 @@ async fn health(state: &AppState) -> (StatusCode, serde_json::Value) {
     };
     let calendar = state.svc().calendar_warnings();
     let validator = state.svc().validator();
-    let stale_refuses = validator.options().stale_crl == StalePolicy::Reject;
+    // Configured CRLs refuse cards by themselves only where path building checks them.
+    let stale_refuses = validator.options().stale_crl == StalePolicy::Reject
+        && validator.options().crl == pki::validate::CrlMode::Required;
     let crls = validator.crls();
     let mut any_stale = false;
     let crl_list: Vec<_> = crls

@@ -2,6 +2,7 @@
 //! generated test PKI on disk, JSON on stdout and the exit codes.
 
 mod instances;
+mod revocation;
 mod serve;
 
 use base64::Engine as _;

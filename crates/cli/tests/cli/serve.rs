@@ -296,7 +296,7 @@ fn serve_with_a_config_file_on_sqlite_answers_healthz() {
     );
 }
 
-fn serve_fails(env: &[(&str, &str)]) -> String {
+pub(crate) fn serve_fails(env: &[(&str, &str)]) -> String {
     let out = command()
         .args(["serve"])
         .envs(env.iter().copied())

@@ -5,7 +5,7 @@ use super::types::{
     BasicOcspResponse, CertId, CertStatus, OcspResponse, OcspResponseStatus, ResponderId,
     ResponseData,
 };
-use super::{CertIdHash, OcspConfig, OcspStatus};
+use super::{CertIdHash, OcspAnswer, OcspConfig, OcspStatus};
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::oid;
 use crate::sig::{self, SigAlg};
@@ -27,6 +27,18 @@ pub fn check_response(
     nonce: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<OcspStatus> {
+    check_response_answer(resp_der, cert, issuer, cfg, nonce, now).map(|a| a.status)
+}
+
+/// [`check_response`], with the validity window of the answer (for caching it).
+pub fn check_response_answer(
+    resp_der: &[u8],
+    cert: &Certificate,
+    issuer: &Certificate,
+    cfg: &OcspConfig,
+    nonce: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<OcspAnswer> {
     if resp_der.len() > cfg.max_response_bytes {
         return Err(PkiError::new(
             ErrorCode::InputTooLarge,
@@ -137,16 +149,23 @@ pub fn check_response(
         check_nonce(data.response_extensions.as_deref(), sent)?;
     }
 
-    match &single.cert_status {
-        CertStatus::Good(_) => Ok(OcspStatus::Good),
-        CertStatus::Revoked(info) => Ok(OcspStatus::Revoked {
+    let status = match &single.cert_status {
+        CertStatus::Good(_) => OcspStatus::Good,
+        CertStatus::Revoked(info) => OcspStatus::Revoked {
             at: info.revocation_time.0,
-        }),
-        CertStatus::Unknown(_) => Err(PkiError::new(
-            ErrorCode::CertRevoked,
-            "OCSP responder does not know the certificate (treated as revoked)",
-        )),
-    }
+        },
+        CertStatus::Unknown(_) => {
+            return Err(PkiError::new(
+                ErrorCode::CertRevoked,
+                "OCSP responder does not know the certificate (treated as revoked)",
+            ));
+        }
+    };
+    Ok(OcspAnswer {
+        status,
+        this_update,
+        next_update: single.next_update.map(|n| n.0),
+    })
 }
 
 fn invalid(detail: impl Into<String>) -> PkiError {

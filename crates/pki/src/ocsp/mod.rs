@@ -11,7 +11,7 @@ mod tests;
 mod transport;
 mod types;
 
-pub use check::check_response;
+pub use check::{check_response, check_response_answer};
 pub use transport::{HttpTransport, http_get};
 
 use crate::error::{ErrorCode, PkiError, Result};
@@ -91,6 +91,23 @@ pub enum OcspStatus {
     Revoked { at: OffsetDateTime },
 }
 
+/// A verified answer with the window it is valid in: from `this_update` until `next_update`
+/// (none: newer information is always available, so the answer is not kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OcspAnswer {
+    pub status: OcspStatus,
+    pub this_update: OffsetDateTime,
+    pub next_update: Option<OffsetDateTime>,
+}
+
+/// The DER CertID that asks about `cert` of `issuer` with `hash`: what a response must answer,
+/// and the key answers are kept under.
+pub fn cert_id_der(cert: &Certificate, issuer: &Certificate, hash: CertIdHash) -> Result<Vec<u8>> {
+    cert_id(cert, issuer, hash)?
+        .to_der()
+        .map_err(|e| internal(format!("encoding the CertID: {e}")))
+}
+
 /// The one network operation OCSP needs; tests and callers with their own HTTP stack implement it.
 pub trait OcspTransport: Send + Sync {
     /// POSTs an application/ocsp-request; returns the body. Must enforce `timeout` and refuse
@@ -160,6 +177,17 @@ pub fn check(
     transport: &dyn OcspTransport,
     now: OffsetDateTime,
 ) -> Result<OcspStatus> {
+    check_answer(cert, issuer, cfg, transport, now).map(|a| a.status)
+}
+
+/// [`check`], with the validity window of the answer.
+pub fn check_answer(
+    cert: &Certificate,
+    issuer: &Certificate,
+    cfg: &OcspConfig,
+    transport: &dyn OcspTransport,
+    now: OffsetDateTime,
+) -> Result<OcspAnswer> {
     let url = match &cfg.url_override {
         Some(u) => u.clone(),
         None => ocsp_urls(cert).into_iter().next().ok_or_else(|| {
@@ -179,7 +207,7 @@ pub fn check(
     };
     let request = build_request(cert, issuer, cfg.hash, nonce.as_deref())?;
     let body = transport.post(&url, &request, cfg.timeout, cfg.max_response_bytes)?;
-    check_response(&body, cert, issuer, cfg, nonce.as_deref(), now)
+    check_response_answer(&body, cert, issuer, cfg, nonce.as_deref(), now)
 }
 
 /// OCSP as the validator's online status check: asks the responder about every end-entity

@@ -1,6 +1,6 @@
 //! Integration tests of the pki crate: certificate facts, the validation matrix, revoked
-//! intermediates, card proofs, interoperability with the OpenSSL CLI, the real GPKI CA
-//! certificates, and parser robustness.
+//! intermediates, online revocation (OCSP and distribution points), card proofs,
+//! interoperability with the OpenSSL CLI, the real GPKI CA certificates, and parser robustness.
 
 mod helpers;
 
@@ -9,6 +9,7 @@ mod differential;
 mod facts;
 mod forgery;
 mod interop;
+mod online;
 mod proofs;
 mod props;
 mod real_ca;

@@ -59,6 +59,15 @@ impl TestApp {
     /// A test app on a fresh database of `backend` (a PostgreSQL one is dropped with the app),
     /// the seeded agencies on file.
     pub async fn on(backend: Backend, config: WebConfig) -> Self {
+        Self::with_validator(backend, config, Arc::new(testkit::validator(pki(), NOW))).await
+    }
+
+    /// [`TestApp::on`] with the service checking cards with `validator`.
+    pub async fn with_validator(
+        backend: Backend,
+        config: WebConfig,
+        validator: Arc<Validator>,
+    ) -> Self {
         let fresh = testkit::db::FreshDb::on(backend, "certreg_web").await;
         let clock = Arc::new(FixedClock::new(NOW));
         let service = server::build(server::Settings {
@@ -69,7 +78,7 @@ impl TestApp {
             ..server::Settings::new(
                 fresh.url.clone(),
                 fresh.secrets.clone(),
-                Arc::new(testkit::validator(pki(), NOW)),
+                validator,
                 clock.clone(),
             )
         })

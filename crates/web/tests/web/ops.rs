@@ -126,6 +126,36 @@ async fn healthz_is_200_when_fine_and_503_with_a_stale_crl() {
 }
 
 #[tokio::test]
+async fn a_stale_configured_crl_is_a_warning_where_ocsp_decides() {
+    // revocation = "ocsp" as `certreg serve` wires it, with the CRLs of `crls` loaded for the
+    // session sweep: they do not refuse cards, so their going stale does not fail the instance.
+    let validator = pki::online::wire(
+        pki().trust_store().unwrap(),
+        pki()
+            .crl_store(
+                NOW - time::Duration::hours(1),
+                NOW + time::Duration::days(30),
+            )
+            .unwrap(),
+        pki::validate::ValidationOptions::default(),
+        &pki::online::RevocationSettings {
+            policy: pki::online::RevocationPolicy::Ocsp,
+            ..Default::default()
+        },
+        pki::online::Transports::default(),
+    );
+    let mut app =
+        TestApp::with_validator(store::Backend::Sqlite, web::WebConfig::default(), validator).await;
+    app.clock.advance(time::Duration::days(31));
+    let (status, _, body) = app.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "warn");
+    assert_eq!(v["crls"]["ok"], false);
+    assert_eq!(v["crls"]["stale_refuses_cards"], false);
+}
+
+#[tokio::test]
 async fn every_response_has_a_request_id() {
     let mut app = TestApp::default().await;
     let (_, a, _) = app.get("/").await;
