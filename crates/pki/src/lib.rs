@@ -5,6 +5,7 @@
 
 pub mod anchors;
 pub mod ber;
+pub mod certcache;
 pub mod challenge;
 pub mod cms;
 pub mod error;

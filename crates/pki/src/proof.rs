@@ -14,6 +14,7 @@ use crate::validate::{Validated, Validator};
 use base64::Engine as _;
 use der::asn1::UtcTime;
 use serde::Serialize;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// The signature format a proof arrived in.
@@ -97,10 +98,12 @@ pub fn verify_proof(
     now: OffsetDateTime,
 ) -> Result<VerifiedProof> {
     let signature = decode_signature(signature)?;
-    let beside = certificate.map(ParsedCert::from_input).transpose()?;
+    let beside = certificate
+        .map(|c| decode_input(c).and_then(|der| validator.parse_cert(&der)))
+        .transpose()?;
     let tbs = expected.tbs();
 
-    if let Ok(parts) = cms::parse(&signature) {
+    if let Ok(parts) = cms::parse_with(&signature, Some(validator.cert_cache())) {
         return verify_cms(validator, expected, &parts, beside, role, now);
     }
     if looks_like_content_info(&signature) {
@@ -163,7 +166,7 @@ fn verify_cms(
     validator: &Validator,
     expected: &Challenge,
     parts: &CmsParts,
-    beside: Option<ParsedCert>,
+    beside: Option<Arc<ParsedCert>>,
     role: Role,
     now: OffsetDateTime,
 ) -> Result<VerifiedProof> {
@@ -180,14 +183,18 @@ fn verify_cms(
     };
     expected.check_signed(content, now)?;
 
-    let signer_der = match parts.find_signer(&parts.certificates) {
-        Some(der) => der.clone(),
+    let carried = parts
+        .certificates
+        .iter()
+        .position(|der| parts.signer.names(der))
+        .and_then(|i| parts.parsed_certificates.get(i));
+    let signer = match carried {
+        Some(parsed) => parsed.clone(),
         None => match &beside {
-            Some(c) if parts.find_signer(std::slice::from_ref(&c.der)).is_some() => c.der.clone(),
+            Some(c) if parts.signer.names(&c.der) => c.clone(),
             _ => return Err(malformed("the signer's certificate is not in the proof")),
         },
     };
-    let signer = ParsedCert::from_der(signer_der)?;
     if let Some(b) = &beside
         && b.der != signer.der
     {

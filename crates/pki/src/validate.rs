@@ -4,19 +4,19 @@
 //! required attributes). Validated paths may be cached until revocation data changes.
 
 use crate::anchors::{Anchor, Role, TrustStore};
+use crate::certcache::CertCache;
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::{CertFacts, ParsedCert};
-use crate::revocation::{CaStatus, CrlStore, PathCa, StalePolicy};
+use crate::revocation::{
+    CaStatus, CrlStore, CrlSubject, PathCa, StalePolicy, distribution_points, may_sign_crls,
+};
 use crate::sig::SigAlg;
 use pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use time::OffsetDateTime;
-use webpki::{
-    EndEntityCert, ExpirationPolicy, KeyPurposeIdIter, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
-};
+use webpki::{EndEntityCert, KeyPurposeIdIter};
 
 /// Signature algorithms accepted in certificate paths and CRLs. SHA-1 is absent on purpose.
 static PATH_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
@@ -111,6 +111,8 @@ pub struct Validator {
     options: ValidationOptions,
     online: Option<Arc<dyn OnlineStatus>>,
     cache: Option<Mutex<HashMap<(String, Role), CacheEntry>>>,
+    /// Parsed certificates by the SHA-256 of their DER (always on: they depend on nothing else).
+    certs: CertCache,
 }
 
 fn unix(now: OffsetDateTime) -> UnixTime {
@@ -120,14 +122,28 @@ fn unix(now: OffsetDateTime) -> UnixTime {
 }
 
 impl Validator {
+    /// The CRLs whose issuer is a CA of `trust` have their signatures checked here, once.
     pub fn new(trust: TrustStore, crls: CrlStore, options: ValidationOptions) -> Self {
+        crls.verify_signatures(|name| trust.keys_named(name));
         Self {
             trust,
             crls: RwLock::new(Arc::new(crls)),
             options,
             online: None,
             cache: None,
+            certs: CertCache::default(),
         }
+    }
+
+    /// The certificate of exactly these DER bytes, parsed once and then taken from the
+    /// validator's certificate cache (see [`CertCache`]).
+    pub fn parse_cert(&self, der: &[u8]) -> Result<Arc<ParsedCert>> {
+        self.certs.parse(der)
+    }
+
+    /// The certificates parsed so far, by the SHA-256 of their DER.
+    pub fn cert_cache(&self) -> &CertCache {
+        &self.certs
     }
 
     /// Adds an online status check (OCSP) for every end-entity certificate.
@@ -171,6 +187,7 @@ impl Validator {
     }
 
     pub fn replace_crls(&self, mut crls: CrlStore) {
+        crls.verify_signatures(|name| self.trust.keys_named(name));
         if let Ok(mut slot) = self.crls.write() {
             // Generations only grow, so a cached entry can never match a newer store by chance.
             crls.bump_generation_past(slot.generation());
@@ -301,17 +318,17 @@ impl Validator {
         check_profile(&facts, role)?;
 
         let issuer = match chain.first() {
-            Some(ca) => ParsedCert::from_der(ca.der.clone())?,
+            Some(ca) => ParsedCert::clone(&ca.cert),
             None => anchor.cert.clone(),
         };
         let mut fingerprints = vec![facts.sha256.clone()];
         let mut valid_from = facts.not_before;
         let mut valid_until = facts.not_after;
         for ca in &chain {
-            let c = ParsedCert::from_der(ca.der.clone())?;
+            let c = &ca.cert;
             valid_from = valid_from.max(c.facts.not_before);
             valid_until = valid_until.min(c.facts.not_after);
-            fingerprints.push(c.facts.sha256);
+            fingerprints.push(c.facts.sha256.clone());
         }
         valid_from = valid_from.max(anchor.cert.facts.not_before);
         valid_until = valid_until.min(anchor.cert.facts.not_after);
@@ -348,79 +365,79 @@ impl Validator {
             ));
         }
         let tas: Vec<_> = anchors.iter().map(|a| a.trust_anchor.clone()).collect();
-        let mut intermediates: Vec<CertificateDer<'static>> = self.trust.intermediates().to_vec();
-        intermediates.extend(extra.iter().map(|d| CertificateDer::from(d.clone())));
+        let intermediates: Vec<CertificateDer<'_>> = self
+            .trust
+            .intermediates()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .chain(extra.iter().map(|d| CertificateDer::from(d.as_slice())))
+            .collect();
         let der = CertificateDer::from(cert.der.as_slice());
         let ee = EndEntityCert::try_from(&der)
             .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("certificate: {e:?}")))?;
 
-        let lists = crls.lists();
-        let depth = if self.options.crl_whole_chain {
-            RevocationCheckDepth::Chain
-        } else {
-            RevocationCheckDepth::EndEntity
-        };
-        let attempt = |expiration: ExpirationPolicy| {
-            let revocation = match self.options.crl {
-                CrlMode::Off => None,
-                CrlMode::Required => Some(
-                    RevocationOptionsBuilder::new(&lists)
-                        .map_err(|_| {
-                            PkiError::new(
-                                ErrorCode::RevocationUnknown,
-                                "no CRL is loaded, so revocation cannot be checked",
-                            )
-                        })?
-                        .with_depth(depth)
-                        .with_status_policy(UnknownStatusPolicy::Deny)
-                        .with_expiration_policy(expiration)
-                        .build(),
-                ),
-            };
-            ee.verify_for_usage(
+        if self.options.crl == CrlMode::Required && crls.is_empty() {
+            return Err(PkiError::new(
+                ErrorCode::RevocationUnknown,
+                "no CRL is loaded, so revocation cannot be checked",
+            ));
+        }
+        // The path is built by webpki; revocation is judged below from the CRL index, with
+        // each CRL's signature checked once per issuer key rather than on every validation.
+        let path = ee
+            .verify_for_usage(
                 PATH_ALGS,
                 &tas,
                 &intermediates,
                 unix(now),
                 AnyEku,
-                revocation,
+                None,
                 None,
             )
-            .map(|p| {
-                let chain: Vec<PathCa> = p
-                    .intermediate_certificates()
-                    .map(|c| PathCa {
-                        der: c.der().to_vec(),
-                        issuer: c.issuer().to_vec(),
-                        serial: c.serial().to_vec(),
-                        spki: c.subject_public_key_info().as_ref().to_vec(),
-                    })
-                    .collect();
-                let ta = p.anchor();
-                let idx = tas
-                    .iter()
-                    .position(|t| {
-                        t.subject == ta.subject
-                            && t.subject_public_key_info == ta.subject_public_key_info
-                    })
-                    .unwrap_or(0);
-                (idx, chain)
+            .map_err(map_webpki)?;
+        let mut chain = Vec::new();
+        for c in path.intermediate_certificates() {
+            let parsed = self.certs.parse(c.der().as_ref())?;
+            chain.push(PathCa {
+                issuer: c.issuer().to_vec(),
+                serial: c.serial().to_vec(),
+                spki: c.subject_public_key_info().as_ref().to_vec(),
+                dps: distribution_points(&parsed.cert),
+                crl_sign: may_sign_crls(&parsed.cert),
+                cert: parsed,
+            });
+        }
+        let ta = path.anchor();
+        let idx = tas
+            .iter()
+            .position(|t| {
+                t.subject == ta.subject && t.subject_public_key_info == ta.subject_public_key_info
             })
-            .map_err(map_webpki)
-        };
-        let (idx, chain) = match attempt(ExpirationPolicy::Enforce) {
-            Err(e)
-                if e.code == ErrorCode::RevocationStale
-                    && self.options.stale_crl == StalePolicy::Warn =>
-            {
-                let ok = attempt(ExpirationPolicy::Ignore)?;
-                warnings.push(format!("accepted with a stale CRL: {}", e.detail));
-                ok
+            .unwrap_or(0);
+        if self.options.crl == CrlMode::Required {
+            let anchor = anchors[idx];
+            let anchor_spki = anchor.cert.spki_der()?;
+            let issuer_of = |i: usize| match chain.get(i) {
+                Some(ca) => (ca.spki.as_slice(), ca.crl_sign),
+                None => (anchor_spki.as_slice(), may_sign_crls(&anchor.cert.cert)),
+            };
+            let ee_dps = distribution_points(&cert.cert);
+            let ee_subject = CrlSubject {
+                issuer: ee.issuer(),
+                serial: ee.serial(),
+                is_ca: false,
+                dps: ee_dps.as_deref(),
+            };
+            let (spki, crl_sign) = issuer_of(0);
+            self.check_crls(crls, &ee_subject, spki, crl_sign, now, warnings)?;
+            if self.options.crl_whole_chain {
+                for (i, ca) in chain.iter().enumerate() {
+                    let (spki, crl_sign) = issuer_of(i + 1);
+                    self.check_crls(crls, &ca.subject(), spki, crl_sign, now, warnings)?;
+                }
+            } else {
+                self.check_path_cas(&chain, anchor, now, crls, warnings)?;
             }
-            other => other?,
-        };
-        if self.options.crl == CrlMode::Required && !self.options.crl_whole_chain {
-            self.check_path_cas(&chain, anchors[idx], now, crls, warnings)?;
         }
         let revocation = match self.options.crl {
             CrlMode::Off => {
@@ -434,6 +451,31 @@ impl Validator {
             chain,
             revocation,
         })
+    }
+
+    /// The revocation of one certificate of a path by the CRLs of its issuer (see
+    /// [`CrlStore::check`]); with the stale policy `warn`, CRLs past their nextUpdate are used
+    /// with a warning.
+    fn check_crls(
+        &self,
+        crls: &CrlStore,
+        subject: &CrlSubject<'_>,
+        issuer_spki: &[u8],
+        issuer_crl_sign: bool,
+        now: OffsetDateTime,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        match crls.check(subject, issuer_spki, issuer_crl_sign, now, true) {
+            Err(e)
+                if e.code == ErrorCode::RevocationStale
+                    && self.options.stale_crl == StalePolicy::Warn =>
+            {
+                crls.check(subject, issuer_spki, issuer_crl_sign, now, false)?;
+                warnings.push(format!("accepted with a stale CRL: {}", e.detail));
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// The revocation of the intermediates of a path built with end-entity CRL checks: each is
@@ -454,9 +496,10 @@ impl Validator {
                 None => anchor.cert.spki_der()?,
             };
             let name = || {
-                ParsedCert::from_der(ca.der.clone()).map_or_else(
-                    |_| crate::facts::sha256_hex(&ca.der),
-                    |c| format!("{} (serial {})", c.facts.subject, c.facts.serial.as_str()),
+                format!(
+                    "{} (serial {})",
+                    ca.cert.facts.subject,
+                    ca.cert.facts.serial.as_str()
                 )
             };
             match crls.ca_status(ca, &issuer_spki, now) {
