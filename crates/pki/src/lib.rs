@@ -18,6 +18,7 @@ pub mod proof;
 pub mod revocation;
 pub mod serial;
 pub mod sig;
+mod sigmemo;
 pub mod validate;
 
 pub use error::{ErrorCode, PkiError};

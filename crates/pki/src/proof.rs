@@ -114,7 +114,7 @@ pub fn verify_proof(
         malformed("a raw signature needs the signer's certificate sent beside it")
     })?;
     expected.check_signed(tbs.as_bytes(), now)?;
-    let spki = cert.spki_der()?;
+    let spki = cert.spki();
     let format = match cert
         .cert
         .tbs_certificate()
@@ -123,7 +123,7 @@ pub fn verify_proof(
         .oid
     {
         oid::RSA_ENCRYPTION => {
-            sig::verify(&spki, SigAlg::RsaSha256, tbs.as_bytes(), &signature)?;
+            sig::verify(spki, SigAlg::RsaSha256, tbs.as_bytes(), &signature)?;
             ProofFormat::Pkcs1
         }
         oid::EC_PUBLIC_KEY => {
@@ -132,7 +132,7 @@ pub fn verify_proof(
             } else {
                 sig::ecdsa_raw_to_der(&signature)?
             };
-            sig::verify(&spki, SigAlg::EcdsaSha256, tbs.as_bytes(), &der_sig)?;
+            sig::verify(spki, SigAlg::EcdsaSha256, tbs.as_bytes(), &der_sig)?;
             ProofFormat::Ecdsa
         }
         other => {
@@ -202,8 +202,8 @@ fn verify_cms(
             "the certificate sent beside the proof is not the signer's",
         ));
     }
-    let spki = signer.spki_der()?;
-    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg, &spki)?;
+    let spki = signer.spki();
+    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg, spki)?;
     check_signature_algorithm(parts.signer.signature_alg, alg)?;
     let signature = parts.signer.signature.as_slice();
 
@@ -237,11 +237,11 @@ fn verify_cms(
         }
         None => content,
     };
-    if let Err(e) = sig::verify(&spki, alg, signed, signature) {
+    if let Err(e) = sig::verify(spki, alg, signed, signature) {
         // The card's signature over its own key identifier says nothing about any content;
         // a proof built around one is a forgery, and is named as one.
         if matches!(parts.signer.sid, cms::SignerId::KeyId(_))
-            && sig::verify(&spki, alg, &parts.signer.sid_as_set(), signature).is_ok()
+            && sig::verify(spki, alg, &parts.signer.sid_as_set(), signature).is_ok()
         {
             return Err(PkiError::new(
                 ErrorCode::SignatureOverSignerId,

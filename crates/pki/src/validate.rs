@@ -11,7 +11,9 @@ use crate::revocation::{
     CaStatus, CrlStore, CrlSubject, PathCa, StalePolicy, distribution_points, may_sign_crls,
 };
 use crate::sig::SigAlg;
-use pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
+pub use crate::sigmemo::SIGNATURE_MEMO_CAPACITY;
+use crate::sigmemo::{Memoized, SignatureMemo};
+use pki_types::{CertificateDer, Der, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -98,7 +100,7 @@ struct CacheEntry {
     valid_from: OffsetDateTime,
     valid_until: OffsetDateTime,
     result: Validated,
-    issuer: ParsedCert,
+    issuer: Arc<ParsedCert>,
 }
 
 /// Upper bound of cached paths; the cache is cleared when it is full (cards are few per agency).
@@ -113,6 +115,8 @@ pub struct Validator {
     cache: Option<Mutex<HashMap<(String, Role), CacheEntry>>>,
     /// Parsed certificates by the SHA-256 of their DER (always on: they depend on nothing else).
     certs: CertCache,
+    /// Certificate signatures of paths that verified (see [`crate::sigmemo`]).
+    signatures: SignatureMemo,
 }
 
 fn unix(now: OffsetDateTime) -> UnixTime {
@@ -132,6 +136,7 @@ impl Validator {
             online: None,
             cache: None,
             certs: CertCache::default(),
+            signatures: SignatureMemo::new(SIGNATURE_MEMO_CAPACITY),
         }
     }
 
@@ -144,6 +149,19 @@ impl Validator {
     /// The certificates parsed so far, by the SHA-256 of their DER.
     pub fn cert_cache(&self) -> &CertCache {
         &self.certs
+    }
+
+    /// Remembers at most `capacity` verified certificate signatures of paths (the default is
+    /// [`SIGNATURE_MEMO_CAPACITY`]); 0 verifies every signature every time.
+    pub fn with_signature_memo(mut self, capacity: usize) -> Self {
+        self.signatures = SignatureMemo::new(capacity);
+        self
+    }
+
+    /// How many certificate signatures of paths are remembered as verified (at most
+    /// [`SIGNATURE_MEMO_CAPACITY`]).
+    pub fn remembered_signatures(&self) -> usize {
+        self.signatures.len()
     }
 
     /// Adds an online status check (OCSP) for every end-entity certificate.
@@ -271,7 +289,7 @@ impl Validator {
         role: Role,
         now: OffsetDateTime,
         crls: &CrlStore,
-    ) -> Result<(Validated, ParsedCert, OffsetDateTime, OffsetDateTime)> {
+    ) -> Result<(Validated, Arc<ParsedCert>, OffsetDateTime, OffsetDateTime)> {
         // SHA-1 and unknown algorithms get their own code before webpki reports them generically.
         SigAlg::from_oid(cert.cert.signature_algorithm().oid)?;
         if cert.facts.is_ca {
@@ -318,8 +336,8 @@ impl Validator {
         check_profile(&facts, role)?;
 
         let issuer = match chain.first() {
-            Some(ca) => ParsedCert::clone(&ca.cert),
-            None => anchor.cert.clone(),
+            Some(ca) => ca.cert.clone(),
+            None => self.certs.parse(&anchor.cert.der)?,
         };
         let mut fingerprints = vec![facts.sha256.clone()];
         let mut valid_from = facts.not_before;
@@ -364,7 +382,18 @@ impl Validator {
                 ),
             ));
         }
-        let tas: Vec<_> = anchors.iter().map(|a| a.trust_anchor.clone()).collect();
+        let tas: Vec<TrustAnchor<'_>> = anchors
+            .iter()
+            .map(|a| TrustAnchor {
+                subject: Der::from(a.trust_anchor.subject.as_ref()),
+                subject_public_key_info: Der::from(a.trust_anchor.subject_public_key_info.as_ref()),
+                name_constraints: a
+                    .trust_anchor
+                    .name_constraints
+                    .as_ref()
+                    .map(|n| Der::from(n.as_ref())),
+            })
+            .collect();
         let intermediates: Vec<CertificateDer<'_>> = self
             .trust
             .intermediates()
@@ -384,16 +413,23 @@ impl Validator {
         }
         // The path is built by webpki; revocation is judged below from the CRL index, with
         // each CRL's signature checked once per issuer key rather than on every validation.
+        let memoized: Vec<Memoized<'_>> = PATH_ALGS
+            .iter()
+            .map(|inner| Memoized {
+                inner: *inner,
+                memo: &self.signatures,
+            })
+            .collect();
+        let algs: Vec<&dyn SignatureVerificationAlgorithm> = if self.signatures.enabled() {
+            memoized
+                .iter()
+                .map(|a| a as &dyn SignatureVerificationAlgorithm)
+                .collect()
+        } else {
+            PATH_ALGS.to_vec()
+        };
         let path = ee
-            .verify_for_usage(
-                PATH_ALGS,
-                &tas,
-                &intermediates,
-                unix(now),
-                AnyEku,
-                None,
-                None,
-            )
+            .verify_for_usage(&algs, &tas, &intermediates, unix(now), AnyEku, None, None)
             .map_err(map_webpki)?;
         let mut chain = Vec::new();
         for c in path.intermediate_certificates() {
@@ -416,10 +452,9 @@ impl Validator {
             .unwrap_or(0);
         if self.options.crl == CrlMode::Required {
             let anchor = anchors[idx];
-            let anchor_spki = anchor.cert.spki_der()?;
             let issuer_of = |i: usize| match chain.get(i) {
                 Some(ca) => (ca.spki.as_slice(), ca.crl_sign),
-                None => (anchor_spki.as_slice(), may_sign_crls(&anchor.cert.cert)),
+                None => (anchor.cert.spki(), may_sign_crls(&anchor.cert.cert)),
             };
             let ee_dps = distribution_points(&cert.cert);
             let ee_subject = CrlSubject {
@@ -493,7 +528,7 @@ impl Validator {
         for (i, ca) in chain.iter().enumerate() {
             let issuer_spki = match chain.get(i + 1) {
                 Some(up) => up.spki.clone(),
-                None => anchor.cert.spki_der()?,
+                None => anchor.cert.spki().to_vec(),
             };
             let name = || {
                 format!(

@@ -367,3 +367,52 @@ fn a_flood_of_certificates_keeps_the_cache_bounded() {
     assert!(v.cert_cache().len() <= v.cert_cache().capacity());
     assert!(v.cert_cache().len() <= 200);
 }
+
+#[test]
+fn the_signature_memo_remembers_only_what_verified() {
+    let good = pki().card("moica-admin").issued.cert_der.clone();
+    let v = validator();
+    assert_eq!(v.remembered_signatures(), 0);
+    for _ in 0..3 {
+        assert!(
+            v.validate(&v.parse_cert(&good).unwrap(), &[], Role::Citizen, NOW)
+                .is_ok()
+        );
+    }
+    assert_eq!(v.remembered_signatures(), 1);
+    // Another signature over the same certificate body verifies with nothing and is refused
+    // every time, however often the genuine one was checked.
+    let other = with_signature_byte_changed(&good, 3);
+    for _ in 0..3 {
+        let e = v
+            .validate(&v.parse_cert(&other).unwrap(), &[], Role::Citizen, NOW)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::SignatureInvalid, "{e}");
+    }
+    assert_eq!(v.remembered_signatures(), 1);
+    // The same certificate under an impostor CA of the same name and another key.
+    let fake = impostor(CaKind::Moica);
+    let forged = testpki::issue(&pki().card("moica-admin").issued.spec, &fake);
+    let e = v
+        .validate(
+            &v.parse_cert(&forged.cert_der).unwrap(),
+            std::slice::from_ref(&fake.cert_der),
+            Role::Citizen,
+            NOW,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code,
+            ErrorCode::SignatureInvalid | ErrorCode::CertUntrusted
+        ),
+        "{e}"
+    );
+    // Without a memo, nothing is remembered and the answers are the same.
+    let v = validator().with_signature_memo(0);
+    assert!(
+        v.validate(&v.parse_cert(&good).unwrap(), &[], Role::Citizen, NOW)
+            .is_ok()
+    );
+    assert_eq!(v.remembered_signatures(), 0);
+}
