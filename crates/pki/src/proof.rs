@@ -104,7 +104,7 @@ pub fn verify_proof(
     let tbs = expected.tbs();
 
     if let Ok(parts) = cms::parse_with(&signature, Some(validator.cert_cache())) {
-        return verify_cms(validator, expected, &parts, beside, role, now);
+        return verify_cms(validator, expected, &tbs, &parts, beside, role, now);
     }
     if looks_like_content_info(&signature) {
         // It claims to be CMS but did not parse: say why, rather than "bad PKCS#1".
@@ -165,6 +165,7 @@ fn looks_like_content_info(der: &[u8]) -> bool {
 fn verify_cms(
     validator: &Validator,
     expected: &Challenge,
+    tbs: &str,
     parts: &CmsParts,
     beside: Option<Arc<ParsedCert>>,
     role: Role,
@@ -176,7 +177,6 @@ fn verify_cms(
             parts.econtent_type
         )));
     }
-    let tbs = expected.tbs();
     let (content, format) = match &parts.content {
         Some(c) => (c.as_slice(), ProofFormat::CmsAttached),
         None => (tbs.as_bytes(), ProofFormat::CmsDetached),

@@ -496,23 +496,31 @@ impl CrlEntry {
         let CertRevocationList::Borrowed(borrowed) = &list else {
             return Err(crl_err("CRL: not read in place"));
         };
-        let mut count = 0usize;
-        if let Some(seq) = revoked_seq {
-            for entry in crate::ber::elements_of(&der[seq])
-                .map_err(|e| crl_err(format!("CRL revokedCertificates: {e}")))?
-            {
-                x509_cert::crl::RevokedCert::<x509_cert::certificate::Rfc5280>::from_der(entry)
-                    .map_err(|e| crl_err(format!("CRL: {e}")))?;
-                count += 1;
-            }
-        }
-        let mut all: Vec<(&[u8], i64)> = Vec::with_capacity(count);
+        let mut all: Vec<(&[u8], i64)> = Vec::new();
         for entry in borrowed {
             let entry = entry.map_err(|e| crl_err(format!("CRL: {e:?}")))?;
             all.push((
                 entry.serial_number,
                 i64::try_from(entry.revocation_date.as_secs()).unwrap_or(i64::MAX),
             ));
+        }
+        // Each entry through the typed reader too, one at a time.
+        let mut count = 0usize;
+        if let Some(seq) = revoked_seq {
+            let mut rest = contents(&der[seq]);
+            while !rest.is_empty() {
+                let size = crate::ber::element_size(rest)
+                    .map_err(|e| crl_err(format!("CRL revokedCertificates: {e}")))?;
+                x509_cert::crl::RevokedCert::<x509_cert::certificate::Rfc5280>::from_der(
+                    &rest[..size],
+                )
+                .map_err(|e| crl_err(format!("CRL: {e}")))?;
+                count += 1;
+                rest = &rest[size..];
+            }
+        }
+        if count != all.len() {
+            return Err(crl_err("CRL: revokedCertificates read two ways differ"));
         }
         // Names and values held to their types, as for certificates.
         crate::ber::check_values(&der).map_err(|e| crl_err(format!("CRL: {e}")))?;
