@@ -653,17 +653,19 @@ impl CrlStore {
     /// returned. The signature is checked against the issuer's key when the CRL is first used
     /// with that key (or by [`CrlStore::verify_signatures`]), and only then is the CRL consulted.
     pub fn add(&mut self, input: &[u8]) -> Result<&CrlEntry> {
-        if input.len() > MAX_CRL_BYTES {
-            return Err(PkiError::new(
-                ErrorCode::InputTooLarge,
-                format!("CRL of {} bytes (limit {MAX_CRL_BYTES})", input.len()),
-            ));
-        }
+        Self::check_size(input)?;
+        self.add_owned(input.to_vec())
+    }
+
+    /// [`CrlStore::add`], taking the bytes (DER or PEM) without copying them.
+    pub fn add_owned(&mut self, input: Vec<u8>) -> Result<&CrlEntry> {
+        Self::check_size(&input)?;
         let der = if input.starts_with(b"-----BEGIN") {
-            let (_, der) = der::pem::decode_vec(input).map_err(|e| crl_err(format!("PEM: {e}")))?;
+            let (_, der) =
+                der::pem::decode_vec(&input).map_err(|e| crl_err(format!("PEM: {e}")))?;
             der
         } else {
-            input.to_vec()
+            input
         };
         let entry = CrlEntry::parse(der)?;
         let same = self.entries.iter().position(|e| e.same_scope(&entry));
@@ -681,6 +683,16 @@ impl CrlStore {
             }
         };
         Ok(&self.entries[index])
+    }
+
+    fn check_size(input: &[u8]) -> Result<()> {
+        if input.len() > MAX_CRL_BYTES {
+            return Err(PkiError::new(
+                ErrorCode::InputTooLarge,
+                format!("CRL of {} bytes (limit {MAX_CRL_BYTES})", input.len()),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the signature of every CRL not verified yet against the keys `issuer_keys` gives
