@@ -142,7 +142,7 @@ fn validator(args: &VerifyArgs) -> Result<Validator, PkiError> {
     let trust = TrustStore::load_dir(&args.anchors)?;
     let mut crls = CrlStore::new();
     for path in &args.crls {
-        crls.add(&read(path)?)
+        crls.add_owned(read(path)?)
             .map_err(|e| PkiError::new(e.code, format!("{}: {}", path.display(), e.detail)))?;
     }
     let options = ValidationOptions {

@@ -1,6 +1,9 @@
 //! Throughput benchmark of card-proof verification on one core (`cargo bench -p pki --bench proofs`):
-//! full proofs (CMS, PKCS#1, ECDSA; path cache off/on; a 10k-entry CRL), the parts they are made
-//! of, and the ratio to a bare `openssl speed rsa2048` verify. No criterion: a plain timed loop.
+//! full proofs (CMS, PKCS#1, ECDSA; path cache off/on; 10k- and 1M-entry CRLs), the parts they
+//! are made of, and the ratio to a bare `openssl speed rsa2048` verify; then the load of a
+//! 1M-entry CRL (parse, signature, index) and the memory its index holds. No criterion: a plain
+//! timed loop. With `CERTREG_BENCH_CRL_DIR=DIR`, the RSA test PKI (`DIR/anchors`, `DIR/cards`, …)
+//! and the 1M-entry MOICA CRL (`DIR/moica-1m.crl`) are written there for `certreg pki verify`.
 
 use pki::anchors::Role;
 use pki::challenge::Challenge;
@@ -23,6 +26,10 @@ const ORIGIN: &str = "https://certreg.example.gov.tw";
 const PROOFS: usize = 256;
 /// Synthetic revoked serials added to the MOICA CRL for the "large CRL" rows.
 const BIG_CRL_ENTRIES: usize = 10_000;
+/// The same at the scale of a national CA's full CRL.
+const HUGE_CRL_ENTRIES: usize = 1_000_000;
+/// Loads of the 1M-entry CRL timed (the best is reported).
+const HUGE_CRL_LOADS: usize = 3;
 const WARM_UP: StdDuration = StdDuration::from_millis(500);
 const MEASURE: StdDuration = StdDuration::from_secs(2);
 
@@ -133,6 +140,10 @@ struct Row {
 /// Runs `op(i)` for [`WARM_UP`], then for about [`MEASURE`] on this thread; returns ops/s.
 /// `op` returns whether the operation succeeded: a failure aborts the benchmark.
 fn measure(name: &'static str, rsa: bool, rows: &mut Vec<Row>, mut op: impl FnMut(usize) -> bool) {
+    // `CERTREG_BENCH_ONLY=text` measures only the cases whose name contains it (for profiling).
+    if std::env::var("CERTREG_BENCH_ONLY").is_ok_and(|only| !name.contains(only.as_str())) {
+        return;
+    }
     let mut i = 0usize;
     let start = Instant::now();
     while start.elapsed() < WARM_UP {
@@ -225,16 +236,53 @@ fn main() {
     })
     .expect("P-256 test PKI");
     let big_crl = big_moica_crl(&rsa_pki, BIG_CRL_ENTRIES);
+    // Profiling one case (see `measure`) skips the 1M-entry CRL unless the case uses it.
+    let huge_wanted =
+        std::env::var("CERTREG_BENCH_ONLY").map_or(true, |only| only.contains("1M-entry"));
+    let huge_crl = if huge_wanted {
+        big_moica_crl(&rsa_pki, HUGE_CRL_ENTRIES)
+    } else {
+        big_crl.clone()
+    };
     eprintln!(
-        "  done in {:.1} s; MOICA CRL with {} entries: {} bytes",
+        "  done in {:.1} s; MOICA CRLs with {} and {} entries: {} and {} bytes",
         t.elapsed().as_secs_f64(),
         BIG_CRL_ENTRIES,
-        big_crl.len()
+        HUGE_CRL_ENTRIES,
+        big_crl.len(),
+        huge_crl.len()
     );
+    if let Some(dir) = std::env::var_os("CERTREG_BENCH_CRL_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        rsa_pki.write_dir(&dir).expect("writing the test PKI");
+        std::fs::write(dir.join("moica-1m.crl"), &huge_crl).expect("writing the CRL");
+        eprintln!("  wrote the test PKI and moica-1m.crl to {}", dir.display());
+    }
+
+    // Loading the 1M-entry CRL: parse, index, and the signature check the validator makes.
+    eprintln!("loading the {HUGE_CRL_ENTRIES}-entry CRL {HUGE_CRL_LOADS} times...");
+    let mut load_secs = f64::INFINITY;
+    let mut held = 0usize;
+    for _ in 0..if huge_wanted { HUGE_CRL_LOADS } else { 0 } {
+        let t = Instant::now();
+        let mut store = CrlStore::new();
+        store.add(black_box(&huge_crl)).expect("1M-entry CRL");
+        let v = Validator::new(
+            rsa_pki.trust_store().expect("anchors"),
+            store,
+            ValidationOptions::default(),
+        );
+        load_secs = load_secs.min(t.elapsed().as_secs_f64());
+        assert!(v.crls().entries()[0].signature_verified(), "CRL signature");
+        held = v.crls().held_bytes();
+    }
 
     let v_off = validator(&rsa_pki, None, false);
     let v_on = validator(&rsa_pki, None, true);
+    // Nothing remembered between proofs: what a certificate seen for the first time costs.
+    let v_cold = validator(&rsa_pki, None, false).with_signature_memo(0);
     let v_big = validator(&rsa_pki, Some(&big_crl), false);
+    let v_huge = validator(&rsa_pki, Some(&huge_crl), false);
     let v_ec = validator(&ec_pki, None, false);
 
     // The citizen card of MOICA (the CA with the large CRL), and its P-256 twin.
@@ -271,10 +319,22 @@ fn main() {
         |i| verify_proof(&v_on, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
     );
     measure(
+        "CMS RSA-2048 attached, path+CRL, no cache, no sig memo",
+        true,
+        &mut rows,
+        |i| verify_proof(&v_cold, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
+    );
+    measure(
         "CMS RSA-2048 attached, 10k-entry CRL, cache off",
         true,
         &mut rows,
         |i| verify_proof(&v_big, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
+    );
+    measure(
+        "CMS RSA-2048 attached, 1M-entry CRL, cache off",
+        true,
+        &mut rows,
+        |i| verify_proof(&v_huge, &cms_ch[k(i)], &cms[k(i)], None, role, at).is_ok(),
     );
     measure(
         "PKCS#1 RSA-2048 + cert beside, cache off",
@@ -327,6 +387,12 @@ fn main() {
         false,
         &mut rows,
         |_| v_big.validate(black_box(&cert), &[], role, at).is_ok(),
+    );
+    measure(
+        "cert validation only, 1M-entry CRL, cache off",
+        false,
+        &mut rows,
+        |_| v_huge.validate(black_box(&cert), &[], role, at).is_ok(),
     );
     measure(
         "challenge TBS only (tbs() + check_signed)",
@@ -395,6 +461,22 @@ fn main() {
             ratio
         );
     }
+    let rate = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.per_sec);
+    if let (Some(small), Some(huge)) = (
+        rate("cert validation only (path+CRL), cache off"),
+        rate("cert validation only, 1M-entry CRL, cache off"),
+    ) {
+        println!(
+            "cold validation with the 1M-entry CRL takes {:.2}× the time with the test CRL",
+            small / huge
+        );
+    }
+    println!(
+        "1M-entry CRL ({} bytes): load (parse + signature + index) {:.2} s (best of {HUGE_CRL_LOADS}); {:.1} MB held after load",
+        huge_crl.len(),
+        load_secs,
+        held as f64 / 1e6
+    );
     println!();
     println!("bench: {} cases measured", rows.len());
 }

@@ -245,6 +245,19 @@ fn der_lengths(input: &[u8], depth: usize) -> Option<usize> {
     Some(end)
 }
 
+/// The size of the definite-length element at the start of `input`, its contents not entered.
+pub fn element_size(input: &[u8]) -> Result<usize, String> {
+    let tl = tag_len(input)?;
+    let (Length::Definite(n), ll) = length(&input[tl..])? else {
+        return Err("indefinite length".into());
+    };
+    let end = (tl + ll).checked_add(n).ok_or("length overflow")?;
+    if end > input.len() {
+        return Err("truncated element".into());
+    }
+    Ok(end)
+}
+
 enum Length {
     Definite(usize),
     Indefinite,

@@ -30,6 +30,8 @@ pub struct CmsParts {
     pub content: Option<Vec<u8>>,
     /// The certificates carried, as their original DER.
     pub certificates: Vec<Vec<u8>>,
+    /// The same certificates, parsed (in the same order).
+    pub parsed_certificates: Vec<std::sync::Arc<crate::facts::ParsedCert>>,
     pub signer: Signer,
 }
 
@@ -289,6 +291,12 @@ fn attributes(
 /// [`crate::ber`], which rewrites those to DER first). Every field is read from its place in
 /// RFC 5652's order; a missing, extra, repeated or wrongly tagged field refuses the proof.
 pub fn parse(input: &[u8]) -> Result<CmsParts> {
+    parse_with(input, None)
+}
+
+/// [`parse`], taking the certificates the SignedData carries from `certs` (parsing and keeping
+/// there those it does not hold yet).
+pub fn parse_with(input: &[u8], certs: Option<&crate::certcache::CertCache>) -> Result<CmsParts> {
     if input.len() > MAX_CMS_BYTES {
         return Err(PkiError::new(
             ErrorCode::InputTooLarge,
@@ -298,14 +306,14 @@ pub fn parse(input: &[u8]) -> Result<CmsParts> {
     let der = crate::ber::to_der(input).map_err(|e| malformed(format!("CMS: {e}")))?;
     // Parsed for its structure first (on the DER), so that the walk over what was sent meets
     // the fields where the DER has them.
-    let parts = parse_der(&der)?;
+    let parts = parse_der(&der, certs)?;
     if matches!(der, std::borrow::Cow::Owned(_)) {
         der_where_signed(input)?;
     }
     Ok(parts)
 }
 
-fn parse_der(der: &[u8]) -> Result<CmsParts> {
+fn parse_der(der: &[u8], cache: Option<&crate::certcache::CertCache>) -> Result<CmsParts> {
     // ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }
     let ci = single(der, SEQUENCE, "ContentInfo")?;
     let mut w = Walk::new(ci.value, "ContentInfo");
@@ -343,15 +351,22 @@ fn parse_der(der: &[u8]) -> Result<CmsParts> {
     e.end()?;
 
     let mut certificates = Vec::new();
+    let mut parsed_certificates = Vec::new();
     if let Some(certs) = certs {
         let mut c = Walk::new(certs.value, "certificates");
         while c.peek().is_some() {
             // Only X.509 certificates (no attribute or other certificate formats), each one
             // decodable: a proof is refused rather than read around a part that is not.
             let cert = c.expect(SEQUENCE, "certificate")?;
-            crate::facts::ParsedCert::from_der(cert.whole.to_vec())
-                .map_err(|e| malformed(format!("certificate in the proof: {}", e.detail)))?;
+            let parsed = match cache {
+                Some(cache) => cache.parse(cert.whole),
+                None => {
+                    crate::facts::ParsedCert::from_der(cert.whole.to_vec()).map(std::sync::Arc::new)
+                }
+            }
+            .map_err(|e| malformed(format!("certificate in the proof: {}", e.detail)))?;
             certificates.push(cert.whole.to_vec());
+            parsed_certificates.push(parsed);
         }
     }
 
@@ -381,6 +396,7 @@ fn parse_der(der: &[u8]) -> Result<CmsParts> {
         econtent_type,
         content,
         certificates,
+        parsed_certificates,
         signer,
     })
 }

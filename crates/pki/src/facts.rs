@@ -126,6 +126,8 @@ pub struct ParsedCert {
     pub der: Vec<u8>,
     pub cert: Certificate,
     pub facts: CertFacts,
+    /// DER SubjectPublicKeyInfo, encoded once.
+    spki: Vec<u8>,
 }
 
 impl ParsedCert {
@@ -151,16 +153,27 @@ impl ParsedCert {
         // held to the rules of their own types too.
         crate::ber::check_values(&der).map_err(|e| malformed("certificate", e))?;
         let facts = facts_of(&cert, &der)?;
-        Ok(Self { der, cert, facts })
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("public key: {e}")))?;
+        Ok(Self {
+            der,
+            cert,
+            facts,
+            spki,
+        })
     }
 
     /// DER of the SubjectPublicKeyInfo.
     pub fn spki_der(&self) -> Result<Vec<u8>> {
-        self.cert
-            .tbs_certificate()
-            .subject_public_key_info()
-            .to_der()
-            .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("public key: {e}")))
+        Ok(self.spki.clone())
+    }
+
+    /// DER of the SubjectPublicKeyInfo, borrowed.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod anchors;
 pub mod ber;
+pub mod certcache;
 pub mod challenge;
 pub mod cms;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod proof;
 pub mod revocation;
 pub mod serial;
 pub mod sig;
+mod sigmemo;
 pub mod validate;
 
 pub use error::{ErrorCode, PkiError};

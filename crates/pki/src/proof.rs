@@ -14,6 +14,7 @@ use crate::validate::{Validated, Validator};
 use base64::Engine as _;
 use der::asn1::UtcTime;
 use serde::Serialize;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// The signature format a proof arrived in.
@@ -97,11 +98,13 @@ pub fn verify_proof(
     now: OffsetDateTime,
 ) -> Result<VerifiedProof> {
     let signature = decode_signature(signature)?;
-    let beside = certificate.map(ParsedCert::from_input).transpose()?;
+    let beside = certificate
+        .map(|c| decode_input(c).and_then(|der| validator.parse_cert(&der)))
+        .transpose()?;
     let tbs = expected.tbs();
 
-    if let Ok(parts) = cms::parse(&signature) {
-        return verify_cms(validator, expected, &parts, beside, role, now);
+    if let Ok(parts) = cms::parse_with(&signature, Some(validator.cert_cache())) {
+        return verify_cms(validator, expected, &tbs, &parts, beside, role, now);
     }
     if looks_like_content_info(&signature) {
         // It claims to be CMS but did not parse: say why, rather than "bad PKCS#1".
@@ -111,7 +114,7 @@ pub fn verify_proof(
         malformed("a raw signature needs the signer's certificate sent beside it")
     })?;
     expected.check_signed(tbs.as_bytes(), now)?;
-    let spki = cert.spki_der()?;
+    let spki = cert.spki();
     let format = match cert
         .cert
         .tbs_certificate()
@@ -120,7 +123,7 @@ pub fn verify_proof(
         .oid
     {
         oid::RSA_ENCRYPTION => {
-            sig::verify(&spki, SigAlg::RsaSha256, tbs.as_bytes(), &signature)?;
+            sig::verify(spki, SigAlg::RsaSha256, tbs.as_bytes(), &signature)?;
             ProofFormat::Pkcs1
         }
         oid::EC_PUBLIC_KEY => {
@@ -129,7 +132,7 @@ pub fn verify_proof(
             } else {
                 sig::ecdsa_raw_to_der(&signature)?
             };
-            sig::verify(&spki, SigAlg::EcdsaSha256, tbs.as_bytes(), &der_sig)?;
+            sig::verify(spki, SigAlg::EcdsaSha256, tbs.as_bytes(), &der_sig)?;
             ProofFormat::Ecdsa
         }
         other => {
@@ -162,8 +165,9 @@ fn looks_like_content_info(der: &[u8]) -> bool {
 fn verify_cms(
     validator: &Validator,
     expected: &Challenge,
+    tbs: &str,
     parts: &CmsParts,
-    beside: Option<ParsedCert>,
+    beside: Option<Arc<ParsedCert>>,
     role: Role,
     now: OffsetDateTime,
 ) -> Result<VerifiedProof> {
@@ -173,21 +177,24 @@ fn verify_cms(
             parts.econtent_type
         )));
     }
-    let tbs = expected.tbs();
     let (content, format) = match &parts.content {
         Some(c) => (c.as_slice(), ProofFormat::CmsAttached),
         None => (tbs.as_bytes(), ProofFormat::CmsDetached),
     };
     expected.check_signed(content, now)?;
 
-    let signer_der = match parts.find_signer(&parts.certificates) {
-        Some(der) => der.clone(),
+    let carried = parts
+        .certificates
+        .iter()
+        .position(|der| parts.signer.names(der))
+        .and_then(|i| parts.parsed_certificates.get(i));
+    let signer = match carried {
+        Some(parsed) => parsed.clone(),
         None => match &beside {
-            Some(c) if parts.find_signer(std::slice::from_ref(&c.der)).is_some() => c.der.clone(),
+            Some(c) if parts.signer.names(&c.der) => c.clone(),
             _ => return Err(malformed("the signer's certificate is not in the proof")),
         },
     };
-    let signer = ParsedCert::from_der(signer_der)?;
     if let Some(b) = &beside
         && b.der != signer.der
     {
@@ -195,8 +202,8 @@ fn verify_cms(
             "the certificate sent beside the proof is not the signer's",
         ));
     }
-    let spki = signer.spki_der()?;
-    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg, &spki)?;
+    let spki = signer.spki();
+    let alg = SigAlg::from_digest_and_key(parts.signer.digest_alg, spki)?;
     check_signature_algorithm(parts.signer.signature_alg, alg)?;
     let signature = parts.signer.signature.as_slice();
 
@@ -230,11 +237,11 @@ fn verify_cms(
         }
         None => content,
     };
-    if let Err(e) = sig::verify(&spki, alg, signed, signature) {
+    if let Err(e) = sig::verify(spki, alg, signed, signature) {
         // The card's signature over its own key identifier says nothing about any content;
         // a proof built around one is a forgery, and is named as one.
         if matches!(parts.signer.sid, cms::SignerId::KeyId(_))
-            && sig::verify(&spki, alg, &parts.signer.sid_as_set(), signature).is_ok()
+            && sig::verify(spki, alg, &parts.signer.sid_as_set(), signature).is_ok()
         {
             return Err(PkiError::new(
                 ErrorCode::SignatureOverSignerId,

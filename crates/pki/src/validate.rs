@@ -4,19 +4,21 @@
 //! required attributes). Validated paths may be cached until revocation data changes.
 
 use crate::anchors::{Anchor, Role, TrustStore};
+use crate::certcache::CertCache;
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::{CertFacts, ParsedCert};
-use crate::revocation::{CaStatus, CrlStore, PathCa, StalePolicy};
+use crate::revocation::{
+    CaStatus, CrlStore, CrlSubject, PathCa, StalePolicy, distribution_points, may_sign_crls,
+};
 use crate::sig::SigAlg;
-use pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
+pub use crate::sigmemo::SIGNATURE_MEMO_CAPACITY;
+use crate::sigmemo::{Memoized, SignatureMemo};
+use pki_types::{CertificateDer, Der, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use time::OffsetDateTime;
-use webpki::{
-    EndEntityCert, ExpirationPolicy, KeyPurposeIdIter, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
-};
+use webpki::{EndEntityCert, KeyPurposeIdIter};
 
 /// Signature algorithms accepted in certificate paths and CRLs. SHA-1 is absent on purpose.
 pub(crate) static PATH_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
@@ -105,7 +107,7 @@ struct CacheEntry {
     valid_from: OffsetDateTime,
     valid_until: OffsetDateTime,
     result: Validated,
-    issuer: ParsedCert,
+    issuer: Arc<ParsedCert>,
 }
 
 /// Upper bound of cached paths; the cache is cleared when it is full (cards are few per agency).
@@ -118,6 +120,10 @@ pub struct Validator {
     options: ValidationOptions,
     online: Option<Arc<dyn OnlineStatus>>,
     cache: Option<Mutex<HashMap<(String, Role), CacheEntry>>>,
+    /// Parsed certificates by the SHA-256 of their DER (always on: they depend on nothing else).
+    certs: CertCache,
+    /// Certificate signatures of paths that verified (see [`crate::sigmemo`]).
+    signatures: SignatureMemo,
 }
 
 fn unix(now: OffsetDateTime) -> UnixTime {
@@ -127,14 +133,42 @@ fn unix(now: OffsetDateTime) -> UnixTime {
 }
 
 impl Validator {
+    /// The CRLs whose issuer is a CA of `trust` have their signatures checked here, once.
     pub fn new(trust: TrustStore, crls: CrlStore, options: ValidationOptions) -> Self {
+        crls.verify_signatures(|name| trust.keys_named(name));
         Self {
             trust,
             crls: RwLock::new(Arc::new(crls)),
             options,
             online: None,
             cache: None,
+            certs: CertCache::default(),
+            signatures: SignatureMemo::new(SIGNATURE_MEMO_CAPACITY),
         }
+    }
+
+    /// The certificate of exactly these DER bytes, parsed once and then taken from the
+    /// validator's certificate cache (see [`CertCache`]).
+    pub fn parse_cert(&self, der: &[u8]) -> Result<Arc<ParsedCert>> {
+        self.certs.parse(der)
+    }
+
+    /// The certificates parsed so far, by the SHA-256 of their DER.
+    pub fn cert_cache(&self) -> &CertCache {
+        &self.certs
+    }
+
+    /// Remembers at most `capacity` verified certificate signatures of paths (the default is
+    /// [`SIGNATURE_MEMO_CAPACITY`]); 0 verifies every signature every time.
+    pub fn with_signature_memo(mut self, capacity: usize) -> Self {
+        self.signatures = SignatureMemo::new(capacity);
+        self
+    }
+
+    /// How many certificate signatures of paths are remembered as verified (at most
+    /// [`SIGNATURE_MEMO_CAPACITY`]).
+    pub fn remembered_signatures(&self) -> usize {
+        self.signatures.len()
     }
 
     /// Adds an online status check (OCSP) for every end-entity certificate.
@@ -178,6 +212,7 @@ impl Validator {
     }
 
     pub fn replace_crls(&self, mut crls: CrlStore) {
+        crls.verify_signatures(|name| self.trust.keys_named(name));
         if let Ok(mut slot) = self.crls.write() {
             // Generations only grow, so a cached entry can never match a newer store by chance.
             crls.bump_generation_past(slot.generation());
@@ -260,7 +295,7 @@ impl Validator {
         role: Role,
         now: OffsetDateTime,
         crls: &CrlStore,
-    ) -> Result<(Validated, ParsedCert, OffsetDateTime, OffsetDateTime)> {
+    ) -> Result<(Validated, Arc<ParsedCert>, OffsetDateTime, OffsetDateTime)> {
         // SHA-1 and unknown algorithms get their own code before webpki reports them generically.
         SigAlg::from_oid(cert.cert.signature_algorithm().oid)?;
         if cert.facts.is_ca {
@@ -307,17 +342,17 @@ impl Validator {
         check_profile(&facts, role)?;
 
         let issuer = match chain.first() {
-            Some(ca) => ParsedCert::from_der(ca.der.clone())?,
-            None => anchor.cert.clone(),
+            Some(ca) => ca.cert.clone(),
+            None => self.certs.parse(&anchor.cert.der)?,
         };
         let mut fingerprints = vec![facts.sha256.clone()];
         let mut valid_from = facts.not_before;
         let mut valid_until = facts.not_after;
         for ca in &chain {
-            let c = ParsedCert::from_der(ca.der.clone())?;
+            let c = &ca.cert;
             valid_from = valid_from.max(c.facts.not_before);
             valid_until = valid_until.min(c.facts.not_after);
-            fingerprints.push(c.facts.sha256);
+            fingerprints.push(c.facts.sha256.clone());
         }
         valid_from = valid_from.max(anchor.cert.facts.not_before);
         valid_until = valid_until.min(anchor.cert.facts.not_after);
@@ -353,80 +388,97 @@ impl Validator {
                 ),
             ));
         }
-        let tas: Vec<_> = anchors.iter().map(|a| a.trust_anchor.clone()).collect();
-        let mut intermediates: Vec<CertificateDer<'static>> = self.trust.intermediates().to_vec();
-        intermediates.extend(extra.iter().map(|d| CertificateDer::from(d.clone())));
+        let tas: Vec<TrustAnchor<'_>> = anchors
+            .iter()
+            .map(|a| TrustAnchor {
+                subject: Der::from(a.trust_anchor.subject.as_ref()),
+                subject_public_key_info: Der::from(a.trust_anchor.subject_public_key_info.as_ref()),
+                name_constraints: a
+                    .trust_anchor
+                    .name_constraints
+                    .as_ref()
+                    .map(|n| Der::from(n.as_ref())),
+            })
+            .collect();
+        let intermediates: Vec<CertificateDer<'_>> = self
+            .trust
+            .intermediates()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .chain(extra.iter().map(|d| CertificateDer::from(d.as_slice())))
+            .collect();
         let der = CertificateDer::from(cert.der.as_slice());
         let ee = EndEntityCert::try_from(&der)
             .map_err(|e| PkiError::new(ErrorCode::CertMalformed, format!("certificate: {e:?}")))?;
 
-        let lists = crls.lists();
-        let depth = if self.options.crl_whole_chain {
-            RevocationCheckDepth::Chain
-        } else {
-            RevocationCheckDepth::EndEntity
-        };
-        let attempt = |expiration: ExpirationPolicy| {
-            let revocation = match self.options.crl {
-                CrlMode::Off => None,
-                CrlMode::Required => Some(
-                    RevocationOptionsBuilder::new(&lists)
-                        .map_err(|_| {
-                            PkiError::new(
-                                ErrorCode::RevocationUnknown,
-                                "no CRL is loaded, so revocation cannot be checked",
-                            )
-                        })?
-                        .with_depth(depth)
-                        .with_status_policy(UnknownStatusPolicy::Deny)
-                        .with_expiration_policy(expiration)
-                        .build(),
-                ),
-            };
-            ee.verify_for_usage(
-                PATH_ALGS,
-                &tas,
-                &intermediates,
-                unix(now),
-                AnyEku,
-                revocation,
-                None,
-            )
-            .map(|p| {
-                let chain: Vec<PathCa> = p
-                    .intermediate_certificates()
-                    .map(|c| PathCa {
-                        der: c.der().to_vec(),
-                        issuer: c.issuer().to_vec(),
-                        serial: c.serial().to_vec(),
-                        spki: c.subject_public_key_info().as_ref().to_vec(),
-                    })
-                    .collect();
-                let ta = p.anchor();
-                let idx = tas
-                    .iter()
-                    .position(|t| {
-                        t.subject == ta.subject
-                            && t.subject_public_key_info == ta.subject_public_key_info
-                    })
-                    .unwrap_or(0);
-                (idx, chain)
+        if self.options.crl == CrlMode::Required && crls.is_empty() {
+            return Err(PkiError::new(
+                ErrorCode::RevocationUnknown,
+                "no CRL is loaded, so revocation cannot be checked",
+            ));
+        }
+        // The path is built by webpki; revocation is judged below from the CRL index, with
+        // each CRL's signature checked once per issuer key rather than on every validation.
+        let memoized: Vec<Memoized<'_>> = PATH_ALGS
+            .iter()
+            .map(|inner| Memoized {
+                inner: *inner,
+                memo: &self.signatures,
             })
-            .map_err(map_webpki)
+            .collect();
+        let algs: Vec<&dyn SignatureVerificationAlgorithm> = if self.signatures.enabled() {
+            memoized
+                .iter()
+                .map(|a| a as &dyn SignatureVerificationAlgorithm)
+                .collect()
+        } else {
+            PATH_ALGS.to_vec()
         };
-        let (idx, chain) = match attempt(ExpirationPolicy::Enforce) {
-            Err(e)
-                if e.code == ErrorCode::RevocationStale
-                    && self.options.stale_crl == StalePolicy::Warn =>
-            {
-                let ok = attempt(ExpirationPolicy::Ignore)?;
-                warnings.push(format!("accepted with a stale CRL: {}", e.detail));
-                ok
+        let path = ee
+            .verify_for_usage(&algs, &tas, &intermediates, unix(now), AnyEku, None, None)
+            .map_err(map_webpki)?;
+        let mut chain = Vec::new();
+        for c in path.intermediate_certificates() {
+            let parsed = self.certs.parse(c.der().as_ref())?;
+            chain.push(PathCa {
+                issuer: c.issuer().to_vec(),
+                serial: c.serial().to_vec(),
+                spki: c.subject_public_key_info().as_ref().to_vec(),
+                dps: distribution_points(&parsed.cert),
+                crl_sign: may_sign_crls(&parsed.cert),
+                cert: parsed,
+            });
+        }
+        let ta = path.anchor();
+        let idx = tas
+            .iter()
+            .position(|t| {
+                t.subject == ta.subject && t.subject_public_key_info == ta.subject_public_key_info
+            })
+            .unwrap_or(0);
+        if self.options.crl == CrlMode::Required {
+            let anchor = anchors[idx];
+            let issuer_of = |i: usize| match chain.get(i) {
+                Some(ca) => (ca.spki.as_slice(), ca.crl_sign),
+                None => (anchor.cert.spki(), may_sign_crls(&anchor.cert.cert)),
+            };
+            let ee_dps = distribution_points(&cert.cert);
+            let ee_subject = CrlSubject {
+                issuer: ee.issuer(),
+                serial: ee.serial(),
+                is_ca: false,
+                dps: ee_dps.as_deref(),
+            };
+            let (spki, crl_sign) = issuer_of(0);
+            self.check_crls(crls, &ee_subject, spki, crl_sign, now, warnings)?;
+            if self.options.crl_whole_chain {
+                for (i, ca) in chain.iter().enumerate() {
+                    let (spki, crl_sign) = issuer_of(i + 1);
+                    self.check_crls(crls, &ca.subject(), spki, crl_sign, now, warnings)?;
+                }
+            } else {
+                self.check_path_cas(&chain, anchor, now, crls, warnings)?;
             }
-            other => other?,
-        };
-        if self.options.crl == CrlMode::Required && !self.options.crl_whole_chain {
-            self.check_path_cas(&chain, anchors[idx], now, crls, warnings)?;
         }
         let revocation = match self.options.crl {
             CrlMode::Off => {
@@ -440,6 +492,31 @@ impl Validator {
             chain,
             revocation,
         })
+    }
+
+    /// The revocation of one certificate of a path by the CRLs of its issuer (see
+    /// [`CrlStore::check`]); with the stale policy `warn`, CRLs past their nextUpdate are used
+    /// with a warning.
+    fn check_crls(
+        &self,
+        crls: &CrlStore,
+        subject: &CrlSubject<'_>,
+        issuer_spki: &[u8],
+        issuer_crl_sign: bool,
+        now: OffsetDateTime,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        match crls.check(subject, issuer_spki, issuer_crl_sign, now, true) {
+            Err(e)
+                if e.code == ErrorCode::RevocationStale
+                    && self.options.stale_crl == StalePolicy::Warn =>
+            {
+                crls.check(subject, issuer_spki, issuer_crl_sign, now, false)?;
+                warnings.push(format!("accepted with a stale CRL: {}", e.detail));
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// The revocation of the intermediates of a path built with end-entity CRL checks: each is
@@ -457,12 +534,13 @@ impl Validator {
         for (i, ca) in chain.iter().enumerate() {
             let issuer_spki = match chain.get(i + 1) {
                 Some(up) => up.spki.clone(),
-                None => anchor.cert.spki_der()?,
+                None => anchor.cert.spki().to_vec(),
             };
             let name = || {
-                ParsedCert::from_der(ca.der.clone()).map_or_else(
-                    |_| crate::facts::sha256_hex(&ca.der),
-                    |c| format!("{} (serial {})", c.facts.subject, c.facts.serial.as_str()),
+                format!(
+                    "{} (serial {})",
+                    ca.cert.facts.subject,
+                    ca.cert.facts.serial.as_str()
                 )
             };
             match crls.ca_status(ca, &issuer_spki, now) {

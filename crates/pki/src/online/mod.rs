@@ -275,21 +275,20 @@ impl OnlineRevocation {
             Some(CrlPart::DistributionPoint(cdp)) => cdp.check(cert, issuer, now, self.stale),
             Some(CrlPart::Configured(validator)) => {
                 let crls = validator.upgrade().map(|v| v.crls()).unwrap_or_default();
-                let lists = crls.lists();
-                if lists.is_empty() {
+                if crls.is_empty() {
                     return Err(PkiError::new(
                         ErrorCode::RevocationUnknown,
                         "no CRL is loaded, so revocation cannot be checked",
                     ));
                 }
-                match crl_verdict(cert, issuer, &lists, now, ExpirationPolicy::Enforce) {
+                match crls.check_end_entity(cert, issuer, now, true) {
                     Err(e)
                         if e.code == ErrorCode::RevocationStale
                             && self.stale == StalePolicy::Warn =>
                     {
-                        crl_verdict(cert, issuer, &lists, now, ExpirationPolicy::Ignore)
+                        crls.check_end_entity(cert, issuer, now, false).map(|_| ())
                     }
-                    other => other,
+                    other => other.map(|_| ()),
                 }
             }
             None => Err(PkiError::new(

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod arl;
+mod caches;
 mod differential;
 mod facts;
 mod forgery;
