@@ -69,13 +69,36 @@ pub struct Claims {
 /// A token longer than this is not one of certreg's (they are well under 1 KiB).
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// A JWS header as certreg reads it: what it must name, and what it must not carry.
+/// A JWS header as certreg writes it: any other member (`crit` above all, RFC 7515 §4.1.11,
+/// even as `null`) makes the token one certreg did not sign.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JwsHeader {
     alg: String,
     kid: Option<String>,
-    /// Critical extensions (RFC 7515 §4.1.11): certreg understands none, so any is refused.
-    crit: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    typ: Option<String>,
+}
+
+/// The order of P-256, and half of it: certreg's signatures carry s ≤ n/2 (the low of the two
+/// values that verify), so a token has one signature, not two.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// `n − s` for a big-endian 32-byte `s < n`.
+fn negate_s(s: &mut [u8]) {
+    let mut borrow = 0i16;
+    for (d, n) in s.iter_mut().zip(P256_N).rev() {
+        let v = n as i16 - *d as i16 - borrow;
+        borrow = i16::from(v < 0);
+        *d = v.rem_euclid(256) as u8;
+    }
 }
 
 /// The JWS compact serialization of `claims`, signed ES256 with the PKCS#8 key `pkcs8`.
@@ -92,10 +115,11 @@ fn jws_sign(kid: &str, claims: &Claims, pkcs8: &[u8]) -> Result<String, DomainEr
     let signature = pair
         .sign(&rng, signing_input.as_bytes())
         .map_err(|_| storage(format!("signing with key {kid} failed")))?;
-    Ok(format!(
-        "{signing_input}.{}",
-        B64U.encode(signature.as_ref())
-    ))
+    let mut signature = signature.as_ref().to_vec();
+    if signature.len() == 64 && signature[32..] > P256_HALF_N[..] {
+        negate_s(&mut signature[32..]);
+    }
+    Ok(format!("{signing_input}.{}", B64U.encode(signature)))
 }
 
 /// The three parts of a compact JWS, decoded: its header, the signed bytes, the payload and the
@@ -234,9 +258,13 @@ impl KeyRing {
         let Some((header, signed, payload, signature)) = jws_parts(token) else {
             return Ok(None);
         };
-        let (Some(kid), "ES256", None) = (header.kid, header.alg.as_str(), header.crit) else {
+        let (Some(kid), "ES256") = (header.kid, header.alg.as_str()) else {
             return Ok(None);
         };
+        // The high s of a signature certreg made (see P256_HALF_N): not a token it issued.
+        if signature.len() != 64 || signature[32..] > P256_HALF_N[..] {
+            return Ok(None);
+        }
         let keys = self.keys(now).await?;
         let Some(key) = keys.iter().find(|k| k.kid == kid) else {
             return Ok(None);
@@ -557,7 +585,7 @@ mod tests {
         }
     }
 
-    /// A JWS with this header and payload, signed by ring with the stored current key (or
+    /// A JWS with this header and payload, signed by ring with the stored current key, low s (or
     /// `sig` as the signature).
     async fn forge(db: &Backend, header: &str, payload: &str, sig: Option<&[u8]>) -> String {
         let key = db.signing_keys(NOW).await.unwrap().remove(0);
@@ -570,11 +598,18 @@ mod tests {
         let signed = format!("{}.{}", B64U.encode(header), B64U.encode(payload));
         let sig = match sig {
             Some(s) => s.to_vec(),
-            None => pair
-                .sign(&SystemRandom::new(), signed.as_bytes())
-                .unwrap()
-                .as_ref()
-                .to_vec(),
+            None => {
+                let mut sig = pair
+                    .sign(&SystemRandom::new(), signed.as_bytes())
+                    .unwrap()
+                    .as_ref()
+                    .to_vec();
+                // As certreg signs: the low s.
+                if sig[32..] > P256_HALF_N[..] {
+                    negate_s(&mut sig[32..]);
+                }
+                sig
+            }
         };
         format!("{signed}.{}", B64U.encode(sig))
     }
@@ -650,6 +685,29 @@ mod tests {
         format!("{}{other}", &token[..token.len() - 1])
     }
 
+    /// A signature's other valid form (s ↦ n − s) is not a second token: certreg signs with the
+    /// low s only and refuses the high one.
+    #[tokio::test]
+    async fn a_signature_has_one_form() {
+        let (ring, _db, _dir) = ring_on_a_fresh_database().await;
+        for i in 0..40 {
+            let c = claims(NOW, NOW + TOKEN_TTL + Duration::seconds(i));
+            let token = ring.sign(&c, NOW).await.unwrap();
+            let (head, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = B64U.decode(sig).unwrap();
+            assert!(sig[32..] <= P256_HALF_N[..], "signed with a high s");
+            assert_eq!(ring.verify(&token, ISS, NOW).await.unwrap(), Some(c));
+            negate_s(&mut sig[32..]);
+            let other = format!("{head}.{}", B64U.encode(&sig));
+            assert_eq!(ring.verify(&other, ISS, NOW).await.unwrap(), None);
+        }
+        // n − (n − s) = s.
+        let mut s = P256_HALF_N;
+        negate_s(&mut s);
+        negate_s(&mut s);
+        assert_eq!(s, P256_HALF_N);
+    }
+
     /// Whatever certreg's verifier accepts, `jsonwebtoken` accepts too: one-character changes
     /// of a good token everywhere, and the good token itself.
     #[tokio::test]
@@ -717,10 +775,17 @@ mod tests {
             good.replace('.', ".."),
             "not.a.token".to_string(),
             String::new(),
-            // A critical extension certreg does not understand.
+            // A critical extension certreg does not understand, even as null.
             forge(
                 &db,
                 &format!(r#"{{"alg":"ES256","kid":"{kid}","crit":["exp"],"exp":1}}"#),
+                &payload,
+                None,
+            )
+            .await,
+            forge(
+                &db,
+                &format!(r#"{{"alg":"ES256","kid":"{kid}","crit":null}}"#),
                 &payload,
                 None,
             )
