@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use time::{Duration, OffsetDateTime};
 
 pub const IDLE: Duration = Duration::minutes(15);
+/// A session read but not changed is written back (its idle timeout moved on) only when its
+/// last write is at least this old: reading it again sooner costs no write. The idle timeout
+/// runs from that write, so a session ends between `IDLE - TOUCH_EVERY` and `IDLE` after its
+/// last request, never later.
+pub const TOUCH_EVERY: Duration = Duration::seconds(30);
 pub const ABSOLUTE: Duration = Duration::hours(8);
 
 /// What a session holds. Serialised, encrypted at rest by the store.
@@ -131,6 +136,8 @@ pub struct Session {
     /// The data and version as loaded: a save names the version, and on a concurrent change
     /// re-applies only the fields this request changed.
     loaded: Option<(SessionData, i64)>,
+    /// When the stored row was last written (this request's time for a new session).
+    touched_at: OffsetDateTime,
 }
 
 impl Session {
@@ -313,6 +320,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         admin_dropped: false,
                         superseded: false,
                         loaded: Some((data, rec.version)),
+                        touched_at: rec.touched_at,
                     });
                 }
             }
@@ -351,6 +359,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             admin_dropped: false,
             superseded,
             loaded: None,
+            touched_at: now,
         }
     });
     let old_id = session.id.clone();
@@ -462,7 +471,9 @@ async fn save(
         return Ok(Saved::Quiet);
     };
     if !session.dirty || session.data == loaded {
-        db.session_touch(&session.id, now, expires_at).await?;
+        if now - session.touched_at >= TOUCH_EVERY {
+            db.session_touch(&session.id, now, expires_at).await?;
+        }
         return Ok(Saved::Quiet);
     }
     let mut data = session.data.clone();

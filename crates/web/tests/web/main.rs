@@ -466,6 +466,32 @@ async fn session_expires_after_15_idle_minutes() {
     );
 }
 
+/// A session read again within 30 s of its last write is not written again, so its idle
+/// timeout runs from that write: it ends 15 minutes after it, never later.
+#[tokio::test]
+async fn a_session_read_again_soon_is_not_rewritten() {
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    app.clock.advance(time::Duration::seconds(20));
+    let (status, _, _) = app.get(&format!("/flows/{flow}")).await;
+    assert_eq!(status, StatusCode::OK);
+    app.clock.advance(time::Duration::seconds(14 * 60 + 41));
+    let (status, _, _) = app.get(&format!("/flows/{flow}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "15 min after the last write");
+
+    // Read again 40 s after the write: written, so the session lives on.
+    let mut app = TestApp::default().await;
+    let flow = app.start("first_registration").await;
+    app.clock.advance(time::Duration::seconds(40));
+    let (status, _, _) = app.get(&format!("/flows/{flow}")).await;
+    assert_eq!(status, StatusCode::OK);
+    app.clock.advance(time::Duration::seconds(14 * 60 + 21));
+    let (status, _, _) = app.get(&format!("/flows/{flow}")).await;
+    // The session still owns the flow: the flow's own timeout answers (410), not another
+    // session's 404.
+    assert_eq!(status, StatusCode::GONE, "14 min 21 s after the last write");
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
     let mut app = TestApp::default().await;
