@@ -8,6 +8,7 @@ use pki::anchors::TrustStore;
 use pki::revocation::{CrlEntry, CrlStore};
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 
@@ -30,10 +31,11 @@ const CRL_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 /// thisUpdate lies ahead of `now`, or whose CRL is older (by thisUpdate) than its last good
 /// copy in `last_good` keeps that copy: a replayed old CRL must not bring back certificates
 /// revoked since, and a forged one dated in the future must not stand in for every later one.
-/// With no good copy the whole load fails.
+/// With no good copy the whole load fails. Each download is read once; the copies kept are the
+/// CRLs as read (their serial index), shared with the store, not their bytes.
 pub async fn load_crls(
     sources: &[String],
-    last_good: &mut HashMap<String, Vec<u8>>,
+    last_good: &mut HashMap<String, Arc<CrlEntry>>,
     trust: &TrustStore,
     now: time::OffsetDateTime,
 ) -> Result<CrlStore> {
@@ -41,55 +43,49 @@ pub async fn load_crls(
     for source in sources {
         let fetched = fetch(source)
             .await
-            .and_then(|bytes| Ok((checked(&bytes, trust, now)?, bytes)));
-        let previous = last_good.get(source);
-        let kept = previous.and_then(|old| checked(old, trust, now).ok());
-        let bytes = match (fetched, previous) {
+            .and_then(|bytes| checked(bytes, trust, now));
+        let previous = last_good.get(source).cloned();
+        let entry = match (fetched, previous) {
+            // The same list again: the copy in force stays.
+            (Ok(fresh), Some(old)) if fresh.sha256 == old.sha256 => old,
             // A refresh never goes back (not to an earlier thisUpdate, not to a lower number)
             // and never turns a source into another CA's list or partition.
-            (Ok((fresh, bytes)), _)
-                if kept.as_ref().is_none_or(|kept| {
-                    previous.is_some_and(|old| *old == bytes)
-                        || (fresh.same_scope(kept) && fresh.supersedes(kept))
-                }) =>
-            {
-                bytes
-            }
-            (Ok((fresh, _)), Some(old)) => {
+            (Ok(fresh), Some(old)) if fresh.same_scope(&old) && fresh.supersedes(&old) => fresh,
+            (Ok(fresh), Some(old)) => {
                 tracing::warn!(
                     source,
                     this_update = %rfc3339(fresh.this_update),
                     number = ?fresh.number,
-                    kept_this_update = ?kept.as_ref().map(|k| rfc3339(k.this_update)),
-                    kept_number = ?kept.as_ref().and_then(|k| k.number.clone()),
+                    kept_this_update = %rfc3339(old.this_update),
+                    kept_number = ?old.number,
                     issuer = %fresh.issuer,
-                    kept_issuer = ?kept.as_ref().map(|k| k.issuer.clone()),
+                    kept_issuer = %old.issuer,
                     "CRL older than the one in force, or of another issuer or partition; keeping the last good copy"
                 );
-                old.clone()
+                old
             }
             (Err(e), Some(old)) => {
                 tracing::warn!(source, error = %format!("{e:#}"), "CRL refresh failed; keeping the last good copy");
-                old.clone()
+                old
             }
-            (Ok((_, bytes)), None) => bytes,
+            (Ok(fresh), None) => fresh,
             (Err(e), None) => return Err(e),
         };
-        let entry = store
-            .add(&bytes)
+        let added = store
+            .insert(entry.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("CRL {source}"))?;
-        tracing::debug!(source, issuer = %entry.issuer, next_update = ?entry.next_update, "CRL loaded");
-        last_good.insert(source.clone(), bytes);
+        tracing::debug!(source, issuer = %added.issuer, next_update = ?added.next_update, "CRL loaded");
+        last_good.insert(source.clone(), entry);
     }
     Ok(store)
 }
 
 /// The CRL of `bytes` if it is signed by a CA of `trust` named as its issuer and not dated
-/// ahead of `now`, or why the bytes are not such a CRL.
-fn checked(bytes: &[u8], trust: &TrustStore, now: time::OffsetDateTime) -> Result<CrlEntry> {
+/// ahead of `now`, or why the bytes are not such a CRL. The bytes are let go once read.
+fn checked(bytes: Vec<u8>, trust: &TrustStore, now: time::OffsetDateTime) -> Result<Arc<CrlEntry>> {
     let mut one = CrlStore::new();
-    one.add(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    one.add_owned(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let entry = one
         .into_entries()
         .pop()
@@ -229,7 +225,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
-        assert_eq!(last_good[&source], newer);
+        assert_eq!(last_good[&source].sha256, pki::facts::sha256_hex(&newer));
 
         // Nor does a later one numbered lower (a CA's number never goes back: this is a
         // replay with a forged date, or a misissued list).
@@ -250,7 +246,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(store.entries()[0].this_update, now);
-        assert_eq!(last_good[&source], newer);
+        assert_eq!(last_good[&source].sha256, pki::facts::sha256_hex(&newer));
 
         // Nor does another CA's genuine CRL served at this source, however new: the source
         // keeps speaking for its own CA.
@@ -265,7 +261,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(store.entries()[0].issuer, last_issuer(&newer));
-        assert_eq!(last_good[&source], newer);
+        assert_eq!(last_good[&source].sha256, pki::facts::sha256_hex(&newer));
 
         // Garbage, or a failed read, keeps it too.
         std::fs::write(&path, b"not a CRL").unwrap();
@@ -309,7 +305,7 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(store.entries()[0].this_update, now + day);
-            assert_eq!(last_good[&source], later);
+            assert_eq!(last_good[&source].sha256, pki::facts::sha256_hex(&later));
         }
         let latest = pki.crl_for(CaKind::Gca, now + day * 2, now + day * 3);
         std::fs::write(&path, &latest).unwrap();

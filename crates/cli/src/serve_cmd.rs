@@ -80,7 +80,7 @@ pub async fn refresh_crls(
     db: Db,
     mailer: web::mail::Mailer,
     sources: Vec<String>,
-    mut last_good: HashMap<String, Vec<u8>>,
+    mut last_good: HashMap<String, std::sync::Arc<pki::revocation::CrlEntry>>,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -236,7 +236,7 @@ pub fn validator(
 /// back on.
 pub struct Serving {
     pub service: server::Service,
-    pub crl_copies: HashMap<String, Vec<u8>>,
+    pub crl_copies: HashMap<String, std::sync::Arc<pki::revocation::CrlEntry>>,
 }
 
 /// Builds the service from the settings: trust anchors and CRLs, the key file, then

@@ -625,7 +625,8 @@ fn split_crl(der: &[u8]) -> Result<Split<'_>> {
 /// The CRLs in force.
 #[derive(Debug, Default)]
 pub struct CrlStore {
-    entries: Vec<CrlEntry>,
+    /// Shared, so that a refresh can keep a CRL in force without a copy of its index.
+    entries: Vec<std::sync::Arc<CrlEntry>>,
     generation: u64,
 }
 
@@ -667,7 +668,11 @@ impl CrlStore {
         } else {
             input
         };
-        let entry = CrlEntry::parse(der)?;
+        self.insert(std::sync::Arc::new(CrlEntry::parse(der)?))
+    }
+
+    /// Adds a CRL already read (see [`CrlStore::add`]), sharing it rather than copying it.
+    pub fn insert(&mut self, entry: std::sync::Arc<CrlEntry>) -> Result<&CrlEntry> {
         let same = self.entries.iter().position(|e| e.same_scope(&entry));
         let index = match same {
             Some(i) if !entry.supersedes(&self.entries[i]) => i,
@@ -708,11 +713,11 @@ impl CrlStore {
         }
     }
 
-    pub fn entries(&self) -> &[CrlEntry] {
+    pub fn entries(&self) -> &[std::sync::Arc<CrlEntry>] {
         &self.entries
     }
 
-    pub fn into_entries(self) -> Vec<CrlEntry> {
+    pub fn into_entries(self) -> Vec<std::sync::Arc<CrlEntry>> {
         self.entries
     }
 
@@ -727,7 +732,7 @@ impl CrlStore {
 
     /// Heap bytes held for all CRLs (see [`CrlEntry::held_bytes`]).
     pub fn held_bytes(&self) -> usize {
-        self.entries.iter().map(CrlEntry::held_bytes).sum()
+        self.entries.iter().map(|e| e.held_bytes()).sum()
     }
 
     /// webpki's judgement of `cert` by the CRLs of its issuer (key `issuer_spki`, allowed to
@@ -744,7 +749,12 @@ impl CrlStore {
         now: OffsetDateTime,
         enforce_next_update: bool,
     ) -> Result<Option<OffsetDateTime>> {
-        let covering: Vec<&CrlEntry> = self.entries.iter().filter(|e| e.covers(cert)).collect();
+        let covering: Vec<&CrlEntry> = self
+            .entries
+            .iter()
+            .map(|e| &**e)
+            .filter(|e| e.covers(cert))
+            .collect();
         let Some(first) = covering.first() else {
             return Err(PkiError::new(
                 ErrorCode::RevocationUnknown,
