@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "fixtures")]
 pub mod db;
+pub mod ocsp;
 #[cfg(feature = "fixtures")]
 pub mod seed;
 

@@ -2,14 +2,13 @@
 //! a first registration, walked over TCP as the pages do, against a real `openssl ocsp`
 //! responder for the test GCA named in the cards' Authority Information Access. No CRL is
 //! configured: OCSP alone decides. The responder dates its answers by the system clock, and so
-//! does the service; the test PKI is generated at the moment the test runs.
+//! does the service: the test PKI and the responder's index are made relative to
+//! `testkit::ocsp::responder_clock`, so nothing here names a date.
 
 use crate::serve::{command, dechunk, start};
 use base64::Engine as _;
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 use testpki::{CaKind, GCA_AGENCY_OID, TestPki, TestPkiOptions};
 
@@ -19,42 +18,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The `openssl ocsp` process, killed when the test ends.
-struct Responder(Child);
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A responder for the test GCA on `port`, answering from `index.txt` in `dir`.
-fn responder(dir: &Path, port: u16) -> Option<Responder> {
-    let mut child = std::process::Command::new("openssl")
-        .args(["ocsp", "-index", "index.txt", "-port", &port.to_string()])
-        .args(["-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem"])
-        .args(["-ignore_err", "-nmin", "5"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start openssl ocsp");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("waiting for OCSP client connections") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let r = Responder(child);
-    rx.recv_timeout(Duration::from_secs(10)).ok().map(|_| r)
 }
 
 /// A browser over plain TCP: one connection per request, cookies kept.
@@ -207,9 +170,8 @@ fn enc(s: &str) -> String {
 #[test]
 fn serve_with_ocsp_refuses_a_revoked_card_and_accepts_a_good_one() {
     let dir = tempfile::tempdir().unwrap();
-    let at = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap();
+    // The responder's clock (see `testkit::ocsp`): everything here is relative to it.
+    let at = testkit::ocsp::responder_clock();
     let pki = TestPki::generate(TestPkiOptions::new(at)).unwrap();
     pki.write_dir(&dir.path().join("pki")).unwrap();
 
@@ -223,21 +185,12 @@ fn serve_with_ocsp_refuses_a_revoked_card_and_accepts_a_good_one() {
     let revoked = pki.card("gca-agency-revoked");
     std::fs::write(
         ocsp_dir.join("index.txt"),
-        format!(
-            "V\t491231235959Z\t\t{}\tunknown\t/CN=good\n\
-             R\t491231235959Z\t240101000000Z\t{}\tunknown\t/CN=revoked\n",
-            good.issued.serial_hex(),
-            revoked.issued.serial_hex()
-        ),
+        testkit::ocsp::index_line(&good.issued.serial_hex(), "good", false, at)
+            + &testkit::ocsp::index_line(&revoked.issued.serial_hex(), "revoked", true, at),
     )
     .unwrap();
-    // Another process may take the probed port before openssl binds it: try again.
-    let (_responder, ocsp_url) = (0..5)
-        .find_map(|_| {
-            let port = free_port();
-            responder(&ocsp_dir, port).map(|r| (r, format!("http://127.0.0.1:{port}/")))
-        })
-        .expect("openssl ocsp did not start");
+    let responder = testkit::ocsp::ocsp_responder(&ocsp_dir, "ca.pem", "ca.key", &[]);
+    let ocsp_url = responder.url.clone();
     let with_ocsp = |card: &testpki::Card| {
         let mut spec = card.issued.spec.clone();
         spec.ocsp_url = Some(ocsp_url.clone());

@@ -5,10 +5,11 @@ use super::types::OcspRequest;
 use super::*;
 use der::{Decode, DecodePem};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use testkit::ocsp::OcspResponder;
 
 struct TestPki {
     dir: PathBuf,
@@ -16,6 +17,8 @@ struct TestPki {
     leaf: Certificate,
     revoked: Certificate,
     unknown: Certificate,
+    /// When `index.txt` was written: the revoked entry is dated a day before.
+    indexed_at: OffsetDateTime,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -48,10 +51,16 @@ extendedKeyUsage=clientAuth
 ";
 
 /// Serial 1003 ("unknown") is issued by the CA but left out of index.txt on purpose.
-const INDEX: &str = "V\t351231235959Z\t\t1001\tunknown\t/CN=leaf\n\
-R\t351231235959Z\t240101000000Z\t1002\tunknown\t/CN=revoked\n\
-V\t351231235959Z\t\t2001\tunknown\t/CN=resp\n\
-V\t351231235959Z\t\t2002\tunknown\t/CN=noeku\n";
+fn index(at: OffsetDateTime) -> String {
+    [
+        ("1001", "leaf", false),
+        ("1002", "revoked", true),
+        ("2001", "resp", false),
+        ("2002", "noeku", false),
+    ]
+    .map(|(serial, cn, revoked)| testkit::ocsp::index_line(serial, cn, revoked, at))
+    .concat()
+}
 
 fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
@@ -61,7 +70,8 @@ fn pki() -> &'static TestPki {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ext.cnf"), EXTENSIONS).unwrap();
-        std::fs::write(dir.join("index.txt"), INDEX).unwrap();
+        let indexed_at = now();
+        std::fs::write(dir.join("index.txt"), index(indexed_at)).unwrap();
         openssl(
             &dir,
             &[
@@ -145,6 +155,7 @@ fn pki() -> &'static TestPki {
             leaf: load("leaf"),
             revoked: load("revoked"),
             unknown: load("unknown"),
+            indexed_at,
             dir,
         }
     })
@@ -170,82 +181,9 @@ fn remove_stale_dirs() {
     }
 }
 
-/// An `openssl ocsp` server process, killed when the test ends.
-struct Responder {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `signer`/`key` name files in the PKI directory; `extra` goes to `openssl ocsp` as is.
-fn responder(signer: &str, key: &str, extra: &[&str]) -> Responder {
-    let pki = pki();
-    // Another process may take the port between our probe and openssl's bind: retry.
-    for _ in 0..5 {
-        let port = free_port().to_string();
-        let mut args = vec![
-            "ocsp",
-            "-index",
-            "index.txt",
-            "-port",
-            &port,
-            "-rsigner",
-            signer,
-            "-rkey",
-            key,
-            "-CA",
-            "ca.pem",
-            "-ignore_err",
-        ];
-        // Five-minute validity unless the test sets its own.
-        if !extra.contains(&"-ndays") {
-            args.extend_from_slice(&["-nmin", "5"]);
-        }
-        args.extend_from_slice(extra);
-        let mut child = Command::new("openssl")
-            .args(&args)
-            .current_dir(&pki.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start openssl ocsp");
-        // A bare connect-and-close probe wedges openssl 3.0's responder loop, so readiness
-        // comes from its log line instead. The thread keeps draining the pipe afterwards.
-        let stderr = child.stderr.take().unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("waiting for OCSP client connections") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        let r = Responder {
-            child,
-            url: format!("http://127.0.0.1:{port}/"),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(10)).is_ok() {
-            return r;
-        }
-    }
-    panic!("openssl ocsp did not start");
+fn responder(signer: &str, key: &str, extra: &[&str]) -> OcspResponder {
+    testkit::ocsp::ocsp_responder(&pki().dir, signer, key, extra)
 }
 
 fn cfg(url: &str) -> OcspConfig {
@@ -255,12 +193,13 @@ fn cfg(url: &str) -> OcspConfig {
     }
 }
 
+/// The responder's clock (see `testkit::ocsp`): everything here is relative to it.
 fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    testkit::ocsp::responder_clock()
 }
 
 /// A raw response from `r` for `cert`, with the given nonce.
-fn fetch(r: &Responder, cert: &Certificate, nonce: Option<&[u8]>) -> Vec<u8> {
+fn fetch(r: &OcspResponder, cert: &Certificate, nonce: Option<&[u8]>) -> Vec<u8> {
     let req = build_request(cert, &pki().ca, CertIdHash::Sha1, nonce).unwrap();
     HttpTransport
         .post(&r.url, &req, Duration::from_secs(5), 64 * 1024)
@@ -294,7 +233,7 @@ fn revoked_leaf_is_revoked_with_time() {
     let r = responder("resp.pem", "ee.key", &[]);
     let p = pki();
     let status = check(&p.revoked, &p.ca, &cfg(&r.url), &HttpTransport, now()).unwrap();
-    let at = time::macros::datetime!(2024-01-01 00:00:00 UTC);
+    let at = p.indexed_at - time::Duration::days(1);
     assert_eq!(status, OcspStatus::Revoked { at });
 }
 

@@ -15,11 +15,11 @@ use pki::validate::{ValidationOptions, Validator};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use testkit::ocsp::OcspResponder;
 use testpki::{CaKind, CrlSpec, TestPki, TestPkiOptions};
 use time::OffsetDateTime;
 
@@ -33,14 +33,15 @@ struct Fixture {
     impostor: testpki::Issued,
 }
 
+/// The responder's clock (see `testkit::ocsp`): everything here is relative to it.
 fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    testkit::ocsp::responder_clock()
 }
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let at = now().replace_nanosecond(0).unwrap();
+        let at = now();
         let pki = TestPki::generate(TestPkiOptions::new(at)).unwrap();
         let dir = std::env::temp_dir().join(format!("certreg-online-test-{}", std::process::id()));
         remove_stale_dirs();
@@ -56,10 +57,8 @@ fn fixture() -> &'static Fixture {
         let revoked = pki.card("gca-agency-revoked").issued.serial_hex();
         std::fs::write(
             dir.join("index.txt"),
-            format!(
-                "V\t491231235959Z\t\t{good}\tunknown\t/CN=good\n\
-                 R\t491231235959Z\t240101000000Z\t{revoked}\tunknown\t/CN=revoked\n"
-            ),
+            testkit::ocsp::index_line(&good, "good", false, at)
+                + &testkit::ocsp::index_line(&revoked, "revoked", true, at),
         )
         .unwrap();
         Fixture {
@@ -102,76 +101,10 @@ fn gca() -> ParsedCert {
     ParsedCert::from_der(fixture().pki.ca(CaKind::Gca).cert_der.clone()).unwrap()
 }
 
-/// An `openssl ocsp` server process, killed when the test ends.
-struct Responder {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A responder for the test GCA answering from `index.txt`, signing with `signer`/`key`
 /// (files of the fixture directory), answers valid for five minutes.
-fn responder(signer: &str, key: &str) -> Responder {
-    let dir = &fixture().dir;
-    for _ in 0..5 {
-        let port = free_port().to_string();
-        let mut child = Command::new("openssl")
-            .args([
-                "ocsp",
-                "-index",
-                "index.txt",
-                "-port",
-                &port,
-                "-rsigner",
-                signer,
-                "-rkey",
-                key,
-                "-CA",
-                "ca.pem",
-                "-ignore_err",
-                "-nmin",
-                "5",
-            ])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start openssl ocsp");
-        let stderr = child.stderr.take().unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("waiting for OCSP client connections") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        let r = Responder {
-            child,
-            url: format!("http://127.0.0.1:{port}/"),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(10)).is_ok() {
-            return r;
-        }
-    }
-    panic!("openssl ocsp did not start");
+fn responder(signer: &str, key: &str) -> OcspResponder {
+    testkit::ocsp::ocsp_responder(&fixture().dir, signer, key, &[])
 }
 
 /// The network as the validator sees it: counts OCSP posts, may delay them, or answer with
@@ -204,7 +137,7 @@ impl Net {
 }
 
 /// A raw answer of `r` about `cert`, without a nonce.
-fn raw_answer(r: &Responder, cert: &ParsedCert) -> Vec<u8> {
+fn raw_answer(r: &OcspResponder, cert: &ParsedCert) -> Vec<u8> {
     let req = build_request(&cert.cert, &gca().cert, CertIdHash::Sha1, None).unwrap();
     HttpTransport
         .post(&r.url, &req, Duration::from_secs(5), 64 * 1024)
