@@ -283,7 +283,8 @@ fn length(input: &[u8]) -> Result<(Length, usize), String> {
     Ok((Length::Definite(len), 1 + n))
 }
 
-fn put_length(out: &mut Vec<u8>, len: usize) {
+/// Appends a DER length (short form below 128, else the fewest length octets).
+pub(crate) fn put_length(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
         return;

@@ -555,18 +555,6 @@ impl CrlEntry {
     }
 }
 
-/// Appends a DER length.
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-        return;
-    }
-    let bytes = len.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    out.push(0x80 | (bytes.len() - skip) as u8);
-    out.extend_from_slice(&bytes[skip..]);
-}
-
 /// Where the tbsCertList lies in the CRL `der` (what the signature covers, as it arrived),
 /// where its revokedCertificates element lies (if it has one), and the CRL re-encoded without
 /// that element. The offsets are found by walking the element headers; webpki's reading of the
@@ -605,7 +593,7 @@ fn split_crl(der: &[u8]) -> Result<Split<'_>> {
         .sum();
     let mut new_tbs = Vec::with_capacity(body + 6);
     new_tbs.push(0x30);
-    push_len(&mut new_tbs, body);
+    crate::ber::put_length(&mut new_tbs, body);
     for (i, f) in fields.iter().enumerate() {
         if i != r {
             new_tbs.extend_from_slice(f);
@@ -614,7 +602,7 @@ fn split_crl(der: &[u8]) -> Result<Split<'_>> {
     let outer_body = new_tbs.len() + outer[1..].iter().map(|p| p.len()).sum::<usize>();
     let mut out = Vec::with_capacity(outer_body + 6);
     out.push(0x30);
-    push_len(&mut out, outer_body);
+    crate::ber::put_length(&mut out, outer_body);
     out.extend_from_slice(&new_tbs);
     for part in &outer[1..] {
         out.extend_from_slice(part);
