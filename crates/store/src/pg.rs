@@ -27,14 +27,14 @@ impl Deref for Handle {
     }
 }
 
-/// Writers never queue here: PostgreSQL lets them all in and locks rows, not the database.
-pub(crate) struct Turn;
-
-pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
+pub(crate) type WriteTx = crate::write::WriteTx<DB>;
 
 /// How long a statement waits for a row lock before the transaction gives up (and is retried
 /// as [`domain::DomainError::Busy`]); no request hangs behind a stuck transaction.
 pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A connection idle this long is pinged before it is used again.
+const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A transaction left open by a crashed or hung caller gives its locks back after this long.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
@@ -50,6 +50,17 @@ pub(crate) async fn connect(
     Ok(Handle(
         PgPoolOptions::new()
             .max_connections(10)
+            // A connection in steady use is not pinged before each use (a round trip each):
+            // only one that sat idle long enough for the server or a proxy to drop it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 let settings = settings.clone();
                 Box::pin(async move {
@@ -64,21 +75,22 @@ pub(crate) async fn connect(
     ))
 }
 
-pub(crate) async fn write_turn(_: &Handle) -> Turn {
-    Turn
-}
-
 /// READ COMMITTED is enough for writes: every check that matters is either a constraint or a
 /// conditional UPDATE that re-reads the locked row. Named rather than left to the server's
 /// `default_transaction_isolation`, which a DBA may have set otherwise.
+/// Writers never queue here: PostgreSQL lets them all in and locks rows, not the database.
 pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
-    Ok(WriteTx::new(
+    Ok(WriteTx::Tx(
         handle
             .0
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await?,
-        Turn,
     ))
+}
+
+/// One statement, in autocommit.
+pub(crate) async fn begin_single(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+    Ok(WriteTx::Single(handle.0.acquire().await?))
 }
 
 /// Lifts the lock timeout for the rest of the transaction: for the one-time work of a

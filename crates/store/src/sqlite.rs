@@ -3,13 +3,15 @@
 //! `BEGIN IMMEDIATE`; writers in other processes still meet at the busy timeout.
 
 use crate::error::StoreError;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Pool, Transaction};
 use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 pub(crate) type DB = sqlx::Sqlite;
 
@@ -28,10 +30,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct Handle {
     pool: SqlitePool,
-    // A writer that finds SQLite's lock taken sleeps in the busy handler's backoff (up to
-    // 100 ms a try) and wakes late or too early; a FIFO async lock hands the turn over the
-    // moment the previous writer commits, so throughput holds up with many writers.
-    writers: Arc<Mutex<()>>,
+    writers: Arc<Writers>,
     /// The database file (`None` in memory).
     path: Option<std::path::PathBuf>,
 }
@@ -45,10 +44,298 @@ impl Deref for Handle {
     }
 }
 
-/// Held from before a write starts until it has committed or rolled back.
-pub(crate) type Turn = OwnedMutexGuard<()>;
+impl Handle {
+    /// Commits a transaction still open, gives the writers' connection back and closes the
+    /// pool (SQLite checkpoints its WAL).
+    pub(crate) async fn close(&self) {
+        let mut turn = write_turn(self).await;
+        turn.conn = None;
+        drop(turn);
+        self.pool.close().await;
+    }
+}
 
-pub(crate) type WriteTx = crate::write::WriteTx<DB, Turn>;
+/// Writers of this process take turns on one connection, in arrival order. A writer that
+/// finds SQLite's lock taken sleeps in the busy handler's backoff (up to 100 ms a try) and
+/// wakes late or too early; a FIFO async lock hands the turn over the moment the previous
+/// writer is done, so throughput holds up with many writers.
+///
+/// Group commit: a writer done with its statements while others wait for the turn leaves its
+/// transaction open and hands the turn on; the next one continues the same transaction inside
+/// a savepoint of its own (so it can roll back alone), and the last of a group (nobody waiting,
+/// or [`GROUP_MAX`] writers in it) commits for all. Each waits for that COMMIT before it
+/// returns, so a write reported done is on disk with `synchronous` unchanged; only the
+/// `fsync` is shared.
+struct Writers {
+    state: Arc<Mutex<Writer>>,
+    /// Writers waiting for the turn (not counting one waiting only for its group's commit).
+    waiting: AtomicUsize,
+    /// An in-memory database is one connection, which readers need too: the writers take it
+    /// for each write and give it back. A file keeps one connection for its writers.
+    keep_conn: bool,
+}
+
+/// The most writers one COMMIT carries: the first of a group waits for the others' statements.
+const GROUP_MAX: usize = 32;
+
+/// What the turn holds.
+pub(crate) struct Writer {
+    /// The writers' connection, while held.
+    conn: Option<PoolConnection<DB>>,
+    /// The open transaction of a group, if a writer handed it on.
+    group: Option<Group>,
+    /// Counts groups, so a writer waiting for its commit knows whether its group is the one
+    /// still open.
+    groups: u64,
+}
+
+// The last handle may go outside any runtime (a test's end), where sqlx could not return the
+// connection to the pool on a task: it is closed here instead.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            drop(conn.detach());
+        }
+    }
+}
+
+struct Group {
+    id: u64,
+    /// Writers done inside it so far.
+    members: usize,
+    /// Those waiting for its COMMIT.
+    waiters: Vec<oneshot::Sender<Result<(), Arc<str>>>>,
+}
+
+/// Held from before a write starts until it has committed or rolled back (or handed its
+/// group on).
+pub(crate) type Turn = OwnedMutexGuard<Writer>;
+
+/// Counts a writer waiting for the turn, until it has it or gives up.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A write on SQLite: a transaction, or one statement, in its turn.
+pub(crate) struct WriteTx {
+    turn: Option<Turn>,
+    handle: Handle,
+    how: Joined,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Joined {
+    /// Began the group's transaction (`BEGIN IMMEDIATE`); first of its group.
+    Began,
+    /// Inside a savepoint of a group another writer began.
+    Savepoint,
+    /// One statement in autocommit (no group open, nobody waiting).
+    Alone,
+    /// One statement inside a group another writer began: atomic by itself, no savepoint.
+    InGroup,
+}
+
+impl Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+
+    fn deref(&self) -> &Self::Target {
+        self.turn
+            .as_ref()
+            .and_then(|t| t.conn.as_deref())
+            .expect("a write holds the writers' connection")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.turn
+            .as_mut()
+            .and_then(|t| t.conn.as_deref_mut())
+            .expect("a write holds the writers' connection")
+    }
+}
+
+async fn exec(turn: &mut Turn, sql: &'static str) -> Result<(), sqlx::Error> {
+    let conn = turn.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?;
+    sqlx::query(sql).execute(conn).await.map(|_| ())
+}
+
+/// The turn, with the writers' connection in it.
+async fn take_turn(handle: &Handle) -> Result<Turn, sqlx::Error> {
+    let mut turn = {
+        let _waiting = Waiting::new(&handle.writers.waiting);
+        handle.writers.state.clone().lock_owned().await
+    };
+    if turn.conn.is_none() {
+        turn.conn = Some(handle.pool.acquire().await?);
+    }
+    Ok(turn)
+}
+
+/// Commits the open group, if any, and tells its writers how it went.
+async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
+    let Some(group) = turn.group.take() else {
+        return Ok(());
+    };
+    let done = exec(turn, "COMMIT").await;
+    let told: Result<(), Arc<str>> = match &done {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Arc::from(e.to_string())),
+    };
+    for w in group.waiters {
+        let _ = w.send(told.clone());
+    }
+    if done.is_err() {
+        // A failed COMMIT may leave the transaction open: end it so the next group can begin.
+        let _ = exec(turn, "ROLLBACK").await;
+    }
+    done
+}
+
+/// Gives the turn up after a write's own statements: hands the open group on to a waiting
+/// writer, or commits it. `member`: the write is part of the group and waits for its commit.
+async fn give_up(handle: &Handle, mut turn: Turn, member: bool) -> Result<(), sqlx::Error> {
+    let Some(group) = turn.group.as_mut() else {
+        release(handle, turn);
+        return Ok(());
+    };
+    if member {
+        group.members += 1;
+    }
+    let more = handle.writers.waiting.load(Ordering::SeqCst) > 0 && group.members < GROUP_MAX;
+    if !more {
+        let done = commit_group(&mut turn).await;
+        release(handle, turn);
+        return done;
+    }
+    if !member {
+        drop(turn);
+        return Ok(());
+    }
+    let id = group.id;
+    let (tx, mut rx) = oneshot::channel();
+    group.waiters.push(tx);
+    drop(turn);
+    // Whoever takes the turn next continues the group. Should none come after all (a waiting
+    // writer gave up), the turn comes back here and this writer commits the group itself.
+    let told = tokio::select! {
+        biased;
+        told = &mut rx => told,
+        mut turn = handle.writers.state.clone().lock_owned() => {
+            match rx.try_recv() {
+                Ok(told) => Ok(told),
+                Err(_) => {
+                    if turn.group.as_ref().is_some_and(|g| g.id == id) {
+                        let _ = commit_group(&mut turn).await;
+                    }
+                    release(handle, turn);
+                    rx.await
+                }
+            }
+        }
+    };
+    match told {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(sqlx::Error::Protocol(format!("group commit: {e}"))),
+        Err(_) => Err(sqlx::Error::Protocol(
+            "group commit: the transaction ended without a commit".into(),
+        )),
+    }
+}
+
+/// Ends a turn with no group open: an in-memory database's one connection goes back.
+fn release(handle: &Handle, mut turn: Turn) {
+    if !handle.writers.keep_conn && turn.group.is_none() {
+        turn.conn = None;
+    }
+}
+
+impl WriteTx {
+    /// Done: the write is committed when this returns `Ok` (with its group, if any).
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let mut turn = self.turn.take().expect("an open write");
+        match self.how {
+            Joined::Alone => {
+                release(&self.handle, turn);
+                Ok(())
+            }
+            Joined::Savepoint => {
+                if let Err(e) = exec(&mut turn, "RELEASE certreg_write").await {
+                    let _ = exec(&mut turn, "ROLLBACK TO certreg_write").await;
+                    let _ = exec(&mut turn, "RELEASE certreg_write").await;
+                    let _ = give_up(&self.handle, turn, false).await;
+                    return Err(e);
+                }
+                give_up(&self.handle, turn, true).await
+            }
+            Joined::Began | Joined::InGroup => give_up(&self.handle, turn, true).await,
+        }
+    }
+
+    /// Undoes this write's statements only; a group it was in goes on.
+    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        let turn = self.turn.take().expect("an open write");
+        undo(&self.handle, turn, self.how).await
+    }
+}
+
+async fn undo(handle: &Handle, mut turn: Turn, how: Joined) -> Result<(), sqlx::Error> {
+    let done = match how {
+        // The first of a group has handed nothing on yet: the whole transaction is its own.
+        Joined::Began => {
+            turn.group = None;
+            exec(&mut turn, "ROLLBACK").await
+        }
+        Joined::Savepoint => match exec(&mut turn, "ROLLBACK TO certreg_write").await {
+            Ok(()) => exec(&mut turn, "RELEASE certreg_write").await,
+            Err(e) => Err(e),
+        },
+        // One statement: it either happened or did not.
+        Joined::Alone | Joined::InGroup => Ok(()),
+    };
+    let given = give_up(handle, turn, false).await;
+    done.and(given)
+}
+
+// A write dropped before it finished (an error returned early, a cancelled request) is
+// undone on a task of its own, which keeps the turn until then.
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let (handle, how) = (self.handle.clone(), self.how);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = undo(&handle, turn, how).await {
+                        tracing::warn!(error = %e, "undoing an unfinished write");
+                    }
+                });
+            }
+            // No runtime left (shutting down): the connection is dropped with its transaction,
+            // which SQLite rolls back.
+            Err(_) => {
+                let mut turn = turn;
+                turn.group = None;
+                drop(turn.conn.take().map(PoolConnection::detach));
+            }
+        }
+    }
+}
 
 pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -87,12 +374,21 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
         };
         SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.journal_mode(SqliteJournalMode::Wal))
             .await?
     };
     Ok(Handle {
         pool,
-        writers: Arc::new(Mutex::new(())),
+        writers: Arc::new(Writers {
+            state: Arc::new(Mutex::new(Writer {
+                conn: None,
+                group: None,
+                groups: 0,
+            })),
+            waiting: AtomicUsize::new(0),
+            keep_conn: !memory,
+        }),
         path,
     })
 }
@@ -131,18 +427,70 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// The turn comes before the connection: a writer waiting in the queue holds no connection
-/// the others (readers, or the one writer of an in-memory pool) might need.
+/// The turn alone, with no group left open (migrations, and tests that hold writers off).
 pub(crate) async fn write_turn(handle: &Handle) -> Turn {
-    handle.writers.clone().lock_owned().await
+    let mut turn = handle.writers.state.clone().lock_owned().await;
+    if turn.group.is_some()
+        && let Err(e) = commit_group(&mut turn).await
+    {
+        tracing::warn!(error = %e, "committing a group of writes");
+    }
+    turn
 }
 
-/// A deferred transaction would take the write lock only at its first write and then fail
-/// with SQLITE_BUSY instead of waiting; IMMEDIATE takes it up front and waits.
+/// A transaction: it begins the group (`BEGIN IMMEDIATE`, so it waits for other processes'
+/// writers rather than failing at its first write) or continues the one handed to it inside
+/// a savepoint.
 pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
-    let turn = write_turn(handle).await;
-    let tx = handle.pool.begin_with("BEGIN IMMEDIATE").await?;
-    Ok(WriteTx::new(tx, turn))
+    let mut turn = take_turn(handle).await?;
+    if turn.group.is_none() {
+        return begin_group(handle, turn).await;
+    }
+    if let Err(e) = exec(&mut turn, "SAVEPOINT certreg_write").await {
+        let _ = give_up(handle, turn, false).await;
+        return Err(e);
+    }
+    Ok(WriteTx {
+        turn: Some(turn),
+        handle: handle.clone(),
+        how: Joined::Savepoint,
+    })
+}
+
+async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, sqlx::Error> {
+    if let Err(e) = exec(&mut turn, "BEGIN IMMEDIATE").await {
+        release(handle, turn);
+        return Err(e);
+    }
+    turn.groups += 1;
+    turn.group = Some(Group {
+        id: turn.groups,
+        members: 0,
+        waiters: Vec::new(),
+    });
+    Ok(WriteTx {
+        turn: Some(turn),
+        handle: handle.clone(),
+        how: Joined::Began,
+    })
+}
+
+/// One statement: in autocommit when no group is open and nobody waits, else in a group (one
+/// begun for it if others wait, so they can share its commit).
+pub(crate) async fn begin_single(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+    let turn = take_turn(handle).await?;
+    let how = if turn.group.is_some() {
+        Joined::InGroup
+    } else if handle.writers.waiting.load(Ordering::SeqCst) > 0 {
+        return begin_group(handle, turn).await;
+    } else {
+        Joined::Alone
+    };
+    Ok(WriteTx {
+        turn: Some(turn),
+        handle: handle.clone(),
+        how,
+    })
 }
 
 /// Writers already take turns on SQLite (the queue, then `BEGIN IMMEDIATE` across processes).
@@ -186,4 +534,194 @@ async fn lock_beside(path: std::path::PathBuf) -> std::io::Result<std::fs::File>
 /// A read transaction sees one snapshot (WAL) from its first read on.
 pub(crate) async fn begin_read(pool: &Pool<DB>) -> Result<Transaction<'static, DB>, sqlx::Error> {
     pool.begin().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Db, Secrets, SessionRecord};
+    use domain::store::Store as _;
+    use time::OffsetDateTime;
+
+    async fn open() -> (tempfile::TempDir, Db, Handle) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let db = Db::connect(&url, &Secrets::generate().unwrap())
+            .await
+            .unwrap();
+        let crate::Pool::Sqlite(handle) = &db.pool else {
+            unreachable!("a sqlite URL")
+        };
+        let handle = handle.clone();
+        (dir, db, handle)
+    }
+
+    fn session(id: &str) -> SessionRecord {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        SessionRecord {
+            id: id.into(),
+            kind: "anonymous".into(),
+            code: None,
+            data: "{}".into(),
+            created_at: at,
+            touched_at: at,
+            expires_at: at + time::Duration::hours(1),
+            version: 1,
+        }
+    }
+
+    async fn exists(handle: &Handle, id: &str) -> bool {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&handle.pool)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    async fn groups(handle: &Handle) -> u64 {
+        handle.writers.state.lock().await.groups
+    }
+
+    /// Holds the turn until `n` writers wait for it.
+    async fn until_waiting(handle: &Handle, n: usize) {
+        for _ in 0..2000 {
+            if handle.writers.waiting.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{n} writers never queued");
+    }
+
+    // Writers queued behind one another share a COMMIT (at most GROUP_MAX each), every one
+    // of them is in the database when its call returns, and the audit chain they append to
+    // stays whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writers_share_one_commit() {
+        let (_dir, db, handle) = open().await;
+        let before = groups(&handle).await;
+        let turn = write_turn(&handle).await;
+        let n = 50;
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let event = domain::model::AuditEvent::new(
+                    OffsetDateTime::UNIX_EPOCH,
+                    "system",
+                    "group.test",
+                    "ok",
+                );
+                db.append_audit(&event).await?;
+                db.session_insert(&session(&format!("s{i}"))).await
+            }));
+        }
+        until_waiting(&handle, n).await;
+        drop(turn);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let used = groups(&handle).await - before;
+        // 100 transactions; without groups there would be one COMMIT each.
+        assert!(used <= 10, "{used} groups for {} writes", 2 * n);
+        for i in 0..n {
+            assert!(exists(&handle, &format!("s{i}")).await);
+        }
+        let audit = db.verify_audit().await.unwrap();
+        assert_eq!(audit.events, n as u64);
+        db.close().await;
+    }
+
+    // A writer that fails or rolls back inside a group takes only its own statements with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_writer_leaves_its_group_alone() {
+        let (_dir, db, handle) = open().await;
+        db.session_insert(&session("taken")).await.unwrap();
+        let turn = write_turn(&handle).await;
+        let spawn_insert = |id: &'static str| {
+            let db = db.clone();
+            tokio::spawn(async move { db.session_insert(&session(id)).await })
+        };
+        let first = spawn_insert("first");
+        until_waiting(&handle, 1).await;
+        let duplicate = spawn_insert("taken");
+        until_waiting(&handle, 2).await;
+        // A transaction dropped unfinished: it is undone inside the group.
+        let h = handle.clone();
+        let dropped = tokio::spawn(async move {
+            let mut tx = begin_write(&h).await.unwrap();
+            sqlx::query(
+                "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
+                 version) VALUES ('dropped', 'anonymous', 'x', 0, 0, 99, 1)",
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        });
+        until_waiting(&handle, 3).await;
+        // A transaction rolled back: likewise.
+        let h = handle.clone();
+        let rolled = tokio::spawn(async move {
+            let mut tx = begin_write(&h).await.unwrap();
+            sqlx::query(
+                "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
+                 version) VALUES ('rolled', 'anonymous', 'x', 0, 0, 99, 1)",
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.rollback().await
+        });
+        until_waiting(&handle, 4).await;
+        let last = spawn_insert("last");
+        until_waiting(&handle, 5).await;
+        let before = turn.groups;
+        drop(turn);
+        first.await.unwrap().unwrap();
+        assert!(duplicate.await.unwrap().is_err(), "a taken key");
+        dropped.await.unwrap();
+        rolled.await.unwrap().unwrap();
+        last.await.unwrap().unwrap();
+        // The dropped write is undone on a task of its own: wait for the turn to be free.
+        drop(write_turn(&handle).await);
+        assert_eq!(groups(&handle).await - before, 1, "one group");
+        assert!(exists(&handle, "first").await);
+        assert!(exists(&handle, "last").await);
+        assert!(!exists(&handle, "dropped").await);
+        assert!(!exists(&handle, "rolled").await);
+        db.close().await;
+    }
+
+    // A writer that handed its group on to one who then gave up waiting gets the turn back
+    // and commits the group itself: nobody waits for a COMMIT that never comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_handed_to_nobody_is_committed_by_its_writer() {
+        let (_dir, db, handle) = open().await;
+        let mut tx = begin_write(&handle).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
+             version) VALUES ('kept', 'anonymous', 'x', 0, 0, 99, 1)",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        // A writer seems to wait, so the group is handed on, then it leaves.
+        let gone = Waiting::new(&handle.writers.waiting);
+        let h = handle.clone();
+        let committed = tokio::spawn(async move {
+            let _ = &h;
+            tx.commit().await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(gone);
+        tokio::time::timeout(Duration::from_secs(5), committed)
+            .await
+            .expect("committed without another writer")
+            .unwrap()
+            .unwrap();
+        assert!(exists(&handle, "kept").await);
+        assert!(handle.writers.state.lock().await.group.is_none());
+        db.close().await;
+    }
 }

@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query(
         "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -17,10 +17,10 @@ pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -
     .bind(f.created_at)
     .bind(f.touched_at)
     .bind(f.version)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 pub(crate) async fn insert_flow_capped(
@@ -90,7 +90,7 @@ pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result
 }
 
 pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Result<()> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query(
         "INSERT INTO challenges \
          (id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at) \
@@ -105,10 +105,10 @@ pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Resu
     .bind(&c.nonce)
     .bind(ts(c.issued_at))
     .bind(ts(c.expires_at))
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(fk("challenges_flow_id_fkey"))?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 pub(crate) async fn consume_challenge(
@@ -116,7 +116,7 @@ pub(crate) async fn consume_challenge(
     id: &str,
     now: OffsetDateTime,
 ) -> Result<StoredChallenge> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     // One statement: the database decides which of two racing requests marks it used.
     let row = sqlx::query(
         "UPDATE challenges SET used_at = $2 WHERE id = $1 AND used_at IS NULL \
@@ -124,10 +124,11 @@ pub(crate) async fn consume_challenge(
     )
     .bind(id)
     .bind(ts(now))
-    .fetch_optional(&**pool)
+    .fetch_optional(&mut *w)
     .await
     .map_err(db)?
     .ok_or(DomainError::ChallengeUsed)?;
+    w.commit().await.map_err(db)?;
     Ok(StoredChallenge {
         id: s(&row, "id")?,
         flow_id: s(&row, "flow_id")?,
@@ -142,11 +143,13 @@ pub(crate) async fn consume_challenge(
 }
 
 pub(crate) async fn flow_delete_idle(pool: &Handle, before: OffsetDateTime) -> Result<u64> {
-    let _turn = write_turn(pool).await;
-    Ok(sqlx::query("DELETE FROM flows WHERE touched_at < $1")
+    let mut w = begin_single(pool).await.map_err(db)?;
+    let n = sqlx::query("DELETE FROM flows WHERE touched_at < $1")
         .bind(ts(before))
-        .execute(&**pool)
+        .execute(&mut *w)
         .await
         .map_err(db)?
-        .rows_affected())
+        .rows_affected();
+    w.commit().await.map_err(db)?;
+    Ok(n)
 }

@@ -3,11 +3,14 @@
 //! module, and it runs against their `DB`. One SQL text with `$n` placeholders serves both;
 //! the code stays concrete (no `sqlx::Any`, no generic bounds).
 //!
-//! Every write waits for its backend's turn first (`begin_write` for a transaction, `write_turn`
-//! around a single statement): on SQLite a lone statement that skipped the queue would sleep in
-//! the busy handler behind the queued writers and hold up the next one in turn.
+//! Every write runs on what its backend hands it: `begin_write` for a transaction,
+//! `begin_single` for one statement, then `commit`. On SQLite both wait for the writers' turn
+//! (a lone statement that skipped the queue would sleep in the busy handler behind the queued
+//! writers) and may share one commit with the writers queued beside them.
 
-use super::{DB, Handle, WriteTx, begin_read, begin_write, serialize, wait_for_locks, write_turn};
+use super::{
+    DB, Handle, WriteTx, begin_read, begin_single, begin_write, serialize, wait_for_locks,
+};
 use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
 use crate::codec::*;
 use crate::error::map_db_error;

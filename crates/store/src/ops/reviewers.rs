@@ -8,7 +8,7 @@ pub(crate) async fn add_reviewer(
     section: Section,
     serial: &CertSerial,
 ) -> Result<i64> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     let row = sqlx::query(
         "INSERT INTO reviewers (name, section, cert_serial, active) VALUES ($1, $2, $3, $4) \
          RETURNING id",
@@ -17,9 +17,10 @@ pub(crate) async fn add_reviewer(
     .bind(section_str(section))
     .bind(serial.as_str())
     .bind(true)
-    .fetch_one(&**pool)
+    .fetch_one(&mut *w)
     .await
     .map_err(db)?;
+    w.commit().await.map_err(db)?;
     int(&row, "id")
 }
 
@@ -50,7 +51,7 @@ pub(crate) async fn learn_reviewer_issuer(
     serial: &CertSerial,
     issuer: &str,
 ) -> Result<()> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query(
         "UPDATE reviewers SET cert_issuer = $3 \
          WHERE id = $1 AND cert_serial = $2 AND cert_issuer IS NULL",
@@ -58,21 +59,22 @@ pub(crate) async fn learn_reviewer_issuer(
     .bind(id)
     .bind(serial.as_str())
     .bind(issuer)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 pub(crate) async fn set_reviewer_active(pool: &Handle, id: i64, active: bool) -> Result<()> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     let n = sqlx::query("UPDATE reviewers SET active = $2 WHERE id = $1")
         .bind(id)
         .bind(active)
-        .execute(&**pool)
+        .execute(&mut *w)
         .await
         .map_err(db)?
         .rows_affected();
+    w.commit().await.map_err(db)?;
     if n == 0 {
         return Err(DomainError::invalid(
             "reviewer",

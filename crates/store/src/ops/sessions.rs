@@ -12,7 +12,7 @@ pub(crate) async fn session_insert(
     r: &SessionRecord,
 ) -> Result<()> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query(
         "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at, \
          version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -25,10 +25,10 @@ pub(crate) async fn session_insert(
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
     .bind(r.version)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 /// An UPDATE guarded by the version read: a deleted session stays deleted, and a change made
@@ -39,7 +39,7 @@ pub(crate) async fn session_update(
     r: &SessionRecord,
 ) -> Result<SessionSaved> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     let done = sqlx::query(
         "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
          expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2 AND kind <> $8",
@@ -52,11 +52,12 @@ pub(crate) async fn session_update(
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
     .bind(crate::SUPERSEDED)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?
     .rows_affected();
     if done == 1 {
+        w.commit().await.map_err(db)?;
         return Ok(SessionSaved::Saved(r.version + 1));
     }
     // A tombstone left by a login is as ended as a deleted row: never written to again.
@@ -64,9 +65,10 @@ pub(crate) async fn session_update(
         sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
             .bind(&r.id)
             .bind(crate::SUPERSEDED)
-            .fetch_optional(&**pool)
+            .fetch_optional(&mut *w)
             .await
             .map_err(db)?;
+    w.commit().await.map_err(db)?;
     Ok(match exists {
         Some(_) => SessionSaved::Changed,
         None => SessionSaved::Gone,
@@ -79,7 +81,7 @@ pub(crate) async fn session_touch(
     touched_at: OffsetDateTime,
     expires_at: OffsetDateTime,
 ) -> Result<bool> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     let done = sqlx::query(
         "UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1 AND kind <> $4",
     )
@@ -87,10 +89,11 @@ pub(crate) async fn session_touch(
     .bind(ts(touched_at))
     .bind(ts(expires_at))
     .bind(crate::SUPERSEDED)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?
     .rows_affected();
+    w.commit().await.map_err(db)?;
     Ok(done == 1)
 }
 
@@ -174,21 +177,23 @@ pub(crate) async fn session_supersede(
 }
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query("DELETE FROM sessions WHERE id = $1")
         .bind(id)
-        .execute(&**pool)
+        .execute(&mut *w)
         .await
         .map_err(db)?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -> Result<u64> {
-    let _turn = write_turn(pool).await;
-    Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+    let mut w = begin_single(pool).await.map_err(db)?;
+    let n = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
         .bind(ts(now))
-        .execute(&**pool)
+        .execute(&mut *w)
         .await
         .map_err(db)?
-        .rows_affected())
+        .rows_affected();
+    w.commit().await.map_err(db)?;
+    Ok(n)
 }

@@ -59,7 +59,7 @@ pub(crate) async fn signing_key_add_first(
     k: &SigningKeyRecord,
 ) -> Result<bool> {
     let private = encrypt(secrets, &row_aad(ENC_SIGNING_KEY, &k.kid), &k.private_pkcs8)?;
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     // The unique index on the current key makes a second instance starting at the same moment
     // insert nothing; it uses the first one's key.
     let done = sqlx::query(
@@ -70,9 +70,10 @@ pub(crate) async fn signing_key_add_first(
     .bind(B64U.encode(&k.public_key))
     .bind(private)
     .bind(ts(k.created_at))
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?;
+    w.commit().await.map_err(db)?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -113,17 +114,17 @@ pub(crate) async fn signing_key_rotate(
 }
 
 pub(crate) async fn token_session_put(pool: &Handle, sid: &str, session_id: &str) -> Result<()> {
-    let _turn = write_turn(pool).await;
+    let mut w = begin_single(pool).await.map_err(db)?;
     sqlx::query(
         "INSERT INTO token_sessions (sid, session_id) VALUES ($1, $2) \
          ON CONFLICT (sid) DO UPDATE SET session_id = excluded.session_id",
     )
     .bind(sid)
     .bind(session_id)
-    .execute(&**pool)
+    .execute(&mut *w)
     .await
     .map_err(db)?;
-    Ok(())
+    w.commit().await.map_err(db)
 }
 
 pub(crate) async fn token_session(pool: &Pool<DB>, sid: &str) -> Result<Option<String>> {
