@@ -15,7 +15,7 @@ use pki::challenge::Challenge;
 use pki::proof::verify_proof;
 use pki::validate::Validator;
 use pki::{ErrorCode, PkiError};
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Value, json};
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +24,7 @@ use std::time::{Duration as StdDuration, Instant};
 use store::Backend;
 use testkit::db::FreshDb;
 use testkit::seed::TAIPEI;
-use testpki::{TestPki, TestPkiOptions};
+use testpki::{KeyAlg, TestPki, TestPkiOptions};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -45,8 +45,13 @@ const VERIFY_MEASURE: StdDuration = StdDuration::from_secs(2);
 const SERVER_THREADS: &str = "bench-server";
 const CLIENT_THREADS: &str = "bench-client";
 
-fn test_pki() -> TestPki {
-    TestPki::generate(TestPkiOptions::new(NOW)).expect("test PKI")
+/// The test PKI with every key (CAs and cards) of `alg`.
+fn test_pki(alg: KeyAlg) -> TestPki {
+    TestPki::generate(TestPkiOptions {
+        key_alg: alg,
+        ..TestPkiOptions::new(NOW)
+    })
+    .expect("test PKI")
 }
 
 /// No path cache: the benchmark repeats one card, which would always hit it, while real traffic
@@ -62,32 +67,50 @@ fn validator(pki: &TestPki) -> Arc<Validator> {
 /// once, so the client's signing cost is the signature, not PKCS#8 parsing.
 struct Card {
     cert_der: Vec<u8>,
-    key: RsaKeyPair,
+    key: CardKey,
     national_id: String,
+}
+
+enum CardKey {
+    Rsa(RsaKeyPair),
+    P256(EcdsaKeyPair),
 }
 
 impl Card {
     fn of(pki: &TestPki, name: &str) -> Self {
         let card = pki.card(name);
+        let der = &card.issued.key.pkcs8_der;
+        let key = match card.issued.key.alg {
+            KeyAlg::P256 => CardKey::P256(
+                EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_ASN1_SIGNING,
+                    der,
+                    &ring::rand::SystemRandom::new(),
+                )
+                .expect("P-256 test card"),
+            ),
+            _ => CardKey::Rsa(RsaKeyPair::from_pkcs8(der).expect("RSA test card")),
+        };
         Self {
             cert_der: card.issued.cert_der.clone(),
-            key: RsaKeyPair::from_pkcs8(&card.issued.key.pkcs8_der).expect("RSA test card"),
+            key,
             national_id: card.national_id.clone().expect("citizen card"),
         }
     }
 
     fn sign(&self, tbs: &str) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let failed = |_| PkiError::new(ErrorCode::CertMalformed, "signing failed");
         pki::cms::build_signed_data(tbs.as_bytes(), &self.cert_der, &Default::default(), |m| {
-            let mut out = vec![0u8; self.key.public().modulus_len()];
-            self.key
-                .sign(
-                    &RSA_PKCS1_SHA256,
-                    &ring::rand::SystemRandom::new(),
-                    m,
-                    &mut out,
-                )
-                .map_err(|_| PkiError::new(ErrorCode::CertMalformed, "RSA signing failed"))?;
-            Ok(out)
+            Ok(match &self.key {
+                CardKey::Rsa(key) => {
+                    let mut out = vec![0u8; key.public().modulus_len()];
+                    key.sign(&RSA_PKCS1_SHA256, &rng, m, &mut out)
+                        .map_err(failed)?;
+                    out
+                }
+                CardKey::P256(key) => key.sign(&rng, m).map_err(failed)?.as_ref().to_vec(),
+            })
         })
         .expect("CMS")
     }
@@ -750,6 +773,13 @@ fn machine() -> String {
     format!("nproc {nproc}, {model}")
 }
 
+fn alg_name(alg: KeyAlg) -> &'static str {
+    match alg {
+        KeyAlg::P256 => "P-256",
+        _ => "RSA-2048",
+    }
+}
+
 fn runtime(name: &'static str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(name)
@@ -761,12 +791,27 @@ fn runtime(name: &'static str) -> tokio::runtime::Runtime {
 fn main() {
     // `cargo bench` passes `--bench`; a filter or `--list` is not supported: run everything.
     let total = Instant::now();
-    eprintln!("generating the test PKI...");
-    let pki = test_pki();
+    // P-256 cards, so the clients' signing leaves the cores to the service; RSA-2048, the
+    // cards most holders carry, beside them. `CERTREG_BENCH_CARDS=p256` or `rsa` runs one.
+    let only = std::env::var("CERTREG_BENCH_CARDS").unwrap_or_default();
+    let algs: Vec<(KeyAlg, &str)> = [(KeyAlg::P256, "p256"), (KeyAlg::Rsa2048, "rsa")]
+        .into_iter()
+        .filter(|(_, name)| only.is_empty() || only == *name)
+        .collect();
+    eprintln!("generating the test PKIs...");
+    let pkis: Vec<(KeyAlg, TestPki)> = algs.iter().map(|(a, _)| (*a, test_pki(*a))).collect();
 
     eprintln!("measuring verify_proof (single thread)...");
-    let verify = verify_rate(&pki, &Card::of(&pki, Case::CitizenSerial.card()));
-    let mut cases = 1;
+    let verify: Vec<(KeyAlg, f64)> = pkis
+        .iter()
+        .map(|(alg, pki)| {
+            (
+                *alg,
+                verify_rate(pki, &Card::of(pki, Case::CitizenSerial.card())),
+            )
+        })
+        .collect();
+    let mut cases = verify.len();
 
     // The service and the clients on runtimes of their own, so their threads' CPU time can be
     // told apart; both share this machine's cores, as a client on the same host would.
@@ -780,13 +825,19 @@ fn main() {
             out.push("PostgreSQL: skipped (TEST_DATABASE_URL not set)".into());
             continue;
         }
-        let label = match backend {
-            Backend::Sqlite => "SQLite (temp file)",
-            Backend::Postgres => "PostgreSQL (same host)",
-        };
-        let fresh = server_rt.block_on(FreshDb::on(backend, "certreg_loadbench"));
-        let (n, e) = run_backend(label, &fresh, &pki, &server_rt, &client_rt, &mut out);
-        (cases, errors) = (cases + n, errors + e);
+        for (alg, pki) in &pkis {
+            let label = format!(
+                "{}, {} cards",
+                match backend {
+                    Backend::Sqlite => "SQLite (temp file)",
+                    Backend::Postgres => "PostgreSQL (same host)",
+                },
+                alg_name(*alg)
+            );
+            let fresh = server_rt.block_on(FreshDb::on(backend, "certreg_loadbench"));
+            let (n, e) = run_backend(&label, &fresh, pki, &server_rt, &client_rt, &mut out);
+            (cases, errors) = (cases + n, errors + e);
+        }
     }
     drop((server_rt, client_rt));
 
@@ -801,8 +852,9 @@ fn main() {
         WARM_UP.as_secs()
     );
     println!(
-        "step: POST /api/v1/flows, POST …/challenge, the card signs the TBS (RSA-2048, attached \
-         CMS, client side), POST …/card; validator without path cache, fixed clock, rate limits off"
+        "step: POST /api/v1/flows, POST …/challenge, the card signs the TBS (P-256 or RSA-2048, \
+         attached CMS, client side), POST …/card; validator without path cache, fixed clock, \
+         rate limits off"
     );
     println!(
         "steps/s: steps completed per second; p50/p99: server time of challenge + card as the \
@@ -814,11 +866,14 @@ fn main() {
          not PostgreSQL's own processes) and on the clients' (mostly signing)"
     );
     println!();
-    println!(
-        "pki verify_proof (CMS RSA-2048 attached, path + CRL, no cache), single thread: \
-         {verify:.0} proofs/s ({:.0} µs each)",
-        1e6 / verify
-    );
+    for (alg, rate) in verify {
+        println!(
+            "pki verify_proof (CMS {} attached, path + CRL, no cache), single thread: \
+             {rate:.0} proofs/s ({:.0} µs each)",
+            alg_name(alg),
+            1e6 / rate
+        );
+    }
     println!();
     for line in out {
         println!("{line}");
