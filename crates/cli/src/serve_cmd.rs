@@ -102,7 +102,7 @@ pub async fn refresh_crls(
     }
 }
 
-async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Mailer) {
+async fn after_refresh(validator: &Arc<Validator>, db: &Db, mailer: &web::mail::Mailer) {
     let now = time::OffsetDateTime::now_utc();
     let backend: domain::store::Backend = Arc::new(db.clone());
     match web::session::end_revoked_sessions(&backend, validator, now).await {
