@@ -447,8 +447,8 @@ mod tests {
 
         const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
 
-        /// An online check that has judged every certificate: asked again once the test has
-        /// its sources revoke them, it learns they are revoked. Counts how often it is asked.
+        /// An online check that has judged every certificate: asked again after the test has
+        /// had its sources revoke them, it learns that they are. Counts how often it is asked.
         #[derive(Default)]
         struct Revokes {
             now: AtomicBool,
@@ -594,7 +594,7 @@ mod tests {
                         e.action == "session.end" && e.detail["reason"] == "certificate_revoked"
                     })
             };
-            // The sweep at start (and with `sweep_every`, two after it) find nothing revoked.
+            // The sweeps at start and, with `sweep_every`, two after it find nothing revoked.
             let sweeps = if sweep_every.is_some() { 3 } else { 1 };
             while online.asked.load(Ordering::SeqCst) < sweeps {
                 tokio::time::sleep(Duration::from_millis(10)).await;
