@@ -70,49 +70,92 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
 
 use crate::crl_cmd::load_crls;
 
+/// What the revocation work beside the service acts on.
+pub struct RevocationWork {
+    pub validator: Arc<Validator>,
+    pub db: Db,
+    pub mailer: web::mail::Mailer,
+    /// The time of every refresh and sweep.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// How often the sessions are swept between CRL refreshes when the validator has an online
+/// check (`revocation` other than `crl`, or `crl_source = "distribution_point"`): OCSP answers
+/// and distribution point CRLs run out on their own schedule, not the refresh's.
+pub const ONLINE_SWEEP_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// How often the sessions are swept besides the CRL refreshes: [`ONLINE_SWEEP_EVERY`] when
+/// `validator` has an online check, never otherwise.
+pub fn online_sweep(validator: &Validator) -> Option<Duration> {
+    validator.has_online().then_some(ONLINE_SWEEP_EVERY)
+}
+
 /// Re-reads the CRL sources every `every` and puts them in force; a failed refresh keeps what
 /// is in force (the health check shows when it goes stale).
-/// After each refresh (and once at start, as sessions outlive a restart) the operator
-/// sessions whose certificate is revoked on the CRLs in force are ended, and the expiry and
-/// revocation notices not yet sent today go out.
+/// After each refresh (and once at start, as sessions outlive a restart) the operator and
+/// administrator sessions whose certificate is revoked end (see
+/// [`web::session::end_revoked_sessions`]), and the expiry and revocation notices not yet sent
+/// today go out. With `sweep_every`, the sessions are swept that often besides, whether or not
+/// a refresh happens (a sweep and a refresh never run at once).
 pub async fn refresh_crls(
-    validator: Arc<Validator>,
-    db: Db,
-    mailer: web::mail::Mailer,
+    work: RevocationWork,
     sources: Vec<String>,
     mut last_good: HashMap<String, std::sync::Arc<pki::revocation::CrlEntry>>,
     every: Duration,
+    sweep_every: Option<Duration>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = sweep_every.map(|d| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     // The first tick is immediate and the CRLs were just loaded.
     tick.tick().await;
-    after_refresh(&validator, &db, &mailer).await;
+    after_refresh(&work).await;
     loop {
-        tick.tick().await;
-        let now = time::OffsetDateTime::now_utc();
-        match load_crls(&sources, &mut last_good, validator.trust(), now).await {
-            Ok(store) => {
-                tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
-                validator.replace_crls(store);
+        let swept = async {
+            match sweep.as_mut() {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = work.clock.now();
+                match load_crls(&sources, &mut last_good, work.validator.trust(), now).await {
+                    Ok(store) => {
+                        tracing::info!(crls = store.entries().len(), next_update = ?store.earliest_next_update(), "CRLs refreshed");
+                        work.validator.replace_crls(store);
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "CRL refresh failed"),
+                }
+                after_refresh(&work).await;
+            }
+            _ = swept => end_revoked_sessions(&work).await,
         }
-        after_refresh(&validator, &db, &mailer).await;
     }
 }
 
-async fn after_refresh(validator: &Validator, db: &Db, mailer: &web::mail::Mailer) {
-    let now = time::OffsetDateTime::now_utc();
-    let backend: domain::store::Backend = Arc::new(db.clone());
-    match web::session::end_revoked_sessions(&backend, validator, now).await {
+async fn end_revoked_sessions(work: &RevocationWork) {
+    let backend: domain::store::Backend = Arc::new(work.db.clone());
+    match web::session::end_revoked_sessions(&backend, &work.validator, work.clock.now()).await {
         Ok(n) if n > 0 => {
-            tracing::info!(ended = n, "operator sessions of revoked certificates ended")
+            tracing::info!(ended = n, "sessions resting on revoked certificates ended")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "ending sessions of revoked certificates"),
     }
-    if let Err(e) = domain::notices::notify_once(db, validator, now, mailer).await {
+}
+
+async fn after_refresh(work: &RevocationWork) {
+    end_revoked_sessions(work).await;
+    let now = work.clock.now();
+    if let Err(e) = domain::notices::notify_once(&work.db, &work.validator, now, &work.mailer).await
+    {
         tracing::warn!(error = %e, "expiry notices");
     }
 }
@@ -309,12 +352,16 @@ pub async fn run(
         crl_copies,
     } = serving;
     let refresh = tokio::spawn(refresh_crls(
-        service.validator.clone(),
-        service.db.clone(),
-        service.mailer.clone(),
+        RevocationWork {
+            validator: service.validator.clone(),
+            db: service.db.clone(),
+            mailer: service.mailer.clone(),
+            clock: Arc::new(SystemClock),
+        },
         settings.crls.clone(),
         crl_copies,
         Duration::from_secs(settings.crl_refresh_minutes * 60),
+        online_sweep(&service.validator),
     ));
     let sweep = tokio::spawn(sweep_sessions(service.db.clone()));
     let calendar = tokio::spawn(reload_calendar(service.state.clone()));
@@ -382,6 +429,197 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 mod tests {
     use super::log_filter_of;
     use tracing::Level;
+
+    mod sweep {
+        use super::super::{RevocationWork, online_sweep, refresh_crls};
+        use domain::clock::FixedClock;
+        use domain::service::OperatorGrant;
+        use domain::store::{SessionRecord, Store as _};
+        use pki::online::{CrlSource, RevocationPolicy, RevocationSettings};
+        use pki::revocation::CrlStore;
+        use pki::serial::CertSerial;
+        use pki::validate::{CrlMode, OnlineStatus, ValidationOptions, Validator};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::time::Duration;
+        use time::OffsetDateTime;
+        use time::macros::datetime;
+
+        const NOW: OffsetDateTime = datetime!(2026-06-01 02:00 UTC);
+
+        /// An online check that has judged every certificate: asked again after the test has
+        /// had its sources revoke them, it learns that they are. Counts how often it is asked.
+        #[derive(Default)]
+        struct Revokes {
+            now: AtomicBool,
+            learned: AtomicBool,
+            asked: AtomicUsize,
+        }
+
+        impl OnlineStatus for Revokes {
+            fn check(
+                &self,
+                _cert: &pki::facts::ParsedCert,
+                _issuer: &pki::facts::ParsedCert,
+                _now: OffsetDateTime,
+            ) -> pki::error::Result<()> {
+                Ok(())
+            }
+
+            fn revoked(
+                &self,
+                _issuer: Option<&str>,
+                _serial: &CertSerial,
+            ) -> Option<OffsetDateTime> {
+                self.learned.load(Ordering::SeqCst).then_some(NOW)
+            }
+
+            fn ask_again(
+                &self,
+                issuer: Option<&str>,
+                serial: &CertSerial,
+                _now: OffsetDateTime,
+            ) -> Option<OffsetDateTime> {
+                if self.now.load(Ordering::SeqCst) {
+                    self.learned.store(true, Ordering::SeqCst);
+                }
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                self.revoked(issuer, serial)
+            }
+        }
+
+        #[test]
+        fn the_sessions_are_swept_between_refreshes_only_with_an_online_check() {
+            let pki = testpki::TestPki::generate(testpki::TestPkiOptions::new(NOW)).unwrap();
+            let wired = |policy, crl_source| {
+                pki::online::wire(
+                    pki.trust_store().unwrap(),
+                    CrlStore::new(),
+                    ValidationOptions::default(),
+                    &RevocationSettings {
+                        policy,
+                        crl_source,
+                        ..RevocationSettings::default()
+                    },
+                    pki::online::Transports::default(),
+                )
+            };
+            use {CrlSource::*, RevocationPolicy::*};
+            assert_eq!(online_sweep(&wired(Crl, Configured)), None);
+            for (policy, source) in [
+                (Crl, DistributionPoint),
+                (Ocsp, Configured),
+                (CrlAndOcsp, Configured),
+                (CrlAndOcsp, DistributionPoint),
+                (CrlOrOcsp, Configured),
+                (CrlOrOcsp, DistributionPoint),
+            ] {
+                assert_eq!(
+                    online_sweep(&wired(policy, source)),
+                    Some(super::super::ONLINE_SWEEP_EVERY),
+                    "{policy:?} {source:?}"
+                );
+            }
+        }
+
+        /// Runs the refresh task (sources none, every hour; the sweep, if any, every 20 ms)
+        /// over one operator's session while the online check turns to "revoked"; whether the
+        /// session is gone within three seconds.
+        async fn ended_without_a_refresh(sweep_every: Option<Duration>) -> bool {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
+            let db = store::Db::connect(&url, &store::Secrets::generate().unwrap())
+                .await
+                .unwrap();
+            let grant = OperatorGrant {
+                code: domain::types::InstitutionCode::parse("A0001").unwrap(),
+                operator_id: 1,
+                serial: CertSerial::parse("0A1B").unwrap(),
+                issuer: Some("CN=MOICA".into()),
+                name: "林志明".into(),
+                functions: Vec::new(),
+            };
+            let data = web::session::SessionData {
+                operator: Some(grant),
+                ..Default::default()
+            };
+            db.session_insert(&SessionRecord {
+                id: domain::store::session_key("operator"),
+                kind: "operator".into(),
+                code: Some("A0001".into()),
+                data: serde_json::to_string(&data).unwrap(),
+                created_at: NOW,
+                touched_at: NOW,
+                expires_at: NOW + time::Duration::minutes(15),
+                version: 1,
+            })
+            .await
+            .unwrap();
+            let online = Arc::new(Revokes::default());
+            let validator = Arc::new(
+                Validator::new(
+                    pki::anchors::TrustStore::new(),
+                    CrlStore::new(),
+                    ValidationOptions {
+                        crl: CrlMode::Off,
+                        ..ValidationOptions::default()
+                    },
+                )
+                .with_online(online.clone()),
+            );
+            let task = tokio::spawn(refresh_crls(
+                RevocationWork {
+                    validator,
+                    db: db.clone(),
+                    mailer: web::mail::Mailer::Disabled,
+                    clock: Arc::new(FixedClock::new(NOW)),
+                },
+                Vec::new(),
+                Default::default(),
+                Duration::from_secs(3600),
+                sweep_every,
+            ));
+            let live = || async { db.sessions_live(NOW).await.unwrap().len() };
+            // The session is ended when it is gone and the audit says why.
+            let ended = || async {
+                let events = db
+                    .audit_search(&store::AuditFilter {
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                live().await == 0
+                    && events.iter().any(|(_, e)| {
+                        e.action == "session.end" && e.detail["reason"] == "certificate_revoked"
+                    })
+            };
+            // The sweeps at start and, with `sweep_every`, two after it find nothing revoked.
+            let sweeps = if sweep_every.is_some() { 3 } else { 1 };
+            while online.asked.load(Ordering::SeqCst) < sweeps {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(live().await, 1);
+            online.now.store(true, Ordering::SeqCst);
+            let mut gone = false;
+            for _ in 0..150 {
+                if ended().await {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+            db.close().await;
+            gone
+        }
+
+        #[tokio::test]
+        async fn an_online_check_sweeps_the_sessions_without_a_crl_refresh() {
+            assert!(ended_without_a_refresh(Some(Duration::from_millis(20))).await);
+            assert!(!ended_without_a_refresh(None).await);
+        }
+    }
 
     #[test]
     fn rust_log_chooses_what_is_logged_and_junk_falls_back_to_the_default() {

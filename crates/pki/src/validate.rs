@@ -49,12 +49,51 @@ impl webpki::ExtendedKeyUsageValidator for AnyEku {
 pub trait OnlineStatus: Send + Sync {
     fn check(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()>;
 
+    /// [`OnlineStatus::check`] with the issuer as the validator holds it; what the caller is to
+    /// be warned about when the certificate is accepted (a CRL used past its nextUpdate) goes
+    /// to `warnings`.
+    fn check_noting(
+        &self,
+        cert: &ParsedCert,
+        issuer: &Arc<ParsedCert>,
+        now: OffsetDateTime,
+        _warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        self.check(cert, issuer, now)
+    }
+
     /// What the check consults, for [`Validated::revocation`] (`ocsp`, `crl`, `crl+ocsp`,
     /// `crl_or_ocsp`).
     fn label(&self) -> &'static str {
         "ocsp"
     }
+
+    /// When the certificate `serial` of `issuer` (a DN as the certificate facts write it, or
+    /// `None` for any issuer) was revoked as the check's sources said when it last judged the
+    /// certificate; `None` when they did not say so, or it never judged it. Nothing is fetched.
+    fn revoked(
+        &self,
+        _issuer: Option<&str>,
+        _serial: &crate::serial::CertSerial,
+    ) -> Option<OffsetDateTime> {
+        None
+    }
+
+    /// [`OnlineStatus::revoked`] after asking the sources again about a certificate judged
+    /// before, where what they said has run out at `now` (fetching on the caller's thread).
+    fn ask_again(
+        &self,
+        _issuer: Option<&str>,
+        _serial: &crate::serial::CertSerial,
+        _now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        None
+    }
 }
+
+/// How many certificates [`Validator::ask_revocation`] asks about at once: a quarter of the
+/// default fetch limit, so card steps keep the rest.
+pub const SWEEP_ASKS_AT_ONCE: usize = 4;
 
 /// How revocation is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -197,11 +236,12 @@ impl Validator {
         self.crls.read().map(|c| c.clone()).unwrap_or_default()
     }
 
-    /// Replaces the CRLs in force (after a refresh); cached paths are no longer used.
     /// When the certificate `serial` of `issuer` (a DN as `dn_string` writes it, or `None` for
     /// any issuer) was revoked on a CRL in force whose signature verifies with a CA certificate
-    /// of the trust store (anchor or intermediate) named as the CRL's issuer: a CRL from an
-    /// unauthenticated download cannot revoke anything by itself.
+    /// of the trust store (anchor or intermediate) named as the CRL's issuer (a CRL from an
+    /// unauthenticated download cannot revoke anything by itself), or, with an online check,
+    /// as its sources (OCSP, the distribution point's CRL) last said when it judged the
+    /// certificate. Nothing is fetched.
     pub fn revoked_at(
         &self,
         issuer: Option<&str>,
@@ -209,8 +249,46 @@ impl Validator {
     ) -> Option<time::OffsetDateTime> {
         self.crls()
             .is_revoked_signed(issuer, serial, |name| self.trust.keys_named(name))
+            .or_else(|| self.online.as_ref()?.revoked(issuer, serial))
     }
 
+    /// Whether the validator has an online check (OCSP or distribution points), whose answers
+    /// run out and are worth asking for again ([`Validator::ask_revocation`]).
+    pub fn has_online(&self) -> bool {
+        self.online.is_some()
+    }
+
+    /// Asks the online check again about each of `certs` (issuer as in [`Validator::revoked_at`],
+    /// serial) it has judged before, where what its sources said has run out, so that
+    /// [`Validator::revoked_at`] gives what they say at `now`; at most
+    /// [`SWEEP_ASKS_AT_ONCE`] at a time, each within the fetch timeouts and limit of the check.
+    /// Blocks the calling thread. Returns how many of them are revoked.
+    pub fn ask_revocation(
+        &self,
+        certs: &[(Option<String>, crate::serial::CertSerial)],
+        now: OffsetDateTime,
+    ) -> usize {
+        let Some(online) = &self.online else {
+            return 0;
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let revoked = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..SWEEP_ASKS_AT_ONCE.min(certs.len()) {
+                scope.spawn(|| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while let Some((issuer, serial)) = certs.get(next.fetch_add(1, Relaxed)) {
+                        if online.ask_again(issuer.as_deref(), serial, now).is_some() {
+                            revoked.fetch_add(1, Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        revoked.into_inner()
+    }
+
+    /// Replaces the CRLs in force (after a refresh); cached paths are no longer used.
     pub fn replace_crls(&self, mut crls: CrlStore) {
         crls.verify_signatures(|name| self.trust.keys_named(name));
         if let Ok(mut slot) = self.crls.write() {
@@ -248,15 +326,17 @@ impl Validator {
             let issuer = hit.issuer.clone();
             drop(c);
             if let Some(online) = &self.online {
-                online.check(cert, &issuer, now)?;
+                online.check_noting(cert, &issuer, now, &mut result.warnings)?;
             }
             return Ok(result);
         }
 
         let (mut result, issuer, valid_from, valid_until) =
             self.validate_uncached(cert, extra, role, now, &crls)?;
+        // Kept apart from the cached result: the online check is made again on every hit.
+        let mut online_warnings = Vec::new();
         if let Some(online) = &self.online {
-            online.check(cert, &issuer, now)?;
+            online.check_noting(cert, &issuer, now, &mut online_warnings)?;
             result.revocation = match (result.revocation, online.label()) {
                 ("crl", "ocsp") => "crl+ocsp",
                 (_, label) => label,
@@ -285,6 +365,7 @@ impl Validator {
                 },
             );
         }
+        result.warnings.extend(online_warnings);
         Ok(result)
     }
 

@@ -1,6 +1,7 @@
 //! Test support shared by certreg's crates, never shipped: the harness that runs a Playwright
 //! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service,
-//! fresh PostgreSQL databases for tests and benchmarks, scratch directories and the OpenSSL CLI.
+//! fresh PostgreSQL databases for tests and benchmarks, scratch directories and the OpenSSL CLI,
+//! an `openssl ocsp` responder ([`ocsp`]) and a CRL distribution point ([`cdp`]).
 //! With the `fixtures` feature, what the service's suites share: the seeded agencies
 //! ([`seed`]), fresh store databases on SQLite and PostgreSQL ([`db`]) and the validator of the
 //! test PKI ([`validator`]).
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cdp;
 #[cfg(feature = "fixtures")]
 pub mod db;
 pub mod ocsp;

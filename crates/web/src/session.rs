@@ -561,21 +561,52 @@ fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str
     }
 }
 
-/// Ends every live session whose grant rests on a certificate revoked on a CRL in force of
-/// `validator` (only CRLs signed by a trusted CA count), each with an audit event; returns how
-/// many ended. The domain judges each session by the grants its data holds
-/// ([`domain::service::revocation_ending`]). `certreg serve` calls it after each CRL refresh.
+/// Ends every live session whose grant rests on a certificate that `validator` says is revoked
+/// ([`pki::validate::Validator::revoked_at`]: on a CRL in force signed by a trusted CA, or as
+/// its online check's sources say), each with an audit event; returns how many ended. With an
+/// online check (OCSP, distribution points), the certificates the live sessions rest on are
+/// first asked about again where what their sources said has run out
+/// ([`pki::validate::Validator::ask_revocation`], off the async workers): a source that cannot
+/// answer ends nothing. The domain judges each session by the grants its data holds
+/// ([`domain::service::revocation_ending`]). `certreg serve` calls it after each CRL refresh
+/// and, with an online check, every few minutes besides.
 pub async fn end_revoked_sessions(
     db: &Backend,
-    validator: &pki::validate::Validator,
+    validator: &std::sync::Arc<pki::validate::Validator>,
     now: OffsetDateTime,
 ) -> domain::Result<u64> {
     use domain::store::Store as _;
+    let sessions: Vec<(String, SessionData)> = db
+        .sessions_live(now)
+        .await?
+        .into_iter()
+        .filter_map(|record| {
+            let data = serde_json::from_str::<SessionData>(&record.data).ok()?;
+            (data.admin.is_some() || data.operator.is_some()).then_some((record.id, data))
+        })
+        .collect();
+    if validator.has_online() && !sessions.is_empty() {
+        let mut certs = std::collections::BTreeSet::new();
+        for (_, data) in &sessions {
+            certs.extend(
+                domain::service::grant_certificates(
+                    db,
+                    data.admin.as_ref(),
+                    data.operator.as_ref(),
+                )
+                .await?,
+            );
+        }
+        let certs: Vec<_> = certs.into_iter().collect();
+        let validator = validator.clone();
+        tokio::task::spawn_blocking(move || validator.ask_revocation(&certs, now))
+            .await
+            .map_err(|e| {
+                domain::DomainError::Storage(format!("the revocation check did not finish: {e}"))
+            })?;
+    }
     let mut ended = 0;
-    for record in db.sessions_live(now).await? {
-        let Ok(data) = serde_json::from_str::<SessionData>(&record.data) else {
-            continue;
-        };
+    for (id, data) in sessions {
         let ending = domain::service::revocation_ending(
             db,
             validator,
@@ -587,7 +618,7 @@ pub async fn end_revoked_sessions(
         let Some(event) = ending else {
             continue;
         };
-        db.session_delete(&record.id).await?;
+        db.session_delete(&id).await?;
         ended += 1;
         db.append_audit(&event).await?;
     }

@@ -20,7 +20,9 @@ pub use backoffice::{
 pub use card::{CardAttempt, CardStepInput, StepOutcome};
 pub use confirm::ContactInput;
 pub use flows::IssuedChallenge;
-pub use operators::{AdminGrant, OperatorForm, OperatorGrant, revocation_ending};
+pub use operators::{
+    AdminGrant, OperatorForm, OperatorGrant, grant_certificates, revocation_ending,
+};
 
 use crate::calendar::BusinessCalendar;
 use crate::clock::Clock;

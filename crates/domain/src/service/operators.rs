@@ -31,8 +31,9 @@ pub struct OperatorGrant {
     pub functions: Vec<FunctionId>,
 }
 
-/// The first of a registration's two cards revoked on a CRL in force: which it is
-/// (`organization`, `administrator`), the certificate and when it was revoked.
+/// The first of a registration's two cards revoked on a CRL in force or as the online check
+/// last learned ([`pki::validate::Validator::revoked_at`]): which it is (`organization`,
+/// `administrator`), the certificate and when it was revoked.
 fn revoked_card<'r>(
     validator: &pki::validate::Validator,
     registration: &'r Registration,
@@ -49,11 +50,35 @@ fn revoked_card<'r>(
     })
 }
 
-/// Whether a session holding these grants must end because a card they rest on was revoked
-/// on a CRL in force: the audit event that records its end, or `None` while they hold. An
+/// The certificates a session holding these grants rests on, by issuer (`None`: any issuer,
+/// for a grant made before its issuer was known) and serial: an operator's card, and for an
+/// administrator the agency's registered organization card and administrator card. The sweep
+/// asks the online revocation check about these before it judges the sessions.
+pub async fn grant_certificates<S: Store>(
+    store: &S,
+    admin: Option<&AdminGrant>,
+    operator: Option<&OperatorGrant>,
+) -> Result<Vec<(Option<String>, CertSerial)>> {
+    let mut certs = Vec::new();
+    if let Some(grant) = operator {
+        certs.push((grant.issuer.clone(), grant.serial.clone()));
+    }
+    if let Some(grant) = admin
+        && let Some(registration) = store.registration(&grant.code).await?
+    {
+        for cert in [&registration.org.cert, &registration.admin_card.cert] {
+            certs.push((Some(cert.issuer.clone()), cert.serial.clone()));
+        }
+    }
+    Ok(certs)
+}
+
+/// Whether a session holding these grants must end because a card they rest on is revoked
+/// ([`pki::validate::Validator::revoked_at`]: on a CRL in force, or as the online check's
+/// sources last said): the audit event that records its end, or `None` while they hold. An
 /// operator's card is judged by issuer and serial (any issuer for a grant made before its
 /// issuer was known); an administrator's by the agency's registered organization card and
-/// administrator card. The CRL-refresh sweep of live sessions asks this for each.
+/// administrator card. The sweep of live sessions asks this for each.
 pub async fn revocation_ending<S: Store>(
     store: &S,
     validator: &pki::validate::Validator,
@@ -142,8 +167,9 @@ impl<S: Store, C: Clock> Services<S, C> {
         if registration.version != grant.registration_version {
             return Err(DomainError::Forbidden);
         }
-        // Checked on every use, not only by the sweep after a CRL refresh: a login that was
-        // in flight while the sweep ran holds no revoked card past its next request.
+        // Checked on every use, not only by the sweep: a login that was in flight while the
+        // sweep ran holds no revoked card past its next request, nor one a card step has
+        // meanwhile found revoked online. Nothing is fetched here.
         if let Some((_, cert, _)) = revoked_card(&self.validator, &registration) {
             return Err(DomainError::Pki(pki::PkiError::new(
                 pki::ErrorCode::CertRevoked,
@@ -155,8 +181,8 @@ impl<S: Store, C: Clock> Services<S, C> {
 
     /// The operator grant of a login as it stands now: the operator re-read (deleted, or
     /// re-bound to another card, is no longer one) and its card not revoked on a CRL in force
-    /// (checked on every use, whether or not the sweep after a refresh has reached the
-    /// session). `None` when the grant no longer holds.
+    /// nor as the online check last learned (checked on every use, whether or not the sweep
+    /// has reached the session; nothing is fetched). `None` when the grant no longer holds.
     pub async fn current_operator(&self, grant: &OperatorGrant) -> Result<Option<Operator>> {
         if self
             .validator

@@ -1,6 +1,7 @@
 //! CRLs fetched on demand from a certificate's own CRL distribution point (`http://` only),
 //! kept until their nextUpdate, and used only once they verify with the issuer's key.
 
+use super::SourceVerdict;
 use super::flight::{FetchLimit, Flights};
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::ParsedCert;
@@ -180,6 +181,13 @@ impl Held {
         }
         v
     }
+
+    /// When this CRL says `cert` was revoked (its revocationDate), if it lists it.
+    fn revocation_date(&self, cert: &ParsedCert) -> Option<OffsetDateTime> {
+        let serial = cert.cert.tbs_certificate().serial_number().as_bytes();
+        let listed = self.list.find_serial(serial).ok().flatten()?;
+        OffsetDateTime::from_unix_timestamp(listed.revocation_date.as_secs() as i64).ok()
+    }
 }
 
 /// The key of a kept CRL: the distribution point and the issuer key it verified with.
@@ -336,15 +344,17 @@ impl CdpCache {
         }
     }
 
-    /// Checks `cert` against the CRL of its first `http://` distribution point whose CRL
-    /// covers it (its issuingDistributionPoint, as webpki reads it for the configured CRLs).
+    /// What the CRL of the first `http://` distribution point of `cert` whose CRL covers it (its
+    /// issuingDistributionPoint, as webpki reads it for the configured CRLs) says about it: not
+    /// revoked (with the warning to give when that CRL is past its nextUpdate and `stale` let
+    /// it be used), or revoked and when. An error when no such CRL could be had or used.
     pub fn check(
         &self,
         cert: &ParsedCert,
         issuer: &ParsedCert,
         now: OffsetDateTime,
         stale: StalePolicy,
-    ) -> Result<()> {
+    ) -> Result<SourceVerdict> {
         let issuer_spki = issuer.spki_der()?;
         let mut last = PkiError::new(
             ErrorCode::RevocationUnknown,
@@ -354,9 +364,26 @@ impl CdpCache {
             let verdict =
                 self.crl(url, issuer, &issuer_spki, now, stale)
                     .and_then(|(held, expiration)| {
-                        held.verdict(cert, issuer, now, expiration).map_err(|e| {
-                            PkiError::new(e.code, format!("{} (CRL from {url})", e.detail))
-                        })
+                        match held.verdict(cert, issuer, now, expiration) {
+                            Ok(()) => Ok(SourceVerdict::Good {
+                                stale: matches!(expiration, ExpirationPolicy::Ignore).then(|| {
+                                    format!(
+                                        "the CRL from {url} is past its nextUpdate {}",
+                                        super::rfc3339(held.fresh_until())
+                                    )
+                                }),
+                            }),
+                            Err(e) if e.code == ErrorCode::CertRevoked => {
+                                Ok(SourceVerdict::Revoked {
+                                    at: held.revocation_date(cert).unwrap_or(held.this_update),
+                                    detail: format!("{} (CRL from {url})", e.detail),
+                                })
+                            }
+                            Err(e) => Err(PkiError::new(
+                                e.code,
+                                format!("{} (CRL from {url})", e.detail),
+                            )),
+                        }
                     });
             match verdict {
                 Err(e) if e.code == ErrorCode::RevocationUnknown => last = e,

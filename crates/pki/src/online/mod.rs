@@ -11,18 +11,22 @@
 mod cdp;
 mod flight;
 mod ocsp_cache;
+mod seen;
 
 pub use cdp::{CdpCache, CdpConfig, CrlFetch, HttpCrlFetch};
 pub use flight::FetchLimit;
 pub use ocsp_cache::{OCSP_CACHE_CAPACITY, OcspCache};
+pub use seen::CARDS_KEPT;
 
 use crate::anchors::TrustStore;
 use crate::error::{ErrorCode, PkiError, Result};
 use crate::facts::ParsedCert;
 use crate::ocsp::{HttpTransport, OcspConfig, OcspStatus, OcspTransport};
 use crate::revocation::{CrlStore, StalePolicy};
+use crate::serial::CertSerial;
 use crate::validate::{CrlMode, OnlineStatus, ValidationOptions, Validator};
 use pki_types::{CertificateDer, UnixTime};
+use seen::SeenCards;
 use std::sync::{Arc, Weak};
 use time::OffsetDateTime;
 use webpki::{
@@ -224,6 +228,7 @@ pub fn wire(
             ocsp,
             crl,
             stale: options.stale_crl,
+            seen: SeenCards::new(CARDS_KEPT),
         };
         Validator::new(trust, crls, options)
             .with_online(Arc::new(online))
@@ -245,32 +250,61 @@ enum CrlPart {
     DistributionPoint(CdpCache),
 }
 
-/// The online check of [`wire`]'s validator.
+/// What one revocation source says about a certificate it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceVerdict {
+    /// Not revoked. `stale` says what to warn about when the CRL that says so is past its
+    /// nextUpdate and the stale policy let it be used.
+    Good { stale: Option<String> },
+    /// Revoked at `at`; `detail` says by which source.
+    Revoked { at: OffsetDateTime, detail: String },
+}
+
+/// The online check of [`wire`]'s validator. Every certificate it judges is remembered (at
+/// most [`CARDS_KEPT`], by issuer and serial) with what its sources said, so that a card a
+/// session rests on can be asked about again by issuer and serial alone
+/// ([`OnlineStatus::ask_again`]).
 pub struct OnlineRevocation {
     need: Need,
     ocsp: Option<OcspCache>,
     crl: Option<CrlPart>,
     stale: StalePolicy,
+    seen: SeenCards,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 impl OnlineRevocation {
-    fn ocsp(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()> {
+    fn ocsp(
+        &self,
+        cert: &ParsedCert,
+        issuer: &ParsedCert,
+        now: OffsetDateTime,
+    ) -> Result<SourceVerdict> {
         let Some(ocsp) = &self.ocsp else {
             return Err(PkiError::new(
                 ErrorCode::RevocationUnknown,
                 "no OCSP check is configured",
             ));
         };
-        match ocsp.status(cert, issuer, now)? {
-            OcspStatus::Good => Ok(()),
-            OcspStatus::Revoked { at } => Err(PkiError::new(
-                ErrorCode::CertRevoked,
-                format!("the OCSP responder reports the certificate revoked at {at}"),
-            )),
-        }
+        Ok(match ocsp.status(cert, issuer, now)? {
+            OcspStatus::Good => SourceVerdict::Good { stale: None },
+            OcspStatus::Revoked { at } => SourceVerdict::Revoked {
+                at,
+                detail: format!("the OCSP responder reports the certificate revoked at {at}"),
+            },
+        })
     }
 
-    fn crl(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()> {
+    fn crl(
+        &self,
+        cert: &ParsedCert,
+        issuer: &ParsedCert,
+        now: OffsetDateTime,
+    ) -> Result<SourceVerdict> {
         match &self.crl {
             Some(CrlPart::DistributionPoint(cdp)) => cdp.check(cert, issuer, now, self.stale),
             Some(CrlPart::Configured(validator)) => {
@@ -281,20 +315,95 @@ impl OnlineRevocation {
                         "no CRL is loaded, so revocation cannot be checked",
                     ));
                 }
-                match crls.check_end_entity(cert, issuer, now, true) {
+                let judged = match crls.check_end_entity(cert, issuer, now, true) {
                     Err(e)
                         if e.code == ErrorCode::RevocationStale
                             && self.stale == StalePolicy::Warn =>
                     {
-                        crls.check_end_entity(cert, issuer, now, false).map(|_| ())
+                        crls.check_end_entity(cert, issuer, now, false)
                     }
-                    other => other.map(|_| ()),
+                    other => other,
+                };
+                match judged {
+                    Ok(stale) => Ok(SourceVerdict::Good {
+                        stale: stale.map(|next| {
+                            format!("the CRL's nextUpdate {} has passed", rfc3339(next))
+                        }),
+                    }),
+                    Err(e) if e.code == ErrorCode::CertRevoked => Ok(SourceVerdict::Revoked {
+                        at: crls
+                            .is_revoked(Some(&cert.facts.issuer), &cert.facts.serial)
+                            .unwrap_or(now),
+                        detail: e.detail,
+                    }),
+                    Err(e) => Err(e),
                 }
             }
             None => Err(PkiError::new(
                 ErrorCode::RevocationUnknown,
                 "no CRL check is configured",
             )),
+        }
+    }
+
+    /// The verdict a card step needs under the policy: an error when the certificate is refused
+    /// for want of an answer.
+    fn verdict(
+        &self,
+        cert: &ParsedCert,
+        issuer: &ParsedCert,
+        now: OffsetDateTime,
+    ) -> Result<SourceVerdict> {
+        match self.need {
+            Need::Crl => self.crl(cert, issuer, now),
+            Need::Ocsp => self.ocsp(cert, issuer, now),
+            Need::Both => match self.crl(cert, issuer, now)? {
+                revoked @ SourceVerdict::Revoked { .. } => Ok(revoked),
+                SourceVerdict::Good { stale } => match self.ocsp(cert, issuer, now)? {
+                    SourceVerdict::Good { .. } => Ok(SourceVerdict::Good { stale }),
+                    revoked => Ok(revoked),
+                },
+            },
+            Need::Either => match self.ocsp(cert, issuer, now) {
+                Ok(v) => Ok(v),
+                Err(ocsp) => self.crl(cert, issuer, now).map_err(|e| {
+                    PkiError::new(
+                        e.code,
+                        format!("{}; OCSP gave no answer either: {ocsp}", e.detail),
+                    )
+                }),
+            },
+        }
+    }
+
+    /// Whether the sources of the policy say a certificate that was accepted is revoked:
+    /// `Some(at)` when one of them does (with both required, either suffices), `Some(None)`
+    /// when they say it is not, `None` when none that decides could answer. Where a card step
+    /// would be refused for want of an answer, this is only "no answer": it does not end what
+    /// rests on the card.
+    fn revoked_verdict(
+        &self,
+        cert: &ParsedCert,
+        issuer: &ParsedCert,
+        now: OffsetDateTime,
+    ) -> Option<Option<OffsetDateTime>> {
+        let revoked = |v: &SourceVerdict| match v {
+            SourceVerdict::Revoked { at, .. } => Some(*at),
+            SourceVerdict::Good { .. } => None,
+        };
+        match self.need {
+            Need::Both => {
+                let crl = self.crl(cert, issuer, now).ok();
+                if let Some(at) = crl.as_ref().and_then(revoked) {
+                    return Some(Some(at));
+                }
+                let ocsp = self.ocsp(cert, issuer, now).ok();
+                if let Some(at) = ocsp.as_ref().and_then(revoked) {
+                    return Some(Some(at));
+                }
+                (crl.is_some() && ocsp.is_some()).then_some(None)
+            }
+            _ => self.verdict(cert, issuer, now).ok().map(|v| revoked(&v)),
         }
     }
 }
@@ -310,28 +419,65 @@ impl OnlineStatus for OnlineRevocation {
     }
 
     fn check(&self, cert: &ParsedCert, issuer: &ParsedCert, now: OffsetDateTime) -> Result<()> {
-        match self.need {
-            Need::Crl => self.crl(cert, issuer, now),
-            Need::Ocsp => self.ocsp(cert, issuer, now),
-            Need::Both => {
-                self.crl(cert, issuer, now)?;
-                self.ocsp(cert, issuer, now)
+        self.check_noting(cert, &Arc::new(issuer.clone()), now, &mut Vec::new())
+    }
+
+    fn check_noting(
+        &self,
+        cert: &ParsedCert,
+        issuer: &Arc<ParsedCert>,
+        now: OffsetDateTime,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let verdict = self.verdict(cert, issuer, now);
+        let noted = match &verdict {
+            Ok(SourceVerdict::Revoked { at, .. }) => Some(Some(*at)),
+            Ok(SourceVerdict::Good { .. }) => Some(None),
+            Err(_) => None,
+        };
+        self.seen.note(cert, issuer, noted);
+        match verdict? {
+            SourceVerdict::Good { stale } => {
+                if let Some(stale) = stale {
+                    warnings.push(format!("accepted with a stale CRL: {stale}"));
+                }
+                Ok(())
             }
-            Need::Either => match self.ocsp(cert, issuer, now) {
-                Ok(()) => Ok(()),
-                Err(e) if e.code == ErrorCode::CertRevoked => Err(e),
-                Err(ocsp) => self.crl(cert, issuer, now).map_err(|e| {
-                    if e.code == ErrorCode::CertRevoked {
-                        e
-                    } else {
-                        PkiError::new(
-                            e.code,
-                            format!("{}; OCSP gave no answer either: {ocsp}", e.detail),
-                        )
-                    }
-                }),
-            },
+            SourceVerdict::Revoked { detail, .. } => {
+                Err(PkiError::new(ErrorCode::CertRevoked, detail))
+            }
         }
+    }
+
+    fn revoked(&self, issuer: Option<&str>, serial: &CertSerial) -> Option<OffsetDateTime> {
+        self.seen
+            .find(issuer, serial)
+            .iter()
+            .find_map(|k| k.revoked)
+    }
+
+    fn ask_again(
+        &self,
+        issuer: Option<&str>,
+        serial: &CertSerial,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        let known = self.seen.find(issuer, serial);
+        // A revocation is final: what said so is not asked again.
+        if let Some(at) = known.iter().find_map(|k| k.revoked) {
+            return Some(at);
+        }
+        for k in known {
+            let Ok(cert) = ParsedCert::from_der(k.der.to_vec()) else {
+                continue;
+            };
+            let verdict = self.revoked_verdict(&cert, &k.issuer, now);
+            self.seen.note(&cert, &k.issuer, verdict);
+            if let Some(Some(at)) = verdict {
+                return Some(at);
+            }
+        }
+        None
     }
 }
 

@@ -717,3 +717,177 @@ fn the_kept_answers_and_crls_are_bounded() {
     }
     assert_eq!(server.gets(), 6);
 }
+
+#[test]
+fn a_stale_crl_used_by_the_online_check_is_named_in_the_warnings() {
+    let f = fixture();
+    let gca = f.pki.ca(CaKind::Gca);
+    let hour = time::Duration::hours(1);
+    let server = CdpServer::start(Reply::Status(404));
+    let url = server.url("gca-1.crl");
+    let good = card("gca-agency", None, Some(&url));
+    let other = card("gca-agency-renewed", None, Some(&url));
+    server.set(Reply::Crl(partition(gca, &url, f.at, f.at + hour)));
+    let v = cdp_validator(StalePolicy::Warn);
+    let fresh = v.validate(&good, &[], Role::Organization, f.at).unwrap();
+    assert!(fresh.warnings.is_empty(), "{:?}", fresh.warnings);
+
+    // The distribution point is down and its CRL past its nextUpdate: used, with a warning,
+    // whether the path is built (`other`) or taken from the path cache (`good`, then `other`).
+    server.set(Reply::Status(503));
+    let later = f.at + hour * 2;
+    for (cert, cached) in [(&other, false), (&good, true), (&other, true)] {
+        let r = v.validate(cert, &[], Role::Organization, later).unwrap();
+        assert_eq!((r.revocation, r.cached), ("crl", cached));
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("accepted with a stale CRL: the CRL from")
+                && r.warnings[0].contains(&url),
+            "{:?}",
+            r.warnings
+        );
+    }
+    // A fresh CRL again: no warning, from the path cache too.
+    server.set(Reply::Crl(partition(gca, &url, later, later + hour)));
+    let r = v.validate(&good, &[], Role::Organization, later).unwrap();
+    assert!(r.cached && r.warnings.is_empty(), "{:?}", r.warnings);
+
+    // The configured CRLs as the fallback of `crl_or_ocsp` say the same.
+    let silent = silent_server();
+    let mut s = settings(RevocationPolicy::CrlOrOcsp, CrlSource::Configured);
+    s.ocsp.timeout = Duration::from_millis(200);
+    let v = validator(
+        &s,
+        f.pki.crl_store(f.at, f.at + hour).unwrap(),
+        StalePolicy::Warn,
+        &Arc::new(Net::default()),
+    );
+    let good = card("gca-agency", Some(&silent), None);
+    let r = v.validate(&good, &[], Role::Organization, later).unwrap();
+    assert_eq!(r.revocation, "crl_or_ocsp");
+    assert!(
+        r.warnings.len() == 1 && r.warnings[0].starts_with("accepted with a stale CRL: "),
+        "{:?}",
+        r.warnings
+    );
+}
+
+/// A CRL of the test GCA for `url` listing `revoked` (serial bytes) at `this`.
+fn listing(url: &str, revoked: &[&[u8]], this: OffsetDateTime, next: OffsetDateTime) -> Vec<u8> {
+    testpki::crl_from(
+        fixture().pki.ca(CaKind::Gca),
+        &CrlSpec {
+            revoked: revoked.iter().map(|s| (s.to_vec(), this)).collect(),
+            number: this.unix_timestamp().to_be_bytes().to_vec(),
+            idp_url: Some(url.to_string()),
+            ..CrlSpec::new(this, next)
+        },
+    )
+}
+
+#[test]
+fn a_card_judged_before_is_asked_about_again_once_its_crl_runs_out() {
+    let f = fixture();
+    let min = time::Duration::minutes(1);
+    let server = CdpServer::start(Reply::Status(404));
+    let url = server.url("gca-1.crl");
+    let good = card("gca-agency", None, Some(&url));
+    let serial_bytes = f.pki.card("gca-agency").issued.serial().to_vec();
+    server.set(Reply::Crl(listing(&url, &[], f.at, f.at + min * 10)));
+    let v = cdp_validator(StalePolicy::Reject);
+    let issuer = good.facts.issuer.clone();
+    let serial = good.facts.serial.clone();
+    let asked = [(Some(issuer.clone()), serial.clone())];
+
+    // Never judged: nothing to ask about, nothing fetched.
+    assert_eq!(v.ask_revocation(&asked, f.at), 0);
+    assert_eq!(server.gets(), 0);
+    assert!(validate(&v, &good, f.at).is_ok());
+    assert_eq!(server.gets(), 1);
+
+    // Revoked at the distribution point: the CRL kept speaks until its nextUpdate.
+    let revoked_at = f.at + min * 5;
+    server.set(Reply::Crl(listing(
+        &url,
+        &[&serial_bytes],
+        revoked_at,
+        f.at + min * 30,
+    )));
+    assert_eq!(v.ask_revocation(&asked, f.at + min * 9), 0);
+    assert_eq!(server.gets(), 1);
+    assert_eq!(v.revoked_at(Some(&issuer), &serial), None);
+    // Past it, the newer CRL is fetched and says so; the validator remembers it without
+    // fetching, by issuer and serial and by serial alone.
+    assert_eq!(v.ask_revocation(&asked, f.at + min * 11), 1);
+    assert_eq!(server.gets(), 2);
+    assert_eq!(v.revoked_at(Some(&issuer), &serial), Some(revoked_at));
+    assert_eq!(v.revoked_at(None, &serial), Some(revoked_at));
+    assert_eq!(v.revoked_at(Some("CN=another issuer"), &serial), None);
+    // A revocation is final: asked again, nothing is fetched.
+    assert_eq!(v.ask_revocation(&asked, f.at + min * 40), 1);
+    assert_eq!(server.gets(), 2);
+}
+
+#[test]
+fn with_both_required_either_source_revokes_and_neither_answering_revokes_nothing() {
+    let f = fixture();
+    let r = responder("ca.pem", "ca.key");
+    let min = time::Duration::minutes(1);
+    let at = now();
+    let server = CdpServer::start(Reply::Status(404));
+    let url = server.url("gca-1.crl");
+    let good = card("gca-agency", Some(&r.url), Some(&url));
+    let net = Arc::new(Net::default());
+    let v = validator(
+        &settings(RevocationPolicy::CrlAndOcsp, CrlSource::DistributionPoint),
+        CrlStore::new(),
+        StalePolicy::Reject,
+        &net,
+    );
+    server.set(Reply::Crl(listing(&url, &[], at - min, at + min * 10)));
+    assert_eq!(validate(&v, &good, at).unwrap(), "crl+ocsp");
+    assert_eq!(net.posts(), 1);
+    let key = |c: &ParsedCert| (Some(c.facts.issuer.clone()), c.facts.serial.clone());
+
+    // Eleven minutes on, the responder's answers (five minutes, dated by the system clock) are
+    // stale however often it is asked, and the distribution point is down: no source answers,
+    // nothing is revoked.
+    let later = at + min * 11;
+    server.set(Reply::Status(503));
+    assert_eq!(v.ask_revocation(&[key(&good)], later), 0);
+    assert_eq!(net.posts(), 2);
+    assert_eq!(
+        v.revoked_at(Some(&good.facts.issuer), &good.facts.serial),
+        None
+    );
+    // The distribution point lists it: revoked, whatever OCSP cannot say.
+    let serial = f.pki.card("gca-agency").issued.serial().to_vec();
+    server.set(Reply::Crl(listing(&url, &[&serial], at, at + min * 30)));
+    assert_eq!(v.ask_revocation(&[key(&good)], later), 1);
+    assert_eq!(
+        v.revoked_at(Some(&good.facts.issuer), &good.facts.serial),
+        Some(at)
+    );
+
+    // A card refused at its step for want of a CRL (its distribution point has none) and
+    // reported revoked by the responder: revoked too.
+    let revoked = card(
+        "gca-agency-revoked",
+        Some(&r.url),
+        Some(&server.url("none.crl")),
+    );
+    server.set(Reply::Status(404));
+    assert_eq!(
+        code(validate(&v, &revoked, at)),
+        ErrorCode::RevocationUnknown
+    );
+    assert_eq!(
+        v.revoked_at(Some(&revoked.facts.issuer), &revoked.facts.serial),
+        None
+    );
+    assert_eq!(v.ask_revocation(&[key(&revoked)], now()), 1);
+    assert!(
+        v.revoked_at(Some(&revoked.facts.issuer), &revoked.facts.serial)
+            .is_some()
+    );
+}

@@ -124,7 +124,8 @@ impl Api {
         fields: Value,
     ) -> (StatusCode, Value) {
         let (challenge_id, tbs) = self.challenge(token, flow).await;
-        self.submit(token, flow, &challenge_id, &cms(card, &tbs), fields)
+        let signature = self.app.sign(card, &tbs);
+        self.submit(token, flow, &challenge_id, &signature, fields)
             .await
     }
 
@@ -202,7 +203,7 @@ impl Api {
             .post(
                 admin,
                 "/api/v1/operators",
-                json!({ "certificate": cert_b64(card), "national_id": id_of(card), "functions": functions }),
+                json!({ "certificate": base64::engine::general_purpose::STANDARD.encode(&self.app.card(card).issued.cert_der), "national_id": id_of(card), "functions": functions }),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -1880,6 +1881,10 @@ mod sessions;
 // Abuse by one client, and what an outsider may learn.
 #[path = "abuse.rs"]
 mod abuse;
+
+// Sessions whose cards OCSP or a distribution point revokes.
+#[path = "online.rs"]
+mod online;
 
 // ---- revocation awareness ---------------------------------------------------------------------
 

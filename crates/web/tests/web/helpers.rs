@@ -7,9 +7,10 @@
 
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
-use domain::clock::FixedClock;
+use domain::clock::{Clock as _, FixedClock};
 use domain::store::Store as _;
 use pki::validate::Validator;
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use testpki::{TestPki, TestPkiOptions};
 use time::OffsetDateTime;
@@ -39,6 +40,8 @@ pub struct TestApp {
     pub secrets: store::Secrets,
     /// The service's validator: tests put new CRLs in force with `replace_crls`.
     pub validator: Arc<Validator>,
+    /// Cards proofs are made with instead of the test PKI's of the same name.
+    cards: HashMap<String, testpki::Card>,
     cookies: Vec<(String, String)>,
     _fresh: testkit::db::FreshDb,
 }
@@ -50,6 +53,28 @@ impl TestApp {
         web::session::end_revoked_sessions(&backend(&self.db), &self.validator, NOW)
             .await
             .unwrap()
+    }
+
+    /// The revocation sweep at the app's clock.
+    pub async fn sweep(&self) -> u64 {
+        web::session::end_revoked_sessions(&backend(&self.db), &self.validator, self.clock.now())
+            .await
+            .unwrap()
+    }
+
+    /// The card of that name this app's proofs are made with.
+    pub fn card(&self, name: &str) -> &testpki::Card {
+        self.cards.get(name).unwrap_or_else(|| pki().card(name))
+    }
+
+    /// Base64 CMS over `tbs` with the named card.
+    pub fn sign(&self, card: &str, tbs: &str) -> String {
+        use base64::Engine as _;
+        let der = self
+            .card(card)
+            .sign_cms(tbs.as_bytes(), &Default::default())
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(der)
     }
 
     pub async fn new(config: WebConfig) -> Self {
@@ -68,8 +93,20 @@ impl TestApp {
         config: WebConfig,
         validator: Arc<Validator>,
     ) -> Self {
+        Self::with_cards(backend, config, validator, NOW, HashMap::new()).await
+    }
+
+    /// [`TestApp::with_validator`] with its clock at `now` and proofs made with `cards` where
+    /// they name a card (the test PKI's cards otherwise).
+    pub async fn with_cards(
+        backend: Backend,
+        config: WebConfig,
+        validator: Arc<Validator>,
+        now: OffsetDateTime,
+        cards: HashMap<String, testpki::Card>,
+    ) -> Self {
         let fresh = testkit::db::FreshDb::on(backend, "certreg_web").await;
-        let clock = Arc::new(FixedClock::new(NOW));
+        let clock = Arc::new(FixedClock::new(now));
         let service = server::build(server::Settings {
             web: WebConfig {
                 public_origin: ORIGIN.into(),
@@ -94,6 +131,7 @@ impl TestApp {
             db_url: fresh.url.clone(),
             secrets: fresh.secrets.clone(),
             validator: service.validator,
+            cards,
             cookies: Vec::new(),
             _fresh: fresh,
         }
