@@ -98,7 +98,7 @@ pub(crate) async fn submit(
         national_id: req.national_id,
         client: addr.map(|a| a.to_string()),
     };
-    let attempt = state.svc().attempt_card(input).await;
+    let attempt = state.svc().attempt_card_on(flow.clone(), input).await;
     if let Some(code) = &attempt.refused_code {
         state.limiter().hit(
             LimitKey::code(Bucket::CardRefusal, code, addr),

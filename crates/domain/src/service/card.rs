@@ -135,8 +135,24 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// verified for the caller's own flow (a real card refused by a business rule), and for
     /// which 機關代號: the only refusals a per-agency limit should count.
     pub async fn attempt_card(&self, input: CardStepInput) -> CardAttempt {
+        match self.store.flow(&input.flow_id).await {
+            Ok(Some(flow)) => self.attempt_card_on(flow, input).await,
+            Ok(None) => CardAttempt {
+                refused_code: None,
+                result: Err(DomainError::FlowNotFound),
+            },
+            Err(e) => CardAttempt {
+                refused_code: None,
+                result: Err(e),
+            },
+        }
+    }
+
+    /// [`Services::attempt_card`] on the flow as the caller has just read it (the flow named
+    /// by `input.flow_id`; it must still be the session's, at a card step, and live).
+    pub async fn attempt_card_on(&self, flow: Flow, input: CardStepInput) -> CardAttempt {
         let mut refused_code = None;
-        let result = self.card_step(input, &mut refused_code).await;
+        let result = self.card_step(flow, input, &mut refused_code).await;
         CardAttempt {
             refused_code: refused_code.filter(|_| result.is_err()),
             result,
@@ -145,14 +161,13 @@ impl<S: Store, C: Clock> Services<S, C> {
 
     async fn card_step(
         &self,
+        flow: Flow,
         input: CardStepInput,
         refused_code: &mut Option<InstitutionCode>,
     ) -> Result<StepOutcome> {
-        let flow = self
-            .store
-            .flow(&input.flow_id)
-            .await?
-            .ok_or(DomainError::FlowNotFound)?;
+        if flow.id != input.flow_id {
+            return Err(DomainError::FlowNotFound);
+        }
         flow.expect(&input.session, flow.step, self.clock.now())?;
         if !flow.step.is_card_step() {
             return Err(DomainError::WrongStep);
