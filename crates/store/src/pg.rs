@@ -29,6 +29,13 @@ impl Deref for Handle {
 
 pub(crate) type WriteTx = crate::write::WriteTx<DB>;
 
+impl Handle {
+    /// A connection of the pool for a read.
+    pub(crate) async fn reader(&self) -> Result<sqlx::pool::PoolConnection<DB>, sqlx::Error> {
+        self.0.acquire().await
+    }
+}
+
 /// How long a statement waits for a row lock before the transaction gives up (and is retried
 /// as [`domain::DomainError::Busy`]); no request hangs behind a stuck transaction.
 pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

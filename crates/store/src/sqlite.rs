@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub(crate) type DB = sqlx::Sqlite;
 
@@ -30,6 +30,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct Handle {
     pool: SqlitePool,
+    readers: Option<Arc<Readers>>,
     writers: Arc<Writers>,
     /// The database file (`None` in memory).
     path: Option<std::path::PathBuf>,
@@ -44,13 +45,102 @@ impl Deref for Handle {
     }
 }
 
+/// The connections of single reads, kept outside the pool: a pooled connection is pinged on
+/// its worker thread each time it goes back, a thread hop as dear as the read itself. A read
+/// leaves a connection as it found it (no transaction is ever begun on one), even when the
+/// caller gave up half-way: its worker finishes the statement before taking the next one.
+pub(crate) struct Readers {
+    idle: std::sync::Mutex<Vec<sqlx::SqliteConnection>>,
+    permits: Arc<Semaphore>,
+    options: SqliteConnectOptions,
+}
+
+/// How many connections the single reads may open.
+const READERS: usize = 4;
+
+/// A connection for one read.
+pub(crate) enum Reader {
+    Own {
+        conn: Option<sqlx::SqliteConnection>,
+        readers: Arc<Readers>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// In memory, the pool's one connection.
+    Pooled(PoolConnection<DB>),
+}
+
+impl Deref for Reader {
+    type Target = sqlx::SqliteConnection;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Own { conn, .. } => conn.as_ref().expect("a reader's connection"),
+            Self::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Self::Own { conn, .. } => conn.as_mut().expect("a reader's connection"),
+            Self::Pooled(c) => c,
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Self::Own { conn, readers, .. } = self
+            && let Some(conn) = conn.take()
+            && let Ok(mut idle) = readers.idle.lock()
+        {
+            idle.push(conn);
+        }
+    }
+}
+
 impl Handle {
+    /// A connection for a read.
+    pub(crate) async fn reader(&self) -> Result<Reader, sqlx::Error> {
+        let Some(readers) = &self.readers else {
+            return Ok(Reader::Pooled(self.pool.acquire().await?));
+        };
+        let permit = readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let kept = readers.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match kept {
+            Some(c) => c,
+            None => sqlx::ConnectOptions::connect(&readers.options).await?,
+        };
+        Ok(Reader::Own {
+            conn: Some(conn),
+            readers: readers.clone(),
+            _permit: permit,
+        })
+    }
+
     /// Commits a transaction still open, gives the writers' connection back and closes the
     /// pool (SQLite checkpoints its WAL).
     pub(crate) async fn close(&self) {
         let mut turn = write_turn(self).await;
         turn.conn = None;
         drop(turn);
+        if let Some(readers) = &self.readers {
+            readers.permits.close();
+            let idle = readers
+                .idle
+                .lock()
+                .map(|mut idle| std::mem::take(&mut *idle))
+                .unwrap_or_default();
+            for conn in idle {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
         self.pool.close().await;
     }
 }
@@ -347,7 +437,7 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     if let Some(path) = &path {
         create_private(path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
     }
-    let options = SqliteConnectOptions::from_str(url)?
+    let mut options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT);
@@ -358,12 +448,13 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?
     } else {
         // The first connection switches a new file to WAL, which takes SQLite's exclusive lock
         // without waiting in the busy handler: processes opening one new file at once take
         // turns for it (the lock is only held while the pool opens its first connection).
+        options = options.journal_mode(SqliteJournalMode::Wal);
         let _opening = match &path {
             Some(p) => Some(
                 lock_beside(p.clone())
@@ -375,11 +466,19 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
         SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+            .connect_with(options.clone())
             .await?
     };
+    let readers = (!memory).then(|| {
+        Arc::new(Readers {
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(READERS)),
+            options,
+        })
+    });
     Ok(Handle {
         pool,
+        readers,
         writers: Arc::new(Writers {
             state: Arc::new(Mutex::new(Writer {
                 conn: None,

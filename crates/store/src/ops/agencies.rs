@@ -2,11 +2,11 @@
 
 use super::*;
 
-pub(crate) async fn agency(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Option<Agency>> {
+pub(crate) async fn agency(pool: &Handle, code: &InstitutionCode) -> Result<Option<Agency>> {
     let row =
         sqlx::query("SELECT code, name, county, org_identifier FROM agencies WHERE code = $1")
             .bind(code.as_str())
-            .fetch_optional(pool)
+            .fetch_optional(&mut *pool.reader().await.map_err(db)?)
             .await
             .map_err(db)?;
     row.map(|r| {

@@ -67,9 +67,9 @@ pub(crate) async fn seal_audit_chain(
 }
 
 /// The chain head: the last row's sequence number and hash (0 and the genesis before any).
-pub(crate) async fn audit_head(pool: &Pool<DB>) -> Result<(i64, String)> {
+pub(crate) async fn audit_head(pool: &Handle) -> Result<(i64, String)> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(pool)
+        .fetch_one(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
     Ok((int(&head, "seq")?, s(&head, "hash")?))
@@ -77,7 +77,7 @@ pub(crate) async fn audit_head(pool: &Pool<DB>) -> Result<(i64, String)> {
 
 /// Audit events matching the filter, newest first, at most `filter.limit` (≤ 200).
 pub(crate) async fn audit_search(
-    pool: &Pool<DB>,
+    pool: &Handle,
     f: &crate::AuditFilter,
 ) -> Result<Vec<(i64, AuditEvent)>> {
     let mut q = sqlx::QueryBuilder::<DB>::new(
@@ -103,7 +103,11 @@ pub(crate) async fn audit_search(
     }
     q.push(" ORDER BY seq DESC LIMIT ")
         .push_bind(f.limit.clamp(1, crate::AUDIT_SEARCH_MAX));
-    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    let rows = q
+        .build()
+        .fetch_all(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     rows.iter()
         .map(|r| {
             let detail = s(r, "detail")?;
@@ -124,7 +128,7 @@ pub(crate) async fn audit_search(
         .collect()
 }
 
-pub(crate) async fn verify_audit(pool: &Pool<DB>, secrets: &Secrets) -> Result<AuditReport> {
+pub(crate) async fn verify_audit(pool: &Handle, secrets: &Secrets) -> Result<AuditReport> {
     // One read transaction: the head and the rows come from the same snapshot even while
     // appends go on.
     let mut tx = begin_read(pool).await.map_err(db)?;

@@ -2,9 +2,9 @@
 
 use super::*;
 
-pub(crate) async fn calendar_days(pool: &Pool<DB>) -> Result<Vec<CalendarDay>> {
+pub(crate) async fn calendar_days(pool: &Handle) -> Result<Vec<CalendarDay>> {
     let rows = sqlx::query("SELECT day, day_off, name FROM calendar_days ORDER BY day")
-        .fetch_all(pool)
+        .fetch_all(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
     rows.iter()

@@ -65,13 +65,13 @@ pub(crate) async fn insert_flow_capped(
     tx.commit().await.map_err(db)
 }
 
-pub(crate) async fn flow(pool: &Pool<DB>, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
+pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
     let row = sqlx::query(
         "SELECT id, kind, session, step, data_enc, created_at, touched_at, version \
          FROM flows WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     row.map(|r| {

@@ -22,7 +22,7 @@ use domain::model::*;
 use domain::store::*;
 use domain::types::*;
 use domain::{DomainError, Result};
-use sqlx::{Pool, Row};
+use sqlx::Row;
 use time::OffsetDateTime;
 
 type Tx = WriteTx;

@@ -37,7 +37,7 @@ const OPERATOR_COLUMNS: &str = "id, code, serial, name, national_id_enc, functio
      cert_not_after, valid_from, valid_until";
 
 pub(crate) async fn operators(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     code: &InstitutionCode,
 ) -> Result<Vec<Operator>> {
@@ -46,12 +46,16 @@ pub(crate) async fn operators(
         .push(" FROM operators WHERE code = ")
         .push_bind(code.as_str())
         .push(" ORDER BY id");
-    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    let rows = q
+        .build()
+        .fetch_all(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     rows.iter().map(|r| operator_row(r, secrets)).collect()
 }
 
 pub(crate) async fn operator(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     code: &InstitutionCode,
     id: i64,
@@ -62,12 +66,16 @@ pub(crate) async fn operator(
         .push_bind(code.as_str())
         .push(" AND id = ")
         .push_bind(id);
-    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    let row = q
+        .build()
+        .fetch_optional(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     row.map(|r| operator_row(&r, secrets)).transpose()
 }
 
 pub(crate) async fn operator_by_serial(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     code: &InstitutionCode,
     serial: &CertSerial,
@@ -78,6 +86,10 @@ pub(crate) async fn operator_by_serial(
         .push_bind(code.as_str())
         .push(" AND serial = ")
         .push_bind(serial.as_str());
-    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    let row = q
+        .build()
+        .fetch_optional(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     row.map(|r| operator_row(&r, secrets)).transpose()
 }

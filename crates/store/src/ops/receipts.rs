@@ -2,13 +2,13 @@
 
 use super::*;
 
-pub(crate) async fn receipts(pool: &Pool<DB>, code: &InstitutionCode) -> Result<Vec<Receipt>> {
+pub(crate) async fn receipts(pool: &Handle, code: &InstitutionCode) -> Result<Vec<Receipt>> {
     let rows = sqlx::query(
         "SELECT code, kind, at, review_id, terms_version FROM receipts WHERE code = $1 \
          ORDER BY at DESC, id DESC",
     )
     .bind(code.as_str())
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()

@@ -11,7 +11,7 @@ const REGISTRATION_COLUMNS: &str = "code, \
     contact_title, registered_at, updated_at, version";
 
 pub(crate) async fn registration(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     code: &InstitutionCode,
 ) -> Result<Option<Registration>> {
@@ -19,7 +19,11 @@ pub(crate) async fn registration(
     q.push(REGISTRATION_COLUMNS)
         .push(" FROM registrations WHERE code = ")
         .push_bind(code.as_str());
-    let row = q.build().fetch_optional(pool).await.map_err(db)?;
+    let row = q
+        .build()
+        .fetch_optional(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     row.map(|r| {
         Ok(Registration {
             code: crate::codec::code(s(&r, "code")?)?,
@@ -56,7 +60,7 @@ pub(crate) async fn registration(
 }
 
 pub(crate) async fn cert_history(
-    pool: &Pool<DB>,
+    pool: &Handle,
     code: &InstitutionCode,
 ) -> Result<Vec<ReplacedCert>> {
     let rows = sqlx::query(
@@ -65,7 +69,7 @@ pub(crate) async fn cert_history(
          ORDER BY id",
     )
     .bind(code.as_str())
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()
@@ -83,14 +87,14 @@ pub(crate) async fn cert_history(
 /// Codes whose registration holds a certificate with this serial (organization or
 /// administrator).
 pub(crate) async fn codes_by_serial(
-    pool: &Pool<DB>,
+    pool: &Handle,
     serial: &CertSerial,
 ) -> Result<Vec<InstitutionCode>> {
     let rows = sqlx::query(
         "SELECT code FROM registrations WHERE org_serial = $1 OR admin_serial = $1 ORDER BY code",
     )
     .bind(serial.as_str().to_string())
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()
@@ -99,9 +103,9 @@ pub(crate) async fn codes_by_serial(
 }
 
 /// Every registered agency's code, in order.
-pub(crate) async fn registered_codes(pool: &Pool<DB>) -> Result<Vec<InstitutionCode>> {
+pub(crate) async fn registered_codes(pool: &Handle) -> Result<Vec<InstitutionCode>> {
     let rows = sqlx::query("SELECT code FROM registrations ORDER BY code")
-        .fetch_all(pool)
+        .fetch_all(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
     rows.iter()
@@ -110,7 +114,7 @@ pub(crate) async fn registered_codes(pool: &Pool<DB>) -> Result<Vec<InstitutionC
 }
 
 pub(crate) async fn agencies_of_person(
-    pool: &Pool<DB>,
+    pool: &Handle,
     hash: &str,
 ) -> Result<Vec<(InstitutionCode, PersonRole)>> {
     let rows = sqlx::query(
@@ -119,7 +123,7 @@ pub(crate) async fn agencies_of_person(
          ORDER BY code, role",
     )
     .bind(hash)
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()

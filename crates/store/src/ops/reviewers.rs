@@ -24,11 +24,11 @@ pub(crate) async fn add_reviewer(
     int(&row, "id")
 }
 
-pub(crate) async fn reviewers(pool: &Pool<DB>) -> Result<Vec<Reviewer>> {
+pub(crate) async fn reviewers(pool: &Handle) -> Result<Vec<Reviewer>> {
     let rows = sqlx::query(
         "SELECT id, name, section, cert_serial, cert_issuer, active FROM reviewers ORDER BY id",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()

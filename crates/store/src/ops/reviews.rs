@@ -33,18 +33,22 @@ fn review_row(r: &DbRow) -> Result<ReviewApplication> {
 
 /// `filter` adds the WHERE and ORDER BY clauses; the builder numbers their binds.
 async fn select_reviews(
-    pool: &Pool<DB>,
+    pool: &Handle,
     filter: impl FnOnce(&mut sqlx::QueryBuilder<DB>),
 ) -> Result<Vec<ReviewApplication>> {
     let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
     q.push(REVIEW_COLUMNS).push(" FROM reviews ");
     filter(&mut q);
-    let rows = q.build().fetch_all(pool).await.map_err(db)?;
+    let rows = q
+        .build()
+        .fetch_all(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     rows.iter().map(review_row).collect()
 }
 
 pub(crate) async fn reviews(
-    pool: &Pool<DB>,
+    pool: &Handle,
     code: &InstitutionCode,
 ) -> Result<Vec<ReviewApplication>> {
     select_reviews(pool, |q| {
@@ -55,7 +59,7 @@ pub(crate) async fn reviews(
     .await
 }
 
-pub(crate) async fn review(pool: &Pool<DB>, id: i64) -> Result<Option<ReviewApplication>> {
+pub(crate) async fn review(pool: &Handle, id: i64) -> Result<Option<ReviewApplication>> {
     let mut found = select_reviews(pool, |q| {
         q.push("WHERE id = ").push_bind(id);
     })
@@ -63,7 +67,7 @@ pub(crate) async fn review(pool: &Pool<DB>, id: i64) -> Result<Option<ReviewAppl
     Ok(found.pop())
 }
 
-pub(crate) async fn pending_reviews(pool: &Pool<DB>) -> Result<Vec<ReviewApplication>> {
+pub(crate) async fn pending_reviews(pool: &Handle) -> Result<Vec<ReviewApplication>> {
     select_reviews(pool, |q| {
         q.push("WHERE state = 'pending' ORDER BY filed_at, id");
     })
@@ -71,7 +75,7 @@ pub(crate) async fn pending_reviews(pool: &Pool<DB>) -> Result<Vec<ReviewApplica
 }
 
 /// Decided applications, latest decision first.
-pub(crate) async fn decided_reviews(pool: &Pool<DB>, limit: i64) -> Result<Vec<ReviewApplication>> {
+pub(crate) async fn decided_reviews(pool: &Handle, limit: i64) -> Result<Vec<ReviewApplication>> {
     select_reviews(pool, |q| {
         q.push("WHERE state <> 'pending' ORDER BY decided_at DESC, id DESC LIMIT ")
             .push_bind(limit);

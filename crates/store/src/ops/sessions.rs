@@ -98,7 +98,7 @@ pub(crate) async fn session_touch(
 }
 
 pub(crate) async fn session_get(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     id: &str,
     now: OffsetDateTime,
@@ -109,7 +109,7 @@ pub(crate) async fn session_get(
     )
     .bind(id)
     .bind(ts(now))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     row.map(|r| session_of_row(secrets, &r)).transpose()
@@ -134,7 +134,7 @@ fn session_of_row(secrets: &Secrets, r: &<DB as sqlx::Database>::Row) -> Result<
 
 /// Every live session, oldest first.
 pub(crate) async fn sessions_live(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     now: OffsetDateTime,
 ) -> Result<Vec<SessionRecord>> {
@@ -143,7 +143,7 @@ pub(crate) async fn sessions_live(
          FROM sessions WHERE expires_at > $1 ORDER BY created_at, id",
     )
     .bind(ts(now))
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter().map(|r| session_of_row(secrets, r)).collect()

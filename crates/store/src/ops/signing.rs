@@ -10,7 +10,7 @@ fn bad(what: &str) -> DomainError {
 }
 
 pub(crate) async fn signing_keys(
-    pool: &Pool<DB>,
+    pool: &Handle,
     secrets: &Secrets,
     now: OffsetDateTime,
 ) -> Result<Vec<SigningKeyRecord>> {
@@ -20,7 +20,7 @@ pub(crate) async fn signing_keys(
          ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid",
     )
     .bind(ts(now))
-    .fetch_all(pool)
+    .fetch_all(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
     rows.iter()
@@ -127,10 +127,10 @@ pub(crate) async fn token_session_put(pool: &Handle, sid: &str, session_id: &str
     w.commit().await.map_err(db)
 }
 
-pub(crate) async fn token_session(pool: &Pool<DB>, sid: &str) -> Result<Option<String>> {
+pub(crate) async fn token_session(pool: &Handle, sid: &str) -> Result<Option<String>> {
     sqlx::query_scalar("SELECT session_id FROM token_sessions WHERE sid = $1")
         .bind(sid)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)
 }
