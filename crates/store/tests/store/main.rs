@@ -2066,6 +2066,103 @@ async fn killed_process_leaves_no_partial_registration() {
     register(&db, "NEW1", &nid("A12345678")).await;
 }
 
+const GROUP_CHILD_ENV: &str = "CERTREG_STORE_GROUP_CHILD_URL";
+
+/// Not a test on its own: the child process of `a_write_reported_done_survives_kill_9`. Many
+/// writers at once on the SQLite file it is given (so their commits are grouped), each printing
+/// the id of a session once its insert has returned, until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_child_writes_until_killed() {
+    let Ok(url) = std::env::var(GROUP_CHILD_ENV) else {
+        return;
+    };
+    let key = std::env::var("CERTREG_STORE_CRASH_CHILD_KEY").unwrap();
+    let db = Db::connect(&url, &Secrets::from_base64(&key).unwrap())
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("w{w}-{i}");
+                    db.session_insert(&session_record(&id, "anonymous", None))
+                        .await
+                        .unwrap();
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{id}").unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+// Group commit shares a COMMIT between writers, never the promise: every write whose call
+// returned before `kill -9` is in the file afterwards.
+#[tokio::test]
+async fn a_write_reported_done_survives_kill_9() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("group.db").display());
+    let secrets = Secrets::generate().unwrap();
+    // Migrated before the child starts, so it writes from its first moment.
+    Db::connect(&url, &secrets).await.unwrap().close().await;
+    let mut child = testkit::KillOnDrop::new(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "group_child_writes_until_killed", "--nocapture"])
+            .env(GROUP_CHILD_ENV, &url)
+            .env("CERTREG_STORE_CRASH_CHILD_KEY", secrets.to_base64())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let reported = tokio::task::spawn_blocking(move || {
+        let mut ids = Vec::new();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // The pipe stays open until the child is killed, so its writers never see it closed.
+        while let Some(line) = lines.next() {
+            let line = line.unwrap();
+            // The test harness's own lines are not ids.
+            if line.starts_with('w') && line.contains('-') && !line.contains(' ') {
+                ids.push(line);
+            }
+            if ids.len() >= 2000 {
+                break;
+            }
+        }
+        (ids, lines)
+    });
+    let (reported, pipe) = tokio::time::timeout(std::time::Duration::from_secs(120), reported)
+        .await
+        .expect("the child made progress")
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pipe);
+    assert_eq!(reported.len(), 2000, "the child wrote until killed");
+
+    let db = Db::connect(&url, &secrets).await.unwrap();
+    let t = TestDb::for_url(db.clone(), &url, &secrets);
+    let stored = t.count("SELECT COUNT(*) FROM sessions").await;
+    assert!(stored >= 2000, "{stored}");
+    let missing: Vec<&String> = {
+        let mut missing = Vec::new();
+        for id in &reported {
+            if db.session_get(id, T0).await.unwrap().is_none() {
+                missing.push(id);
+            }
+        }
+        missing
+    };
+    assert!(missing.is_empty(), "reported done but lost: {missing:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Business calendar (SPEC §4.2)
 
