@@ -9,6 +9,9 @@ use std::ops::Deref;
 
 pub(crate) type DB = sqlx::Postgres;
 
+/// Writers run side by side: what a statement counted may change before it writes.
+pub(crate) const ONE_WRITER: bool = false;
+
 // Deliberately included by both backends: the same queries, compiled for each driver.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops/mod.rs"]

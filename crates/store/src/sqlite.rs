@@ -15,6 +15,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, onesh
 
 pub(crate) type DB = sqlx::Sqlite;
 
+/// Writes take turns in this process and SQLite lets one writer in at a time: a statement sees
+/// no other write between its reads and its writes.
+pub(crate) const ONE_WRITER: bool = true;
+
 // Deliberately included by both backends: the same queries, compiled for each driver.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops/mod.rs"]

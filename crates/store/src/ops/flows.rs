@@ -31,6 +31,34 @@ pub(crate) async fn insert_flow_capped(
     live_since: OffsetDateTime,
 ) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
+    if ONE_WRITER {
+        // Writers take turns here: one statement counts and inserts with no other in between.
+        let mut w = begin_single(pool).await.map_err(db)?;
+        let inserted = sqlx::query(
+            "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
+             version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
+             WHERE session = $3 AND touched_at > $9) < $10",
+        )
+        .bind(f.id)
+        .bind(f.kind)
+        .bind(&f.session)
+        .bind(f.step)
+        .bind(f.data_enc)
+        .bind(f.created_at)
+        .bind(f.touched_at)
+        .bind(f.version)
+        .bind(ts(live_since))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .execute(&mut *w)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        w.commit().await.map_err(db)?;
+        return match inserted {
+            1 => Ok(()),
+            _ => Err(DomainError::TooManyFlows),
+        };
+    }
     let mut tx = begin_write(pool).await.map_err(db)?;
     // The starts of one session take turns, so the count each checks is the one it adds to.
     serialize(&mut tx, &format!("flows:{}", f.session))

@@ -9,7 +9,8 @@
 //! writers) and may share one commit with the writers queued beside them.
 
 use super::{
-    DB, Handle, WriteTx, begin_read, begin_single, begin_write, serialize, wait_for_locks,
+    DB, Handle, ONE_WRITER, WriteTx, begin_read, begin_single, begin_write, serialize,
+    wait_for_locks,
 };
 use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
 use crate::codec::*;

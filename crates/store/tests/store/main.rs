@@ -2126,7 +2126,7 @@ async fn a_write_reported_done_survives_kill_9() {
         let mut ids = Vec::new();
         let mut lines = std::io::BufReader::new(stdout).lines();
         // The pipe stays open until the child is killed, so its writers never see it closed.
-        while let Some(line) = lines.next() {
+        for line in lines.by_ref() {
             let line = line.unwrap();
             // The test harness's own lines are not ids.
             if line.starts_with('w') && line.contains('-') && !line.contains(' ') {
