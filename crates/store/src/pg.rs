@@ -49,6 +49,12 @@ const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(30)
 /// A transaction left open by a crashed or hung caller gives its locks back after this long.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 
+/// Connections per instance: two per core. More only queue in the server's scheduler instead
+/// of in the pool, where the wait is shorter and fair.
+fn pool_size() -> u32 {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).clamp(4, 32) as u32)
+}
+
 pub(crate) async fn connect(
     url: &str,
     lock_timeout: std::time::Duration,
@@ -59,7 +65,7 @@ pub(crate) async fn connect(
     );
     Ok(Handle(
         PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(pool_size())
             // A connection in steady use is not pinged before each use (a round trip each):
             // only one that sat idle long enough for the server or a proxy to drop it.
             .test_before_acquire(false)
