@@ -301,7 +301,16 @@ async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
 
 /// Gives the turn up after a write's own statements: hands the open group on to a waiting
 /// writer, or commits it. `member`: the write is part of the group and waits for its commit.
-async fn give_up(handle: &Handle, mut turn: Turn, member: bool) -> Result<(), sqlx::Error> {
+/// `failed`: the write ended in an error, which may have been one that makes SQLite roll the
+/// whole transaction back (disk full, I/O error): the group is committed at once, so no later
+/// writer works in a transaction that is no longer there, and those before are told how the
+/// COMMIT went.
+async fn give_up(
+    handle: &Handle,
+    mut turn: Turn,
+    member: bool,
+    failed: bool,
+) -> Result<(), sqlx::Error> {
     let Some(group) = turn.group.as_mut() else {
         release(handle, turn);
         return Ok(());
@@ -309,7 +318,8 @@ async fn give_up(handle: &Handle, mut turn: Turn, member: bool) -> Result<(), sq
     if member {
         group.members += 1;
     }
-    let more = handle.writers.waiting.load(Ordering::SeqCst) > 0 && group.members < GROUP_MAX;
+    let more =
+        !failed && handle.writers.waiting.load(Ordering::SeqCst) > 0 && group.members < GROUP_MAX;
     if !more {
         let done = commit_group(&mut turn).await;
         release(handle, turn);
@@ -370,12 +380,12 @@ impl WriteTx {
                 if let Err(e) = exec(&mut turn, "RELEASE certreg_write").await {
                     let _ = exec(&mut turn, "ROLLBACK TO certreg_write").await;
                     let _ = exec(&mut turn, "RELEASE certreg_write").await;
-                    let _ = give_up(&self.handle, turn, false).await;
+                    let _ = give_up(&self.handle, turn, false, true).await;
                     return Err(e);
                 }
-                give_up(&self.handle, turn, true).await
+                give_up(&self.handle, turn, true, false).await
             }
-            Joined::Began | Joined::InGroup => give_up(&self.handle, turn, true).await,
+            Joined::Began | Joined::InGroup => give_up(&self.handle, turn, true, false).await,
         }
     }
 
@@ -400,7 +410,7 @@ async fn undo(handle: &Handle, mut turn: Turn, how: Joined) -> Result<(), sqlx::
         // One statement: it either happened or did not.
         Joined::Alone | Joined::InGroup => Ok(()),
     };
-    let given = give_up(handle, turn, false).await;
+    let given = give_up(handle, turn, false, true).await;
     done.and(given)
 }
 
@@ -550,7 +560,7 @@ pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error>
         return begin_group(handle, turn).await;
     }
     if let Err(e) = exec(&mut turn, "SAVEPOINT certreg_write").await {
-        let _ = give_up(handle, turn, false).await;
+        let _ = give_up(handle, turn, false, true).await;
         return Err(e);
     }
     Ok(WriteTx {
@@ -736,63 +746,99 @@ mod tests {
         db.close().await;
     }
 
-    // A writer that fails or rolls back inside a group takes only its own statements with it.
+    // A writer that fails, rolls back or is dropped inside a group takes only its own statements
+    // with it, and the group is committed there and then: the writers before it are in, and no
+    // later writer joins a transaction the error might have ended.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_writer_leaves_its_group_alone() {
         let (_dir, db, handle) = open().await;
         db.session_insert(&session("taken")).await.unwrap();
         let turn = write_turn(&handle).await;
-        let spawn_insert = |id: &'static str| {
+        let insert = |id: &'static str| {
             let db = db.clone();
             tokio::spawn(async move { db.session_insert(&session(id)).await })
         };
-        let first = spawn_insert("first");
+        let raw_insert = |id: &'static str, roll_back: bool| {
+            let h = handle.clone();
+            tokio::spawn(async move {
+                let mut tx = begin_write(&h).await.unwrap();
+                sqlx::query(
+                    "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, \
+                     expires_at, version) VALUES ($1, 'anonymous', 'x', 0, 0, 99, 1)",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                if roll_back {
+                    tx.rollback().await.unwrap();
+                }
+                // Else dropped unfinished: undone on a task of its own.
+            })
+        };
+        // Each writer is queued before the next is started, so they take turns in this order.
+        let first = insert("first");
         until_waiting(&handle, 1).await;
-        let duplicate = spawn_insert("taken");
+        let dropped = raw_insert("dropped", false);
         until_waiting(&handle, 2).await;
-        // A transaction dropped unfinished: it is undone inside the group.
-        let h = handle.clone();
-        let dropped = tokio::spawn(async move {
-            let mut tx = begin_write(&h).await.unwrap();
-            sqlx::query(
-                "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
-                 version) VALUES ('dropped', 'anonymous', 'x', 0, 0, 99, 1)",
-            )
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        });
+        let second = insert("second");
         until_waiting(&handle, 3).await;
-        // A transaction rolled back: likewise.
-        let h = handle.clone();
-        let rolled = tokio::spawn(async move {
-            let mut tx = begin_write(&h).await.unwrap();
-            sqlx::query(
-                "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
-                 version) VALUES ('rolled', 'anonymous', 'x', 0, 0, 99, 1)",
-            )
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-            tx.rollback().await
-        });
+        let rolled = raw_insert("rolled", true);
         until_waiting(&handle, 4).await;
-        let last = spawn_insert("last");
+        let third = insert("third");
         until_waiting(&handle, 5).await;
+        let duplicate = insert("taken");
+        until_waiting(&handle, 6).await;
+        let last = insert("last");
+        until_waiting(&handle, 7).await;
         let before = turn.groups;
         drop(turn);
         first.await.unwrap().unwrap();
-        assert!(duplicate.await.unwrap().is_err(), "a taken key");
         dropped.await.unwrap();
-        rolled.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        rolled.await.unwrap();
+        third.await.unwrap().unwrap();
+        assert!(duplicate.await.unwrap().is_err(), "a taken key");
         last.await.unwrap().unwrap();
-        // The dropped write is undone on a task of its own: wait for the turn to be free.
         drop(write_turn(&handle).await);
-        assert_eq!(groups(&handle).await - before, 1, "one group");
-        assert!(exists(&handle, "first").await);
-        assert!(exists(&handle, "last").await);
+        // Each failure ended the group it was in; the last write, alone, needed none.
+        assert_eq!(groups(&handle).await - before, 3);
+        for id in ["first", "second", "third", "last"] {
+            assert!(exists(&handle, id).await, "{id}");
+        }
         assert!(!exists(&handle, "dropped").await);
         assert!(!exists(&handle, "rolled").await);
+        db.close().await;
+    }
+
+    // An error that ends SQLite's whole transaction (disk full, an I/O error; here a bare
+    // ROLLBACK stands in for it) loses the group's writes so far and says so to their writers;
+    // the next writer starts afresh, its write kept and reported as kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_lost_to_an_error_is_reported_lost_and_not_continued() {
+        let (_dir, db, handle) = open().await;
+        let turn = write_turn(&handle).await;
+        let insert = |id: &'static str| {
+            let db = db.clone();
+            tokio::spawn(async move { db.session_insert(&session(id)).await })
+        };
+        let first = insert("first");
+        until_waiting(&handle, 1).await;
+        let h = handle.clone();
+        let killer = tokio::spawn(async move {
+            let mut tx = begin_write(&h).await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            // Dropped after the error, as an operation returning it would.
+        });
+        until_waiting(&handle, 2).await;
+        let next = insert("next");
+        until_waiting(&handle, 3).await;
+        drop(turn);
+        assert!(first.await.unwrap().is_err(), "its transaction was lost");
+        killer.await.unwrap();
+        next.await.unwrap().unwrap();
+        assert!(!exists(&handle, "first").await);
+        assert!(exists(&handle, "next").await);
         db.close().await;
     }
 
