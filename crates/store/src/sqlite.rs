@@ -367,9 +367,26 @@ fn release(handle: &Handle, mut turn: Turn) {
     }
 }
 
+/// Runs a step of the writers' protocol on a task of its own, which a caller that gives up
+/// (a request cancelled when its client went away) does not cut short: a BEGIN, COMMIT or
+/// hand-over stopped half-way would leave the writers' connection in a transaction no group
+/// knows of, and every later write refused. What the task returns to a caller that left is
+/// dropped, and a dropped write undoes itself.
+async fn detached<T: Send + 'static>(
+    step: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+) -> Result<T, sqlx::Error> {
+    tokio::spawn(step)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("write task: {e}")))?
+}
+
 impl WriteTx {
     /// Done: the write is committed when this returns `Ok` (with its group, if any).
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        detached(self.commit_now()).await
+    }
+
+    async fn commit_now(mut self) -> Result<(), sqlx::Error> {
         let mut turn = self.turn.take().expect("an open write");
         match self.how {
             Joined::Alone => {
@@ -389,8 +406,12 @@ impl WriteTx {
         }
     }
 
-    /// Undoes this write's statements only; a group it was in goes on.
-    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+    /// Undoes this write's statements only; the writers before it in its group are committed.
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        detached(self.rollback_now()).await
+    }
+
+    async fn rollback_now(mut self) -> Result<(), sqlx::Error> {
         let turn = self.turn.take().expect("an open write");
         undo(&self.handle, turn, self.how).await
     }
@@ -555,6 +576,11 @@ pub(crate) async fn write_turn(handle: &Handle) -> Turn {
 /// writers rather than failing at its first write) or continues the one handed to it inside
 /// a savepoint.
 pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+    let handle = handle.clone();
+    detached(async move { begin_write_now(&handle).await }).await
+}
+
+async fn begin_write_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
     let mut turn = take_turn(handle).await?;
     if turn.group.is_none() {
         return begin_group(handle, turn).await;
@@ -572,6 +598,8 @@ pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error>
 
 async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, sqlx::Error> {
     if let Err(e) = exec(&mut turn, "BEGIN IMMEDIATE").await {
+        // Should a transaction be left open after all, end it, or no write could begin again.
+        let _ = exec(&mut turn, "ROLLBACK").await;
         release(handle, turn);
         return Err(e);
     }
@@ -591,6 +619,11 @@ async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, sqlx::E
 /// One statement: in autocommit when no group is open and nobody waits, else in a group (one
 /// begun for it if others wait, so they can share its commit).
 pub(crate) async fn begin_single(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+    let handle = handle.clone();
+    detached(async move { begin_single_now(&handle).await }).await
+}
+
+async fn begin_single_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
     let turn = take_turn(handle).await?;
     let how = if turn.group.is_some() {
         Joined::InGroup
@@ -839,6 +872,62 @@ mod tests {
         next.await.unwrap().unwrap();
         assert!(!exists(&handle, "first").await);
         assert!(exists(&handle, "next").await);
+        db.close().await;
+    }
+
+    // Writes cancelled at every point of their course (as when a client goes away mid-request),
+    // among writes that run to the end, never leave the writers stuck: the writes that ran to the
+    // end are all in, a cancelled one is in whole or not at all, and the next write goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_writes_leave_the_writers_working() {
+        let (_dir, db, handle) = open().await;
+        let mut kept = Vec::new();
+        for round in 0..100usize {
+            let mut tasks = Vec::new();
+            for i in 0..8usize {
+                let db = db.clone();
+                let id = format!("r{round}-{i}");
+                // Odd writers are dropped after `polls` polls of their write; even ones finish.
+                let polls = (round * 8 + i) % 23;
+                let cancel = i % 2 == 1;
+                if !cancel {
+                    kept.push(id.clone());
+                }
+                tasks.push(tokio::spawn(async move {
+                    let record = session(&id);
+                    let write = db.session_insert(&record);
+                    let mut write = std::pin::pin!(write);
+                    if !cancel {
+                        return write.await.map(|_| ());
+                    }
+                    for _ in 0..polls {
+                        let ready = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(write.as_mut().poll(cx).is_ready())
+                        })
+                        .await;
+                        if ready {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            db.session_insert(&session("after")),
+        )
+        .await
+        .expect("writes still go through")
+        .unwrap();
+        for id in kept.iter().chain([&"after".to_string()]) {
+            assert!(exists(&handle, id).await, "{id}");
+        }
+        assert!(handle.writers.state.lock().await.group.is_none());
         db.close().await;
     }
 
