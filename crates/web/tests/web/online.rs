@@ -148,6 +148,31 @@ async fn app(
     }
 }
 
+/// [`app`] asking OCSP only, with a responder for GCA and one for MOICA started at `at` and
+/// every card reissued to point at its CA's responder.
+async fn ocsp_app(b: Backend, at: OffsetDateTime) -> (Responder, Responder, Api) {
+    let gca = Responder::start(CaKind::Gca, &["gca-agency"], at);
+    let moica = Responder::start(CaKind::Moica, &CARDS[1..], at);
+    let cards = CARDS
+        .iter()
+        .map(|c| {
+            let url = if c.starts_with("gca") { &gca } else { &moica }
+                .server
+                .url
+                .clone();
+            reissued(c, Some(&url), None)
+        })
+        .collect();
+    let api = app(
+        b,
+        &settings(RevocationPolicy::Ocsp, CrlSource::Configured),
+        at,
+        cards,
+    )
+    .await;
+    (gca, moica, api)
+}
+
 /// The agency registered, its administrator's session, operators 1 and 2 added and each
 /// logged in: (administrator, operator 1, operator 2) bearer tokens.
 async fn sessions(api: &mut Api) -> (String, String, String) {
@@ -210,25 +235,7 @@ async fn once_the_answers_given_have_run_out() -> OffsetDateTime {
 async fn a_card_the_ocsp_responder_revokes_after_the_login_ends_that_session_only() {
     for b in backends() {
         let at = responder_clock();
-        let gca = Responder::start(CaKind::Gca, &["gca-agency"], at);
-        let moica = Responder::start(CaKind::Moica, &CARDS[1..], at);
-        let cards = CARDS
-            .iter()
-            .map(|c| {
-                let url = if c.starts_with("gca") { &gca } else { &moica }
-                    .server
-                    .url
-                    .clone();
-                reissued(c, Some(&url), None)
-            })
-            .collect();
-        let mut api = app(
-            b,
-            &settings(RevocationPolicy::Ocsp, CrlSource::Configured),
-            at,
-            cards,
-        )
-        .await;
+        let (_gca, moica, mut api) = ocsp_app(b, at).await;
         let (admin, op1, op2) = sessions(&mut api).await;
         assert_eq!(api.app.sweep().await, 0);
 
@@ -272,25 +279,7 @@ async fn a_card_the_ocsp_responder_revokes_after_the_login_ends_that_session_onl
 async fn a_card_step_that_finds_a_card_revoked_stops_the_sessions_resting_on_it_at_once() {
     let b = backends()[0];
     let at = responder_clock();
-    let gca = Responder::start(CaKind::Gca, &["gca-agency"], at);
-    let moica = Responder::start(CaKind::Moica, &CARDS[1..], at);
-    let cards = CARDS
-        .iter()
-        .map(|c| {
-            let url = if c.starts_with("gca") { &gca } else { &moica }
-                .server
-                .url
-                .clone();
-            reissued(c, Some(&url), None)
-        })
-        .collect();
-    let mut api = app(
-        b,
-        &settings(RevocationPolicy::Ocsp, CrlSource::Configured),
-        at,
-        cards,
-    )
-    .await;
+    let (_gca, moica, mut api) = ocsp_app(b, at).await;
     let (admin, op1, op2) = sessions(&mut api).await;
     moica.index(
         &["moica-admin", "moica-operator-2"],
@@ -314,25 +303,7 @@ async fn a_card_step_that_finds_a_card_revoked_stops_the_sessions_resting_on_it_
 async fn a_responder_that_is_down_ends_nobody() {
     for b in backends() {
         let at = responder_clock();
-        let gca = Responder::start(CaKind::Gca, &["gca-agency"], at);
-        let moica = Responder::start(CaKind::Moica, &CARDS[1..], at);
-        let cards = CARDS
-            .iter()
-            .map(|c| {
-                let url = if c.starts_with("gca") { &gca } else { &moica }
-                    .server
-                    .url
-                    .clone();
-                reissued(c, Some(&url), None)
-            })
-            .collect();
-        let mut api = app(
-            b,
-            &settings(RevocationPolicy::Ocsp, CrlSource::Configured),
-            at,
-            cards,
-        )
-        .await;
+        let (gca, moica, mut api) = ocsp_app(b, at).await;
         let (admin, op1, op2) = sessions(&mut api).await;
         drop((gca, moica));
         // Past every answer given (five minutes each): nothing kept, nobody to ask.
