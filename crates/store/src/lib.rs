@@ -604,16 +604,7 @@ mod tests {
         };
         let at = OffsetDateTime::UNIX_EPOCH;
         let event = AuditEvent::new(at, "system", "turn.test", "ok");
-        let session = SessionRecord {
-            id: "s".into(),
-            kind: "anonymous".into(),
-            code: None,
-            data: "{}".into(),
-            created_at: at,
-            touched_at: at,
-            expires_at: at + time::Duration::hours(1),
-            version: 1,
-        };
+        let session = sqlite::tests::session("s");
         let wait = Duration::from_millis(200);
 
         let turn = sqlite::write_turn(handle).await;

@@ -683,7 +683,7 @@ pub(crate) async fn begin_read(pool: &Pool<DB>) -> Result<Transaction<'static, D
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Db, Secrets, SessionRecord};
     use domain::store::Store as _;
@@ -702,7 +702,8 @@ mod tests {
         (dir, db, handle)
     }
 
-    fn session(id: &str) -> SessionRecord {
+    /// An anonymous session, live for an hour after the epoch.
+    pub(crate) fn session(id: &str) -> SessionRecord {
         let at = OffsetDateTime::UNIX_EPOCH;
         SessionRecord {
             id: id.into(),
