@@ -15,6 +15,8 @@ pub enum StoreError {
     // does not repeat it.
     #[error("database: {0}")]
     Db(sqlx::Error),
+    #[error("database: {0}")]
+    Sqlite(crate::lite::Error),
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("key: {0}")]
@@ -29,6 +31,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<crate::lite::Error> for StoreError {
+    fn from(e: crate::lite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         StoreError::Migrate(e)
@@ -39,6 +47,7 @@ impl From<StoreError> for DomainError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Db(e) => map_db_error(e, None),
+            StoreError::Sqlite(e) => map_db_error(e, None),
             other => DomainError::Storage(other.to_string()),
         }
     }
@@ -89,69 +98,87 @@ const SQLITE_UNIQUE_COLUMNS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The name of the violated constraint. PostgreSQL reports it; SQLite reports the columns of a
-/// unique key and nothing at all for a foreign key, so a statement that can violate one foreign
-/// key passes its name as `fk`.
-pub(crate) fn constraint_name(
-    e: &dyn sqlx::error::DatabaseError,
-    fk: Option<&'static str>,
-) -> Option<String> {
-    if let Some(name) = e.constraint() {
-        return Some(name.to_string());
+/// What the mapping needs to know of a driver's failure.
+pub(crate) trait DbFailure: std::fmt::Display {
+    /// The database could not take the request now, and rolled it back: PostgreSQL's
+    /// serialization failure, deadlock and lock timeout; SQLite's busy (another process's
+    /// writer outlasted the busy timeout). SQLite's "locked" is a conflict inside one
+    /// connection: a bug, reported as such.
+    fn busy(&self) -> bool;
+
+    /// The name of the violated constraint. PostgreSQL reports it; SQLite reports the columns
+    /// of a unique key and nothing at all for a foreign key, so a statement that can violate
+    /// one foreign key passes its name as `fk`.
+    fn constraint(&self, fk: Option<&'static str>) -> Option<String>;
+}
+
+impl DbFailure for sqlx::Error {
+    fn busy(&self) -> bool {
+        let sqlx::Error::Database(e) = self else {
+            return false;
+        };
+        e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+            && matches!(e.code().as_deref(), Some("40001" | "40P01" | "55P03"))
     }
-    match e.kind() {
-        sqlx::error::ErrorKind::ForeignKeyViolation => fk.map(str::to_string),
-        sqlx::error::ErrorKind::UniqueViolation => {
-            let columns = e.message().split_once("constraint failed: ")?.1.trim();
-            // An index on an expression is named rather than listed by columns.
-            if let Some(index) = columns.strip_prefix("index '") {
-                return index.strip_suffix('\'').map(str::to_string);
-            }
-            SQLITE_UNIQUE_COLUMNS
-                .iter()
-                .find(|(cols, _)| *cols == columns)
-                .map(|(_, name)| name.to_string())
+
+    fn constraint(&self, fk: Option<&'static str>) -> Option<String> {
+        let sqlx::Error::Database(e) = self else {
+            return None;
+        };
+        match e.constraint() {
+            Some(name) => Some(name.to_string()),
+            None => matches!(e.kind(), sqlx::error::ErrorKind::ForeignKeyViolation)
+                .then(|| fk.map(str::to_string))
+                .flatten(),
         }
-        _ => None,
+    }
+}
+
+/// SQLite's extended result codes of the constraints the mapping knows.
+const SQLITE_CONSTRAINT_FOREIGNKEY: i32 = 787;
+const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
+const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
+
+impl DbFailure for crate::lite::Error {
+    fn busy(&self) -> bool {
+        // Extended result codes carry the primary code in their low byte.
+        self.extended_code().is_some_and(|c| c & 0xff == 5)
+    }
+
+    fn constraint(&self, fk: Option<&'static str>) -> Option<String> {
+        match self.extended_code()? {
+            SQLITE_CONSTRAINT_FOREIGNKEY => fk.map(str::to_string),
+            SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE => {
+                let columns = self.message()?.split_once("constraint failed: ")?.1.trim();
+                // An index on an expression is named rather than listed by columns.
+                if let Some(index) = columns.strip_prefix("index '") {
+                    return index.strip_suffix('\'').map(str::to_string);
+                }
+                SQLITE_UNIQUE_COLUMNS
+                    .iter()
+                    .find(|(cols, _)| *cols == columns)
+                    .map(|(_, name)| name.to_string())
+            }
+            _ => None,
+        }
     }
 }
 
 /// A database error as the domain sees it: a known constraint becomes its domain error,
 /// anything else is a storage failure.
-pub(crate) fn map_db_error(e: sqlx::Error, fk: Option<&'static str>) -> DomainError {
-    if let sqlx::Error::Database(db) = &e
-        && is_busy(db.as_ref())
-    {
+pub(crate) fn map_db_error(e: impl DbFailure, fk: Option<&'static str>) -> DomainError {
+    if e.busy() {
         tracing::warn!(error = %e, "database busy");
         return DomainError::Busy;
     }
-    if let sqlx::Error::Database(db) = &e
-        && let Some(name) = constraint_name(db.as_ref(), fk)
+    if let Some(name) = e.constraint(fk)
         && let Some((_, make)) = CONSTRAINTS.iter().find(|(n, _)| *n == name)
     {
         return make();
     }
     tracing::error!(error = %e, "database error");
     DomainError::Storage(e.to_string())
-}
-
-/// A failure that says nothing about the request, only that the database could not take it
-/// now, after rolling it back: PostgreSQL's serialization failure, deadlock and lock timeout;
-/// SQLite's busy (another process's writer outlasted the busy timeout). SQLite's "locked" is
-/// a conflict inside one connection: a bug, reported as such.
-fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
-    let code = e.code();
-    if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .is_some()
-    {
-        matches!(code.as_deref(), Some("40001" | "40P01" | "55P03"))
-    } else if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // Extended result codes carry the primary code in their low byte.
-        code.and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| c & 0xff == 5)
-    } else {
-        false
-    }
 }
 
 /// The constraint names the mapping knows, for the test that checks both migrations name them.

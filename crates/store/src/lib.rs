@@ -6,6 +6,7 @@
 pub mod audit;
 mod codec;
 pub mod error;
+mod lite;
 pub mod migrations;
 mod pg;
 pub mod secrets;
@@ -21,7 +22,6 @@ use domain::flow::Flow;
 use domain::model::*;
 use domain::store::*;
 use domain::types::{CertSerial, InstitutionCode, NationalId};
-use migrations::Flavor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -189,9 +189,10 @@ impl Db {
                 // process that waited reports none applied.
                 let _file = sqlite::migration_lock(p)
                     .await
-                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+                    .map_err(|e| StoreError::Sqlite(e.into()))?;
                 let before = self.applied_migrations().await?;
-                migrations::migrator(Flavor::Sqlite).run(&**p).await?;
+                let mut turn = turn;
+                sqlite::migrate(p, &mut turn).await?;
                 // The data step queues for its own turn, still under the file lock.
                 drop(turn);
                 self.rebind_row_values().await?;
@@ -205,7 +206,7 @@ impl Db {
                     .max_connections(1)
                     .connect_with((*p.connect_options()).clone())
                     .await?;
-                let done = migrations::migrator(Flavor::Postgres).run(&own).await;
+                let done = migrations::migrator().run(&own).await;
                 own.close().await;
                 done?;
                 self.rebind_row_values().await?;
@@ -229,11 +230,17 @@ impl Db {
     async fn applied_migrations(&self) -> std::result::Result<usize, StoreError> {
         // Before the first migration the bookkeeping table does not exist yet.
         let sql = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
-        let n: std::result::Result<i64, sqlx::Error> = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&**p).await,
-            Pool::Pg(p) => sqlx::query_scalar(sql).fetch_one(&**p).await,
+        let n: Option<i64> = match &self.pool {
+            Pool::Sqlite(p) => match p.reader().await {
+                Ok(mut conn) => sqlite::sql::query_scalar(sql)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .ok(),
+                Err(_) => None,
+            },
+            Pool::Pg(p) => sqlx::query_scalar(sql).fetch_one(&**p).await.ok(),
         };
-        Ok(n.map(|n| n as usize).unwrap_or(0))
+        Ok(n.map_or(0, |n| n as usize))
     }
 
     pub fn backend(&self) -> Backend {

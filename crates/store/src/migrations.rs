@@ -96,21 +96,20 @@ pub const MIGRATIONS: &[MigrationPair] = &[
     },
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flavor {
-    Sqlite,
-    Postgres,
+/// A migration's checksum as sqlx records it: SHA-384 of its text.
+pub(crate) fn checksum(sql: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA384, sql.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
-pub(crate) fn migrator(flavor: Flavor) -> Migrator {
+/// PostgreSQL's migrator (SQLite's migrations run in `sqlite::migrate`).
+pub(crate) fn migrator() -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
             .map(|m| {
-                let sql = match flavor {
-                    Flavor::Sqlite => m.sqlite,
-                    Flavor::Postgres => m.postgres,
-                };
+                let sql = m.postgres;
                 Migration::new(
                     m.version,
                     Cow::Borrowed(m.description),

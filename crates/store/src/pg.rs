@@ -12,6 +12,30 @@ pub(crate) type DB = sqlx::Postgres;
 /// Writers run side by side: what a statement counted may change before it writes.
 pub(crate) const ONE_WRITER: bool = false;
 
+/// The query API the shared queries use: sqlx's own.
+pub(crate) mod sql {
+    use sqlx::Postgres;
+
+    pub(crate) use sqlx::{Error, query, query_scalar};
+    pub(crate) type Row = sqlx::postgres::PgRow;
+    pub(crate) type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+    pub(crate) type QueryBuilder = sqlx::QueryBuilder<Postgres>;
+    pub(crate) type Separated<'b> = sqlx::query_builder::Separated<'b, Postgres, &'static str>;
+
+    /// What a column decodes to.
+    pub(crate) trait Column:
+        for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>
+    {
+    }
+
+    impl<T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>> Column for T {}
+
+    /// Column `name` of `row`.
+    pub(crate) fn get<T: Column>(row: &Row, name: &str) -> Result<T, Error> {
+        sqlx::Row::try_get(row, name)
+    }
+}
+
 // Deliberately included by both backends: the same queries, compiled for each driver.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops/mod.rs"]

@@ -1,19 +1,19 @@
-//! The SQLite backend: one file, WAL, foreign keys on. SQLite lets one writer in at a time, so
-//! this process's writers queue for their turn on an async lock and only then start with
-//! `BEGIN IMMEDIATE`; writers in other processes still meet at the busy timeout.
+//! The SQLite backend: one file, WAL, foreign keys on, through rusqlite on the calling thread
+//! (`lite.rs`). SQLite lets one writer in at a time, so this process's writers queue for their
+//! turn on an async lock and only then start with `BEGIN IMMEDIATE`; writers in other
+//! processes still meet at the busy timeout.
 
 use crate::error::StoreError;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Pool, Transaction};
+use crate::lite::{Conn, Error};
 use std::ops::Deref;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, oneshot};
 
-pub(crate) type DB = sqlx::Sqlite;
+/// The query API of the shared queries, on rusqlite.
+pub(crate) use crate::lite as sql;
 
 /// Writes take turns in this process and SQLite lets one writer in at a time: a statement sees
 /// no other write between its reads and its writes.
@@ -28,124 +28,188 @@ pub(crate) mod ops;
 /// of this process never get here: they wait in [`Handle`]'s queue instead.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The pool and the queue of its writers. The queue is per pool, not per process: two
-/// databases do not wait for each other, and a second pool on the same file (another `Db`)
-/// meets this one's writers at the busy timeout as another process would.
+/// The database and the queue of its writers. The queue is per `Db`, not per process: two
+/// databases do not wait for each other, and a second `Db` on the same file meets this one's
+/// writers at the busy timeout as another process would.
 #[derive(Clone)]
 pub(crate) struct Handle {
-    pool: SqlitePool,
-    readers: Option<Arc<Readers>>,
+    source: Arc<Source>,
     writers: Arc<Writers>,
-    /// The database file (`None` in memory).
-    path: Option<std::path::PathBuf>,
 }
 
-// Reads go to the pool as they are: WAL readers never wait for the writer.
-impl Deref for Handle {
-    type Target = SqlitePool;
-
-    fn deref(&self) -> &SqlitePool {
-        &self.pool
-    }
+pub(crate) enum Source {
+    File {
+        path: PathBuf,
+        readers: Readers,
+    },
+    /// Every connection to `:memory:` is a database of its own: exactly one, which readers
+    /// and writers take turns on.
+    Memory(Arc<Mutex<Conn>>),
 }
 
-/// The connections of single reads, kept outside the pool: a pooled connection is pinged on
-/// its worker thread each time it goes back, a thread hop as dear as the read itself. A read
-/// leaves a connection as it found it (no transaction is ever begun on one), even when the
-/// caller gave up half-way: its worker finishes the statement before taking the next one.
+/// The connections of reads. A read runs to its end on the calling thread, so a connection
+/// goes back idle as it was taken, outside any transaction.
 pub(crate) struct Readers {
-    idle: std::sync::Mutex<Vec<sqlx::SqliteConnection>>,
+    idle: std::sync::Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
-    options: SqliteConnectOptions,
 }
 
-/// How many connections the single reads may open.
+/// How many connections reads may hold at once.
 const READERS: usize = 4;
 
-/// A connection for one read.
+/// A connection for one read, or one read transaction.
 pub(crate) enum Reader {
     Own {
-        conn: Option<sqlx::SqliteConnection>,
-        readers: Arc<Readers>,
+        conn: Option<Conn>,
+        source: Arc<Source>,
         _permit: OwnedSemaphorePermit,
     },
-    /// In memory, the pool's one connection.
-    Pooled(PoolConnection<DB>),
+    /// In memory, the database's one connection.
+    Shared(OwnedMutexGuard<Conn>),
 }
 
 impl Deref for Reader {
-    type Target = sqlx::SqliteConnection;
+    type Target = Conn;
 
-    fn deref(&self) -> &Self::Target {
+    fn deref(&self) -> &Conn {
         match self {
             Self::Own { conn, .. } => conn.as_ref().expect("a reader's connection"),
-            Self::Pooled(c) => c,
+            Self::Shared(c) => c,
         }
     }
 }
 
 impl std::ops::DerefMut for Reader {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+    fn deref_mut(&mut self) -> &mut Conn {
         match self {
             Self::Own { conn, .. } => conn.as_mut().expect("a reader's connection"),
-            Self::Pooled(c) => c,
+            Self::Shared(c) => c,
         }
     }
+}
+
+/// A read transaction left open (its caller gave up half-way) is ended before the connection
+/// is used again; a connection that cannot end it is closed instead.
+fn end_read(conn: &Conn) -> bool {
+    conn.raw().is_autocommit() || conn.raw().execute_batch("ROLLBACK").is_ok()
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if let Self::Own { conn, readers, .. } = self
-            && let Some(conn) = conn.take()
-            && let Ok(mut idle) = readers.idle.lock()
-        {
-            idle.push(conn);
+        match self {
+            Self::Own { conn, source, .. } => {
+                if let Some(conn) = conn.take()
+                    && end_read(&conn)
+                    && let Source::File { readers, .. } = &**source
+                    && let Ok(mut idle) = readers.idle.lock()
+                {
+                    idle.push(conn);
+                }
+            }
+            Self::Shared(c) => {
+                end_read(c);
+            }
         }
     }
 }
 
+/// Opens a connection to the database file.
+fn open(path: &Path, writer: bool) -> Result<Conn, Error> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(Conn::new(conn, writer))
+}
+
 impl Handle {
     /// A connection for a read.
-    pub(crate) async fn reader(&self) -> Result<Reader, sqlx::Error> {
-        let Some(readers) = &self.readers else {
-            return Ok(Reader::Pooled(self.pool.acquire().await?));
+    pub(crate) async fn reader(&self) -> Result<Reader, Error> {
+        let (path, readers) = match &*self.source {
+            Source::Memory(conn) => return Ok(Reader::Shared(conn.clone().lock_owned().await)),
+            Source::File { path, readers } => (path, readers),
         };
         let permit = readers
             .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+            .map_err(|_| Error::Closed)?;
         let kept = readers.idle.lock().ok().and_then(|mut idle| idle.pop());
         let conn = match kept {
             Some(c) => c,
-            None => sqlx::ConnectOptions::connect(&readers.options).await?,
+            None => open(path, false)?,
         };
         Ok(Reader::Own {
             conn: Some(conn),
-            readers: readers.clone(),
+            source: self.source.clone(),
             _permit: permit,
         })
     }
 
-    /// Commits a transaction still open, gives the writers' connection back and closes the
-    /// pool (SQLite checkpoints its WAL).
+    /// The writers' connection.
+    async fn writer_conn(&self) -> Result<WriterConn, Error> {
+        match &*self.source {
+            Source::File { path, .. } => Ok(WriterConn::Own(open(path, true)?)),
+            Source::Memory(conn) => Ok(WriterConn::Shared(conn.clone().lock_owned().await)),
+        }
+    }
+
+    /// The database file (`None` in memory).
+    fn path(&self) -> Option<&Path> {
+        match &*self.source {
+            Source::File { path, .. } => Some(path),
+            Source::Memory(_) => None,
+        }
+    }
+
+    /// Commits a transaction still open and closes the writers' and the idle readers'
+    /// connections (SQLite checkpoints its WAL when the last one closes).
     pub(crate) async fn close(&self) {
         let mut turn = write_turn(self).await;
         turn.conn = None;
         drop(turn);
-        if let Some(readers) = &self.readers {
+        if let Source::File { readers, .. } = &*self.source {
             readers.permits.close();
             let idle = readers
                 .idle
                 .lock()
                 .map(|mut idle| std::mem::take(&mut *idle))
                 .unwrap_or_default();
-            for conn in idle {
-                let _ = sqlx::Connection::close(conn).await;
-            }
+            drop(idle);
         }
-        self.pool.close().await;
+    }
+}
+
+/// The writers' connection: a file's own, or an in-memory database's one connection for the
+/// length of a write.
+pub(crate) enum WriterConn {
+    Own(Conn),
+    Shared(OwnedMutexGuard<Conn>),
+}
+
+impl Deref for WriterConn {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        match self {
+            Self::Own(c) => c,
+            Self::Shared(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            Self::Own(c) => c,
+            Self::Shared(c) => c,
+        }
     }
 }
 
@@ -175,24 +239,12 @@ const GROUP_MAX: usize = 32;
 /// What the turn holds.
 pub(crate) struct Writer {
     /// The writers' connection, while held.
-    conn: Option<PoolConnection<DB>>,
+    conn: Option<WriterConn>,
     /// The open transaction of a group, if a writer handed it on.
     group: Option<Group>,
     /// Counts groups, so a writer waiting for its commit knows whether its group is the one
     /// still open.
     groups: u64,
-}
-
-// The last handle may go outside any runtime (a test's end), where sqlx could not return the
-// connection to the pool on a task: it is closed here instead.
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && tokio::runtime::Handle::try_current().is_err()
-        {
-            drop(conn.detach());
-        }
-    }
 }
 
 struct Group {
@@ -243,7 +295,7 @@ enum Joined {
 }
 
 impl Deref for WriteTx {
-    type Target = sqlx::SqliteConnection;
+    type Target = Conn;
 
     fn deref(&self) -> &Self::Target {
         self.turn
@@ -262,29 +314,33 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
-async fn exec(turn: &mut Turn, sql: &'static str) -> Result<(), sqlx::Error> {
-    let conn = turn.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?;
-    sqlx::query(sql).execute(conn).await.map(|_| ())
+async fn exec(turn: &mut Turn, sql: &'static str) -> Result<(), Error> {
+    let conn = turn.conn.as_deref_mut().ok_or(Error::Closed)?;
+    sql::query(sql).execute(conn).await.map(|_| ())
 }
 
 /// The turn, with the writers' connection in it.
-async fn take_turn(handle: &Handle) -> Result<Turn, sqlx::Error> {
+async fn take_turn(handle: &Handle) -> Result<Turn, Error> {
     let mut turn = {
         let _waiting = Waiting::new(&handle.writers.waiting);
         handle.writers.state.clone().lock_owned().await
     };
     if turn.conn.is_none() {
-        turn.conn = Some(handle.pool.acquire().await?);
+        turn.conn = Some(handle.writer_conn().await?);
     }
     Ok(turn)
 }
 
 /// Commits the open group, if any, and tells its writers how it went.
-async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
+async fn commit_group(turn: &mut Turn) -> Result<(), Error> {
     let Some(group) = turn.group.take() else {
         return Ok(());
     };
-    let done = exec(turn, "COMMIT").await;
+    // The `fsync`, where it may block.
+    let done = match turn.conn.as_deref_mut() {
+        Some(conn) => conn.execute_blocking("COMMIT").await,
+        None => Err(Error::Closed),
+    };
     let told: Result<(), Arc<str>> = match &done {
         Ok(()) => Ok(()),
         Err(e) => Err(Arc::from(e.to_string())),
@@ -305,12 +361,7 @@ async fn commit_group(turn: &mut Turn) -> Result<(), sqlx::Error> {
 /// whole transaction back (disk full, I/O error): the group is committed at once, so no later
 /// writer works in a transaction that is no longer there, and those before are told how the
 /// COMMIT went.
-async fn give_up(
-    handle: &Handle,
-    mut turn: Turn,
-    member: bool,
-    failed: bool,
-) -> Result<(), sqlx::Error> {
+async fn give_up(handle: &Handle, mut turn: Turn, member: bool, failed: bool) -> Result<(), Error> {
     let Some(group) = turn.group.as_mut() else {
         release(handle, turn);
         return Ok(());
@@ -353,8 +404,8 @@ async fn give_up(
     };
     match told {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(sqlx::Error::Protocol(format!("group commit: {e}"))),
-        Err(_) => Err(sqlx::Error::Protocol(
+        Ok(Err(e)) => Err(Error::Other(format!("group commit: {e}"))),
+        Err(_) => Err(Error::Other(
             "group commit: the transaction ended without a commit".into(),
         )),
     }
@@ -373,20 +424,20 @@ fn release(handle: &Handle, mut turn: Turn) {
 /// knows of, and every later write refused. What the task returns to a caller that left is
 /// dropped, and a dropped write undoes itself.
 async fn detached<T: Send + 'static>(
-    step: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
-) -> Result<T, sqlx::Error> {
+    step: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
     tokio::spawn(step)
         .await
-        .map_err(|e| sqlx::Error::Protocol(format!("write task: {e}")))?
+        .map_err(|e| Error::Other(format!("write task: {e}")))?
 }
 
 impl WriteTx {
     /// Done: the write is committed when this returns `Ok` (with its group, if any).
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn commit(self) -> Result<(), Error> {
         detached(self.commit_now()).await
     }
 
-    async fn commit_now(mut self) -> Result<(), sqlx::Error> {
+    async fn commit_now(mut self) -> Result<(), Error> {
         let mut turn = self.turn.take().expect("an open write");
         match self.how {
             Joined::Alone => {
@@ -407,17 +458,17 @@ impl WriteTx {
     }
 
     /// Undoes this write's statements only; the writers before it in its group are committed.
-    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn rollback(self) -> Result<(), Error> {
         detached(self.rollback_now()).await
     }
 
-    async fn rollback_now(mut self) -> Result<(), sqlx::Error> {
+    async fn rollback_now(mut self) -> Result<(), Error> {
         let turn = self.turn.take().expect("an open write");
         undo(&self.handle, turn, self.how).await
     }
 }
 
-async fn undo(handle: &Handle, mut turn: Turn, how: Joined) -> Result<(), sqlx::Error> {
+async fn undo(handle: &Handle, mut turn: Turn, how: Joined) -> Result<(), Error> {
     let done = match how {
         // The first of a group has handed nothing on yet: the whole transaction is its own.
         Joined::Began => {
@@ -456,7 +507,7 @@ impl Drop for WriteTx {
             Err(_) => {
                 let mut turn = turn;
                 turn.group = None;
-                drop(turn.conn.take().map(PoolConnection::detach));
+                turn.conn = None;
             }
         }
     }
@@ -464,56 +515,40 @@ impl Drop for WriteTx {
 
 pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
-    let path = if memory {
-        None
+    let source = if memory {
+        let conn = rusqlite::Connection::open_in_memory().map_err(Error::from)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(Error::from)?;
+        Source::Memory(Arc::new(Mutex::new(Conn::new(conn, false))))
     } else {
-        crate::sqlite_path(url)
-    };
-    if let Some(path) = &path {
-        create_private(path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-    }
-    let mut options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .foreign_keys(true)
-        .busy_timeout(BUSY_TIMEOUT);
-    let pool = if memory {
-        // Every connection to :memory: is a database of its own: keep exactly one, forever.
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await?
-    } else {
+        let path = crate::sqlite_path(url)
+            .ok_or_else(|| StoreError::UnsupportedScheme(url.to_string()))?;
+        create_private(&path).map_err(Error::from)?;
         // The first connection switches a new file to WAL, which takes SQLite's exclusive lock
         // without waiting in the busy handler: processes opening one new file at once take
-        // turns for it (the lock is only held while the pool opens its first connection).
-        options = options.journal_mode(SqliteJournalMode::Wal);
-        let _opening = match &path {
-            Some(p) => Some(
-                lock_beside(p.clone())
-                    .await
-                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?,
-            ),
-            None => None,
+        // turns for it (the lock is only held while the first connection opens).
+        let first = {
+            let _opening = lock_beside(path.clone()).await.map_err(Error::from)?;
+            let first = open(&path, false)?;
+            let mode: String = first
+                .raw()
+                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+                .map_err(Error::from)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::Other(format!("journal mode {mode}, not WAL")).into());
+            }
+            first
         };
-        SqlitePoolOptions::new()
-            .max_connections(8)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?
+        Source::File {
+            path,
+            readers: Readers {
+                idle: std::sync::Mutex::new(vec![first]),
+                permits: Arc::new(Semaphore::new(READERS)),
+            },
+        }
     };
-    let readers = (!memory).then(|| {
-        Arc::new(Readers {
-            idle: std::sync::Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(READERS)),
-            options,
-        })
-    });
     Ok(Handle {
-        pool,
-        readers,
+        source: Arc::new(source),
         writers: Arc::new(Writers {
             state: Arc::new(Mutex::new(Writer {
                 conn: None,
@@ -523,7 +558,6 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
             waiting: AtomicUsize::new(0),
             keep_conn: !memory,
         }),
-        path,
     })
 }
 
@@ -575,12 +609,12 @@ pub(crate) async fn write_turn(handle: &Handle) -> Turn {
 /// A transaction: it begins the group (`BEGIN IMMEDIATE`, so it waits for other processes'
 /// writers rather than failing at its first write) or continues the one handed to it inside
 /// a savepoint.
-pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+pub(crate) async fn begin_write(handle: &Handle) -> Result<WriteTx, Error> {
     let handle = handle.clone();
     detached(async move { begin_write_now(&handle).await }).await
 }
 
-async fn begin_write_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+async fn begin_write_now(handle: &Handle) -> Result<WriteTx, Error> {
     let mut turn = take_turn(handle).await?;
     if turn.group.is_none() {
         return begin_group(handle, turn).await;
@@ -596,7 +630,7 @@ async fn begin_write_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
     })
 }
 
-async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, sqlx::Error> {
+async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, Error> {
     if let Err(e) = exec(&mut turn, "BEGIN IMMEDIATE").await {
         // Should a transaction be left open after all, end it, or no write could begin again.
         let _ = exec(&mut turn, "ROLLBACK").await;
@@ -618,12 +652,12 @@ async fn begin_group(handle: &Handle, mut turn: Turn) -> Result<WriteTx, sqlx::E
 
 /// One statement: in autocommit when no group is open and nobody waits, else in a group (one
 /// begun for it if others wait, so they can share its commit).
-pub(crate) async fn begin_single(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+pub(crate) async fn begin_single(handle: &Handle) -> Result<WriteTx, Error> {
     let handle = handle.clone();
     detached(async move { begin_single_now(&handle).await }).await
 }
 
-async fn begin_single_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
+async fn begin_single_now(handle: &Handle) -> Result<WriteTx, Error> {
     let turn = take_turn(handle).await?;
     let how = if turn.group.is_some() {
         Joined::InGroup
@@ -640,12 +674,12 @@ async fn begin_single_now(handle: &Handle) -> Result<WriteTx, sqlx::Error> {
 }
 
 /// Writers already take turns on SQLite (the queue, then `BEGIN IMMEDIATE` across processes).
-pub(crate) async fn serialize(_: &mut WriteTx, _: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn serialize(_: &mut WriteTx, _: &str) -> Result<(), Error> {
     Ok(())
 }
 
 /// SQLite has no lock timeout to lift (writers queue, then wait out the busy timeout).
-pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), sqlx::Error> {
+pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), Error> {
     Ok(())
 }
 
@@ -654,8 +688,8 @@ pub(crate) async fn wait_for_locks(_: &mut WriteTx) -> Result<(), sqlx::Error> {
 /// database file itself: closing any handle of a file drops every POSIX lock the process
 /// holds on it, SQLite's own included. `None` for an in-memory database.
 pub(crate) async fn migration_lock(handle: &Handle) -> std::io::Result<Option<std::fs::File>> {
-    match handle.path.clone() {
-        Some(path) => lock_beside(path).await.map(Some),
+    match handle.path() {
+        Some(path) => lock_beside(path.to_path_buf()).await.map(Some),
         None => Ok(None),
     }
 }
@@ -678,8 +712,106 @@ async fn lock_beside(path: std::path::PathBuf) -> std::io::Result<std::fs::File>
 }
 
 /// A read transaction sees one snapshot (WAL) from its first read on.
-pub(crate) async fn begin_read(pool: &Pool<DB>) -> Result<Transaction<'static, DB>, sqlx::Error> {
-    pool.begin().await
+pub(crate) async fn begin_read(handle: &Handle) -> Result<ReadTx, Error> {
+    let mut conn = handle.reader().await?;
+    sql::query("BEGIN").execute(&mut *conn).await?;
+    Ok(ReadTx(conn))
+}
+
+/// A read transaction: rolled back when done, or when dropped (see [`Reader`]).
+pub(crate) struct ReadTx(Reader);
+
+impl ReadTx {
+    pub(crate) async fn rollback(mut self) -> Result<(), Error> {
+        sql::query("ROLLBACK")
+            .execute(&mut *self.0)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Deref for ReadTx {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReadTx {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.0
+    }
+}
+
+/// SQLite's part of [`crate::migrations`]: the pending migrations, each in a transaction of
+/// its own with its bookkeeping row, in sqlx's `_sqlx_migrations` table (the same checksums,
+/// so a database migrated by either stays valid for the other). Runs on the writers'
+/// connection in `turn`.
+pub(crate) async fn migrate(handle: &Handle, turn: &mut Turn) -> Result<(), StoreError> {
+    if turn.conn.is_none() {
+        turn.conn = Some(handle.writer_conn().await?);
+    }
+    let conn = turn.conn.as_deref_mut().ok_or(Error::Closed)?;
+    conn.execute_blocking(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            success BOOLEAN NOT NULL,
+            checksum BLOB NOT NULL,
+            execution_time BIGINT NOT NULL
+        )",
+    )
+    .await?;
+    let applied = sql::query("SELECT version, success, checksum FROM _sqlx_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    let known = crate::migrations::MIGRATIONS;
+    let mut done = std::collections::HashSet::new();
+    for row in &applied {
+        let version: i64 = row.try_get("version")?;
+        let bad = |why: &str| StoreError::Corrupt(format!("migration {version} {why}"));
+        if !row.try_get::<bool, _>("success")? {
+            return Err(bad("was left half-applied"));
+        }
+        let Some(m) = known.iter().find(|m| m.version == version) else {
+            return Err(bad("is applied but unknown to this build"));
+        };
+        if row.try_get::<Vec<u8>, _>("checksum")? != crate::migrations::checksum(m.sqlite) {
+            return Err(bad("was changed after it was applied"));
+        }
+        done.insert(version);
+    }
+    for m in known.iter().filter(|m| !done.contains(&m.version)) {
+        let started = std::time::Instant::now();
+        conn.execute_blocking("BEGIN IMMEDIATE").await?;
+        let applied = async {
+            conn.raw().execute_batch(m.sqlite).map_err(Error::from)?;
+            sql::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+                 execution_time) VALUES ($1, $2, TRUE, $3, $4)",
+            )
+            .bind(m.version)
+            .bind(m.description)
+            .bind(crate::migrations::checksum(m.sqlite))
+            .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+        }
+        .await;
+        match applied {
+            Ok(_) => conn.execute_blocking("COMMIT").await?,
+            Err(e) => {
+                let _ = conn.execute_blocking("ROLLBACK").await;
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} ({}): {e}",
+                    m.version, m.file_name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -718,9 +850,9 @@ pub(crate) mod tests {
     }
 
     async fn exists(handle: &Handle, id: &str) -> bool {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sessions WHERE id = $1")
+        sql::query_scalar::<i64>("SELECT COUNT(*) FROM sessions WHERE id = $1")
             .bind(id)
-            .fetch_one(&handle.pool)
+            .fetch_one(&mut *handle.reader().await.unwrap())
             .await
             .unwrap()
             == 1
@@ -796,7 +928,7 @@ pub(crate) mod tests {
             let h = handle.clone();
             tokio::spawn(async move {
                 let mut tx = begin_write(&h).await.unwrap();
-                sqlx::query(
+                sql::query(
                     "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, \
                      expires_at, version) VALUES ($1, 'anonymous', 'x', 0, 0, 99, 1)",
                 )
@@ -861,7 +993,7 @@ pub(crate) mod tests {
         let h = handle.clone();
         let killer = tokio::spawn(async move {
             let mut tx = begin_write(&h).await.unwrap();
-            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            sql::query("ROLLBACK").execute(&mut *tx).await.unwrap();
             // Dropped after the error, as an operation returning it would.
         });
         until_waiting(&handle, 2).await;
@@ -938,7 +1070,7 @@ pub(crate) mod tests {
     async fn a_group_handed_to_nobody_is_committed_by_its_writer() {
         let (_dir, db, handle) = open().await;
         let mut tx = begin_write(&handle).await.unwrap();
-        sqlx::query(
+        sql::query(
             "INSERT INTO sessions (id, kind, data_enc, created_at, touched_at, expires_at, \
              version) VALUES ('kept', 'anonymous', 'x', 0, 0, 99, 1)",
         )

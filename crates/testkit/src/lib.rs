@@ -1,7 +1,8 @@
 //! Test support shared by certreg's crates, never shipped: the harness that runs a Playwright
 //! script (Node.js + Debian's Chromium) for the browser tests of the agent and the web service,
 //! fresh PostgreSQL databases for tests and benchmarks, scratch directories and the OpenSSL CLI,
-//! an `openssl ocsp` responder ([`ocsp`]) and a CRL distribution point ([`cdp`]).
+//! an `openssl ocsp` responder ([`ocsp`]), a CRL distribution point ([`cdp`]) and SQL run on a
+//! database outside the store ([`outside`]).
 //! With the `fixtures` feature, what the service's suites share: the seeded agencies
 //! ([`seed`]), fresh store databases on SQLite and PostgreSQL ([`db`]) and the validator of the
 //! test PKI ([`validator`]).
@@ -15,6 +16,7 @@ pub mod cdp;
 #[cfg(feature = "fixtures")]
 pub mod db;
 pub mod ocsp;
+pub mod outside;
 #[cfg(feature = "fixtures")]
 pub mod seed;
 

@@ -479,7 +479,6 @@ fn migrate_refuses_an_unknown_scheme_and_creates_nothing() {
 
 #[test]
 fn audit_verify_reports_the_first_broken_link() {
-    use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("certreg.db").display());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -515,15 +514,12 @@ fn audit_verify_reports_the_first_broken_link() {
     std::fs::write(&key, &key_bytes).unwrap();
 
     rt.block_on(async {
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql(
+        testkit::outside::exec(
+            &url,
             "DROP TRIGGER audit_log_no_update; \
              UPDATE audit_log SET actor = 'someone else' WHERE seq = 3",
         )
-        .execute(&mut c)
-        .await
-        .unwrap();
-        c.close().await.unwrap();
+        .await;
     });
     let (code, lines, err) = certreg(&["audit", "verify", "--database", &url]);
     assert_eq!(code, 1);

@@ -342,7 +342,6 @@ fn serve_refuses_a_bad_anchors_dir_or_an_unreachable_database_with_exit_2() {
 /// not taken in by a starting service: it refuses to start and says what to do.
 #[test]
 fn serve_refuses_an_audit_chain_not_keyed_under_its_key_file() {
-    use sqlx::Connection as _;
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("certreg.db");
     let url = format!("sqlite://{}", db_path.display());
@@ -359,12 +358,11 @@ fn serve_refuses_an_audit_chain_not_keyed_under_its_key_file() {
         let event = domain::model::AuditEvent::new(at, "system", "test.event", "ok");
         db.append_audit(&event).await.unwrap();
         db.close().await;
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql("UPDATE audit_head SET hash = 'a plain sha-256 head' WHERE id = 1")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        c.close().await.unwrap();
+        testkit::outside::exec(
+            &url,
+            "UPDATE audit_head SET hash = 'a plain sha-256 head' WHERE id = 1",
+        )
+        .await;
     });
     let anchors = crate::generated().join("anchors");
     let err = serve_fails(&[

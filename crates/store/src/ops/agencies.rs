@@ -3,12 +3,11 @@
 use super::*;
 
 pub(crate) async fn agency(pool: &Handle, code: &InstitutionCode) -> Result<Option<Agency>> {
-    let row =
-        sqlx::query("SELECT code, name, county, org_identifier FROM agencies WHERE code = $1")
-            .bind(code.as_str())
-            .fetch_optional(&mut *pool.reader().await.map_err(db)?)
-            .await
-            .map_err(db)?;
+    let row = sql::query("SELECT code, name, county, org_identifier FROM agencies WHERE code = $1")
+        .bind(code.as_str())
+        .fetch_optional(&mut *pool.reader().await.map_err(db)?)
+        .await
+        .map_err(db)?;
     row.map(|r| {
         Ok(Agency {
             code: crate::codec::code(s(&r, "code")?)?,
@@ -26,7 +25,7 @@ pub(crate) async fn upsert_agencies(pool: &Handle, agencies: &[Agency]) -> Resul
     // otherwise lock each other's rows.
     serialize(&mut tx, "agencies").await.map_err(db)?;
     for a in agencies {
-        sqlx::query(
+        sql::query(
             "INSERT INTO agencies (code, name, county, org_identifier) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (code) DO UPDATE SET name = excluded.name, county = excluded.county, \
              org_identifier = excluded.org_identifier",

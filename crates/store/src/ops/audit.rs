@@ -12,12 +12,12 @@ pub(crate) async fn append_audit(pool: &Handle, secrets: &Secrets, e: &AuditEven
 /// Appends `e` to the log inside `tx`, chained to the head and keyed with `key`.
 pub(super) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Result<()> {
     // Bumping the head takes its row lock (PostgreSQL) and returns the previous link.
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+    let head = sql::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
     let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
-    sqlx::query(
+    sql::query(
         "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, outcome, detail, \
          prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
@@ -35,7 +35,7 @@ pub(super) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Resul
     .execute(&mut **tx)
     .await
     .map_err(db)?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+    sql::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
         .bind(row.hash)
         .execute(&mut **tx)
         .await
@@ -52,7 +52,7 @@ pub(crate) async fn seal_audit_chain(
 ) -> Result<bool> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     // Taking the head's row lock first: two instances starting together seal once.
-    let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+    let head = sql::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
@@ -68,7 +68,7 @@ pub(crate) async fn seal_audit_chain(
 
 /// The chain head: the last row's sequence number and hash (0 and the genesis before any).
 pub(crate) async fn audit_head(pool: &Handle) -> Result<(i64, String)> {
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+    let head = sql::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
@@ -80,7 +80,7 @@ pub(crate) async fn audit_search(
     pool: &Handle,
     f: &crate::AuditFilter,
 ) -> Result<Vec<(i64, AuditEvent)>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new(
+    let mut q = sql::QueryBuilder::new(
         "SELECT seq, at, actor, code, cert, client, action, outcome, detail FROM audit_log \
          WHERE 1 = 1",
     );
@@ -132,14 +132,14 @@ pub(crate) async fn verify_audit(pool: &Handle, secrets: &Secrets) -> Result<Aud
     // One read transaction: the head and the rows come from the same snapshot even while
     // appends go on.
     let mut tx = begin_read(pool).await.map_err(db)?;
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+    let head = sql::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
     let mut check = ChainCheck::new(ChainKey::new(secrets));
     let mut after = 0i64;
     loop {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT seq, at, actor, code, cert, client, action, outcome, detail, prev_hash, hash \
              FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000",
         )

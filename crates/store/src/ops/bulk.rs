@@ -116,7 +116,7 @@ pub(crate) async fn bulk_load_receipts(pool: &Handle, receipts: &[Receipt]) -> R
     .await
 }
 
-type Separated<'q> = sqlx::query_builder::Separated<'q, DB, &'static str>;
+use super::sql::Separated;
 
 fn push_cert(b: &mut Separated<'_>, c: CertCols) {
     b.push_bind(c.issuer)
@@ -135,14 +135,14 @@ async fn bulk<T>(
     pool: &Handle,
     items: &[T],
     binds_per_row: usize,
-    build: impl Fn(&mut sqlx::QueryBuilder<DB>, &[T]) -> Result<()>,
+    build: impl Fn(&mut sql::QueryBuilder, &[T]) -> Result<()>,
 ) -> Result<u64> {
     let per_insert = MAX_BINDS / binds_per_row;
     let mut done = 0u64;
     for batch in items.chunks(BULK_ROWS_PER_TX) {
         let mut tx = begin_write(pool).await.map_err(db)?;
         for rows in batch.chunks(per_insert) {
-            let mut q = sqlx::QueryBuilder::<DB>::new("");
+            let mut q = sql::QueryBuilder::new("");
             build(&mut q, rows)?;
             // Placeholders are `?` (SQLite) or `$n` (PostgreSQL); the statements have no others.
             let binds = q.sql().as_str().matches(['?', '$']).count();

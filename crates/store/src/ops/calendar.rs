@@ -3,7 +3,7 @@
 use super::*;
 
 pub(crate) async fn calendar_days(pool: &Handle) -> Result<Vec<CalendarDay>> {
-    let rows = sqlx::query("SELECT day, day_off, name FROM calendar_days ORDER BY day")
+    let rows = sql::query("SELECT day, day_off, name FROM calendar_days ORDER BY day")
         .fetch_all(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
@@ -32,15 +32,14 @@ pub(crate) async fn import_calendar(pool: &Handle, days: &[CalendarDay]) -> Resu
     // of inserting beside them into a unique-key violation.
     serialize(&mut tx, "calendar").await.map_err(db)?;
     for year in &years {
-        sqlx::query("DELETE FROM calendar_days WHERE year = $1")
+        sql::query("DELETE FROM calendar_days WHERE year = $1")
             .bind(*year)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
     }
     for chunk in days.chunks(CALENDAR_ROWS_PER_INSERT) {
-        let mut q =
-            sqlx::QueryBuilder::<DB>::new("INSERT INTO calendar_days (day, year, day_off, name) ");
+        let mut q = sql::QueryBuilder::new("INSERT INTO calendar_days (day, year, day_off, name) ");
         q.push_values(chunk, |mut b, d| {
             b.push_bind(date_text(d.date))
                 .push_bind(d.date.year())

@@ -173,7 +173,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
 
     // The flow first: a double submit of one step stops here, before touching anything else.
     if let Some(f) = p.flow {
-        let n = sqlx::query(
+        let n = sql::query(
             "UPDATE flows SET step = $2, data_enc = $3, touched_at = $4, version = $5 \
              WHERE id = $1 AND version = $6",
         )
@@ -194,7 +194,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
 
     // The version the change was checked against, re-checked under the row's lock.
     if let Some((code, version)) = p.registration_guard {
-        let n = sqlx::query(
+        let n = sql::query(
             "UPDATE registrations SET version = version WHERE code = $1 AND version = $2",
         )
         .bind(code.as_str().to_string())
@@ -211,13 +211,13 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     match p.registration {
         None => {}
         Some((row, None)) => {
-            bind_registration(sqlx::query(INSERT_REGISTRATION), row)
+            bind_registration(sql::query(INSERT_REGISTRATION), row)
                 .execute(&mut **tx)
                 .await
                 .map_err(fk("registrations_code_fkey"))?;
         }
         Some((row, Some(expected))) => {
-            let n = bind_registration(sqlx::query(REPLACE_REGISTRATION), row)
+            let n = bind_registration(sql::query(REPLACE_REGISTRATION), row)
                 .bind(expected)
                 .execute(&mut **tx)
                 .await
@@ -230,7 +230,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     }
 
     for h in p.history {
-        let q = sqlx::query(
+        let q = sql::query(
             "INSERT INTO cert_history (code, kind, cert_issuer, cert_serial, cert_subject, \
              cert_sha256, cert_not_before, cert_not_after, replaced_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -247,7 +247,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     match p.operator {
         None => {}
         Some(PreparedOperator::Insert(o)) => {
-            let row = sqlx::query(
+            let row = sql::query(
                 "INSERT INTO operators (code, serial, name, national_id_enc, national_id_hash, \
                  functions, updated_at, version, cert_issuer, cert_not_after, valid_from, \
                  valid_until) \
@@ -277,7 +277,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             let code = o.code.clone();
             // A read certificate replaces what is on file; a typed serial keeps it only while
             // the serial stays the same (another card's issuer and notAfter are unknown).
-            let n = sqlx::query(
+            let n = sql::query(
                 "UPDATE operators SET \
                  cert_issuer = CASE WHEN $10 THEN $11 WHEN serial = $3 THEN cert_issuer END, \
                  cert_not_after = CASE WHEN $10 THEN $12 WHEN serial = $3 THEN cert_not_after END, \
@@ -315,7 +315,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             issuer,
             not_after,
         }) => {
-            sqlx::query(
+            sql::query(
                 "UPDATE operators SET cert_issuer = $1, cert_not_after = $2 \
                  WHERE id = $3 AND code = $4 AND serial = $5 AND cert_issuer IS NULL",
             )
@@ -334,7 +334,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             expected_version,
         }) => {
             let n =
-                sqlx::query("DELETE FROM operators WHERE id = $1 AND code = $2 AND version = $3")
+                sql::query("DELETE FROM operators WHERE id = $1 AND code = $2 AND version = $3")
                     .bind(id)
                     .bind(&code)
                     .bind(expected_version)
@@ -352,7 +352,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
         None => {}
         Some(ReviewWrite::Insert(r)) => {
             let d = DecisionCols::new(&r.state);
-            let q = sqlx::query(
+            let q = sql::query(
                 "INSERT INTO reviews (code, org_issuer, org_serial, org_subject, org_sha256, \
                  org_not_before, org_not_after, org_identifier, org_name, on_file, \
                  applicant_name, applicant_phone, filed_at, state, decided_at, effective, \
@@ -388,7 +388,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             // The reviewer's row, locked until the commit: a reviewer disabled before this
             // point records nothing, and one being disabled now waits for the decision.
             let active =
-                sqlx::query("UPDATE reviewers SET active = active WHERE id = $1 AND active")
+                sql::query("UPDATE reviewers SET active = active WHERE id = $1 AND active")
                     .bind(reviewer_id)
                     .execute(&mut **tx)
                     .await
@@ -398,7 +398,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
                 return Err(DomainError::NotReviewer);
             }
             let d = DecisionCols::new(&state);
-            let n = sqlx::query(
+            let n = sql::query(
                 "UPDATE reviews SET state = $2, decided_at = $3, effective = $4, reviewer = $5, \
                  note = $6 WHERE id = $1 AND state = 'pending'",
             )
@@ -419,7 +419,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     }
 
     if let Some(r) = p.receipt {
-        sqlx::query(
+        sql::query(
             "INSERT INTO receipts (code, kind, at, review_id, terms_version) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -434,7 +434,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     }
 
     if let Some(code) = p.end_admin_sessions {
-        sqlx::query("DELETE FROM sessions WHERE kind = 'admin' AND code = $1")
+        sql::query("DELETE FROM sessions WHERE kind = 'admin' AND code = $1")
             .bind(code.as_str().to_string())
             .execute(&mut **tx)
             .await
@@ -450,7 +450,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
 }
 
 async fn missing_or_conflict(tx: &mut Tx, id: i64, code: &str) -> DomainError {
-    let found = sqlx::query("SELECT id FROM operators WHERE id = $1 AND code = $2")
+    let found = sql::query("SELECT id FROM operators WHERE id = $1 AND code = $2")
         .bind(id)
         .bind(code)
         .fetch_optional(&mut **tx)

@@ -5,7 +5,7 @@ use super::*;
 pub(crate) async fn insert_flow(pool: &Handle, secrets: &Secrets, flow: &Flow) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -34,7 +34,7 @@ pub(crate) async fn insert_flow_capped(
     if ONE_WRITER {
         // Writers take turns here: one statement counts and inserts with no other in between.
         let mut w = begin_single(pool).await.map_err(db)?;
-        let inserted = sqlx::query(
+        let inserted = sql::query(
             "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
              version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
              WHERE session = $3 AND touched_at > $9) < $10",
@@ -65,7 +65,7 @@ pub(crate) async fn insert_flow_capped(
         .await
         .map_err(db)?;
     let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
+        sql::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
             .bind(&f.session)
             .bind(ts(live_since))
             .fetch_one(&mut *tx)
@@ -75,7 +75,7 @@ pub(crate) async fn insert_flow_capped(
         tx.rollback().await.map_err(db)?;
         return Err(DomainError::TooManyFlows);
     }
-    sqlx::query(
+    sql::query(
         "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -94,7 +94,7 @@ pub(crate) async fn insert_flow_capped(
 }
 
 pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT id, kind, session, step, data_enc, created_at, touched_at, version \
          FROM flows WHERE id = $1",
     )
@@ -119,7 +119,7 @@ pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<O
 
 pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Result<()> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "INSERT INTO challenges \
          (id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -146,7 +146,7 @@ pub(crate) async fn consume_challenge(
 ) -> Result<StoredChallenge> {
     let mut w = begin_single(pool).await.map_err(db)?;
     // One statement: the database decides which of two racing requests marks it used.
-    let row = sqlx::query(
+    let row = sql::query(
         "UPDATE challenges SET used_at = $2 WHERE id = $1 AND used_at IS NULL \
          RETURNING id, flow_id, session, step, purpose, origin, nonce, issued_at, expires_at",
     )
@@ -172,7 +172,7 @@ pub(crate) async fn consume_challenge(
 
 pub(crate) async fn flow_delete_idle(pool: &Handle, before: OffsetDateTime) -> Result<u64> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    let n = sqlx::query("DELETE FROM flows WHERE touched_at < $1")
+    let n = sql::query("DELETE FROM flows WHERE touched_at < $1")
         .bind(ts(before))
         .execute(&mut *w)
         .await

@@ -1,7 +1,8 @@
 //! Every query and the transaction of a commit, one file per table, written once and compiled
 //! once per backend: `sqlite.rs` and `pg.rs` both include this directory as their `ops`
 //! module, and it runs against their `DB`. One SQL text with `$n` placeholders serves both;
-//! the code stays concrete (no `sqlx::Any`, no generic bounds).
+//! the code stays concrete (no `sqlx::Any`, no generic bounds). Each backend names its query
+//! API `sql`: sqlx's on PostgreSQL, rusqlite's behind the same calls on SQLite (`lite.rs`).
 //!
 //! Every write runs on what its backend hands it: `begin_write` for a transaction,
 //! `begin_single` for one statement, then `commit`. On SQLite both wait for the writers' turn
@@ -9,7 +10,7 @@
 //! writers) and may share one commit with the writers queued beside them.
 
 use super::{
-    DB, Handle, ONE_WRITER, WriteTx, begin_read, begin_single, begin_write, serialize,
+    Handle, ONE_WRITER, WriteTx, begin_read, begin_single, begin_write, serialize, sql,
     wait_for_locks,
 };
 use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
@@ -23,28 +24,23 @@ use domain::model::*;
 use domain::store::*;
 use domain::types::*;
 use domain::{DomainError, Result};
-use sqlx::Row;
 use time::OffsetDateTime;
 
 type Tx = WriteTx;
-type DbRow = <DB as sqlx::Database>::Row;
-type Query<'q> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+type DbRow = sql::Row;
+type Query<'q> = sql::Query<'q>;
 
-fn db(e: sqlx::Error) -> DomainError {
+fn db(e: sql::Error) -> DomainError {
     map_db_error(e, None)
 }
 
 /// For a statement that can violate exactly one foreign key (SQLite does not name it).
-fn fk(name: &'static str) -> impl FnOnce(sqlx::Error) -> DomainError {
+fn fk(name: &'static str) -> impl FnOnce(sql::Error) -> DomainError {
     move |e| map_db_error(e, Some(name))
 }
 
-fn col<'r, T>(row: &'r DbRow, name: &str) -> Result<T>
-where
-    T: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-{
-    row.try_get(name)
-        .map_err(|e| DomainError::Storage(format!("column {name}: {e}")))
+fn col<T: sql::Column>(row: &DbRow, name: &str) -> Result<T> {
+    sql::get(row, name).map_err(|e| DomainError::Storage(format!("column {name}: {e}")))
 }
 
 fn s(row: &DbRow, name: &str) -> Result<String> {

@@ -4,14 +4,14 @@ use super::*;
 
 pub(crate) async fn notice_claim(pool: &Handle, day: &str, keys: &[String]) -> Result<Vec<bool>> {
     let mut tx = begin_write(pool).await.map_err(db)?;
-    sqlx::query("DELETE FROM notices_sent WHERE day < $1")
+    sql::query("DELETE FROM notices_sent WHERE day < $1")
         .bind(day)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
     let mut claimed = Vec::with_capacity(keys.len());
     for key in keys {
-        let done = sqlx::query(
+        let done = sql::query(
             "INSERT INTO notices_sent (day, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(day)
@@ -28,7 +28,7 @@ pub(crate) async fn notice_claim(pool: &Handle, day: &str, keys: &[String]) -> R
 pub(crate) async fn notice_release(pool: &Handle, day: &str, keys: &[String]) -> Result<()> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     for key in keys {
-        sqlx::query("DELETE FROM notices_sent WHERE day = $1 AND key = $2")
+        sql::query("DELETE FROM notices_sent WHERE day = $1 AND key = $2")
             .bind(day)
             .bind(key)
             .execute(&mut *tx)

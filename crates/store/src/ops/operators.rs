@@ -41,7 +41,7 @@ pub(crate) async fn operators(
     secrets: &Secrets,
     code: &InstitutionCode,
 ) -> Result<Vec<Operator>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    let mut q = sql::QueryBuilder::new("SELECT ");
     q.push(OPERATOR_COLUMNS)
         .push(" FROM operators WHERE code = ")
         .push_bind(code.as_str())
@@ -60,7 +60,7 @@ pub(crate) async fn operator(
     code: &InstitutionCode,
     id: i64,
 ) -> Result<Option<Operator>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    let mut q = sql::QueryBuilder::new("SELECT ");
     q.push(OPERATOR_COLUMNS)
         .push(" FROM operators WHERE code = ")
         .push_bind(code.as_str())
@@ -80,7 +80,7 @@ pub(crate) async fn operator_by_serial(
     code: &InstitutionCode,
     serial: &CertSerial,
 ) -> Result<Option<Operator>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    let mut q = sql::QueryBuilder::new("SELECT ");
     q.push(OPERATOR_COLUMNS)
         .push(" FROM operators WHERE code = ")
         .push_bind(code.as_str())

@@ -46,7 +46,7 @@ const SEALED_COLUMNS: [SealedColumn; 4] = [
 pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Result<Option<u64>> {
     let mut tx = begin_write(pool).await.map_err(db)?;
     wait_for_locks(&mut tx).await.map_err(db)?;
-    let claimed = sqlx::query("DELETE FROM pending_rebinds WHERE name = 'row_bound_values'")
+    let claimed = sql::query("DELETE FROM pending_rebinds WHERE name = 'row_bound_values'")
         .execute(&mut *tx)
         .await
         .map_err(db)?
@@ -57,7 +57,7 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
     }
     let mut n = 0;
     for sealed in &SEALED_COLUMNS {
-        for r in sqlx::query(sealed.select)
+        for r in sql::query(sealed.select)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?
@@ -66,7 +66,7 @@ pub(crate) async fn rebind_row_values(pool: &Handle, secrets: &Secrets) -> Resul
             let Some(value) = rebind(secrets, sealed.column, &row, &s(&r, "value")?)? else {
                 continue;
             };
-            let update = sqlx::query(sealed.update);
+            let update = sql::query(sealed.update);
             let update = if sealed.int_key {
                 update.bind(int(&r, "key")?)
             } else {

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(crate) async fn receipts(pool: &Handle, code: &InstitutionCode) -> Result<Vec<Receipt>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT code, kind, at, review_id, terms_version FROM receipts WHERE code = $1 \
          ORDER BY at DESC, id DESC",
     )

@@ -15,7 +15,7 @@ pub(crate) async fn registration(
     secrets: &Secrets,
     code: &InstitutionCode,
 ) -> Result<Option<Registration>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    let mut q = sql::QueryBuilder::new("SELECT ");
     q.push(REGISTRATION_COLUMNS)
         .push(" FROM registrations WHERE code = ")
         .push_bind(code.as_str());
@@ -63,7 +63,7 @@ pub(crate) async fn cert_history(
     pool: &Handle,
     code: &InstitutionCode,
 ) -> Result<Vec<ReplacedCert>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT code, kind, cert_issuer, cert_serial, cert_subject, cert_sha256, \
          cert_not_before, cert_not_after, replaced_at FROM cert_history WHERE code = $1 \
          ORDER BY id",
@@ -90,7 +90,7 @@ pub(crate) async fn codes_by_serial(
     pool: &Handle,
     serial: &CertSerial,
 ) -> Result<Vec<InstitutionCode>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT code FROM registrations WHERE org_serial = $1 OR admin_serial = $1 ORDER BY code",
     )
     .bind(serial.as_str().to_string())
@@ -104,7 +104,7 @@ pub(crate) async fn codes_by_serial(
 
 /// Every registered agency's code, in order.
 pub(crate) async fn registered_codes(pool: &Handle) -> Result<Vec<InstitutionCode>> {
-    let rows = sqlx::query("SELECT code FROM registrations ORDER BY code")
+    let rows = sql::query("SELECT code FROM registrations ORDER BY code")
         .fetch_all(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
@@ -117,7 +117,7 @@ pub(crate) async fn agencies_of_person(
     pool: &Handle,
     hash: &str,
 ) -> Result<Vec<(InstitutionCode, PersonRole)>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT code, 'administrator' AS role FROM registrations WHERE admin_id_hash = $1 \
          UNION ALL SELECT code, 'operator' AS role FROM operators WHERE national_id_hash = $1 \
          ORDER BY code, role",

@@ -9,7 +9,7 @@ pub(crate) async fn add_reviewer(
     serial: &CertSerial,
 ) -> Result<i64> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    let row = sqlx::query(
+    let row = sql::query(
         "INSERT INTO reviewers (name, section, cert_serial, active) VALUES ($1, $2, $3, $4) \
          RETURNING id",
     )
@@ -25,7 +25,7 @@ pub(crate) async fn add_reviewer(
 }
 
 pub(crate) async fn reviewers(pool: &Handle) -> Result<Vec<Reviewer>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT id, name, section, cert_serial, cert_issuer, active FROM reviewers ORDER BY id",
     )
     .fetch_all(&mut *pool.reader().await.map_err(db)?)
@@ -52,7 +52,7 @@ pub(crate) async fn learn_reviewer_issuer(
     issuer: &str,
 ) -> Result<()> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "UPDATE reviewers SET cert_issuer = $3 \
          WHERE id = $1 AND cert_serial = $2 AND cert_issuer IS NULL",
     )
@@ -67,7 +67,7 @@ pub(crate) async fn learn_reviewer_issuer(
 
 pub(crate) async fn set_reviewer_active(pool: &Handle, id: i64, active: bool) -> Result<()> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    let n = sqlx::query("UPDATE reviewers SET active = $2 WHERE id = $1")
+    let n = sql::query("UPDATE reviewers SET active = $2 WHERE id = $1")
         .bind(id)
         .bind(active)
         .execute(&mut *w)

@@ -34,9 +34,9 @@ fn review_row(r: &DbRow) -> Result<ReviewApplication> {
 /// `filter` adds the WHERE and ORDER BY clauses; the builder numbers their binds.
 async fn select_reviews(
     pool: &Handle,
-    filter: impl FnOnce(&mut sqlx::QueryBuilder<DB>),
+    filter: impl FnOnce(&mut sql::QueryBuilder),
 ) -> Result<Vec<ReviewApplication>> {
-    let mut q = sqlx::QueryBuilder::<DB>::new("SELECT ");
+    let mut q = sql::QueryBuilder::new("SELECT ");
     q.push(REVIEW_COLUMNS).push(" FROM reviews ");
     filter(&mut q);
     let rows = q

@@ -13,7 +13,7 @@ pub(crate) async fn session_insert(
 ) -> Result<()> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at, \
          version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -40,7 +40,7 @@ pub(crate) async fn session_update(
 ) -> Result<SessionSaved> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
     let mut w = begin_single(pool).await.map_err(db)?;
-    let done = sqlx::query(
+    let done = sql::query(
         "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
          expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2 AND kind <> $8",
     )
@@ -62,7 +62,7 @@ pub(crate) async fn session_update(
     }
     // A tombstone left by a login is as ended as a deleted row: never written to again.
     let exists: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
+        sql::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
             .bind(&r.id)
             .bind(crate::SUPERSEDED)
             .fetch_optional(&mut *w)
@@ -82,7 +82,7 @@ pub(crate) async fn session_touch(
     expires_at: OffsetDateTime,
 ) -> Result<bool> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    let done = sqlx::query(
+    let done = sql::query(
         "UPDATE sessions SET touched_at = $2, expires_at = $3 WHERE id = $1 AND kind <> $4",
     )
     .bind(id)
@@ -103,7 +103,7 @@ pub(crate) async fn session_get(
     id: &str,
     now: OffsetDateTime,
 ) -> Result<Option<SessionRecord>> {
-    let row = sqlx::query(
+    let row = sql::query(
         "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
          FROM sessions WHERE id = $1 AND expires_at > $2",
     )
@@ -115,7 +115,7 @@ pub(crate) async fn session_get(
     row.map(|r| session_of_row(secrets, &r)).transpose()
 }
 
-fn session_of_row(secrets: &Secrets, r: &<DB as sqlx::Database>::Row) -> Result<SessionRecord> {
+fn session_of_row(secrets: &Secrets, r: &DbRow) -> Result<SessionRecord> {
     let id = s(r, "id")?;
     let plain = secrets
         .decrypt(&session_aad(&id), &s(r, "data_enc")?)
@@ -138,7 +138,7 @@ pub(crate) async fn sessions_live(
     secrets: &Secrets,
     now: OffsetDateTime,
 ) -> Result<Vec<SessionRecord>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT id, kind, code, data_enc, created_at, touched_at, expires_at, version \
          FROM sessions WHERE expires_at > $1 ORDER BY created_at, id",
     )
@@ -157,12 +157,12 @@ pub(crate) async fn session_supersede(
 ) -> Result<()> {
     let empty = encrypt(secrets, &session_aad(id), b"{}")?;
     let mut tx = begin_write(pool).await.map_err(db)?;
-    sqlx::query("DELETE FROM token_sessions WHERE session_id = $1")
+    sql::query("DELETE FROM token_sessions WHERE session_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    sqlx::query(
+    sql::query(
         "UPDATE sessions SET kind = $2, code = NULL, data_enc = $3, expires_at = $4, \
          version = version + 1 WHERE id = $1",
     )
@@ -178,7 +178,7 @@ pub(crate) async fn session_supersede(
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query("DELETE FROM sessions WHERE id = $1")
+    sql::query("DELETE FROM sessions WHERE id = $1")
         .bind(id)
         .execute(&mut *w)
         .await
@@ -188,7 +188,7 @@ pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {
 
 pub(crate) async fn session_delete_expired(pool: &Handle, now: OffsetDateTime) -> Result<u64> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    let n = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+    let n = sql::query("DELETE FROM sessions WHERE expires_at <= $1")
         .bind(ts(now))
         .execute(&mut *w)
         .await

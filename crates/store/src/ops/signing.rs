@@ -14,7 +14,7 @@ pub(crate) async fn signing_keys(
     secrets: &Secrets,
     now: OffsetDateTime,
 ) -> Result<Vec<SigningKeyRecord>> {
-    let rows = sqlx::query(
+    let rows = sql::query(
         "SELECT kid, public_key, private_enc, created_at, retired_at, publish_until \
          FROM signing_keys WHERE publish_until IS NULL OR publish_until > $1 \
          ORDER BY (retired_at IS NULL) DESC, created_at DESC, kid",
@@ -25,11 +25,8 @@ pub(crate) async fn signing_keys(
     .map_err(db)?;
     rows.iter()
         .map(|r| {
-            let get = |c: &str| r.try_get::<String, _>(c).map_err(|e| bad(&e.to_string()));
-            let int = |c: &str| {
-                r.try_get::<Option<i64>, _>(c)
-                    .map_err(|e| bad(&e.to_string()))
-            };
+            let get = |c: &str| sql::get::<String>(r, c).map_err(|e| bad(&e.to_string()));
+            let int = |c: &str| sql::get::<Option<i64>>(r, c).map_err(|e| bad(&e.to_string()));
             let at = |v: Option<i64>| v.map(from_ts).transpose();
             Ok(SigningKeyRecord {
                 kid: get("kid")?,
@@ -62,7 +59,7 @@ pub(crate) async fn signing_key_add_first(
     let mut w = begin_single(pool).await.map_err(db)?;
     // The unique index on the current key makes a second instance starting at the same moment
     // insert nothing; it uses the first one's key.
-    let done = sqlx::query(
+    let done = sql::query(
         "INSERT INTO signing_keys (kid, public_key, private_enc, created_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
@@ -88,7 +85,7 @@ pub(crate) async fn signing_key_rotate(
     // Two instances rotating at once take turns: the second retires the first one's new key
     // rather than meeting the one-current-key index.
     serialize(&mut tx, "signing_keys").await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "UPDATE signing_keys SET retired_at = $1, publish_until = $2 WHERE retired_at IS NULL",
     )
     .bind(ts(k.created_at))
@@ -96,7 +93,7 @@ pub(crate) async fn signing_key_rotate(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    sqlx::query(INSERT)
+    sql::query(INSERT)
         .bind(&k.kid)
         .bind(B64U.encode(&k.public_key))
         .bind(private)
@@ -104,7 +101,7 @@ pub(crate) async fn signing_key_rotate(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    sqlx::query("DELETE FROM signing_keys WHERE publish_until <= $1")
+    sql::query("DELETE FROM signing_keys WHERE publish_until <= $1")
         .bind(ts(k.created_at))
         .execute(&mut *tx)
         .await
@@ -115,7 +112,7 @@ pub(crate) async fn signing_key_rotate(
 
 pub(crate) async fn token_session_put(pool: &Handle, sid: &str, session_id: &str) -> Result<()> {
     let mut w = begin_single(pool).await.map_err(db)?;
-    sqlx::query(
+    sql::query(
         "INSERT INTO token_sessions (sid, session_id) VALUES ($1, $2) \
          ON CONFLICT (sid) DO UPDATE SET session_id = excluded.session_id",
     )
@@ -128,7 +125,7 @@ pub(crate) async fn token_session_put(pool: &Handle, sid: &str, session_id: &str
 }
 
 pub(crate) async fn token_session(pool: &Handle, sid: &str) -> Result<Option<String>> {
-    sqlx::query_scalar("SELECT session_id FROM token_sessions WHERE sid = $1")
+    sql::query_scalar("SELECT session_id FROM token_sessions WHERE sid = $1")
         .bind(sid)
         .fetch_optional(&mut *pool.reader().await.map_err(db)?)
         .await

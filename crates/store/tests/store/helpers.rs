@@ -48,64 +48,17 @@ impl TestDb {
 
     /// Runs SQL outside the store, on a connection of its own (tampering, inspection).
     pub async fn raw(&self, sql: &str) {
-        match self.backend() {
-            Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-            }
-            Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.unwrap();
-            }
-        }
+        testkit::outside::exec(&self.url, sql).await;
     }
 
     /// A single integer from a query run outside the store.
     pub async fn count(&self, sql: &str) -> i64 {
-        match self.backend() {
-            Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap()
-            }
-            Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap()
-            }
-        }
+        testkit::outside::integer(&self.url, sql).await
     }
 
     /// A statement run outside the store (an attacker's, or an older version's, write).
     pub async fn exec(&self, sql: String) {
-        match self.backend() {
-            Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }
-            Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }
-        }
+        testkit::outside::exec(&self.url, &sql).await;
     }
 
     /// Text of query results outside the store (every column cast to text on PostgreSQL).

@@ -1568,26 +1568,7 @@ async fn audit_log_refuses_updates_and_deletes() {
             "UPDATE audit_log SET outcome = 'x' WHERE seq = 2",
             "DELETE FROM audit_log WHERE seq = 5",
         ] {
-            let refused = match t.backend() {
-                Backend::Sqlite => {
-                    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.url)
-                        .await
-                        .unwrap();
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut c)
-                        .await
-                        .is_err()
-                }
-                Backend::Postgres => {
-                    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&t.url)
-                        .await
-                        .unwrap();
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut c)
-                        .await
-                        .is_err()
-                }
-            };
+            let refused = testkit::outside::try_exec(&t.url, sql).await.is_err();
             assert!(refused, "{sql}");
         }
         assert_eq!(broken_at(&t.db).await, None);
@@ -1649,18 +1630,7 @@ async fn rewrite_unkeyed(t: &TestDb, from: i64) {
 /// The stored hash of row `seq`, read outside the store.
 async fn stored_hash(t: &TestDb, seq: i64) -> String {
     let sql = format!("SELECT hash FROM audit_log WHERE seq = {seq}");
-    match t.backend() {
-        Backend::Sqlite => {
-            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.url)
-                .await
-                .unwrap();
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-        }
-        Backend::Postgres => t.texts(&sql).await.remove(0),
-    }
+    testkit::outside::text(&t.url, &sql).await
 }
 
 #[tokio::test]

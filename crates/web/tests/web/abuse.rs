@@ -21,26 +21,7 @@ async fn rows(app: &TestApp, table: &str) -> i64 {
         "flows" => "SELECT COUNT(*) FROM flows",
         other => panic!("{other}"),
     };
-    match app.db.backend() {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&app.db_url).await.unwrap();
-            let n = sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            n
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&app.db_url).await.unwrap();
-            let n = sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            n
-        }
-    }
+    testkit::outside::integer(&app.db_url, sql).await
 }
 
 /// A JSON request from the client at `addr` (as the listener's connect-info names it).

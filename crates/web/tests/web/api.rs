@@ -2222,23 +2222,9 @@ async fn an_expiring_administrator_certificate_is_mailed_to_the_administrator_on
     }
 }
 
-/// SQL run on the app's database outside the store, one connection, statement by statement.
+/// SQL run on the app's database outside the store, one connection, statement after statement.
 async fn run_sql(app: &TestApp, statements: &[&'static str]) {
-    use sqlx::Connection as _;
-    match app.db.backend() {
-        store::Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-            for sql in statements {
-                sqlx::raw_sql(*sql).execute(&mut c).await.unwrap();
-            }
-        }
-        store::Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-            for sql in statements {
-                sqlx::raw_sql(*sql).execute(&mut c).await.unwrap();
-            }
-        }
-    }
+    testkit::outside::exec(&app.db_url, &statements.join(";\n")).await;
 }
 
 #[tokio::test]
