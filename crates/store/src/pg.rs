@@ -12,6 +12,9 @@ pub(crate) type DB = sqlx::Postgres;
 /// Writers run side by side: what a statement counted may change before it writes.
 pub(crate) const ONE_WRITER: bool = false;
 
+/// An INSERT or UPDATE may run inside a `WITH`, its effects in the same statement.
+pub(crate) const WRITING_WITH: bool = true;
+
 /// The query API the shared queries use: sqlx's own.
 pub(crate) mod sql {
     use sqlx::Postgres;

@@ -19,6 +19,9 @@ pub(crate) use crate::lite as sql;
 /// no other write between its reads and its writes.
 pub(crate) const ONE_WRITER: bool = true;
 
+/// SQLite runs no INSERT or UPDATE inside a `WITH`.
+pub(crate) const WRITING_WITH: bool = false;
+
 // Deliberately included by both backends: the same queries, compiled for each driver.
 #[allow(clippy::duplicate_mod)]
 #[path = "ops/mod.rs"]

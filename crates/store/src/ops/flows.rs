@@ -31,66 +31,42 @@ pub(crate) async fn insert_flow_capped(
     live_since: OffsetDateTime,
 ) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
-    if ONE_WRITER {
-        // Writers take turns here: one statement counts and inserts with no other in between.
-        let mut w = begin_single(pool).await.map_err(db)?;
-        let inserted = sql::query(
-            "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
-             version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
-             WHERE session = $3 AND touched_at > $9) < $10",
-        )
-        .bind(f.id)
-        .bind(f.kind)
-        .bind(&f.session)
-        .bind(f.step)
-        .bind(f.data_enc)
-        .bind(f.created_at)
-        .bind(f.touched_at)
-        .bind(f.version)
-        .bind(ts(live_since))
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .execute(&mut *w)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        w.commit().await.map_err(db)?;
-        return match inserted {
-            1 => Ok(()),
-            _ => Err(DomainError::TooManyFlows),
-        };
-    }
-    let mut tx = begin_write(pool).await.map_err(db)?;
-    // The starts of one session take turns, so the count each checks is the one it adds to.
-    serialize(&mut tx, &format!("flows:{}", f.session))
-        .await
-        .map_err(db)?;
-    let n: i64 =
-        sql::query_scalar("SELECT COUNT(*) FROM flows WHERE session = $1 AND touched_at > $2")
-            .bind(&f.session)
-            .bind(ts(live_since))
-            .fetch_one(&mut *tx)
+    // One statement counts and inserts. SQLite's writers take turns, so no other write comes
+    // in between; PostgreSQL's starts of one session take turns on a lock first, so the count
+    // each checks is the one it adds to.
+    let mut w = if ONE_WRITER {
+        begin_single(pool).await.map_err(db)?
+    } else {
+        let mut tx = begin_write(pool).await.map_err(db)?;
+        serialize(&mut tx, &format!("flows:{}", f.session))
             .await
             .map_err(db)?;
-    if u64::try_from(n).unwrap_or(0) >= max {
-        tx.rollback().await.map_err(db)?;
-        return Err(DomainError::TooManyFlows);
-    }
-    sql::query(
-        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        tx
+    };
+    let inserted = sql::query(
+        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
+         version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
+         WHERE session = $3 AND touched_at > $9) < $10",
     )
     .bind(f.id)
     .bind(f.kind)
-    .bind(f.session)
+    .bind(&f.session)
     .bind(f.step)
     .bind(f.data_enc)
     .bind(f.created_at)
     .bind(f.touched_at)
     .bind(f.version)
-    .execute(&mut *tx)
+    .bind(ts(live_since))
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+    .execute(&mut *w)
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)
+    .map_err(db)?
+    .rows_affected();
+    w.commit().await.map_err(db)?;
+    match inserted {
+        1 => Ok(()),
+        _ => Err(DomainError::TooManyFlows),
+    }
 }
 
 pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<Option<Flow>> {

@@ -10,8 +10,8 @@
 //! writers) and may share one commit with the writers queued beside them.
 
 use super::{
-    Handle, ONE_WRITER, WriteTx, begin_read, begin_single, begin_write, serialize, sql,
-    wait_for_locks,
+    Handle, ONE_WRITER, WRITING_WITH, WriteTx, begin_read, begin_single, begin_write, serialize,
+    sql, wait_for_locks,
 };
 use crate::audit::{AuditRow, ChainCheck, ChainKey, is_keyed, seal_row};
 use crate::codec::*;
