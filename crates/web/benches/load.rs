@@ -498,6 +498,43 @@ fn process_cpu() -> u64 {
     (ticks(11) + ticks(12)) * 10_000_000
 }
 
+/// User and system time (ns) of this host's PostgreSQL processes (its backends, writers,
+/// WAL writer, …; ones that end during the window are lost), from `/proc/PID/stat`.
+fn postgres_cpu() -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0u64;
+    for p in procs.flatten() {
+        let path = p.path();
+        let is_pid = p
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    ticks * 10_000_000
+}
+
 // ---------------------------------------------------------------------------------------------
 // One backend
 
@@ -515,6 +552,9 @@ struct Row {
     sign_mean: StdDuration,
     server_cpu_per_step: StdDuration,
     client_cpu_per_step: StdDuration,
+    /// The database server's processes on this host (PostgreSQL); `None` for SQLite, which
+    /// runs inside the service.
+    db_cpu_per_step: Option<StdDuration>,
     errors: usize,
     first_error: Option<String>,
 }
@@ -531,7 +571,13 @@ fn per_step(ns: u64, steps: usize) -> StdDuration {
     StdDuration::from_nanos(ns / steps.max(1) as u64)
 }
 
-async fn run_case(addr: SocketAddr, case: Case, card: Arc<Card>, clients: usize) -> Row {
+async fn run_case(
+    addr: SocketAddr,
+    case: Case,
+    card: Arc<Card>,
+    clients: usize,
+    backend: Backend,
+) -> Row {
     let begin = Instant::now();
     let measure_from = begin + WARM_UP;
     let end = measure_from + MEASURE;
@@ -539,9 +585,10 @@ async fn run_case(addr: SocketAddr, case: Case, card: Arc<Card>, clients: usize)
         .map(|_| tokio::spawn(client(addr, case, card.clone(), measure_from, end)))
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_from = cpu_split();
+    let pg = backend == Backend::Postgres;
+    let (cpu_from, db_from) = (cpu_split(), pg.then(postgres_cpu));
     tokio::time::sleep_until(end.into()).await;
-    let cpu_to = cpu_split();
+    let (cpu_to, db_to) = (cpu_split(), pg.then(postgres_cpu));
     let mut all = ClientResult::default();
     for t in tasks {
         let r = t.await.expect("client task");
@@ -574,6 +621,9 @@ async fn run_case(addr: SocketAddr, case: Case, card: Arc<Card>, clients: usize)
         sign_mean: sign_total / steps.max(1) as u32,
         server_cpu_per_step: per_step(cpu_to.0.saturating_sub(cpu_from.0), steps),
         client_cpu_per_step: per_step(cpu_to.1.saturating_sub(cpu_from.1), steps),
+        db_cpu_per_step: db_from
+            .zip(db_to)
+            .map(|(from, to)| per_step(to.saturating_sub(from), steps)),
         errors: all.errors,
         first_error: all.first_error,
     }
@@ -720,7 +770,13 @@ fn run_backend(
         let card = Arc::new(Card::of(pki, case.card()));
         for clients in CLIENTS {
             eprintln!("{label}: {} with {clients} client(s)...", case.name());
-            let row = client_rt.block_on(run_case(server.addr, case, card.clone(), clients));
+            let row = client_rt.block_on(run_case(
+                server.addr,
+                case,
+                card.clone(),
+                clients,
+                fresh.backend(),
+            ));
             if let Some(e) = &row.first_error {
                 eprintln!("  {} error(s), the first: {e}", row.errors);
             }
@@ -735,7 +791,7 @@ fn run_backend(
 
     out.push(format!("{label}:"));
     out.push(format!(
-        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>6}",
+        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>6}",
         "case",
         "clients",
         "steps",
@@ -748,13 +804,14 @@ fn run_backend(
         "sign ms",
         "srv CPU",
         "cli CPU",
+        "db CPU",
         "errors"
     ));
-    out.push("-".repeat(126));
+    out.push("-".repeat(134));
     for r in &rows {
         let ms = |d: StdDuration| d.as_secs_f64() * 1e3;
         out.push(format!(
-            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>7} {:>6}",
             r.case.name(),
             r.clients,
             r.steps,
@@ -767,6 +824,8 @@ fn run_backend(
             ms(r.sign_mean),
             ms(r.server_cpu_per_step),
             ms(r.client_cpu_per_step),
+            r.db_cpu_per_step
+                .map_or_else(|| "-".to_string(), |d| format!("{:.2}", ms(d))),
             r.errors
         ));
     }
@@ -882,8 +941,9 @@ fn main() {
          sign ms: the client's signing and encoding per step (mean)"
     );
     println!(
-        "srv CPU / cli CPU: ms of CPU per step on the service's threads (runtime, blocking threads; \
-         not PostgreSQL's own processes) and on the clients' (mostly signing)"
+        "srv CPU / cli CPU / db CPU: ms of CPU per step on the service's threads (runtime, \
+         blocking threads), on the clients' (mostly signing), and in this host's PostgreSQL \
+         processes (SQLite runs inside the service)"
     );
     println!();
     for (alg, rate) in verify {
