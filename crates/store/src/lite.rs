@@ -160,8 +160,10 @@ impl<'c> Statement<'c> {
     }
 }
 
-/// Binds `$N` to `args[N - 1]` (and a bare `?` to the next value in order).
+/// Binds `$N` to `args[N - 1]` (and a bare `?` to the next value in order). Every value
+/// bound must be used: one left over is a query and its binds out of step.
 fn bind(st: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), Error> {
+    let mut used = 0;
     for i in 1..=st.parameter_count() {
         let at = match st.parameter_name(i) {
             None => i - 1,
@@ -175,6 +177,13 @@ fn bind(st: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), Error> {
             .get(at)
             .ok_or_else(|| Error::Other(format!("no value bound for parameter {}", at + 1)))?;
         st.raw_bind_parameter(i, value)?;
+        used = used.max(at + 1);
+    }
+    if args.len() > used {
+        return Err(Error::Other(format!(
+            "{} values bound to a statement that takes {used}",
+            args.len()
+        )));
     }
     Ok(())
 }
@@ -535,6 +544,12 @@ mod tests {
         assert_eq!(row.try_get::<String, _>("ba").unwrap(), "twoone");
         let missing = query("SELECT $3").bind(1i64).fetch_one(&mut c).await;
         assert!(matches!(missing, Err(Error::Other(m)) if m.contains("parameter 3")));
+        let extra = query("SELECT $1")
+            .bind(1i64)
+            .bind(2i64)
+            .fetch_one(&mut c)
+            .await;
+        assert!(matches!(extra, Err(Error::Other(m)) if m.contains("2 values")));
     }
 
     #[tokio::test]
