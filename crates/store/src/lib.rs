@@ -132,17 +132,45 @@ pub fn backend_of(url: &str) -> std::result::Result<Backend, StoreError> {
     }
 }
 
-/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (`None` for in-memory and other URLs):
-/// the key file lives beside it by default.
+/// The file of a `sqlite://PATH` or `sqlite:PATH` URL (`None` for in-memory and other URLs),
+/// `%XX` escapes decoded: the key file lives beside it by default.
+///
+/// ```
+/// use std::path::PathBuf;
+/// assert_eq!(store::sqlite_path("sqlite://data/my%20db.sqlite"), Some(PathBuf::from("data/my db.sqlite")));
+/// assert_eq!(store::sqlite_path("sqlite::memory:"), None);
+/// ```
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
+    let path = percent_decoded(rest.split('?').next().unwrap_or(rest));
     if path.is_empty() || path == ":memory:" {
         return None;
     }
     Some(PathBuf::from(path))
+}
+
+/// `%XX` escapes decoded, as in any URL (`sqlite://my%20data/certreg.db` is the directory
+/// `my data`); a `%` not followed by two hex digits stays as it is.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Db {

@@ -17,6 +17,7 @@ use rusqlite::types::{FromSql, Value, ValueRef};
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A failure of the SQLite backend.
 #[derive(Debug)]
@@ -90,9 +91,17 @@ const STATEMENT_CACHE: usize = 256;
 const CACHED_SQL_MAX: usize = 4096;
 
 impl Conn {
-    pub(crate) fn new(inner: rusqlite::Connection, writer: bool) -> Self {
+    /// `writer`: the writers' connection, whose writes may find another process's writer
+    /// holding SQLite's lock. It is set to wait for no lock itself (`busy_timeout` 0): a
+    /// statement that finds the lock taken is tried again after an async pause, for up to
+    /// [`LOCK_WAIT`], so a single-threaded runtime keeps running meanwhile (the holder may be
+    /// on it).
+    pub(crate) fn new(inner: rusqlite::Connection, writer: bool) -> Result<Self, Error> {
         inner.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Self { inner, writer }
+        if writer {
+            inner.busy_timeout(Duration::ZERO)?;
+        }
+        Ok(Self { inner, writer })
     }
 
     pub(crate) fn raw(&self) -> &rusqlite::Connection {
@@ -101,36 +110,57 @@ impl Conn {
 
     /// Runs `sql` (one or more statements, no parameters) where it may block: on a runtime
     /// with worker threads, the worker hands its other tasks on first (`block_in_place`), so
-    /// a BEGIN IMMEDIATE waiting out another process's writer, or a COMMIT's `fsync`, stalls
-    /// only its own request.
+    /// a COMMIT's `fsync` stalls only its own request.
     pub(crate) async fn execute_blocking(&mut self, sql: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        may_block(|| inner.execute_batch(sql)).map_err(Error::from)
+        let mut wait = LockWait::new(self);
+        loop {
+            let inner = &self.inner;
+            match may_block(|| inner.execute_batch(sql)).map_err(Error::from) {
+                Err(e) if wait.again(&e) => wait.pause().await,
+                done => return done,
+            }
+        }
     }
 
-    fn run(
+    /// Runs one statement, trying again while another process's writer holds the lock.
+    async fn run(
         &mut self,
         sql: &str,
         args: &[Value],
         mut each: impl FnMut(&[Arc<str>], &rusqlite::Row<'_>) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        // A write in autocommit takes SQLite's write lock itself, and may wait for it.
-        let blocking = self.writer && self.inner.is_autocommit();
+        let mut wait = LockWait::new(self);
+        loop {
+            match self.run_once(sql, args, &mut each) {
+                Err(e) if wait.again(&e) => wait.pause().await,
+                done => return done,
+            }
+        }
+    }
+
+    fn run_once(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        each: &mut impl FnMut(&[Arc<str>], &rusqlite::Row<'_>) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
         let inner = &self.inner;
-        let mut go = || -> Result<u64, Error> {
-            let mut st = if sql.len() <= CACHED_SQL_MAX {
-                Statement::Cached(inner.prepare_cached(sql)?)
-            } else {
-                Statement::Once(inner.prepare(sql)?)
-            };
-            let st = st.get();
-            bind(st, args)?;
+        let mut st = if sql.len() <= CACHED_SQL_MAX {
+            Statement::Cached(inner.prepare_cached(sql)?)
+        } else {
+            Statement::Once(inner.prepare(sql)?)
+        };
+        let st = st.get();
+        bind(st, args)?;
+        // A write in autocommit commits, and `fsync`s, before it returns.
+        let blocking = self.writer && inner.is_autocommit() && !st.readonly();
+        let before = inner.total_changes();
+        let mut go = || -> Result<(), Error> {
             let columns = st.column_count();
             if columns == 0 {
                 st.raw_execute()?;
-                return Ok(if st.readonly() { 0 } else { inner.changes() });
+                return Ok(());
             }
-            let writes = !st.readonly();
             let names: Vec<Arc<str>> = (0..columns)
                 .map(|i| st.column_name(i).map(Arc::from))
                 .collect::<Result<_, _>>()?;
@@ -138,13 +168,57 @@ impl Conn {
             while let Some(row) = rows.next()? {
                 each(&names, row)?;
             }
-            drop(rows);
-            // `changes` is the last write's count: a read changed nothing.
-            Ok(if writes { inner.changes() } else { 0 })
+            Ok(())
         };
-        if blocking { may_block(go) } else { go() }
+        if blocking { may_block(go) } else { go() }?;
+        // `changes` is the last write's count, whatever statement came last: a statement that
+        // changed no row (a read, DDL, an UPDATE that matched nothing) changed nothing.
+        Ok(if inner.total_changes() == before {
+            0
+        } else {
+            inner.changes()
+        })
     }
 }
+
+/// How long a write waits for another process's writer before it is refused as busy.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The waiting of one statement for SQLite's write lock.
+struct LockWait {
+    writer: bool,
+    autocommit: bool,
+    until: Instant,
+    pause: Duration,
+}
+
+impl LockWait {
+    fn new(conn: &Conn) -> Self {
+        Self {
+            writer: conn.writer,
+            autocommit: conn.inner.is_autocommit(),
+            until: Instant::now() + LOCK_WAIT,
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// Whether to try again: the writers' connection found the lock taken before the
+    /// statement began (outside a transaction, so it changed nothing), within the wait.
+    fn again(&self, e: &Error) -> bool {
+        self.writer
+            && self.autocommit
+            && e.extended_code().is_some_and(|c| c & 0xff == BUSY)
+            && Instant::now() < self.until
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// SQLite's primary result code for a lock another connection holds.
+const BUSY: i32 = 5;
 
 enum Statement<'c> {
     Cached(rusqlite::CachedStatement<'c>),
@@ -163,7 +237,7 @@ impl<'c> Statement<'c> {
 /// Binds `$N` to `args[N - 1]` (and a bare `?` to the next value in order). Every value
 /// bound must be used: one left over is a query and its binds out of step.
 fn bind(st: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), Error> {
-    let mut used = 0;
+    let mut used = vec![false; args.len()];
     for i in 1..=st.parameter_count() {
         let at = match st.parameter_name(i) {
             None => i - 1,
@@ -177,15 +251,16 @@ fn bind(st: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), Error> {
             .get(at)
             .ok_or_else(|| Error::Other(format!("no value bound for parameter {}", at + 1)))?;
         st.raw_bind_parameter(i, value)?;
-        used = used.max(at + 1);
+        used[at] = true;
     }
-    if args.len() > used {
-        return Err(Error::Other(format!(
-            "{} values bound to a statement that takes {used}",
+    match used.iter().position(|u| !u) {
+        Some(at) => Err(Error::Other(format!(
+            "value {} of {} bound is not used by the statement",
+            at + 1,
             args.len()
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs `f` where it may block the thread: handed off the runtime's worker where there are
@@ -364,17 +439,22 @@ impl<'q> Query<'q> {
     }
 
     pub(crate) async fn execute<'c>(self, e: impl Executor<'c>) -> Result<Done, Error> {
-        e.conn().run(&self.sql, &self.args, |_, _| Ok(())).map(Done)
+        e.conn()
+            .run(&self.sql, &self.args, |_, _| Ok(()))
+            .await
+            .map(Done)
     }
 
     pub(crate) async fn fetch_all<'c>(self, e: impl Executor<'c>) -> Result<Vec<Row>, Error> {
         let mut out = Vec::new();
         let mut names: Option<Arc<[Arc<str>]>> = None;
-        e.conn().run(&self.sql, &self.args, |cols, row| {
-            let names = names.get_or_insert_with(|| cols.into());
-            out.push(Row::of(names, row)?);
-            Ok(())
-        })?;
+        e.conn()
+            .run(&self.sql, &self.args, |cols, row| {
+                let names = names.get_or_insert_with(|| cols.into());
+                out.push(Row::of(names, row)?);
+                Ok(())
+            })
+            .await?;
         Ok(out)
     }
 
@@ -383,12 +463,14 @@ impl<'q> Query<'q> {
         e: impl Executor<'c>,
     ) -> Result<Option<Row>, Error> {
         let mut out = None;
-        e.conn().run(&self.sql, &self.args, |cols, row| {
-            if out.is_none() {
-                out = Some(Row::of(&cols.into(), row)?);
-            }
-            Ok(())
-        })?;
+        e.conn()
+            .run(&self.sql, &self.args, |cols, row| {
+                if out.is_none() {
+                    out = Some(Row::of(&cols.into(), row)?);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(out)
     }
 
@@ -425,7 +507,8 @@ impl<'q, T: FromSql> QueryScalar<'q, T> {
                     out = Some(decode(&value, &cols[0])?);
                 }
                 Ok(())
-            })?;
+            })
+            .await?;
         Ok(out)
     }
 
@@ -525,7 +608,7 @@ mod tests {
     use super::*;
 
     fn conn() -> Conn {
-        Conn::new(rusqlite::Connection::open_in_memory().unwrap(), false)
+        Conn::new(rusqlite::Connection::open_in_memory().unwrap(), false).unwrap()
     }
 
     // `$N` is bound by its number, whatever order the query names the parameters in and
@@ -549,7 +632,10 @@ mod tests {
             .bind(2i64)
             .fetch_one(&mut c)
             .await;
-        assert!(matches!(extra, Err(Error::Other(m)) if m.contains("2 values")));
+        assert!(matches!(extra, Err(Error::Other(m)) if m.contains("value 2 of 2")));
+        let gap = query("SELECT $1, $3").bind(1i64).bind(2i64).bind(3i64);
+        let gap = gap.fetch_one(&mut c).await;
+        assert!(matches!(gap, Err(Error::Other(m)) if m.contains("value 2 of 3")));
     }
 
     #[tokio::test]
@@ -583,6 +669,8 @@ mod tests {
         assert_eq!(n.rows_affected(), 2);
         let read = query("SELECT id FROM t").execute(&mut c).await.unwrap();
         assert_eq!(read.rows_affected(), 0);
+        let ddl = query("CREATE INDEX t_s ON t (s)").execute(&mut c).await;
+        assert_eq!(ddl.unwrap().rows_affected(), 0);
         let none = query("SELECT id FROM t WHERE id = $1")
             .bind(9i64)
             .fetch_optional(&mut c)

@@ -27,8 +27,9 @@ pub(crate) const WRITING_WITH: bool = false;
 #[path = "ops/mod.rs"]
 pub(crate) mod ops;
 
-/// How long a writer waits for another process's write transaction before giving up. Writers
-/// of this process never get here: they wait in [`Handle`]'s queue instead.
+/// How long a read waits in SQLite's busy handler (a WAL reader waits only while another
+/// connection recovers the log). The writers' connection waits for no lock in place: see
+/// [`crate::lite::LOCK_WAIT`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The database and the queue of its writers. The queue is per `Db`, not per process: two
@@ -104,6 +105,7 @@ impl Drop for Reader {
                 if let Some(conn) = conn.take()
                     && end_read(&conn)
                     && let Source::File { readers, .. } = &**source
+                    && !readers.permits.is_closed()
                     && let Ok(mut idle) = readers.idle.lock()
                 {
                     idle.push(conn);
@@ -127,7 +129,7 @@ fn open(path: &Path, writer: bool) -> Result<Conn, Error> {
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(Conn::new(conn, writer))
+    Conn::new(conn, writer)
 }
 
 impl Handle {
@@ -157,6 +159,9 @@ impl Handle {
 
     /// The writers' connection.
     async fn writer_conn(&self) -> Result<WriterConn, Error> {
+        if self.writers.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         match &*self.source {
             Source::File { path, .. } => Ok(WriterConn::Own(open(path, true)?)),
             Source::Memory(conn) => Ok(WriterConn::Shared(conn.clone().lock_owned().await)),
@@ -175,6 +180,7 @@ impl Handle {
     /// connections (SQLite checkpoints its WAL when the last one closes).
     pub(crate) async fn close(&self) {
         let mut turn = write_turn(self).await;
+        self.writers.closed.store(true, Ordering::SeqCst);
         turn.conn = None;
         drop(turn);
         if let Source::File { readers, .. } = &*self.source {
@@ -234,6 +240,8 @@ struct Writers {
     /// An in-memory database is one connection, which readers need too: the writers take it
     /// for each write and give it back. A file keeps one connection for its writers.
     keep_conn: bool,
+    /// Closed: no write opens the writers' connection again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The most writers one COMMIT carries: the first of a group waits for the others' statements.
@@ -517,12 +525,27 @@ impl Drop for WriteTx {
 }
 
 pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
-    let memory = url.contains(":memory:") || url.contains("mode=memory");
+    // `mode=rwc` (open, create if missing) is what every file gets; anything else a URL may
+    // say (`mode=ro`, `immutable`, `cache=shared`) is refused rather than ignored.
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut memory = url.contains(":memory:");
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param {
+            "mode=rwc" => {}
+            "mode=memory" => memory = true,
+            other => {
+                return Err(Error::Other(format!(
+                    "unsupported SQLite URL parameter {other:?}: only mode=rwc and mode=memory"
+                ))
+                .into());
+            }
+        }
+    }
     let source = if memory {
         let conn = rusqlite::Connection::open_in_memory().map_err(Error::from)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(Error::from)?;
-        Source::Memory(Arc::new(Mutex::new(Conn::new(conn, false))))
+        Source::Memory(Arc::new(Mutex::new(Conn::new(conn, false)?)))
     } else {
         let path = crate::sqlite_path(url)
             .ok_or_else(|| StoreError::UnsupportedScheme(url.to_string()))?;
@@ -560,6 +583,7 @@ pub(crate) async fn connect(url: &str) -> Result<Handle, StoreError> {
             })),
             waiting: AtomicUsize::new(0),
             keep_conn: !memory,
+            closed: std::sync::atomic::AtomicBool::new(false),
         }),
     })
 }
@@ -605,6 +629,9 @@ pub(crate) async fn write_turn(handle: &Handle) -> Turn {
         && let Err(e) = commit_group(&mut turn).await
     {
         tracing::warn!(error = %e, "committing a group of writes");
+    }
+    if !handle.writers.keep_conn {
+        turn.conn = None;
     }
     turn
 }
@@ -752,6 +779,15 @@ impl std::ops::DerefMut for ReadTx {
 /// so a database migrated by either stays valid for the other). Runs on the writers'
 /// connection in `turn`.
 pub(crate) async fn migrate(handle: &Handle, turn: &mut Turn) -> Result<(), StoreError> {
+    let done = migrate_on(handle, turn).await;
+    // An in-memory database's one connection goes back to its readers.
+    if !handle.writers.keep_conn {
+        turn.conn = None;
+    }
+    done
+}
+
+async fn migrate_on(handle: &Handle, turn: &mut Turn) -> Result<(), StoreError> {
     if turn.conn.is_none() {
         turn.conn = Some(handle.writer_conn().await?);
     }
@@ -788,7 +824,7 @@ pub(crate) async fn migrate(handle: &Handle, turn: &mut Turn) -> Result<(), Stor
     }
     for m in known.iter().filter(|m| !done.contains(&m.version)) {
         let started = std::time::Instant::now();
-        conn.execute_blocking("BEGIN IMMEDIATE").await?;
+        sql::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let applied = async {
             conn.raw().execute_batch(m.sqlite).map_err(Error::from)?;
             sql::query(
@@ -807,10 +843,10 @@ pub(crate) async fn migrate(handle: &Handle, turn: &mut Turn) -> Result<(), Stor
             Ok(_) => conn.execute_blocking("COMMIT").await?,
             Err(e) => {
                 let _ = conn.execute_blocking("ROLLBACK").await;
-                return Err(StoreError::Corrupt(format!(
+                return Err(StoreError::Sqlite(Error::Other(format!(
                     "migration {} ({}): {e}",
                     m.version, m.file_name
-                )));
+                ))));
             }
         }
     }
@@ -1097,5 +1133,70 @@ pub(crate) mod tests {
         assert!(exists(&handle, "kept").await);
         assert!(handle.writers.state.lock().await.group.is_none());
         db.close().await;
+    }
+
+    // Another connection (another process, a second `Db`) holds SQLite's write lock, and will
+    // let go only when this single-threaded runtime runs it: the write waits for the lock with
+    // async pauses, so the holder runs, lets go, and the write goes through. Waiting in SQLite's
+    // busy handler instead would stop the runtime for the whole busy timeout and fail.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waiting_for_another_writer_leaves_the_runtime_running() {
+        let (dir, db, _handle) = open().await;
+        let holder = rusqlite::Connection::open(dir.path().join("group.db")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let let_go = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        db.session_insert(&session("after")).await.unwrap();
+        let_go.await.unwrap();
+        assert_eq!(
+            db.session_get("after", OffsetDateTime::UNIX_EPOCH)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "after"
+        );
+        db.close().await;
+    }
+
+    // A closed database takes no more writes or reads (it does not quietly open its
+    // connections again).
+    #[tokio::test]
+    async fn a_closed_database_stays_closed() {
+        let (_dir, db, _handle) = open().await;
+        db.session_insert(&session("before")).await.unwrap();
+        db.close().await;
+        assert!(db.session_insert(&session("after")).await.is_err());
+        assert!(
+            db.session_get("before", OffsetDateTime::UNIX_EPOCH)
+                .await
+                .is_err()
+        );
+    }
+
+    // What a SQLite URL says beyond the file is honoured or refused, never ignored.
+    #[tokio::test]
+    async fn sqlite_url_parameters_are_honoured_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::generate().unwrap();
+        let at = |q: &str| format!("sqlite://{}{q}", dir.path().join("p.db").display());
+        for refused in ["?mode=ro", "?immutable=1", "?cache=shared", "?mode=rwc&x=1"] {
+            let err = Db::connect(&at(refused), &secrets).await.err();
+            assert!(
+                err.is_some_and(|e| e.to_string().contains("unsupported SQLite URL parameter")),
+                "{refused}"
+            );
+        }
+        assert!(!dir.path().join("p.db").exists());
+        let db = Db::connect(&at("?mode=rwc"), &secrets).await.unwrap();
+        db.close().await;
+        let memory = Db::connect("sqlite://x?mode=memory", &secrets)
+            .await
+            .unwrap();
+        memory.session_insert(&session("m")).await.unwrap();
+        assert!(!std::path::Path::new("x").exists());
+        memory.close().await;
     }
 }
