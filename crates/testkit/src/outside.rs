@@ -31,19 +31,20 @@ pub async fn exec(url: &str, sql: &str) {
 
 /// The integer a query answers (its first row's first column).
 pub async fn integer(url: &str, sql: &str) -> i64 {
-    match sqlite_file(url) {
-        Some(path) => sqlite(&path)
-            .and_then(|c| {
-                c.query_row(sql, [], |r| r.get(0))
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap_or_else(|e| panic!("{sql}: {e}")),
-        None => pg_scalar(url, sql).await,
-    }
+    scalar(url, sql).await
 }
 
 /// The text a query answers (its first row's first column).
 pub async fn text(url: &str, sql: &str) -> String {
+    scalar(url, sql).await
+}
+
+/// The first column of a query's first row, on either backend.
+async fn scalar<T>(url: &str, sql: &str) -> T
+where
+    T: rusqlite::types::FromSql,
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
     match sqlite_file(url) {
         Some(path) => sqlite(&path)
             .and_then(|c| {
