@@ -756,6 +756,20 @@ async fn start_server(fresh: &FreshDb, pki: &TestPki) -> Server {
     }
 }
 
+/// [`CLIENTS`], or the counts `CERTREG_BENCH_CLIENTS` lists (`64`, `16,64`).
+fn clients_measured() -> Vec<usize> {
+    match std::env::var("CERTREG_BENCH_CLIENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("CERTREG_BENCH_CLIENTS: client counts such as `16,64`, not {list:?}"),
+            })
+            .collect(),
+        Err(_) => CLIENTS.to_vec(),
+    }
+}
+
 fn run_backend(
     label: &str,
     fresh: &FreshDb,
@@ -768,7 +782,7 @@ fn run_backend(
     let mut rows = Vec::new();
     for case in [Case::CitizenSerial, Case::OperatorLogin] {
         let card = Arc::new(Card::of(pki, case.card()));
-        for clients in CLIENTS {
+        for clients in clients_measured() {
             eprintln!("{label}: {} with {clients} client(s)...", case.name());
             let row = client_rt.block_on(run_case(
                 server.addr,

@@ -2,7 +2,7 @@
 //! rule of the flow's step (`steps.rs`) applied; refusals are audit events.
 
 use super::operators::{AdminGrant, OperatorGrant};
-use super::{Services, off_the_workers};
+use super::{Services, certificate_check};
 use crate::clock::Clock;
 use crate::error::{DomainError, Result};
 use crate::flow::{Flow, Step};
@@ -79,7 +79,7 @@ impl<S: Store, C: Clock> Services<S, C> {
         let role = flow.step.role().ok_or(DomainError::WrongStep)?;
         let validator = self.validator.clone();
         let (signature, certificate) = (input.signature.clone(), input.certificate.clone());
-        let verified = off_the_workers(move || {
+        let verified = certificate_check(&self.validator, move || {
             pki::proof::verify_proof(
                 &validator,
                 &challenge,

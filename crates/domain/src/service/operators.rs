@@ -1,7 +1,7 @@
 //! The administrator's operators (F2): the grant checked on every use, the list, 新增, 修改,
 //! 刪除.
 
-use super::{Services, off_the_workers};
+use super::{Services, certificate_check};
 use crate::clock::Clock;
 use crate::error::{DomainError, Result};
 use crate::model::*;
@@ -220,7 +220,7 @@ impl<S: Store, C: Clock> Services<S, C> {
                 // A certificate read from the card must be a valid citizen card of a trusted
                 // CA: otherwise a crafted one could name any serial and holder.
                 let (validator, der, now) = (self.validator.clone(), der.clone(), self.clock.now());
-                let cert = off_the_workers(move || {
+                let cert = certificate_check(&self.validator, move || {
                     let parsed = pki::facts::ParsedCert::from_input(&der)?;
                     validator.validate(&parsed, &[], pki::anchors::Role::Citizen, now)
                 })
