@@ -6,9 +6,12 @@
 //! no hop to a worker thread and back per statement (sqlx's SQLite driver makes two thread
 //! switches of every statement, several times the cost of a point read itself). Reads and the
 //! statements of an open write transaction never wait for a lock here: WAL readers do not
-//! wait, and the writer already holds SQLite's write lock. A statement that may wait (one
-//! that takes the write lock, or a COMMIT with its `fsync`) runs where it may block: see
-//! [`Conn::execute_blocking`].
+//! wait, and the writer already holds SQLite's write lock. A statement that takes the write
+//! lock waits for another process's writer with async pauses (see [`Conn::new`]). A COMMIT's
+//! `fsync` runs in place too: writes take turns, so at most one runtime worker at a time waits
+//! on a disk, and group commit makes that one wait serve every writer queued behind it. Handing
+//! the `fsync` off the worker (`block_in_place`, a blocking thread) costs two thread switches,
+//! which measured more CPU per card step than the `fsync` itself.
 //!
 //! `$N` parameters are bound by their number, as in PostgreSQL: SQLite numbers parameters by
 //! first appearance, which is not the same when a query uses `$2` before `$1` or repeats one.
@@ -108,14 +111,12 @@ impl Conn {
         &self.inner
     }
 
-    /// Runs `sql` (one or more statements, no parameters) where it may block: on a runtime
-    /// with worker threads, the worker hands its other tasks on first (`block_in_place`), so
-    /// a COMMIT's `fsync` stalls only its own request.
-    pub(crate) async fn execute_blocking(&mut self, sql: &str) -> Result<(), Error> {
+    /// Runs `sql` (one or more statements, no parameters), trying again while another
+    /// process's writer holds the lock.
+    pub(crate) async fn execute_batch(&mut self, sql: &str) -> Result<(), Error> {
         let mut wait = LockWait::new(self);
         loop {
-            let inner = &self.inner;
-            match may_block(|| inner.execute_batch(sql)).map_err(Error::from) {
+            match self.inner.execute_batch(sql).map_err(Error::from) {
                 Err(e) if wait.again(&e) => wait.pause().await,
                 done => return done,
             }
@@ -152,15 +153,11 @@ impl Conn {
         };
         let st = st.get();
         bind(st, args)?;
-        // A write in autocommit commits, and `fsync`s, before it returns.
-        let blocking = self.writer && inner.is_autocommit() && !st.readonly();
         let before = inner.total_changes();
-        let mut go = || -> Result<(), Error> {
-            let columns = st.column_count();
-            if columns == 0 {
-                st.raw_execute()?;
-                return Ok(());
-            }
+        let columns = st.column_count();
+        if columns == 0 {
+            st.raw_execute()?;
+        } else {
             let names: Vec<Arc<str>> = (0..columns)
                 .map(|i| st.column_name(i).map(Arc::from))
                 .collect::<Result<_, _>>()?;
@@ -168,9 +165,7 @@ impl Conn {
             while let Some(row) = rows.next()? {
                 each(&names, row)?;
             }
-            Ok(())
-        };
-        if blocking { may_block(go) } else { go() }?;
+        }
         // `changes` is the last write's count, whatever statement came last: a statement that
         // changed no row (a read, DDL, an UPDATE that matched nothing) changed nothing.
         Ok(if inner.total_changes() == before {
@@ -260,17 +255,6 @@ fn bind(st: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), Error> {
             args.len()
         ))),
         None => Ok(()),
-    }
-}
-
-/// Runs `f` where it may block the thread: handed off the runtime's worker where there are
-/// workers to hand it to, else (a single-threaded runtime, no runtime) in place.
-fn may_block<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

@@ -347,9 +347,9 @@ async fn commit_group(turn: &mut Turn) -> Result<(), Error> {
     let Some(group) = turn.group.take() else {
         return Ok(());
     };
-    // The `fsync`, where it may block.
+    // The `fsync`, in place (see `lite`).
     let done = match turn.conn.as_deref_mut() {
-        Some(conn) => conn.execute_blocking("COMMIT").await,
+        Some(conn) => conn.execute_batch("COMMIT").await,
         None => Err(Error::Closed),
     };
     let told: Result<(), Arc<str>> = match &done {
@@ -792,7 +792,7 @@ async fn migrate_on(handle: &Handle, turn: &mut Turn) -> Result<(), StoreError> 
         turn.conn = Some(handle.writer_conn().await?);
     }
     let conn = turn.conn.as_deref_mut().ok_or(Error::Closed)?;
-    conn.execute_blocking(
+    conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
             version BIGINT PRIMARY KEY,
             description TEXT NOT NULL,
@@ -840,9 +840,9 @@ async fn migrate_on(handle: &Handle, turn: &mut Turn) -> Result<(), StoreError> 
         }
         .await;
         match applied {
-            Ok(_) => conn.execute_blocking("COMMIT").await?,
+            Ok(_) => conn.execute_batch("COMMIT").await?,
             Err(e) => {
-                let _ = conn.execute_blocking("ROLLBACK").await;
+                let _ = conn.execute_batch("ROLLBACK").await;
                 return Err(StoreError::Sqlite(Error::Other(format!(
                     "migration {} ({}): {e}",
                     m.version, m.file_name
