@@ -412,21 +412,20 @@ async fn client(
 ) -> ClientResult {
     let mut result = ClientResult::default();
     let mut http = Http::connect(addr).await.expect("connect");
-    let reply = http
-        .post("/api/v1/sessions", None, b"")
-        .await
-        .expect("session");
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let token = reply.json()["token"].as_str().expect("token").to_string();
+    // A session takes as many flows as the default limit allows, then the client opens the
+    // next one: as many live flows per session as a real one can have.
+    let per_session = Limits::default().flows_per_session;
+    let mut token = new_session(&mut http).await;
+    let mut flows = 0;
     loop {
         if Instant::now() >= end {
             break;
         }
+        if flows == per_session {
+            token = new_session(&mut http).await;
+            flows = 0;
+        }
+        flows += 1;
         let outcome = step(&mut http, &token, case, &card).await;
         // Throughput counts steps by when they end, so none is lost at the window's edges.
         let done = Instant::now();
@@ -449,6 +448,21 @@ async fn client(
         }
     }
     result
+}
+
+/// A new bearer session (`POST /api/v1/sessions`), its token.
+async fn new_session(http: &mut Http) -> String {
+    let reply = http
+        .post("/api/v1/sessions", None, b"")
+        .await
+        .expect("session");
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["token"].as_str().expect("token").to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,8 +734,8 @@ async fn start_server(fresh: &FreshDb, pki: &TestPki) -> Server {
                 receipt_queries_per_client: u32::MAX,
                 introspections_per_client: u32::MAX,
                 sessions_per_client: u32::MAX,
-                // Every client keeps its one session, and no flow of the fixed clock ever idles out.
-                flows_per_session: u32::MAX,
+                // No flow of the fixed clock ever idles out: the clients open a new session
+                // when one has taken its `flows_per_session` (the default).
                 ..Limits::default()
             },
             ..WebConfig::default()
@@ -940,7 +954,9 @@ fn main() {
     println!(
         "service in-process on 127.0.0.1 ({workers} runtime workers); clients on a second runtime \
          of {workers} workers in the same process, sharing the cores; HTTP/1.1 keep-alive, one \
-         connection and one bearer session per client; {} s per case after {} s warm-up",
+         connection per client, a new bearer session every {} flows (the default limit); {} s \
+         per case after {} s warm-up",
+        Limits::default().flows_per_session,
         MEASURE.as_secs(),
         WARM_UP.as_secs()
     );
