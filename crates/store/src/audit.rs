@@ -27,8 +27,14 @@ pub const CHAIN_KEYED_ACTION: &str = "audit.chain_keyed";
 pub struct ChainKey(hmac::Key);
 
 impl ChainKey {
+    /// The key of `secrets` (derived once, when the secrets are read).
     pub fn new(secrets: &crate::secrets::Secrets) -> Self {
-        let root = hmac::Key::new(hmac::HMAC_SHA256, &secrets.hash_key);
+        secrets.chain_key().clone()
+    }
+
+    /// The key derived from the key file's hash key.
+    pub(crate) fn derive(hash_key: &[u8; 32]) -> Self {
+        let root = hmac::Key::new(hmac::HMAC_SHA256, hash_key);
         let derived = hmac::sign(&root, b"certreg audit chain v2");
         Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }

@@ -17,11 +17,24 @@ const V1: &str = "v1:";
 
 /// The two keys. They are independent: the hash key must not let anyone decrypt, and rotating
 /// the encryption key must not change lookup hashes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secrets {
-    pub enc_key: [u8; 32],
-    pub hash_key: [u8; 32],
+    enc_key: [u8; 32],
+    hash_key: [u8; 32],
+    /// `enc_key` and `hash_key` expanded once (AES round keys and GHASH table, HMAC pads),
+    /// not again for every value.
+    aead: LessSafeKey,
+    hmac: hmac::Key,
+    chain: crate::audit::ChainKey,
 }
+
+impl PartialEq for Secrets {
+    fn eq(&self, other: &Self) -> bool {
+        self.enc_key == other.enc_key && self.hash_key == other.hash_key
+    }
+}
+
+impl Eq for Secrets {}
 
 // Keys never reach a log.
 impl fmt::Debug for Secrets {
@@ -39,7 +52,21 @@ impl Secrets {
         rng.fill(&mut enc_key)
             .and_then(|_| rng.fill(&mut hash_key))
             .map_err(|_| StoreError::Key("the system random generator failed".into()))?;
-        Ok(Self { enc_key, hash_key })
+        Ok(Self::of(enc_key, hash_key))
+    }
+
+    /// The keys given.
+    fn of(enc_key: [u8; 32], hash_key: [u8; 32]) -> Self {
+        Self {
+            // A 32-byte key is always a valid AES-256 key.
+            aead: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &enc_key).expect("32-byte AES key"),
+            ),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, &hash_key),
+            chain: crate::audit::ChainKey::derive(&hash_key),
+            enc_key,
+            hash_key,
+        }
     }
 
     /// Parses the key file format: base64 of the 32-byte encryption key followed by the 32-byte
@@ -58,7 +85,7 @@ impl Secrets {
         let mut hash_key = [0u8; 32];
         enc_key.copy_from_slice(&bytes[..32]);
         hash_key.copy_from_slice(&bytes[32..]);
-        Ok(Self { enc_key, hash_key })
+        Ok(Self::of(enc_key, hash_key))
     }
 
     pub fn to_base64(&self) -> String {
@@ -98,7 +125,7 @@ impl Secrets {
             .fill(&mut nonce)
             .map_err(|_| StoreError::Key("the system random generator failed".into()))?;
         let mut buf = plain.to_vec();
-        self.aead_key()
+        self.aead
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(purpose.as_bytes()),
@@ -124,21 +151,20 @@ impl Secrets {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad("bad nonce"))?;
         let mut buf = sealed.to_vec();
         let plain = self
-            .aead_key()
+            .aead
             .open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut buf)
             .map_err(|_| bad("wrong key or altered value"))?;
         Ok(plain.to_vec())
     }
 
-    /// The keyed hash that finds rows by national ID (hex HMAC-SHA256).
-    pub fn id_hash(&self, id: &NationalId) -> String {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.hash_key);
-        hex(hmac::sign(&key, id.as_str().as_bytes()).as_ref())
+    /// The key of the audit chain.
+    pub(crate) fn chain_key(&self) -> &crate::audit::ChainKey {
+        &self.chain
     }
 
-    fn aead_key(&self) -> LessSafeKey {
-        // A 32-byte key is always a valid AES-256 key.
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.enc_key).expect("32-byte AES key"))
+    /// The keyed hash that finds rows by national ID (hex HMAC-SHA256).
+    pub fn id_hash(&self, id: &NationalId) -> String {
+        hex(hmac::sign(&self.hmac, id.as_str().as_bytes()).as_ref())
     }
 }
 
