@@ -81,24 +81,21 @@ async fn certificate_check<T: Send + 'static>(
         .map_err(|e| DomainError::Storage(format!("certificate check did not finish: {e}")))
 }
 
-/// A new flow or challenge id: 32 lowercase hex digits, a 48-bit sequence then 80 random bits.
-/// The random bits make it unguessable; the sequence (milliseconds since the epoch when the
-/// process started, then one up per id) makes ids taken one after another sort together, so
-/// a group of new rows lands in the same few index pages instead of one random page each.
+/// A new flow or challenge id: 32 lowercase hex digits, the wall clock's milliseconds (48
+/// bits, never going back within the process) then 80 random bits. The random bits make it
+/// unguessable; the time makes ids taken one after another sort together, so a group of new
+/// rows lands in the same few index pages instead of one random page each. The prefix is a
+/// time, not a count: two ids do not tell how many were taken between them.
 fn random_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut seq = NEXT.load(Ordering::Relaxed);
-    if seq == 0 {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
-        // Whichever thread comes first sets the start; the others go on from it.
-        let _ = NEXT.compare_exchange(0, started.max(1), Ordering::Relaxed, Ordering::Relaxed);
-    }
-    seq = NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // A wall clock set back does not send ids back before those already taken.
+    let ms = LAST.fetch_max(now, Ordering::Relaxed).max(now) & 0xffff_ffff_ffff;
     let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&seq.to_be_bytes()[2..]);
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     // SystemRandom only fails when the OS has no randomness at all; ids would then collide.
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes[6..]);
     pki::serial::hex_upper(&bytes).to_ascii_lowercase()
@@ -191,8 +188,8 @@ impl<S: Store, C: Clock> Services<S, C> {
 mod tests {
     use super::random_id;
 
-    /// Ids taken one after another sort in that order (so new rows share index pages), and
-    /// their last 80 bits are not a sequence.
+    /// Ids taken one after another never sort before an earlier one's millisecond (so new
+    /// rows share index pages), and their last 80 bits are not a sequence.
     #[test]
     fn ids_sort_in_the_order_taken_and_end_in_random_bits() {
         let ids: Vec<String> = (0..200).map(|_| random_id()).collect();
@@ -203,7 +200,10 @@ mod tests {
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             );
         }
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+        assert!(
+            ids.windows(2).all(|w| w[0][..12] <= w[1][..12]),
+            "ids out of order"
+        );
         let tails: std::collections::HashSet<&str> = ids.iter().map(|id| &id[12..]).collect();
         assert_eq!(tails.len(), ids.len());
         let ascending = ids.windows(2).filter(|w| w[0][12..] < w[1][12..]).count();
