@@ -110,9 +110,17 @@ pub(crate) trait DbFailure: std::fmt::Display {
     /// of a unique key and nothing at all for a foreign key, so a statement that can violate
     /// one foreign key passes its name as `fk`.
     fn constraint(&self, fk: Option<&'static str>) -> Option<String>;
+
+    /// Tells the driver's connection pool of the failure (one that may have broken its
+    /// connection is checked before the connection is used again).
+    fn note(&self) {}
 }
 
 impl DbFailure for sqlx::Error {
+    fn note(&self) {
+        crate::write::note_failure(self);
+    }
+
     fn busy(&self) -> bool {
         let sqlx::Error::Database(e) = self else {
             return false;
@@ -168,6 +176,7 @@ impl DbFailure for crate::lite::Error {
 /// A database error as the domain sees it: a known constraint becomes its domain error,
 /// anything else is a storage failure.
 pub(crate) fn map_db_error(e: impl DbFailure, fk: Option<&'static str>) -> DomainError {
+    e.note();
     if e.busy() {
         tracing::warn!(error = %e, "database busy");
         return DomainError::Busy;

@@ -266,7 +266,10 @@ impl Db {
                     .ok(),
                 Err(_) => None,
             },
-            Pool::Pg(p) => sqlx::query_scalar(sql).fetch_one(&**p).await.ok(),
+            Pool::Pg(p) => match p.reader().await {
+                Ok(mut conn) => sqlx::query_scalar(sql).fetch_one(&mut *conn).await.ok(),
+                Err(_) => None,
+            },
         };
         Ok(n.map_or(0, |n| n as usize))
     }
