@@ -94,6 +94,13 @@ pub const MIGRATIONS: &[MigrationPair] = &[
         sqlite: include_str!("../migrations/sqlite/0011_receipt_terms.sql"),
         postgres: include_str!("../migrations/postgres/0011_receipt_terms.sql"),
     },
+    MigrationPair {
+        version: 12,
+        file_name: "0012_flow_start.sql",
+        description: "flow start",
+        sqlite: include_str!("../migrations/sqlite/0012_flow_start.sql"),
+        postgres: include_str!("../migrations/postgres/0012_flow_start.sql"),
+    },
 ];
 
 /// A migration's checksum as sqlx records it: SHA-384 of its text.

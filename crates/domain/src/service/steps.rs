@@ -322,18 +322,20 @@ impl<S: Store, C: Clock> Services<S, C> {
     ) -> Result<StepOutcome> {
         let code = code.ok_or(DomainError::UnknownAgency)?;
         let id = id.ok_or(DomainError::NotOperator)?;
-        if self.store.agency(&code).await?.is_none() {
+        let card = citizen_card(v);
+        let op = self
+            .store
+            .operator_by_serial(&code, &card.cert.serial)
+            .await?;
+        // A grant on file means its agency is (operators reference registrations, which
+        // reference agencies): the agency is looked up only when no grant was found.
+        if op.is_none() && self.store.agency(&code).await?.is_none() {
             return Err(DomainError::UnknownAgency);
         }
-        let card = citizen_card(v);
         if !card.id_last4.eq_ignore_ascii_case(id.last4()) {
             return Err(DomainError::IdMismatch);
         }
-        let op = match self
-            .store
-            .operator_by_serial(&code, &card.cert.serial)
-            .await?
-        {
+        let op = match op {
             // A certificate is issuer + serial: a grant whose card's issuer is known matches
             // only a card of that issuer.
             Some(op)

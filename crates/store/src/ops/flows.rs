@@ -31,41 +31,57 @@ pub(crate) async fn insert_flow_capped(
     live_since: OffsetDateTime,
 ) -> Result<()> {
     let f = FlowRow::new(flow, secrets)?;
+    let live_since = ts(live_since);
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut w = begin_single(pool).await.map_err(db)?;
     // One statement counts and inserts. SQLite's writers take turns, so no other write comes
-    // in between; PostgreSQL's starts of one session take turns on a lock first, so the count
-    // each checks is the one it adds to.
-    let mut w = if ONE_WRITER {
-        begin_single(pool).await.map_err(db)?
+    // in between; on PostgreSQL a function makes the starts of one session take turns on a
+    // lock and counts after it, so the count each checks is the one it adds to.
+    let inserted = if ONE_WRITER {
+        sql::query(
+            "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
+             version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
+             WHERE session = $3 AND touched_at > $9) < $10",
+        )
+        .bind(f.id)
+        .bind(f.kind)
+        .bind(f.session)
+        .bind(f.step)
+        .bind(f.data_enc)
+        .bind(f.created_at)
+        .bind(f.touched_at)
+        .bind(f.version)
+        .bind(live_since)
+        .bind(max)
+        .execute(&mut *w)
+        .await
+        .map_err(db)?
+        .rows_affected()
+            == 1
     } else {
-        let mut tx = begin_write(pool).await.map_err(db)?;
-        serialize(&mut tx, &format!("flows:{}", f.session))
-            .await
-            .map_err(db)?;
-        tx
+        let started: bool = sql::query_scalar(
+            "SELECT certreg_insert_flow_capped($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(f.id)
+        .bind(f.kind)
+        .bind(f.session)
+        .bind(f.step)
+        .bind(f.data_enc)
+        .bind(f.created_at)
+        .bind(f.touched_at)
+        .bind(f.version)
+        .bind(live_since)
+        .bind(max)
+        .fetch_one(&mut *w)
+        .await
+        .map_err(db)?;
+        started
     };
-    let inserted = sql::query(
-        "INSERT INTO flows (id, kind, session, step, data_enc, created_at, touched_at, \
-         version) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM flows \
-         WHERE session = $3 AND touched_at > $9) < $10",
-    )
-    .bind(f.id)
-    .bind(f.kind)
-    .bind(&f.session)
-    .bind(f.step)
-    .bind(f.data_enc)
-    .bind(f.created_at)
-    .bind(f.touched_at)
-    .bind(f.version)
-    .bind(ts(live_since))
-    .bind(i64::try_from(max).unwrap_or(i64::MAX))
-    .execute(&mut *w)
-    .await
-    .map_err(db)?
-    .rows_affected();
     w.commit().await.map_err(db)?;
-    match inserted {
-        1 => Ok(()),
-        _ => Err(DomainError::TooManyFlows),
+    if inserted {
+        Ok(())
+    } else {
+        Err(DomainError::TooManyFlows)
     }
 }
 

@@ -1150,6 +1150,25 @@ async fn r5_1_operator_login() {
             .unwrap_err();
         assert_eq!(e.code(), "not_operator");
         assert!(e.message_zh().contains("請洽授權管理者修改憑證序號"));
+        // A 機關代號 not on file is named as such, whatever else is wrong; a typed ID that is
+        // not the card's is refused before any grant is looked at.
+        for (card, id) in [
+            ("moica-operator-1", id_of("moica-operator-1")),
+            ("moica-operator-1", id_of("moica-operator-2")),
+        ] {
+            let flow = svc
+                .start_flow(FlowKind::OperatorLogin, SESSION)
+                .await
+                .unwrap();
+            assert_eq!(
+                code_of(card_step(svc, &flow.id, card, Some("Z9999"), Some(&id)).await),
+                "unknown_agency"
+            );
+        }
+        assert_eq!(
+            code_of(login("moica-operator-1", id_of("moica-operator-2")).await),
+            "id_mismatch"
+        );
     }
 }
 

@@ -224,3 +224,45 @@ async fn instances_starting_together_wait_for_each_others_migrations_past_the_lo
     })
     .await;
 }
+
+#[tokio::test]
+async fn flow_starts_of_one_session_wait_for_each_other_and_count_after_the_wait() {
+    on_postgres(|t| async move {
+        use domain::flow::{Flow, FlowKind};
+        let start = |id: &str, at| {
+            let flow = Flow::new(id.to_string(), FlowKind::QueryOrgOid, "s-1", at);
+            let db = t.db.clone();
+            async move { db.insert_flow_capped(&flow, 2, T0).await }
+        };
+        start("f-1", T0 + time::Duration::minutes(1)).await.unwrap();
+        // The lock the starts of session s-1 take turns on, held from outside: every start
+        // must queue behind it, and the one that fits is decided only after it is let go.
+        let mut holder = PgConnection::connect(&t.url).await.unwrap();
+        sqlx::raw_sql("SELECT pg_advisory_lock(hashtextextended('certreg:flows:s-1', 0))")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let racing: Vec<_> = (0..3)
+            .map(|i| tokio::spawn(start(&format!("r-{i}"), T0 + time::Duration::minutes(2))))
+            .collect();
+        until_waiting(&t, 3).await;
+        sqlx::raw_sql("SELECT pg_advisory_unlock_all()")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut started = 0;
+        for r in racing {
+            match r.await.unwrap() {
+                Ok(()) => started += 1,
+                Err(e) => assert_eq!(e, DomainError::TooManyFlows),
+            }
+        }
+        assert_eq!(started, 1);
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM flows WHERE session = 's-1'")
+                .await,
+            2
+        );
+    })
+    .await;
+}
