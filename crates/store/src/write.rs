@@ -20,7 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// A connection idle this long is pinged before it is used again.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(30);
 
-/// How long a caller waits for a free connection before giving up, as sqlx's pool does.
+/// How long a caller waits for a connection (a free one, or a new one set up) before giving
+/// up, as sqlx's pool does.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long returning a connection that needs a round trip may take before it is closed.
@@ -67,6 +68,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     size: usize,
     closed: AtomicBool,
+    acquire_timeout: Duration,
 }
 
 /// The pool. Cheap to clone.
@@ -75,6 +77,15 @@ pub(crate) struct Handle(Arc<Inner>);
 
 impl Handle {
     pub(crate) fn new(options: PgConnectOptions, settings: String, size: usize) -> Self {
+        Self::with_acquire_timeout(options, settings, size, ACQUIRE_TIMEOUT)
+    }
+
+    fn with_acquire_timeout(
+        options: PgConnectOptions,
+        settings: String,
+        size: usize,
+        acquire_timeout: Duration,
+    ) -> Self {
         Self(Arc::new(Inner {
             options,
             settings,
@@ -82,6 +93,7 @@ impl Handle {
             permits: Arc::new(Semaphore::new(size)),
             size,
             closed: AtomicBool::new(false),
+            acquire_timeout,
         }))
     }
 
@@ -91,10 +103,20 @@ impl Handle {
 
     /// A connection of the pool: an idle one (the most recently used first), or a new one
     /// while the pool has room; otherwise waits for one to come back.
+    /// Gives up after [`ACQUIRE_TIMEOUT`], the wait and a new connection's setup together.
     pub(crate) async fn reader(&self) -> Result<Conn, sqlx::Error> {
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.0.permits.clone().acquire_owned())
+        tokio::time::timeout(self.0.acquire_timeout, self.take())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    async fn take(&self) -> Result<Conn, sqlx::Error> {
+        let permit = self
+            .0
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let failures = FAILURES.load(Ordering::Relaxed);
         loop {
@@ -447,5 +469,26 @@ mod tests {
             pool.reader().await.map(drop),
             Err(sqlx::Error::PoolClosed)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out_the_caller_and_frees_its_place() {
+        // Accepts the connection (the kernel does) and never says a word.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("nobody");
+        let pool =
+            Handle::with_acquire_timeout(options, String::new(), 1, Duration::from_millis(200));
+        for _ in 0..2 {
+            let outcome = tokio::time::timeout(Duration::from_secs(10), pool.reader())
+                .await
+                .expect("the pool's own timeout ends the wait for a new connection");
+            assert!(matches!(outcome.map(drop), Err(sqlx::Error::PoolTimedOut)));
+        }
+        assert_eq!(pool.0.permits.available_permits(), 1);
+        drop(silent);
     }
 }
