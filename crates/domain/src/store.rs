@@ -126,6 +126,8 @@ pub struct Commit {
     /// version inside the transaction, whose row lock then holds off a replacement until the
     /// commit ends.
     pub registration_guard: Option<(InstitutionCode, i64)>,
+    /// The web session a login gives its role, written with the login's flow.
+    pub session: Option<SessionWrite>,
 }
 
 /// Ids the store assigned while applying a commit.
@@ -133,6 +135,8 @@ pub struct Commit {
 pub struct Committed {
     pub operator_id: Option<i64>,
     pub review_id: Option<i64>,
+    /// What became of the commit's [`SessionWrite`].
+    pub session: Option<SessionSaved>,
 }
 
 /// The audit log's verdict (`certreg audit verify`).
@@ -326,6 +330,23 @@ pub enum SessionSaved {
     Gone,
     /// Another request changed the session since the version named: re-read and apply again.
     Changed,
+}
+
+/// A session written in a login's own commit, so the role and the flow that earned it are
+/// stored together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionWrite {
+    /// A fresh id: `old`, when it was stored, becomes a tombstone until `until` (and loses its
+    /// token handles); `record` is inserted at version 1.
+    Rotate {
+        old: Option<String>,
+        until: OffsetDateTime,
+        record: SessionRecord,
+    },
+    /// The same id (a bearer session): written only if still at `record.version`; a change
+    /// made meanwhile or a session ended meanwhile is reported, and does not hold off the
+    /// flow's commit.
+    Update(SessionRecord),
 }
 
 /// One token signing key as stored (the private key decrypted).

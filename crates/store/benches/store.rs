@@ -253,6 +253,7 @@ fn input(flow_id: &str, challenge_id: String, signature: Vec<u8>) -> CardStepInp
         institution_code: None,
         national_id: None,
         client: Some("127.0.0.1".into()),
+        login_session: None,
     }
 }
 

@@ -6,11 +6,14 @@
 
 use crate::AppState;
 use crate::security::{Bucket, LimitKey};
-use crate::session::{FlowResult, ReviewerSession, Role, SessionHandle};
+use crate::session::{FlowResult, ReviewerSession, Role, Session, SessionHandle};
 use domain::DomainError;
 use domain::flow::Flow;
-use domain::service::{AdminGrant, CardStepInput, OperatorGrant, StepOutcome};
+use domain::service::{AdminGrant, CardStepInput, LoginSession, OperatorGrant, StepOutcome};
+use domain::store::{SessionSaved, SessionWrite};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
 
 /// Which door the step came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +87,15 @@ pub(crate) async fn submit(
         return Err(CardFailure::RateLimited);
     }
     let trimmed = |v: &str| v.trim().as_bytes().to_vec();
+    let login = Arc::new(LoginWrite {
+        before: s,
+        door,
+        now: state.now(),
+        after: Mutex::default(),
+    });
     let input = CardStepInput {
         flow_id: req.flow_id,
-        session: s.id.clone(),
+        session: login.before.id.clone(),
         challenge_id: req.challenge_id,
         signature: trimmed(&req.signature),
         certificate: req
@@ -97,6 +106,7 @@ pub(crate) async fn submit(
         institution_code: req.institution_code,
         national_id: req.national_id,
         client: addr.map(|a| a.to_string()),
+        login_session: Some(login.clone()),
     };
     let attempt = state.svc().attempt_card_on(flow.clone(), input).await;
     if let Some(code) = &attempt.refused_code {
@@ -113,36 +123,28 @@ pub(crate) async fn submit(
     let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
     state.metrics().card_step(kind, step, outcome);
     let outcome = result.map_err(|e| CardFailure::Refused(Box::new(flow.clone()), e))?;
-    // A cookie session gets a fresh id at login; a bearer client keeps the token it holds.
-    // Either way the session holds this role only.
-    let login = |role: Role| {
+    // The session as the login's commit left it; a session the commit could not write (a
+    // concurrent change, or ended meanwhile) is saved after the request as any other.
+    if let Some(role) = role_of(&outcome, door) {
+        let (after, saved) = login
+            .after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| (login.before.logged_in(role, login.now).0, None));
         session.update(|s| {
-            if s.bearer {
-                s.login_in_place(role);
-            } else {
-                s.login(role);
+            *s = after;
+            if let Some(SessionSaved::Saved(version)) = saved {
+                s.stored_by_login(version, login.now);
             }
-        })
-    };
+        });
+    }
     Ok(match outcome {
         StepOutcome::Advanced(f) => CardDone::Advanced(f),
         StepOutcome::ReviewNeeded(f) => CardDone::ReviewNeeded(f),
-        StepOutcome::Admin(grant) => {
-            login(Role::Admin(grant.clone()));
-            CardDone::Admin(grant)
-        }
-        StepOutcome::Operator(grant) => {
-            login(Role::Operator(grant.clone()));
-            CardDone::Operator(grant)
-        }
-        StepOutcome::Reviewer(r) => {
-            login(Role::Reviewer(ReviewerSession {
-                id: r.id,
-                name: r.name,
-                section: r.section,
-            }));
-            CardDone::Reviewer
-        }
+        StepOutcome::Admin(grant) => CardDone::Admin(grant),
+        StepOutcome::Operator(grant) => CardDone::Operator(grant),
+        StepOutcome::Reviewer(_) => CardDone::Reviewer,
         StepOutcome::OrgOid {
             agency_name,
             org_name,
@@ -170,6 +172,53 @@ pub(crate) async fn submit(
             },
         ),
     })
+}
+
+/// The one role a login outcome gives the session through `door` (a session holds one role:
+/// the grants of the others go).
+fn role_of(outcome: &StepOutcome, door: Door) -> Option<Role> {
+    match outcome {
+        StepOutcome::Admin(grant) => Some(Role::Admin(grant.clone())),
+        StepOutcome::Operator(grant) => Some(Role::Operator(grant.clone())),
+        StepOutcome::Reviewer(r) if door == Door::Pages => Some(Role::Reviewer(ReviewerSession {
+            id: r.id,
+            name: r.name.clone(),
+            section: r.section,
+        })),
+        _ => None,
+    }
+}
+
+/// The caller's session for the domain's login commit: the role goes in with the flow, and
+/// the session as written is kept for the response.
+#[derive(Debug)]
+struct LoginWrite {
+    /// The session as the request found it.
+    before: Session,
+    door: Door,
+    now: OffsetDateTime,
+    /// The session after the login, and what the commit did with it.
+    after: Mutex<Option<(Session, Option<SessionSaved>)>>,
+}
+
+impl LoginSession for LoginWrite {
+    fn write(&self, outcome: &StepOutcome) -> Option<SessionWrite> {
+        let role = role_of(outcome, self.door)?;
+        let (after, write) = self.before.logged_in(role, self.now);
+        *self.after.lock().unwrap_or_else(|e| e.into_inner()) = Some((after, None));
+        write
+    }
+
+    fn saved(&self, saved: SessionSaved) {
+        if let Some((_, s)) = self
+            .after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            *s = Some(saved);
+        }
+    }
 }
 
 fn answered(session: &SessionHandle, door: Door, result: FlowResult) -> CardDone {

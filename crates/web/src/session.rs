@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use domain::model::Section;
 use domain::service::{AdminGrant, OperatorGrant};
 use domain::store::{
-    Backend, SUPERSEDED, SessionRecord, SessionSaved, SessionStore as _, session_key,
+    Backend, SUPERSEDED, SessionRecord, SessionSaved, SessionStore as _, SessionWrite, session_key,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -138,6 +138,8 @@ pub struct Session {
     loaded: Option<(SessionData, i64)>,
     /// When the stored row was last written (this request's time for a new session).
     touched_at: OffsetDateTime,
+    /// A login's commit stored this session under a fresh id: the response sets the cookie.
+    cookie_due: bool,
 }
 
 impl Session {
@@ -197,6 +199,44 @@ impl Session {
             Role::Operator(g) => data.operator = Some(g),
             Role::Reviewer(r) => data.reviewer = Some(r),
         }
+    }
+
+    /// This session after a login with `grant` (a cookie session gets a fresh id, a bearer
+    /// session keeps the token its client holds), and the write that stores it in the login's
+    /// own commit; `None` for a session that is neither on file nor given a fresh id.
+    pub(crate) fn logged_in(
+        &self,
+        grant: Role,
+        now: OffsetDateTime,
+    ) -> (Session, Option<SessionWrite>) {
+        let mut next = self.clone();
+        if next.bearer {
+            next.login_in_place(grant);
+        } else {
+            next.login(grant);
+        }
+        let write = if next.id != self.id {
+            Some(SessionWrite::Rotate {
+                old: self.loaded.is_some().then(|| self.id.clone()),
+                until: now + SUPERSEDED_FOR,
+                record: record(&next, &next.data, 1, now),
+            })
+        } else {
+            self.loaded
+                .as_ref()
+                .map(|(_, version)| SessionWrite::Update(record(&next, &next.data, *version, now)))
+        };
+        (next, write)
+    }
+
+    /// The login's commit stored this session at `version`: nothing is left to write, and a
+    /// cookie session's fresh id goes out in the cookie.
+    pub(crate) fn stored_by_login(&mut self, version: i64, now: OffsetDateTime) {
+        self.loaded = Some((self.data.clone(), version));
+        self.dirty = false;
+        self.cookie_due = self.new && !self.bearer;
+        self.new = false;
+        self.touched_at = now;
     }
 
     /// The same for an API client's bearer session, which keeps its token (the client holds
@@ -321,6 +361,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                         superseded: false,
                         loaded: Some((data, rec.version)),
                         touched_at: rec.touched_at,
+                        cookie_due: false,
                     });
                 }
             }
@@ -360,6 +401,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             superseded,
             loaded: None,
             touched_at: now,
+            cookie_due: false,
         }
     });
     let old_id = session.id.clone();
@@ -374,7 +416,11 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
                 set_cookie(&state, &mut response, name, session.token(), false);
             }
         }
-        Ok(Saved::Quiet) => {}
+        Ok(Saved::Quiet) => {
+            if session.cookie_due {
+                set_cookie(&state, &mut response, name, session.token(), false);
+            }
+        }
         Ok(Saved::Ended) => set_cookie(&state, &mut response, name, "", true),
         Err(e) => {
             tracing::error!(error = %e, "saving a session");
@@ -439,19 +485,7 @@ async fn save(
         return Ok(Saved::Ended);
     }
     let expires_at = (now + IDLE).min(session.created_at + ABSOLUTE);
-    let record = |data: &SessionData, version: i64| {
-        let (kind, code) = kind_of(data);
-        SessionRecord {
-            id: session.id.clone(),
-            kind: kind.to_string(),
-            code,
-            data: serde_json::to_string(data).unwrap_or_default(),
-            created_at: session.created_at,
-            touched_at: now,
-            expires_at,
-            version,
-        }
-    };
+    let record = |data: &SessionData, version: i64| record(session, data, version, now);
     if session.new {
         if session.id != old_id && session.loaded.is_some() {
             // Rotated by a login: the old id becomes a tombstone for as long as a request
@@ -504,6 +538,26 @@ async fn save(
     Err(domain::DomainError::Storage(
         "a session kept changing under concurrent requests".into(),
     ))
+}
+
+/// The row of `session` holding `data`, written at `now`.
+fn record(
+    session: &Session,
+    data: &SessionData,
+    version: i64,
+    now: OffsetDateTime,
+) -> SessionRecord {
+    let (kind, code) = kind_of(data);
+    SessionRecord {
+        id: session.id.clone(),
+        kind: kind.to_string(),
+        code,
+        data: serde_json::to_string(data).unwrap_or_default(),
+        created_at: session.created_at,
+        touched_at: now,
+        expires_at: (now + IDLE).min(session.created_at + ABSOLUTE),
+        version,
+    }
 }
 
 fn holds_a_role(data: &SessionData) -> bool {

@@ -33,6 +33,18 @@ pub struct CardStepInput {
     /// 身分證統一編號, on citizen card steps.
     pub national_id: Option<String>,
     pub client: Option<String>,
+    /// The caller's session, given the role of a login in the login's own commit.
+    pub login_session: Option<std::sync::Arc<dyn LoginSession>>,
+}
+
+/// A caller's session as a login step sees it: what to write for the role the step grants,
+/// and what became of that write.
+pub trait LoginSession: std::fmt::Debug + Send + Sync {
+    /// The session with the role `outcome` grants, or `None` to leave the session as it is
+    /// (the outcome grants no role, or none through this door).
+    fn write(&self, outcome: &StepOutcome) -> Option<SessionWrite>;
+    /// Called once the login's commit is done, with what became of the write.
+    fn saved(&self, saved: SessionSaved);
 }
 
 /// What a card step led to.
@@ -201,7 +213,13 @@ impl<S: Store, C: Clock> Services<S, C> {
         let validated = self.verify_step(&flow, &input, &stored).await?;
         let cert = CertRef::from_facts(&validated.facts);
         match self
-            .apply_card(flow.clone(), code.clone(), id, &validated)
+            .apply_card(
+                input.login_session.as_deref(),
+                flow.clone(),
+                code.clone(),
+                id,
+                &validated,
+            )
             .await
         {
             Ok(outcome) => Ok(outcome),

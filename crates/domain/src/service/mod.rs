@@ -17,7 +17,7 @@ pub use activity::{ACTIVITY_ACTIONS, ActivityFilter};
 pub use backoffice::{
     AgencyRecord, DECIDED_LIMIT, ReviewCase, ReviewList, SearchCriteria, SearchResult,
 };
-pub use card::{CardAttempt, CardStepInput, StepOutcome};
+pub use card::{CardAttempt, CardStepInput, LoginSession, StepOutcome};
 pub use confirm::ContactInput;
 pub use flows::IssuedChallenge;
 pub use operators::{

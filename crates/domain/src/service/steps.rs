@@ -2,7 +2,7 @@
 //! flow's kind and step, what the flow collects, and what is committed.
 
 use super::Services;
-use super::card::StepOutcome;
+use super::card::{LoginSession, StepOutcome};
 use super::operators::{AdminGrant, OperatorGrant};
 use crate::clock::Clock;
 use crate::error::{DomainError, Result};
@@ -92,6 +92,7 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// typed 機關代號 and 身分證統一編號, already well-formed, where the step asks for them.
     pub(super) async fn apply_card(
         &self,
+        session: Option<&dyn LoginSession>,
         flow: Flow,
         code: Option<InstitutionCode>,
         id: Option<NationalId>,
@@ -112,14 +113,16 @@ impl<S: Store, C: Clock> Services<S, C> {
                 self.new_admin_card(flow, id, v).await
             }
             (K::AdminLogin | K::ReplaceOrg, S::AdminCard) => {
-                self.registered_admin_card(flow, id, v).await
+                self.registered_admin_card(session, flow, id, v).await
             }
             (K::QueryOrgOid, S::QueryOrgCard) => self.query_org_oid(flow, code, v).await,
             (K::QueryCitizenSerial, S::QueryCitizenCard) => {
                 self.query_citizen_serial(flow, id, v).await
             }
-            (K::OperatorLogin, S::OperatorCard) => self.operator_login(flow, code, id, v).await,
-            (K::ReviewerLogin, S::ReviewerCard) => self.reviewer_login(flow, v).await,
+            (K::OperatorLogin, S::OperatorCard) => {
+                self.operator_login(session, flow, code, id, v).await
+            }
+            (K::ReviewerLogin, S::ReviewerCard) => self.reviewer_login(session, flow, v).await,
             _ => Err(DomainError::WrongStep),
         }
     }
@@ -224,6 +227,7 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// R2.2, R3.1: the registered administrator's card and ID; for 授權指派 the login.
     async fn registered_admin_card(
         &self,
+        session: Option<&dyn LoginSession>,
         mut flow: Flow,
         id: Option<NationalId>,
         v: &pki::validate::Validated,
@@ -252,11 +256,11 @@ impl<S: Store, C: Clock> Services<S, C> {
         let audit = AuditEvent::new(now, format!("admin:{code}"), "admin.login", "ok")
             .agency(&code)
             .cert(&card.cert);
-        self.save_flow(&flow, vec![audit], None).await?;
-        Ok(StepOutcome::Admin(AdminGrant {
+        let grant = StepOutcome::Admin(AdminGrant {
             code,
             registration_version: registration.version,
-        }))
+        });
+        self.save_login(session, &flow, audit, None, grant).await
     }
 
     /// R4.2: the card's identifier beside the one on file.
@@ -315,6 +319,7 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// R5.1: an operator granted in the agency under this card and ID.
     async fn operator_login(
         &self,
+        session: Option<&dyn LoginSession>,
         mut flow: Flow,
         code: Option<InstitutionCode>,
         id: Option<NationalId>,
@@ -385,20 +390,21 @@ impl<S: Store, C: Clock> Services<S, C> {
                 not_after: card.cert.not_after,
             },
         });
-        self.save_flow(&flow, vec![audit], learn).await?;
-        Ok(StepOutcome::Operator(OperatorGrant {
+        let grant = StepOutcome::Operator(OperatorGrant {
             code,
             operator_id: op.id,
             serial: op.serial,
             issuer: Some(card.cert.issuer.clone()),
             name: op.name.as_str().to_string(),
             functions: op.functions,
-        }))
+        });
+        self.save_login(session, &flow, audit, learn, grant).await
     }
 
     /// R6.1: an active reviewer's citizen card, by issuer and serial.
     async fn reviewer_login(
         &self,
+        session: Option<&dyn LoginSession>,
         mut flow: Flow,
         v: &pki::validate::Validated,
     ) -> Result<StepOutcome> {
@@ -432,8 +438,8 @@ impl<S: Store, C: Clock> Services<S, C> {
             "ok",
         )
         .cert(&card.cert);
-        self.save_flow(&flow, vec![audit], None).await?;
-        Ok(StepOutcome::Reviewer(reviewer))
+        self.save_login(session, &flow, audit, None, StepOutcome::Reviewer(reviewer))
+            .await
     }
 
     /// Moves the flow to its next step and saves it.
@@ -441,6 +447,32 @@ impl<S: Store, C: Clock> Services<S, C> {
         flow.advance(self.clock.now());
         self.save_flow(&flow, vec![], None).await?;
         Ok(StepOutcome::Advanced(Box::new(flow)))
+    }
+
+    /// Saves a login's flow, and the session's new role with it, in one commit.
+    async fn save_login(
+        &self,
+        session: Option<&dyn LoginSession>,
+        flow: &Flow,
+        audit: AuditEvent,
+        operator: Option<OperatorWrite>,
+        outcome: StepOutcome,
+    ) -> Result<StepOutcome> {
+        let write = session.and_then(|s| s.write(&outcome));
+        let done = self
+            .store
+            .commit(Commit {
+                flow: Some(flow.clone()),
+                operator,
+                audit: vec![audit],
+                session: write,
+                ..Default::default()
+            })
+            .await?;
+        if let (Some(s), Some(saved)) = (session, done.session) {
+            s.saved(saved);
+        }
+        Ok(outcome)
     }
 
     /// Saves the flow with what the step records beside it, in one commit.

@@ -57,6 +57,7 @@ struct Prepared {
     audit: Vec<AuditEvent>,
     end_admin_sessions: Option<InstitutionCode>,
     registration_guard: Option<(InstitutionCode, i64)>,
+    session: Option<super::sessions::PreparedSession>,
 }
 
 enum PreparedOperator {
@@ -147,6 +148,10 @@ impl Prepared {
             audit: c.audit,
             end_admin_sessions: c.end_admin_sessions,
             registration_guard: c.registration_guard,
+            session: c
+                .session
+                .map(|w| super::sessions::PreparedSession::new(w, secrets))
+                .transpose()?,
         })
     }
 }
@@ -439,6 +444,10 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
             .execute(&mut **tx)
             .await
             .map_err(db)?;
+    }
+
+    if let Some(session) = p.session {
+        done.session = Some(session.apply(tx).await?);
     }
 
     // Last: appenders wait on the chain head's row lock, and holding it last means a

@@ -13,6 +13,11 @@ pub(crate) async fn session_insert(
 ) -> Result<()> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
     let mut w = begin_single(pool).await.map_err(db)?;
+    insert_row(&mut w, r, data).await?;
+    w.commit().await.map_err(db)
+}
+
+async fn insert_row(tx: &mut Tx, r: &SessionRecord, data_enc: String) -> Result<()> {
     sql::query(
         "INSERT INTO sessions (id, kind, code, data_enc, created_at, touched_at, expires_at, \
          version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -20,15 +25,15 @@ pub(crate) async fn session_insert(
     .bind(&r.id)
     .bind(&r.kind)
     .bind(r.code.as_deref())
-    .bind(data)
+    .bind(data_enc)
     .bind(ts(r.created_at))
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
     .bind(r.version)
-    .execute(&mut *w)
+    .execute(&mut **tx)
     .await
     .map_err(db)?;
-    w.commit().await.map_err(db)
+    Ok(())
 }
 
 /// An UPDATE guarded by the version read: a deleted session stays deleted, and a change made
@@ -40,6 +45,12 @@ pub(crate) async fn session_update(
 ) -> Result<SessionSaved> {
     let data = encrypt(secrets, &session_aad(&r.id), r.data.as_bytes())?;
     let mut w = begin_single(pool).await.map_err(db)?;
+    let saved = update_row(&mut w, r, data).await?;
+    w.commit().await.map_err(db)?;
+    Ok(saved)
+}
+
+async fn update_row(tx: &mut Tx, r: &SessionRecord, data_enc: String) -> Result<SessionSaved> {
     let done = sql::query(
         "UPDATE sessions SET kind = $3, code = $4, data_enc = $5, touched_at = $6, \
          expires_at = $7, version = version + 1 WHERE id = $1 AND version = $2 AND kind <> $8",
@@ -48,16 +59,15 @@ pub(crate) async fn session_update(
     .bind(r.version)
     .bind(&r.kind)
     .bind(r.code.as_deref())
-    .bind(data)
+    .bind(data_enc)
     .bind(ts(r.touched_at))
     .bind(ts(r.expires_at))
     .bind(crate::SUPERSEDED)
-    .execute(&mut *w)
+    .execute(&mut **tx)
     .await
     .map_err(db)?
     .rows_affected();
     if done == 1 {
-        w.commit().await.map_err(db)?;
         return Ok(SessionSaved::Saved(r.version + 1));
     }
     // A tombstone left by a login is as ended as a deleted row: never written to again.
@@ -65,14 +75,72 @@ pub(crate) async fn session_update(
         sql::query_scalar("SELECT version FROM sessions WHERE id = $1 AND kind <> $2")
             .bind(&r.id)
             .bind(crate::SUPERSEDED)
-            .fetch_optional(&mut *w)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(db)?;
-    w.commit().await.map_err(db)?;
     Ok(match exists {
         Some(_) => SessionSaved::Changed,
         None => SessionSaved::Gone,
     })
+}
+
+/// A login's [`SessionWrite`], encrypted before the commit's transaction starts.
+pub(crate) enum PreparedSession {
+    Rotate {
+        /// The old id and its emptied data.
+        old: Option<(String, String)>,
+        until: OffsetDateTime,
+        record: SessionRecord,
+        data_enc: String,
+    },
+    Update {
+        record: SessionRecord,
+        data_enc: String,
+    },
+}
+
+impl PreparedSession {
+    pub(crate) fn new(w: SessionWrite, secrets: &Secrets) -> Result<Self> {
+        let data = |r: &SessionRecord| encrypt(secrets, &session_aad(&r.id), r.data.as_bytes());
+        Ok(match w {
+            SessionWrite::Rotate { old, until, record } => Self::Rotate {
+                old: old
+                    .map(|id| emptied(secrets, &id).map(|empty| (id, empty)))
+                    .transpose()?,
+                until,
+                data_enc: data(&record)?,
+                record,
+            },
+            SessionWrite::Update(record) => Self::Update {
+                data_enc: data(&record)?,
+                record,
+            },
+        })
+    }
+
+    /// Applies it inside the commit's transaction.
+    pub(crate) async fn apply(self, tx: &mut Tx) -> Result<SessionSaved> {
+        match self {
+            Self::Rotate {
+                old,
+                until,
+                record,
+                data_enc,
+            } => {
+                if let Some((id, empty)) = old {
+                    supersede_row(tx, &id, empty, until).await?;
+                }
+                insert_row(tx, &record, data_enc).await?;
+                Ok(SessionSaved::Saved(record.version))
+            }
+            Self::Update { record, data_enc } => update_row(tx, &record, data_enc).await,
+        }
+    }
+}
+
+/// What a tombstone holds: no data.
+fn emptied(secrets: &Secrets, id: &str) -> Result<String> {
+    encrypt(secrets, &session_aad(id), b"{}")
 }
 
 pub(crate) async fn session_touch(
@@ -155,11 +223,17 @@ pub(crate) async fn session_supersede(
     id: &str,
     until: OffsetDateTime,
 ) -> Result<()> {
-    let empty = encrypt(secrets, &session_aad(id), b"{}")?;
+    let empty = emptied(secrets, id)?;
     let mut tx = begin_write(pool).await.map_err(db)?;
+    supersede_row(&mut tx, id, empty, until).await?;
+    tx.commit().await.map_err(db)
+}
+
+/// The id becomes a tombstone until `until`, and its token handles go.
+async fn supersede_row(tx: &mut Tx, id: &str, empty: String, until: OffsetDateTime) -> Result<()> {
     sql::query("DELETE FROM token_sessions WHERE session_id = $1")
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(db)?;
     sql::query(
@@ -170,10 +244,10 @@ pub(crate) async fn session_supersede(
     .bind(crate::SUPERSEDED)
     .bind(empty)
     .bind(ts(until))
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(db)?;
-    tx.commit().await.map_err(db)
+    Ok(())
 }
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {

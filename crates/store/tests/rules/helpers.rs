@@ -107,6 +107,7 @@ pub async fn card_step(
         institution_code: code.map(Into::into),
         national_id: id.map(Into::into),
         client: Some("127.0.0.1".into()),
+        login_session: None,
     })
     .await
 }

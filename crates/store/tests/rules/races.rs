@@ -42,6 +42,7 @@ async fn replace_steps(svc: &Svc, flow: &str, session: &str) -> domain::Result<(
                 institution_code: code.map(Into::into),
                 national_id: id,
                 client: None,
+                login_session: None,
             })
             .await
         }
@@ -127,6 +128,7 @@ async fn two_flows_of_one_card_filing_a_review_at_once_leave_one_application() {
                     institution_code: Some(MISMATCH.into()),
                     national_id: None,
                     client: None,
+                    login_session: None,
                 })
                 .await
                 .unwrap();

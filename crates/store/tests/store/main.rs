@@ -1377,6 +1377,117 @@ async fn concurrent_session_changes_are_not_overwritten() {
     .await;
 }
 
+// A login's session is written in the login's own commit: with its flow, or not at all. A
+// double submit of the step (the flow's version no longer current) writes no session; a
+// bearer session changed or ended meanwhile is reported and does not hold off the flow.
+#[tokio::test]
+async fn a_login_writes_its_session_with_its_flow_or_not_at_all() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let mut f = flow("flow-1", FlowKind::OperatorLogin);
+        db.insert_flow(&f).await.unwrap();
+        db.session_insert(&session_record("old", "anonymous", None))
+            .await
+            .unwrap();
+        db.session_insert(&session_record("bearer", "anonymous", None))
+            .await
+            .unwrap();
+        let until = T0 + Duration::minutes(5);
+        let login = |flow: &Flow, write: SessionWrite| Commit {
+            flow: Some(flow.clone()),
+            audit: vec![event("operator.login")],
+            session: Some(write),
+            ..Default::default()
+        };
+
+        // A cookie session: the old id becomes a tombstone, the fresh one holds the role.
+        let stale = f.clone();
+        f.advance(T0 + Duration::minutes(1));
+        let fresh = session_record("fresh", "operator", Some("AB12"));
+        let done = db
+            .commit(login(
+                &f,
+                SessionWrite::Rotate {
+                    old: Some("old".into()),
+                    until,
+                    record: fresh.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(done.session, Some(SessionSaved::Saved(1)));
+        assert_eq!(db.session_get("fresh", T0).await.unwrap(), Some(fresh));
+        let old = db.session_get("old", T0).await.unwrap().unwrap();
+        assert_eq!((old.kind.as_str(), old.data.as_str()), (SUPERSEDED, "{}"));
+        assert_eq!(old.expires_at, until);
+
+        // The same step again: refused before anything else is written.
+        let mut again = stale.clone();
+        again.advance(T0 + Duration::minutes(1));
+        let err = db
+            .commit(login(
+                &again,
+                SessionWrite::Rotate {
+                    old: Some("bearer".into()),
+                    until,
+                    record: session_record("fresh-2", "operator", Some("AB12")),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err, DomainError::Conflict);
+        assert_eq!(db.session_get("fresh-2", T0).await.unwrap(), None);
+        assert_eq!(
+            db.session_get("bearer", T0).await.unwrap(),
+            Some(session_record("bearer", "anonymous", None))
+        );
+
+        // A bearer session keeps its id and is written at the version it was read at.
+        let mut role = session_record("bearer", "operator", Some("AB12"));
+        role.data = "{\"who\":\"operator\"}".into();
+        f.advance(T0 + Duration::minutes(2));
+        let done = db
+            .commit(login(&f, SessionWrite::Update(role.clone())))
+            .await
+            .unwrap();
+        assert_eq!(done.session, Some(SessionSaved::Saved(2)));
+        let stored = db.session_get("bearer", T0).await.unwrap().unwrap();
+        assert_eq!((stored.kind.as_str(), stored.version), ("operator", 2));
+
+        // Read at version 1, changed meanwhile: the flow goes on, the session is not
+        // overwritten, and the caller learns to merge.
+        f.advance(T0 + Duration::minutes(3));
+        let done = db
+            .commit(login(&f, SessionWrite::Update(role.clone())))
+            .await
+            .unwrap();
+        assert_eq!(done.session, Some(SessionSaved::Changed));
+        assert_eq!(db.flow("flow-1").await.unwrap(), Some(f.clone()));
+        assert_eq!(db.session_get("bearer", T0).await.unwrap(), Some(stored));
+
+        // Ended meanwhile (logout, revocation): it stays ended.
+        db.session_delete("bearer").await.unwrap();
+        f.advance(T0 + Duration::minutes(4));
+        role.version = 2;
+        let done = db
+            .commit(login(&f, SessionWrite::Update(role)))
+            .await
+            .unwrap();
+        assert_eq!(done.session, Some(SessionSaved::Gone));
+        assert_eq!(db.session_get("bearer", T0).await.unwrap(), None);
+        // A tombstone is as ended.
+        f.advance(T0 + Duration::minutes(5));
+        let mut tomb = session_record("old", "operator", Some("AB12"));
+        tomb.version = 2;
+        let done = db
+            .commit(login(&f, SessionWrite::Update(tomb)))
+            .await
+            .unwrap();
+        assert_eq!(done.session, Some(SessionSaved::Gone));
+    })
+    .await;
+}
+
 // The data of a session is bound to its row: copied into another session's row it does not
 // decrypt, so a stolen row cannot be replayed under a key its thief holds.
 #[tokio::test]

@@ -570,6 +570,64 @@ async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
     }
 }
 
+/// A reviewer's card sent through the API's door is refused (the back office is pages only),
+/// and the refusal leaves the session as it was: no reviewer role stored anywhere, the
+/// browser's id still its own, the back office still closed to it.
+#[tokio::test]
+async fn a_reviewer_card_through_the_api_gives_the_session_no_role() {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    let mut app = TestApp::default().await;
+    add_reviewer(&app, Section::First).await;
+    app.get("/backoffice/login").await;
+    let flow = app.start("reviewer_login").await;
+    let sid = app.cookie("certreg_session").expect("the session cookie");
+    let csrf = app.csrf().await;
+    let post = |path: String, body: String| {
+        Request::post(path)
+            .header(header::ORIGIN, ORIGIN)
+            .header("x-csrf-token", &csrf)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, _, text) = app
+        .send(post(
+            format!("/api/v1/flows/{flow}/challenge"),
+            String::new(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let proof = serde_json::json!({
+        "challenge_id": v["challenge_id"],
+        "signature": cms("moica-reviewer", v["tbs"].as_str().unwrap()),
+    });
+    let (status, _, text) = app
+        .send(post(
+            format!("/api/v1/flows/{flow}/card"),
+            proof.to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["code"], "forbidden", "{v}");
+
+    assert_eq!(app.cookie("certreg_session"), Some(sid.clone()));
+    let now = domain::clock::Clock::now(&*app.clock);
+    let live = app.db.sessions_live(now).await.unwrap();
+    assert!(
+        live.iter().all(|r| r.kind != "reviewer"),
+        "{:?}",
+        live.iter().map(|r| &r.kind).collect::<Vec<_>>()
+    );
+    let own = app.db.session_get(&store::session_key(&sid), now).await;
+    assert_eq!(own.unwrap().map(|r| r.kind), Some("anonymous".to_string()));
+    let (status, headers, _) = app.get("/backoffice/reviews").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/backoffice/login");
+}
+
 /// The reviewer's search flags a registration's certificates: 「憑證將於 YYYY/MM/DD 到期」 within
 /// 60 days of notAfter, 「憑證已廢止」 when a CRL in force lists it.
 #[tokio::test]
