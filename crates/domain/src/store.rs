@@ -333,7 +333,9 @@ pub enum SessionSaved {
 }
 
 /// A session written in a login's own commit, so the role and the flow that earned it are
-/// stored together or not at all.
+/// stored together or not at all. A session ended while the login ran (logged out, ended by a
+/// revocation or a replacement, or already replaced by another login) stays ended: the whole
+/// commit is refused with `FlowNotFound`, as the flows of an ended session are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionWrite {
     /// A fresh id: `old`, when it was stored, becomes a tombstone until `until` (and loses its
@@ -344,8 +346,7 @@ pub enum SessionWrite {
         record: SessionRecord,
     },
     /// The same id (a bearer session): written only if still at `record.version`; a change
-    /// made meanwhile or a session ended meanwhile is reported, and does not hold off the
-    /// flow's commit.
+    /// made meanwhile is reported (`Changed`) and does not hold off the flow's commit.
     Update(SessionRecord),
 }
 

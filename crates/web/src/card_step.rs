@@ -123,15 +123,13 @@ pub(crate) async fn submit(
     let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
     state.metrics().card_step(kind, step, outcome);
     let outcome = result.map_err(|e| CardFailure::Refused(Box::new(flow.clone()), e))?;
-    // The session as the login's commit left it; a session the commit could not write (a
-    // concurrent change, or ended meanwhile) is saved after the request as any other.
+    // The session as the login's commit left it; one the commit could not write (changed
+    // meanwhile by another request) is saved after the request as any other, merged.
     if let Some(role) = role_of(&outcome, door) {
-        let (after, saved) = login
-            .after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_else(|| (login.before.logged_in(role, login.now).0, None));
+        let written = login.after.lock().unwrap_or_else(|e| e.into_inner()).take();
+        debug_assert!(written.is_some(), "a login that did not write its session");
+        let (after, saved) =
+            written.unwrap_or_else(|| (login.before.logged_in(role, login.now).0, None));
         session.update(|s| {
             *s = after;
             if let Some(SessionSaved::Saved(version)) = saved {
@@ -191,7 +189,6 @@ fn role_of(outcome: &StepOutcome, door: Door) -> Option<Role> {
 
 /// The caller's session for the domain's login commit: the role goes in with the flow, and
 /// the session as written is kept for the response.
-#[derive(Debug)]
 struct LoginWrite {
     /// The session as the request found it.
     before: Session,
@@ -201,12 +198,28 @@ struct LoginWrite {
     after: Mutex<Option<(Session, Option<SessionSaved>)>>,
 }
 
+/// Without the sessions: they hold the cookie or bearer token and the CSRF token.
+impl std::fmt::Debug for LoginWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginWrite")
+            .field("door", &self.door)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LoginSession for LoginWrite {
-    fn write(&self, outcome: &StepOutcome) -> Option<SessionWrite> {
-        let role = role_of(outcome, self.door)?;
+    fn write(&self, outcome: &StepOutcome) -> domain::Result<Option<SessionWrite>> {
+        // The back office is pages only: a reviewer's card through the API logs in nowhere.
+        if matches!(outcome, StepOutcome::Reviewer(_)) && self.door == Door::Api {
+            return Err(DomainError::Forbidden);
+        }
+        let Some(role) = role_of(outcome, self.door) else {
+            return Ok(None);
+        };
         let (after, write) = self.before.logged_in(role, self.now);
         *self.after.lock().unwrap_or_else(|e| e.into_inner()) = Some((after, None));
-        write
+        Ok(write)
     }
 
     fn saved(&self, saved: SessionSaved) {

@@ -41,8 +41,9 @@ pub struct CardStepInput {
 /// and what became of that write.
 pub trait LoginSession: std::fmt::Debug + Send + Sync {
     /// The session with the role `outcome` grants, or `None` to leave the session as it is
-    /// (the outcome grants no role, or none through this door).
-    fn write(&self, outcome: &StepOutcome) -> Option<SessionWrite>;
+    /// (the outcome grants no role); an error refuses the login before anything is written
+    /// (a role not granted through the caller's door).
+    fn write(&self, outcome: &StepOutcome) -> Result<Option<SessionWrite>>;
     /// Called once the login's commit is done, with what became of the write.
     fn saved(&self, saved: SessionSaved);
 }

@@ -458,7 +458,10 @@ impl<S: Store, C: Clock> Services<S, C> {
         operator: Option<OperatorWrite>,
         outcome: StepOutcome,
     ) -> Result<StepOutcome> {
-        let write = session.and_then(|s| s.write(&outcome));
+        let write = match session {
+            Some(s) => s.write(&outcome)?,
+            None => None,
+        };
         let done = self
             .store
             .commit(Commit {

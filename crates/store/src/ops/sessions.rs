@@ -127,13 +127,18 @@ impl PreparedSession {
                 record,
                 data_enc,
             } => {
-                if let Some((id, empty)) = old {
-                    supersede_row(tx, &id, empty, until).await?;
+                if let Some((id, empty)) = old
+                    && !supersede_row(tx, &id, empty, until).await?
+                {
+                    return Err(DomainError::FlowNotFound);
                 }
                 insert_row(tx, &record, data_enc).await?;
                 Ok(SessionSaved::Saved(record.version))
             }
-            Self::Update { record, data_enc } => update_row(tx, &record, data_enc).await,
+            Self::Update { record, data_enc } => match update_row(tx, &record, data_enc).await? {
+                SessionSaved::Gone => Err(DomainError::FlowNotFound),
+                saved => Ok(saved),
+            },
         }
     }
 }
@@ -229,16 +234,18 @@ pub(crate) async fn session_supersede(
     tx.commit().await.map_err(db)
 }
 
-/// The id becomes a tombstone until `until`, and its token handles go.
-async fn supersede_row(tx: &mut Tx, id: &str, empty: String, until: OffsetDateTime) -> Result<()> {
-    sql::query("DELETE FROM token_sessions WHERE session_id = $1")
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    sql::query(
+/// The live session `id` becomes a tombstone until `until`, and its token handles go; whether
+/// there was one. The session's row is locked before its token handles, in the order a delete
+/// of the session (which cascades to them) takes.
+async fn supersede_row(
+    tx: &mut Tx,
+    id: &str,
+    empty: String,
+    until: OffsetDateTime,
+) -> Result<bool> {
+    let n = sql::query(
         "UPDATE sessions SET kind = $2, code = NULL, data_enc = $3, expires_at = $4, \
-         version = version + 1 WHERE id = $1",
+         version = version + 1 WHERE id = $1 AND kind <> $2",
     )
     .bind(id)
     .bind(crate::SUPERSEDED)
@@ -246,8 +253,14 @@ async fn supersede_row(tx: &mut Tx, id: &str, empty: String, until: OffsetDateTi
     .bind(ts(until))
     .execute(&mut **tx)
     .await
-    .map_err(db)?;
-    Ok(())
+    .map_err(db)?
+    .rows_affected();
+    sql::query("DELETE FROM token_sessions WHERE session_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(n == 1)
 }
 
 pub(crate) async fn session_delete(pool: &Handle, id: &str) -> Result<()> {

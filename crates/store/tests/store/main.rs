@@ -1379,7 +1379,8 @@ async fn concurrent_session_changes_are_not_overwritten() {
 
 // A login's session is written in the login's own commit: with its flow, or not at all. A
 // double submit of the step (the flow's version no longer current) writes no session; a
-// bearer session changed or ended meanwhile is reported and does not hold off the flow.
+// bearer session changed meanwhile is reported and does not hold off the flow; a session
+// ended meanwhile refuses the whole commit.
 #[tokio::test]
 async fn a_login_writes_its_session_with_its_flow_or_not_at_all() {
     each_db(|t| async move {
@@ -1465,25 +1466,45 @@ async fn a_login_writes_its_session_with_its_flow_or_not_at_all() {
         assert_eq!(db.flow("flow-1").await.unwrap(), Some(f.clone()));
         assert_eq!(db.session_get("bearer", T0).await.unwrap(), Some(stored));
 
-        // Ended meanwhile (logout, revocation): it stays ended.
+        // Ended meanwhile (logout, revocation, another login): it stays ended, and the login
+        // with it: nothing of the commit is written.
         db.session_delete("bearer").await.unwrap();
+        let before = f.clone();
         f.advance(T0 + Duration::minutes(4));
         role.version = 2;
-        let done = db
-            .commit(login(&f, SessionWrite::Update(role)))
-            .await
-            .unwrap();
-        assert_eq!(done.session, Some(SessionSaved::Gone));
-        assert_eq!(db.session_get("bearer", T0).await.unwrap(), None);
-        // A tombstone is as ended.
-        f.advance(T0 + Duration::minutes(5));
         let mut tomb = session_record("old", "operator", Some("AB12"));
         tomb.version = 2;
-        let done = db
-            .commit(login(&f, SessionWrite::Update(tomb)))
-            .await
-            .unwrap();
-        assert_eq!(done.session, Some(SessionSaved::Gone));
+        let ended = [
+            SessionWrite::Update(role),
+            SessionWrite::Update(tomb),
+            SessionWrite::Rotate {
+                old: Some("bearer".into()),
+                until,
+                record: session_record("fresh-3", "operator", Some("AB12")),
+            },
+            // A second login of a session another login has already replaced.
+            SessionWrite::Rotate {
+                old: Some("old".into()),
+                until,
+                record: session_record("fresh-4", "operator", Some("AB12")),
+            },
+        ];
+        for write in ended {
+            let err = db.commit(login(&f, write.clone())).await.unwrap_err();
+            assert_eq!(err, DomainError::FlowNotFound, "{write:?}");
+            assert_eq!(db.flow("flow-1").await.unwrap(), Some(before.clone()));
+        }
+        assert_eq!(db.session_get("bearer", T0).await.unwrap(), None);
+        assert_eq!(db.session_get("fresh-3", T0).await.unwrap(), None);
+        assert_eq!(db.session_get("fresh-4", T0).await.unwrap(), None);
+        let old = db.session_get("old", T0).await.unwrap().unwrap();
+        assert_eq!((old.kind.as_str(), old.expires_at), (SUPERSEDED, until));
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM audit_log WHERE action = 'operator.login'")
+                .await,
+            3,
+            "the three logins that were written"
+        );
     })
     .await;
 }

@@ -570,9 +570,9 @@ async fn a_reviewer_session_cannot_run_agency_functions_through_the_api() {
     }
 }
 
-/// A reviewer's card sent through the API's door is refused (the back office is pages only),
-/// and the refusal leaves the session as it was: no reviewer role stored anywhere, the
-/// browser's id still its own, the back office still closed to it.
+/// A reviewer's card sent through the API's door is refused before anything is written (the
+/// back office is pages only): no reviewer role stored anywhere, the browser's id still its
+/// own, the back office still closed to it, the flow not moved on, no login in the log.
 #[tokio::test]
 async fn a_reviewer_card_through_the_api_gives_the_session_no_role() {
     use axum::body::Body;
@@ -626,6 +626,28 @@ async fn a_reviewer_card_through_the_api_gives_the_session_no_role() {
     let (status, headers, _) = app.get("/backoffice/reviews").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location(&headers), "/backoffice/login");
+    // Refused before the commit: the flow still waits for a card, and the log holds the
+    // refusal, not a login.
+    let stored = app.db.flow(&flow).await.unwrap().unwrap();
+    assert_eq!(stored.step, domain::flow::Step::ReviewerCard);
+    let events = app
+        .db
+        .audit_search(&store::AuditFilter {
+            limit: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = events
+        .iter()
+        .map(|(_, e)| (e.action.as_str(), e.outcome.as_str()))
+        .filter(|(a, _)| a.starts_with("reviewer"))
+        .collect();
+    assert_eq!(
+        actions,
+        [("reviewer_login.reviewer_card", "forbidden")],
+        "the refusal, and no login"
+    );
 }
 
 /// The reviewer's search flags a registration's certificates: 「憑證將於 YYYY/MM/DD 到期」 within
