@@ -1172,6 +1172,110 @@ async fn r5_1_operator_login() {
     }
 }
 
+/// What a login hands its caller's session: recorded, and written in the login's commit.
+#[derive(Debug)]
+struct Recorder {
+    refuse: bool,
+    record: domain::store::SessionRecord,
+    writes: std::sync::Mutex<Vec<String>>,
+    saved: std::sync::Mutex<Vec<domain::store::SessionSaved>>,
+}
+
+impl domain::service::LoginSession for Recorder {
+    fn write(&self, outcome: &StepOutcome) -> domain::Result<Option<domain::store::SessionWrite>> {
+        self.writes.lock().unwrap().push(format!("{outcome:?}"));
+        if self.refuse {
+            return Err(DomainError::Forbidden);
+        }
+        Ok(Some(domain::store::SessionWrite::Rotate {
+            old: None,
+            until: NOW,
+            record: self.record.clone(),
+        }))
+    }
+
+    fn saved(&self, saved: domain::store::SessionSaved) {
+        self.saved.lock().unwrap().push(saved);
+    }
+}
+
+// A login asks for its session's write only once every rule has passed, and writes it in its
+// own commit; a refused write refuses the login before anything is written.
+#[tokio::test]
+async fn r5_1_a_login_writes_its_session_only_when_granted() {
+    for env in envs().await {
+        let svc = &env.svc;
+        register(svc, TAIPEI, "gca-agency", "moica-admin").await;
+        let grant = admin_login(svc, TAIPEI, "gca-agency", "moica-admin")
+            .await
+            .unwrap();
+        svc.add_operator(&grant, &operator_form("moica-operator-1", &["query"]), None)
+            .await
+            .unwrap();
+        let login = |card: &'static str, id: String, refuse: bool| {
+            let svc = &env.svc;
+            async move {
+                let recorder = std::sync::Arc::new(Recorder {
+                    refuse,
+                    record: domain::store::SessionRecord {
+                        id: format!("login-{card}-{refuse}"),
+                        kind: "operator".into(),
+                        code: Some(TAIPEI.into()),
+                        data: "{}".into(),
+                        created_at: NOW,
+                        touched_at: NOW,
+                        expires_at: NOW + Duration::minutes(15),
+                        version: 1,
+                    },
+                    writes: Default::default(),
+                    saved: Default::default(),
+                });
+                let flow = svc
+                    .start_flow(FlowKind::OperatorLogin, SESSION)
+                    .await
+                    .unwrap();
+                let ch = svc.issue_challenge(&flow.id, SESSION).await.unwrap();
+                let result = svc
+                    .submit_card(domain::service::CardStepInput {
+                        flow_id: flow.id.clone(),
+                        session: SESSION.into(),
+                        challenge_id: ch.id,
+                        signature: cms(card, &ch.tbs),
+                        institution_code: Some(TAIPEI.into()),
+                        national_id: Some(id),
+                        login_session: Some(recorder.clone()),
+                        ..Default::default()
+                    })
+                    .await;
+                let step = svc.session_flow(&flow.id, SESSION).await.unwrap().step;
+                let writes = recorder.writes.lock().unwrap().len();
+                let saved = recorder.saved.lock().unwrap().clone();
+                (result.map(|_| ()), step, writes, saved)
+            }
+        };
+        use domain::store::SessionSaved::Saved;
+        // Refused by the rules: the session is never asked for.
+        let (r, step, writes, saved) =
+            login("moica-operator-1", id_of("moica-operator-2"), false).await;
+        assert_eq!(code_of(r), "id_mismatch");
+        assert_eq!((step, writes, saved), (Step::OperatorCard, 0, vec![]));
+        let (r, step, writes, saved) =
+            login("moica-operator-2", id_of("moica-operator-2"), false).await;
+        assert_eq!(code_of(r), "not_operator");
+        assert_eq!((step, writes, saved), (Step::OperatorCard, 0, vec![]));
+        // Refused by the session's door: nothing is written.
+        let (r, step, writes, saved) =
+            login("moica-operator-1", id_of("moica-operator-1"), true).await;
+        assert_eq!(code_of(r), "forbidden");
+        assert_eq!((step, writes, saved), (Step::OperatorCard, 1, vec![]));
+        // Granted: asked once, written with the flow.
+        let (r, step, writes, saved) =
+            login("moica-operator-1", id_of("moica-operator-1"), false).await;
+        r.unwrap();
+        assert_eq!((step, writes, saved), (Step::Done, 1, vec![Saved(1)]));
+    }
+}
+
 #[tokio::test]
 async fn spec_4_1_flow_expires_after_15_idle_minutes() {
     for env in envs().await {
