@@ -264,6 +264,8 @@ impl Http {
 enum Case {
     /// R4.3 查詢自然人憑證序號: one citizen card step, the flow done.
     CitizenSerial,
+    /// The same, with the challenge asked for in the flow's start: two requests, not three.
+    CitizenSerialChallengeAtStart,
     /// R5.1 經辦人登入: one card step against the agency's operators, the session becomes the
     /// operator's.
     OperatorLogin,
@@ -273,27 +275,28 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::CitizenSerial => "R4.3 citizen serial query",
+            Case::CitizenSerialChallengeAtStart => "R4.3, challenge at start",
             Case::OperatorLogin => "R5.1 operator login",
         }
     }
 
     fn kind(self) -> &'static str {
         match self {
-            Case::CitizenSerial => "query_citizen_serial",
+            Case::CitizenSerial | Case::CitizenSerialChallengeAtStart => "query_citizen_serial",
             Case::OperatorLogin => "operator_login",
         }
     }
 
     fn card(self) -> &'static str {
         match self {
-            Case::CitizenSerial => "moica-admin",
+            Case::CitizenSerial | Case::CitizenSerialChallengeAtStart => "moica-admin",
             Case::OperatorLogin => "moica-operator-1",
         }
     }
 
     fn outcome(self) -> &'static str {
         match self {
-            Case::CitizenSerial => "citizen_serial",
+            Case::CitizenSerial | Case::CitizenSerialChallengeAtStart => "citizen_serial",
             Case::OperatorLogin => "operator",
         }
     }
@@ -343,20 +346,24 @@ async fn step(
     card: &Card,
 ) -> Result<StepTimes, StepError> {
     let t = Instant::now();
-    let start_body = json!({ "kind": case.kind() }).to_string();
+    let at_start = matches!(case, Case::CitizenSerialChallengeAtStart);
+    let start_body = json!({ "kind": case.kind(), "challenge": at_start }).to_string();
     let reply = http
         .post("/api/v1/flows", Some(token), start_body.as_bytes())
         .await?;
     let start = t.elapsed();
-    let flow = answer("start", &reply, 201)?;
+    let mut flow = answer("start", &reply, 201)?;
     let id = flow["id"].as_str().unwrap_or_default().to_string();
 
-    let t = Instant::now();
-    let reply = http
-        .post(&format!("/api/v1/flows/{id}/challenge"), Some(token), b"")
-        .await?;
-    let challenge_time = t.elapsed();
-    let challenge = answer("challenge", &reply, 200)?;
+    let (challenge, challenge_time) = if at_start {
+        (flow["challenge"].take(), StdDuration::ZERO)
+    } else {
+        let t = Instant::now();
+        let reply = http
+            .post(&format!("/api/v1/flows/{id}/challenge"), Some(token), b"")
+            .await?;
+        (answer("challenge", &reply, 200)?, t.elapsed())
+    };
 
     let t = Instant::now();
     let tbs = challenge["tbs"].as_str().unwrap_or_default();
@@ -794,7 +801,11 @@ fn run_backend(
 ) -> (usize, usize) {
     let server = server_rt.block_on(start_server(fresh, pki));
     let mut rows = Vec::new();
-    for case in [Case::CitizenSerial, Case::OperatorLogin] {
+    for case in [
+        Case::CitizenSerial,
+        Case::CitizenSerialChallengeAtStart,
+        Case::OperatorLogin,
+    ] {
         let card = Arc::new(Card::of(pki, case.card()));
         for clients in clients_measured() {
             eprintln!("{label}: {} with {clients} client(s)...", case.name());
@@ -963,7 +974,8 @@ fn main() {
     println!(
         "step: POST /api/v1/flows, POST …/challenge, the card signs the TBS (P-256 or RSA-2048, \
          attached CMS, client side), POST …/card; validator without path cache, fixed clock, \
-         rate limits off"
+         rate limits off; \"R4.3, challenge at start\": the challenge comes with the start \
+         (`\"challenge\": true`), two requests per step"
     );
     println!(
         "steps/s: steps completed per second; p50/p99: server time of challenge + card as the \

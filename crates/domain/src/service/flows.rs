@@ -77,6 +77,29 @@ impl<S: Store, C: Clock> Services<S, C> {
             .await?
             .ok_or(DomainError::FlowNotFound)?;
         flow.expect(session, flow.step, self.clock.now())?;
+        self.challenge_for(&flow).await
+    }
+
+    /// [`Services::start_flow_capped`], and for a flow that starts at a card step (the
+    /// queries, the logins) its first challenge too: one request fewer for the caller, and
+    /// no read of the flow just written.
+    pub async fn start_flow_with_challenge(
+        &self,
+        kind: FlowKind,
+        session: &str,
+        max: u32,
+    ) -> Result<(Flow, Option<IssuedChallenge>)> {
+        let flow = self.start_flow_capped(kind, session, max).await?;
+        if !flow.step.is_card_step() {
+            return Ok((flow, None));
+        }
+        let challenge = self.challenge_for(&flow).await?;
+        Ok((flow, Some(challenge)))
+    }
+
+    /// A challenge for the card step `flow` waits at, for the flow's session (the caller has
+    /// checked that it is the requester's).
+    async fn challenge_for(&self, flow: &Flow) -> Result<IssuedChallenge> {
         if !flow.step.is_card_step() {
             return Err(DomainError::WrongStep);
         }
@@ -91,7 +114,7 @@ impl<S: Store, C: Clock> Services<S, C> {
         let stored = StoredChallenge {
             id: random_id(),
             flow_id: flow.id.clone(),
-            session: session.to_string(),
+            session: flow.session.clone(),
             step: flow.step,
             purpose: challenge.purpose.clone(),
             origin: challenge.origin.clone(),

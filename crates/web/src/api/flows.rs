@@ -59,6 +59,11 @@ impl Kind {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct StartFlow {
     pub kind: Kind,
+    /// Also issue the first challenge when the flow starts at a card step (the queries and
+    /// the logins): the answer's `challenge` then saves the `POST /flows/{id}/challenge`
+    /// request. It counts against the same per-client limit as that request.
+    #[serde(default)]
+    pub challenge: bool,
 }
 
 /// A flow and the step it waits for: `terms`, `org_card`, `new_org_card`, `admin_card`,
@@ -71,6 +76,10 @@ pub struct FlowState {
     pub kind: String,
     #[schema(example = "terms")]
     pub step: String,
+    /// The first step's challenge, when the start asked for it and the flow starts at a card
+    /// step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<ChallengeView>,
 }
 
 fn state_of(flow: &Flow) -> FlowState {
@@ -78,6 +87,7 @@ fn state_of(flow: &Flow) -> FlowState {
         id: flow.id.clone(),
         kind: flow.kind.as_str().into(),
         step: flow.step.as_str().into(),
+        challenge: None,
     }
 }
 
@@ -335,30 +345,62 @@ async fn owned_flow(state: &AppState, id: &str, session: &str) -> Result<Flow, R
     post, path = "/api/v1/flows", operation_id = "start_flow", tag = "flows",
     request_body = StartFlow,
     responses(
-        (status = 201, description = "Started; the first step is `terms` (F1, F3) or a card step", body = FlowState),
+        (status = 201, description = "Started; the first step is `terms` (F1, F3) or a card step, whose challenge comes with it when asked for", body = FlowState),
         (status = 400, description = "bad_request: malformed JSON or unknown kind", body = ApiError),
         (status = 401, description = "unauthorized", body = ApiError),
         (status = 403, description = "csrf (cookie requests only)", body = ApiError),
-        (status = 429, description = "too_many_flows: the session holds as many flows as it may", body = ApiError),
+        (status = 429, description = "too_many_flows: the session holds as many flows as it may; rate_limited: challenges per client address (with `challenge`)", body = ApiError),
     ),
     security(("bearer" = []))
 )]
 pub(super) async fn start(
     State(state): State<AppState>,
     caller: Caller,
+    ClientAddr(addr): ClientAddr,
     ApiJson(body): ApiJson<StartFlow>,
 ) -> Response {
+    let max = state.config().limits.flows_per_session;
+    let kind = body.kind.domain();
+    if !body.challenge {
+        return match state.svc().start_flow_capped(kind, caller.id(), max).await {
+            Ok(flow) => (StatusCode::CREATED, Json(state_of(&flow))).into_response(),
+            Err(e) => api(&e),
+        };
+    }
+    // The challenge counts as `POST /flows/{id}/challenge` does; refused, nothing starts.
+    if kind.steps().first().is_some_and(|s| s.is_card_step()) && !challenge_allowed(&state, addr) {
+        return rate_limited();
+    }
     match state
         .svc()
-        .start_flow_capped(
-            body.kind.domain(),
-            caller.id(),
-            state.config().limits.flows_per_session,
-        )
+        .start_flow_with_challenge(kind, caller.id(), max)
         .await
     {
-        Ok(flow) => (StatusCode::CREATED, Json(state_of(&flow))).into_response(),
+        Ok((flow, challenge)) => {
+            let view = FlowState {
+                challenge: challenge.map(|c| challenge_view(&c)),
+                ..state_of(&flow)
+            };
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
         Err(e) => api(&e),
+    }
+}
+
+/// One more challenge for this client, within `card_steps_per_client` (whichever door).
+fn challenge_allowed(state: &AppState, addr: Option<std::net::IpAddr>) -> bool {
+    state.limiter().hit(
+        LimitKey::client(Bucket::CardStep, addr),
+        state.config().limits.card_steps_per_client,
+        state.now(),
+    )
+}
+
+fn challenge_view(c: &domain::service::IssuedChallenge) -> ChallengeView {
+    ChallengeView {
+        challenge_id: c.id.clone(),
+        tbs: c.tbs.clone(),
+        expires_at: rfc3339(c.expires_at),
     }
 }
 
@@ -450,20 +492,11 @@ pub(super) async fn challenge(
     ApiPath(id): ApiPath<String>,
 ) -> Response {
     // Same key as the pages' card steps: one budget per client, whichever door it uses.
-    if !state.limiter().hit(
-        LimitKey::client(Bucket::CardStep, addr),
-        state.config().limits.card_steps_per_client,
-        state.now(),
-    ) {
+    if !challenge_allowed(&state, addr) {
         return rate_limited();
     }
     match state.svc().issue_challenge(&id, caller.id()).await {
-        Ok(c) => Json(ChallengeView {
-            challenge_id: c.id,
-            tbs: c.tbs,
-            expires_at: rfc3339(c.expires_at),
-        })
-        .into_response(),
+        Ok(c) => Json(challenge_view(&c)).into_response(),
         Err(e) => api(&e),
     }
 }

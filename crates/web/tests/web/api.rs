@@ -1073,6 +1073,85 @@ async fn r4_2_organization_oid_query() {
     }
 }
 
+/// A start that asks for its challenge gets the first card step's challenge with the flow. It
+/// is a challenge like any other: it proves the step once; a flow that starts at the terms
+/// gets none; and it counts against the per-client challenge limit, refused with nothing
+/// started.
+#[tokio::test]
+async fn a_start_can_bring_its_first_challenge() {
+    for b in backends() {
+        let limits = web::security::Limits {
+            card_steps_per_client: 2,
+            flows_per_session: 5,
+            ..Default::default()
+        };
+        let config = web::WebConfig {
+            limits,
+            ..Default::default()
+        };
+        let mut api = Api::with(b, config).await;
+        let t = api.session().await;
+        let start = |kind: &str, challenge: bool| json!({ "kind": kind, "challenge": challenge });
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("query_citizen_serial", true))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        assert_eq!(v["step"], "query_citizen_card");
+        let flow = v["id"].as_str().unwrap().to_string();
+        let challenge = v["challenge"]["challenge_id"].as_str().unwrap().to_string();
+        let tbs = v["challenge"]["tbs"].as_str().unwrap().to_string();
+        assert!(v["challenge"]["expires_at"].is_string(), "{v}");
+        let signature = api.app.sign("moica-operator-1", &tbs);
+        let id = json!({ "national_id": id_of("moica-operator-1") });
+        let (status, v) = api
+            .submit(&t, &flow, &challenge, &signature, id.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["outcome"], "citizen_serial", "{v}");
+        // Once only, and for its own flow only.
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("query_citizen_serial", false))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        assert!(v.get("challenge").is_none(), "not asked for: {v}");
+        let other = v["id"].as_str().unwrap().to_string();
+        for f in [&flow, &other] {
+            let (status, v) = api.submit(&t, f, &challenge, &signature, id.clone()).await;
+            assert!(status.is_client_error(), "{f}: {status} {v}");
+        }
+        // A flow that starts at the terms: no challenge, nothing counted.
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("first_registration", true))
+            .await;
+        assert_eq!((status, &v["step"]), (StatusCode::CREATED, &json!("terms")));
+        assert!(v.get("challenge").is_none(), "{v}");
+        // The limit: the second challenge is the last; the third start is refused and starts
+        // nothing (the session still has room for exactly one more flow).
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("operator_login", true))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("query_org_oid", true))
+            .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::TOO_MANY_REQUESTS, &json!("rate_limited"))
+        );
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("query_org_oid", false))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let (status, v) = api
+            .post(&t, "/api/v1/flows", start("query_org_oid", false))
+            .await;
+        assert_eq!(
+            (status, &v["code"]),
+            (StatusCode::TOO_MANY_REQUESTS, &json!("too_many_flows"))
+        );
+    }
+}
+
 #[tokio::test]
 async fn r4_3_citizen_serial_query() {
     for b in backends() {
