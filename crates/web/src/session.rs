@@ -111,7 +111,7 @@ pub struct ReviewerSession {
 }
 
 /// The session of the current request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     /// The key the store, flows and challenges know this session by (`session_key` of
     /// the token); the token itself is only ever in the cookie or the bearer header.
@@ -140,6 +140,23 @@ pub struct Session {
     touched_at: OffsetDateTime,
     /// A login's commit stored this session under a fresh id: the response sets the cookie.
     cookie_due: bool,
+}
+
+/// Without the token (the cookie value or bearer token) and the CSRF token: a log line or a
+/// panic message never carries a credential.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, code) = kind_of(&self.data);
+        f.debug_struct("Session")
+            .field("kind", &kind)
+            .field("code", &code)
+            .field("bearer", &self.bearer)
+            .field("new", &self.new)
+            .field("dirty", &self.dirty)
+            .field("ended", &self.ended)
+            .field("version", &self.loaded.as_ref().map(|(_, v)| *v))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -677,4 +694,40 @@ pub async fn end_revoked_sessions(
         db.append_audit(&event).await?;
     }
     Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_printed_for_a_log_shows_no_credential() {
+        let token = crate::security::random_token();
+        let csrf = crate::security::random_token();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let session = Session {
+            id: session_key(&token),
+            token: token.clone(),
+            data: SessionData {
+                csrf: csrf.clone(),
+                ..Default::default()
+            },
+            created_at: now,
+            bearer: true,
+            lost: false,
+            dirty: false,
+            new: true,
+            ended: false,
+            admin_dropped: false,
+            superseded: false,
+            loaded: None,
+            touched_at: now,
+            cookie_due: false,
+        };
+        let printed = format!("{session:?} {:#?}", session.clone());
+        assert!(printed.contains("anonymous"), "{printed}");
+        for secret in [&token, &csrf, &session.id] {
+            assert!(!printed.contains(secret.as_str()), "{printed}");
+        }
+    }
 }
