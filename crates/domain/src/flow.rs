@@ -65,6 +65,11 @@ impl FlowKind {
         Self::ReviewerLogin,
     ];
 
+    /// The step a new flow of this kind waits at.
+    pub fn first_step(self) -> Step {
+        self.steps()[0]
+    }
+
     /// The steps in order. `Done` is implicit after the last.
     pub fn steps(self) -> &'static [Step] {
         use Step::*;
@@ -203,7 +208,7 @@ impl Flow {
             id,
             kind,
             session: session.to_string(),
-            step: kind.steps()[0],
+            step: kind.first_step(),
             data: FlowData::default(),
             created_at: now,
             touched_at: now,

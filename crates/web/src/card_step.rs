@@ -116,16 +116,17 @@ pub(crate) async fn submit(
             state.now(),
         );
     }
-    let result = match attempt.result {
-        Ok(StepOutcome::Reviewer(_)) if door == Door::Api => Err(DomainError::Forbidden),
-        other => other,
-    };
-    let outcome = result.as_ref().map_or_else(DomainError::code, |_| "ok");
+    let outcome = attempt
+        .result
+        .as_ref()
+        .map_or_else(DomainError::code, |_| "ok");
     state.metrics().card_step(kind, step, outcome);
-    let outcome = result.map_err(|e| CardFailure::Refused(Box::new(flow.clone()), e))?;
+    let outcome = attempt
+        .result
+        .map_err(|e| CardFailure::Refused(Box::new(flow.clone()), e))?;
     // The session as the login's commit left it; one the commit could not write (changed
     // meanwhile by another request) is saved after the request as any other, merged.
-    if let Some(role) = role_of(&outcome, door) {
+    if let Some(role) = role_of(&outcome) {
         let written = login.after.lock().unwrap_or_else(|e| e.into_inner()).take();
         debug_assert!(written.is_some(), "a login that did not write its session");
         let (after, saved) =
@@ -172,13 +173,13 @@ pub(crate) async fn submit(
     })
 }
 
-/// The one role a login outcome gives the session through `door` (a session holds one role:
-/// the grants of the others go).
-fn role_of(outcome: &StepOutcome, door: Door) -> Option<Role> {
+/// The one role a login outcome gives the session (a session holds one role: the grants of
+/// the others go).
+fn role_of(outcome: &StepOutcome) -> Option<Role> {
     match outcome {
         StepOutcome::Admin(grant) => Some(Role::Admin(grant.clone())),
         StepOutcome::Operator(grant) => Some(Role::Operator(grant.clone())),
-        StepOutcome::Reviewer(r) if door == Door::Pages => Some(Role::Reviewer(ReviewerSession {
+        StepOutcome::Reviewer(r) => Some(Role::Reviewer(ReviewerSession {
             id: r.id,
             name: r.name.clone(),
             section: r.section,
@@ -214,7 +215,7 @@ impl LoginSession for LoginWrite {
         if matches!(outcome, StepOutcome::Reviewer(_)) && self.door == Door::Api {
             return Err(DomainError::Forbidden);
         }
-        let Some(role) = role_of(outcome, self.door) else {
+        let Some(role) = role_of(outcome) else {
             return Ok(None);
         };
         let (after, write) = self.before.logged_in(role, self.now);

@@ -9,7 +9,9 @@ use domain::Result;
 use domain::calendar::BusinessCalendar;
 use domain::clock::FixedClock;
 use domain::flow::{Flow, FlowKind};
-use domain::service::{CardStepInput, ContactInput, ServiceConfig, Services, StepOutcome};
+use domain::service::{
+    CardStepInput, ContactInput, LoginSession, ServiceConfig, Services, StepOutcome,
+};
 use pki::validate::Validator;
 use std::sync::{Arc, OnceLock};
 use testpki::{TestPki, TestPkiOptions};
@@ -97,6 +99,18 @@ pub async fn card_step(
     code: Option<&str>,
     id: Option<&str>,
 ) -> Result<StepOutcome> {
+    card_step_as(svc, flow, card, code, id, None).await
+}
+
+/// [`card_step`] for a caller whose session a login gives its role.
+pub async fn card_step_as(
+    svc: &Svc,
+    flow: &str,
+    card: &str,
+    code: Option<&str>,
+    id: Option<&str>,
+    login_session: Option<Arc<dyn LoginSession>>,
+) -> Result<StepOutcome> {
     let ch = svc.issue_challenge(flow, SESSION).await?;
     svc.submit_card(CardStepInput {
         flow_id: flow.into(),
@@ -107,7 +121,7 @@ pub async fn card_step(
         institution_code: code.map(Into::into),
         national_id: id.map(Into::into),
         client: Some("127.0.0.1".into()),
-        login_session: None,
+        login_session,
     })
     .await
 }

@@ -1234,19 +1234,9 @@ async fn r5_1_a_login_writes_its_session_only_when_granted() {
                     .start_flow(FlowKind::OperatorLogin, SESSION)
                     .await
                     .unwrap();
-                let ch = svc.issue_challenge(&flow.id, SESSION).await.unwrap();
-                let result = svc
-                    .submit_card(domain::service::CardStepInput {
-                        flow_id: flow.id.clone(),
-                        session: SESSION.into(),
-                        challenge_id: ch.id,
-                        signature: cms(card, &ch.tbs),
-                        institution_code: Some(TAIPEI.into()),
-                        national_id: Some(id),
-                        login_session: Some(recorder.clone()),
-                        ..Default::default()
-                    })
-                    .await;
+                let hook: std::sync::Arc<dyn domain::service::LoginSession> = recorder.clone();
+                let result =
+                    card_step_as(svc, &flow.id, card, Some(TAIPEI), Some(&id), Some(hook)).await;
                 let step = svc.session_flow(&flow.id, SESSION).await.unwrap().step;
                 let writes = recorder.writes.lock().unwrap().len();
                 let saved = recorder.saved.lock().unwrap().clone();

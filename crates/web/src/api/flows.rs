@@ -361,21 +361,21 @@ pub(super) async fn start(
 ) -> Response {
     let max = state.config().limits.flows_per_session;
     let kind = body.kind.domain();
-    if !body.challenge {
-        return match state.svc().start_flow_capped(kind, caller.id(), max).await {
-            Ok(flow) => (StatusCode::CREATED, Json(state_of(&flow))).into_response(),
-            Err(e) => api(&e),
-        };
-    }
     // The challenge counts as `POST /flows/{id}/challenge` does; refused, nothing starts.
-    if kind.steps().first().is_some_and(|s| s.is_card_step()) && !challenge_allowed(&state, addr) {
+    let with_challenge = body.challenge && kind.first_step().is_card_step();
+    if with_challenge && !challenge_allowed(&state, addr) {
         return rate_limited();
     }
-    match state
-        .svc()
-        .start_flow_with_challenge(kind, caller.id(), max)
-        .await
-    {
+    let started = if with_challenge {
+        state
+            .svc()
+            .start_flow_with_challenge(kind, caller.id(), max)
+            .await
+    } else {
+        let flow = state.svc().start_flow_capped(kind, caller.id(), max).await;
+        flow.map(|f| (f, None))
+    };
+    match started {
         Ok((flow, challenge)) => {
             let view = FlowState {
                 challenge: challenge.map(|c| challenge_view(&c)),

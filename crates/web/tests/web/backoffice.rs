@@ -110,14 +110,7 @@ async fn r6_1_reviewer_login_by_citizen_card() {
         "no agency menu"
     );
     // Every queue view is audited.
-    let events = app
-        .db
-        .audit_search(&store::AuditFilter {
-            limit: 200,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = app.audit().await;
     assert!(
         events
             .iter()
@@ -484,14 +477,7 @@ async fn r6_3_search_by_code_serial_date_and_outcome_is_audited() {
         "{html}"
     );
 
-    let events = app
-        .db
-        .audit_search(&store::AuditFilter {
-            limit: 200,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = app.audit().await;
     let searches = events
         .iter()
         .filter(|(_, e)| e.action == "backoffice.search" && e.detail["view"] == "search")
@@ -630,14 +616,7 @@ async fn a_reviewer_card_through_the_api_gives_the_session_no_role() {
     // refusal, not a login.
     let stored = app.db.flow(&flow).await.unwrap().unwrap();
     assert_eq!(stored.step, domain::flow::Step::ReviewerCard);
-    let events = app
-        .db
-        .audit_search(&store::AuditFilter {
-            limit: 200,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = app.audit().await;
     let actions: Vec<_> = events
         .iter()
         .map(|(_, e)| (e.action.as_str(), e.outcome.as_str()))

@@ -62,6 +62,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The newest 200 audit events with their sequence numbers, newest first.
+    pub async fn audit(&self) -> Vec<(i64, domain::model::AuditEvent)> {
+        self.db
+            .audit_search(&store::AuditFilter {
+                limit: 200,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
     /// The card of that name this app's proofs are made with.
     pub fn card(&self, name: &str) -> &testpki::Card {
         self.cards.get(name).unwrap_or_else(|| pki().card(name))

@@ -10,7 +10,6 @@
 use super::{Api, refused};
 use crate::helpers::*;
 use axum::http::StatusCode;
-use domain::store::Store as _;
 use pki::online::{CrlSource, RevocationPolicy, RevocationSettings, Transports};
 use pki::revocation::CrlStore;
 use std::collections::HashMap;
@@ -204,13 +203,8 @@ async fn holds(api: &mut Api, admin: &str, operators: &[&str]) {
 /// The `session.end` events the sweep recorded.
 async fn ends(api: &Api) -> Vec<serde_json::Value> {
     api.app
-        .db
-        .audit_search(&store::AuditFilter {
-            limit: 200,
-            ..Default::default()
-        })
+        .audit()
         .await
-        .unwrap()
         .into_iter()
         .filter(|(_, e)| e.action == "session.end")
         .map(|(_, e)| e.detail)

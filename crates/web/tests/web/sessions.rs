@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
-use domain::store::Store as _;
 use serde_json::json;
 use std::sync::Arc;
 use testpki::CaKind;
@@ -193,15 +192,7 @@ async fn an_administrator_session_ends_when_a_card_it_rests_on_is_revoked() {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         );
-        let events = api
-            .app
-            .db
-            .audit_search(&store::AuditFilter {
-                limit: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let events = api.app.audit().await;
         assert!(
             events.iter().any(
                 |(_, e)| e.action == "session.end" && e.detail["certificate"] == "organization"
