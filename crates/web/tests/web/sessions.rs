@@ -1,6 +1,7 @@
 //! Sessions under revocation, logout, login and concurrent requests: a session ended in the
-//! store stays ended whatever requests were in flight, a session holds one role, an
-//! administrator's session ends with a revoked card, and the table holds no usable id.
+//! store stays ended whatever requests were in flight (a login among them), a session holds
+//! one role, an administrator's session ends with a revoked card, and the table holds no
+//! usable id.
 //!
 //! A child of `api` so that it drives the service with the same API client. Requests "in
 //! flight" are held inside a handler by barriers, never by sleeps.
@@ -507,5 +508,136 @@ async fn a_revoked_card_is_refused_on_its_next_use_before_any_sweep() {
         let (s, v) = api.get(&admin, "/api/v1/operators").await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert_eq!(v["code"], "cert_revoked");
+    }
+}
+
+/// An online status check that, once armed, holds the next proof inside its verification:
+/// after the challenge is spent and before the step's commit.
+struct HeldCheck {
+    armed: std::sync::atomic::AtomicBool,
+    arrived: std::sync::Barrier,
+    release: std::sync::Barrier,
+}
+
+impl HeldCheck {
+    fn new() -> Self {
+        Self {
+            armed: false.into(),
+            arrived: std::sync::Barrier::new(2),
+            release: std::sync::Barrier::new(2),
+        }
+    }
+
+    /// Waits (off the runtime) until the armed check holds a proof.
+    async fn wait_arrived(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.arrived.wait())
+            .await
+            .unwrap();
+    }
+
+    async fn release(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.release.wait())
+            .await
+            .unwrap();
+    }
+}
+
+impl pki::validate::OnlineStatus for HeldCheck {
+    fn check(
+        &self,
+        _cert: &pki::facts::ParsedCert,
+        _issuer: &pki::facts::ParsedCert,
+        _now: time::OffsetDateTime,
+    ) -> pki::error::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.arrived.wait();
+            self.release.wait();
+        }
+        Ok(())
+    }
+}
+
+/// An operator's login whose session is logged out while its card is being checked: the
+/// login is refused, the session stays ended, and no role is written anywhere; the same login
+/// left alone goes through (so it is the logout that refuses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_session_logs_out_meanwhile_is_refused_and_grants_nothing() {
+    for b in backends() {
+        let hold = Arc::new(HeldCheck::new());
+        let validator = testkit::validator(pki(), NOW).with_online(hold.clone());
+        let app = TestApp::with_validator(b, web::WebConfig::default(), Arc::new(validator)).await;
+        let mut api = Api { app };
+        api.register(TAIPEI, "gca-agency", "moica-admin").await;
+        let admin = api.admin_login(TAIPEI, "gca-agency", "moica-admin").await;
+        api.add_operator(&admin, "moica-operator-1", &["enroll"])
+            .await;
+
+        for logout in [true, false] {
+            let t = api.session().await;
+            let flow = api.start(&t, "operator_login").await;
+            let (challenge_id, tbs) = api.challenge(&t, &flow).await;
+            let body = json!({
+                "challenge_id": challenge_id,
+                "signature": api.app.sign("moica-operator-1", &tbs),
+                "institution_code": TAIPEI,
+                "national_id": id_of("moica-operator-1"),
+            });
+            let req = Request::post(format!("/api/v1/flows/{flow}/card"))
+                .header(header::AUTHORIZATION, format!("Bearer {t}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            hold.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+            let in_flight = tokio::spawn(api.app.router.clone().oneshot(req));
+            hold.wait_arrived().await;
+            if logout {
+                let (s, _) = api
+                    .call(
+                        axum::http::Method::DELETE,
+                        "/api/v1/sessions/current",
+                        Some(&t),
+                        None,
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::NO_CONTENT);
+            }
+            hold.release().await;
+            let res = in_flight.await.unwrap().unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let logins = api
+                .app
+                .audit()
+                .await
+                .into_iter()
+                .filter(|(_, e)| e.action == "operator.login" && e.outcome == "ok")
+                .count();
+            let stored = api
+                .app
+                .db
+                .session_get(&store::session_key(&t), NOW)
+                .await
+                .unwrap();
+            if logout {
+                refused((status, v), StatusCode::NOT_FOUND, "flow_not_found");
+                assert!(stored.is_none(), "{stored:?}");
+                refused(
+                    api.get(&t, "/api/v1/session").await,
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                );
+                assert_eq!(logins, 0, "no login is logged");
+            } else {
+                assert_eq!(status, StatusCode::OK, "{v}");
+                assert_eq!(v["outcome"], "operator", "{v}");
+                assert_eq!(stored.expect("the session").kind, "operator");
+                assert_eq!(logins, 1);
+            }
+        }
     }
 }
