@@ -556,6 +556,105 @@ fn postgres_cpu() -> u64 {
     ticks * 10_000_000
 }
 
+/// The whole machine's CPU time (ticks): (idle, including waiting on a disk; all), from the
+/// `cpu` line of `/proc/stat`.
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, all)
+}
+
+/// What the bench database's PostgreSQL backends were doing, sampled from
+/// `pg_stat_activity` every [`WAIT_SAMPLE`] while a case is measured: counts per state.
+#[derive(Default)]
+struct DbWaits {
+    samples: u64,
+    /// Executing (no wait event).
+    running: u64,
+    /// Inside a transaction, waiting for the service's next statement.
+    service_in_tx: u64,
+    /// Outside a transaction, waiting for the service (a connection between statements or
+    /// idle in the pool).
+    service_idle: u64,
+    /// Flushing or waiting to flush the WAL (a commit's `fsync`).
+    wal: u64,
+    /// Waiting for another transaction's row lock.
+    lock: u64,
+    other: u64,
+}
+
+const WAIT_SAMPLE: StdDuration = StdDuration::from_millis(20);
+
+impl DbWaits {
+    async fn sample_until(url: &str, end: Instant) -> Self {
+        use sqlx::Connection as _;
+        let mut waits = Self::default();
+        let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+            return waits;
+        };
+        let db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_default();
+        while Instant::now() < end {
+            let rows: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT state, wait_event_type, wait_event FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            )
+            .bind(&db)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+            for (state, kind, event) in rows {
+                waits.samples += 1;
+                let (state, kind, event) = (
+                    state.unwrap_or_default(),
+                    kind.unwrap_or_default(),
+                    event.unwrap_or_default(),
+                );
+                match (kind.as_str(), event.as_str()) {
+                    ("", _) => waits.running += 1,
+                    ("Client", "ClientRead") if state == "idle" => waits.service_idle += 1,
+                    ("Client", "ClientRead") => waits.service_in_tx += 1,
+                    ("IO", "WALSync" | "WALWrite") | ("LWLock", "WALWrite" | "WALInsert") => {
+                        waits.wal += 1
+                    }
+                    ("Lock", _) => waits.lock += 1,
+                    _ => waits.other += 1,
+                }
+            }
+            tokio::time::sleep(WAIT_SAMPLE).await;
+        }
+        let _ = conn.close().await;
+        waits
+    }
+
+    fn line(&self) -> String {
+        let pc = |n: u64| 100.0 * n as f64 / self.samples.max(1) as f64;
+        format!(
+            "running {:.0}%, waiting for the service {:.0}% (in a transaction {:.0}%), WAL \
+             flush {:.0}%, row locks {:.0}%, other {:.0}% ({} samples)",
+            pc(self.running),
+            pc(self.service_idle + self.service_in_tx),
+            pc(self.service_in_tx),
+            pc(self.wal),
+            pc(self.lock),
+            pc(self.other),
+            self.samples
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // One backend
 
@@ -576,6 +675,10 @@ struct Row {
     /// The database server's processes on this host (PostgreSQL); `None` for SQLite, which
     /// runs inside the service.
     db_cpu_per_step: Option<StdDuration>,
+    /// The machine's idle share while measuring (waiting on a disk counts as idle).
+    idle: f64,
+    /// What the database's backends were doing (PostgreSQL).
+    db_waits: Option<DbWaits>,
     errors: usize,
     first_error: Option<String>,
 }
@@ -597,7 +700,7 @@ async fn run_case(
     case: Case,
     card: Arc<Card>,
     clients: usize,
-    backend: Backend,
+    fresh: &FreshDb,
 ) -> Row {
     let begin = Instant::now();
     let measure_from = begin + WARM_UP;
@@ -606,10 +709,14 @@ async fn run_case(
         .map(|_| tokio::spawn(client(addr, case, card.clone(), measure_from, end)))
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
-    let pg = backend == Backend::Postgres;
-    let (cpu_from, db_from) = (cpu_split(), pg.then(postgres_cpu));
+    let pg = fresh.backend() == Backend::Postgres;
+    let (cpu_from, db_from, idle_from) = (cpu_split(), pg.then(postgres_cpu), machine_cpu());
+    let db_waits = match pg {
+        true => Some(DbWaits::sample_until(&fresh.url, end).await),
+        false => None,
+    };
     tokio::time::sleep_until(end.into()).await;
-    let (cpu_to, db_to) = (cpu_split(), pg.then(postgres_cpu));
+    let (cpu_to, db_to, idle_to) = (cpu_split(), pg.then(postgres_cpu), machine_cpu());
     let mut all = ClientResult::default();
     for t in tasks {
         let r = t.await.expect("client task");
@@ -645,6 +752,9 @@ async fn run_case(
         db_cpu_per_step: db_from
             .zip(db_to)
             .map(|(from, to)| per_step(to.saturating_sub(from), steps)),
+        idle: idle_to.0.saturating_sub(idle_from.0) as f64
+            / idle_to.1.saturating_sub(idle_from.1).max(1) as f64,
+        db_waits,
         errors: all.errors,
         first_error: all.first_error,
     }
@@ -809,13 +919,7 @@ fn run_backend(
         let card = Arc::new(Card::of(pki, case.card()));
         for clients in clients_measured() {
             eprintln!("{label}: {} with {clients} client(s)...", case.name());
-            let row = client_rt.block_on(run_case(
-                server.addr,
-                case,
-                card.clone(),
-                clients,
-                fresh.backend(),
-            ));
+            let row = client_rt.block_on(run_case(server.addr, case, card.clone(), clients, fresh));
             if let Some(e) = &row.first_error {
                 eprintln!("  {} error(s), the first: {e}", row.errors);
             }
@@ -830,7 +934,7 @@ fn run_backend(
 
     out.push(format!("{label}:"));
     out.push(format!(
-        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>6}",
+        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>5} {:>6}",
         "case",
         "clients",
         "steps",
@@ -844,13 +948,14 @@ fn run_backend(
         "srv CPU",
         "cli CPU",
         "db CPU",
+        "idle",
         "errors"
     ));
-    out.push("-".repeat(134));
+    out.push("-".repeat(140));
     for r in &rows {
         let ms = |d: StdDuration| d.as_secs_f64() * 1e3;
         out.push(format!(
-            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>7} {:>6}",
+            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>7} {:>4.0}% {:>6}",
             r.case.name(),
             r.clients,
             r.steps,
@@ -865,8 +970,19 @@ fn run_backend(
             ms(r.client_cpu_per_step),
             r.db_cpu_per_step
                 .map_or_else(|| "-".to_string(), |d| format!("{:.2}", ms(d))),
+            100.0 * r.idle,
             r.errors
         ));
+    }
+    for r in &rows {
+        if let Some(w) = &r.db_waits {
+            out.push(format!(
+                "  {} @{}: backends {}",
+                r.case.name(),
+                r.clients,
+                w.line()
+            ));
+        }
     }
     out.push(String::new());
     (rows.len(), rows.iter().map(|r| r.errors).sum())
@@ -985,7 +1101,14 @@ fn main() {
     println!(
         "srv CPU / cli CPU / db CPU: ms of CPU per step on the service's threads (runtime, \
          blocking threads), on the clients' (mostly signing), and in this host's PostgreSQL \
-         processes (SQLite runs inside the service)"
+         processes (SQLite runs inside the service); idle: the machine's idle CPU while measuring \
+         (waiting on a disk counts as idle), above zero when a case is bound by latency rather \
+         than by the cores"
+    );
+    println!(
+        "backends (PostgreSQL): what the bench database's backends were doing, sampled from \
+         pg_stat_activity every {} ms while measuring",
+        WAIT_SAMPLE.as_millis()
     );
     println!();
     for (alg, rate) in verify {
