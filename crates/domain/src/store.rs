@@ -163,12 +163,14 @@ pub trait Store: Send + Sync {
     fn flow(&self, id: &str) -> impl Future<Output = Result<Option<Flow>>> + Send;
     /// Inserts `flow` unless its session already holds `max` flows touched after `live_since`
     /// (`TooManyFlows`): counted and inserted as one step, so concurrent starts of one session
-    /// never pass the cap together.
+    /// never pass the cap together. `challenge`, the flow's first, is inserted with it or not
+    /// at all.
     fn insert_flow_capped(
         &self,
         flow: &Flow,
         max: u64,
         live_since: OffsetDateTime,
+        challenge: Option<&StoredChallenge>,
     ) -> impl Future<Output = Result<()>> + Send;
     fn insert_challenge(
         &self,
@@ -487,8 +489,10 @@ macro_rules! erased_backend {
         )*
     };
     (@ty $l:lifetime ref $ty:ty) => { &$l $ty };
+    (@ty $l:lifetime opt $ty:ty) => { Option<&$l $ty> };
     (@ty $l:lifetime val $ty:ty) => { $ty };
     (@ty ref $ty:ty) => { &$ty };
+    (@ty opt $ty:ty) => { Option<&$ty> };
     (@ty val $ty:ty) => { $ty };
 }
 
@@ -502,7 +506,7 @@ erased_backend! {
         fn upsert_agencies(ref agencies: [Agency]) -> u64;
         fn insert_flow(ref flow: Flow) -> ();
         fn flow(ref id: str) -> Option<Flow>;
-        fn insert_flow_capped(ref flow: Flow, val max: u64, val live_since: OffsetDateTime) -> ();
+        fn insert_flow_capped(ref flow: Flow, val max: u64, val live_since: OffsetDateTime, opt challenge: StoredChallenge) -> ();
         fn insert_challenge(ref challenge: StoredChallenge) -> ();
         fn consume_challenge(ref id: str, val now: OffsetDateTime) -> StoredChallenge;
         fn commit(val commit: Commit) -> Committed;

@@ -431,8 +431,9 @@ impl Store for Db {
         flow: &Flow,
         max: u64,
         live_since: OffsetDateTime,
+        challenge: Option<&StoredChallenge>,
     ) -> Result<()> {
-        write_dispatch!(self, ops, p => ops::insert_flow_capped(p, &self.secrets, flow, max, live_since).await)
+        write_dispatch!(self, ops, p => ops::insert_flow_capped(p, &self.secrets, flow, max, live_since, challenge).await)
     }
 
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {

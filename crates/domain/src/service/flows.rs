@@ -27,12 +27,22 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// within the idle limit; expired ones wait for the sweep but no longer count); else
     /// [`DomainError::TooManyFlows`].
     pub async fn start_flow_capped(&self, kind: FlowKind, session: &str, max: u32) -> Result<Flow> {
-        let now = self.clock.now();
-        let flow = Flow::new(random_id(), kind, session, now);
-        self.store
-            .insert_flow_capped(&flow, u64::from(max), now - crate::flow::FLOW_IDLE_LIMIT)
-            .await?;
+        let flow = Flow::new(random_id(), kind, session, self.clock.now());
+        self.insert_capped(&flow, max, None).await?;
         Ok(flow)
+    }
+
+    /// Stores a new `flow` (and its first challenge) within the session's cap of `max`.
+    async fn insert_capped(
+        &self,
+        flow: &Flow,
+        max: u32,
+        challenge: Option<&StoredChallenge>,
+    ) -> Result<()> {
+        let live_since = flow.created_at - crate::flow::FLOW_IDLE_LIMIT;
+        self.store
+            .insert_flow_capped(flow, u64::from(max), live_since, challenge)
+            .await
     }
 
     pub(super) async fn load_flow(&self, id: &str, session: &str, step: Step) -> Result<Flow> {
@@ -81,35 +91,43 @@ impl<S: Store, C: Clock> Services<S, C> {
     }
 
     /// [`Services::start_flow_capped`], and for a flow that starts at a card step (the
-    /// queries, the logins) its first challenge too: one request fewer for the caller, and
-    /// no read of the flow just written.
+    /// queries, the logins) its first challenge too, stored with the flow or not at all: one
+    /// request fewer for the caller, no read of the flow just written, and one write.
     pub async fn start_flow_with_challenge(
         &self,
         kind: FlowKind,
         session: &str,
         max: u32,
     ) -> Result<(Flow, Option<IssuedChallenge>)> {
-        let flow = self.start_flow_capped(kind, session, max).await?;
+        let flow = Flow::new(random_id(), kind, session, self.clock.now());
         if !flow.step.is_card_step() {
+            self.insert_capped(&flow, max, None).await?;
             return Ok((flow, None));
         }
-        let challenge = self.challenge_for(&flow).await?;
-        Ok((flow, Some(challenge)))
+        let (stored, issued) = self.new_challenge(&flow)?;
+        self.insert_capped(&flow, max, Some(&stored)).await?;
+        Ok((flow, Some(issued)))
     }
 
     /// A challenge for the card step `flow` waits at, for the flow's session (the caller has
     /// checked that it is the requester's).
     async fn challenge_for(&self, flow: &Flow) -> Result<IssuedChallenge> {
+        let (stored, issued) = self.new_challenge(flow)?;
+        self.store.insert_challenge(&stored).await?;
+        Ok(issued)
+    }
+
+    /// A new challenge for the card step `flow` waits at: as stored, and as the caller gets it.
+    fn new_challenge(&self, flow: &Flow) -> Result<(StoredChallenge, IssuedChallenge)> {
         if !flow.step.is_card_step() {
             return Err(DomainError::WrongStep);
         }
-        let now = self.clock.now();
         let challenge = Challenge::new(
             flow.kind.as_str(),
             &self.config.origin,
             &flow.id,
             flow.step.as_str(),
-            now,
+            self.clock.now(),
         )?;
         let stored = StoredChallenge {
             id: random_id(),
@@ -122,11 +140,11 @@ impl<S: Store, C: Clock> Services<S, C> {
             issued_at: challenge.issued_at,
             expires_at: challenge.expires_at(),
         };
-        self.store.insert_challenge(&stored).await?;
-        Ok(IssuedChallenge {
-            id: stored.id,
+        let issued = IssuedChallenge {
+            id: stored.id.clone(),
             tbs: challenge.tbs(),
             expires_at: stored.expires_at,
-        })
+        };
+        Ok((stored, issued))
     }
 }

@@ -86,8 +86,16 @@ impl<S: Store + Clone + 'static> Store for Paused<S> {
     async fn flow(&self, id: &str) -> Result<Option<Flow>> {
         self.inner.flow(id).await
     }
-    async fn insert_flow_capped(&self, flow: &Flow, max: u64, since: OffsetDateTime) -> Result<()> {
-        self.inner.insert_flow_capped(flow, max, since).await
+    async fn insert_flow_capped(
+        &self,
+        flow: &Flow,
+        max: u64,
+        since: OffsetDateTime,
+        challenge: Option<&StoredChallenge>,
+    ) -> Result<()> {
+        self.inner
+            .insert_flow_capped(flow, max, since, challenge)
+            .await
     }
     async fn insert_challenge(&self, challenge: &StoredChallenge) -> Result<()> {
         self.inner.insert_challenge(challenge).await

@@ -268,7 +268,7 @@ async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
                 db.clone(),
                 Flow::new(id, FlowKind::QueryOrgOid, session, at),
             );
-            async move { db.insert_flow_capped(&flow, 2, T0).await }
+            async move { db.insert_flow_capped(&flow, 2, T0, None).await }
         };
         // Only flows touched after the cut-off count (it is exclusive).
         start("old".into(), "s-1", T0).await.unwrap();
@@ -305,6 +305,50 @@ async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
             t.count("SELECT COUNT(*) FROM flows WHERE session = 's-1'")
                 .await,
             3
+        );
+    })
+    .await;
+}
+
+/// A start that brings its first challenge stores both or neither: refused at the cap, or
+/// with a challenge naming another flow, it leaves no flow and no challenge behind.
+#[tokio::test]
+async fn a_flow_and_its_first_challenge_are_stored_together_or_not_at_all() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let at = |m| T0 + Duration::minutes(m);
+        let start = |id: &str, m, ch: Option<StoredChallenge>| {
+            let (db, flow) = (
+                db.clone(),
+                Flow::new(id.into(), FlowKind::QueryOrgOid, "session-1", at(m)),
+            );
+            async move { db.insert_flow_capped(&flow, 2, T0, ch.as_ref()).await }
+        };
+        start("f-1", 1, Some(challenge("ch-1", "f-1")))
+            .await
+            .unwrap();
+        let stored = db.consume_challenge("ch-1", at(2)).await.unwrap();
+        assert_eq!(stored, challenge("ch-1", "f-1"));
+        assert!(db.flow("f-1").await.unwrap().is_some());
+        // A challenge that names another flow: refused, and the flow is not stored either.
+        let e = start("f-2", 2, Some(challenge("ch-2", "no-such-flow")))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DomainError::FlowNotFound), "{e:?}");
+        assert!(db.flow("f-2").await.unwrap().is_none());
+        // At the cap (two live flows): neither the flow nor its challenge.
+        start("f-3", 3, None).await.unwrap();
+        assert_eq!(
+            start("f-4", 4, Some(challenge("ch-4", "f-4")))
+                .await
+                .unwrap_err(),
+            DomainError::TooManyFlows
+        );
+        assert!(db.flow("f-4").await.unwrap().is_none());
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM challenges WHERE id IN ('ch-2', 'ch-4')")
+                .await,
+            0
         );
     })
     .await;

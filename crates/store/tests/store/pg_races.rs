@@ -232,7 +232,7 @@ async fn flow_starts_of_one_session_wait_for_each_other_and_count_after_the_wait
         let start = |id: &str, at| {
             let flow = Flow::new(id.to_string(), FlowKind::QueryOrgOid, "s-1", at);
             let db = t.db.clone();
-            async move { db.insert_flow_capped(&flow, 2, T0).await }
+            async move { db.insert_flow_capped(&flow, 2, T0, None).await }
         };
         start("f-1", T0 + time::Duration::minutes(1)).await.unwrap();
         // The lock the starts of session s-1 take turns on, held from outside: every start
