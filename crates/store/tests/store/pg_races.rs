@@ -1,10 +1,12 @@
 //! PostgreSQL under contention: a held lock times out and the write is retried, concurrent
-//! calendar imports and key rotations take turns. Each race is lined up deterministically: a
+//! calendar imports and key rotations take turns, audit appends of two instances or queued
+//! behind the chain's head keep one whole chain. Each race is lined up deterministically: a
 //! connection outside the store holds the rows every contender needs, the test waits until
 //! the server shows them all waiting, and only then lets go.
 
 use crate::helpers::*;
 use domain::DomainError;
+use domain::model::AuditEvent;
 use domain::store::Store as _;
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
@@ -262,6 +264,81 @@ async fn flow_starts_of_one_session_wait_for_each_other_and_count_after_the_wait
             t.count("SELECT COUNT(*) FROM flows WHERE session = 's-1'")
                 .await,
             2
+        );
+    })
+    .await;
+}
+
+/// Two instances appending in turn, with an append the database refuses in between (its
+/// transaction rolled back after the row was hashed onto the head): one whole chain, every
+/// event once, in order.
+#[tokio::test]
+async fn two_instances_and_a_refused_append_leave_one_whole_audit_chain() {
+    on_postgres(|t| async move {
+        let a = &t.db;
+        let b = Db::connect(&t.url, &t.secrets).await.unwrap();
+        a.append_audit(&event("a-1")).await.unwrap();
+        a.append_audit(&event("a-2")).await.unwrap();
+        b.append_audit(&event("b-3")).await.unwrap();
+        a.append_audit(&event("a-4")).await.unwrap();
+        // A row hashed onto 4 that the database refuses (a NUL byte in text).
+        let refused = a
+            .commit(domain::store::Commit {
+                audit: vec![AuditEvent::new(T0, "sys\0tem", "refused", "ok")],
+                ..Default::default()
+            })
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        // Row 5 is B's, with another hash than the refused one.
+        b.append_audit(&event("b-5")).await.unwrap();
+        a.append_audit(&event("a-6")).await.unwrap();
+        b.append_audit(&event("b-7")).await.unwrap();
+        let report = a.verify_audit().await.unwrap();
+        assert_eq!(
+            (report.first_broken, report.events),
+            (None, 7),
+            "{report:?}"
+        );
+        assert_eq!(
+            t.texts("SELECT action FROM audit_log ORDER BY seq").await,
+            ["a-1", "a-2", "b-3", "a-4", "b-5", "a-6", "b-7"]
+        );
+        b.close().await;
+    })
+    .await;
+}
+
+/// Appends queued behind a transaction that holds the audit head all land, each once, in one
+/// whole chain, whatever order the database lets them in.
+#[tokio::test]
+async fn appends_queued_behind_the_audit_head_all_land_in_one_chain() {
+    on_postgres(|t| async move {
+        let db = t.db.clone();
+        db.append_audit(&event("first")).await.unwrap();
+        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
+        // As many as the pool has connections, so every one reaches the server and waits.
+        const QUEUED: i64 = 4;
+        let queued: Vec<_> = (0..QUEUED)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move { db.append_audit(&event(&format!("q-{i}"))).await })
+            })
+            .collect();
+        until_waiting(&t, QUEUED).await;
+        release(holder).await;
+        for q in queued {
+            q.await.unwrap().unwrap();
+        }
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!(
+            (report.first_broken, report.events),
+            (None, 5),
+            "{report:?}"
+        );
+        assert_eq!(
+            t.count("SELECT COUNT(DISTINCT action) FROM audit_log WHERE action LIKE 'q-%'")
+                .await,
+            QUEUED
         );
     })
     .await;
