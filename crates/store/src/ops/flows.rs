@@ -31,6 +31,13 @@ pub(crate) async fn insert_flow_capped(
     live_since: OffsetDateTime,
     challenge: Option<&StoredChallenge>,
 ) -> Result<()> {
+    if let Some(c) = challenge
+        && (c.flow_id != flow.id || c.session != flow.session || c.step != flow.step)
+    {
+        return Err(DomainError::Storage(
+            "a flow's first challenge must be for that flow, its session and its step".into(),
+        ));
+    }
     let f = FlowRow::new(flow, secrets)?;
     let (live_since, max) = (ts(live_since), i64::try_from(max).unwrap_or(i64::MAX));
     // One statement counts and inserts. SQLite's writers take turns, so no other write comes
@@ -43,7 +50,7 @@ pub(crate) async fn insert_flow_capped(
         flows WHERE session = $3 AND touched_at > $9) < $10";
     const CAPPED_FN: &str =
         "SELECT certreg_insert_flow_capped($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS ok";
-    const CAPPED_FN_WITH_CHALLENGE: &str = "WITH started AS (SELECT \
+    const CAPPED_FN_WITH_CHALLENGE: &str = "WITH started AS MATERIALIZED (SELECT \
         certreg_insert_flow_capped($10, $11, $12, $13, $14, $15, $16, $17, $18, $19) AS ok), \
         challenge AS (INSERT INTO challenges (id, flow_id, session, step, purpose, origin, nonce, \
         issued_at, expires_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM started WHERE ok) \

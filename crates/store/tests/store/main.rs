@@ -268,7 +268,14 @@ async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
                 db.clone(),
                 Flow::new(id, FlowKind::QueryOrgOid, session, at),
             );
-            async move { db.insert_flow_capped(&flow, 2, T0, None).await }
+            // Every start brings its first challenge; only the one that fits stores it.
+            let ch = StoredChallenge {
+                flow_id: flow.id.clone(),
+                session: flow.session.clone(),
+                step: flow.step,
+                ..challenge(&format!("ch-{}", flow.id), &flow.id)
+            };
+            async move { db.insert_flow_capped(&flow, 2, T0, Some(&ch)).await }
         };
         // Only flows touched after the cut-off count (it is exclusive).
         start("old".into(), "s-1", T0).await.unwrap();
@@ -306,40 +313,66 @@ async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
                 .await,
             3
         );
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM challenges WHERE session = 's-1'")
+                .await,
+            3
+        );
     })
     .await;
 }
 
 /// A start that brings its first challenge stores both or neither: refused at the cap, or
-/// with a challenge naming another flow, it leaves no flow and no challenge behind.
+/// with a challenge that is not for this flow, its session and its step, it leaves no flow
+/// and no challenge behind.
 #[tokio::test]
 async fn a_flow_and_its_first_challenge_are_stored_together_or_not_at_all() {
     each_db(|t| async move {
         let db = &t.db;
         let at = |m| T0 + Duration::minutes(m);
-        let start = |id: &str, m, ch: Option<StoredChallenge>| {
-            let (db, flow) = (
-                db.clone(),
-                Flow::new(id.into(), FlowKind::QueryOrgOid, "session-1", at(m)),
-            );
-            async move { db.insert_flow_capped(&flow, 2, T0, ch.as_ref()).await }
+        let flow = |id: &str, m| Flow::new(id.into(), FlowKind::QueryOrgOid, "session-1", at(m));
+        // The challenge of the step `flow` starts at, as the service makes it.
+        let first = |f: &Flow, id: &str| StoredChallenge {
+            id: id.into(),
+            flow_id: f.id.clone(),
+            session: f.session.clone(),
+            step: f.step,
+            ..challenge(id, &f.id)
         };
-        start("f-1", 1, Some(challenge("ch-1", "f-1")))
-            .await
-            .unwrap();
-        let stored = db.consume_challenge("ch-1", at(2)).await.unwrap();
-        assert_eq!(stored, challenge("ch-1", "f-1"));
-        assert!(db.flow("f-1").await.unwrap().is_some());
-        // A challenge that names another flow: refused, and the flow is not stored either.
-        let e = start("f-2", 2, Some(challenge("ch-2", "no-such-flow")))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, DomainError::FlowNotFound), "{e:?}");
-        assert!(db.flow("f-2").await.unwrap().is_none());
-        // At the cap (two live flows): neither the flow nor its challenge.
-        start("f-3", 3, None).await.unwrap();
+        let start = |f: Flow, ch: Option<StoredChallenge>| {
+            let db = db.clone();
+            async move { db.insert_flow_capped(&f, 2, T0, ch.as_ref()).await }
+        };
+        let f1 = flow("f-1", 1);
+        start(f1.clone(), Some(first(&f1, "ch-1"))).await.unwrap();
         assert_eq!(
-            start("f-4", 4, Some(challenge("ch-4", "f-4")))
+            db.consume_challenge("ch-1", at(2)).await.unwrap(),
+            first(&f1, "ch-1")
+        );
+        assert!(db.flow("f-1").await.unwrap().is_some());
+        // A challenge for another flow (one that exists), another session or another step:
+        // refused, and the flow is not stored either.
+        let f2 = flow("f-2", 2);
+        for wrong in [
+            first(&f1, "ch-2"),
+            StoredChallenge {
+                session: "session-2".into(),
+                ..first(&f2, "ch-2")
+            },
+            StoredChallenge {
+                step: Step::OrgCard,
+                ..first(&f2, "ch-2")
+            },
+        ] {
+            let e = start(f2.clone(), Some(wrong)).await.unwrap_err();
+            assert!(matches!(e, DomainError::Storage(_)), "{e:?}");
+            assert!(db.flow("f-2").await.unwrap().is_none());
+        }
+        // At the cap (two live flows): neither the flow nor its challenge.
+        start(flow("f-3", 3), None).await.unwrap();
+        let f4 = flow("f-4", 4);
+        assert_eq!(
+            start(f4.clone(), Some(first(&f4, "ch-4")))
                 .await
                 .unwrap_err(),
             DomainError::TooManyFlows
