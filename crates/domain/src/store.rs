@@ -404,6 +404,14 @@ pub trait SessionStore: Send + Sync {
         id: &str,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Option<SessionRecord>>> + Send;
+    /// [`SessionStore::session_get`] and, in the same read, the flow `flow_id` when it is
+    /// that session's (a request on one of its flows: one round trip instead of two).
+    fn session_get_with_flow(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        flow_id: &str,
+    ) -> impl Future<Output = Result<(Option<SessionRecord>, Option<Flow>)>> + Send;
     /// Replaces the session by a tombstone of kind [`SUPERSEDED`] that holds nothing, until
     /// `until`; token handles naming it go.
     fn session_supersede(
@@ -539,6 +547,7 @@ erased_backend! {
         fn session_update(ref record: SessionRecord) -> SessionSaved;
         fn session_touch(ref id: str, val touched_at: OffsetDateTime, val expires_at: OffsetDateTime) -> bool;
         fn session_get(ref id: str, val now: OffsetDateTime) -> Option<SessionRecord>;
+        fn session_get_with_flow(ref id: str, val now: OffsetDateTime, ref flow_id: str) -> (Option<SessionRecord>, Option<Flow>);
         fn session_supersede(ref id: str, val until: OffsetDateTime) -> ();
         fn session_delete(ref id: str) -> ();
         fn sessions_live(val now: OffsetDateTime) -> Vec<SessionRecord>;

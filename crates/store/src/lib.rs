@@ -321,6 +321,16 @@ impl Db {
         dispatch!(self, ops, p => ops::session_get(p, &self.secrets, id, now).await)
     }
 
+    /// [`Db::session_get`] and, in the same read, the flow `flow_id` when it is that session's.
+    pub async fn session_get_with_flow(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        flow_id: &str,
+    ) -> Result<(Option<SessionRecord>, Option<Flow>)> {
+        dispatch!(self, ops, p => ops::session_get_with_flow(p, &self.secrets, id, now, flow_id).await)
+    }
+
     /// Replaces the session by a tombstone of kind [`SUPERSEDED`] that holds nothing, until
     /// `until`: a request still carrying the id (sent before a login rotated it) is known for
     /// what it is and may neither act nor set a cookie. Token handles naming it go.
@@ -569,6 +579,14 @@ impl domain::store::SessionStore for Db {
     }
     async fn session_get(&self, id: &str, now: OffsetDateTime) -> Result<Option<SessionRecord>> {
         Db::session_get(self, id, now).await
+    }
+    async fn session_get_with_flow(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        flow_id: &str,
+    ) -> Result<(Option<SessionRecord>, Option<Flow>)> {
+        Db::session_get_with_flow(self, id, now, flow_id).await
     }
     async fn session_supersede(&self, id: &str, until: OffsetDateTime) -> Result<()> {
         Db::session_supersede(self, id, until).await

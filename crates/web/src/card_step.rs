@@ -75,7 +75,7 @@ pub(crate) async fn submit(
     let s = session.get();
     let flow = state
         .svc()
-        .session_flow(&req.flow_id, &s.id)
+        .session_flow_read(session.take_flow(&req.flow_id), &req.flow_id, &s.id)
         .await
         .map_err(CardFailure::NoFlow)?;
     let (kind, step) = (flow.kind.as_str(), flow.step.as_str());

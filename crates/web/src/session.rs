@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use domain::flow::Flow;
 use domain::model::Section;
 use domain::service::{AdminGrant, OperatorGrant};
 use domain::store::{
@@ -278,20 +279,49 @@ pub enum Role {
 
 /// Shared handle: handlers take it as an extractor and the middleware saves it afterwards.
 #[derive(Clone)]
-pub struct SessionHandle(pub Arc<Mutex<Session>>);
+pub struct SessionHandle {
+    session: Arc<Mutex<Session>>,
+    /// The flow the request's path names (`/flows/{id}/…`, `/api/v1/flows/{id}/…`), read
+    /// with the session when it is that session's: the handler's own read of it, one round
+    /// trip earlier. Taken once.
+    flow: Arc<Mutex<Option<Flow>>>,
+}
 
 impl SessionHandle {
+    fn new(session: Session, flow: Option<Flow>) -> Self {
+        Self {
+            session: Arc::new(Mutex::new(session)),
+            flow: Arc::new(Mutex::new(flow)),
+        }
+    }
+
     pub fn get(&self) -> Session {
-        self.0
+        self.session
             .lock()
             .map(|s| s.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     pub fn update<T>(&self, f: impl FnOnce(&mut Session) -> T) -> T {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.session.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
+
+    /// The flow `id` as read with the session, if it was (and not taken yet).
+    pub fn take_flow(&self, id: &str) -> Option<Flow> {
+        let mut flow = self.flow.lock().unwrap_or_else(|e| e.into_inner());
+        flow.take_if(|f| f.id == id)
+    }
+}
+
+/// The flow id in a path on one of a session's flows (`/flows/{id}/challenge`,
+/// `/api/v1/flows/{id}/card`, …), for the card steps that read it first thing.
+fn flow_in_path(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/api/v1/flows/")
+        .or_else(|| path.strip_prefix("/flows/"))?;
+    let (id, action) = rest.split_once('/')?;
+    matches!(action, "challenge" | "card").then_some(id)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionHandle {
@@ -358,9 +388,21 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let presented = token.or_else(|| read_cookie(req.headers(), name));
     let mut loaded = None;
     let mut superseded = false;
+    let mut flow_read = None;
     if let Some(token) = &presented {
         let key = session_key(token);
-        match state.db().session_get(&key, now).await {
+        let got = match flow_in_path(req.uri().path()) {
+            Some(flow_id) => state
+                .db()
+                .session_get_with_flow(&key, now, flow_id)
+                .await
+                .map(|(rec, flow)| {
+                    flow_read = flow;
+                    rec
+                }),
+            None => state.db().session_get(&key, now).await,
+        };
+        match got {
             Ok(Some(rec)) if rec.kind == SUPERSEDED => superseded = true,
             Ok(Some(rec)) if now - rec.created_at <= ABSOLUTE => {
                 if let Ok(data) = serde_json::from_str::<SessionData>(&rec.data) {
@@ -422,7 +464,10 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     });
     let old_id = session.id.clone();
-    let handle = SessionHandle(Arc::new(Mutex::new(session)));
+    // Only a flow of the session as loaded: a new session (none presented, or the one
+    // presented ended) owns no flow yet.
+    let flow_read = flow_read.filter(|f: &Flow| session.loaded.is_some() && f.session == old_id);
+    let handle = SessionHandle::new(session, flow_read);
     req.extensions_mut().insert(handle.clone());
     let mut response = next.run(req).await;
 
@@ -699,6 +744,24 @@ pub async fn end_revoked_sessions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_card_steps_on_a_flow_read_it_with_the_session() {
+        for (path, id) in [
+            ("/api/v1/flows/f1/challenge", Some("f1")),
+            ("/api/v1/flows/f1/card", Some("f1")),
+            ("/flows/f1/challenge", Some("f1")),
+            ("/flows/f1/card", Some("f1")),
+            ("/flows/f1", None),
+            ("/flows/f1/confirm", None),
+            ("/flows/f1/card/x", None),
+            ("/flows/new/operator_login", None),
+            ("/api/v1/flows", None),
+            ("/api/v1/operators/1/card", None),
+        ] {
+            assert_eq!(flow_in_path(path), id, "{path}");
+        }
+    }
 
     #[test]
     fn a_session_printed_for_a_log_shows_no_credential() {

@@ -58,10 +58,22 @@ impl<S: Store, C: Clock> Services<S, C> {
     /// The session's flow as stored, whatever its step; another session's flow does not exist
     /// for this one (`FlowNotFound`).
     pub async fn session_flow(&self, id: &str, session: &str) -> Result<Flow> {
-        self.store
-            .flow(id)
-            .await?
-            .filter(|f| f.session == session)
+        self.session_flow_read(None, id, session).await
+    }
+
+    /// [`Services::session_flow`] on `read`, the flow as the caller has already read it,
+    /// when it is the flow `id` (it is read here otherwise).
+    pub async fn session_flow_read(
+        &self,
+        read: Option<Flow>,
+        id: &str,
+        session: &str,
+    ) -> Result<Flow> {
+        let flow = match read.filter(|f| f.id == id) {
+            Some(f) => Some(f),
+            None => self.store.flow(id).await?,
+        };
+        flow.filter(|f| f.session == session)
             .ok_or(DomainError::FlowNotFound)
     }
 
@@ -81,11 +93,25 @@ impl<S: Store, C: Clock> Services<S, C> {
 
     /// Issues the challenge for the flow's current card step (SPEC §2.2).
     pub async fn issue_challenge(&self, flow_id: &str, session: &str) -> Result<IssuedChallenge> {
-        let flow = self
-            .store
-            .flow(flow_id)
-            .await?
-            .ok_or(DomainError::FlowNotFound)?;
+        self.issue_challenge_read(None, flow_id, session).await
+    }
+
+    /// [`Services::issue_challenge`] on `read`, the flow as the caller has already read it,
+    /// when it is the flow `flow_id` (it is read here otherwise).
+    pub async fn issue_challenge_read(
+        &self,
+        read: Option<Flow>,
+        flow_id: &str,
+        session: &str,
+    ) -> Result<IssuedChallenge> {
+        let flow = match read.filter(|f| f.id == flow_id) {
+            Some(f) => f,
+            None => self
+                .store
+                .flow(flow_id)
+                .await?
+                .ok_or(DomainError::FlowNotFound)?,
+        };
         flow.expect(session, flow.step, self.clock.now())?;
         self.challenge_for(&flow).await
     }

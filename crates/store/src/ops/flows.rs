@@ -131,19 +131,23 @@ pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<O
     .fetch_optional(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
-    row.map(|r| {
-        Ok(Flow {
-            id: s(&r, "id")?,
-            kind: flow_kind(&s(&r, "kind")?)?,
-            session: s(&r, "session")?,
-            step: step(&s(&r, "step")?)?,
-            data: flow_data(secrets, &s(&r, "id")?, &s(&r, "data_enc")?)?,
-            created_at: time_at(&r, "created_at")?,
-            touched_at: time_at(&r, "touched_at")?,
-            version: int(&r, "version")?,
-        })
+    row.map(|r| flow_of_row(secrets, &r, "")).transpose()
+}
+
+/// The flow in `r`, its columns named with `prefix`.
+pub(super) fn flow_of_row(secrets: &Secrets, r: &DbRow, prefix: &str) -> Result<Flow> {
+    let c = |name: &str| format!("{prefix}{name}");
+    let id = s(r, &c("id"))?;
+    Ok(Flow {
+        kind: flow_kind(&s(r, &c("kind"))?)?,
+        session: s(r, &c("session"))?,
+        step: step(&s(r, &c("step"))?)?,
+        data: flow_data(secrets, &id, &s(r, &c("data_enc"))?)?,
+        created_at: time_at(r, &c("created_at"))?,
+        touched_at: time_at(r, &c("touched_at"))?,
+        version: int(r, &c("version"))?,
+        id,
     })
-    .transpose()
 }
 
 pub(crate) async fn insert_challenge(pool: &Handle, c: &StoredChallenge) -> Result<()> {

@@ -188,6 +188,38 @@ pub(crate) async fn session_get(
     row.map(|r| session_of_row(secrets, &r)).transpose()
 }
 
+/// [`session_get`] and, in the same read, the flow `flow_id` when it is that session's.
+pub(crate) async fn session_get_with_flow(
+    pool: &Handle,
+    secrets: &Secrets,
+    id: &str,
+    now: OffsetDateTime,
+    flow_id: &str,
+) -> Result<(Option<SessionRecord>, Option<Flow>)> {
+    let row = sql::query(
+        "SELECT s.id, s.kind, s.code, s.data_enc, s.created_at, s.touched_at, s.expires_at, \
+         s.version, f.id AS f_id, f.kind AS f_kind, f.session AS f_session, f.step AS f_step, \
+         f.data_enc AS f_data_enc, f.created_at AS f_created_at, f.touched_at AS f_touched_at, \
+         f.version AS f_version \
+         FROM sessions s LEFT JOIN flows f ON f.id = $3 AND f.session = s.id \
+         WHERE s.id = $1 AND s.expires_at > $2",
+    )
+    .bind(id)
+    .bind(ts(now))
+    .bind(flow_id)
+    .fetch_optional(&mut *pool.reader().await.map_err(db)?)
+    .await
+    .map_err(db)?;
+    let Some(r) = row else {
+        return Ok((None, None));
+    };
+    let flow = match opt(&r, "f_id")? {
+        Some(_) => Some(super::flows::flow_of_row(secrets, &r, "f_")?),
+        None => None,
+    };
+    Ok((Some(session_of_row(secrets, &r)?), flow))
+}
+
 fn session_of_row(secrets: &Secrets, r: &DbRow) -> Result<SessionRecord> {
     let id = s(r, "id")?;
     let plain = secrets

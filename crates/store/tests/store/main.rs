@@ -1285,6 +1285,49 @@ fn session_record(id: &str, kind: &str, c: Option<&str>) -> SessionRecord {
     }
 }
 
+/// A request on one of its session's flows reads both at once: the flow comes only with the
+/// session it belongs to, and nothing comes for an ended or unknown session.
+#[tokio::test]
+async fn a_session_is_read_with_its_own_flow_only() {
+    each_db(|t| async move {
+        let db = &t.db;
+        db.session_insert(&session_record("s-1", "operator", Some("AB12")))
+            .await
+            .unwrap();
+        db.session_insert(&session_record("s-2", "operator", Some("AB12")))
+            .await
+            .unwrap();
+        let mut mine = Flow::new("f-1".into(), FlowKind::OperatorLogin, "s-1", T0);
+        mine.data.code = Some(code("AB12"));
+        db.insert_flow(&mine).await.unwrap();
+        db.insert_flow(&Flow::new("f-2".into(), FlowKind::OperatorLogin, "s-2", T0))
+            .await
+            .unwrap();
+        let now = T0 + Duration::minutes(1);
+        let (session, flow) = db.session_get_with_flow("s-1", now, "f-1").await.unwrap();
+        assert_eq!(session, db.session_get("s-1", now).await.unwrap());
+        assert_eq!(session.unwrap().data, "{\"who\":\"s-1\"}");
+        assert_eq!(flow, Some(mine));
+        // Another session's flow, or none by that id: the session alone.
+        for other in ["f-2", "f-9"] {
+            let (session, flow) = db.session_get_with_flow("s-1", now, other).await.unwrap();
+            assert!(session.is_some());
+            assert_eq!(flow, None, "{other}");
+        }
+        // An expired or unknown session: nothing, its flow neither.
+        let late = T0 + Duration::minutes(16);
+        assert_eq!(
+            db.session_get_with_flow("s-1", late, "f-1").await.unwrap(),
+            (None, None)
+        );
+        assert_eq!(
+            db.session_get_with_flow("s-9", now, "f-1").await.unwrap(),
+            (None, None)
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sessions_round_trip_and_replacement_ends_admin_sessions() {
     each_db(|t| async move {

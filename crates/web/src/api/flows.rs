@@ -495,7 +495,12 @@ pub(super) async fn challenge(
     if !challenge_allowed(&state, addr) {
         return rate_limited();
     }
-    match state.svc().issue_challenge(&id, caller.id()).await {
+    let read = caller.handle.take_flow(&id);
+    match state
+        .svc()
+        .issue_challenge_read(read, &id, caller.id())
+        .await
+    {
         Ok(c) => Json(challenge_view(&c)).into_response(),
         Err(e) => api(&e),
     }

@@ -222,7 +222,11 @@ async fn challenge(
             "您的操作過於頻繁，請稍候一分鐘後再試",
         );
     }
-    match state.svc().issue_challenge(&id, &s.id).await {
+    match state
+        .svc()
+        .issue_challenge_read(session.take_flow(&id), &id, &s.id)
+        .await
+    {
         Ok(c) => Json(json!({"challenge_id": c.id, "tbs": c.tbs})).into_response(),
         Err(e) => error::api(&e),
     }
