@@ -315,7 +315,7 @@ impl SessionHandle {
 }
 
 /// The flow id in a path on one of a session's flows (`/flows/{id}/challenge`,
-/// `/api/v1/flows/{id}/card`, …), for the card steps that read it first thing.
+/// `/api/v1/flows/{id}/card`, …), for the card steps that read it first thing (a POST).
 fn flow_in_path(path: &str) -> Option<&str> {
     let rest = path
         .strip_prefix("/api/v1/flows/")
@@ -391,7 +391,10 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     let mut flow_read = None;
     if let Some(token) = &presented {
         let key = session_key(token);
-        let got = match flow_in_path(req.uri().path()) {
+        let on_flow = (req.method() == axum::http::Method::POST)
+            .then(|| flow_in_path(req.uri().path()))
+            .flatten();
+        let got = match on_flow {
             Some(flow_id) => state
                 .db()
                 .session_get_with_flow(&key, now, flow_id)
@@ -758,6 +761,9 @@ mod tests {
             ("/flows/new/operator_login", None),
             ("/api/v1/flows", None),
             ("/api/v1/operators/1/card", None),
+            // Routed to a flow's start, not a card step: a read of flow "new", which no flow
+            // is (ids are random), and nobody takes.
+            ("/flows/new/card", Some("new")),
         ] {
             assert_eq!(flow_in_path(path), id, "{path}");
         }

@@ -213,11 +213,16 @@ pub(crate) async fn session_get_with_flow(
     let Some(r) = row else {
         return Ok((None, None));
     };
+    let session = session_of_row(secrets, &r)?;
+    // A flow that cannot be read is left to the caller's own read of it, which fails as it
+    // always has; the session stays readable.
     let flow = match opt(&r, "f_id")? {
-        Some(_) => Some(super::flows::flow_of_row(secrets, &r, "f_")?),
+        Some(_) => super::flows::flow_of_row(secrets, &r, "f_")
+            .inspect_err(|e| tracing::warn!(error = %e, "reading a flow with its session"))
+            .ok(),
         None => None,
     };
-    Ok((Some(session_of_row(secrets, &r)?), flow))
+    Ok((Some(session), flow))
 }
 
 fn session_of_row(secrets: &Secrets, r: &DbRow) -> Result<SessionRecord> {

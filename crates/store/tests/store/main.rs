@@ -1286,7 +1286,8 @@ fn session_record(id: &str, kind: &str, c: Option<&str>) -> SessionRecord {
 }
 
 /// A request on one of its session's flows reads both at once: the flow comes only with the
-/// session it belongs to, and nothing comes for an ended or unknown session.
+/// session it belongs to, a flow that cannot be read does not take the session with it, and
+/// nothing comes for an ended or unknown session.
 #[tokio::test]
 async fn a_session_is_read_with_its_own_flow_only() {
     each_db(|t| async move {
@@ -1314,6 +1315,12 @@ async fn a_session_is_read_with_its_own_flow_only() {
             assert!(session.is_some());
             assert_eq!(flow, None, "{other}");
         }
+        // A flow that cannot be read leaves the session readable; the flow's own read fails.
+        t.raw("UPDATE flows SET data_enc = 'not a sealed value' WHERE id = 'f-1'")
+            .await;
+        let (session, flow) = db.session_get_with_flow("s-1", now, "f-1").await.unwrap();
+        assert_eq!((session.is_some(), flow), (true, None));
+        assert!(db.flow("f-1").await.is_err());
         // An expired or unknown session: nothing, its flow neither.
         let late = T0 + Duration::minutes(16);
         assert_eq!(
