@@ -322,9 +322,9 @@ async fn a_session_holds_at_most_its_cap_of_live_flows_even_when_starts_race() {
     .await;
 }
 
-/// A start that brings its first challenge stores both or neither: refused at the cap, or
-/// with a challenge that is not for this flow, its session and its step, it leaves no flow
-/// and no challenge behind.
+/// A start that brings its first challenge stores both or neither: refused at the cap, with
+/// a challenge that is not for this flow, its session and its step, or failing on the
+/// challenge after the flow went in, it leaves no flow and no challenge behind.
 #[tokio::test]
 async fn a_flow_and_its_first_challenge_are_stored_together_or_not_at_all() {
     each_db(|t| async move {
@@ -368,6 +368,15 @@ async fn a_flow_and_its_first_challenge_are_stored_together_or_not_at_all() {
             assert!(matches!(e, DomainError::Storage(_)), "{e:?}");
             assert!(db.flow("f-2").await.unwrap().is_none());
         }
+        // A challenge whose id is taken: the write fails after the flow went in, and the flow
+        // goes with it.
+        assert_eq!(
+            start(f2.clone(), Some(first(&f2, "ch-1")))
+                .await
+                .unwrap_err(),
+            DomainError::Conflict
+        );
+        assert!(db.flow("f-2").await.unwrap().is_none());
         // At the cap (two live flows): neither the flow nor its challenge.
         start(flow("f-3", 3), None).await.unwrap();
         let f4 = flow("f-4", 4);
