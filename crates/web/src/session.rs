@@ -549,7 +549,7 @@ async fn save(
         }
         return Ok(Saved::Ended);
     }
-    let expires_at = (now + IDLE).min(session.created_at + ABSOLUTE);
+    let expires_at = expires_at(session, now);
     let record = |data: &SessionData, version: i64| record(session, data, version, now);
     if session.new {
         if session.id != old_id && session.loaded.is_some() {
@@ -620,9 +620,14 @@ fn record(
         data: serde_json::to_string(data).unwrap_or_default(),
         created_at: session.created_at,
         touched_at: now,
-        expires_at: (now + IDLE).min(session.created_at + ABSOLUTE),
+        expires_at: expires_at(session, now),
         version,
     }
+}
+
+/// When `session`, written at `now`, expires: idle for [`IDLE`], and never past [`ABSOLUTE`].
+fn expires_at(session: &Session, now: OffsetDateTime) -> OffsetDateTime {
+    (now + IDLE).min(session.created_at + ABSOLUTE)
 }
 
 fn holds_a_role(data: &SessionData) -> bool {

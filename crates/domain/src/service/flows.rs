@@ -69,12 +69,18 @@ impl<S: Store, C: Clock> Services<S, C> {
         id: &str,
         session: &str,
     ) -> Result<Flow> {
-        let flow = match read.filter(|f| f.id == id) {
-            Some(f) => Some(f),
-            None => self.store.flow(id).await?,
-        };
-        flow.filter(|f| f.session == session)
+        self.read_or_load(read, id)
+            .await?
+            .filter(|f| f.session == session)
             .ok_or(DomainError::FlowNotFound)
+    }
+
+    /// `read` when it is the flow `id`, else the flow as stored.
+    async fn read_or_load(&self, read: Option<Flow>, id: &str) -> Result<Option<Flow>> {
+        match read.filter(|f| f.id == id) {
+            Some(f) => Ok(Some(f)),
+            None => self.store.flow(id).await,
+        }
     }
 
     /// R1.1: the terms must be agreed before anything else; the version is recorded.
@@ -104,14 +110,10 @@ impl<S: Store, C: Clock> Services<S, C> {
         flow_id: &str,
         session: &str,
     ) -> Result<IssuedChallenge> {
-        let flow = match read.filter(|f| f.id == flow_id) {
-            Some(f) => f,
-            None => self
-                .store
-                .flow(flow_id)
-                .await?
-                .ok_or(DomainError::FlowNotFound)?,
-        };
+        let flow = self
+            .read_or_load(read, flow_id)
+            .await?
+            .ok_or(DomainError::FlowNotFound)?;
         flow.expect(session, flow.step, self.clock.now())?;
         self.challenge_for(&flow).await
     }
