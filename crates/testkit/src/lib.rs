@@ -4,8 +4,8 @@
 //! an `openssl ocsp` responder ([`ocsp`]), a CRL distribution point ([`cdp`]) and SQL run on a
 //! database outside the store ([`outside`]).
 //! With the `fixtures` feature, what the service's suites share: the seeded agencies
-//! ([`seed`]), fresh store databases on SQLite and PostgreSQL ([`db`]) and the validator of the
-//! test PKI ([`validator`]).
+//! ([`seed`]), fresh store databases on SQLite and PostgreSQL ([`db`]), the validator of the
+//! test PKI ([`validator`]) and a card check the test holds ([`gate`]).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub mod cdp;
 #[cfg(feature = "fixtures")]
 pub mod db;
+#[cfg(feature = "fixtures")]
+pub mod gate;
 pub mod ocsp;
 pub mod outside;
 #[cfg(feature = "fixtures")]

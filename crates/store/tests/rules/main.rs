@@ -1567,38 +1567,12 @@ async fn r6_1_reviewer_login_needs_an_active_reviewer_account_for_the_card() {
     }
 }
 
-/// An OCSP responder that answers only when the test says so (or fails after 10 s).
-struct SlowResponder {
-    entered: tokio::sync::mpsc::UnboundedSender<()>,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-}
-
-impl pki::validate::OnlineStatus for SlowResponder {
-    fn check(
-        &self,
-        _cert: &pki::facts::ParsedCert,
-        _issuer: &pki::facts::ParsedCert,
-        _now: time::OffsetDateTime,
-    ) -> pki::error::Result<()> {
-        let _ = self.entered.send(());
-        let release = self.release.lock().unwrap();
-        release
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .map_err(|_| pki::PkiError::new(pki::ErrorCode::RevocationUnknown, "no answer in time"))
-    }
-}
-
 /// A card step waiting on a slow OCSP responder does not hold the async worker: on a runtime
 /// with one thread, other requests are served meanwhile, and the step completes once the
 /// responder answers.
 #[tokio::test(flavor = "current_thread")]
 async fn a_card_step_waiting_for_ocsp_does_not_stop_other_requests() {
-    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let responder = std::sync::Arc::new(SlowResponder {
-        entered: entered_tx,
-        release: std::sync::Mutex::new(release_rx),
-    });
+    let responder = testkit::gate::HeldCheck::new();
     let validator = || std::sync::Arc::new(plain_validator().with_online(responder.clone()));
     let env = envs_with(validator).await.remove(0);
     let svc = &env.svc;
@@ -1608,9 +1582,10 @@ async fn a_card_step_waiting_for_ocsp_does_not_stop_other_requests() {
         .unwrap();
     svc.agree_terms(&flow.id, SESSION).await.unwrap();
 
+    responder.hold_next();
     let step = card_step(svc, &flow.id, "gca-agency", Some(TAIPEI), None);
     let meanwhile = async {
-        entered.recv().await.expect("the responder is asked");
+        responder.entered().await;
         // Served while the step still waits for the responder.
         let other = svc
             .start_flow(FlowKind::AdminLogin, "session-2")
@@ -1618,7 +1593,7 @@ async fn a_card_step_waiting_for_ocsp_does_not_stop_other_requests() {
             .unwrap();
         let (agency, receipts) = svc.receipts(TAIPEI).await.unwrap();
         assert_eq!(agency.code.as_str(), TAIPEI);
-        release.send(()).unwrap();
+        responder.release();
         (other, receipts)
     };
     let (stepped, (other, receipts)) = tokio::join!(step, meanwhile);

@@ -511,61 +511,13 @@ async fn a_revoked_card_is_refused_on_its_next_use_before_any_sweep() {
     }
 }
 
-/// An online status check that, once armed, holds the next proof inside its verification:
-/// after the challenge is spent and before the step's commit.
-struct HeldCheck {
-    armed: std::sync::atomic::AtomicBool,
-    arrived: std::sync::Barrier,
-    release: std::sync::Barrier,
-}
-
-impl HeldCheck {
-    fn new() -> Self {
-        Self {
-            armed: false.into(),
-            arrived: std::sync::Barrier::new(2),
-            release: std::sync::Barrier::new(2),
-        }
-    }
-
-    /// Waits (off the runtime) until the armed check holds a proof.
-    async fn wait_arrived(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.arrived.wait())
-            .await
-            .unwrap();
-    }
-
-    async fn release(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.release.wait())
-            .await
-            .unwrap();
-    }
-}
-
-impl pki::validate::OnlineStatus for HeldCheck {
-    fn check(
-        &self,
-        _cert: &pki::facts::ParsedCert,
-        _issuer: &pki::facts::ParsedCert,
-        _now: time::OffsetDateTime,
-    ) -> pki::error::Result<()> {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.arrived.wait();
-            self.release.wait();
-        }
-        Ok(())
-    }
-}
-
 /// An operator's login whose session is logged out while its card is being checked: the
 /// login is refused, the session stays ended, and no role is written anywhere; the same login
 /// left alone goes through (so it is the logout that refuses it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_whose_session_logs_out_meanwhile_is_refused_and_grants_nothing() {
     for b in backends() {
-        let hold = Arc::new(HeldCheck::new());
+        let hold = testkit::gate::HeldCheck::new();
         let validator = testkit::validator(pki(), NOW).with_online(hold.clone());
         let app = TestApp::with_validator(b, web::WebConfig::default(), Arc::new(validator)).await;
         let mut api = Api { app };
@@ -589,9 +541,9 @@ async fn a_login_whose_session_logs_out_meanwhile_is_refused_and_grants_nothing(
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(body.to_string()))
                 .unwrap();
-            hold.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+            hold.hold_next();
             let in_flight = tokio::spawn(api.app.router.clone().oneshot(req));
-            hold.wait_arrived().await;
+            hold.entered().await;
             if logout {
                 let (s, _) = api
                     .call(
@@ -603,7 +555,7 @@ async fn a_login_whose_session_logs_out_meanwhile_is_refused_and_grants_nothing(
                     .await;
                 assert_eq!(s, StatusCode::NO_CONTENT);
             }
-            hold.release().await;
+            hold.release();
             let res = in_flight.await.unwrap().unwrap();
             let status = res.status();
             let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
