@@ -131,21 +131,57 @@ pub(crate) async fn flow(pool: &Handle, secrets: &Secrets, id: &str) -> Result<O
     .fetch_optional(&mut *pool.reader().await.map_err(db)?)
     .await
     .map_err(db)?;
-    row.map(|r| flow_of_row(secrets, &r, "")).transpose()
+    row.map(|r| flow_of_row(secrets, &r, &FLOW)).transpose()
 }
 
-/// The flow in `r`, its columns named with `prefix`.
-pub(super) fn flow_of_row(secrets: &Secrets, r: &DbRow, prefix: &str) -> Result<Flow> {
-    let c = |name: &str| format!("{prefix}{name}");
-    let id = s(r, &c("id"))?;
+/// The names a query gives a flow's columns.
+pub(super) struct FlowColumns([&'static str; 8]);
+
+/// As the table names them.
+pub(super) const FLOW: FlowColumns = FlowColumns([
+    "id",
+    "kind",
+    "session",
+    "step",
+    "data_enc",
+    "created_at",
+    "touched_at",
+    "version",
+]);
+
+/// With `f_` before each name, beside another table's columns.
+pub(super) const FLOW_AS_F: FlowColumns = FlowColumns([
+    "f_id",
+    "f_kind",
+    "f_session",
+    "f_step",
+    "f_data_enc",
+    "f_created_at",
+    "f_touched_at",
+    "f_version",
+]);
+
+/// The flow in `r`, its columns named as `names` says.
+pub(super) fn flow_of_row(secrets: &Secrets, r: &DbRow, names: &FlowColumns) -> Result<Flow> {
+    let [
+        id,
+        kind,
+        session,
+        flow_step,
+        data_enc,
+        created_at,
+        touched_at,
+        version,
+    ] = names.0;
+    let id = s(r, id)?;
     Ok(Flow {
-        kind: flow_kind(&s(r, &c("kind"))?)?,
-        session: s(r, &c("session"))?,
-        step: step(&s(r, &c("step"))?)?,
-        data: flow_data(secrets, &id, &s(r, &c("data_enc"))?)?,
-        created_at: time_at(r, &c("created_at"))?,
-        touched_at: time_at(r, &c("touched_at"))?,
-        version: int(r, &c("version"))?,
+        kind: flow_kind(&s(r, kind)?)?,
+        session: s(r, session)?,
+        step: step(&s(r, flow_step)?)?,
+        data: flow_data(secrets, &id, &s(r, data_enc)?)?,
+        created_at: time_at(r, created_at)?,
+        touched_at: time_at(r, touched_at)?,
+        version: int(r, version)?,
         id,
     })
 }

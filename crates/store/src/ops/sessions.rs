@@ -217,7 +217,7 @@ pub(crate) async fn session_get_with_flow(
     // A flow that cannot be read is left to the caller's own read of it, which fails as it
     // always has; the session stays readable.
     let flow = match opt(&r, "f_id")? {
-        Some(_) => super::flows::flow_of_row(secrets, &r, "f_")
+        Some(_) => super::flows::flow_of_row(secrets, &r, &super::flows::FLOW_AS_F)
             .inspect_err(|e| tracing::warn!(error = %e, "reading a flow with its session"))
             .ok(),
         None => None,
