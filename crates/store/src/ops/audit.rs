@@ -16,7 +16,23 @@ pub(super) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Resul
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
-    let row = AuditRow::new(int(&head, "seq")?, s(&head, "hash")?, e, key);
+    append_at(tx, bumped(&head)?, e, key).await
+}
+
+/// The sequence number and previous link a head bump (`… RETURNING seq, hash`) handed out.
+pub(super) fn bumped(head: &DbRow) -> Result<(i64, String)> {
+    Ok((int(head, "seq")?, s(head, "hash")?))
+}
+
+/// Appends `e` as number `seq` after `prev_hash`: a place in the chain the head was already
+/// bumped for, inside `tx`.
+pub(super) async fn append_at(
+    tx: &mut Tx,
+    (seq, prev_hash): (i64, String),
+    e: &AuditEvent,
+    key: &ChainKey,
+) -> Result<()> {
+    let row = AuditRow::new(seq, prev_hash, e, key);
     // The row and the head's new link: one statement where an INSERT can run inside a WITH
     // (PostgreSQL: a round trip fewer), two on SQLite.
     const INSERT: &str = "INSERT INTO audit_log (seq, at, actor, code, cert, client, action, \

@@ -156,6 +156,33 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Whether the flow is the only row this commit writes besides the audit log.
+    fn writes_only_the_flow(&self) -> bool {
+        let Self {
+            flow,
+            registration,
+            history,
+            operator,
+            review,
+            receipt,
+            audit: _,
+            end_admin_sessions,
+            registration_guard,
+            session,
+        } = self;
+        flow.is_some()
+            && registration.is_none()
+            && history.is_empty()
+            && operator.is_none()
+            && review.is_none()
+            && receipt.is_none()
+            && end_admin_sessions.is_none()
+            && registration_guard.is_none()
+            && session.is_none()
+    }
+}
+
 pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Result<Committed> {
     let p = Prepared::new(c, secrets)?;
     let key = ChainKey::new(secrets);
@@ -176,23 +203,37 @@ pub(crate) async fn commit(pool: &Handle, secrets: &Secrets, c: Commit) -> Resul
 async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     let mut done = Committed::default();
 
+    // Where an UPDATE can run inside a WITH (PostgreSQL) and the flow is all a commit writes
+    // besides its audit events (a card step that answers a query), the flow's statement also
+    // bumps the chain head for the first event: a round trip fewer, the locks taken in the
+    // same order (the flow's row, then the head's).
+    let flow_then_head = WRITING_WITH && !p.audit.is_empty() && p.writes_only_the_flow();
+    let mut head = None;
+
     // The flow first: a double submit of one step stops here, before touching anything else.
     if let Some(f) = p.flow {
-        let n = sql::query(
-            "UPDATE flows SET step = $2, data_enc = $3, touched_at = $4, version = $5 \
-             WHERE id = $1 AND version = $6",
-        )
-        .bind(f.id)
-        .bind(f.step)
-        .bind(f.data_enc)
-        .bind(f.touched_at)
-        .bind(f.version)
-        .bind(f.version - 1)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        if n != 1 {
+        const MOVE: &str = "UPDATE flows SET step = $2, data_enc = $3, touched_at = $4, \
+            version = $5 WHERE id = $1 AND version = $6";
+        const MOVE_AND_BUMP: &str = "WITH moved AS (UPDATE flows SET step = $2, data_enc = $3, \
+            touched_at = $4, version = $5 WHERE id = $1 AND version = $6 RETURNING id) \
+            UPDATE audit_head SET seq = seq + 1 WHERE id = 1 AND EXISTS (SELECT 1 FROM moved) \
+            RETURNING seq, hash";
+        let q = sql::query(if flow_then_head { MOVE_AND_BUMP } else { MOVE })
+            .bind(f.id)
+            .bind(f.step)
+            .bind(f.data_enc)
+            .bind(f.touched_at)
+            .bind(f.version)
+            .bind(f.version - 1);
+        let moved = if flow_then_head {
+            // No head row back: the flow did not move, so the head did not either.
+            let bumped = q.fetch_optional(&mut **tx).await.map_err(db)?;
+            head = bumped.as_ref().map(super::audit::bumped).transpose()?;
+            head.is_some()
+        } else {
+            q.execute(&mut **tx).await.map_err(db)?.rows_affected() == 1
+        };
+        if !moved {
             return Err(DomainError::Conflict);
         }
     }
@@ -451,9 +492,13 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
     }
 
     // Last: appenders wait on the chain head's row lock, and holding it last means a
-    // transaction that holds it never waits for anything else (no deadlock).
+    // transaction that holds it never waits for anything else (no deadlock). A commit that
+    // writes only its flow took it already, in the flow's statement, after the flow's row.
     for e in &p.audit {
-        append(tx, e, key).await?;
+        match head.take() {
+            Some(place) => super::audit::append_at(tx, place, e, key).await?,
+            None => append(tx, e, key).await?,
+        }
     }
     Ok(done)
 }

@@ -473,6 +473,72 @@ async fn flow_version_must_follow_the_stored_one() {
     .await;
 }
 
+/// A step whose commit writes its flow and audit events: refused when the flow moved on
+/// (stale, repeated or racing submits), and then the chain head stays where it was; accepted
+/// once, and then each event is one link of a whole chain.
+#[tokio::test]
+async fn a_refused_step_leaves_the_audit_chain_as_it_was() {
+    each_db(|t| async move {
+        let db = &t.db;
+        let mut f = flow("flow-1", FlowKind::QueryCitizenSerial);
+        db.insert_flow(&f).await.unwrap();
+        f.advance(T0);
+        let step = |version: i64, events: &[&str]| Commit {
+            flow: Some(Flow {
+                version,
+                ..f.clone()
+            }),
+            audit: events.iter().map(|a| event(a)).collect(),
+            ..Default::default()
+        };
+        let start = db.audit_head().await.unwrap();
+        for stale in [0, 2, 7] {
+            assert_eq!(
+                db.commit(step(stale, &["query.citizen_serial"]))
+                    .await
+                    .unwrap_err(),
+                DomainError::Conflict,
+                "version {stale}"
+            );
+            assert_eq!(db.audit_head().await.unwrap(), start, "version {stale}");
+        }
+
+        // Eight submits of the same step at once: one takes effect, with both its events.
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, c) = (db.clone(), step(1, &["query.citizen_serial", "second"]));
+                tokio::spawn(async move { db.commit(c).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap().map(|_| ()));
+        }
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(()) | Err(DomainError::Conflict))),
+            "{results:?}"
+        );
+        let (seq, _) = db.audit_head().await.unwrap();
+        assert_eq!(seq, start.0 + 2);
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!((report.events, report.first_broken), (seq as u64, None));
+        let logged = db
+            .audit_search(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let actions: Vec<_> = logged.iter().map(|(_, e)| e.action.as_str()).collect();
+        assert_eq!(actions, ["second", "query.citizen_serial"]);
+        assert_eq!(db.flow("flow-1").await.unwrap().unwrap().version, 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn registration_replacement_history_and_receipts_round_trip() {
     each_db(|t| async move {
