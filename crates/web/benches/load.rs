@@ -683,6 +683,16 @@ struct Row {
     first_error: Option<String>,
 }
 
+impl Row {
+    /// All the CPU one step took on this host: the service's, the clients' and the database
+    /// server's.
+    fn cpu_per_step(&self) -> StdDuration {
+        self.server_cpu_per_step
+            + self.client_cpu_per_step
+            + self.db_cpu_per_step.unwrap_or_default()
+    }
+}
+
 fn percentile(sorted: &[StdDuration], p: f64) -> StdDuration {
     if sorted.is_empty() {
         return StdDuration::ZERO;
@@ -934,7 +944,7 @@ fn run_backend(
 
     out.push(format!("{label}:"));
     out.push(format!(
-        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>5} {:>6}",
+        "{:<26} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>5} {:>7} {:>6}",
         "case",
         "clients",
         "steps",
@@ -949,13 +959,15 @@ fn run_backend(
         "cli CPU",
         "db CPU",
         "idle",
+        "ceil/s",
         "errors"
     ));
-    out.push("-".repeat(140));
+    out.push("-".repeat(148));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for r in &rows {
         let ms = |d: StdDuration| d.as_secs_f64() * 1e3;
         out.push(format!(
-            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>7} {:>4.0}% {:>6}",
+            "{:<26} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>7} {:>4.0}% {:>7.0} {:>6}",
             r.case.name(),
             r.clients,
             r.steps,
@@ -971,6 +983,7 @@ fn run_backend(
             r.db_cpu_per_step
                 .map_or_else(|| "-".to_string(), |d| format!("{:.2}", ms(d))),
             100.0 * r.idle,
+            cores * 1e3 / ms(r.cpu_per_step()).max(1e-3),
             r.errors
         ));
     }
@@ -1104,6 +1117,11 @@ fn main() {
          processes (SQLite runs inside the service); idle: the machine's idle CPU while measuring \
          (waiting on a disk counts as idle), above zero when a case is bound by latency rather \
          than by the cores"
+    );
+    println!(
+        "ceil/s: the steps per second this machine's {workers} cores would carry at the CPU one \
+         step took here (srv + cli + db), every core busy: the ceiling of the case on this \
+         machine, whatever its latency"
     );
     println!(
         "backends (PostgreSQL): what the bench database's backends were doing, sampled from \
