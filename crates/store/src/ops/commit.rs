@@ -83,7 +83,20 @@ enum PreparedOperator {
 
 impl Prepared {
     fn new(c: Commit, secrets: &Secrets) -> Result<Self> {
-        let registration = match &c.registration {
+        // Every part named: a part added to `Commit` and not written here does not compile.
+        let Commit {
+            flow,
+            registration,
+            history,
+            operator,
+            review,
+            receipt,
+            audit,
+            end_admin_sessions,
+            registration_guard,
+            session,
+        } = c;
+        let registration = match &registration {
             None => None,
             Some(RegistrationWrite::Insert(r)) => Some((RegistrationRow::new(r, secrets)?, None)),
             Some(RegistrationWrite::Replace {
@@ -96,7 +109,7 @@ impl Prepared {
                 Some((row, Some(*expected_version)))
             }
         };
-        let operator = match &c.operator {
+        let operator = match &operator {
             None => None,
             Some(OperatorWrite::Insert { code, input, at }) => Some(PreparedOperator::Insert(
                 OperatorRow::new(code, input, *at, secrets)?,
@@ -135,21 +148,19 @@ impl Prepared {
             }),
         };
         Ok(Self {
-            flow: c
-                .flow
+            flow: flow
                 .as_ref()
                 .map(|f| FlowRow::new(f, secrets))
                 .transpose()?,
             registration,
-            history: c.history,
+            history,
             operator,
-            review: c.review,
-            receipt: c.receipt,
-            audit: c.audit,
-            end_admin_sessions: c.end_admin_sessions,
-            registration_guard: c.registration_guard,
-            session: c
-                .session
+            review,
+            receipt,
+            audit,
+            end_admin_sessions,
+            registration_guard,
+            session: session
                 .map(|w| super::sessions::PreparedSession::new(w, secrets))
                 .transpose()?,
         })

@@ -492,6 +492,22 @@ async fn a_refused_step_leaves_the_audit_chain_as_it_was() {
             ..Default::default()
         };
         let start = db.audit_head().await.unwrap();
+        // A flow written without any event leaves the chain alone.
+        let mut quiet = flow("flow-quiet", FlowKind::QueryCitizenSerial);
+        db.insert_flow(&quiet).await.unwrap();
+        quiet.advance(T0);
+        quiet.version = 1;
+        db.commit(Commit {
+            flow: Some(quiet),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            db.audit_head().await.unwrap(),
+            start,
+            "a step without events"
+        );
         for stale in [0, 2, 7] {
             assert_eq!(
                 db.commit(step(stale, &["query.citizen_serial"]))

@@ -343,3 +343,88 @@ async fn appends_queued_behind_the_audit_head_all_land_in_one_chain() {
     })
     .await;
 }
+
+/// A query's card step (its flow and its audit events, bumped in one statement): the flow's
+/// row at `version` 0 moved on to 1, with `events`.
+async fn insert_query_flow(db: &Db, id: &str) -> domain::store::Commit {
+    let mut f = flow(id, domain::flow::FlowKind::QueryCitizenSerial);
+    db.insert_flow(&f).await.unwrap();
+    f.advance(T0);
+    f.version = 1;
+    domain::store::Commit {
+        flow: Some(f),
+        audit: vec![event(&format!("{id}.step")), event(&format!("{id}.second"))],
+        ..Default::default()
+    }
+}
+
+/// Query steps queued behind a held chain head all land: each one, let in after another has
+/// moved the head, links to the head as it is then, not as it was when the step began.
+#[tokio::test]
+async fn query_steps_queued_behind_the_audit_head_all_land_in_one_chain() {
+    on_postgres(|t| async move {
+        let db = t.db.clone();
+        db.append_audit(&event("first")).await.unwrap();
+        const QUEUED: i64 = 4;
+        let mut steps = Vec::new();
+        for i in 0..QUEUED {
+            steps.push(insert_query_flow(&db, &format!("flow-{i}")).await);
+        }
+        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
+        let queued: Vec<_> = steps
+            .into_iter()
+            .map(|c| {
+                let db = db.clone();
+                tokio::spawn(async move { db.commit(c).await })
+            })
+            .collect();
+        until_waiting(&t, QUEUED).await;
+        release(holder).await;
+        for q in queued {
+            q.await.unwrap().unwrap();
+        }
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!(
+            (report.first_broken, report.events),
+            (None, 1 + 2 * QUEUED as u64),
+            "{report:?}"
+        );
+        assert_eq!(
+            t.count("SELECT COUNT(*) FROM flows WHERE version = 1")
+                .await,
+            QUEUED
+        );
+    })
+    .await;
+}
+
+/// A query step waiting for its flow's row holds nothing else: the chain head stays free for
+/// every other writer until the flow's row is its own.
+#[tokio::test]
+async fn a_query_step_waiting_for_its_flow_does_not_hold_the_audit_head() {
+    on_postgres(|t| async move {
+        let db = t.db.clone();
+        let step = insert_query_flow(&db, "flow-x").await;
+        let holder = hold(&t, "SELECT id FROM flows WHERE id = 'flow-x' FOR UPDATE").await;
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move { db.commit(step).await }
+        });
+        until_waiting(&t, 1).await;
+        let mut other = hold(&t, "SELECT 1").await;
+        sqlx::raw_sql("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT")
+            .execute(&mut other)
+            .await
+            .expect("the head is free while the step waits for its flow");
+        release(other).await;
+        release(holder).await;
+        waiting.await.unwrap().unwrap();
+        let report = db.verify_audit().await.unwrap();
+        assert_eq!(
+            (report.first_broken, report.events),
+            (None, 2),
+            "{report:?}"
+        );
+    })
+    .await;
+}
