@@ -51,6 +51,20 @@ fn malformed(detail: impl Into<String>) -> PkiError {
 }
 
 /// Signatures come as DER or base64 (the agent returns base64); this accepts both.
+/// The bytes a base64 signature may hold: both alphabets, padding and ASCII whitespace.
+const BASE64_TEXT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_')
+            || c.is_ascii_whitespace();
+        b += 1;
+    }
+    table
+};
+
 pub fn decode_signature(input: &[u8]) -> Result<Vec<u8>> {
     if input.len() > cms::MAX_CMS_BYTES * 2 {
         return Err(PkiError::new(
@@ -58,20 +72,22 @@ pub fn decode_signature(input: &[u8]) -> Result<Vec<u8>> {
             "signature too large",
         ));
     }
-    let is_text = !input.is_empty()
-        && input
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"+/=-_".contains(b) || b.is_ascii_whitespace());
+    let is_text = !input.is_empty() && input.iter().all(|&b| BASE64_TEXT[usize::from(b)]);
     if !is_text {
         // Binary: DER CMS, a raw PKCS#1 signature, or raw ECDSA r‖s.
         return Ok(input.to_vec());
     }
-    let text: String = String::from_utf8_lossy(input)
-        .chars()
-        .filter(|c| !c.is_whitespace())
+    // ASCII from here on: line breaks and spaces are dropped byte by byte.
+    let text: Vec<u8> = input
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    let unpadded = text.trim_end_matches('=');
-    let engine = if unpadded.contains(['-', '_']) {
+    let unpadded = text
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(&text[..0], |last| &text[..=last]);
+    let engine = if unpadded.iter().any(|&b| b == b'-' || b == b'_') {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
     } else {
         &base64::engine::general_purpose::STANDARD_NO_PAD

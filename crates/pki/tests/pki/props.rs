@@ -60,6 +60,37 @@ proptest! {
         let _ = pki::serial::CertSerial::parse(&text);
     }
 
+    /// A signature sent as base64, standard or URL-safe, padded or not, wrapped in lines
+    /// and spaces, decodes to its bytes.
+    #[test]
+    fn base64_signatures_decode_however_wrapped(
+        bytes in proptest::collection::vec(any::<u8>(), 1..512),
+        url_safe in any::<bool>(),
+        padded in any::<bool>(),
+        width in 1usize..80,
+        breaks in prop::sample::select(vec!["\n", "\r\n", " ", "\t", " \n "]),
+    ) {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        let engine = match (url_safe, padded) {
+            (false, true) => &STANDARD,
+            (false, false) => &STANDARD_NO_PAD,
+            (true, true) => &URL_SAFE,
+            (true, false) => &URL_SAFE_NO_PAD,
+        };
+        let text = engine.encode(&bytes);
+        let wrapped = text
+            .as_bytes()
+            .chunks(width)
+            .map(|line| std::str::from_utf8(line).unwrap())
+            .collect::<Vec<_>>()
+            .join(breaks);
+        let wrapped = format!("{breaks}{wrapped}{breaks}");
+        let decoded = pki::proof::decode_signature(wrapped.as_bytes());
+        // A URL-safe text without '-' or '_' is standard base64 as well.
+        prop_assert_eq!(decoded.as_deref().ok(), Some(&bytes[..]));
+    }
+
     #[test]
     fn mutated_certificates_never_panic(bytes in mutated(crate::helpers::pki().card("moica-admin").issued.cert_der.clone())) {
         if let Ok(c) = ParsedCert::from_der(bytes) {
