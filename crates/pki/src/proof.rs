@@ -50,8 +50,8 @@ fn malformed(detail: impl Into<String>) -> PkiError {
     PkiError::new(ErrorCode::ProofMalformed, detail)
 }
 
-/// Signatures come as DER or base64 (the agent returns base64); this accepts both.
-/// The bytes a base64 signature may hold: both alphabets, padding and ASCII whitespace.
+/// The bytes a base64 signature may hold: both alphabets, padding and ASCII whitespace as
+/// Rust counts it (space, \t, \n, \x0C, \r; not \x0B, which makes an input binary).
 const BASE64_TEXT: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
@@ -65,6 +65,7 @@ const BASE64_TEXT: [bool; 256] = {
     table
 };
 
+/// Signatures come as DER or base64 (the agent returns base64); this accepts both.
 pub fn decode_signature(input: &[u8]) -> Result<Vec<u8>> {
     if input.len() > cms::MAX_CMS_BYTES * 2 {
         return Err(PkiError::new(

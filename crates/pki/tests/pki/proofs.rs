@@ -390,3 +390,18 @@ fn path_cache_is_used_by_proofs() {
             .cached
     );
 }
+
+/// The edges of telling base64 from binary: a vertical tab makes an input binary (passed on
+/// as it is), the two alphabets do not mix, and padding alone is no signature.
+#[test]
+fn signature_text_edges() {
+    use pki::proof::decode_signature;
+    assert_eq!(decode_signature(b"QUJD\x0b").unwrap(), b"QUJD\x0b");
+    assert_eq!(decode_signature(b"QUJD\x0c").unwrap(), b"ABC");
+    assert_eq!(decode_signature(b"QUJD\xa0").unwrap(), b"QUJD\xa0");
+    for junk in [&b"A+B-"[..], b"====", b" \n ", b"QQ==QQ"] {
+        let e = decode_signature(junk).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ProofMalformed, "{junk:?}");
+    }
+    assert_eq!(decode_signature(b"QQ=====").unwrap(), b"A");
+}
