@@ -16,11 +16,12 @@ pub(super) async fn append(tx: &mut Tx, e: &AuditEvent, key: &ChainKey) -> Resul
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
-    append_at(tx, bumped(&head)?, e, key).await
+    append_at(tx, head_of(&head)?, e, key).await
 }
 
-/// The sequence number and previous link a head bump (`… RETURNING seq, hash`) handed out.
-pub(super) fn bumped(head: &DbRow) -> Result<(i64, String)> {
+/// The chain head in a row of `audit_head` (`seq`, `hash`): as read, or as a bump handed it
+/// out (`… RETURNING seq, hash`), the place of the next row and its previous link.
+pub(super) fn head_of(head: &DbRow) -> Result<(i64, String)> {
     Ok((int(head, "seq")?, s(head, "hash")?))
 }
 
@@ -84,7 +85,7 @@ pub(crate) async fn seal_audit_chain(
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-    let (seq, hash) = (int(&head, "seq")?, s(&head, "hash")?);
+    let (seq, hash) = head_of(&head)?;
     if seq == 0 || is_keyed(&hash) {
         tx.rollback().await.map_err(db)?;
         return Ok(false);
@@ -100,7 +101,7 @@ pub(crate) async fn audit_head(pool: &Handle) -> Result<(i64, String)> {
         .fetch_one(&mut *pool.reader().await.map_err(db)?)
         .await
         .map_err(db)?;
-    Ok((int(&head, "seq")?, s(&head, "hash")?))
+    head_of(&head)
 }
 
 /// Audit events matching the filter, newest first, at most `filter.limit` (≤ 200).
@@ -193,7 +194,8 @@ pub(crate) async fn verify_audit(pool: &Handle, secrets: &Secrets) -> Result<Aud
             });
         }
     }
-    let report = check.finish(int(&head, "seq")?, &s(&head, "hash")?);
+    let (seq, hash) = head_of(&head)?;
+    let report = check.finish(seq, &hash);
     tx.rollback().await.map_err(db)?;
     Ok(report)
 }

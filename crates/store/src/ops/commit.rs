@@ -165,9 +165,7 @@ impl Prepared {
                 .transpose()?,
         })
     }
-}
 
-impl Prepared {
     /// Whether the flow is the only row this commit writes besides the audit log.
     fn writes_only_the_flow(&self) -> bool {
         let Self {
@@ -239,7 +237,7 @@ async fn apply(tx: &mut Tx, p: Prepared, key: &ChainKey) -> Result<Committed> {
         let moved = if flow_then_head {
             // No head row back: the flow did not move, so the head did not either.
             let bumped = q.fetch_optional(&mut **tx).await.map_err(db)?;
-            head = bumped.as_ref().map(super::audit::bumped).transpose()?;
+            head = bumped.as_ref().map(super::audit::head_of).transpose()?;
             head.is_some()
         } else {
             q.execute(&mut **tx).await.map_err(db)?.rows_affected() == 1

@@ -308,6 +308,30 @@ async fn two_instances_and_a_refused_append_leave_one_whole_audit_chain() {
     .await;
 }
 
+/// Holds the chain head while `writes` start, waits until every one of them waits for it, lets
+/// go and waits for them all: each must succeed, and the chain must then be whole with `events`
+/// rows. As many writes as the pool has connections (4), so that every one reaches the server.
+async fn all_land_behind_the_held_head<T, W>(t: &TestDb, writes: Vec<W>, events: u64)
+where
+    T: Send + 'static,
+    W: Future<Output = domain::Result<T>> + Send + 'static,
+{
+    let holder = hold(t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
+    let n = writes.len() as i64;
+    let queued: Vec<_> = writes.into_iter().map(tokio::spawn).collect();
+    until_waiting(t, n).await;
+    release(holder).await;
+    for q in queued {
+        q.await.unwrap().unwrap();
+    }
+    let report = t.db.verify_audit().await.unwrap();
+    assert_eq!(
+        (report.first_broken, report.events),
+        (None, events),
+        "{report:?}"
+    );
+}
+
 /// Appends queued behind a transaction that holds the audit head all land, each once, in one
 /// whole chain, whatever order the database lets them in.
 #[tokio::test]
@@ -315,26 +339,14 @@ async fn appends_queued_behind_the_audit_head_all_land_in_one_chain() {
     on_postgres(|t| async move {
         let db = t.db.clone();
         db.append_audit(&event("first")).await.unwrap();
-        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
-        // As many as the pool has connections, so every one reaches the server and waits.
         const QUEUED: i64 = 4;
-        let queued: Vec<_> = (0..QUEUED)
+        let appends = (0..QUEUED)
             .map(|i| {
                 let db = db.clone();
-                tokio::spawn(async move { db.append_audit(&event(&format!("q-{i}"))).await })
+                async move { db.append_audit(&event(&format!("q-{i}"))).await }
             })
             .collect();
-        until_waiting(&t, QUEUED).await;
-        release(holder).await;
-        for q in queued {
-            q.await.unwrap().unwrap();
-        }
-        let report = db.verify_audit().await.unwrap();
-        assert_eq!(
-            (report.first_broken, report.events),
-            (None, 5),
-            "{report:?}"
-        );
+        all_land_behind_the_held_head(&t, appends, 5).await;
         assert_eq!(
             t.count("SELECT COUNT(DISTINCT action) FROM audit_log WHERE action LIKE 'q-%'")
                 .await,
@@ -344,8 +356,8 @@ async fn appends_queued_behind_the_audit_head_all_land_in_one_chain() {
     .await;
 }
 
-/// A query's card step (its flow and its audit events, bumped in one statement): the flow's
-/// row at `version` 0 moved on to 1, with `events`.
+/// A query's card step on a new flow `id` (its flow and its audit events, so the flow's
+/// statement bumps the chain head): the flow moved from version 0 to 1, with two events.
 async fn insert_query_flow(db: &Db, id: &str) -> domain::store::Commit {
     let mut f = flow(id, domain::flow::FlowKind::QueryCitizenSerial);
     db.insert_flow(&f).await.unwrap();
@@ -370,25 +382,14 @@ async fn query_steps_queued_behind_the_audit_head_all_land_in_one_chain() {
         for i in 0..QUEUED {
             steps.push(insert_query_flow(&db, &format!("flow-{i}")).await);
         }
-        let holder = hold(&t, "UPDATE audit_head SET seq = seq WHERE id = 1").await;
-        let queued: Vec<_> = steps
+        let commits = steps
             .into_iter()
             .map(|c| {
                 let db = db.clone();
-                tokio::spawn(async move { db.commit(c).await })
+                async move { db.commit(c).await }
             })
             .collect();
-        until_waiting(&t, QUEUED).await;
-        release(holder).await;
-        for q in queued {
-            q.await.unwrap().unwrap();
-        }
-        let report = db.verify_audit().await.unwrap();
-        assert_eq!(
-            (report.first_broken, report.events),
-            (None, 1 + 2 * QUEUED as u64),
-            "{report:?}"
-        );
+        all_land_behind_the_held_head(&t, commits, 1 + 2 * QUEUED as u64).await;
         assert_eq!(
             t.count("SELECT COUNT(*) FROM flows WHERE version = 1")
                 .await,
